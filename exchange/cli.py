@@ -1,0 +1,195 @@
+"""The `exchange` command: one entry point, subcommands by role.
+
+Exit codes: 0 done; 1 unexpected failure; 2 bad input (contract, source, usage);
+3 refused by policy (not runnable, guard, quality); 4 delivery failed; 5 verification failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from exchange.errors import (
+    ContractError,
+    CryptoError,
+    DropRejected,
+    ExchangeError,
+    LedgerError,
+    Refused,
+    Retryable,
+    SourceError,
+    TransferError,
+)
+
+OK, FAILED, BAD_INPUT, REFUSED, DELIVERY_FAILED, NOT_VERIFIED = 0, 1, 2, 3, 4, 5
+
+
+def _say(message: str) -> None:
+    print(message, flush=True)
+
+
+def _error(kind: str, message: str) -> None:
+    print(f"exchange: {kind}: {message}", file=sys.stderr, flush=True)
+
+
+def cmd_lint(args: argparse.Namespace) -> int:
+    """Check contract files and list every problem."""
+    from exchange.contract import load_contract
+    from exchange.quality import compile_rules
+
+    status = OK
+    for path in args.files:
+        try:
+            compile_rules(load_contract(path))
+        except ContractError as exc:
+            for problem in exc.problems:
+                print(problem, file=sys.stderr)
+            status = BAD_INPUT
+        else:
+            _say(f"{path}: OK")
+    return status
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one exchange without Airflow."""
+    from exchange.gateway import Gateway
+
+    gateway = Gateway.from_env()
+    prepared, delivery = gateway.run(args.contract, args.source, run_id=args.run_id)
+    excluded = ", ".join(f"{n} {why}" for why, n in prepared.excluded.items()) or "none"
+    verb = "was already delivered to" if delivery.already_delivered else "delivered to"
+    _say(
+        f"run {prepared.run_id}: read {prepared.rows_read} rows, excluded {excluded}, "
+        f"sent {prepared.rows_sent}; drop {prepared.drop_id} {verb} {delivery.remote_path}"
+    )
+    return OK
+
+
+def cmd_receive(args: argparse.Namespace) -> int:
+    """Verify and decrypt a drop (partner side)."""
+    from exchange.receive import receive
+
+    got = receive(args.drop, identity=args.identity, sender_key=args.sender_key, out_dir=args.out)
+    _say(
+        f"drop {got.drop_id} verified (signature, checksum, {got.rows} rows) under contract "
+        f"{got.contract_id}; data written to {got.output}"
+    )
+    return OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Recompute the ledger's hash chain."""
+    from exchange.audit import Ledger
+    from exchange.settings import Settings
+
+    url = args.url or Settings.from_env().audit_url
+    result = Ledger(url).verify()
+    if not result.ok:
+        _error("ledger broken", f"entry {result.broken_at}: {result.reason}")
+        return NOT_VERIFIED
+    _say(f"OK: {result.entries} entries verified; head {result.head}")
+    return OK
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    """Generate a key pair."""
+    from exchange.keys import generate
+
+    pair = generate(args.kind, args.out, comment=args.comment or "", overwrite=args.force)
+    _say(f"private key: {pair.private_path} (0600)\npublic key:  {pair.public_path}")
+    _say(pair.public)
+    return OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write synthetic source data."""
+    from exchange import synth
+
+    path = synth.write(args.out, args.rows, seed=args.seed)
+    _say(f"wrote {args.rows} synthetic rows to {path}")
+    return OK
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command-line grammar."""
+    top = argparse.ArgumentParser(prog="exchange", description=__doc__.splitlines()[0])
+    sub = top.add_subparsers(dest="command", required=True)
+
+    contract = sub.add_parser("contract", help="work with data contracts").add_subparsers(
+        dest="action", required=True
+    )
+    lint = contract.add_parser("lint", help="check contracts; list every problem")
+    lint.add_argument("files", nargs="+", type=Path)
+    lint.set_defaults(func=cmd_lint)
+
+    run = sub.add_parser("run", help="run one exchange now, without Airflow")
+    run.add_argument("contract", type=Path)
+    run.add_argument("--source", type=Path, help="source file (default: by physicalName)")
+    run.add_argument("--run-id", help="reuse a run id (re-running never duplicates a drop)")
+    run.set_defaults(func=cmd_run)
+
+    rec = sub.add_parser("receive", help="verify and decrypt a drop (partner side)")
+    rec.add_argument("drop", type=Path, help="the drop folder")
+    rec.add_argument("--identity", type=Path, required=True, help="your age identity file")
+    rec.add_argument("--sender-key", type=Path, required=True, help="the sender's public key")
+    rec.add_argument("--out", type=Path, default=Path("."), help="folder for the data")
+    rec.set_defaults(func=cmd_receive)
+
+    audit = sub.add_parser("audit", help="the audit ledger").add_subparsers(
+        dest="action", required=True
+    )
+    verify = audit.add_parser("verify", help="recompute the hash chain")
+    verify.add_argument("--url", help="ledger URL (default: EXCHANGE_AUDIT_URL)")
+    verify.set_defaults(func=cmd_audit_verify)
+
+    keys = sub.add_parser("keys", help="key pairs").add_subparsers(dest="action", required=True)
+    gen = keys.add_parser("generate", help="generate a key pair")
+    gen.add_argument("--kind", choices=("signing", "age", "ssh"), required=True)
+    gen.add_argument("--out", type=Path, required=True, help="private key path (.pub beside it)")
+    gen.add_argument("--comment")
+    gen.add_argument("--force", action="store_true", help="overwrite existing files")
+    gen.set_defaults(func=cmd_keys_generate)
+
+    syn = sub.add_parser("synth", help="write synthetic source data for demos and tests")
+    syn.add_argument("out", type=Path)
+    syn.add_argument("--rows", type=int, default=1000)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.set_defaults(func=cmd_synth)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; print one clear line on failure and return its exit code."""
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ContractError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        _error("contract invalid", f"{len(exc.problems)} problem(s)")
+        return BAD_INPUT
+    except Refused as exc:
+        _error("refused", str(exc))
+        return REFUSED
+    except SourceError as exc:
+        _error("source", str(exc))
+        return BAD_INPUT
+    except TransferError as exc:
+        kind = "delivery failed (transient)" if isinstance(exc, Retryable) else "delivery failed"
+        _error(kind, str(exc))
+        return DELIVERY_FAILED
+    except (DropRejected, LedgerError, CryptoError) as exc:
+        _error("not verified", str(exc))
+        return NOT_VERIFIED
+    except ExchangeError as exc:
+        _error("failed", str(exc))
+        return FAILED
+    except (FileExistsError, FileNotFoundError) as exc:
+        _error("file", f"{exc.strerror}: {exc.filename}")
+        return BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

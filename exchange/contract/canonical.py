@@ -1,0 +1,30 @@
+"""The canonical form of a contract: what its hash (and later its approval) binds."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from typing import Any
+
+
+def _plain(value: Any) -> Any:
+    """Turn YAML scalars JSON lacks (dates, times) into their ISO text."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.date | dt.datetime):
+        return value.isoformat()
+    return value
+
+
+def canonical_bytes(document: dict[str, Any]) -> bytes:
+    """Serialise a parsed contract so that layout, key order and quoting do not matter."""
+    text = json.dumps(_plain(document), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8")
+
+
+def canonical_sha256(document: dict[str, Any]) -> str:
+    """The hex SHA-256 of the contract's canonical form."""
+    return hashlib.sha256(canonical_bytes(document)).hexdigest()

@@ -1,0 +1,311 @@
+"""Load a contract file: safe YAML, the ODCS schema, the sharing terms, then meaning."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+from urllib.parse import urlsplit
+
+import jsonschema
+import yaml
+from croniter import croniter
+
+from exchange.contract.canonical import _plain, canonical_sha256
+from exchange.contract.model import (
+    Contract,
+    Endpoint,
+    Field,
+    LegalBasis,
+    Objections,
+    Party,
+    Statute,
+)
+from exchange.contract.vocabulary import PURPOSES, TRANSFORM_OUTPUT_TYPES
+from exchange.errors import ContractError, Problem
+
+API_VERSION = "v3.1.0"
+PAYLOAD_FORMATS = ("csv", "parquet")
+
+
+def format_path(parts: Iterable[str | int]) -> str:
+    """Render a JSON path as `schema[0].properties[3].customProperties`."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+@cache
+def _validator(package: str, name: str) -> jsonschema.protocols.Validator:
+    schema = json.loads(resources.files(package).joinpath(name).read_text("utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+def _odcs_validator() -> jsonschema.protocols.Validator:
+    return _validator("open_data_contract_standard", "schema.json")
+
+
+def _schema_problems(
+    validator: jsonschema.protocols.Validator,
+    instance: Any,
+    file: str,
+    prefix: Callable[[list[Any]], list[Any]] | None = None,
+) -> Iterator[Problem]:
+    for error in sorted(validator.iter_errors(instance), key=lambda e: list(map(str, e.path))):
+        # For anyOf/oneOf, the most specific sub-error says what is really wrong.
+        if error.context:
+            error = jsonschema.exceptions.best_match(error.context) or error
+        path = list(error.absolute_path)
+        yield Problem(file, format_path(prefix(path) if prefix else path), error.message)
+
+
+def _custom(items: Any) -> dict[str, tuple[int, Any]]:
+    """Collect an ODCS customProperties list into {property: (index, value)}."""
+    out: dict[str, tuple[int, Any]] = {}
+    for index, item in enumerate(items or []):
+        if isinstance(item, dict) and "property" in item:
+            out[str(item["property"])] = (index, item.get("value"))
+    return out
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Parse a contract file with the safe YAML loader; problems become ContractError."""
+    file = str(path)
+    try:
+        text = path.read_text("utf-8")
+    except OSError as exc:
+        raise ContractError([Problem(file, "", f"cannot read file: {exc.strerror}")]) from exc
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        detail = getattr(exc, "problem", None) or "invalid YAML"
+        raise ContractError([Problem(file, where, f"not valid YAML: {detail}")]) from exc
+    if not isinstance(document, dict):
+        raise ContractError([Problem(file, "", "a contract must be a YAML mapping")])
+    return _plain(document)
+
+
+def load_contract(path: str | Path) -> Contract:
+    """Load and fully check a contract; raise ContractError listing every problem."""
+    path = Path(path)
+    document = read_document(path)
+    problems = list(check_document(document, str(path)))
+    if problems:
+        raise ContractError(problems)
+    return _build(path, document)
+
+
+def check_document(document: dict[str, Any], file: str) -> Iterator[Problem]:
+    """Yield every problem in a parsed contract, ODCS schema first, then the sharing terms."""
+    odcs = list(_schema_problems(_odcs_validator(), document, file))
+    yield from odcs
+    if document.get("apiVersion") != API_VERSION:
+        yield Problem(file, "apiVersion", f"must be {API_VERSION!r} (ODCS v3.1)")
+    if odcs:
+        return  # the meaning checks below rely on the ODCS shape
+    yield from _check_terms(document, file)
+    yield from _check_schema(document, file)
+    yield from _check_servers(document, file)
+    if "retention" not in {s.get("property") for s in document.get("slaProperties") or []}:
+        yield Problem(file, "slaProperties", "a 'retention' property is required")
+
+
+def _check_terms(document: dict[str, Any], file: str) -> Iterator[Problem]:
+    custom = _custom(document.get("customProperties"))
+    terms = {key: value for key, (_, value) in custom.items()}
+
+    def located(path: list[Any]) -> list[Any]:
+        if path and path[0] in custom:
+            return ["customProperties", custom[path[0]][0], "value", *path[1:]]
+        return ["customProperties", *path]
+
+    yield from _schema_problems(
+        _validator("exchange.contract", "terms.schema.json"), terms, file, located
+    )
+    for i, code in enumerate(terms.get("purposes") or []):
+        if isinstance(code, str) and code not in PURPOSES:
+            yield Problem(
+                file,
+                format_path(located(["purposes", i])),
+                f"unknown purpose code {code!r}; use one of: {', '.join(sorted(PURPOSES))}",
+            )
+    schedule = terms.get("schedule")
+    if isinstance(schedule, str) and not croniter.is_valid(schedule):
+        yield Problem(file, format_path(located(["schedule"])), f"not a valid cron: {schedule!r}")
+    for i, key in enumerate(terms.get("recipientKeys") or []):
+        if isinstance(key, str) and not _is_age_recipient(key):
+            yield Problem(
+                file, format_path(located(["recipientKeys", i])), "not a valid age recipient"
+            )
+
+
+def _is_age_recipient(key: str) -> bool:
+    import pyrage
+
+    try:
+        pyrage.x25519.Recipient.from_str(key)
+    except pyrage.RecipientError:
+        return False
+    return True
+
+
+def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
+    schema = document.get("schema") or []
+    if len(schema) != 1:
+        yield Problem(file, "schema", "exactly one schema object (the shared dataset) is required")
+        return
+    properties = schema[0].get("properties") or []
+    if not properties:
+        yield Problem(file, "schema[0].properties", "the dataset has no fields")
+    field_terms = _validator("exchange.contract", "field-terms.schema.json")
+    names: set[str] = set()
+    subject_keys = 0
+    uses_pseudonyms = False
+    for i, prop in enumerate(properties):
+        at = ["schema", 0, "properties", i]
+        custom = _custom(prop.get("customProperties"))
+        terms = {key: value for key, (_, value) in custom.items()}
+
+        def located(
+            path: list[Any], custom: dict[str, tuple[int, Any]] = custom, at: list[Any] = at
+        ) -> list[Any]:
+            if path and path[0] in custom:
+                return [*at, "customProperties", custom[path[0]][0], "value", *path[1:]]
+            return [*at, "customProperties", *path]
+
+        yield from _schema_problems(field_terms, terms, file, located)
+        name = prop.get("name")
+        if name in names:
+            yield Problem(file, format_path([*at, "name"]), f"duplicate field name {name!r}")
+        names.add(name)
+        if "logicalType" not in prop:
+            yield Problem(file, format_path(at), "logicalType is required for every field")
+        transform = terms.get("transform")
+        options = terms.get("transformOptions") or {}
+        produced = TRANSFORM_OUTPUT_TYPES.get(transform, {}).get(options.get("to", ""), None)
+        if produced and prop.get("logicalType") not in (None, produced):
+            yield Problem(
+                file,
+                format_path([*at, "logicalType"]),
+                f"transform {transform!r} produces {produced!r}, not {prop.get('logicalType')!r}",
+            )
+        uses_pseudonyms |= transform == "pseudonymise"
+        subject_keys += bool(terms.get("subjectKey"))
+    if subject_keys != 1:
+        yield Problem(
+            file,
+            "schema[0].properties",
+            f"exactly one field must be marked subjectKey (found {subject_keys})",
+        )
+    custom = _custom(document.get("customProperties"))
+    if uses_pseudonyms and "pseudonymisationKey" not in custom:
+        yield Problem(
+            file,
+            "customProperties",
+            "a field is pseudonymised: name the key's secret in 'pseudonymisationKey'",
+        )
+
+
+def _check_servers(document: dict[str, Any], file: str) -> Iterator[Problem]:
+    sftp = [(i, s) for i, s in enumerate(document.get("servers") or []) if s.get("type") == "sftp"]
+    if len(sftp) != 1:
+        yield Problem(
+            file, "servers", "exactly one server of type 'sftp' (the recipient) is needed"
+        )
+        return
+    i, server = sftp[0]
+    url = urlsplit(server.get("location", ""))
+    if not url.hostname or not url.path.strip("/"):
+        yield Problem(file, f"servers[{i}].location", "must be sftp://HOST/FOLDER")
+    if "*" in url.path or "{" in url.path:
+        yield Problem(file, f"servers[{i}].location", "must name a folder, not a pattern")
+    if server.get("format", "csv") not in PAYLOAD_FORMATS:
+        yield Problem(file, f"servers[{i}].format", f"must be one of {', '.join(PAYLOAD_FORMATS)}")
+
+
+def _frozen(value: Any) -> Mapping[str, Any]:
+    return MappingProxyType(dict(value or {}))
+
+
+def _build(path: Path, document: dict[str, Any]) -> Contract:
+    terms = {key: value for key, (_, value) in _custom(document["customProperties"]).items()}
+    dataset = document["schema"][0]
+    fields = []
+    for i, prop in enumerate(dataset["properties"]):
+        ft = {key: value for key, (_, value) in _custom(prop.get("customProperties")).items()}
+        fields.append(
+            Field(
+                name=prop["name"],
+                source=prop.get("physicalName", prop["name"]),
+                logical_type=prop["logicalType"],
+                transform=ft["transform"],
+                transform_options=_frozen(ft.get("transformOptions")),
+                required=bool(prop.get("required", False)),
+                unique=bool(prop.get("unique", False)),
+                subject_key=bool(ft.get("subjectKey", False)),
+                classification=prop.get("classification"),
+                type_options=_frozen(prop.get("logicalTypeOptions")),
+                quality=tuple(_frozen(q) for q in prop.get("quality") or []),
+                path=f"schema[0].properties[{i}]",
+            )
+        )
+    server = next(s for s in document["servers"] if s["type"] == "sftp")
+    url = urlsplit(server["location"])
+    basis = terms["legalBasis"]
+    objections = terms["objections"]
+    retention = next(s for s in document["slaProperties"] if s["property"] == "retention")
+    return Contract(
+        path=path,
+        document=MappingProxyType(document),
+        sha256=canonical_sha256(document),
+        id=document["id"],
+        name=document.get("name", document["id"]),
+        version=document["version"],
+        status=document.get("status", "draft"),
+        purpose=(document.get("description") or {}).get("purpose", ""),
+        purposes=tuple(terms["purposes"]),
+        provider=_party(terms["provider"]),
+        recipient=_party(terms["recipient"]),
+        legal_basis=LegalBasis(
+            statutes=tuple(Statute(s["act"], s["section"]) for s in basis["statutes"]),
+            article6=basis["ukGdprArticle6"],
+            article9=basis.get("ukGdprArticle9"),
+            dpa2018_schedule1=basis.get("dpa2018Schedule1"),
+        ),
+        objections=Objections(
+            column=objections["column"],
+            overridden=objections["legalBasisOverrides"],
+            justification=objections.get("overrideJustification"),
+        ),
+        schedule=terms["schedule"],
+        review_date=dt.date.fromisoformat(terms["reviewDate"]),
+        recipient_keys=tuple(terms["recipientKeys"]),
+        endpoint=Endpoint(
+            server=server.get("server", "recipient"),
+            host=url.hostname or "",
+            folder=url.path.strip("/"),
+            format=server.get("format", "csv"),
+            connection=terms["sftpConnection"],
+        ),
+        pseudonymisation_key=terms.get("pseudonymisationKey"),
+        dataset=dataset["name"],
+        source_name=dataset.get("physicalName", dataset["name"]),
+        fields=tuple(fields),
+        dataset_quality=tuple(_frozen(q) for q in dataset.get("quality") or []),
+        retention=f"{retention['value']} {retention.get('unit', '')}".strip(),
+        retention_action=terms["retentionAction"],
+        dpia_reference=terms["dpiaReference"],
+    )
+
+
+def _party(value: dict[str, Any]) -> Party:
+    return Party(value["organisation"], value["contact"], value.get("department"))

@@ -1,0 +1,379 @@
+"""The exchange, stage by stage: check -> prepare (extract, minimise, guard, validate, encrypt,
+sign) -> deliver. The CLI runs the stages in one go; each DAG task runs one of them. Every stage
+writes its own audit entries, refusals and failures included, so both paths leave the same trail.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import shutil
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from exchange import guard, manifest, payload
+from exchange.approval import check_runnable
+from exchange.audit import Ledger
+from exchange.contract import Contract, load_contract
+from exchange.crypto import age, signing
+from exchange.crypto.streams import HashingWriter
+from exchange.errors import (
+    ContractError,
+    ExchangeError,
+    QualityFailed,
+    Refused,
+    Retryable,
+    SourceError,
+)
+from exchange.files import open_private, private_dir, write_private
+from exchange.minimise import Minimiser, source_types
+from exchange.quality import QualityGate
+from exchange.secrets import LocalSecrets, SecretStore
+from exchange.settings import Settings
+from exchange.sources import Source, check_columns, open_source
+from exchange.transport import Delivery, SftpTransport, Transport
+from exchange.types import arrow_type
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A drop staged as ciphertext, ready to deliver. Small and JSON-safe (it travels in XCom)."""
+
+    run_id: str
+    drop_id: str
+    contract_id: str
+    contract_path: str
+    staging: str
+    rows_read: int
+    rows_sent: int
+    excluded: dict[str, int]
+    payload_sha256: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, value: dict[str, Any]) -> Prepared:
+        """Inverse of to_dict."""
+        return cls(**value)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_run_id(now: dt.datetime) -> str:
+    """A run id for a run started by hand."""
+    return f"cli-{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
+
+
+def drop_id_for(contract_id: str, run_id: str) -> str:
+    """The drop's name: fixed by the run, so re-running a run never makes a second drop."""
+    digest = hashlib.sha256(f"{contract_id}\n{run_id}".encode()).hexdigest()[:16]
+    return f"{contract_id}-{digest}"
+
+
+def _outcome(exc: BaseException) -> str:
+    if isinstance(exc, Refused):
+        return "refused"
+    return "failed"
+
+
+class Gateway:
+    """Runs exchanges for the contracts it is given, recording everything in the ledger."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        secrets: SecretStore | None = None,
+        ledger: Ledger | None = None,
+        transport_for: Callable[[Any], Transport] = SftpTransport,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self.settings = settings
+        self.secrets = secrets or LocalSecrets(settings.secrets_file)
+        self.ledger = ledger or Ledger(settings.audit_url, clock=clock)
+        self.transport_for = transport_for
+        self.clock = clock
+
+    @classmethod
+    def from_env(cls) -> Gateway:
+        """A gateway configured from EXCHANGE_* environment variables."""
+        return cls(Settings.from_env())
+
+    # -- check --------------------------------------------------------------------------------
+
+    def check(self, contract_path: str | Path, *, run_id: str) -> Contract:
+        """Load the contract and confirm it may run today; every refusal is audited."""
+        name = Path(contract_path).name
+        try:
+            contract = load_contract(contract_path)
+        except ContractError as exc:
+            self.ledger.append(
+                "run.refused",
+                {
+                    "reason": "contract-invalid",
+                    "file": name,
+                    "problems": [str(p) for p in exc.problems][:50],
+                },
+                run_id=run_id,
+            )
+            raise
+        try:
+            check_runnable(contract, self.clock().date())
+        except Refused as exc:
+            self._refused(contract, run_id, exc, stage="check")
+            raise
+        self.ledger.append(
+            "contract.checked",
+            {**self._contract_facts(contract), "approval": "not-yet-verified"},
+            run_id=run_id,
+            contract_id=contract.id,
+        )
+        return contract
+
+    # -- prepare ------------------------------------------------------------------------------
+
+    def resolve_source(self, contract: Contract, source: str | Path | None) -> Source:
+        """The given source file, or the contract's physicalName under EXCHANGE_SOURCE_DIR."""
+        if source is None:
+            folder = self.settings.source_dir
+            if folder is None:
+                raise SourceError("no source given and EXCHANGE_SOURCE_DIR is not set")
+            matches = sorted(folder.glob(f"{contract.source_name}.*"))
+            if not matches:
+                raise SourceError(f"no file named {contract.source_name}.* in the source folder")
+            source = matches[0]
+        return open_source(source)
+
+    def prepare(self, contract: Contract, source: str | Path | None, *, run_id: str) -> Prepared:
+        """Extract, minimise, guard, validate, encrypt and sign into a staged drop."""
+        started = self.clock()
+        drop_id = drop_id_for(contract.id, run_id)
+        staging = private_dir(self.settings.staging) / drop_id
+        shutil.rmtree(staging, ignore_errors=True)  # a retried run starts its staging afresh
+        private_dir(staging)
+        try:
+            return self._prepare(contract, source, run_id, drop_id, staging, started)
+        except ExchangeError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            if isinstance(exc, QualityFailed):
+                self._quarantine_report(contract, run_id, drop_id, exc)
+            self._refused(contract, run_id, exc, stage="prepare")
+            raise
+
+    def _prepare(
+        self,
+        contract: Contract,
+        source_arg: str | Path | None,
+        run_id: str,
+        drop_id: str,
+        staging: Path,
+        started: dt.datetime,
+    ) -> Prepared:
+        source = self.resolve_source(contract, source_arg)
+        types = source_types(contract)
+        unread = check_columns(source, list(types))
+        key = (
+            self.secrets.secret(contract.pseudonymisation_key)
+            if contract.pseudonymisation_key
+            else None
+        )
+        minimise = Minimiser(contract, pseudonym_key=key)
+        quality = QualityGate(contract)
+        schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])
+        fmt = contract.endpoint.format
+
+        def validated() -> Iterator[pa.RecordBatch]:
+            for batch in source.batches(types):
+                out = minimise(batch)
+                guard.check(out.schema, contract)  # before anything is encoded or written
+                yield from quality.add(out.cast(schema))
+            yield from quality.finish()
+
+        payload_name = f"data{payload.SUFFIXES[fmt]}{age.SUFFIX}"
+        with open_private(staging / payload_name) as handle:
+            sink = HashingWriter(handle)
+            age.encrypt_chunks(
+                payload.encode(validated(), fmt, schema), sink, contract.recipient_keys
+            )
+        tally = minimise.tally
+        head_seq, head_hash = self.ledger.head()
+        signing_key = signing.load_private_key(self.settings.signing_key)
+        body = {
+            "manifest_version": manifest.MANIFEST_VERSION,
+            "drop_id": drop_id,
+            "run_id": run_id,
+            "created_at": self.clock().isoformat(timespec="seconds"),
+            "contract": self._contract_facts(contract),
+            "fields": [
+                {
+                    "name": f.name,
+                    "type": f.logical_type,
+                    "transform": f.transform,
+                    **({"options": dict(f.transform_options)} if f.transform_options else {}),
+                }
+                for f in contract.fields
+            ],
+            "rows": {
+                "read": tally.read,
+                "excluded": dict(tally.excluded),
+                "objections_overridden": tally.objections_overridden,
+                "sent": tally.sent,
+            },
+            "payload": manifest.Payload(
+                name=payload_name,
+                format=fmt,
+                size=sink.size,
+                sha256=sink.sha256,
+                cipher=age.NAME,
+                recipients=contract.recipient_keys,
+            ).as_dict(),
+            "sender": {"key_id": signing.key_id(signing_key.public_key())},
+            "ledger": {"seq": head_seq, "hash": head_hash},
+        }
+        document = manifest.to_bytes(body)
+        write_private(staging / manifest.MANIFEST_NAME, document)
+        write_private(staging / manifest.SIGNATURE_NAME, signing.sign(signing_key, document))
+        prepared = Prepared(
+            run_id=run_id,
+            drop_id=drop_id,
+            contract_id=contract.id,
+            contract_path=str(contract.path),
+            staging=str(staging),
+            rows_read=tally.read,
+            rows_sent=tally.sent,
+            excluded=dict(tally.excluded),
+            payload_sha256=sink.sha256,
+        )
+        self.ledger.append(
+            "run.prepared",
+            {
+                "drop_id": drop_id,
+                "source": source.name,
+                "source_columns_not_read": unread,
+                "rows": body["rows"],
+                "validation": {"outcome": "passed", "rules": len(quality.rules)},
+                "payload": {"sha256": sink.sha256, "size": sink.size, "format": fmt},
+                "manifest_sha256": hashlib.sha256(document).hexdigest(),
+                "started_at": started.isoformat(timespec="seconds"),
+            },
+            run_id=run_id,
+            contract_id=contract.id,
+        )
+        return prepared
+
+    # -- deliver ------------------------------------------------------------------------------
+
+    def deliver(self, contract: Contract, prepared: Prepared) -> Delivery:
+        """Send the staged drop; on success purge the staging and record the transfer."""
+        staging = Path(prepared.staging)
+        started = self.clock()
+        base = {
+            "drop_id": prepared.drop_id,
+            "recipient": contract.recipient.organisation,
+            "server": contract.endpoint.server,
+        }
+        try:
+            connection = self.secrets.sftp_connection(contract.endpoint.connection)
+            transport = self.transport_for(connection)
+            delivery = transport.deliver(staging, contract.endpoint.folder, prepared.drop_id)
+        except ExchangeError as exc:
+            self.ledger.append(
+                "transfer.failed",
+                {
+                    **base,
+                    "outcome": _outcome(exc),
+                    "error": type(exc).__name__,
+                    "message": str(exc),
+                    "retryable": isinstance(exc, Retryable),
+                },
+                run_id=prepared.run_id,
+                contract_id=contract.id,
+            )
+            raise
+        shutil.rmtree(staging, ignore_errors=True)  # the ciphertext has arrived: purge it
+        self.ledger.append(
+            "transfer.sent",
+            {
+                **base,
+                **self._contract_facts(contract),
+                "fields_sent": list(contract.field_names),
+                "rows": {
+                    "read": prepared.rows_read,
+                    "excluded": prepared.excluded,
+                    "sent": prepared.rows_sent,
+                },
+                "validation": "passed",
+                "payload_sha256": prepared.payload_sha256,
+                "remote_path": delivery.remote_path,
+                "bytes": delivery.bytes,
+                "already_delivered": delivery.already_delivered,
+                "outcome": "sent",
+                "started_at": started.isoformat(timespec="seconds"),
+                "finished_at": self.clock().isoformat(timespec="seconds"),
+            },
+            run_id=prepared.run_id,
+            contract_id=contract.id,
+        )
+        return delivery
+
+    # -- all stages ---------------------------------------------------------------------------
+
+    def run(
+        self, contract_path: str | Path, source: str | Path | None, *, run_id: str | None = None
+    ) -> tuple[Prepared, Delivery]:
+        """One whole exchange: check, prepare, deliver."""
+        run_id = run_id or new_run_id(self.clock())
+        contract = self.check(contract_path, run_id=run_id)
+        prepared = self.prepare(contract, source, run_id=run_id)
+        return prepared, self.deliver(contract, prepared)
+
+    # -- helpers ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _contract_facts(contract: Contract) -> dict[str, Any]:
+        return {
+            "id": contract.id,
+            "version": contract.version,
+            "sha256": contract.sha256,
+            "purposes": list(contract.purposes),
+            "legal_basis": contract.legal_basis.summary(),
+            "provider": contract.provider.organisation,
+            "recipient": contract.recipient.organisation,
+        }
+
+    def _refused(self, contract: Contract, run_id: str, exc: ExchangeError, *, stage: str) -> None:
+        body: dict[str, Any] = {
+            "stage": stage,
+            "outcome": _outcome(exc),
+            "reason": getattr(exc, "reason", type(exc).__name__),
+            "error": type(exc).__name__,
+            "message": str(exc),
+            "contract_sha256": contract.sha256,
+        }
+        for attr in ("unexpected", "missing", "failures"):
+            if getattr(exc, attr, None):
+                body[attr] = list(getattr(exc, attr))
+        event = "run.refused" if isinstance(exc, Refused) else "run.failed"
+        self.ledger.append(event, body, run_id=run_id, contract_id=contract.id)
+
+    def _quarantine_report(
+        self, contract: Contract, run_id: str, drop_id: str, exc: QualityFailed
+    ) -> None:
+        report = {
+            "run_id": run_id,
+            "contract": contract.id,
+            "failures": list(exc.failures),
+            "at": self.clock().isoformat(timespec="seconds"),
+        }
+        path = private_dir(self.settings.quarantine) / f"{drop_id}.json"
+        write_private(path, json.dumps(report, indent=2).encode(), overwrite=True)

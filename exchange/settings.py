@@ -1,0 +1,54 @@
+"""The gateway's own configuration, read from the environment (no secrets here)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Where the gateway keeps its state and finds its keys.
+
+    EXCHANGE_HOME          state folder (staging, quarantine reports, default ledger); ~/.exchange
+    EXCHANGE_AUDIT_URL     SQLAlchemy URL of the audit ledger; sqlite under EXCHANGE_HOME
+    EXCHANGE_SIGNING_KEY   the gateway's Ed25519 private key; EXCHANGE_HOME/keys/gateway.key
+    EXCHANGE_SECRETS       a 0600 JSON file of connections and secrets (see exchange.secrets)
+    EXCHANGE_SOURCE_DIR    where a contract's source file is found by its physicalName
+    EXCHANGE_CONTRACTS     the contracts folder the DAGs are generated from; ./contracts
+    """
+
+    home: Path
+    audit_url: str
+    signing_key: Path
+    secrets_file: Path | None
+    source_dir: Path | None
+    contracts_dir: Path
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from environment variables, with defaults."""
+        env = os.environ if env is None else env
+        home = Path(env.get("EXCHANGE_HOME") or Path.home() / ".exchange").absolute()
+        secrets = env.get("EXCHANGE_SECRETS")
+        sources = env.get("EXCHANGE_SOURCE_DIR")
+        return cls(
+            home=home,
+            audit_url=env.get("EXCHANGE_AUDIT_URL") or f"sqlite:///{home / 'audit.db'}",
+            signing_key=Path(env.get("EXCHANGE_SIGNING_KEY") or home / "keys" / "gateway.key"),
+            secrets_file=Path(secrets) if secrets else None,
+            source_dir=Path(sources) if sources else None,
+            contracts_dir=Path(env.get("EXCHANGE_CONTRACTS") or "contracts").absolute(),
+        )
+
+    @property
+    def staging(self) -> Path:
+        """Ciphertext waiting for delivery."""
+        return self.home / "staging"
+
+    @property
+    def quarantine(self) -> Path:
+        """Reports of runs whose data failed quality (counts and rules only)."""
+        return self.home / "quarantine"
