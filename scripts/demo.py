@@ -1,0 +1,189 @@
+"""The demo: one sharing agreement, end to end, on real parts, all state under .demo/.
+
+Starts a partner SFTP server (real sshd), makes demo keys, writes synthetic source data, runs the
+agreement's exchange through Airflow (`airflow dags test`, SQLite), then plays the partner:
+verifies and decrypts the drop with `exchange receive` and with the standard `age` tool,
+and finally verifies the audit ledger. Safe to run again: keys and data are reused, and each
+run adds one drop.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from exchange import keys, synth
+from exchange.contract import read_document
+from exchange.files import private_dir, write_private
+from exchange.sandbox import PartnerSftpServer
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / ".demo"
+CONTRACT = "school-attendance-to-early-help"
+DAG_ID = f"exchange__{CONTRACT}"
+ROWS = 20_000
+BIN = Path(sys.executable).parent
+
+
+def step(text: str) -> None:
+    print(f"\n==> {text}", flush=True)
+
+
+def run(args: list[str], env: dict[str, str], log: Path | None = None) -> str:
+    """Run a command; on failure show its output's tail and stop the demo."""
+    result = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    output = result.stdout + result.stderr
+    if log is not None:
+        log.write_text(output)
+    if result.returncode != 0:
+        print(output[-4000:], file=sys.stderr)
+        sys.exit(f"demo: `{' '.join(args[:3])} ...` failed with exit code {result.returncode}")
+    return result.stdout
+
+
+def key_pair(kind: str, path: Path) -> str:
+    """Reuse a demo key if present, else generate it; return the public half."""
+    if not path.exists():
+        keys.generate(kind, path, comment=f"demo {path.stem}")
+    return path.with_name(path.name + ".pub").read_text().split()[0 if kind == "age" else 1]
+
+
+def main() -> None:
+    gateway_home = private_dir(DEMO / "gateway")
+    partner_keys = private_dir(DEMO / "partner-keys")
+    step("Generating demo keys (gateway signing key, partner's age key, pseudonymisation key)")
+    private_dir(gateway_home / "keys")
+    key_pair("signing", gateway_home / "keys" / "gateway.key")
+    partner_recipient = key_pair("age", partner_keys / "early-help.age")
+    pseudonym_file = gateway_home / "keys" / "pseudonym.key"
+    if not pseudonym_file.exists():
+        write_private(pseudonym_file, base64.b64encode(secrets.token_bytes(32)))
+    print(f"   partner's age public key: {partner_recipient}")
+
+    step("Writing the demo contracts folder (the sample agreement, to the demo partner's key)")
+    contracts = DEMO / "contracts"
+    contracts.mkdir(exist_ok=True)
+    document = read_document(REPO / "contracts" / f"{CONTRACT}.yaml")
+    for prop in document["customProperties"]:
+        if prop["property"] == "recipientKeys":
+            prop["value"] = [partner_recipient]
+    (contracts / f"{CONTRACT}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+
+    step(f"Writing {ROWS:,} rows of synthetic source data (16 columns)")
+    source_dir = private_dir(DEMO / "source")
+    source = source_dir / "attendance_export.csv"
+    if not source.exists():
+        synth.write(source, ROWS, seed=2026)
+    print(f"   {source}")
+
+    step("Starting the partner's SFTP server (OpenSSH sshd on 127.0.0.1)")
+    with PartnerSftpServer(DEMO / "partner") as server:
+        inbox = server.root / "inbox" / "attendance"
+        inbox.mkdir(parents=True, exist_ok=True)
+        print(f"   listening on {server.host}:{server.port}")
+        print(f"   its host key is pinned in {server.known_hosts_path}")
+        env = demo_env(server, gateway_home, contracts, source_dir, pseudonym_file)
+
+        step("Running the exchange through Airflow: airflow dags test " + DAG_ID)
+        airflow_log = DEMO / "airflow" / "dags-test.log"
+        if not (DEMO / "airflow" / "airflow.db").exists():
+            run([str(BIN / "airflow"), "db", "migrate"], env)
+        before = set(p.name for p in inbox.iterdir())
+        run([str(BIN / "airflow"), "dags", "test", DAG_ID], env, log=airflow_log)
+        new = sorted(set(p.name for p in inbox.iterdir()) - before)
+        if len(new) != 1:
+            sys.exit(f"demo: expected one new drop in the partner inbox, found {len(new)}")
+        drop = inbox / new[0]
+        print(f"   DAG run succeeded (log: {airflow_log})")
+        print(f"   drop delivered: {drop}")
+        for item in sorted(drop.iterdir()):
+            print(f"     {item.name:22} {item.stat().st_size:>10,} bytes")
+
+    step("Partner: exchange receive (verify signature and checksum, decrypt, count rows)")
+    received = DEMO / "received"
+    out = run(
+        [
+            str(BIN / "exchange"),
+            "receive",
+            str(drop),
+            "--identity",
+            str(partner_keys / "early-help.age"),
+            "--sender-key",
+            str(gateway_home / "keys" / "gateway.key.pub"),
+            "--out",
+            str(received),
+        ],
+        env,
+    )
+    print("   " + out.strip())
+
+    step("Partner: the same drop with the standard age tool (age -d -i ...)")
+    payload = next(drop.glob("*.age"))
+    plain = subprocess.run(
+        ["age", "-d", "-i", str(partner_keys / "early-help.age"), str(payload)],
+        capture_output=True,
+        check=True,
+    ).stdout
+    ours = (received / f"{drop.name}.csv").read_bytes()
+    print(f"   age decrypted {len(plain):,} bytes; identical to exchange receive: {plain == ours}")
+    print("   first lines:")
+    for line in plain.decode().splitlines()[:4]:
+        print(f"     {line}")
+
+    step("Auditor: exchange audit verify")
+    print("   " + run([str(BIN / "exchange"), "audit", "verify"], env).strip())
+
+    step("Where everything is")
+    for label, path in [
+        ("demo state", DEMO),
+        ("contract used", contracts / f"{CONTRACT}.yaml"),
+        ("source data", source),
+        ("partner SFTP root", server.root),
+        ("received data", received),
+        ("audit ledger", gateway_home / "audit.db"),
+        ("Airflow home", DEMO / "airflow"),
+    ]:
+        print(f"   {label:18} {path}")
+
+
+def demo_env(
+    server: PartnerSftpServer, home: Path, contracts: Path, sources: Path, pseudonym: Path
+) -> dict[str, str]:
+    """The environment of the gateway and Airflow for this demo."""
+    connection = {
+        "conn_type": "sftp",
+        "host": server.host,
+        "port": server.port,
+        "login": server.username,
+        "extra": {
+            "key_file": str(server.client_key_path),
+            "known_hosts": str(server.known_hosts_path),
+        },
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "EXCHANGE"))}
+    env.update(
+        AIRFLOW_HOME=str(DEMO / "airflow"),
+        AIRFLOW__CORE__LOAD_EXAMPLES="False",
+        AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
+        AIRFLOW_CONN_EARLY_HELP_SFTP=json.dumps(connection),
+        AIRFLOW_VAR_EARLY_HELP_PSEUDONYM_KEY=pseudonym.read_text().strip(),
+        EXCHANGE_HOME=str(home),
+        EXCHANGE_CONTRACTS=str(contracts),
+        EXCHANGE_SOURCE_DIR=str(sources),
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
+if __name__ == "__main__":
+    if shutil.which("age") is None:
+        sys.exit("demo: the `age` tool is missing; run `make system`")
+    main()

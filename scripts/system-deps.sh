@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Install the system tools the gateway's demo and tests need, if missing:
+# OpenSSH's sshd (the partner SFTP server) and the standard `age` tool (partner-side checks).
+set -euo pipefail
+missing=()
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+command -v age >/dev/null 2>&1 || missing+=(age)
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+echo "installing system packages: ${missing[*]}"
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then
+  sudo_cmd=(sudo)
+fi
+export DEBIAN_FRONTEND=noninteractive
+"${sudo_cmd[@]}" apt-get update -qq
+"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
