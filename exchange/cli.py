@@ -57,12 +57,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from exchange.gateway import Gateway
 
     gateway = Gateway.from_env()
-    prepared, delivery = gateway.run(args.contract, args.source, run_id=args.run_id)
-    excluded = ", ".join(f"{n} {why}" for why, n in prepared.excluded.items()) or "none"
-    verb = "was already delivered to" if delivery.already_delivered else "delivered to"
+    result = gateway.run(args.contract, args.source, run_id=args.run_id)
+    excluded = ", ".join(f"{n} {why}" for why, n in result.excluded.items()) or "none"
+    verb = "was already delivered to" if result.already_delivered else "delivered to"
     _say(
-        f"run {prepared.run_id}: read {prepared.rows_read} rows, excluded {excluded}, "
-        f"sent {prepared.rows_sent}; drop {prepared.drop_id} {verb} {delivery.remote_path}"
+        f"run {result.run_id}: read {result.rows_read} rows, excluded {excluded}, "
+        f"sent {result.rows_sent}; drop {result.drop_id} {verb} {result.remote_path}"
     )
     return OK
 

@@ -65,6 +65,19 @@ class Prepared:
         return cls(**value)
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """What one exchange did, for people and logs (counts and ids only)."""
+
+    run_id: str
+    drop_id: str
+    rows_read: int
+    rows_sent: int
+    excluded: dict[str, int]
+    remote_path: str
+    already_delivered: bool
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -330,12 +343,33 @@ class Gateway:
 
     def run(
         self, contract_path: str | Path, source: str | Path | None, *, run_id: str | None = None
-    ) -> tuple[Prepared, Delivery]:
-        """One whole exchange: check, prepare, deliver."""
+    ) -> RunResult:
+        """One whole exchange: check, prepare, deliver; a run already delivered is not redone."""
         run_id = run_id or new_run_id(self.clock())
         contract = self.check(contract_path, run_id=run_id)
+        earlier = self.ledger.find("transfer.sent", run_id=run_id, contract_id=contract.id)
+        if earlier is not None:
+            sent = earlier.data
+            return RunResult(
+                run_id,
+                sent["drop_id"],
+                sent["rows"]["read"],
+                sent["rows"]["sent"],
+                sent["rows"]["excluded"],
+                sent["remote_path"],
+                already_delivered=True,
+            )
         prepared = self.prepare(contract, source, run_id=run_id)
-        return prepared, self.deliver(contract, prepared)
+        delivery = self.deliver(contract, prepared)
+        return RunResult(
+            run_id,
+            prepared.drop_id,
+            prepared.rows_read,
+            prepared.rows_sent,
+            prepared.excluded,
+            delivery.remote_path,
+            delivery.already_delivered,
+        )
 
     # -- helpers ------------------------------------------------------------------------------
 

@@ -146,6 +146,21 @@ class Ledger:
             for row in rows:
                 yield Entry(**row._mapping)
 
+    def find(self, event: str, *, run_id: str, contract_id: str) -> Entry | None:
+        """The latest entry of an event for a run, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(entries)
+                .where(
+                    entries.c.event == event,
+                    entries.c.run_id == run_id,
+                    entries.c.contract_id == contract_id,
+                )
+                .order_by(entries.c.seq.desc())
+                .limit(1)
+            ).first()
+        return Entry(**row._mapping) if row else None
+
     def head(self) -> tuple[int, str]:
         """The sequence number and hash of the newest entry ((0, GENESIS) if empty)."""
         with self.engine.connect() as conn:

@@ -24,7 +24,9 @@ class CsvSource:
         self.name = self.path.name
         self.block_size = block_size
 
-    def _open(self, convert: pacsv.ConvertOptions) -> pacsv.CSVStreamingReader:
+    def _open(
+        self, convert: pacsv.ConvertOptions, types: Mapping[str, pa.DataType] | None = None
+    ) -> pacsv.CSVStreamingReader:
         try:
             return pacsv.open_csv(
                 self.path,
@@ -36,7 +38,8 @@ class CsvSource:
         except FileNotFoundError as exc:
             raise SourceError(f"source {self.name} does not exist") from exc
         except pa.ArrowInvalid as exc:
-            raise SourceError(f"source {self.name} is not readable as CSV") from exc
+            # Opening converts the first block, so a bad value may surface here already.
+            raise SourceError(self._describe(exc, types or {})) from None
 
     def columns(self) -> list[str]:
         """The header's column names."""
@@ -49,14 +52,13 @@ class CsvSource:
     def batches(self, types: Mapping[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
         """Stream the named columns with the given types."""
         names = list(types)
-        reader = self._open(
-            pacsv.ConvertOptions(
-                include_columns=names,
-                column_types=dict(types),
-                strings_can_be_null=True,
-                quoted_strings_can_be_null=False,
-            )
+        convert = pacsv.ConvertOptions(
+            include_columns=names,
+            column_types=dict(types),
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
         )
+        reader = self._open(convert, types)
         try:
             while True:
                 try:
@@ -64,17 +66,20 @@ class CsvSource:
                 except StopIteration:
                     return
                 except pa.ArrowInvalid as exc:
-                    raise SourceError(self._describe(exc, names, types)) from None
+                    raise SourceError(self._describe(exc, types)) from None
                 yield batch
         finally:
             reader.close()
 
-    def _describe(self, exc: pa.ArrowInvalid, names: list[str], types: Mapping) -> str:
+    def _describe(self, exc: pa.ArrowInvalid, types: Mapping[str, pa.DataType]) -> str:
         match = _COLUMN_NUMBER.search(str(exc))
-        if match and int(match.group(1)) < len(names):
-            column = names[int(match.group(1))]
+        header = self.columns() if match else []  # pyarrow counts columns in file order
+        column = (
+            header[int(match.group(1))] if match and int(match.group(1)) < len(header) else None
+        )
+        if column in types:
             return (
                 f"source {self.name}: column {column!r} has a value that is not "
                 f"{types[column]} (values are not shown)"
             )
-        return f"source {self.name} is malformed CSV (row structure does not match the header)"
+        return f"source {self.name} is not readable as CSV (rows do not match the header)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import socket
 import stat
 from collections.abc import Iterator
@@ -121,10 +122,15 @@ class SftpTransport:
     def _already(
         self, sftp: paramiko.SFTPClient, drop: Path, final: str, files: list[Path]
     ) -> Delivery:
-        with sftp.open(f"{final}/{MANIFEST_NAME}", "rb") as remote:
-            same = remote.read() == (drop / MANIFEST_NAME).read_bytes()
-        if not same:
-            raise TransferError(f"{final} already exists with a different manifest")
+        """A drop of this name arrived before (renamed into place, so whole): do not resend."""
+        try:
+            with sftp.open(f"{final}/{MANIFEST_NAME}", "rb") as remote:
+                theirs = json.loads(remote.read())
+            ours = json.loads((drop / MANIFEST_NAME).read_bytes())
+        except (OSError, ValueError):
+            raise TransferError(f"{final} exists but holds no readable manifest") from None
+        if theirs.get("drop_id") != ours.get("drop_id"):
+            raise TransferError(f"{final} already exists and holds another drop")
         size = sum(p.stat().st_size for p in files)
         return Delivery(final, tuple(p.name for p in files), size, already_delivered=True)
 

@@ -1,0 +1,129 @@
+"""Shared fixtures: a throw-away gateway workspace and a real partner SFTP server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+# Airflow reads its home when first imported: point it at a throw-away one before anything does.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="exchange-test-airflow-")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
+
+from exchange import keys, synth
+from exchange.contract import read_document
+from exchange.gateway import Gateway
+from exchange.sandbox import PartnerSftpServer
+from exchange.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "contracts" / "school-attendance-to-early-help.yaml"
+FOLDER = "inbox/attendance"
+PSEUDONYM_KEY = bytes(range(32))  # a fixed test key: pseudonyms are then known answers
+
+
+def write_contract(
+    path: Path, recipient: str, edit: Callable[[dict[str, Any]], None] | None = None
+) -> Path:
+    """Write the sample contract to `path`, addressed to `recipient`, optionally edited."""
+    document = read_document(SAMPLE)
+    for prop in document["customProperties"]:
+        if prop["property"] == "recipientKeys":
+            prop["value"] = [recipient]
+    if edit is not None:
+        edit(document)
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@dataclass
+class Workspace:
+    """A gateway's state folder, keys, secrets and contract, and the partner's age key."""
+
+    root: Path
+    env: dict[str, str]
+    contract: Path
+    identity: Path
+    recipient: str
+    sender_key: Path
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def gateway(self) -> Gateway:
+        return Gateway(self.settings)
+
+    def source(
+        self, rows: int = 2000, *, seed: int = 7, name: str = "attendance_export.csv"
+    ) -> Path:
+        return synth.write(self.root / "sources" / name, rows, seed=seed)
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Workspace:
+    """A fresh gateway with its own keys; the connection is added by `partner`."""
+    home = tmp_path / "gateway"
+    (home / "keys").mkdir(parents=True)
+    (tmp_path / "sources").mkdir()
+    signing = keys.generate("signing", home / "keys" / "gateway.key")
+    identity = keys.generate("age", tmp_path / "partner.age")
+    contracts = tmp_path / "contracts"
+    contracts.mkdir()
+    contract = write_contract(contracts / SAMPLE.name, identity.public)
+    secrets_file = tmp_path / "secrets.json"
+    secrets_file.write_text(
+        json.dumps(
+            {"secrets": {"early-help-pseudonym-key": base64.b64encode(PSEUDONYM_KEY).decode()}}
+        )
+    )
+    secrets_file.chmod(0o600)
+    env = {
+        "EXCHANGE_HOME": str(home),
+        "EXCHANGE_SECRETS": str(secrets_file),
+        "EXCHANGE_CONTRACTS": str(contracts),
+        "EXCHANGE_SOURCE_DIR": str(tmp_path / "sources"),
+    }
+    return Workspace(
+        tmp_path, env, contract, identity.private_path, identity.public, signing.public_path
+    )
+
+
+@pytest.fixture
+def partner(tmp_path: Path, workspace: Workspace) -> Iterator[PartnerSftpServer]:
+    """A real sshd for the partner, wired into the workspace as the contract's connection."""
+    server = PartnerSftpServer(tmp_path / "partner").start()
+    (server.root / FOLDER).mkdir(parents=True)
+    connect(workspace, server)
+    yield server
+    server.stop()
+
+
+def connect(workspace: Workspace, server: PartnerSftpServer) -> None:
+    """Point the workspace's `early-help-sftp` connection at the server."""
+    secrets_file = Path(workspace.env["EXCHANGE_SECRETS"])
+    data = json.loads(secrets_file.read_text())
+    data["connections"] = {
+        "early-help-sftp": {
+            "host": server.host,
+            "port": server.port,
+            "username": server.username,
+            "key_file": str(server.client_key_path),
+            "known_hosts": str(server.known_hosts_path),
+        }
+    }
+    secrets_file.write_text(json.dumps(data))
+
+
+def inbox_entries(server: PartnerSftpServer) -> list[str]:
+    """Everything in the partner's inbox folder, hidden temporary names included."""
+    return sorted(p.name for p in (server.root / FOLDER).iterdir())

@@ -1,0 +1,401 @@
+"""The whole exchange through the `exchange` command, against a real sshd and the real `age`."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pytest
+from conftest import FOLDER, PSEUDONYM_KEY, Workspace, connect, inbox_entries, write_contract
+
+from exchange import cli
+from exchange.audit import Ledger
+from exchange.minimise import Minimiser
+from exchange.sandbox import PartnerSftpServer
+
+EXCHANGE = str(Path(sys.executable).with_name("exchange"))
+NOT_SENT = ["nhs_number", "first_name", "last_name", "address_line", "notes", "last_updated"]
+
+pytestmark = pytest.mark.integration
+
+
+def exchange(workspace: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run the command as a user types it, with the workspace's environment."""
+    env = {**os.environ, **workspace.env}
+    return subprocess.run([EXCHANGE, *args], env=env, capture_output=True, text=True, check=False)
+
+
+def ledger(workspace: Workspace) -> list[tuple[str, dict]]:
+    """(event, body) of every ledger entry, oldest first."""
+    return [(e.event, e.data) for e in Ledger(workspace.settings.audit_url).entries()]
+
+
+def expected_rows(source: Path) -> pd.DataFrame:
+    """The minimised rows, computed independently of the gateway from the raw source."""
+    raw = pacsv.read_csv(
+        source,
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(strings_can_be_null=True),
+    ).to_pandas()
+    raw = raw[~raw["objection"].fillna(False).astype(bool)]
+    key = hmac.new(PSEUDONYM_KEY, digestmod=hashlib.sha256)
+
+    def pseudonym(value: str) -> str:
+        mac = key.copy()
+        mac.update(value.encode())
+        return mac.hexdigest()[:32]
+
+    def district(postcode: str) -> str:
+        return postcode.replace(" ", "").upper()[:-3]
+
+    return pd.DataFrame(
+        {
+            "person_ref": raw["person_id"].map(pseudonym),
+            "birth_month": pd.to_datetime(raw["date_of_birth"]).dt.strftime("%Y-%m"),
+            "postcode_district": raw["postcode"].map(district),
+            "gender": raw["gender"],
+            "ethnicity": raw["ethnicity"],
+            "school_urn": raw["school_urn"].astype(str).str.zfill(6),
+            "attendance_rate": raw["attendance_rate"].astype(float),
+            "exclusions": raw["exclusions"].astype("int64"),
+            "free_school_meals": raw["free_school_meals"].astype(bool),
+        }
+    ).reset_index(drop=True)
+
+
+def read_drop_csv(data: bytes) -> pd.DataFrame:
+    """Parse decrypted CSV the way a partner would."""
+    return pd.read_csv(io.BytesIO(data), dtype={"school_urn": str}, keep_default_na=True)
+
+
+def the_drop(server: PartnerSftpServer) -> Path:
+    """The single drop folder in the partner's inbox."""
+    entries = inbox_entries(server)
+    assert len(entries) == 1, entries
+    return server.root / FOLDER / entries[0]
+
+
+def test_exchange_delivers_exactly_the_minimised_rows(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    source = workspace.source(3000)
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert done.returncode == 0, done.stderr
+    assert "sent" in done.stdout
+
+    drop = the_drop(partner)
+    assert sorted(p.name for p in drop.iterdir()) == [
+        "data.csv.age",
+        "manifest.json",
+        "manifest.json.sig",
+    ]
+    # The partner opens it with the standard age tool.
+    plain = subprocess.run(
+        ["age", "-d", "-i", str(workspace.identity), str(drop / "data.csv.age")],
+        capture_output=True,
+        check=True,
+    ).stdout
+    got = read_drop_csv(plain)
+    want = expected_rows(source)
+    assert list(got.columns) == list(want.columns)
+    pd.testing.assert_frame_equal(got, want, check_dtype=False)
+    # Nothing of the columns the contract does not permit, by name or by value.
+    raw = pd.read_csv(source, dtype=str)
+    text = plain.decode()
+    for column in NOT_SENT:
+        assert column not in got.columns
+    for value in raw["nhs_number"].head(50).tolist() + raw["last_name"].head(50).tolist():
+        assert f'"{value}"' not in text
+
+    # Staged ciphertext is purged after delivery.
+    assert not any(workspace.settings.staging.iterdir())
+
+
+def test_partner_receive_verifies_and_writes_the_data(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    source = workspace.source(1500)
+    assert (
+        exchange(workspace, "run", str(workspace.contract), "--source", str(source)).returncode == 0
+    )
+    drop = the_drop(partner)
+    out = tmp_path / "received"
+    done = exchange(
+        workspace,
+        "receive",
+        str(drop),
+        "--identity",
+        str(workspace.identity),
+        "--sender-key",
+        str(workspace.sender_key),
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    written = out / f"{drop.name}.csv"
+    assert written.stat().st_mode & 0o777 == 0o600
+    manifest = json.loads((drop / "manifest.json").read_text())
+    assert manifest["rows"]["sent"] == len(read_drop_csv(written.read_bytes()))
+    assert manifest["rows"]["read"] == 1500
+    assert manifest["contract"]["id"] == "school-attendance-to-early-help"
+    assert (
+        manifest["payload"]["sha256"]
+        == hashlib.sha256((drop / "data.csv.age").read_bytes()).hexdigest()
+    )
+
+
+def test_receive_refuses_a_tampered_drop_and_writes_nothing(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    source = workspace.source(500)
+    assert (
+        exchange(workspace, "run", str(workspace.contract), "--source", str(source)).returncode == 0
+    )
+    drop = the_drop(partner)
+    payload = drop / "data.csv.age"
+    data = bytearray(payload.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    payload.write_bytes(bytes(data))
+    out = tmp_path / "received"
+    done = exchange(
+        workspace,
+        "receive",
+        str(drop),
+        "--identity",
+        str(workspace.identity),
+        "--sender-key",
+        str(workspace.sender_key),
+        "--out",
+        str(out),
+    )
+    assert done.returncode == cli.NOT_VERIFIED
+    assert "checksum" in done.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_every_run_is_in_a_verifying_ledger_without_personal_data(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    source = workspace.source(800)
+    assert (
+        exchange(workspace, "run", str(workspace.contract), "--source", str(source)).returncode == 0
+    )
+    events = ledger(workspace)
+    assert [e for e, _ in events] == ["contract.checked", "run.prepared", "transfer.sent"]
+    sent = events[-1][1]
+    for key in (
+        "id",
+        "version",
+        "sha256",
+        "purposes",
+        "legal_basis",
+        "fields_sent",
+        "rows",
+        "validation",
+        "payload_sha256",
+        "recipient",
+        "remote_path",
+        "outcome",
+        "started_at",
+        "finished_at",
+    ):
+        assert key in sent, key
+    assert sent["rows"]["excluded"]["objection"] > 0
+    assert sent["rows"]["read"] == 800
+    assert set(events[1][1]["source_columns_not_read"]) == set(NOT_SENT)
+
+    verified = exchange(workspace, "audit", "verify")
+    assert verified.returncode == 0 and verified.stdout.startswith("OK: 3 entries")
+
+    raw = pd.read_csv(source, dtype=str)
+    ledger_text = json.dumps([b for _, b in events])
+    manifest_text = (the_drop(partner) / "manifest.json").read_text()
+    for column in ("person_id", "nhs_number", "last_name", "postcode"):
+        for value in raw[column].head(100):
+            assert value not in ledger_text and value not in manifest_text
+
+
+def test_audit_verify_names_the_broken_entry(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    source = workspace.source(300)
+    assert (
+        exchange(workspace, "run", str(workspace.contract), "--source", str(source)).returncode == 0
+    )
+    db = workspace.settings.home / "audit.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE audit_ledger SET body = replace(body, '300', '299') WHERE seq = 2")
+    done = exchange(workspace, "audit", "verify")
+    assert done.returncode == cli.NOT_VERIFIED
+    assert "entry 2" in done.stderr
+
+
+def test_rerunning_a_run_does_not_duplicate_the_drop(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    source = workspace.source(400)
+    args = ["run", str(workspace.contract), "--source", str(source), "--run-id", "nightly-1"]
+    assert exchange(workspace, *args).returncode == 0
+    again = exchange(workspace, *args)
+    assert again.returncode == 0, again.stderr
+    assert "already delivered" in again.stdout
+    assert len(inbox_entries(partner)) == 1
+
+
+# -- bad input: a one-line error naming the cause, non-zero exit, nothing sent, an audit entry --
+
+
+def assert_refused_and_nothing_sent(
+    workspace: Workspace,
+    server: PartnerSftpServer,
+    done: subprocess.CompletedProcess[str],
+    code: int,
+    event: str,
+) -> dict:
+    assert done.returncode == code, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("exchange: ")
+    assert inbox_entries(server) == []
+    events = ledger(workspace)
+    assert events and events[-1][0] == event, events
+    return events[-1][1]
+
+
+def test_contract_failing_the_odcs_schema(workspace: Workspace, partner: PartnerSftpServer) -> None:
+    def edit(doc: dict) -> None:
+        doc["schema"][0]["properties"][3]["logicalType"] = "text"
+
+    bad = write_contract(workspace.root / "bad.yaml", workspace.recipient, edit)
+    done = exchange(workspace, "run", str(bad), "--source", str(workspace.source(100)))
+    body = assert_refused_and_nothing_sent(workspace, partner, done, cli.BAD_INPUT, "run.refused")
+    assert "bad.yaml: schema[0].properties[3].logicalType" in done.stderr
+    assert body["reason"] == "contract-invalid"
+
+
+def test_unknown_purpose_code(workspace: Workspace, partner: PartnerSftpServer) -> None:
+    def edit(doc: dict) -> None:
+        doc["customProperties"][2]["value"].append("marketing")
+
+    bad = write_contract(workspace.root / "bad.yaml", workspace.recipient, edit)
+    done = exchange(workspace, "run", str(bad), "--source", str(workspace.source(100)))
+    assert_refused_and_nothing_sent(workspace, partner, done, cli.BAD_INPUT, "run.refused")
+    assert "customProperties[2].value[3]: unknown purpose code 'marketing'" in done.stderr
+
+
+def test_source_missing_a_permitted_column(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    source = workspace.source(100)
+    table = pacsv.read_csv(source, parse_options=pacsv.ParseOptions(newlines_in_values=True))
+    pacsv.write_csv(table.drop_columns(["school_urn"]), source)
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    body = assert_refused_and_nothing_sent(workspace, partner, done, cli.BAD_INPUT, "run.failed")
+    assert "missing column(s) the contract needs: school_urn" in done.stderr
+    assert "school_urn" in body["message"]
+
+
+def test_source_value_of_the_wrong_type_is_named_without_the_value(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    source = workspace.source(100)
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    frame.loc[40, "exclusions"] = "SENTINEL-VALUE"
+    frame.to_csv(source, index=False)
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert_refused_and_nothing_sent(workspace, partner, done, cli.BAD_INPUT, "run.failed")
+    assert "'exclusions'" in done.stderr
+    assert "SENTINEL-VALUE" not in done.stderr + json.dumps(ledger(workspace))
+
+
+def test_guard_refuses_a_column_the_contract_does_not_list(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    original = Minimiser.__call__
+
+    def leaky(self: Minimiser, batch: pa.RecordBatch) -> pa.RecordBatch:  # faulty on purpose
+        out = original(self, batch)
+        return out.append_column("nhs_number", out.column("person_ref"))
+
+    monkeypatch.setattr(Minimiser, "__call__", leaky)
+    for name, value in workspace.env.items():
+        monkeypatch.setenv(name, value)
+    code = cli.main(["run", str(workspace.contract), "--source", str(workspace.source(200))])
+    assert code == cli.REFUSED
+    assert "not in the contract: nhs_number" in capsys.readouterr().err
+    assert inbox_entries(partner) == []
+    event, body = ledger(workspace)[-1]
+    assert event == "run.refused" and body["unexpected"] == ["nhs_number"]
+    assert not any(workspace.settings.staging.iterdir())  # nothing written, not even ciphertext
+
+
+def test_quality_failure_sends_nothing_and_records_why(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    source = workspace.source(300)
+    frame = pd.read_csv(source, dtype=str, keep_default_na=False)
+    frame.loc[frame["objection"] == "false", "attendance_rate"] = "150.0"
+    frame.to_csv(source, index=False)
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    body = assert_refused_and_nothing_sent(workspace, partner, done, cli.REFUSED, "run.refused")
+    assert body["reason"] == "quality"
+    assert any("attendance_rate: between" in f for f in body["failures"])
+    report = next(workspace.settings.quarantine.glob("*.json"))
+    assert report.stat().st_mode & 0o777 == 0o600
+    assert not any(workspace.settings.staging.iterdir())
+
+
+def test_unknown_partner_host_key_is_refused(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    partner.known_hosts_path.write_text("")
+    done = exchange(
+        workspace, "run", str(workspace.contract), "--source", str(workspace.source(100))
+    )
+    body = assert_refused_and_nothing_sent(
+        workspace, partner, done, cli.DELIVERY_FAILED, "transfer.failed"
+    )
+    assert "no pinned host key" in done.stderr
+    assert body["error"] == "HostKeyRejected" and body["retryable"] is False
+
+
+def test_changed_partner_host_key_is_refused(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    pinned = partner.known_hosts_path.read_text()
+    partner.stop()
+    partner.rotate_host_key()
+    partner.start()
+    connect(workspace, partner)
+    port_line = pinned.split(" ", 1)[1]
+    partner.known_hosts_path.write_text(f"[{partner.host}]:{partner.port} {port_line}")
+    done = exchange(
+        workspace, "run", str(workspace.contract), "--source", str(workspace.source(100))
+    )
+    assert_refused_and_nothing_sent(
+        workspace, partner, done, cli.DELIVERY_FAILED, "transfer.failed"
+    )
+    assert "does not match the pinned key" in done.stderr
+
+
+def test_partner_server_down(workspace: Workspace, partner: PartnerSftpServer) -> None:
+    partner.stop()
+    done = exchange(
+        workspace, "run", str(workspace.contract), "--source", str(workspace.source(100))
+    )
+    body = assert_refused_and_nothing_sent(
+        workspace, partner, done, cli.DELIVERY_FAILED, "transfer.failed"
+    )
+    assert "transient" in done.stderr and "cannot reach" in done.stderr
+    assert body["retryable"] is True
