@@ -1,0 +1,133 @@
+"""The generated DAGs, run for real with `dag.test()` on a throw-away Airflow home and database."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FOLDER, PSEUDONYM_KEY, Workspace, inbox_entries, write_contract
+
+from exchange.audit import Ledger
+from exchange.sandbox import PartnerSftpServer
+
+REPO = Path(__file__).resolve().parents[1]
+DAG_ID = "exchange__school-attendance-to-early-help"
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def airflow_db() -> None:
+    """A fresh Airflow metadata database in the test AIRFLOW_HOME (set in conftest)."""
+    from airflow.utils.db import resetdb
+
+    resetdb(skip_init=False)
+
+
+@pytest.fixture
+def airflow_env(
+    workspace: Workspace, partner: PartnerSftpServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Workspace]:
+    """The workspace's settings, with the SFTP connection and key as Airflow sees them."""
+    for name, value in workspace.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("EXCHANGE_SECRETS")  # in Airflow, secrets come from Airflow
+    connection = {
+        "conn_type": "sftp",
+        "host": partner.host,
+        "port": partner.port,
+        "login": partner.username,
+        "extra": {
+            "key_file": str(partner.client_key_path),
+            "known_hosts": str(partner.known_hosts_path),
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_EARLY_HELP_SFTP", json.dumps(connection))
+    monkeypatch.setenv(
+        "AIRFLOW_VAR_EARLY_HELP_PSEUDONYM_KEY", base64.b64encode(PSEUDONYM_KEY).decode()
+    )
+    workspace.source(1000)  # found by the contract's physicalName in EXCHANGE_SOURCE_DIR
+    yield workspace
+
+
+def load_dags(folder: Path) -> dict[str, Any]:
+    """Parse the DAG folder as the scheduler would; return the DAGs by id."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(folder))
+    assert bag.import_errors == {}
+    return dict(bag.dags)
+
+
+def task_states(run: Any) -> dict[str, str]:
+    """Each task's final state in a DagRun."""
+    return {ti.task_id: str(ti.state) for ti in run.get_task_instances()}
+
+
+def test_one_dag_per_contract_with_the_contracts_schedule(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    contracts = Path(workspace.env["EXCHANGE_CONTRACTS"])
+
+    def second(doc: dict) -> None:
+        doc["id"] = "school-attendance-to-youth-service"
+        doc["customProperties"][5]["value"] = "30 3 * * 1"
+
+    write_contract(contracts / "second.yaml", workspace.recipient, second)
+    (contracts / "broken.yaml").write_text("apiVersion: [unclosed")
+    monkeypatch.setenv("EXCHANGE_CONTRACTS", str(contracts))
+    dags = load_dags(REPO / "dags")
+    assert set(dags) == {
+        DAG_ID,
+        "exchange__school-attendance-to-youth-service",
+        "exchange__broken",
+    }
+    assert dags["exchange__school-attendance-to-youth-service"].timetable.expression == "30 3 * * 1"
+    dag = dags[DAG_ID]
+    assert [t.task_id for t in dag.topological_sort()] == ["check_contract", "prepare", "deliver"]
+    assert dag.get_task("deliver").retries == 3
+    assert dag.get_task("prepare").retries == 0
+
+
+def test_dag_run_delivers_the_drop_and_audits_it(
+    airflow_db: None, airflow_env: Workspace, partner: PartnerSftpServer
+) -> None:
+    dag = load_dags(REPO / "dags")[DAG_ID]
+    run = dag.test()
+    assert str(run.state) == "success", task_states(run)
+    drops = inbox_entries(partner)
+    assert len(drops) == 1 and not drops[0].startswith(".")
+    events = list(Ledger(airflow_env.settings.audit_url).entries())
+    assert [e.event for e in events] == ["contract.checked", "run.prepared", "transfer.sent"]
+    assert {e.run_id for e in events} == {run.run_id}
+    sent = events[-1].data
+    assert sent["remote_path"] == f"{FOLDER}/{drops[0]}"
+    # XCom carries counts and paths only: no value from a row.
+    prepared = next(ti for ti in run.get_task_instances() if ti.task_id == "prepare")
+    xcom = prepared.xcom_pull(task_ids="prepare")
+    assert set(xcom) >= {"run_id", "drop_id", "rows_read", "rows_sent", "staging"}
+    assert xcom["rows_read"] == 1000
+
+
+def test_dag_run_of_a_refused_contract_fails_at_the_first_task_without_retry(
+    airflow_db: None, airflow_env: Workspace, partner: PartnerSftpServer
+) -> None:
+    def draft(doc: dict) -> None:
+        doc["status"] = "draft"
+
+    write_contract(airflow_env.contract, airflow_env.recipient, draft)
+    dag = load_dags(REPO / "dags")[DAG_ID]
+    run = dag.test()
+    assert str(run.state) == "failed"
+    states = task_states(run)
+    assert states["check_contract"] == "failed"
+    assert states["prepare"] in ("upstream_failed", "None")
+    check = next(ti for ti in run.get_task_instances() if ti.task_id == "check_contract")
+    assert check.try_number == 1 and check.max_tries == 0
+    assert inbox_entries(partner) == []
+    last = list(Ledger(airflow_env.settings.audit_url).entries())[-1]
+    assert last.event == "run.refused" and "draft" in last.data["message"]
