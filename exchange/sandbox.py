@@ -174,8 +174,8 @@ class PartnerSftpServer:
         if process is None or process.poll() is not None:
             return
         # Sessions run in their own sessions (setsid) and outlive the listener, so end them
-        # first, while the listener is still there to reap them.
-        _end_processes(_child_pids(process.pid))
+        # first, while the listener is still there to reap them and their pids stay ours.
+        _end_children(process.pid)
         process.terminate()
         try:
             process.wait(timeout=STOP_TIMEOUT)
@@ -319,37 +319,30 @@ class PartnerSftpServer:
 
 
 def _child_pids(parent: int) -> list[int]:
-    """Return the pids whose parent is parent, from /proc (empty where there is none)."""
+    """Return the live (non-zombie) children of parent, from /proc (empty without /proc)."""
     children = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
+            state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+        except (OSError, ValueError):
             continue
-        if fields[1] == str(parent):
+        if ppid == str(parent) and state != "Z":
             children.append(int(stat.parent.name))
     return children
 
 
-def _is_gone(pid: int) -> bool:
-    """Whether pid has exited (a zombie counts as exited)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state == "Z"
-
-
-def _end_processes(pids: list[int]) -> None:
-    """SIGTERM pids and wait briefly for them to exit."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+def _end_children(parent: int) -> None:
+    """SIGTERM parent's children until they exit; SIGKILL whatever is left at the deadline."""
     deadline = time.monotonic() + STOP_TIMEOUT
-    while pids and time.monotonic() < deadline:
-        pids = [pid for pid in pids if not _is_gone(pid)]
-        if pids:
-            time.sleep(0.01)
+    while children := _child_pids(parent):
+        # Repeated: sshd 9.2 can miss a SIGTERM that lands just before it blocks in poll.
+        sig = signal.SIGKILL if time.monotonic() >= deadline else signal.SIGTERM
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        if sig == signal.SIGKILL:
+            return
+        time.sleep(0.05)
 
 
 def _wait_port_released(host: str, port: int) -> None:

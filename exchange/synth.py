@@ -560,13 +560,21 @@ def _pools(seed: int, today: datetime.date) -> _Pools:
     )
 
 
+# NHS numbers starting 999 are never issued to patients: they are reserved for testing.
+TEST_NHS_PREFIX = 99_900_000
+
+
 def _digits(values: np.ndarray, width: int) -> pa.Array:
     """Zero-padded decimal strings of non-negative integers."""
     return pc.utf8_lpad(pc.cast(pa.array(values), pa.string()), width=width, padding="0")
 
 
 def _nhs_numbers(rng: np.random.Generator, core: np.ndarray) -> pa.Array:
-    """Valid NHS numbers whose first 8 digits are `core`, hence unique when `core` is."""
+    """Valid NHS numbers in the 999 range kept for testing, so none can be a real person's.
+
+    The digits after 999 come from `core`, so they are unique within any 100,000 rows.
+    """
+    core = TEST_NHS_PREFIX + core % 100_000
     ninth = rng.integers(0, 10, size=len(core))
     powers = 10 ** np.arange(7, -1, -1, dtype=np.int64)
     first8 = (core[:, None] // powers) % 10

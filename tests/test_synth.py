@@ -134,6 +134,7 @@ def test_nhs_numbers_valid_and_unique(sample: pa.Table) -> None:
     """Every NHS number passes modulus 11 and none repeats."""
     numbers = sample["nhs_number"].to_pylist()
     assert all(nhs_valid(n) for n in numbers)
+    assert all(n.startswith("999") for n in numbers)
     assert len(set(numbers)) == len(numbers)
 
 
