@@ -335,7 +335,7 @@ def _end_children(parent: int) -> None:
     """SIGTERM parent's children until they exit; SIGKILL whatever is left at the deadline."""
     deadline = time.monotonic() + STOP_TIMEOUT
     while children := _child_pids(parent):
-        # Repeated: sshd 9.2 can miss a SIGTERM that lands just before it blocks in poll.
+        # Repeated: a session can miss a SIGTERM sent while it is still setting up (OpenSSH 9.2).
         sig = signal.SIGKILL if time.monotonic() >= deadline else signal.SIGTERM
         for pid in children:
             with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,84 @@
+"""A throw-away gateway wired to a real partner sshd, shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from exchange import keys, synth
+from exchange.contract import read_document
+from exchange.gateway import Gateway
+from exchange.sandbox import PartnerSftpServer
+from exchange.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "contracts" / "school-attendance-to-early-help.yaml"
+FOLDER = "inbox/attendance"
+
+
+@dataclass
+class Bench:
+    """Paths and objects of one benchmark set-up."""
+
+    root: Path
+    server: PartnerSftpServer
+    contract: Path
+    env: dict[str, str]
+
+    def gateway(self) -> Gateway:
+        return Gateway(Settings.from_env(self.env))
+
+    def source(self, rows: int, fmt: str = "csv") -> Path:
+        """Synthetic source data, generated once per size and kept for the run."""
+        path = self.root / "sources" / f"attendance_{rows}.{fmt}"
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            synth.write(path, rows, seed=1)
+        return path
+
+
+def workbench(root: Path | None = None) -> Bench:
+    """Start a partner sshd and a gateway configured to deliver to it."""
+    root = root or Path(tempfile.mkdtemp(prefix="exchange-bench-"))
+    server = PartnerSftpServer(root / "partner").start()
+    (server.root / FOLDER).mkdir(parents=True, exist_ok=True)
+    home = root / "gateway"
+    (home / "keys").mkdir(parents=True, exist_ok=True)
+    if not (home / "keys" / "gateway.key").exists():
+        keys.generate("signing", home / "keys" / "gateway.key")
+        keys.generate("age", root / "partner.age")
+    recipient = (root / "partner.age.pub").read_text().strip()
+    document = read_document(SAMPLE)
+    for prop in document["customProperties"]:
+        if prop["property"] == "recipientKeys":
+            prop["value"] = [recipient]
+    contract = root / SAMPLE.name
+    contract.write_text(yaml.safe_dump(document, sort_keys=False))
+    secrets_file = root / "secrets.json"
+    secrets_file.write_text(
+        json.dumps(
+            {
+                "connections": {
+                    "early-help-sftp": {
+                        "host": server.host,
+                        "port": server.port,
+                        "username": server.username,
+                        "key_file": str(server.client_key_path),
+                        "known_hosts": str(server.known_hosts_path),
+                    }
+                },
+                "secrets": {
+                    "early-help-pseudonym-key": base64.b64encode(secrets.token_bytes(32)).decode()
+                },
+            }
+        )
+    )
+    secrets_file.chmod(0o600)
+    env = {"EXCHANGE_HOME": str(home), "EXCHANGE_SECRETS": str(secrets_file)}
+    return Bench(root, server, contract, env)
