@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,9 @@ def generate(
     now: dt.datetime | None = None,
 ) -> KeyPair:
     """Write a private key to `path` (0600) and its public half to `path` + '.pub'."""
+    for target in (path, _public_path(path)):
+        if target.exists() and not overwrite:
+            raise FileExistsError(errno.EEXIST, "key file exists", str(target))
     if kind == "age":
         return _age(path, overwrite=overwrite, now=now or dt.datetime.now(dt.UTC))
     if kind not in KINDS:
@@ -79,7 +83,5 @@ def _public_path(path: Path) -> Path:
 
 
 def _write_public(path: Path, text: str, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
-        raise FileExistsError(path)
     path.write_text(text, "utf-8")
     path.chmod(0o644)

@@ -18,7 +18,8 @@ from exchange.contract import Contract, Field
 from exchange.errors import ContractError, Problem, QualityFailed
 from validators.rules import Rule
 
-WINDOW_ROWS = 262_144
+WINDOW_ROWS = 100_000
+ENFORCED_OPTIONS = frozenset({"pattern", "minimum", "maximum", "format"})
 
 
 def compile_rules(contract: Contract) -> tuple[list[Rule], tuple[int | None, int | None]]:
@@ -45,6 +46,12 @@ def _field_rules(f: Field, problems: list[Problem], file: str) -> Iterator[Rule]
     if f.unique:
         yield Rule("unique", f.name, origin=f"{f.path}.unique")
     options = f.type_options
+    for option in sorted(set(options) - ENFORCED_OPTIONS):
+        at = f"{f.path}.logicalTypeOptions.{option}"
+        problems.append(Problem(file, at, "not enforced by this gateway: remove it or use quality"))
+    if "format" in options and options["format"] != "nhs-number":
+        at = f"{f.path}.logicalTypeOptions.format"
+        problems.append(Problem(file, at, "the only format enforced is 'nhs-number'"))
     if "pattern" in options:
         yield Rule(
             "regex", f.name, (("pattern", options["pattern"]),), f"{f.path}.logicalTypeOptions"

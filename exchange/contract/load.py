@@ -131,7 +131,7 @@ def _check_terms(document: dict[str, Any], file: str) -> Iterator[Problem]:
     yield from _schema_problems(
         _validator("exchange.contract", "terms.schema.json"), terms, file, located
     )
-    for i, code in enumerate(terms.get("purposes") or []):
+    for i, code in enumerate(_list(terms.get("purposes"))):
         if isinstance(code, str) and code not in PURPOSES:
             yield Problem(
                 file,
@@ -141,11 +141,16 @@ def _check_terms(document: dict[str, Any], file: str) -> Iterator[Problem]:
     schedule = terms.get("schedule")
     if isinstance(schedule, str) and not croniter.is_valid(schedule):
         yield Problem(file, format_path(located(["schedule"])), f"not a valid cron: {schedule!r}")
-    for i, key in enumerate(terms.get("recipientKeys") or []):
+    for i, key in enumerate(_list(terms.get("recipientKeys"))):
         if isinstance(key, str) and not _is_age_recipient(key):
             yield Problem(
                 file, format_path(located(["recipientKeys", i])), "not a valid age recipient"
             )
+
+
+def _list(value: Any) -> list[Any]:
+    """The value if it is a list (a wrong type was already reported by the schema)."""
+    return value if isinstance(value, list) else []
 
 
 def _is_age_recipient(key: str) -> bool:
@@ -190,8 +195,13 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
         if "logicalType" not in prop:
             yield Problem(file, format_path(at), "logicalType is required for every field")
         transform = terms.get("transform")
-        options = terms.get("transformOptions") or {}
-        produced = TRANSFORM_OUTPUT_TYPES.get(transform, {}).get(options.get("to", ""), None)
+        options = terms.get("transformOptions")
+        to = options.get("to", "") if isinstance(options, dict) else ""
+        produced = (
+            TRANSFORM_OUTPUT_TYPES.get(transform, {}).get(to)
+            if isinstance(transform, str) and isinstance(to, str)
+            else None  # a malformed transform was already reported by the schema
+        )
         if produced and prop.get("logicalType") not in (None, produced):
             yield Problem(
                 file,

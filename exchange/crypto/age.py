@@ -62,5 +62,5 @@ def decrypt_stream(source: BinaryIO, out: BinaryIO, identities: Sequence[object]
     """Decrypt `source` into `out`; one opaque error for any failure."""
     try:
         pyrage.decrypt_io(source, out, list(identities))
-    except pyrage.DecryptError:
+    except (pyrage.DecryptError, OSError):  # pyrage reports damage past the header as OSError
         raise CryptoError("decryption failed: not for this key, or damaged") from None

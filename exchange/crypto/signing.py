@@ -6,7 +6,7 @@ import base64
 import hashlib
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -42,7 +42,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
             key = serialization.load_ssh_public_key(data)
         else:
             key = serialization.load_pem_public_key(data)
-    except (ValueError, TypeError, serialization.UnsupportedAlgorithm):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         raise CryptoError(f"public key {path.name} is unreadable") from None
     if not isinstance(key, Ed25519PublicKey):
         raise CryptoError(f"public key {path.name} is not an Ed25519 key")

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from exchange.errors import SourceError
+from exchange.sources.base import check_columns
 
 # pyarrow names the column by number in conversion errors (the message also quotes the value,
 # which must never reach a log, so only the number is taken from it).
@@ -55,6 +56,7 @@ class CsvSource:
 
     def batches(self, types: Mapping[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
         """Stream the named columns with the given types."""
+        check_columns(self, list(types))
         names = list(types)
         convert = pacsv.ConvertOptions(
             include_columns=names,

@@ -9,6 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from exchange.errors import SourceError
+from exchange.sources.base import check_columns
 
 
 class ParquetSource:
@@ -33,6 +34,7 @@ class ParquetSource:
 
     def batches(self, types: Mapping[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
         """Stream the named columns, cast to the given types."""
+        check_columns(self, list(types))
         target = pa.schema([pa.field(name, kind) for name, kind in types.items()])
         parquet = self._file()
         try:

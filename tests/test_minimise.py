@@ -1,0 +1,178 @@
+"""Unit tests for minimisation: objection rows and field transforms (exchange.minimise)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pytest
+from conftest import PSEUDONYM_KEY, SAMPLE, write_contract
+
+from exchange import synth
+from exchange.contract import Contract, load_contract
+from exchange.minimise import Minimiser, source_types
+
+RECIPIENT = "age1j9cagmxw0vf3zwjsf4598ejz8xwv43qadxunwk22ecycqv06l48s09mk7a"
+DROPPED = ("nhs_number", "first_name", "last_name", "address_line", "notes", "last_updated")
+
+
+@pytest.fixture(scope="module")
+def contract() -> Contract:
+    """The sample contract (objections are honoured)."""
+    return load_contract(SAMPLE)
+
+
+@pytest.fixture
+def overriding(tmp_path: Path) -> Contract:
+    """The sample contract with a legal basis that overrides objections."""
+
+    def edit(d: dict[str, Any]) -> None:
+        for prop in d["customProperties"]:
+            if prop["property"] == "objections":
+                prop["value"] = {
+                    "column": "objection",
+                    "legalBasisOverrides": True,
+                    "overrideJustification": "Statutory duty under s.11; objection noted only.",
+                }
+
+    return load_contract(write_contract(tmp_path / "override.yaml", RECIPIENT, edit))
+
+
+@pytest.fixture(scope="module")
+def source() -> pa.Table:
+    """Synthetic source rows with every column, including the ones never sent."""
+    return pa.Table.from_batches(list(synth.batches(3000, seed=11, batch_rows=1000)))
+
+
+def pseudonym(value: str) -> str:
+    """The expected pseudonym of a source id under the test key."""
+    return hmac.new(PSEUDONYM_KEY, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def small_batch(objection: list[bool | None]) -> pa.RecordBatch:
+    """A hand-made batch of source rows, one per objection value."""
+    n = len(objection)
+    return pa.RecordBatch.from_pydict(
+        {
+            "person_id": [f"P{i:08d}" for i in range(n)],
+            "date_of_birth": [dt.date(2012, 5, 17)] * n,
+            "postcode": ["LS6 2AB"] * n,
+            "gender": ["F"] * n,
+            "ethnicity": ["WBRI"] * n,
+            "school_urn": ["123456"] * n,
+            "attendance_rate": [95.5] * n,
+            "exclusions": [0] * n,
+            "free_school_meals": [False] * n,
+            "objection": objection,
+        },
+        schema=pa.schema(
+            {name: kind for name, kind in source_types(load_contract(SAMPLE)).items()}
+        ),
+    )
+
+
+def run(contract: Contract, table: pa.Table) -> tuple[Minimiser, pa.Table]:
+    """Minimise every batch of `table`; return the minimiser and the output."""
+    minimise = Minimiser(contract, pseudonym_key=PSEUDONYM_KEY)
+    out = [minimise(batch) for batch in table.to_batches()]
+    return minimise, pa.Table.from_batches(out)
+
+
+def test_source_types_are_the_contracts_columns(contract: Contract) -> None:
+    """Only the contract's source columns (and the objection flag) are read, with their types."""
+    types = source_types(contract)
+    assert tuple(types) == contract.source_columns
+    assert types["date_of_birth"] == pa.date32()
+    assert types["person_id"] == pa.string()
+    assert types["attendance_rate"] == pa.float64()
+    assert types["exclusions"] == pa.int64()
+    assert types["objection"] == pa.bool_()
+    assert not set(DROPPED) & set(types)
+
+
+def test_objecting_rows_are_dropped_and_counted(contract: Contract, source: pa.Table) -> None:
+    """Rows whose objection flag is true are excluded and counted as 'objection'."""
+    objected = source.filter(pc.fill_null(source["objection"], False))
+    assert 0 < objected.num_rows < source.num_rows
+    minimise, out = run(contract, source)
+    assert minimise.tally.read == source.num_rows
+    assert minimise.tally.excluded["objection"] == objected.num_rows
+    assert minimise.tally.sent == out.num_rows == source.num_rows - objected.num_rows
+    assert minimise.tally.objections_overridden == 0
+    sent = set(out["person_ref"].to_pylist())
+    assert not {pseudonym(p) for p in objected["person_id"].to_pylist()} & sent
+
+
+def test_overriding_basis_keeps_objecting_rows(overriding: Contract, source: pa.Table) -> None:
+    """With legalBasisOverrides the rows are sent and counted as overridden."""
+    assert overriding.objections.overridden
+    objected = pc.sum(pc.fill_null(source["objection"], False)).as_py()
+    minimise, out = run(overriding, source)
+    assert out.num_rows == source.num_rows
+    assert minimise.tally.objections_overridden == objected > 0
+    assert minimise.tally.excluded["objection"] == 0
+
+
+def test_null_objection_means_not_objected(contract: Contract) -> None:
+    """A missing objection flag does not drop the row."""
+    minimise = Minimiser(contract, pseudonym_key=PSEUDONYM_KEY)
+    out = minimise(small_batch([None, True, False, None]))
+    assert out.num_rows == 3
+    assert out["person_ref"].to_pylist() == [
+        pseudonym("P00000000"),
+        pseudonym("P00000002"),
+        pseudonym("P00000003"),
+    ]
+    assert minimise.tally.excluded["objection"] == 1
+
+
+def test_output_columns_are_exactly_the_contracts(contract: Contract, source: pa.Table) -> None:
+    """The output has the contract's field names, in order, and nothing else."""
+    _, out = run(contract, source)
+    assert tuple(out.column_names) == contract.field_names
+    assert "objection" not in out.column_names
+
+
+def test_fields_are_transformed(contract: Contract) -> None:
+    """Each field carries its transform's output, not the source value."""
+    out = Minimiser(contract, pseudonym_key=PSEUDONYM_KEY)(small_batch([False])).to_pylist()[0]
+    assert out == {
+        "person_ref": pseudonym("P00000000"),
+        "birth_month": "2012-05",
+        "postcode_district": "LS6",
+        "gender": "F",
+        "ethnicity": "WBRI",
+        "school_urn": "123456",
+        "attendance_rate": 95.5,
+        "exclusions": 0,
+        "free_school_meals": False,
+    }
+
+
+def test_no_dropped_value_reaches_the_output(contract: Contract, source: pa.Table) -> None:
+    """No value from an unsent column, nor a raw id, postcode or birth date, is in the output."""
+    _, out = run(contract, source)
+    cells = {v for column in out.columns for v in column.to_pylist() if v is not None}
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(out, sink)
+    text = sink.getvalue().to_pybytes().decode()
+    forbidden = {
+        str(v)
+        for name in (*DROPPED, "person_id", "postcode")
+        for v in source[name].to_pylist()
+        if v is not None
+    }
+    assert forbidden, "the synthetic data should have values to look for"
+    assert not forbidden & {str(c) for c in cells}
+    long_values = {v for v in forbidden if len(v) >= 8}  # ids, NHS numbers, notes, addresses
+    assert len(long_values) > 1000
+    leaked = [v for v in long_values if v in text]
+    assert leaked == []
+    birth_dates = {d.isoformat() for d in source["date_of_birth"].to_pylist()}
+    assert not any(d in text for d in birth_dates)
