@@ -46,9 +46,8 @@ def main() -> None:
             peak_kb = int(done.stderr.split("PEAK_KB")[1].split()[0])
             sent = done.stdout.split("sent ")[1].split(";")[0]
             peaks.append(peak_kb / 1024)
-            print(
-                f"{rows:>10,} {source.stat().st_size / 1e6:>10,.0f} {sent:>10} {peak_kb / 1024:>12,.0f}"
-            )
+            source_mb = source.stat().st_size / 1e6
+            print(f"{rows:>10,} {source_mb:>10,.0f} {sent:>10} {peak_kb / 1024:>12,.0f}")
         if len(peaks) > 1:
             growth = args.rows[-1] / args.rows[0]
             print(f"\ninput grew {growth:.0f}x; peak memory grew {peaks[-1] / peaks[0]:.2f}x")

@@ -125,7 +125,9 @@ class BatchValidator:
         for result in outcome.results:
             if result.success:
                 continue
-            index = int(result.expectation_config.meta[_RULE_INDEX])
+            config = result.expectation_config
+            assert config is not None  # GE always echoes the configuration it ran
+            index = int(config.meta[_RULE_INDEX])
             counts = result.result or {}
             if "unexpected_count" in counts:
                 unexpected = int(counts["unexpected_count"])

@@ -176,7 +176,7 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
     subject_keys = 0
     uses_pseudonyms = False
     for i, prop in enumerate(properties):
-        at = ["schema", 0, "properties", i]
+        at: list[Any] = ["schema", 0, "properties", i]
         custom = _custom(prop.get("customProperties"))
         terms = {key: value for key, (_, value) in custom.items()}
 

@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import pyrage
 
 from exchange.crypto.streams import ChunkReader
 from exchange.errors import CryptoError
+
+
+class Sink(Protocol):
+    """Anything bytes can be written to."""
+
+    def write(self, data: bytes, /) -> int: ...
+
 
 NAME = "age"
 SUFFIX = ".age"
@@ -28,7 +35,7 @@ def recipients(keys: Sequence[str]) -> list[pyrage.x25519.Recipient]:
     return parsed
 
 
-def encrypt_chunks(chunks: Iterable[bytes], out: BinaryIO, keys: Sequence[str]) -> None:
+def encrypt_chunks(chunks: Iterable[bytes], out: Sink, keys: Sequence[str]) -> None:
     """Encrypt a stream of plaintext chunks into `out`; plaintext is never buffered whole."""
     reader = ChunkReader(chunks)
     try:

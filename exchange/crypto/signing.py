@@ -19,6 +19,7 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
         data = path.read_bytes()
     except OSError as exc:
         raise CryptoError(f"cannot read signing key {path.name}: {exc.strerror}") from exc
+    key: object
     try:
         if data.startswith(b"-----BEGIN OPENSSH"):
             key = serialization.load_ssh_private_key(data, passphrase)
@@ -37,6 +38,7 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
         data = path.read_bytes().strip()
     except OSError as exc:
         raise CryptoError(f"cannot read public key {path.name}: {exc.strerror}") from exc
+    key: object
     try:
         if data.startswith(b"ssh-ed25519"):
             key = serialization.load_ssh_public_key(data)

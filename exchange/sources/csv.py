@@ -83,7 +83,7 @@ class CsvSource:
         column = (
             header[int(match.group(1))] if match and int(match.group(1)) < len(header) else None
         )
-        if column in types:
+        if column is not None and column in types:
             return (
                 f"source {self.name}: column {column!r} has a value that is not "
                 f"{types[column]} (values are not shown)"
