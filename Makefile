@@ -25,6 +25,7 @@ test: install system
 lint: install
 	$(BIN)/ruff check exchange validators dags tests benchmarks scripts
 	$(BIN)/ruff format --check exchange validators dags tests benchmarks scripts
+	$(BIN)/mypy exchange validators
 
 bench: install system
 	$(BIN)/python benchmarks/exchange_throughput.py
