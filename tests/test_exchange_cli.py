@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 from conftest import FOLDER, PSEUDONYM_KEY, Workspace, connect, inbox_entries, write_contract
 
@@ -399,3 +401,50 @@ def test_partner_server_down(workspace: Workspace, partner: PartnerSftpServer) -
     )
     assert "transient" in done.stderr and "cannot reach" in done.stderr
     assert body["retryable"] is True
+
+
+def test_parquet_source_to_parquet_payload(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    def parquet(doc: dict) -> None:
+        doc["servers"][0]["format"] = "parquet"
+
+    contract = write_contract(workspace.contract, workspace.recipient, parquet)
+    source = workspace.source(1200, name="attendance_export.parquet")
+    done = exchange(workspace, "run", str(contract), "--source", str(source))
+    assert done.returncode == 0, done.stderr
+    drop = the_drop(partner)
+    plain = subprocess.run(
+        ["age", "-d", "-i", str(workspace.identity), str(drop / "data.parquet.age")],
+        capture_output=True,
+        check=True,
+    ).stdout
+    got = pq.read_table(pa.BufferReader(plain))
+    assert got.schema.names == [
+        "person_ref",
+        "birth_month",
+        "postcode_district",
+        "gender",
+        "ethnicity",
+        "school_urn",
+        "attendance_rate",
+        "exclusions",
+        "free_school_meals",
+    ]
+    assert got.schema.field("exclusions").type == pa.int64()
+    assert got.schema.field("free_school_meals").type == pa.bool_()
+    objecting = pq.read_table(source, columns=["objection"]).column("objection")
+    assert got.num_rows == 1200 - pc.sum(objecting).as_py()
+    received = exchange(
+        workspace,
+        "receive",
+        str(drop),
+        "--identity",
+        str(workspace.identity),
+        "--sender-key",
+        str(workspace.sender_key),
+        "--out",
+        str(tmp_path / "in"),
+    )
+    assert received.returncode == 0, received.stderr
+    assert pq.read_table(tmp_path / "in" / f"{drop.name}.parquet").equals(got)
