@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -26,19 +26,12 @@ from exchange.contract.model import (
     Party,
     Statute,
 )
+from exchange.contract.paths import custom_properties, custom_values, format_path
 from exchange.contract.vocabulary import PURPOSES, TRANSFORM_OUTPUT_TYPES
 from exchange.errors import ContractError, Problem
 
 API_VERSION = "v3.1.0"
 PAYLOAD_FORMATS = ("csv", "parquet")
-
-
-def format_path(parts: Iterable[str | int]) -> str:
-    """Render a JSON path as `schema[0].properties[3].customProperties`."""
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 @cache
@@ -64,15 +57,6 @@ def _schema_problems(
             error = jsonschema.exceptions.best_match(error.context) or error
         path = list(error.absolute_path)
         yield Problem(file, format_path(prefix(path) if prefix else path), error.message)
-
-
-def _custom(items: Any) -> dict[str, tuple[int, Any]]:
-    """Collect an ODCS customProperties list into {property: (index, value)}."""
-    out: dict[str, tuple[int, Any]] = {}
-    for index, item in enumerate(items or []):
-        if isinstance(item, dict) and "property" in item:
-            out[str(item["property"])] = (index, item.get("value"))
-    return out
 
 
 def read_document(path: Path) -> dict[str, Any]:
@@ -120,7 +104,7 @@ def check_document(document: dict[str, Any], file: str) -> Iterator[Problem]:
 
 
 def _check_terms(document: dict[str, Any], file: str) -> Iterator[Problem]:
-    custom = _custom(document.get("customProperties"))
+    custom = custom_properties(document.get("customProperties"))
     terms = {key: value for key, (_, value) in custom.items()}
 
     def located(path: list[Any]) -> list[Any]:
@@ -177,7 +161,7 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
     uses_pseudonyms = False
     for i, prop in enumerate(properties):
         at: list[Any] = ["schema", 0, "properties", i]
-        custom = _custom(prop.get("customProperties"))
+        custom = custom_properties(prop.get("customProperties"))
         terms = {key: value for key, (_, value) in custom.items()}
 
         def located(
@@ -216,7 +200,7 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
             "schema[0].properties",
             f"exactly one field must be marked subjectKey (found {subject_keys})",
         )
-    custom = _custom(document.get("customProperties"))
+    custom = custom_properties(document.get("customProperties"))
     if uses_pseudonyms and "pseudonymisationKey" not in custom:
         yield Problem(
             file,
@@ -247,11 +231,11 @@ def _frozen(value: Any) -> Mapping[str, Any]:
 
 
 def _build(path: Path, document: dict[str, Any]) -> Contract:
-    terms = {key: value for key, (_, value) in _custom(document["customProperties"]).items()}
+    terms = custom_values(document["customProperties"])
     dataset = document["schema"][0]
     fields = []
     for i, prop in enumerate(dataset["properties"]):
-        ft = {key: value for key, (_, value) in _custom(prop.get("customProperties")).items()}
+        ft = custom_values(prop.get("customProperties"))
         fields.append(
             Field(
                 name=prop["name"],
