@@ -7,10 +7,15 @@ Exit codes: 0 done; 1 unexpected failure; 2 bad input (contract, source, usage);
 from __future__ import annotations
 
 import argparse
+import getpass
+import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from exchange.approval import ApprovalError
 from exchange.errors import (
     ContractError,
     CryptoError,
@@ -22,6 +27,9 @@ from exchange.errors import (
     SourceError,
     TransferError,
 )
+
+if TYPE_CHECKING:
+    pass
 
 OK, FAILED, BAD_INPUT, REFUSED, DELIVERY_FAILED, NOT_VERIFIED = 0, 1, 2, 3, 4, 5
 
@@ -50,6 +58,110 @@ def cmd_lint(args: argparse.Namespace) -> int:
         else:
             _say(f"{path}: OK")
     return status
+
+
+def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes | None:
+    """A key passphrase from the named environment variable, or asked for at the terminal."""
+    if getattr(args, "passphrase_env", None):
+        value = os.environ.get(args.passphrase_env)
+        if not value:
+            raise CryptoError(f"environment variable {args.passphrase_env} is empty or unset")
+        return value.encode()
+    if getattr(args, "ask_passphrase", False):
+        first = getpass.getpass("Passphrase: ")
+        if confirm and getpass.getpass("Passphrase again: ") != first:
+            raise CryptoError("the passphrases do not match")
+        return first.encode()
+    return None
+
+
+def _officer_key(args: argparse.Namespace):
+    from exchange.crypto.signing import load_private_key
+
+    passphrase = _passphrase(args)
+    if passphrase is None and b"ENCRYPTED" in args.key.read_bytes() and sys.stdin.isatty():
+        passphrase = getpass.getpass(f"Passphrase for {args.key.name}: ").encode()
+    return load_private_key(args.key, passphrase)
+
+
+def _audit(event: str, body: dict[str, Any], contract_id: str) -> None:
+    from exchange.audit import Ledger
+    from exchange.settings import Settings
+
+    Ledger(Settings.from_env().audit_url).append(event, body, contract_id=contract_id)
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    """Sign an approval of a contract."""
+    import datetime as dt
+
+    from exchange import approval
+    from exchange.contract import load_contract
+    from exchange.quality import compile_rules
+
+    contract = load_contract(args.contract)
+    compile_rules(contract)  # a contract whose rules cannot be enforced cannot be approved
+    review_by = dt.date.fromisoformat(args.review_by) if args.review_by else None
+    path = approval.approve(
+        contract, _officer_key(args), now=dt.datetime.now(dt.UTC), review_by=review_by
+    )
+    state = approval.check_runnable(contract, dt.date.today())
+    _audit(
+        "contract.approved",
+        {
+            "contract_sha256": contract.sha256,
+            "version": contract.version,
+            "approver": state.approver,
+            "review_by": state.review_by,
+        },
+        contract.id,
+    )
+    _say(
+        f"approved {contract.id} {contract.version} by {state.approver}; review by "
+        f"{state.review_by}\napproval: {path}"
+    )
+    return OK
+
+
+def cmd_suspend(args: argparse.Namespace) -> int:
+    """Stop an agreement at once."""
+    import datetime as dt
+
+    from exchange import approval
+    from exchange.contract import load_contract
+
+    contract = load_contract(args.contract)
+    path = approval.suspend(
+        contract, _officer_key(args), reason=args.reason, now=dt.datetime.now(dt.UTC)
+    )
+    body = json.loads(path.read_text())["body"]
+    _audit(
+        "contract.suspended",
+        {
+            "contract_sha256": contract.sha256,
+            "approver": f"{body['approver']} ({body['key_id']})",
+            "reason": body["reason"],
+        },
+        contract.id,
+    )
+    _say(f"suspended {contract.id}: no run will start until it is resumed\n{path}")
+    return OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Lift a suspension."""
+    from exchange import approval
+    from exchange.contract import load_contract
+
+    contract = load_contract(args.contract)
+    who = approval.resume(contract, _officer_key(args))
+    _audit(
+        "contract.resumed",
+        {"contract_sha256": contract.sha256, "approver": f"{who.name} ({who.key_id})"},
+        contract.id,
+    )
+    _say(f"resumed {contract.id}; it runs again if its approval is valid")
+    return OK
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -97,7 +209,12 @@ def cmd_keys_generate(args: argparse.Namespace) -> int:
     """Generate a key pair."""
     from exchange.keys import generate
 
-    pair = generate(args.kind, args.out, comment=args.comment or "", overwrite=args.force)
+    passphrase = _passphrase(args, confirm=True)
+    if passphrase is not None and args.kind == "age":
+        raise CryptoError("age identities are not passphrase-protected here; keep the file 0600")
+    pair = generate(
+        args.kind, args.out, comment=args.comment or "", overwrite=args.force, passphrase=passphrase
+    )
     _say(f"private key: {pair.private_path} (0600)\npublic key:  {pair.public_path}")
     _say(pair.public)
     return OK
@@ -112,6 +229,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
     return OK
 
 
+def _passphrase_options(command: argparse.ArgumentParser) -> None:
+    group = command.add_mutually_exclusive_group()
+    group.add_argument("--ask-passphrase", action="store_true", help="prompt for a passphrase")
+    group.add_argument("--passphrase-env", metavar="VAR", help="read the passphrase from $VAR")
+
+
 def parser() -> argparse.ArgumentParser:
     """The command-line grammar."""
     top = argparse.ArgumentParser(prog="exchange", description=__doc__.splitlines()[0])
@@ -123,6 +246,26 @@ def parser() -> argparse.ArgumentParser:
     lint = contract.add_parser("lint", help="check contracts; list every problem")
     lint.add_argument("files", nargs="+", type=Path)
     lint.set_defaults(func=cmd_lint)
+
+    approve = contract.add_parser("approve", help="sign an approval (IG officers)")
+    approve.add_argument("contract", type=Path)
+    approve.add_argument("--key", type=Path, required=True, help="your Ed25519 signing key")
+    approve.add_argument("--review-by", help="review date, YYYY-MM-DD (at most two years ahead)")
+    _passphrase_options(approve)
+    approve.set_defaults(func=cmd_approve)
+
+    suspend = contract.add_parser("suspend", help="stop an agreement at once (IG officers)")
+    suspend.add_argument("contract", type=Path)
+    suspend.add_argument("--key", type=Path, required=True, help="your Ed25519 signing key")
+    suspend.add_argument("--reason", required=True)
+    _passphrase_options(suspend)
+    suspend.set_defaults(func=cmd_suspend)
+
+    resume = contract.add_parser("resume", help="lift a suspension (IG officers)")
+    resume.add_argument("contract", type=Path)
+    resume.add_argument("--key", type=Path, required=True, help="your Ed25519 signing key")
+    _passphrase_options(resume)
+    resume.set_defaults(func=cmd_resume)
 
     run = sub.add_parser("run", help="run one exchange now, without Airflow")
     run.add_argument("contract", type=Path)
@@ -150,6 +293,7 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--out", type=Path, required=True, help="private key path (.pub beside it)")
     gen.add_argument("--comment")
     gen.add_argument("--force", action="store_true", help="overwrite existing files")
+    _passphrase_options(gen)
     gen.set_defaults(func=cmd_keys_generate)
 
     syn = sub.add_parser("synth", help="write synthetic source data for demos and tests")
@@ -183,6 +327,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DropRejected, LedgerError, CryptoError) as exc:
         _error("not verified", str(exc))
         return NOT_VERIFIED
+    except ApprovalError as exc:
+        _error("not done", str(exc))
+        return BAD_INPUT
     except ExchangeError as exc:
         _error("failed", str(exc))
         return FAILED

@@ -61,9 +61,11 @@ class Refused(ExchangeError):
 
 
 class NotRunnable(Refused):
-    """The contract may not run now (not approved, not active, past review)."""
+    """The contract may not run now (not approved, changed, suspended, past review ...)."""
 
-    reason = "contract-not-runnable"
+    def __init__(self, message: str, *, reason: str = "contract-not-runnable") -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class GuardRefused(Refused):

@@ -10,7 +10,7 @@ import hashlib
 import json
 import shutil
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,7 @@ from exchange.errors import (
 from exchange.files import open_private, private_dir, write_private
 from exchange.minimise import Minimiser, source_types
 from exchange.quality import QualityGate
-from exchange.secrets import LocalSecrets, SecretStore
+from exchange.secrets import LocalSecrets, SecretStore, SftpConnection
 from exchange.settings import Settings
 from exchange.sources import Source, check_columns, open_source
 from exchange.transport import Delivery, SftpTransport, Transport
@@ -108,7 +108,7 @@ class Gateway:
         *,
         secrets: SecretStore | None = None,
         ledger: Ledger | None = None,
-        transport_for: Callable[[Any], Transport] = SftpTransport,
+        transport_for: Callable[[SftpConnection, Sequence[str]], Transport] = SftpTransport,
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self.settings = settings
@@ -141,13 +141,20 @@ class Gateway:
             )
             raise
         try:
-            check_runnable(contract, self.clock().date())
+            approval = check_runnable(contract, self.clock().date())
         except Refused as exc:
             self._refused(contract, run_id, exc, stage="check")
             raise
         self.ledger.append(
             "contract.checked",
-            {**self._contract_facts(contract), "approval": "not-yet-verified"},
+            {
+                **self._contract_facts(contract),
+                "approval": {
+                    "approver": approval.approver,
+                    "approved_at": approval.approved_at,
+                    "review_by": approval.review_by,
+                },
+            },
             run_id=run_id,
             contract_id=contract.id,
         )
@@ -297,7 +304,7 @@ class Gateway:
         }
         try:
             connection = self.secrets.sftp_connection(contract.endpoint.connection)
-            transport = self.transport_for(connection)
+            transport = self.transport_for(connection, contract.endpoint.host_keys)
             delivery = transport.deliver(staging, contract.endpoint.folder, prepared.drop_id)
         except ExchangeError as exc:
             self.ledger.append(

@@ -39,13 +39,13 @@ class SftpConnection:
     port: int
     username: str
     key_file: Path
-    known_hosts: Path
+    known_hosts: Path | None = None  # optional extra pin; the contract's hostKeys always apply
     key_passphrase: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_mapping(cls, name: str, value: Mapping[str, Any]) -> SftpConnection:
         """Build from a JSON-like mapping; SecretMissing names what is absent."""
-        missing = [k for k in ("host", "username", "key_file", "known_hosts") if not value.get(k)]
+        missing = [k for k in ("host", "username", "key_file") if not value.get(k)]
         if missing:
             raise SecretMissing(f"connection {name!r} lacks: {', '.join(missing)}")
         return cls(
@@ -53,7 +53,7 @@ class SftpConnection:
             port=int(value.get("port") or 22),
             username=str(value["username"]),
             key_file=Path(value["key_file"]),
-            known_hosts=Path(value["known_hosts"]),
+            known_hosts=Path(value["known_hosts"]) if value.get("known_hosts") else None,
             key_passphrase=value.get("key_passphrase"),
         )
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -19,8 +21,9 @@ os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="exchange-test-airflow-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parents[1] / "dags")
 
-from exchange import keys, synth
-from exchange.contract import read_document
+from exchange import approval, keys, synth
+from exchange.contract import load_contract, read_document
+from exchange.crypto.signing import load_private_key
 from exchange.gateway import Gateway
 from exchange.sandbox import PartnerSftpServer
 from exchange.settings import Settings
@@ -31,14 +34,23 @@ FOLDER = "inbox/attendance"
 PSEUDONYM_KEY = bytes(range(32))  # a fixed test key: pseudonyms are then known answers
 
 
+Edit = Callable[[dict[str, Any]], None]
+
+
 def write_contract(
-    path: Path, recipient: str, edit: Callable[[dict[str, Any]], None] | None = None
+    path: Path,
+    recipient: str,
+    edit: Edit | None = None,
+    *,
+    host_keys: list[str] | None = None,
 ) -> Path:
     """Write the sample contract to `path`, addressed to `recipient`, optionally edited."""
     document = read_document(SAMPLE)
     for prop in document["customProperties"]:
         if prop["property"] == "recipientKeys":
             prop["value"] = [recipient]
+    if host_keys is not None:
+        document["servers"][0]["customProperties"][0]["value"] = host_keys
     if edit is not None:
         edit(document)
     path.write_text(yaml.safe_dump(document, sort_keys=False))
@@ -55,6 +67,18 @@ class Workspace:
     identity: Path
     recipient: str
     sender_key: Path
+    officer_key: Path
+    host_keys: list[str] | None = None
+
+    def write_contract(self, edit: Edit | None = None, *, approve: bool = True) -> Path:
+        """Rewrite the workspace's contract (pinned to the partner, if any) and approve it."""
+        write_contract(self.contract, self.recipient, edit, host_keys=self.host_keys)
+        approval.approval_path(self.contract).unlink(missing_ok=True)
+        if approve:
+            contract = load_contract(self.contract)
+            key = load_private_key(self.officer_key)
+            approval.approve(contract, key, now=dt.datetime.now(dt.UTC))
+        return self.contract
 
     @property
     def settings(self) -> Settings:
@@ -79,7 +103,9 @@ def workspace(tmp_path: Path) -> Workspace:
     identity = keys.generate("age", tmp_path / "partner.age")
     contracts = tmp_path / "contracts"
     contracts.mkdir()
-    contract = write_contract(contracts / SAMPLE.name, identity.public)
+    (contracts / "approvers").mkdir()
+    officer = keys.generate("signing", tmp_path / "officer.key", comment="Ivy Officer (IG)")
+    shutil.copy(officer.public_path, contracts / "approvers" / "ivy.pub")
     secrets_file = tmp_path / "secrets.json"
     secrets_file.write_text(
         json.dumps(
@@ -93,9 +119,17 @@ def workspace(tmp_path: Path) -> Workspace:
         "EXCHANGE_CONTRACTS": str(contracts),
         "EXCHANGE_SOURCE_DIR": str(tmp_path / "sources"),
     }
-    return Workspace(
-        tmp_path, env, contract, identity.private_path, identity.public, signing.public_path
+    space = Workspace(
+        tmp_path,
+        env,
+        contracts / SAMPLE.name,
+        identity.private_path,
+        identity.public,
+        signing.public_path,
+        officer.private_path,
     )
+    space.write_contract()
+    return space
 
 
 @pytest.fixture
@@ -104,6 +138,8 @@ def partner(tmp_path: Path, workspace: Workspace) -> Iterator[PartnerSftpServer]
     server = PartnerSftpServer(tmp_path / "partner").start()
     (server.root / FOLDER).mkdir(parents=True)
     connect(workspace, server)
+    workspace.host_keys = [server.host_public_key]
+    workspace.write_contract()
     yield server
     server.stop()
 

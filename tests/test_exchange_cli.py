@@ -375,20 +375,18 @@ def test_unknown_partner_host_key_is_refused(
 def test_changed_partner_host_key_is_refused(
     workspace: Workspace, partner: PartnerSftpServer
 ) -> None:
-    pinned = partner.known_hosts_path.read_text()
     partner.stop()
     partner.rotate_host_key()
     partner.start()
+    # The connection's known_hosts now trusts the new key; the contract's pin still does not.
     connect(workspace, partner)
-    port_line = pinned.split(" ", 1)[1]
-    partner.known_hosts_path.write_text(f"[{partner.host}]:{partner.port} {port_line}")
     done = exchange(
         workspace, "run", str(workspace.contract), "--source", str(workspace.source(100))
     )
     assert_refused_and_nothing_sent(
         workspace, partner, done, cli.DELIVERY_FAILED, "transfer.failed"
     )
-    assert "does not match the pinned key" in done.stderr
+    assert "does not match the contract's pinned key" in done.stderr
 
 
 def test_partner_server_down(workspace: Workspace, partner: PartnerSftpServer) -> None:
@@ -409,7 +407,7 @@ def test_parquet_source_to_parquet_payload(
     def parquet(doc: dict) -> None:
         doc["servers"][0]["format"] = "parquet"
 
-    contract = write_contract(workspace.contract, workspace.recipient, parquet)
+    contract = workspace.write_contract(parquet)
     source = workspace.source(1200, name="attendance_export.parquet")
     done = exchange(workspace, "run", str(contract), "--source", str(source))
     assert done.returncode == 0, done.stderr

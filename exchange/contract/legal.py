@@ -144,4 +144,4 @@ def find_power(act: str, section: str) -> Power | None:
 def schedule_1_condition_known(text: str) -> bool:
     """Whether text names a real DPA 2018 Schedule 1 condition, as 'Part N para M (...)'."""
     match = _SCHEDULE_1_TEXT.match(text)
-    return bool(match) and int(match.group(2)) in SCHEDULE_1[int(match.group(1))]
+    return match is not None and int(match.group(2)) in SCHEDULE_1[int(match.group(1))]

@@ -27,6 +27,7 @@ from exchange.contract.model import (
     Statute,
 )
 from exchange.contract.paths import custom_properties, custom_values, format_path
+from exchange.contract.policy import policy_problems
 from exchange.contract.vocabulary import PURPOSES, TRANSFORM_OUTPUT_TYPES
 from exchange.errors import ContractError, Problem
 
@@ -100,7 +101,12 @@ def check_document(document: dict[str, Any], file: str) -> Iterator[Problem]:
     yield from _check_schema(document, file)
     yield from _check_servers(document, file)
     if "retention" not in {s.get("property") for s in document.get("slaProperties") or []}:
-        yield Problem(file, "slaProperties", "a 'retention' property is required")
+        yield Problem(
+            file,
+            "slaProperties",
+            "the retention period is missing: add {property: retention, value: N, unit: y|m|d}",
+        )
+    yield from policy_problems(document, file)
 
 
 def _check_terms(document: dict[str, Any], file: str) -> Iterator[Problem]:
@@ -289,6 +295,7 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
             folder=url.path.strip("/"),
             format=server.get("format", "csv"),
             connection=terms["sftpConnection"],
+            host_keys=tuple(custom_values(server.get("customProperties")).get("hostKeys") or ()),
         ),
         pseudonymisation_key=terms.get("pseudonymisationKey"),
         dataset=dataset["name"],

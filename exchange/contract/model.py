@@ -66,6 +66,7 @@ class Endpoint:
     folder: str  # relative to the SFTP session's starting directory
     format: str  # "csv" or "parquet"
     connection: str
+    host_keys: tuple[str, ...] = ()  # pinned SSH host keys ("ssh-ed25519 AAAA...")
 
 
 @dataclass(frozen=True)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import socket
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -25,8 +26,15 @@ WINDOW_SIZE = 16 << 20
 class SftpTransport:
     """Delivers drops to one partner SFTP server."""
 
-    def __init__(self, connection: SftpConnection, *, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        connection: SftpConnection,
+        host_keys: Sequence[str] = (),
+        *,
+        timeout: float = 30.0,
+    ) -> None:
         self.connection = connection
+        self.host_keys = tuple(host_keys)
         self.timeout = timeout
 
     @contextmanager
@@ -59,20 +67,29 @@ class SftpTransport:
             transport.close()
 
     def _check_host_key(self, offered: paramiko.PKey) -> None:
+        """The offered key must be pinned by the contract and, if it names one, the connection."""
         conn = self.connection
-        try:
-            known = paramiko.HostKeys(str(conn.known_hosts))
-        except OSError as exc:
-            raise HostKeyRejected(f"pinned host keys file cannot be read: {exc.strerror}") from exc
         name = conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"
-        pinned = known.lookup(name)
-        if not pinned:
+        fingerprint = "SHA256:" + hashlib.sha256(offered.asbytes()).hexdigest()[:16]
+        pins = [_key_blob(line) for line in self.host_keys]
+        if conn.known_hosts is not None:
+            try:
+                known = paramiko.HostKeys(str(conn.known_hosts))
+            except OSError as exc:
+                raise HostKeyRejected(f"pinned host keys file unreadable: {exc.strerror}") from exc
+            entry = known.lookup(name)
+            if not entry:
+                raise HostKeyRejected(f"no pinned host key for {name}: refusing an unknown server")
+            if offered.get_name() not in entry or entry[offered.get_name()] != offered:
+                raise HostKeyRejected(
+                    f"host key of {name} does not match the pinned key (offered {fingerprint})"
+                )
+        if not pins and conn.known_hosts is None:
             raise HostKeyRejected(f"no pinned host key for {name}: refusing an unknown server")
-        expected = pinned.get(offered.get_name())
-        if expected is None or expected.asbytes() != offered.asbytes():
-            fingerprint = "SHA256:" + hashlib.sha256(offered.asbytes()).hexdigest()[:16]
+        if pins and offered.asbytes() not in pins:
             raise HostKeyRejected(
-                f"host key of {name} does not match the pinned key (offered {fingerprint})"
+                f"host key of {name} does not match the contract's pinned key "
+                f"(offered {fingerprint})"
             )
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
@@ -133,6 +150,15 @@ class SftpTransport:
             raise TransferError(f"{final} already exists and holds another drop")
         size = sum(p.stat().st_size for p in files)
         return Delivery(final, tuple(p.name for p in files), size, already_delivered=True)
+
+
+def _key_blob(line: str) -> bytes:
+    """The wire form of an OpenSSH public key line ("ssh-ed25519 AAAA... comment")."""
+    parts = line.split()
+    try:
+        return base64.b64decode(parts[1], validate=True)
+    except (IndexError, ValueError):
+        raise HostKeyRejected("a pinned host key in the contract is malformed") from None
 
 
 def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
