@@ -29,6 +29,7 @@ lint: install
 
 bench: install system
 	$(BIN)/python benchmarks/exchange_throughput.py
+	$(BIN)/python benchmarks/memory_peak.py
 
 lock: install
 	{ grep '^#' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -v exchange-gateway; } > requirements.lock.new

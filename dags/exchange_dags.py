@@ -18,7 +18,6 @@ from airflow.sdk import DAG, Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 if TYPE_CHECKING:
-    from exchange.contract import Contract
     from exchange.gateway import Gateway
 
 CONTRACTS = Path(
@@ -40,16 +39,6 @@ def _gateway() -> Gateway:
 def _terminal(exc: Exception) -> AirflowFailException:
     """A refusal or other terminal error: fail the task at once, never retry."""
     return AirflowFailException(f"{type(exc).__name__}: {exc}")
-
-
-def _same_contract(contract_file: str, sha256: str) -> Contract:
-    """The contract as checked at the start of the run; fail if it changed since."""
-    from exchange.contract import load_contract
-
-    contract = load_contract(contract_file)
-    if contract.sha256 != sha256:
-        raise AirflowFailException("the contract file changed during the run")
-    return contract
 
 
 def _outline(path: Path) -> tuple[str, str | None]:
@@ -101,8 +90,9 @@ def build_dag(contract_path: Path) -> DAG:
             context = get_current_context()
             source = context["params"].get("source") or None
             try:
-                contract = _same_contract(contract_file, contract_sha256)
-                prepared = _gateway().prepare(contract, source, run_id=context["run_id"])
+                gateway = _gateway()
+                contract = gateway.recheck(contract_file, contract_sha256, run_id=context["run_id"])
+                prepared = gateway.prepare(contract, source, run_id=context["run_id"])
             except ExchangeError as exc:
                 raise _terminal(exc) from exc
             return prepared.to_dict()
@@ -119,9 +109,11 @@ def build_dag(contract_path: Path) -> DAG:
             from exchange.errors import ExchangeError, Retryable
             from exchange.gateway import Prepared
 
+            run = Prepared.from_dict(prepared)
             try:
-                contract = _same_contract(contract_file, contract_sha256)
-                delivery = _gateway().deliver(contract, Prepared.from_dict(prepared))
+                gateway = _gateway()
+                contract = gateway.recheck(contract_file, contract_sha256, run_id=run.run_id)
+                delivery = gateway.deliver(contract, run)
             except ExchangeError as exc:
                 if isinstance(exc, Retryable):
                     raise

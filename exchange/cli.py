@@ -171,6 +171,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     gateway = Gateway.from_env()
     result = gateway.run(args.contract, args.source, run_id=args.run_id)
     excluded = ", ".join(f"{n} {why}" for why, n in result.excluded.items()) or "none"
+    if result.objections_overridden:
+        excluded += f" ({result.objections_overridden} objections overridden by the legal basis)"
     verb = "was already delivered to" if result.already_delivered else "delivered to"
     _say(
         f"run {result.run_id}: read {result.rows_read} rows, excluded {excluded}, "
@@ -197,7 +199,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from exchange.settings import Settings
 
     url = args.url or Settings.from_env().audit_url
-    result = Ledger(url).verify()
+    result = Ledger(url, create=False).verify()
     if not result.ok:
         _error("ledger broken", f"entry {result.broken_at}: {result.reason}")
         return NOT_VERIFIED
@@ -224,7 +226,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     """Write synthetic source data."""
     from exchange import synth
 
-    path = synth.write(args.out, args.rows, seed=args.seed)
+    try:
+        path = synth.write(args.out, args.rows, seed=args.seed)
+    except ValueError as exc:
+        _error("synth", str(exc))
+        return BAD_INPUT
     _say(f"wrote {args.rows} synthetic rows to {path}")
     return OK
 
@@ -324,9 +330,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         kind = "delivery failed (transient)" if isinstance(exc, Retryable) else "delivery failed"
         _error(kind, str(exc))
         return DELIVERY_FAILED
-    except (DropRejected, LedgerError, CryptoError) as exc:
+    except (DropRejected, LedgerError) as exc:
         _error("not verified", str(exc))
         return NOT_VERIFIED
+    except CryptoError as exc:
+        _error("key", str(exc))
+        return FAILED
     except ApprovalError as exc:
         _error("not done", str(exc))
         return BAD_INPUT

@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from exchange import guard, manifest, payload
+from exchange import guard, manifest, payload, transforms
 from exchange.approval import check_runnable
 from exchange.audit import Ledger
 from exchange.contract import Contract, load_contract
@@ -26,6 +26,8 @@ from exchange.crypto.streams import HashingWriter
 from exchange.errors import (
     ContractError,
     ExchangeError,
+    HostKeyRejected,
+    NotRunnable,
     QualityFailed,
     Refused,
     Retryable,
@@ -33,8 +35,8 @@ from exchange.errors import (
 )
 from exchange.files import open_private, private_dir, write_private
 from exchange.minimise import Minimiser, source_types
-from exchange.quality import QualityGate
-from exchange.secrets import LocalSecrets, SecretStore, SftpConnection
+from exchange.quality import QualityGate, compile_rules
+from exchange.secrets import LocalSecrets, SecretMissing, SecretStore, SftpConnection
 from exchange.settings import Settings
 from exchange.sources import Source, check_columns, open_source
 from exchange.transport import Delivery, SftpTransport, Transport
@@ -54,6 +56,7 @@ class Prepared:
     rows_sent: int
     excluded: dict[str, int]
     payload_sha256: str
+    objections_overridden: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -76,6 +79,7 @@ class RunResult:
     excluded: dict[str, int]
     remote_path: str
     already_delivered: bool
+    objections_overridden: int = 0
 
 
 def _utcnow() -> dt.datetime:
@@ -94,7 +98,7 @@ def drop_id_for(contract_id: str, run_id: str) -> str:
 
 
 def _outcome(exc: BaseException) -> str:
-    if isinstance(exc, Refused):
+    if isinstance(exc, Refused | HostKeyRejected):
         return "refused"
     return "failed"
 
@@ -112,6 +116,7 @@ class Gateway:
         clock: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self.settings = settings
+        private_dir(settings.home)
         self.secrets = secrets or LocalSecrets(settings.secrets_file)
         self.ledger = ledger or Ledger(settings.audit_url, clock=clock)
         self.transport_for = transport_for
@@ -129,6 +134,7 @@ class Gateway:
         name = Path(contract_path).name
         try:
             contract = load_contract(contract_path)
+            compile_rules(contract)  # a rule that cannot be enforced refuses the run here
         except ContractError as exc:
             self.ledger.append(
                 "run.refused",
@@ -158,6 +164,17 @@ class Gateway:
             run_id=run_id,
             contract_id=contract.id,
         )
+        return contract
+
+    def recheck(self, contract_path: str | Path, sha256: str, *, run_id: str) -> Contract:
+        """The contract as checked at the start of this run; refused if it changed since."""
+        contract = load_contract(contract_path)
+        if contract.sha256 != sha256:
+            exc = NotRunnable(
+                f"contract {contract.id} changed during the run", reason="changed-during-run"
+            )
+            self._refused(contract, run_id, exc, stage="recheck")
+            raise exc
         return contract
 
     # -- prepare ------------------------------------------------------------------------------
@@ -199,14 +216,18 @@ class Gateway:
         staging: Path,
         started: dt.datetime,
     ) -> Prepared:
+        signing_key = signing.load_private_key(self.settings.signing_key)  # fail before the work
         source = self.resolve_source(contract, source_arg)
         types = source_types(contract)
         unread = check_columns(source, list(types))
-        key = (
-            self.secrets.secret(contract.pseudonymisation_key)
-            if contract.pseudonymisation_key
-            else None
-        )
+        key = None
+        if contract.pseudonymisation_key:
+            key = self.secrets.secret(contract.pseudonymisation_key)
+            if len(key) < transforms.MIN_KEY_BYTES:
+                raise SecretMissing(
+                    f"secret {contract.pseudonymisation_key!r} is shorter than "
+                    f"{transforms.MIN_KEY_BYTES} bytes: generate a new random key"
+                )
         minimise = Minimiser(contract, pseudonym_key=key)
         quality = QualityGate(contract)
         schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])
@@ -227,7 +248,6 @@ class Gateway:
             )
         tally = minimise.tally
         head_seq, head_hash = self.ledger.head()
-        signing_key = signing.load_private_key(self.settings.signing_key)
         body = {
             "manifest_version": manifest.MANIFEST_VERSION,
             "drop_id": drop_id,
@@ -272,6 +292,7 @@ class Gateway:
             rows_read=tally.read,
             rows_sent=tally.sent,
             excluded=dict(tally.excluded),
+            objections_overridden=tally.objections_overridden,
             payload_sha256=sink.sha256,
         )
         self.ledger.append(
@@ -315,6 +336,7 @@ class Gateway:
                     "error": type(exc).__name__,
                     "message": str(exc),
                     "retryable": isinstance(exc, Retryable),
+                    "security_event": isinstance(exc, HostKeyRejected),
                 },
                 run_id=prepared.run_id,
                 contract_id=contract.id,
@@ -330,6 +352,7 @@ class Gateway:
                 "rows": {
                     "read": prepared.rows_read,
                     "excluded": prepared.excluded,
+                    "objections_overridden": prepared.objections_overridden,
                     "sent": prepared.rows_sent,
                 },
                 "validation": "passed",
@@ -365,6 +388,7 @@ class Gateway:
                 sent["rows"]["excluded"],
                 sent["remote_path"],
                 already_delivered=True,
+                objections_overridden=sent["rows"].get("objections_overridden", 0),
             )
         prepared = self.prepare(contract, source, run_id=run_id)
         delivery = self.deliver(contract, prepared)
@@ -376,6 +400,7 @@ class Gateway:
             prepared.excluded,
             delivery.remote_path,
             delivery.already_delivered,
+            prepared.objections_overridden,
         )
 
     # -- helpers ------------------------------------------------------------------------------

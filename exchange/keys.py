@@ -36,6 +36,7 @@ def generate(
     now: dt.datetime | None = None,
 ) -> KeyPair:
     """Write a private key to `path` (0600) and its public half to `path` + '.pub'."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     for target in (path, _public_path(path)):
         if target.exists() and not overwrite:
             raise FileExistsError(errno.EEXIST, "key file exists", str(target))

@@ -48,8 +48,9 @@ def verify_manifest(drop: Path, sender_key: Path) -> dict[str, Any]:
         signature = (drop / manifest.SIGNATURE_NAME).read_bytes()
     except OSError:
         raise DropRejected(f"drop {drop.name} is incomplete: no manifest or signature") from None
+    key = signing.load_public_key(sender_key)  # an unreadable key is the receiver's problem
     try:
-        signing.verify(signing.load_public_key(sender_key), document, signature)
+        signing.verify(key, document, signature)
     except CryptoError:
         raise DropRejected(f"drop {drop.name}: the manifest signature does not verify") from None
     try:
@@ -82,7 +83,7 @@ def receive(drop: Path, *, identity: Path, sender_key: Path, out_dir: Path) -> R
     partial.unlink(missing_ok=True)
     try:
         identities = age.load_identities(identity)
-        with (drop / info["name"]).open("rb") as source, open_private(partial) as out:
+        with (drop / Path(info["name"]).name).open("rb") as source, open_private(partial) as out:
             age.decrypt_stream(source, out, identities)
         rows = _count_rows(partial, info["format"])
         if rows != body["rows"]["sent"]:

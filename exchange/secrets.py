@@ -90,12 +90,21 @@ class LocalSecrets:
         if self._data is None:
             self._data = {}
             if self._file is not None:
-                mode = self._file.stat().st_mode
+                try:
+                    mode = self._file.stat().st_mode
+                    text = self._file.read_text("utf-8")
+                except OSError as exc:
+                    raise SecretMissing(
+                        f"secrets file {self._file} cannot be read: {exc.strerror}"
+                    ) from None
                 if mode & (stat.S_IRWXG | stat.S_IRWXO):
                     raise SecretMissing(
                         f"secrets file {self._file.name} is readable by others: chmod 600 it"
                     )
-                self._data = json.loads(self._file.read_text("utf-8"))
+                try:
+                    self._data = json.loads(text)
+                except ValueError:
+                    raise SecretMissing(f"secrets file {self._file.name} is not JSON") from None
         return self._data
 
     @staticmethod

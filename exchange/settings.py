@@ -17,7 +17,6 @@ class Settings:
     EXCHANGE_SIGNING_KEY   the gateway's Ed25519 private key; EXCHANGE_HOME/keys/gateway.key
     EXCHANGE_SECRETS       a 0600 JSON file of connections and secrets (see exchange.secrets)
     EXCHANGE_SOURCE_DIR    where a contract's source file is found by its physicalName
-    EXCHANGE_CONTRACTS     the contracts folder the DAGs are generated from; ./contracts
     """
 
     home: Path
@@ -25,7 +24,6 @@ class Settings:
     signing_key: Path
     secrets_file: Path | None
     source_dir: Path | None
-    contracts_dir: Path
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -40,7 +38,6 @@ class Settings:
             signing_key=Path(env.get("EXCHANGE_SIGNING_KEY") or home / "keys" / "gateway.key"),
             secrets_file=Path(secrets) if secrets else None,
             source_dir=Path(sources) if sources else None,
-            contracts_dir=Path(env.get("EXCHANGE_CONTRACTS") or "contracts").absolute(),
         )
 
     @property

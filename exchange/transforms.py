@@ -17,6 +17,7 @@ SOURCE_TYPES: dict[str, pa.DataType] = {
     "generalise-date": pa.date32(),
 }
 
+MIN_KEY_BYTES = 32
 PSEUDONYM_HEX_CHARS = 32  # 128 bits: collision-free in practice at any realistic scale
 
 Transform = Callable[[pa.Array], pa.Array]
@@ -29,8 +30,8 @@ def keep() -> Transform:
 
 def pseudonymise(key: bytes) -> Transform:
     """Keyed HMAC-SHA256 of the value: stable across runs, not reversible without the key."""
-    if len(key) < 32:
-        raise ValueError("a pseudonymisation key needs at least 32 bytes")
+    if len(key) < MIN_KEY_BYTES:
+        raise ValueError(f"a pseudonymisation key needs at least {MIN_KEY_BYTES} bytes")
     keyed = hmac.new(key, digestmod=sha256)
 
     def apply(values: pa.Array) -> pa.Array:

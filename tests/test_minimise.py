@@ -38,8 +38,10 @@ def overriding(tmp_path: Path) -> Contract:
                 prop["value"] = {
                     "column": "objection",
                     "legalBasisOverrides": True,
-                    "overrideJustification": "Statutory duty under s.11; objection noted only.",
+                    "overrideJustification": "Section 47 enquiries; objection noted only.",
                 }
+            if prop["property"] == "legalBasis":
+                prop["value"]["statutes"].append({"act": "Children Act 1989", "section": "s.47"})
 
     return load_contract(write_contract(tmp_path / "override.yaml", RECIPIENT, edit))
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -89,6 +91,16 @@ class Verification:
         return self.broken_at is None
 
 
+def _prepare_sqlite_file(path: Path, *, create: bool) -> None:
+    """Make a new ledger file 0600 before SQLite creates it; refuse a missing one to read."""
+    if path.exists():
+        return
+    if not create:
+        raise LedgerError(f"no audit ledger at {path}")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -96,11 +108,18 @@ def _utcnow() -> dt.datetime:
 class Ledger:
     """The append-only audit ledger behind a SQLAlchemy URL."""
 
-    def __init__(self, url: str, *, clock: Callable[[], dt.datetime] = _utcnow) -> None:
-        connect_args = {"timeout": 30} if url.startswith("sqlite") else {}
-        self.engine = sa.create_engine(url, connect_args=connect_args)
+    def __init__(
+        self, url: str, *, clock: Callable[[], dt.datetime] = _utcnow, create: bool = True
+    ) -> None:
+        parsed = sa.engine.make_url(url)
+        connect_args = {}
+        if parsed.get_backend_name() == "sqlite" and parsed.database:
+            connect_args = {"timeout": 30}
+            _prepare_sqlite_file(Path(parsed.database), create=create)
+        self.engine = sa.create_engine(parsed, connect_args=connect_args)
         self.clock = clock
-        metadata.create_all(self.engine)
+        if create:
+            metadata.create_all(self.engine)
 
     def append(
         self,

@@ -30,6 +30,7 @@ from exchange.contract.paths import custom_properties, custom_values, format_pat
 from exchange.contract.policy import policy_problems
 from exchange.contract.vocabulary import PURPOSES, TRANSFORM_OUTPUT_TYPES
 from exchange.errors import ContractError, Problem
+from exchange.types import ARROW_TYPES
 
 API_VERSION = "v3.1.0"
 PAYLOAD_FORMATS = ("csv", "parquet")
@@ -184,6 +185,12 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
         names.add(name)
         if "logicalType" not in prop:
             yield Problem(file, format_path(at), "logicalType is required for every field")
+        elif prop["logicalType"] not in ARROW_TYPES:
+            yield Problem(
+                file,
+                format_path([*at, "logicalType"]),
+                f"{prop['logicalType']!r} cannot be exchanged: use one of {', '.join(ARROW_TYPES)}",
+            )
         transform = terms.get("transform")
         options = terms.get("transformOptions")
         to = options.get("to", "") if isinstance(options, dict) else ""

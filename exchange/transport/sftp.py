@@ -70,7 +70,9 @@ class SftpTransport:
         """The offered key must be pinned by the contract and, if it names one, the connection."""
         conn = self.connection
         name = conn.host if conn.port == 22 else f"[{conn.host}]:{conn.port}"
-        fingerprint = "SHA256:" + hashlib.sha256(offered.asbytes()).hexdigest()[:16]
+        # OpenSSH's fingerprint form, so it can be compared with what `ssh-keygen -l` prints.
+        digest = base64.b64encode(hashlib.sha256(offered.asbytes()).digest()).decode()
+        fingerprint = "SHA256:" + digest.rstrip("=")
         pins = [_key_blob(line) for line in self.host_keys]
         if conn.known_hosts is not None:
             try:
