@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[quality,airflow,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[quality,airflow,postgres,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -275,7 +275,11 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one exchange now, without Airflow")
     run.add_argument("contract", type=Path)
-    run.add_argument("--source", type=Path, help="source file (default: by physicalName)")
+    run.add_argument(
+        "--source",
+        help="a CSV or Parquet file, or a postgresql:// URL (table: the dataset's physicalName); "
+        "default: the file named by physicalName in EXCHANGE_SOURCE_DIR",
+    )
     run.add_argument("--run-id", help="reuse a run id (re-running never duplicates a drop)")
     run.set_defaults(func=cmd_run)
 

@@ -180,7 +180,14 @@ class Gateway:
     # -- prepare ------------------------------------------------------------------------------
 
     def resolve_source(self, contract: Contract, source: str | Path | None) -> Source:
-        """The given source file, or the contract's physicalName under EXCHANGE_SOURCE_DIR."""
+        """The given source, or the contract's physicalName under EXCHANGE_SOURCE_DIR.
+
+        A `postgresql://` URL reads the table named by the dataset's physicalName.
+        """
+        if isinstance(source, str) and source.startswith(("postgresql://", "postgresql+")):
+            from exchange.sources.postgres import PostgresSource
+
+            return PostgresSource(source, table=contract.source_name)
         if source is None:
             folder = self.settings.source_dir
             if folder is None:

@@ -59,23 +59,17 @@ def key_pair(kind: str, path: Path) -> str:
 def main() -> None:
     gateway_home = private_dir(DEMO / "gateway")
     partner_keys = private_dir(DEMO / "partner-keys")
-    step("Generating demo keys (gateway signing key, partner's age key, pseudonymisation key)")
+    step("Generating demo keys (gateway, partner, IG officer, pseudonymisation key)")
     private_dir(gateway_home / "keys")
+    officer_key = private_dir(DEMO / "ig") / "officer.key"
+    if not officer_key.exists():
+        keys.generate("signing", officer_key, comment="Demo IG Officer")
     key_pair("signing", gateway_home / "keys" / "gateway.key")
     partner_recipient = key_pair("age", partner_keys / "early-help.age")
     pseudonym_file = gateway_home / "keys" / "pseudonym.key"
     if not pseudonym_file.exists():
         write_private(pseudonym_file, base64.b64encode(secrets.token_bytes(32)))
     print(f"   partner's age public key: {partner_recipient}")
-
-    step("Writing the demo contracts folder (the sample agreement, to the demo partner's key)")
-    contracts = DEMO / "contracts"
-    contracts.mkdir(exist_ok=True)
-    document = read_document(REPO / "contracts" / f"{CONTRACT}.yaml")
-    for prop in document["customProperties"]:
-        if prop["property"] == "recipientKeys":
-            prop["value"] = [partner_recipient]
-    (contracts / f"{CONTRACT}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
 
     step(f"Writing {ROWS:,} rows of synthetic source data (16 columns)")
     source_dir = private_dir(DEMO / "source")
@@ -89,8 +83,24 @@ def main() -> None:
         inbox = server.root / "inbox" / "attendance"
         inbox.mkdir(parents=True, exist_ok=True)
         print(f"   listening on {server.host}:{server.port}")
-        print(f"   its host key is pinned in {server.known_hosts_path}")
+        contracts = write_demo_contract(partner_recipient, server.host_public_key, officer_key)
         env = demo_env(server, gateway_home, contracts, source_dir, pseudonym_file)
+        contract_file = str(contracts / f"{CONTRACT}.yaml")
+
+        step("IG officer: exchange contract lint, then exchange contract approve")
+        print("   " + run([str(BIN / "exchange"), "contract", "lint", contract_file], env).strip())
+        approved = run(
+            [
+                str(BIN / "exchange"),
+                "contract",
+                "approve",
+                contract_file,
+                "--key",
+                str(officer_key),
+            ],
+            env,
+        )
+        print("   " + approved.strip().replace("\n", "\n   "))
 
         step("Running the exchange through Airflow: airflow dags test " + DAG_ID)
         airflow_log = DEMO / "airflow" / "dags-test.log"
@@ -145,6 +155,7 @@ def main() -> None:
     for label, path in [
         ("demo state", DEMO),
         ("contract used", contracts / f"{CONTRACT}.yaml"),
+        ("its approval", contracts / f"{CONTRACT}.approval.json"),
         ("source data", source),
         ("partner SFTP root", server.root),
         ("received data", received),
@@ -152,6 +163,22 @@ def main() -> None:
         ("Airflow home", DEMO / "airflow"),
     ]:
         print(f"   {label:18} {path}")
+
+
+def write_demo_contract(recipient: str, host_key: str, officer_key: Path) -> Path:
+    """The sample agreement, addressed to the demo partner's keys, with the demo IG officer."""
+    contracts = DEMO / "contracts"
+    (contracts / "approvers").mkdir(parents=True, exist_ok=True)
+    officer_pub = officer_key.with_name(officer_key.name + ".pub")
+    (contracts / "approvers" / "demo-officer.pub").write_text(officer_pub.read_text())
+    document = read_document(REPO / "contracts" / f"{CONTRACT}.yaml")
+    for prop in document["customProperties"]:
+        if prop["property"] == "recipientKeys":
+            prop["value"] = [recipient]
+    document["servers"][0]["customProperties"] = [{"property": "hostKeys", "value": [host_key]}]
+    (contracts / f"{CONTRACT}.yaml").write_text(yaml.safe_dump(document, sort_keys=False))
+    print(f"   contract: {contracts / f'{CONTRACT}.yaml'} (partner's keys pinned)")
+    return contracts
 
 
 def demo_env(

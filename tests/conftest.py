@@ -16,6 +16,9 @@ from typing import Any
 import pytest
 import yaml
 
+# A private PostgreSQL server per session (PostgreSQL source and audit-ledger tests).
+from pg import postgres  # noqa: F401
+
 # Airflow reads its home when first imported: point it at a throw-away one before anything does.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="exchange-test-airflow-")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

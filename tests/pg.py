@@ -1,4 +1,4 @@
-"""A private, throw-away PostgreSQL server for tests (PostgreSQL source, audit ledger on PostgreSQL).
+"""A private, throw-away PostgreSQL server for tests (PostgreSQL source, audit ledger).
 
 Use the session fixture `postgres` (add ``from pg import postgres`` to conftest.py) or the class::
 
@@ -283,7 +283,7 @@ class PrivatePostgres:
         owner = pwd.getpwnam(OS_USER)
         for path in (self.base_dir, self.socket_dir, self.data_dir, self.log_path):
             os.chown(path, owner.pw_uid, owner.pw_gid)
-        # The other tests (as root) still read the log; the postgres user needs the way in.
+        # Owning the folders is not enough: every parent must be searchable by that user too.
         probe = self._run(["test", "-w", str(self.base_dir)], as_postgres=True, check=False)
         if probe.returncode != 0:
             raise PostgresUnavailable(
@@ -356,23 +356,23 @@ class PrivatePostgres:
             )
 
     def _create_database(self) -> None:
-        exists = self.psql(
-            f"SELECT 1 FROM pg_database WHERE datname = '{self.database}'", database="postgres"
+        created = self._run(
+            [
+                self._tool("createdb"),
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                self.superuser,
+                self.database,
+            ],
+            as_postgres=False,
+            check=False,
         )
-        if exists.strip() != "1":
-            self._run(
-                [
-                    self._tool("createdb"),
-                    "-h",
-                    self.host,
-                    "-p",
-                    str(self.port),
-                    "-U",
-                    self.superuser,
-                    self.database,
-                ],
-                as_postgres=False,
-            )
+        # A restarted cluster keeps the database it made the first time.
+        if created.returncode != 0 and "already exists" not in created.stderr:
+            raise PostgresUnavailable(f"createdb {self.database} failed\n{created.stderr}")
 
     def _log_tail(self) -> str:
         try:

@@ -61,6 +61,8 @@ class CsvSource:
         convert = pacsv.ConvertOptions(
             include_columns=names,
             column_types=dict(types),
+            # Only an empty field is missing: "NA" or "null" may be real values.
+            null_values=[""],
             strings_can_be_null=True,
             quoted_strings_can_be_null=False,
         )
