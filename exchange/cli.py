@@ -91,6 +91,25 @@ def _audit(event: str, body: dict[str, Any], contract_id: str) -> None:
     Ledger(Settings.from_env().audit_url).append(event, body, contract_id=contract_id)
 
 
+def cmd_diff(args: argparse.Namespace) -> int:
+    """Say what changed between two versions of a contract, and whether it needs re-approval."""
+    from exchange.contract import canonical_sha256
+    from exchange.contract.diff import EXIT_CODES, classify, diff_documents, read_revision
+
+    old_label, old = read_revision(args.old)
+    new_label, new = read_revision(args.new)
+    changes = diff_documents(old, new)
+    for change in changes:
+        tag = "needs re-approval" if change.reapproval else "editorial"
+        _say(f"[{tag}] {change.kind} at {change.path}: {change.summary}")
+    verdict = classify(changes)
+    if verdict == "identical" and canonical_sha256(old) != canonical_sha256(new):
+        _say("same terms, but the fields are in another order (the payload's column order)")
+        verdict = "needs-re-approval"
+    _say(f"{old_label} -> {new_label}: {verdict} ({len(changes)} change(s))")
+    return EXIT_CODES[verdict]
+
+
 def cmd_approve(args: argparse.Namespace) -> int:
     """Sign an approval of a contract."""
     import datetime as dt
@@ -252,6 +271,11 @@ def parser() -> argparse.ArgumentParser:
     lint = contract.add_parser("lint", help="check contracts; list every problem")
     lint.add_argument("files", nargs="+", type=Path)
     lint.set_defaults(func=cmd_lint)
+
+    diff = contract.add_parser("diff", help="what changed, and does it need re-approval?")
+    diff.add_argument("old", help="a contract file, or REV:path for a git revision")
+    diff.add_argument("new", help="a contract file, or REV:path for a git revision")
+    diff.set_defaults(func=cmd_diff)
 
     approve = contract.add_parser("approve", help="sign an approval (IG officers)")
     approve.add_argument("contract", type=Path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,3 +132,44 @@ def test_dag_run_of_a_refused_contract_fails_at_the_first_task_without_retry(
     assert inbox_entries(partner) == []
     last = list(Ledger(airflow_env.settings.audit_url).entries())[-1]
     assert last.event == "run.refused" and "draft" in last.data["message"]
+
+
+@pytest.mark.parametrize(
+    "case", ["not approved", "changed since approval", "revoked approver", "past review date"]
+)
+def test_dag_refuses_a_contract_that_may_not_run(
+    airflow_db: None, airflow_env: Workspace, partner: PartnerSftpServer, case: str
+) -> None:
+    from test_governance import REFUSALS
+
+    break_it, reason, words = REFUSALS[case]
+    break_it(airflow_env)
+    run = load_dags(REPO / "dags")[DAG_ID].test()
+    assert str(run.state) == "failed"
+    check = next(ti for ti in run.get_task_instances() if ti.task_id == "check_contract")
+    assert str(check.state) == "failed" and check.max_tries == 0
+    assert inbox_entries(partner) == []
+    last = list(Ledger(airflow_env.settings.audit_url).entries())[-1]
+    assert last.event == "run.refused" and last.data["reason"] == reason
+    assert words in last.data["message"]
+
+
+def test_dag_refuses_a_suspended_contract(
+    airflow_db: None, airflow_env: Workspace, partner: PartnerSftpServer
+) -> None:
+    from exchange import approval
+    from exchange.contract import load_contract
+    from exchange.crypto.signing import load_private_key
+
+    contract = load_contract(airflow_env.contract)
+    approval.suspend(
+        contract,
+        load_private_key(airflow_env.officer_key),
+        reason="breach",
+        now=dt.datetime.now(dt.UTC),
+    )
+    run = load_dags(REPO / "dags")[DAG_ID].test()
+    assert str(run.state) == "failed"
+    assert inbox_entries(partner) == []
+    last = list(Ledger(airflow_env.settings.audit_url).entries())[-1]
+    assert last.data["reason"] == "suspended"

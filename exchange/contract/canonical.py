@@ -19,9 +19,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _terms_unordered(value: Any) -> Any:
+    """Sort every customProperties list by its keys: their order carries no meaning."""
+    if isinstance(value, dict):
+        out = {k: _terms_unordered(v) for k, v in value.items()}
+        terms = out.get("customProperties")
+        if isinstance(terms, list) and all(isinstance(t, dict) for t in terms):
+            out["customProperties"] = sorted(terms, key=lambda t: str(t.get("property")))
+        return out
+    if isinstance(value, list):
+        return [_terms_unordered(v) for v in value]
+    return value
+
+
 def canonical_bytes(document: dict[str, Any]) -> bytes:
-    """Serialise a parsed contract so that layout, key order and quoting do not matter."""
-    text = json.dumps(_plain(document), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    """Serialise a parsed contract so that layout, key order, quoting and the order of
+    customProperties do not matter (field order does: it is the payload's column order)."""
+    plain = _terms_unordered(_plain(document))
+    text = json.dumps(plain, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return text.encode("utf-8")
 
 

@@ -39,11 +39,8 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
-import yaml
-
 from exchange.contract import legal
-from exchange.contract.canonical import _plain
-from exchange.contract.load import read_document
+from exchange.contract.load import parse_text, read_document
 from exchange.contract.vocabulary import PURPOSES, TRANSFORM_OUTPUT_TYPES
 from exchange.errors import ContractError, Problem
 
@@ -174,22 +171,7 @@ def read_revision(spec: str, *, cwd: Path | None = None) -> tuple[str, dict[str,
         text = result.stdout.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ContractError([Problem(spec, "", "not UTF-8 text")]) from exc
-    return spec, _parse(text, spec)
-
-
-def _parse(text: str, label: str) -> dict[str, Any]:
-    """Parse contract text as `read_document` does a file."""
-    try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        detail = getattr(exc, "problem", None) or "invalid YAML"
-        raise ContractError([Problem(label, where, f"not valid YAML: {detail}")]) from exc
-    if not isinstance(document, dict):
-        raise ContractError([Problem(label, "", "a contract must be a YAML mapping")])
-    result: dict[str, Any] = _plain(document)
-    return result
+    return spec, parse_text(text, spec)
 
 
 # --- generic helpers ---------------------------------------------------------------------------

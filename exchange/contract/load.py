@@ -68,16 +68,22 @@ def read_document(path: Path) -> dict[str, Any]:
         text = path.read_text("utf-8")
     except OSError as exc:
         raise ContractError([Problem(file, "", f"cannot read file: {exc.strerror}")]) from exc
+    return parse_text(text, file)
+
+
+def parse_text(text: str, label: str) -> dict[str, Any]:
+    """Parse contract text with the safe YAML loader; `label` names it in problems."""
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         detail = getattr(exc, "problem", None) or "invalid YAML"
-        raise ContractError([Problem(file, where, f"not valid YAML: {detail}")]) from exc
+        raise ContractError([Problem(label, where, f"not valid YAML: {detail}")]) from exc
     if not isinstance(document, dict):
-        raise ContractError([Problem(file, "", "a contract must be a YAML mapping")])
-    return _plain(document)
+        raise ContractError([Problem(label, "", "a contract must be a YAML mapping")])
+    result: dict[str, Any] = _plain(document)
+    return result
 
 
 def load_contract(path: str | Path) -> Contract:

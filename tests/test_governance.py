@@ -1,0 +1,335 @@
+"""IG governance through the command line: approval, suspension, refusals and protocol lint."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Workspace, inbox_entries, write_contract
+
+from exchange import approval, keys
+from exchange.audit import Ledger
+from exchange.cli import BAD_INPUT, REFUSED
+from exchange.contract import load_contract
+from exchange.crypto.signing import key_id, load_private_key
+
+EXCHANGE = str(Path(sys.executable).with_name("exchange"))
+
+
+def exchange(workspace: Workspace, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run the command as an officer or data team types it."""
+    full = {**os.environ, **workspace.env, **env}
+    return subprocess.run([EXCHANGE, *args], env=full, capture_output=True, text=True, check=False)
+
+
+def last_event(workspace: Workspace) -> tuple[str, dict[str, Any]]:
+    entry = list(Ledger(workspace.settings.audit_url).entries())[-1]
+    return entry.event, entry.data
+
+
+def second_officer(workspace: Workspace, name: str = "olga.pub") -> Path:
+    """Another signing key, trusted as an approver."""
+    pair = keys.generate("signing", workspace.root / f"{name}.key", comment="Olga Other (IG)")
+    shutil.copy(pair.public_path, workspace.contract.parent / "approvers" / name)
+    return pair.private_path
+
+
+def unapprove(w: Workspace) -> None:
+    approval.approval_path(w.contract).unlink()
+
+
+def edit_after_approval(w: Workspace) -> None:
+    text = w.contract.read_text().replace("Early Help team identify", "Early Help team find")
+    w.contract.write_text(text)
+
+
+def approved_by_untrusted_key(w: Workspace) -> None:
+    other = second_officer(w)
+    approval.approve(
+        load_contract(w.contract), load_private_key(other), now=dt.datetime.now(dt.UTC)
+    )
+    (w.contract.parent / "approvers" / "olga.pub").unlink()
+
+
+def approver_revoked(w: Workspace) -> None:
+    officer = load_private_key(w.officer_key).public_key()
+    (w.contract.parent / "approvers" / "revoked.txt").write_text(
+        f"# left the council\n{key_id(officer)}\n"
+    )
+
+
+def draft(w: Workspace) -> None:
+    w.write_contract(lambda d: d.update(status="draft"))
+
+
+def review_overdue(w: Workspace) -> None:
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3 * 365)
+    contract = load_contract(w.contract)
+    object.__setattr__(contract, "review_date", dt.date.today() + dt.timedelta(days=9999))
+    approval.approve(contract, load_private_key(w.officer_key), now=long_ago)
+
+
+REFUSALS: dict[str, tuple[Callable[[Workspace], None], str, str]] = {
+    "not approved": (unapprove, "not-approved", "has not been approved"),
+    "changed since approval": (
+        edit_after_approval,
+        "changed-since-approval",
+        "needs re-approval",
+    ),
+    "untrusted approver": (approved_by_untrusted_key, "untrusted-key", "not a trusted approver"),
+    "revoked approver": (approver_revoked, "revoked-key", "revoked key"),
+    "not active": (draft, "not-active", "'draft', not 'active'"),
+    "past review date": (review_overdue, "review-overdue", "due for review"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSALS)
+def test_run_refuses_a_contract_that_may_not_run(workspace: Workspace, case: str) -> None:
+    break_it, reason, words = REFUSALS[case]
+    break_it(workspace)
+    source = workspace.source(50)
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert done.returncode == REFUSED, done.stderr
+    assert words in done.stderr and done.stderr.startswith("exchange: refused:")
+    event, body = last_event(workspace)
+    assert event == "run.refused" and body["reason"] == reason
+    assert not any(workspace.settings.staging.glob("*/*"))  # nothing was prepared
+
+
+def test_suspend_stops_at_once_and_resume_restarts(workspace: Workspace, partner: Any) -> None:
+    source = str(workspace.source(80))
+    key = str(workspace.officer_key)
+    done = exchange(
+        workspace,
+        "contract",
+        "suspend",
+        str(workspace.contract),
+        "--key",
+        key,
+        "--reason",
+        "breach under investigation (ref INC-7)",
+    )
+    assert done.returncode == 0, done.stderr
+    assert workspace.contract.exists() and approval.approval_path(workspace.contract).exists()
+    assert last_event(workspace)[0] == "contract.suspended"
+    refused = exchange(workspace, "run", str(workspace.contract), "--source", source)
+    assert refused.returncode == REFUSED
+    assert "suspended by Ivy Officer (IG)" in refused.stderr and "INC-7" in refused.stderr
+    assert inbox_entries(partner) == []
+    assert (
+        exchange(workspace, "contract", "resume", str(workspace.contract), "--key", key).returncode
+        == 0
+    )
+    assert last_event(workspace)[0] == "contract.resumed"
+    again = exchange(workspace, "run", str(workspace.contract), "--source", source)
+    assert again.returncode == 0, again.stderr
+    assert len(inbox_entries(partner)) == 1
+
+
+def test_a_forged_suspension_file_still_stops_the_agreement(workspace: Workspace) -> None:
+    approval.suspension_path(workspace.contract).write_text('{"body": {}, "signature": "x"}')
+    done = exchange(
+        workspace, "run", str(workspace.contract), "--source", str(workspace.source(20))
+    )
+    assert done.returncode == REFUSED and "does not verify" in done.stderr
+
+
+def test_approve_with_a_passphrase_protected_key(workspace: Workspace) -> None:
+    pair = workspace.root / "pp.key"
+    made = exchange(
+        workspace,
+        "keys",
+        "generate",
+        "--kind",
+        "signing",
+        "--out",
+        str(pair),
+        "--comment",
+        "Pat Passphrase (IG)",
+        "--passphrase-env",
+        "PASS",
+        PASS="correct horse",
+    )
+    assert made.returncode == 0, made.stderr
+    assert b"ENCRYPTED" in pair.read_bytes() and pair.stat().st_mode & 0o777 == 0o600
+    shutil.copy(pair.with_name("pp.key.pub"), workspace.contract.parent / "approvers" / "pat.pub")
+    unapprove(workspace)
+    wrong = exchange(
+        workspace,
+        "contract",
+        "approve",
+        str(workspace.contract),
+        "--key",
+        str(pair),
+        "--passphrase-env",
+        "PASS",
+        PASS="wrong",
+    )
+    assert wrong.returncode != 0 and "passphrase" in wrong.stderr
+    right = exchange(
+        workspace,
+        "contract",
+        "approve",
+        str(workspace.contract),
+        "--key",
+        str(pair),
+        "--passphrase-env",
+        "PASS",
+        PASS="correct horse",
+    )
+    assert right.returncode == 0, right.stderr
+    assert "Pat Passphrase (IG)" in right.stdout
+    body = json.loads(approval.approval_path(workspace.contract).read_text())["body"]
+    assert body["contract_sha256"] == load_contract(workspace.contract).sha256
+    assert last_event(workspace)[0] == "contract.approved"
+
+
+def test_approval_cannot_set_a_review_date_beyond_two_years(workspace: Workspace) -> None:
+    too_late = (dt.date.today() + dt.timedelta(days=2 * 365 + 5)).isoformat()
+    done = exchange(
+        workspace,
+        "contract",
+        "approve",
+        str(workspace.contract),
+        "--key",
+        str(workspace.officer_key),
+        "--review-by",
+        too_late,
+    )
+    assert done.returncode == BAD_INPUT and "more than two years ahead" in done.stderr
+
+
+def test_an_untrusted_key_cannot_approve(workspace: Workspace) -> None:
+    stranger = keys.generate("signing", workspace.root / "stranger.key")
+    done = exchange(
+        workspace,
+        "contract",
+        "approve",
+        str(workspace.contract),
+        "--key",
+        str(stranger.private_path),
+    )
+    assert done.returncode == BAD_INPUT and "not a trusted approver" in done.stderr
+
+
+def test_reformatting_the_yaml_keeps_the_approval(workspace: Workspace) -> None:
+    import yaml
+
+    document = yaml.safe_load(workspace.contract.read_text())
+    document["customProperties"].reverse()  # their order carries no meaning
+    workspace.contract.write_text(
+        "# reformatted\n" + yaml.safe_dump(document, sort_keys=True, default_flow_style=True)
+    )
+    approval.check_runnable(load_contract(workspace.contract), dt.date.today())
+
+
+# -- protocol lint: each refusal names the place and suggests the fix --------------------------
+
+
+def set_term(name: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(d: dict[str, Any]) -> None:
+        next(p for p in d["customProperties"] if p["property"] == name)["value"] = value
+
+    return edit
+
+
+def basis(**changes: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(d: dict[str, Any]) -> None:
+        next(p for p in d["customProperties"] if p["property"] == "legalBasis")["value"].update(
+            changes
+        )
+
+    return edit
+
+
+def keep_first_field(d: dict[str, Any]) -> None:
+    d["schema"][0]["properties"][0]["customProperties"] = [
+        {"property": "transform", "value": "keep"},
+        {"property": "subjectKey", "value": True},
+    ]
+    d["schema"][0]["properties"][0]["logicalTypeOptions"] = {}
+
+
+def no_article_9(d: dict[str, Any]) -> None:
+    basis_value = next(p for p in d["customProperties"] if p["property"] == "legalBasis")["value"]
+    basis_value.pop("ukGdprArticle9")
+    basis_value.pop("dpa2018Schedule1")
+
+
+def no_host_key(d: dict[str, Any]) -> None:
+    d["servers"][0].pop("customProperties")
+
+
+def no_retention(d: dict[str, Any]) -> None:
+    d["slaProperties"] = [s for s in d["slaProperties"] if s["property"] != "retention"]
+
+
+LINT: dict[str, tuple[Callable[[dict[str, Any]], None], str, str]] = {
+    "unknown purpose": (
+        set_term("purposes", ["safeguarding", "marketing"]),
+        "customProperties[2].value[1]",
+        "unknown purpose code 'marketing'",
+    ),
+    "unknown legal basis": (
+        basis(statutes=[{"act": "Made Up Act 2020", "section": "s.1"}]),
+        "customProperties[3].value.statutes[0]",
+        "unknown legal basis Made Up Act 2020 s.1",
+    ),
+    "special category without Art 9": (
+        no_article_9,
+        "schema[0].properties[4].classification",
+        "Article 9 condition",
+    ),
+    "Art 9(2)(g) without Schedule 1": (
+        basis(dpa2018Schedule1=None),
+        "customProperties[3].value",
+        "Schedule 1 condition",
+    ),
+    "direct identifier in clear": (
+        keep_first_field,
+        "schema[0].properties[0].customProperties",
+        "kept in clear",
+    ),
+    "override without a power": (
+        set_term(
+            "objections",
+            {
+                "column": "objection",
+                "legalBasisOverrides": True,
+                "overrideJustification": "Because we would like to.",
+            },
+        ),
+        "customProperties[4].value.legalBasisOverrides",
+        "no listed legal basis overrides",
+    ),
+    "missing host key": (no_host_key, "servers[0].customProperties", "pin the recipient"),
+    "invalid cron": (
+        set_term("schedule", "every night at 2"),
+        "customProperties[5].value",
+        "not a valid cron",
+    ),
+    "missing retention": (no_retention, "slaProperties", "retention period is missing"),
+    "missing recipient key": (
+        set_term("recipientKeys", []),
+        "customProperties[7].value",
+        "should be non-empty",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", LINT)
+def test_lint_refuses(workspace: Workspace, case: str) -> None:
+    edit, path, words = LINT[case]
+    bad = write_contract(workspace.root / "bad.yaml", workspace.recipient, edit)
+    done = exchange(workspace, "contract", "lint", str(bad))
+    assert done.returncode == BAD_INPUT
+    lines = [line for line in done.stderr.splitlines() if f"bad.yaml: {path}:" in line]
+    assert lines and any(words in line for line in lines), done.stderr
