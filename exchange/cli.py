@@ -218,9 +218,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from exchange.settings import Settings
 
     url = args.url or Settings.from_env().audit_url
-    result = Ledger(url, create=False).verify()
+    ledger = Ledger(url, create=False)
+    result = ledger.verify()
     if not result.ok:
-        _error("ledger broken", f"entry {result.broken_at}: {result.reason}")
+        from exchange.incidents import Incident, notifiers_from_env, raise_incident
+
+        summary = f"entry {result.broken_at}: {result.reason}"
+        if args.record_incident:
+            raise_incident(ledger, Incident("ledger-broken", summary), notifiers_from_env())
+        _error("ledger broken", summary)
         return NOT_VERIFIED
     _say(f"OK: {result.entries} entries verified; head {result.head}")
     return OK
@@ -319,6 +325,11 @@ def parser() -> argparse.ArgumentParser:
     )
     verify = audit.add_parser("verify", help="recompute the hash chain")
     verify.add_argument("--url", help="ledger URL (default: EXCHANGE_AUDIT_URL)")
+    verify.add_argument(
+        "--record-incident",
+        action="store_true",
+        help="on failure, append an incident to the ledger and notify (the gateway's own check)",
+    )
     verify.set_defaults(func=cmd_audit_verify)
 
     keys = sub.add_parser("keys", help="key pairs").add_subparsers(dest="action", required=True)

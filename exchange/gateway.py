@@ -34,6 +34,7 @@ from exchange.errors import (
     SourceError,
 )
 from exchange.files import open_private, private_dir, write_private
+from exchange.incidents import Incident, Notifier, notifiers_from_env, raise_incident
 from exchange.minimise import Minimiser, source_types
 from exchange.quality import QualityGate, compile_rules
 from exchange.secrets import LocalSecrets, SecretMissing, SecretStore, SftpConnection
@@ -114,8 +115,10 @@ class Gateway:
         ledger: Ledger | None = None,
         transport_for: Callable[[SftpConnection, Sequence[str]], Transport] = SftpTransport,
         clock: Callable[[], dt.datetime] = _utcnow,
+        notifiers: Sequence[Notifier] | None = None,
     ) -> None:
         self.settings = settings
+        self.notifiers = list(notifiers_from_env() if notifiers is None else notifiers)
         private_dir(settings.home)
         self.secrets = secrets or LocalSecrets(settings.secrets_file)
         self.ledger = ledger or Ledger(settings.audit_url, clock=clock)
@@ -145,6 +148,7 @@ class Gateway:
                 },
                 run_id=run_id,
             )
+            self._incident("policy-refusal", f"contract {name} is invalid", None, run_id)
             raise
         try:
             approval = check_runnable(contract, self.clock().date())
@@ -348,6 +352,10 @@ class Gateway:
                 run_id=prepared.run_id,
                 contract_id=contract.id,
             )
+            if isinstance(exc, HostKeyRejected):
+                self._incident("host-key-changed", str(exc), contract.id, prepared.run_id)
+            elif not isinstance(exc, Retryable):  # a transient fault is retried first
+                self._incident("delivery-failed", str(exc), contract.id, prepared.run_id)
             raise
         shutil.rmtree(staging, ignore_errors=True)  # the ciphertext has arrived: purge it
         self.ledger.append(
@@ -438,6 +446,11 @@ class Gateway:
                 body[attr] = list(getattr(exc, attr))
         event = "run.refused" if isinstance(exc, Refused) else "run.failed"
         self.ledger.append(event, body, run_id=run_id, contract_id=contract.id)
+        if isinstance(exc, Refused):
+            self._incident("policy-refusal", f"{stage}: {exc}", contract.id, run_id)
+
+    def _incident(self, kind: str, summary: str, contract_id: str | None, run_id: str) -> None:
+        raise_incident(self.ledger, Incident(kind, summary, contract_id, run_id), self.notifiers)
 
     def _quarantine_report(
         self, contract: Contract, run_id: str, drop_id: str, exc: QualityFailed

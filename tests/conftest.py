@@ -163,6 +163,22 @@ def connect(workspace: Workspace, server: PartnerSftpServer) -> None:
     secrets_file.write_text(json.dumps(data))
 
 
+def last_record(workspace: Workspace) -> Any:
+    """The newest ledger entry that is not an incident notice (incidents follow refusals)."""
+    from exchange.audit import Ledger
+
+    entries = list(Ledger(workspace.settings.audit_url).entries())
+    return next(e for e in reversed(entries) if not e.event.startswith("incident"))
+
+
+def incidents(workspace: Workspace) -> list[dict[str, Any]]:
+    """The bodies of every incident entry in the ledger."""
+    from exchange.audit import Ledger
+
+    entries = Ledger(workspace.settings.audit_url).entries()
+    return [e.data for e in entries if e.event == "incident"]
+
+
 def inbox_entries(server: PartnerSftpServer) -> list[str]:
     """Everything in the partner's inbox folder, hidden temporary names included."""
     return sorted(p.name for p in (server.root / FOLDER).iterdir())

@@ -10,7 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FOLDER, PSEUDONYM_KEY, Workspace, inbox_entries, write_contract
+from conftest import (
+    FOLDER,
+    PSEUDONYM_KEY,
+    Workspace,
+    inbox_entries,
+    last_record,
+    write_contract,
+)
 
 from exchange.audit import Ledger
 from exchange.sandbox import PartnerSftpServer
@@ -130,7 +137,7 @@ def test_dag_run_of_a_refused_contract_fails_at_the_first_task_without_retry(
     check = next(ti for ti in run.get_task_instances() if ti.task_id == "check_contract")
     assert check.try_number == 1 and check.max_tries == 0
     assert inbox_entries(partner) == []
-    last = list(Ledger(airflow_env.settings.audit_url).entries())[-1]
+    last = last_record(airflow_env)
     assert last.event == "run.refused" and "draft" in last.data["message"]
 
 
@@ -149,7 +156,7 @@ def test_dag_refuses_a_contract_that_may_not_run(
     check = next(ti for ti in run.get_task_instances() if ti.task_id == "check_contract")
     assert str(check.state) == "failed" and check.max_tries == 0
     assert inbox_entries(partner) == []
-    last = list(Ledger(airflow_env.settings.audit_url).entries())[-1]
+    last = last_record(airflow_env)
     assert last.event == "run.refused" and last.data["reason"] == reason
     assert words in last.data["message"]
 
@@ -171,5 +178,5 @@ def test_dag_refuses_a_suspended_contract(
     run = load_dags(REPO / "dags")[DAG_ID].test()
     assert str(run.state) == "failed"
     assert inbox_entries(partner) == []
-    last = list(Ledger(airflow_env.settings.audit_url).entries())[-1]
+    last = last_record(airflow_env)
     assert last.data["reason"] == "suspended"

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Workspace, inbox_entries, write_contract
+from conftest import Workspace, inbox_entries, incidents, last_record, write_contract
 
 from exchange import approval, keys
-from exchange.audit import Ledger
 from exchange.cli import BAD_INPUT, REFUSED
 from exchange.contract import load_contract
 from exchange.crypto.signing import key_id, load_private_key
@@ -31,7 +30,7 @@ def exchange(workspace: Workspace, *args: str, **env: str) -> subprocess.Complet
 
 
 def last_event(workspace: Workspace) -> tuple[str, dict[str, Any]]:
-    entry = list(Ledger(workspace.settings.audit_url).entries())[-1]
+    entry = last_record(workspace)
     return entry.event, entry.data
 
 
@@ -101,6 +100,7 @@ def test_run_refuses_a_contract_that_may_not_run(workspace: Workspace, case: str
     assert words in done.stderr and done.stderr.startswith("exchange: refused:")
     event, body = last_event(workspace)
     assert event == "run.refused" and body["reason"] == reason
+    assert incidents(workspace)[-1]["kind"] == "policy-refusal"
     assert not any(workspace.settings.staging.glob("*/*"))  # nothing was prepared
 
 
