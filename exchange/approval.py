@@ -87,7 +87,13 @@ def trusted_approvers(folder: Path) -> dict[str, Approver]:
     """The approvers whose keys are in the folder and not revoked."""
     found: dict[str, Approver] = {}
     for path in sorted(folder.glob("*.pub")) if folder.is_dir() else []:
-        key = signing.load_public_key(path)
+        try:
+            key = signing.load_public_key(path)
+        except CryptoError:
+            raise NotRunnable(
+                f"approver key file {path.name} is unreadable: fix or remove it",
+                reason="approval-invalid",
+            ) from None
         parts = path.read_text().split(maxsplit=2)
         name = parts[2].strip() if len(parts) > 2 else path.stem
         found[signing.key_id(key)] = Approver(signing.key_id(key), name, key)
@@ -201,6 +207,10 @@ def approve(
     review_by: dt.date | None = None,
 ) -> Path:
     """Sign an approval of the contract as it is now; return the approval file."""
+    if contract.status != "active":
+        raise ApprovalError(
+            f"contract {contract.id} is {contract.status!r}: set status to 'active' to approve it"
+        )
     approver = _signer(key, approvers_dir(contract.path))
     limit = review_limit(now.date())
     if review_by is not None and review_by > limit:

@@ -110,6 +110,30 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_CODES[verdict]
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    """Write an agreement's human-readable summary (HTML and Markdown)."""
+    import datetime as dt
+
+    from exchange.contract import load_contract
+    from exchange.register import write_agreement
+
+    html, markdown = write_agreement(load_contract(args.contract), args.out, today=dt.date.today())
+    _say(f"{html}\n{markdown}")
+    return OK
+
+
+def cmd_register(args: argparse.Namespace) -> int:
+    """Publish the register of all agreements in a folder."""
+    import datetime as dt
+
+    from exchange.register import build_register
+
+    entries = build_register(args.folder, args.out, today=dt.date.today())
+    invalid = sum(1 for e in entries if e.get("status") == "invalid")
+    _say(f"{len(entries)} agreement(s), {invalid} invalid: {args.out / 'index.html'}")
+    return OK
+
+
 def cmd_approve(args: argparse.Namespace) -> int:
     """Sign an approval of a contract."""
     import datetime as dt
@@ -232,6 +256,31 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    """Write the period's transfers, refusals and incidents as HTML, CSV or JSON."""
+    import datetime as dt
+
+    from exchange import reporting
+    from exchange.audit import Ledger
+    from exchange.settings import Settings
+
+    url = args.url or Settings.from_env().audit_url
+    until = dt.date.fromisoformat(args.until) if args.until else dt.date.today()
+    since = dt.date.fromisoformat(args.since) if args.since else until - dt.timedelta(days=30)
+    report = reporting.build(Ledger(url, create=False).entries(), since, until, args.agreement)
+    render = {"html": reporting.to_html, "csv": reporting.to_csv, "json": reporting.to_json}
+    text = render[args.format](report)
+    if args.out:
+        args.out.write_text(text, "utf-8")
+        _say(
+            f"{len(report.transfers)} transfer(s), {len(report.problems)} refusal(s) or "
+            f"failure(s), {len(report.incidents)} incident(s) from {since} to {until}: {args.out}"
+        )
+    else:
+        sys.stdout.write(text)
+    return OK
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     """Generate a key pair."""
     from exchange.keys import generate
@@ -252,6 +301,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from exchange import synth
 
     try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         path = synth.write(args.out, args.rows, seed=args.seed)
     except ValueError as exc:
         _error("synth", str(exc))
@@ -282,6 +332,16 @@ def parser() -> argparse.ArgumentParser:
     diff.add_argument("old", help="a contract file, or REV:path for a git revision")
     diff.add_argument("new", help="a contract file, or REV:path for a git revision")
     diff.set_defaults(func=cmd_diff)
+
+    render = contract.add_parser("render", help="human-readable summary (HTML and Markdown)")
+    render.add_argument("contract", type=Path)
+    render.add_argument("--out", type=Path, default=Path("."), help="folder for the pages")
+    render.set_defaults(func=cmd_render)
+
+    register = contract.add_parser("register", help="publish the register of agreements")
+    register.add_argument("folder", type=Path, help="the contracts folder")
+    register.add_argument("--out", type=Path, required=True, help="folder for the register")
+    register.set_defaults(func=cmd_register)
 
     approve = contract.add_parser("approve", help="sign an approval (IG officers)")
     approve.add_argument("contract", type=Path)
@@ -331,6 +391,15 @@ def parser() -> argparse.ArgumentParser:
         help="on failure, append an incident to the ledger and notify (the gateway's own check)",
     )
     verify.set_defaults(func=cmd_audit_verify)
+
+    report = audit.add_parser("report", help="transfers, refusals and incidents of a period")
+    report.add_argument("--since", help="first day, YYYY-MM-DD (default: 30 days before --until)")
+    report.add_argument("--until", help="last day, YYYY-MM-DD (default: today)")
+    report.add_argument("--agreement", help="only this contract id")
+    report.add_argument("--format", choices=("html", "csv", "json"), default="html")
+    report.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    report.add_argument("--url", help="ledger URL (default: EXCHANGE_AUDIT_URL)")
+    report.set_defaults(func=cmd_audit_report)
 
     keys = sub.add_parser("keys", help="key pairs").add_subparsers(dest="action", required=True)
     gen = keys.add_parser("generate", help="generate a key pair")

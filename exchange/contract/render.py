@@ -151,6 +151,10 @@ def summary(contract: Contract, *, today: dt.date) -> dict[str, Any]:
             "dpa2018_schedule1": basis.dpa2018_schedule1,
         },
         "fields": _fields(contract),
+        "filters": [
+            {"name": f.get("name"), "column": f.get("column"), "words": filter_words(f)}
+            for f in getattr(contract, "filters", ())
+        ],
         "objections": _objections(contract),
         "retention": _retention(contract),
         "schedule": {"cron": contract.schedule, "words": describe_cron(contract.schedule)},
@@ -254,7 +258,83 @@ def _days_of_week(dow: str) -> str | None:
 def transform_words(transform: str, options: Mapping[str, Any]) -> str:
     """What a transform does to a field, in words."""
     to = str(options.get("to", "")) if transform == "generalise-date" else ""
-    return TRANSFORM_WORDS.get((transform, to), f"Transformed by {transform}.")
+    if (transform, to) in TRANSFORM_WORDS:
+        return TRANSFORM_WORDS[(transform, to)]
+    if to == "age-band" or transform == "band":
+        bands = ", ".join(_band_labels(options.get("bands")))
+        if to == "age-band":
+            return (
+                f"Sent as an age band on the day of the run ({bands}): the date itself is never "
+                "sent."
+            )
+        return f"Sent as a band ({bands}), not the value."
+    if transform == "truncate":
+        return f"Cut to its first {options.get('length')} characters."
+    if transform == "top-code":
+        return f"Values above {options.get('max')} are sent as {options.get('max')}."
+    if transform == "map":
+        table = options.get("map")
+        codes = len(table) if isinstance(table, Mapping) else 0
+        if "default" not in options:
+            other = "any other value stops the run"
+        elif options["default"] is None:
+            other = "any other value is sent empty"
+        else:
+            other = f"any other value is sent as {options['default']}"
+        return f"Replaced using the contract's table of {codes} codes; {other}."
+    return _OTHER_TRANSFORMS.get(transform, f"Transformed by {transform}.")
+
+
+_OTHER_TRANSFORMS: Final[dict[str, str]] = {
+    "hash": (
+        "Replaced by its SHA-256 hash (64 hex characters). Not a pseudonym: anyone who has the "
+        "same value can compute the same hash."
+    ),
+    "postcode-sector": (
+        "Reduced to the postcode sector (for example LS6 2): the last two characters are never "
+        "sent."
+    ),
+}
+
+
+def _band_labels(bounds: Any) -> list[str]:
+    """Band bounds [0, 50, 90] as the labels "0-49", "50-89", "90+"."""
+    if not isinstance(bounds, list | tuple) or not all(isinstance(b, int) for b in bounds):
+        return ["as the contract lists"]
+    labels = []
+    for lower, upper in zip(bounds, [*bounds[1:], None], strict=True):
+        if upper is None:
+            labels.append(f"{lower}+")
+        else:
+            labels.append(str(lower) if upper - lower == 1 else f"{lower}-{upper - 1}")
+    return labels
+
+
+_FILTER_OPS: Final[dict[str, str]] = {
+    "==": "is",
+    "!=": "is not",
+    "<": "is less than",
+    "<=": "is at most",
+    ">": "is more than",
+    ">=": "is at least",
+    "in": "is one of",
+    "not_in": "is none of",
+    "is_null": "is empty",
+    "not_null": "is not empty",
+    "age_under": "gives an age under",
+    "age_at_least": "gives an age of at least",
+}
+
+
+def filter_words(spec: Mapping[str, Any]) -> str:
+    """A purpose filter (a row rule on a source column) in words."""
+    op = str(spec.get("op"))
+    value = spec.get("value")
+    shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+    words = f"{spec.get('column')} {_FILTER_OPS.get(op, op)}"
+    if op not in ("is_null", "not_null"):
+        words += f" {shown}"
+    return words + (" (on the day of the run)" if op.startswith("age_") else "")
 
 
 def _text(value: Any) -> str:
@@ -422,10 +502,7 @@ def to_markdown(contract: Contract, *, today: dt.date) -> str:
     out += ["## Legal basis", ""]
     out += _md_table(
         ["Act", "Section", "What it provides"],
-        [
-            [_md(st["act"]), _md(st["section"]), _md(st["description"] or "not on the list")]
-            for st in basis["statutes"]
-        ],
+        [[_md(st["act"]), _md(st["section"]), _md(_power(st))] for st in basis["statutes"]],
     )
     out += _md_table(["Condition", "Detail"], [[k, _md(v)] for k, v in _basis_rows(basis)])
     out += ["## Fields sent", ""]
@@ -453,7 +530,9 @@ def to_markdown(contract: Contract, *, today: dt.date) -> str:
         ],
     )
     objections = s["objections"]
-    out += ["## Objections", "", _md(objections["words"]), ""]
+    out += ["## Which rows are sent", "", _md(_filters_intro(s["filters"])), ""]
+    out += [f"- {_md(f['words'])}" for f in s["filters"]] + ([""] if s["filters"] else [])
+    out += [f"Objections: {_md(objections['words'])}", ""]
     if objections["justification"]:
         out += [f"Why the objection is overridden: {_md(objections['justification'])}", ""]
     out += ["## Retention", "", _md(s["retention"]["words"]), ""]
@@ -473,6 +552,12 @@ def to_markdown(contract: Contract, *, today: dt.date) -> str:
         ],
     )
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def _filters_intro(filters: Sequence[Mapping[str, Any]]) -> str:
+    if not filters:
+        return "No purpose filter: every row of the source is sent, except as below."
+    return "Only rows that meet every one of these rules (on source columns) are sent:"
 
 
 def _approval_rows(a: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -496,6 +581,11 @@ def _basis_rows(basis: Mapping[str, Any]) -> list[tuple[str, str]]:
     if basis["dpa2018_schedule1"]:
         rows.append(("DPA 2018 Schedule 1", basis["dpa2018_schedule1"]))
     return rows
+
+
+def _power(statute: Mapping[str, Any]) -> str:
+    text = statute["description"] or "not on the protocol's list of powers"
+    return text + (" (can override an objection)" if statute["overrides_objection"] else "")
 
 
 def _why(f: Mapping[str, Any]) -> str:
@@ -545,26 +635,29 @@ th, td { border: 1px solid #b1b4b6; padding: .4rem .6rem; text-align: left;
 thead th { background: #f3f2f1; }
 tbody th { font-weight: 600; background: #fafafa; }
 code { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .9em;
-  overflow-wrap: anywhere; }
+  overflow-wrap: break-word; }
 .state { display: inline-block; padding: .1rem .5rem; border: 2px solid; font-weight: 700; }
 .state-ok { color: #005a30; background: #e6f4ea; }
 .state-stop { color: #942514; background: #fbe9e7; }
 .state-invalid { color: #594d00; background: #fff7bf; }
+.nowrap { white-space: nowrap; }
+ul.plain { list-style: none; margin: 0; padding: 0; }
 footer { color: #505a5f; font-size: .9rem; border-top: 1px solid #b1b4b6; margin-top: 2rem;
   padding-top: .5rem; }
 @media print { .skip { display: none; } header { color: #000; background: none; } }
 """
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
     """HTML-escape a value (None and empty as a dash)."""
     if value is None or value == "":
         return "—"
     return html.escape(str(value), quote=True)
 
 
-def _c(value: Any) -> str:
-    return f"<code>{_e(value)}</code>"
+def code_html(value: Any) -> str:
+    """A value as escaped inline code."""
+    return f"<code>{escape(value)}</code>"
 
 
 def page(title: str, heading: str, subtitle: str, body: str, *, footer: str) -> str:
@@ -579,16 +672,16 @@ def page(title: str, heading: str, subtitle: str, body: str, *, footer: str) -> 
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="{_e(policy)}">
+<meta http-equiv="Content-Security-Policy" content="{escape(policy)}">
 <meta name="referrer" content="no-referrer">
 <meta name="generator" content="exchange gateway">
-<title>{_e(title)}</title>
+<title>{escape(title)}</title>
 <style>{STYLE}</style>
 </head>
 <body>
 <a class="skip" href="#main">Skip to main content</a>
 <header>
-<h1>{_e(heading)}</h1>
+<h1>{escape(heading)}</h1>
 <p>{subtitle}</p>
 </header>
 <main id="main">
@@ -603,7 +696,7 @@ def page(title: str, heading: str, subtitle: str, body: str, *, footer: str) -> 
 def state_badge(reason: str, label: str) -> str:
     """The approval state as a labelled badge (the colour only repeats the words)."""
     kind = "ok" if reason == "ok" else "invalid" if reason == "invalid" else "stop"
-    return f'<span class="state state-{kind}">{_e(label)}</span>'
+    return f'<span class="state state-{kind}">{escape(label)}</span>'
 
 
 def table(
@@ -615,20 +708,20 @@ def table(
     row_headers: bool = True,
 ) -> str:
     """An accessible table: caption, column headers, first cell a row header; cells pre-escaped."""
-    head = "".join(f'<th scope="col">{_e(h)}</th>' for h in header)
+    head = "".join(f'<th scope="col">{escape(h)}</th>' for h in header)
     body = []
     for row in rows:
         first = f'<th scope="row">{row[0]}</th>' if row_headers else f"<td>{row[0]}</td>"
         body.append("<tr>" + first + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>")
     return (
         f'<div class="scroll" role="region" aria-labelledby="{anchor}" tabindex="0">'
-        f'<table><caption id="{anchor}">{_e(caption)}</caption>'
+        f'<table><caption id="{anchor}">{escape(caption)}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
 def _pairs(caption: str, rows: Iterable[tuple[str, str]], *, anchor: str) -> str:
-    return table(caption, ["Item", "Value"], [[_e(k), v] for k, v in rows], anchor=anchor)
+    return table(caption, ["Item", "Value"], [[escape(k), v] for k, v in rows], anchor=anchor)
 
 
 def to_html(contract: Contract, *, today: dt.date, back_link: str | None = None) -> str:
@@ -639,10 +732,10 @@ def to_html(contract: Contract, *, today: dt.date, back_link: str | None = None)
     sections = []
     sections.append(
         "<h2>Approval</h2>"
-        f"<p>{state_badge(a['reason'], a['label'])} {_e(a['meaning'])}</p>"
+        f"<p>{state_badge(a['reason'], a['label'])} {escape(a['meaning'])}</p>"
         + _pairs(
             "Approval status",
-            [(k, _c(v) if k == "Reason code" else _e(v)) for k, v in _approval_items(a)],
+            [(k, code_html(v) if k == "Reason code" else escape(v)) for k, v in _approval_items(a)],
             anchor="t-approval",
         )
     )
@@ -652,21 +745,21 @@ def to_html(contract: Contract, *, today: dt.date, back_link: str | None = None)
             "Who shares and who receives",
             ["Role", "Organisation", "Contact", "ICO registration"],
             [
-                [role, _e(_party_text(p)), _e(p["contact"]), _e(p["ico_registration"])]
+                [role, escape(_party_text(p)), escape(p["contact"]), escape(p["ico_registration"])]
                 for role, p in (("Provider", provider), ("Recipient", recipient))
             ],
             anchor="t-parties",
         )
     )
-    purpose = f"<h2>Purpose</h2><p>{_e(s['purpose'])}</p>"
+    purpose = f"<h2>Purpose</h2><p>{escape(s['purpose'])}</p>"
     if s["usage"]:
-        purpose += f"<p><strong>How the data is used:</strong> {_e(s['usage'])}</p>"
+        purpose += f"<p><strong>How the data is used:</strong> {escape(s['usage'])}</p>"
     if s["limitations"]:
-        purpose += f"<p><strong>Limitations:</strong> {_e(s['limitations'])}</p>"
+        purpose += f"<p><strong>Limitations:</strong> {escape(s['limitations'])}</p>"
     purpose += table(
         "Purposes from the protocol's list",
         ["Purpose code", "Meaning"],
-        [[_c(p["code"]), _e(p["label"])] for p in s["purposes"]],
+        [[code_html(p["code"]), escape(p["label"])] for p in s["purposes"]],
         anchor="t-purposes",
     )
     sections.append(purpose)
@@ -676,14 +769,18 @@ def to_html(contract: Contract, *, today: dt.date, back_link: str | None = None)
             "Statutory powers and duties relied on",
             ["Act", "Section", "What it provides"],
             [
-                [_e(st["act"]), _e(st["section"]), _e(st["description"] or "not on the list")]
+                [
+                    escape(st["act"]),
+                    escape(st["section"]),
+                    escape(st["description"] or "not on the list"),
+                ]
                 for st in basis["statutes"]
             ],
             anchor="t-statutes",
         )
         + _pairs(
             "Conditions for processing",
-            [(k, _e(v)) for k, v in _basis_rows(basis)],
+            [(k, escape(v)) for k, v in _basis_rows(basis)],
             anchor="t-conditions",
         )
     )
@@ -703,13 +800,13 @@ def to_html(contract: Contract, *, today: dt.date, back_link: str | None = None)
             ],
             [
                 [
-                    _c(f["name"]),
-                    _c(f["source"]),
-                    _e(f["type"]),
-                    _e(f["done"]),
-                    _e(_why(f)),
-                    _e(_classification(f)),
-                    _e(f["identifies"]),
+                    code_html(f["name"]),
+                    code_html(f["source"]),
+                    escape(f["type"]),
+                    escape(f["done"]),
+                    escape(_why(f)),
+                    escape(_classification(f)),
+                    escape(f["identifies"]),
                 ]
                 for f in s["fields"]
             ],
@@ -717,41 +814,46 @@ def to_html(contract: Contract, *, today: dt.date, back_link: str | None = None)
         )
     )
     objections = s["objections"]
-    text = f"<h2>Objections</h2><p>{_e(objections['words'])}</p>"
+    text = f"<h2>Which rows are sent</h2><p>{escape(_filters_intro(s['filters']))}</p>"
+    if s["filters"]:
+        text += "<ul>" + "".join(f"<li>{escape(f['words'])}</li>" for f in s["filters"]) + "</ul>"
+    text += f"<p><strong>Objections:</strong> {escape(objections['words'])}</p>"
     if objections["justification"]:
-        text += f"<p><strong>Why:</strong> {_e(objections['justification'])}</p>"
+        text += f"<p><strong>Why:</strong> {escape(objections['justification'])}</p>"
     sections.append(text)
     retention = s["retention"]
-    text = f"<h2>Retention</h2><p>{_e(retention['words'])}</p>"
+    text = f"<h2>Retention</h2><p>{escape(retention['words'])}</p>"
     if retention["description"]:
-        text += f"<p>{_e(retention['description'])}</p>"
+        text += f"<p>{escape(retention['description'])}</p>"
     sections.append(text)
     sections.append(
         "<h2>Delivery</h2>"
-        + _pairs("How and where data is sent", _delivery_rows(s, _e, _c), anchor="t-delivery")
+        + _pairs(
+            "How and where data is sent", _delivery_rows(s, escape, code_html), anchor="t-delivery"
+        )
     )
     sections.append(
         "<h2>Governance</h2>"
         + _pairs(
             "Governance of the agreement",
             [
-                ("DPIA reference", _e(s["dpia_reference"])),
-                ("Rights requests", _e(s["rights_requests_contact"])),
-                ("Termination", _e(s["termination"])),
-                ("Review date in the contract", _e(s["review_date"])),
-                ("Contract SHA-256", _c(s["sha256"])),
+                ("DPIA reference", escape(s["dpia_reference"])),
+                ("Rights requests", escape(s["rights_requests_contact"])),
+                ("Termination", escape(s["termination"])),
+                ("Review date in the contract", escape(s["review_date"])),
+                ("Contract SHA-256", code_html(s["sha256"])),
             ],
             anchor="t-governance",
         )
     )
     subtitle = (
-        f"Data sharing agreement {_c(s['id'])}, version {_e(s['version'])}: "
-        f"{_e(_party_text(provider))} to {_e(_party_text(recipient))}"
+        f"Data sharing agreement {code_html(s['id'])}, version {escape(s['version'])}: "
+        f"{escape(_party_text(provider))} to {escape(_party_text(recipient))}"
     )
     if back_link:
-        subtitle += f' · <a href="{_e(back_link)}">Back to the register</a>'
+        subtitle += f' · <a href="{escape(back_link)}">Back to the register</a>'
     footer = (
-        f"Status as of {_e(s['as_of'])}. Generated by the exchange gateway from the contract "
+        f"Status as of {escape(s['as_of'])}. Generated by the exchange gateway from the contract "
         "file; the contract itself is the authoritative text."
     )
     return page(s["name"], s["name"], subtitle, "\n".join(sections), footer=footer)

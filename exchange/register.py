@@ -1,0 +1,252 @@
+"""The public register of agreements: an index page, a page per agreement, and register.json.
+
+Everything written is public by design (mode 0644) and built from `exchange.contract.render`,
+which never shows a secret's or a connection's name, nor more of a key than its fingerprint.
+A contract that fails to load is listed as invalid with its file name and the number of
+problems only: problem messages can quote file paths.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import errno
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Final
+from urllib.parse import quote
+
+from exchange.contract import Contract, Party, load_contract
+from exchange.contract.render import (
+    STATES,
+    approval_summary,
+    code_html,
+    escape,
+    page,
+    state_badge,
+    table,
+    to_html,
+    to_markdown,
+)
+from exchange.contract.vocabulary import PURPOSES
+from exchange.errors import ContractError
+
+REGISTER_TYPE: Final = "exchange-register/1"
+INDEX: Final = "index.html"
+REGISTER: Final = "register.json"
+_RESERVED: Final = frozenset({"index", "register"})
+
+
+def page_stem(contract_id: str) -> str:
+    """A safe file name stem for an agreement's pages (never a path, never the index's name)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]", "_", contract_id).lstrip(".")
+    return f"agreement-{stem}" if not stem or stem.lower() in _RESERVED else stem
+
+
+def write_public(path: Path, text: str) -> None:
+    """Write a public file (0644) atomically, so a reader never sees half of it."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, "utf-8")
+    temporary.chmod(0o644)
+    os.replace(temporary, path)
+
+
+def write_agreement(
+    contract: Contract, out: Path, *, today: dt.date, back_link: str | None = None
+) -> tuple[Path, Path]:
+    """Write one agreement's HTML and Markdown pages (0644) into `out`; return their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = page_stem(contract.id)
+    html_path, md_path = out / f"{stem}.html", out / f"{stem}.md"
+    write_public(html_path, to_html(contract, today=today, back_link=back_link))
+    write_public(md_path, to_markdown(contract, today=today))
+    return html_path, md_path
+
+
+def _party(party: Party) -> str:
+    return party.organisation + (f", {party.department}" if party.department else "")
+
+
+def _entry(contract: Contract, stem: str, today: dt.date, generated_at: str) -> dict[str, Any]:
+    state = approval_summary(contract, today)
+    return {
+        "file": contract.path.name,
+        "id": contract.id,
+        "name": contract.name,
+        "version": contract.version,
+        "sha256": contract.sha256,
+        "status": contract.status,
+        "approval": {
+            "state": state["reason"],
+            "label": state["label"],
+            "runnable": state["runnable"],
+            "approved_by": state["approved_by"],
+            "approved_at": state["approved_at"],
+            "review_by": state["review_by"],
+            "detail": None if state["runnable"] else state["message"],
+        },
+        "parties": {
+            "provider": _party(contract.provider),
+            "recipient": _party(contract.recipient),
+        },
+        "purposes": list(contract.purposes),
+        "legal_basis": contract.legal_basis.summary(),
+        "review_date": state["review_by"] or contract.review_date.isoformat(),
+        "pages": {"html": f"{stem}.html", "markdown": f"{stem}.md"},
+        "generated_at": generated_at,
+    }
+
+
+def _invalid(file: str, problems: int, generated_at: str, why: str) -> dict[str, Any]:
+    return {
+        "file": file,
+        "status": "invalid",
+        "problems": problems,
+        "why": why,
+        "pages": None,
+        "generated_at": generated_at,
+    }
+
+
+def build_register(folder: Path, out: Path, *, today: dt.date) -> list[dict[str, Any]]:
+    """Write the register of every *.yaml contract in `folder` into `out`; return its entries."""
+    if not folder.is_dir():
+        raise FileNotFoundError(errno.ENOENT, "no such contracts folder", str(folder))
+    out.mkdir(parents=True, exist_ok=True)
+    generated_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    previous = _previous_pages(out)
+    entries: list[dict[str, Any]] = []
+    stems: dict[str, str] = {}  # page stem -> the file that took it
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            contract = load_contract(path)
+        except ContractError as exc:
+            why = "the contract does not load: exchange contract lint lists the problems"
+            entries.append(_invalid(path.name, len(exc.problems), generated_at, why))
+            continue
+        except UnicodeDecodeError:  # read_document reports only OSError as a ContractError
+            entries.append(_invalid(path.name, 1, generated_at, "the file is not UTF-8 text"))
+            continue
+        stem = page_stem(contract.id)
+        if stem in stems:
+            why = f"its id gives the same page as {stems[stem]}: agreement ids must be unique"
+            entries.append(_invalid(path.name, 1, generated_at, why))
+            continue
+        stems[stem] = path.name
+        write_agreement(contract, out, today=today, back_link=INDEX)
+        entries.append(_entry(contract, stem, today, generated_at))
+    written = {f"{stem}.{suffix}" for stem in stems for suffix in ("html", "md")}
+    for name in previous - written:  # pages of agreements no longer in the folder
+        (out / name).unlink(missing_ok=True)
+    register = {
+        "type": REGISTER_TYPE,
+        "generated_at": generated_at,
+        "as_of": today.isoformat(),
+        "counts": _counts(entries),
+        "agreements": entries,
+    }
+    write_public(out / REGISTER, json.dumps(register, indent=2, ensure_ascii=False) + "\n")
+    write_public(out / INDEX, index_html(entries, today=today, generated_at=generated_at))
+    return entries
+
+
+def _counts(entries: list[dict[str, Any]]) -> dict[str, int]:
+    invalid = sum(e["status"] == "invalid" for e in entries)
+    runnable = sum(bool(e.get("approval", {}).get("runnable")) for e in entries)
+    return {
+        "agreements": len(entries),
+        "runnable": runnable,
+        "not_runnable": len(entries) - invalid - runnable,
+        "invalid": invalid,
+    }
+
+
+def _previous_pages(out: Path) -> set[str]:
+    """Page names a previous register listed (plain names in `out` only), to clear stale ones."""
+    try:
+        old = json.loads((out / REGISTER).read_text("utf-8"))
+        names = [
+            name
+            for entry in old["agreements"]
+            if isinstance(entry, dict) and isinstance(entry.get("pages"), dict)
+            for name in entry["pages"].values()
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    safe = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*\.(?:html|md)$")
+    return {n for n in names if isinstance(n, str) and safe.match(n) and n != INDEX}
+
+
+def index_html(entries: list[dict[str, Any]], *, today: dt.date, generated_at: str) -> str:
+    """The register's index page: one row per agreement, invalid files included."""
+    rows = []
+    for e in entries:
+        if e["status"] == "invalid":
+            rows.append(
+                [
+                    code_html(e["file"]),
+                    "—",
+                    "—",
+                    "—",
+                    "—",
+                    state_badge("invalid", "Invalid")
+                    + f" {e['problems']} problem{'s' if e['problems'] != 1 else ''}: "
+                    + escape(e["why"]),
+                    "—",
+                ]
+            )
+            continue
+        a = e["approval"]
+        state = state_badge(a["state"], a["label"])
+        if a["runnable"]:
+            state += f"<br>by {escape(a['approved_by'])} on {escape((a['approved_at'] or '')[:10])}"
+        else:
+            state += f"<br>{escape(STATES.get(a['state'], ('', ''))[1])}"
+        if e["status"] != "active":
+            state += f"<br>contract status: {escape(e['status'])}"
+        href = quote(e["pages"]["html"])
+        rows.append(
+            [
+                f'<a href="{escape(href)}">{escape(e["name"])}</a><br>'
+                f"{code_html(e['id'])} v{escape(e['version'])}",
+                escape(e["parties"]["provider"]),
+                escape(e["parties"]["recipient"]),
+                '<ul class="plain">'
+                + "".join(f"<li>{escape(PURPOSES.get(p, p))}</li>" for p in e["purposes"])
+                + "</ul>",
+                escape(e["legal_basis"]),
+                state,
+                f'<time class="nowrap" datetime="{escape(e["review_date"])}">'
+                f"{escape(e['review_date'])}</time>",
+            ]
+        )
+    counts = _counts(entries)
+    body = (
+        f"<p>{counts['agreements']} agreements: {counts['runnable']} approved and runnable, "
+        f"{counts['not_runnable']} not runnable, {counts['invalid']} invalid. Status as of "
+        f"{escape(today.isoformat())}. Each agreement's page says in full what is shared, why, "
+        f'under which law and with what safeguards; <a href="{REGISTER}">register.json</a> '
+        "is the same index for machines.</p>"
+        + table(
+            "Data sharing agreements",
+            [
+                "Agreement",
+                "Provider",
+                "Recipient",
+                "Purposes",
+                "Legal basis",
+                "Status",
+                "Review by",
+            ],
+            rows,
+            anchor="t-register",
+        )
+    )
+    return page(
+        "Register of data sharing agreements",
+        "Register of data sharing agreements",
+        "Every agreement under which personal data is shared by the exchange gateway.",
+        body,
+        footer=f"Generated at {escape(generated_at)} by the exchange gateway.",
+    )
