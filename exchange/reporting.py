@@ -168,17 +168,17 @@ def _bars(title: str, values: dict[str, int], colour: str) -> str:
     """A horizontal bar chart as inline SVG, with text a screen reader can read."""
     if not values:
         return f"<figure><figcaption>{escape(title)}</figcaption><p>None.</p></figure>"
-    width, row = 640, 26
+    width, row, gutter = 760, 26, 320  # the gutter holds labels like "2026-11-25 Partner"
     top = max(values.values()) or 1
     parts = []
     for i, (label, value) in enumerate(values.items()):
-        length = max(2, int((width - 260) * value / top))
+        length = max(2, int((width - gutter - 80) * value / top))
         y = i * row
         parts.append(
             f'<text x="0" y="{y + 17}" font-size="13">{escape(label)}</text>'
-            f'<rect x="200" y="{y + 4}" width="{length}" height="18" fill="{colour}">'
+            f'<rect x="{gutter}" y="{y + 4}" width="{length}" height="18" fill="{colour}">'
             f"<title>{escape(label)}: {value:,}</title></rect>"
-            f'<text x="{205 + length}" y="{y + 17}" font-size="13">{value:,}</text>'
+            f'<text x="{gutter + 5 + length}" y="{y + 17}" font-size="13">{value:,}</text>'
         )
     height = row * len(values)
     return (
