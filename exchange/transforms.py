@@ -1,26 +1,76 @@
-"""Per-field minimisation transforms: Arrow array in, Arrow array out, vectorised."""
+"""Per-field minimisation transforms: Arrow array in, Arrow array out, vectorised.
+
+Each transform reads its source column as one logical type (`reads_as`) and produces the type
+listed in `exchange.contract.vocabulary.TRANSFORM_OUTPUT_TYPES`. Dropping a field is not a
+transform: a contract lists only the fields it sends.
+"""
 
 from __future__ import annotations
 
-import hmac
-from collections.abc import Callable, Mapping
+import datetime as dt
+import itertools
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from hashlib import sha256
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# The types each transform reads its source column as.
-SOURCE_TYPES: dict[str, pa.DataType] = {
-    "pseudonymise": pa.string(),
-    "postcode-district": pa.string(),
-    "generalise-date": pa.date32(),
+from exchange.errors import Refused
+from exchange.types import arrow_type
+
+# The logical type each transform reads its source column as (absent: the field's logicalType).
+READS_AS: dict[str, str] = {
+    "pseudonymise": "string",
+    "hash": "string",
+    "postcode-district": "string",
+    "postcode-sector": "string",
+    "truncate": "string",
+    "map": "string",
+    "generalise-date": "date",
+    "band": "number",
 }
+KINDS = ("keep", "top-code", *READS_AS)
 
 MIN_KEY_BYTES = 32
 PSEUDONYM_HEX_CHARS = 32  # 128 bits: collision-free in practice at any realistic scale
 
+_BLOCK = 64  # SHA-256 block size, for the HMAC construction (RFC 2104)
+_CHUNK_ROWS = 1 << 20  # keeps the hex output's 32-bit offsets far from overflowing
+# A UK postcode once upper-cased and without spaces (and GIR 0AA, the one exception).
+_POSTCODE = r"^(?:[A-Z]{1,2}[0-9][0-9A-Z]?[0-9][A-Z]{2}|GIR0AA)$"
+
 Transform = Callable[[pa.Array], pa.Array]
+
+
+class UnmappedValues(Refused):
+    """A `map` transform met source codes its map does not list, and it has no default."""
+
+    reason = "unmapped-values"
+
+    def __init__(self, count: int, field: str | None = None) -> None:
+        self.count = count
+        self.field = field
+        where = f"field {field}: " if field else ""
+        super().__init__(
+            f"{where}{count} value(s) have no entry in the contract's map and there is no default"
+        )
+
+
+def reads_as(kind: str, logical_type: str) -> str:
+    """The logical type a transform reads its source column as."""
+    return READS_AS.get(kind, logical_type)
+
+
+def source_type(kind: str, logical_type: str) -> pa.DataType:
+    """The Arrow type a transform reads its source column as."""
+    return arrow_type(reads_as(kind, logical_type))
+
+
+def needs_today(kind: str, options: Mapping[str, Any]) -> bool:
+    """Whether the transform depends on the run date."""
+    return kind == "generalise-date" and options.get("to") == "age-band"
 
 
 def keep() -> Transform:
@@ -28,53 +78,286 @@ def keep() -> Transform:
     return lambda values: values
 
 
+def _hmac_pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after absorbing the HMAC inner and outer padded keys."""
+    if len(key) > _BLOCK:
+        key = sha256(key).digest()
+    key = key.ljust(_BLOCK, b"\0")
+    inner = sha256(bytes(b ^ 0x36 for b in key))
+    outer = sha256(bytes(b ^ 0x5C for b in key))
+    return inner, outer
+
+
+def _as_binary(values: pa.Array) -> pa.Array:
+    """The UTF-8 bytes of a text column, nulls as empty (they are masked again afterwards)."""
+    target = pa.large_binary() if pa.types.is_large_string(values.type) else pa.binary()
+    return pc.cast(pc.fill_null(values, ""), target)
+
+
+def _hex_column(digests: list[bytes], width: int) -> pa.Array:
+    """One string of `2 * width` hex characters per digest, built in one pass, not per row."""
+    text = b"".join(digests).hex().encode("ascii")
+    chars = 2 * width
+    offsets = np.arange(0, chars * (len(digests) + 1), chars, dtype=np.int32)
+    return pa.StringArray.from_buffers(len(digests), pa.py_buffer(offsets), pa.py_buffer(text))
+
+
+def _per_value(
+    values: pa.Array, digest: Callable[[list[bytes]], list[bytes]], width: int
+) -> pa.Array:
+    """Apply a bytes-to-digest function over a text column, keeping nulls null."""
+    data = _as_binary(values)
+    parts = [
+        _hex_column(digest(data.slice(start, _CHUNK_ROWS).to_pylist()), width)
+        for start in range(0, max(len(data), 1), _CHUNK_ROWS)
+    ]
+    out = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
+    if values.null_count:
+        out = pc.if_else(pc.is_valid(values), out, pa.scalar(None, pa.string()))
+    return out
+
+
 def pseudonymise(key: bytes) -> Transform:
     """Keyed HMAC-SHA256 of the value: stable across runs, not reversible without the key."""
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"a pseudonymisation key needs at least {MIN_KEY_BYTES} bytes")
-    keyed = hmac.new(key, digestmod=sha256)
+    inner, outer = _hmac_pads(key)
+    width = PSEUDONYM_HEX_CHARS // 2
+
+    def digests(items: list[bytes]) -> list[bytes]:
+        # HMAC by hand from pre-keyed SHA-256 states: copying a hashlib state is about twice
+        # as fast as copying an hmac object, and the result is the same HMAC-SHA256.
+        inner_copy, outer_copy = inner.copy, outer.copy
+        out: list[bytes] = []
+        append = out.append
+        for item in items:
+            i = inner_copy()
+            i.update(item)
+            o = outer_copy()
+            o.update(i.digest())
+            append(o.digest()[:width])
+        return out
+
+    return lambda values: _per_value(values, digests, width)
+
+
+def hash_() -> Transform:
+    """Unkeyed SHA-256 of the value, 64 hex characters. Not a pseudonym: anyone can recompute it."""
+    empty = sha256()
+
+    def digests(items: list[bytes]) -> list[bytes]:
+        copy = empty.copy
+        out: list[bytes] = []
+        append = out.append
+        for item in items:
+            h = copy()
+            h.update(item)
+            append(h.digest())
+        return out
+
+    return lambda values: _per_value(values, digests, 32)
+
+
+def years_before(day: dt.date, years: int) -> dt.date:
+    """The latest birth date of someone `years` old on `day` (29 Feb birthdays count from 1 Mar)."""
+    try:
+        return day.replace(year=day.year - years)
+    except ValueError:  # `day` is 29 February and the year `years` before is not a leap year
+        return day.replace(year=day.year - years, day=28)
+
+
+def age_at_least(column: Any, years: int, today: dt.date) -> Any:
+    """Array or expression: whether a birth date makes someone at least `years` old `today`."""
+    return pc.less_equal(column, pa.scalar(years_before(today, years), pa.date32()))
+
+
+def _band_labels(bounds: Sequence[int]) -> list[str]:
+    labels = []
+    for lower, upper in zip(bounds, [*bounds[1:], None], strict=True):
+        if upper is None:
+            labels.append(f"{lower}+")
+        elif upper - lower == 1:
+            labels.append(str(lower))
+        else:
+            labels.append(f"{lower}-{upper - 1}")
+    return labels
+
+
+def _banded(conditions: list[pa.Array], bounds: Sequence[int]) -> pa.Array:
+    """The band label of each row, from one 'at or above bound i' condition per bound."""
+    # A row's band index is how many lower bounds it reaches; 0 (below every band) is null.
+    index = pc.cast(conditions[0], pa.int8())
+    for condition in conditions[1:]:
+        index = pc.add(index, pc.cast(condition, pa.int8()))
+    labels = pa.array([None, *_band_labels(bounds)], type=pa.string())
+    return pc.take(labels, index)
+
+
+def band(bounds: Sequence[int]) -> Transform:
+    """Put a number in a band: bounds [0, 50, 90] give "0-49", "50-89" and "90+"."""
+    _check_bounds(bounds)
+    return lambda values: _banded(
+        [pc.greater_equal(values, pa.scalar(float(b))) for b in bounds], bounds
+    )
+
+
+def age_band(bounds: Sequence[int], today: dt.date) -> Transform:
+    """Age in whole years at `today`, banded: bounds [0, 5, 11] give "0-4", "5-10" and "11+"."""
+    _check_bounds(bounds)
+    return lambda values: _banded([age_at_least(values, b, today) for b in bounds], bounds)
+
+
+def _check_bounds(bounds: Sequence[int]) -> None:
+    problem = _bounds_problem(bounds)
+    if problem:
+        raise ValueError(problem)
+
+
+def _bounds_problem(bounds: Any) -> str | None:
+    if not isinstance(bounds, list | tuple) or not bounds:
+        return "bands must be a list of at least one whole number"
+    if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
+        return "bands must be whole numbers"
+    if any(b >= c for b, c in itertools.pairwise(bounds)):
+        return "bands must be in increasing order, each listed once"
+    if len(bounds) > 100:
+        return "at most 100 bands"
+    return None
+
+
+def generalise_date(
+    to: str, *, bands: Sequence[int] = (), today: dt.date | None = None
+) -> Transform:
+    """Reduce a date to its year (integer), year and month ("YYYY-MM"), or age band at `today`."""
+    if to == "year":
+        return lambda values: pc.year(values)
+    if to == "year-month":
+        return _year_month
+    if to == "age-band":
+        if today is None:
+            raise ValueError("generalise-date to age-band needs the run date")
+        return age_band(bands, today)
+    raise ValueError(f"generalise-date cannot reduce to {to!r}")
+
+
+def _year_month(values: pa.Array) -> pa.Array:
+    """ "YYYY-MM" of each date (joined from its parts: seven times faster than strftime)."""
+    year = pc.utf8_lpad(pc.cast(pc.year(values), pa.string()), 4, "0")
+    month = pc.utf8_lpad(pc.cast(pc.month(values), pa.string()), 2, "0")
+    return pc.binary_join_element_wise(year, month, "-")
+
+
+def _compact_postcode(values: pa.Array) -> pa.Array:
+    """Upper case, spaces removed; null where the result is not shaped like a UK postcode."""
+    compact = pc.replace_substring(pc.utf8_upper(values), " ", "")
+    # Anything else (free text, a partial postcode) is not passed on in part.
+    return pc.if_else(
+        pc.match_substring_regex(compact, _POSTCODE), compact, pa.scalar(None, pa.string())
+    )
+
+
+def postcode_district(values: pa.Array) -> pa.Array:
+    """The outward code of a UK postcode ("LS6 2AB" -> "LS6"); null if not a postcode."""
+    # The inward code is always three characters, so the rest is the district.
+    return pc.utf8_slice_codeunits(_compact_postcode(values), 0, -3)
+
+
+def postcode_sector(values: pa.Array) -> pa.Array:
+    """The sector of a UK postcode ("LS6 2AB" -> "LS6 2"); null if not a postcode."""
+    compact = _compact_postcode(values)
+    return pc.binary_join_element_wise(
+        pc.utf8_slice_codeunits(compact, 0, -3), pc.utf8_slice_codeunits(compact, -3, -2), " "
+    )
+
+
+def truncate(length: int) -> Transform:
+    """The first `length` characters (Unicode code points) of the text."""
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ValueError("truncate needs a length of at least 1")
+    return lambda values: pc.utf8_slice_codeunits(values, 0, length)
+
+
+def top_code(maximum: Any) -> Transform:
+    """Values above `maximum` become `maximum`; others, nulls and NaN are unchanged."""
+    if isinstance(maximum, bool) or not isinstance(maximum, int | float):
+        raise ValueError("top-code needs a number as max")
 
     def apply(values: pa.Array) -> pa.Array:
-        out: list[str | None] = []
-        append = out.append
-        for value in values.to_pylist():
-            if value is None:
-                append(None)
-                continue
-            mac = keyed.copy()  # copying the keyed state skips re-deriving the key pads
-            mac.update(value.encode("utf-8"))
-            append(mac.hexdigest()[:PSEUDONYM_HEX_CHARS])
-        return pa.array(out, type=pa.string())
+        cap = pa.scalar(maximum).cast(values.type)
+        return pc.if_else(pc.greater(values, cap), cap, values)
 
     return apply
 
 
-def generalise_date(to: str) -> Transform:
-    """Reduce a date to its year (integer) or year and month ("YYYY-MM")."""
-    if to == "year":
-        return lambda values: pc.year(values)
-    if to == "year-month":
-        return lambda values: pc.strftime(pc.cast(values, pa.timestamp("s")), format="%Y-%m")
-    raise ValueError(f"generalise-date cannot reduce to {to!r}")
+def lookup(
+    table: Mapping[str, str], *, default: str | None = None, strict: bool = True
+) -> Transform:
+    """Replace each code by its entry in `table`; unknown codes become `default`.
+
+    With `strict`, an unknown code raises UnmappedValues instead (no row value in the message).
+    """
+    keys = pa.array(list(table), type=pa.string())
+    labels = pa.array(list(table.values()), type=pa.string())
+
+    def apply(values: pa.Array) -> pa.Array:
+        out = pc.take(labels, pc.index_in(values, value_set=keys))
+        unknown = pc.and_(pc.is_valid(values), pc.is_null(out))
+        count = pc.sum(unknown).as_py() or 0
+        if not count:
+            return out
+        if strict:
+            raise UnmappedValues(count)
+        return pc.if_else(unknown, pa.scalar(default, pa.string()), out)
+
+    return apply
 
 
-def postcode_district(values: pa.Array) -> pa.Array:
-    """The outward code of a UK postcode ("LS6 2AB" -> "LS6")."""
-    compact = pc.replace_substring(pc.utf8_upper(values), " ", "")
-    # The inward code is always three characters, so the rest is the district.
-    return pc.utf8_slice_codeunits(compact, 0, -3)
+def option_problems(
+    kind: str, options: Mapping[str, Any], logical_type: str
+) -> Iterator[tuple[list[str | int], str]]:
+    """What is wrong with a field's transform options beyond their shape: (path, message)."""
+    if kind == "top-code":
+        if logical_type not in ("integer", "number"):
+            yield [], "top-code needs a field of logicalType integer or number"
+        maximum = options.get("max")
+        if logical_type == "integer" and "max" in options and not isinstance(maximum, int):
+            yield ["max"], "must be a whole number for an integer field"
+    banded = kind == "band" or (kind == "generalise-date" and options.get("to") == "age-band")
+    if banded and "bands" in options:  # a missing list is reported by the schema
+        problem = _bounds_problem(options["bands"])
+        if problem:
+            yield ["bands"], problem
 
 
-def build(kind: str, options: Mapping[str, Any], *, key: bytes | None) -> Transform:
-    """The transform a contract field names, ready to apply."""
+def build(
+    kind: str, options: Mapping[str, Any], *, key: bytes | None, today: dt.date | None = None
+) -> Transform:
+    """The transform a contract field names, ready to apply; ValueError if it cannot be built."""
     if kind == "keep":
         return keep()
     if kind == "pseudonymise":
         if key is None:
             raise ValueError("pseudonymise needs the agreement's key")
         return pseudonymise(key)
+    if kind == "hash":
+        return hash_()
     if kind == "generalise-date":
-        return generalise_date(str(options.get("to", "")))
+        return generalise_date(
+            str(options.get("to", "")), bands=options.get("bands") or (), today=today
+        )
     if kind == "postcode-district":
         return postcode_district
+    if kind == "postcode-sector":
+        return postcode_sector
+    if kind == "truncate":
+        return truncate(options.get("length", 0))
+    if kind == "top-code":
+        return top_code(options.get("max"))
+    if kind == "band":
+        return band(options.get("bands") or ())
+    if kind == "map":
+        table = options.get("map")
+        if not isinstance(table, Mapping) or not table:
+            raise ValueError("map needs a non-empty map of codes to labels")
+        return lookup(dict(table), default=options.get("default"), strict="default" not in options)
     raise ValueError(f"unknown transform {kind!r}")

@@ -31,6 +31,9 @@ from exchange.gateway import Gateway
 from exchange.sandbox import PartnerSftpServer
 from exchange.settings import Settings
 
+# The audit tests' fixtures (signing key, ledgers on both backends).
+pytest_plugins = ["audit.audit_fixtures"]
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "contracts" / "school-attendance-to-early-help.yaml"
 FOLDER = "inbox/attendance"

@@ -66,7 +66,7 @@ def approver_revoked(w: Workspace) -> None:
 
 
 def draft(w: Workspace) -> None:
-    w.write_contract(lambda d: d.update(status="draft"))
+    w.write_contract(lambda d: d.update(status="draft"), approve=False)
 
 
 def review_overdue(w: Workspace) -> None:

@@ -17,6 +17,7 @@ from conftest import PSEUDONYM_KEY, SAMPLE, write_contract
 from exchange import synth
 from exchange.contract import Contract, load_contract
 from exchange.minimise import Minimiser, source_types
+from exchange.transforms import UnmappedValues
 
 RECIPIENT = "age1j9cagmxw0vf3zwjsf4598ejz8xwv43qadxunwk22ecycqv06l48s09mk7a"
 DROPPED = ("nhs_number", "first_name", "last_name", "address_line", "notes", "last_updated")
@@ -178,3 +179,166 @@ def test_no_dropped_value_reaches_the_output(contract: Contract, source: pa.Tabl
     assert leaked == []
     birth_dates = {d.isoformat() for d in source["date_of_birth"].to_pylist()}
     assert not any(d in text for d in birth_dates)
+
+
+# -- objection lists, purpose filters, transforms needing the run date -------------------------
+
+TODAY = dt.date(2026, 11, 24)
+
+
+def edited(tmp_path: Path, edit: Any, name: str = "edited.yaml") -> Contract:
+    """The sample contract, edited."""
+    return load_contract(write_contract(tmp_path / name, RECIPIENT, edit))
+
+
+def add_filters(*specs: dict[str, Any]) -> Any:
+    """An edit adding a `filters` term."""
+
+    def edit(d: dict[str, Any]) -> None:
+        d["customProperties"].append({"property": "filters", "value": list(specs)})
+
+    return edit
+
+
+def test_objecting_ids_from_a_list_are_dropped(contract: Contract) -> None:
+    """Ids on the operator's list are matched against the SOURCE id and counted as objections."""
+    minimise = Minimiser(
+        contract, pseudonym_key=PSEUDONYM_KEY, objecting_ids={"P00000001", "P00000003", "P9"}
+    )
+    out = minimise(small_batch([False, False, True, False]))
+    assert out["person_ref"].to_pylist() == [pseudonym("P00000000")]
+    assert minimise.tally.excluded == {"objection": 3}  # a flagged and listed row counts once
+    assert minimise.tally.sent == 1
+
+
+def test_objecting_ids_as_an_arrow_array_with_nulls(contract: Contract) -> None:
+    """An Arrow array works too; a null in the list matches nothing, not a null id."""
+    batch = small_batch([False, False, False])
+    ids = batch.column(0).to_pylist()
+    ids[2] = None
+    batch = batch.set_column(0, "person_id", pa.array(ids, type=pa.string()))
+    minimise = Minimiser(
+        contract, pseudonym_key=PSEUDONYM_KEY, objecting_ids=pa.array(["P00000000", None])
+    )
+    out = minimise(batch)
+    assert out["person_ref"].to_pylist() == [pseudonym("P00000001"), None]
+    assert minimise.tally.excluded == {"objection": 1}
+
+
+def test_pseudonyms_on_the_list_do_not_match(contract: Contract) -> None:
+    """The list holds source ids; a pseudonym on it is not an objection to anyone."""
+    minimise = Minimiser(
+        contract, pseudonym_key=PSEUDONYM_KEY, objecting_ids=[pseudonym("P00000000")]
+    )
+    assert minimise(small_batch([False])).num_rows == 1
+
+
+def test_overriding_basis_keeps_listed_rows(overriding: Contract) -> None:
+    """With legalBasisOverrides, listed rows are sent and counted as overridden."""
+    minimise = Minimiser(
+        overriding, pseudonym_key=PSEUDONYM_KEY, objecting_ids=["P00000000", "P00000001"]
+    )
+    out = minimise(small_batch([False, True, True]))
+    assert out.num_rows == 3
+    assert minimise.tally.objections_overridden == 3
+    assert not minimise.tally.excluded
+
+
+def test_filters_exclude_rows_and_count_them_by_reason(tmp_path: Path) -> None:
+    """Each filter's excluded rows are counted under its name; a row fails the first one only."""
+    filtered = edited(
+        tmp_path,
+        add_filters(
+            {"column": "exclusions", "op": ">", "value": 0, "name": "excluded-pupils"},
+            {"column": "attendance_rate", "op": "<", "value": 90},
+        ),
+    )
+    assert source_types(filtered) == source_types(load_contract(SAMPLE))  # same columns
+    batch = small_batch([False] * 5)
+    batch = batch.set_column(7, "exclusions", pa.array([0, 1, 2, None, 3], type=pa.int64()))
+    batch = batch.set_column(6, "attendance_rate", pa.array([50.0, 95.0, 80.0, 80.0, 89.9]))
+    minimise = Minimiser(filtered, pseudonym_key=PSEUDONYM_KEY)
+    out = minimise(batch)
+    assert out["person_ref"].to_pylist() == [pseudonym("P00000002"), pseudonym("P00000004")]
+    assert minimise.tally.excluded == {"filter:excluded-pupils": 2, "filter:1": 1}
+    assert minimise.tally.read == 5
+    assert minimise.tally.sent == 2
+
+
+def test_objections_come_before_filters(tmp_path: Path) -> None:
+    """An objecting row that a filter would also drop is counted as an objection."""
+    filtered = edited(tmp_path, add_filters({"column": "gender", "op": "==", "value": "M"}))
+    minimise = Minimiser(filtered, pseudonym_key=PSEUDONYM_KEY)
+    assert minimise(small_batch([True, False])).num_rows == 0
+    assert minimise.tally.excluded == {"objection": 1, "filter:0": 1}
+
+
+def test_filter_only_columns_are_read_and_never_sent(tmp_path: Path) -> None:
+    """A column only a filter needs is read, with its inferred type, and not sent."""
+    filtered = edited(
+        tmp_path,
+        add_filters(
+            {"column": "case_status", "op": "in", "value": ["open", "pending"]},
+            {"column": "referral_date", "op": ">=", "value": "2026-01-01", "type": "date"},
+        ),
+    )
+    types = source_types(filtered)
+    assert types["case_status"] == pa.string()
+    assert types["referral_date"] == pa.date32()
+    assert tuple(types) == filtered.source_columns
+    batch = small_batch([False, False, False])
+    batch = batch.append_column("case_status", pa.array(["open", "closed", "pending"]))
+    batch = batch.append_column(
+        "referral_date",
+        pa.array([dt.date(2026, 2, 1), dt.date(2026, 2, 1), dt.date(2025, 12, 31)]),
+    )
+    minimise = Minimiser(filtered, pseudonym_key=PSEUDONYM_KEY)
+    out = minimise(batch)
+    assert out["person_ref"].to_pylist() == [pseudonym("P00000000")]
+    assert tuple(out.column_names) == filtered.field_names
+    assert minimise.tally.excluded == {"filter:0": 1, "filter:1": 1}
+
+
+def test_age_filter_and_age_band_use_the_given_run_date(tmp_path: Path) -> None:
+    """Ages are at `today`, never the clock; without it the contract cannot be minimised."""
+
+    def edit(d: dict[str, Any]) -> None:
+        add_filters({"column": "date_of_birth", "op": "age_under", "value": 18})(d)
+        for prop in d["schema"][0]["properties"]:
+            if prop["name"] == "birth_month":
+                prop["customProperties"][1]["value"] = {"to": "age-band", "bands": [0, 5, 11, 16]}
+                prop.pop("logicalTypeOptions")
+
+    aged = edited(tmp_path, edit)
+    with pytest.raises(ValueError, match="run date"):
+        Minimiser(aged, pseudonym_key=PSEUDONYM_KEY)
+    batch = small_batch([False, False, False])
+    born = [dt.date(2008, 11, 24), dt.date(2008, 11, 25), dt.date(2015, 1, 1)]
+    batch = batch.set_column(1, "date_of_birth", pa.array(born, type=pa.date32()))
+    minimise = Minimiser(aged, pseudonym_key=PSEUDONYM_KEY, today=TODAY)
+    out = minimise(batch)
+    assert out["birth_month"].to_pylist() == ["16+", "11-15"]
+    assert minimise.tally.excluded == {"filter:0": 1}
+    later = Minimiser(aged, pseudonym_key=PSEUDONYM_KEY, today=dt.date(2026, 11, 25))
+    assert later(batch)["birth_month"].to_pylist() == ["11-15"]
+
+
+def test_an_unmapped_code_refuses_the_batch_naming_the_field(tmp_path: Path) -> None:
+    """A map without a default fails closed; the error names the field, never the value."""
+
+    def edit(d: dict[str, Any]) -> None:
+        for prop in d["schema"][0]["properties"]:
+            if prop["name"] == "ethnicity":
+                prop["customProperties"].append(
+                    {"property": "transformOptions", "value": {"map": {"WBRI": "White"}}}
+                )
+                prop["customProperties"][0]["value"] = "map"
+
+    mapped = edited(tmp_path, edit)
+    minimise = Minimiser(mapped, pseudonym_key=PSEUDONYM_KEY)
+    assert minimise(small_batch([False]))["ethnicity"].to_pylist() == ["White"]
+    batch = small_batch([False, False])
+    batch = batch.set_column(4, "ethnicity", pa.array(["WBRI", "ZSECRET"]))
+    with pytest.raises(UnmappedValues, match="field ethnicity: 1 value") as caught:
+        minimise(batch)
+    assert "ZSECRET" not in str(caught.value)

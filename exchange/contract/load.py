@@ -16,7 +16,9 @@ import jsonschema
 import yaml
 from croniter import croniter
 
+from exchange import filters, transforms
 from exchange.contract.canonical import _plain, canonical_sha256
+from exchange.contract.legal import DIRECT_IDENTIFIER_NAMES
 from exchange.contract.model import (
     Contract,
     Endpoint,
@@ -68,6 +70,8 @@ def read_document(path: Path) -> dict[str, Any]:
         text = path.read_text("utf-8")
     except OSError as exc:
         raise ContractError([Problem(file, "", f"cannot read file: {exc.strerror}")]) from exc
+    except UnicodeDecodeError:
+        raise ContractError([Problem(file, "", "not UTF-8 text")]) from None
     return parse_text(text, file)
 
 
@@ -172,6 +176,8 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
     names: set[str] = set()
     subject_keys = 0
     uses_pseudonyms = False
+    reads: dict[str, str] = {}  # source column -> the logicalType the fields read it as
+    renamed: dict[str, str] = {}  # outgoing field name -> its differently named source column
     for i, prop in enumerate(properties):
         at: list[Any] = ["schema", 0, "properties", i]
         custom = custom_properties(prop.get("customProperties"))
@@ -213,6 +219,7 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
             )
         uses_pseudonyms |= transform == "pseudonymise"
         subject_keys += bool(terms.get("subjectKey"))
+        yield from _transform_problems(file, prop, terms, at, located, reads, renamed)
     if subject_keys != 1:
         yield Problem(
             file,
@@ -226,6 +233,59 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
             "customProperties",
             "a field is pseudonymised: name the key's secret in 'pseudonymisationKey'",
         )
+    if "filters" in custom:
+        index, specs = custom["filters"]
+        objections = custom.get("objections", (0, None))[1]
+        column = objections.get("column") if isinstance(objections, dict) else None
+        known = {**({column: "boolean"} if isinstance(column, str) else {}), **reads}
+        for path, message in filters.problems(specs, known, renamed):
+            where = format_path(["customProperties", index, "value", *path])
+            yield Problem(file, where, message)
+
+
+def _transform_problems(
+    file: str,
+    prop: dict[str, Any],
+    terms: dict[str, Any],
+    at: list[Any],
+    located: Callable[[list[Any]], list[Any]],
+    reads: dict[str, str],
+    renamed: dict[str, str],
+) -> Iterator[Problem]:
+    """A field's transform against its options, its type and the other fields' reads."""
+    transform, options, logical = terms.get("transform"), terms.get("transformOptions"), None
+    name, source = prop.get("name"), prop.get("physicalName", prop.get("name"))
+    if isinstance(name, str) and isinstance(source, str) and name != source:
+        renamed[name] = source
+    if prop.get("logicalType") in ARROW_TYPES:
+        logical = prop["logicalType"]
+    if not isinstance(transform, str) or transform not in transforms.KINDS or logical is None:
+        return  # already reported by the field-terms schema or the logicalType check
+    if isinstance(options, dict):
+        for path, message in transforms.option_problems(transform, options, logical):
+            yield Problem(file, format_path(located(["transformOptions", *path])), message)
+    direct = (
+        terms.get("subjectKey")
+        or terms.get("directIdentifier")
+        or str(source).lower() in DIRECT_IDENTIFIER_NAMES
+    )
+    if transform == "hash" and direct:
+        yield Problem(
+            file,
+            format_path(located(["transform"])),
+            f"{name} identifies a person: anyone can reverse an unkeyed hash of it by hashing "
+            "every possible value; use pseudonymise",
+        )
+    if isinstance(source, str):
+        read = transforms.reads_as(transform, logical)
+        first = reads.setdefault(source, read)
+        if first != read:
+            yield Problem(
+                file,
+                format_path([*at, "customProperties"]),
+                f"source column {source} is read as {first} for another field and as {read} "
+                "here: one column is read as one type",
+            )
 
 
 def _check_servers(document: dict[str, Any], file: str) -> Iterator[Problem]:
@@ -318,6 +378,7 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
         retention=f"{retention['value']} {retention.get('unit', '')}".strip(),
         retention_action=terms["retentionAction"],
         dpia_reference=terms["dpiaReference"],
+        filters=tuple(_frozen(f) for f in terms.get("filters") or ()),
     )
 
 

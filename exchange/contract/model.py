@@ -116,6 +116,7 @@ class Contract:
     retention: str
     retention_action: str
     dpia_reference: str
+    filters: tuple[Mapping[str, Any], ...] = ()  # purpose filters on source columns, in order
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -126,6 +127,7 @@ class Contract:
     def source_columns(self) -> tuple[str, ...]:
         """Every source column the exchange needs to read, and no other."""
         needed = [f.source for f in self.fields] + [self.objections.column]
+        needed += [str(f["column"]) for f in self.filters]
         return tuple(dict.fromkeys(needed))
 
     @property

@@ -23,10 +23,17 @@ PURPOSES: dict[str, str] = {
     "research": "Research",
 }
 
-# The output type each transform produces, as an ODCS logicalType (None: same as its input).
+# The output type each transform produces, as an ODCS logicalType (None: same as its input),
+# keyed by transform and then by its `to` option ("" for transforms that have none).
 TRANSFORM_OUTPUT_TYPES: dict[str, dict[str, str | None]] = {
     "keep": {"": None},
     "pseudonymise": {"": "string"},
+    "hash": {"": "string"},
     "postcode-district": {"": "string"},
-    "generalise-date": {"year": "integer", "year-month": "string"},
+    "postcode-sector": {"": "string"},
+    "generalise-date": {"year": "integer", "year-month": "string", "age-band": "string"},
+    "truncate": {"": "string"},
+    "top-code": {"": None},
+    "band": {"": "string"},
+    "map": {"": "string"},
 }

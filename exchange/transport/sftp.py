@@ -1,26 +1,169 @@
-"""SFTP delivery with paramiko: pinned host key, key login, temporary name, verify, rename."""
+"""SFTP delivery with paramiko: pinned host key, key login, temporary name, verify, rename.
+
+A drop is uploaded into `.<drop>.partial`, each file's size is checked, and the folder is renamed
+to its final name, with `posix-rename@openssh.com` where the server offers it. Transient faults
+(refused, dropped, timed out) are retried with backoff; nothing else is. Writes are pipelined and
+every write reply is checked: paramiko's own pipelined files drop the replies of the last
+writes, so a full disk could otherwise pass unnoticed until the size check.
+"""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import datetime as dt
 import hashlib
 import json
+import logging
+import random
 import socket
 import stat
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import paramiko
+from paramiko.sftp import (
+    CMD_EXTENDED,
+    CMD_EXTENDED_REPLY,
+    CMD_INIT,
+    CMD_STATUS,
+    CMD_VERSION,
+    CMD_WRITE,
+    SFTPError,
+    int64,
+)
 
-from exchange.errors import ConnectionLost, HostKeyRejected, TransferError
+from exchange.errors import ConnectionLost, ExchangeError, HostKeyRejected, TransferError
 from exchange.manifest import MANIFEST_NAME
 from exchange.secrets import SftpConnection
 from exchange.transport.base import Delivery
+from exchange.transport.retry import (
+    DEFAULT_ATTEMPTS,
+    DEFAULT_BASE,
+    DEFAULT_CAP,
+    Attempt,
+    with_retries,
+)
+
+log = logging.getLogger(__name__)
 
 # AES-GCM first: hardware-accelerated here and the fastest paramiko offers.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
-WINDOW_SIZE = 16 << 20
+WINDOW_SIZE = 16 << 20  # what we let the server send before it must wait (replies, reads)
+MAX_PACKET_SIZE = 1 << 15
+POSIX_RENAME = "posix-rename@openssh.com"
+LIMITS = "limits@openssh.com"
+SMALL_REQUEST = 1 << 15  # every SFTP server accepts 32 KiB writes
+MAX_REQUEST = 255 << 10  # the largest write OpenSSH's sftp-server accepts (its limits reply)
+IN_FLIGHT_BYTES = 8 << 20  # unanswered write data allowed at once
+MAX_MANIFEST_BYTES = 1 << 20
+_SFTP_VERSION = 3
+
+
+class SftpSession(paramiko.SFTPClient):
+    """paramiko's SFTP client that also keeps the server's extensions and checks every write."""
+
+    extensions: dict[str, bytes]
+    _write_limit: int | None = None
+
+    def _send_version(self) -> int:
+        # paramiko reads the server's version packet but discards the extensions it lists.
+        core: Any = self  # paramiko's packet layer is not in its type stubs
+        request = paramiko.Message()
+        request.add_int(_SFTP_VERSION)
+        core._send_packet(CMD_INIT, request)
+        kind, data = core._read_packet()
+        if kind != CMD_VERSION:
+            raise SFTPError("Incompatible sftp protocol")
+        reply = paramiko.Message(data)
+        version = reply.get_int()
+        self.extensions = {}
+        while len(reply.get_remainder()) >= 8:
+            name = reply.get_text()
+            self.extensions[name] = reply.get_binary()
+        return int(version)
+
+    def _write_all(self, out: bytes) -> None:
+        # paramiko slices `bytes` here, copying the rest of a large write once per SSH packet.
+        view = memoryview(out)
+        while view:
+            sent = self.sock.send(view)  # type: ignore[arg-type]  # a memoryview is fine
+            if sent <= 0:
+                raise EOFError
+            view = view[sent:]
+
+    def write_limit(self) -> int:
+        """The largest write request the server accepts (its `limits@openssh.com`, or 32 KiB)."""
+        if self._write_limit is None:
+            self._write_limit = SMALL_REQUEST
+            if LIMITS in self.extensions:
+                core: Any = self
+                kind, reply = core._request(CMD_EXTENDED, LIMITS)
+                if kind == CMD_EXTENDED_REPLY:
+                    reply.get_int64()  # max packet length
+                    reply.get_int64()  # max read length
+                    max_write = int(reply.get_int64())
+                    if max_write > 0:
+                        self._write_limit = min(max_write, MAX_REQUEST)
+        return self._write_limit
+
+    def upload(
+        self,
+        source: BinaryIO,
+        path: str,
+        *,
+        request_size: int = SMALL_REQUEST,
+        in_flight: int = IN_FLIGHT_BYTES,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Write `source` to a new remote file with pipelined requests; every reply is checked."""
+        core: Any = self
+        window = max(1, in_flight // request_size)
+        waiting: set[int] = set()
+        sent = 0
+        with self.open(path, "wb") as remote:
+            handle = remote.handle
+            while chunk := source.read(request_size):
+                number = core._async_request(type(None), CMD_WRITE, handle, int64(sent), chunk)
+                waiting.add(number)
+                sent += len(chunk)
+                while len(waiting) >= window:
+                    self._reap(waiting)
+                if progress is not None:
+                    progress(sent)
+            while waiting:
+                self._reap(waiting)
+        return sent
+
+    def _reap(self, waiting: set[int]) -> None:
+        """Read one reply; raise if it reports a failed write (replies may come in any order)."""
+        core: Any = self
+        kind, data = core._read_packet()
+        reply = paramiko.Message(data)
+        number = reply.get_int()
+        with core._lock:
+            core._expecting.pop(number, None)
+        if number not in waiting:
+            return  # a late reply to a request made before this upload
+        waiting.discard(number)
+        if kind != CMD_STATUS:
+            raise SFTPError("the server answered a write with something other than a status")
+        core._convert_status(reply)
+
+    def rename_into_place(self, source: str, target: str, *, replace: bool = False) -> str:
+        """Rename atomically where the server can; returns the method used."""
+        if POSIX_RENAME in self.extensions:
+            self.posix_rename(source, target)
+            return POSIX_RENAME
+        log.warning("the SFTP server offers no %s: using a plain rename", POSIX_RENAME)
+        if replace and _exists(self, target):
+            self.remove(target)  # not atomic: a reader may briefly find nothing
+        self.rename(source, target)
+        return "rename"
 
 
 class SftpTransport:
@@ -32,37 +175,77 @@ class SftpTransport:
         host_keys: Sequence[str] = (),
         *,
         timeout: float = 30.0,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff_base: float = DEFAULT_BASE,
+        backoff_cap: float = DEFAULT_CAP,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Callable[[], float] = random.random,
+        window_size: int = WINDOW_SIZE,
+        max_packet_size: int = MAX_PACKET_SIZE,
+        request_size: int | None = None,
+        in_flight: int = IN_FLIGHT_BYTES,
     ) -> None:
         self.connection = connection
         self.host_keys = tuple(host_keys)
         self.timeout = timeout
+        self.attempts = attempts
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.sleep = sleep
+        self.rng = rng
+        self.window_size = window_size
+        self.max_packet_size = max_packet_size
+        self.request_size = request_size  # None: the server's own limit
+        self.in_flight = in_flight
+
+    @property
+    def where(self) -> str:
+        """host:port, for messages."""
+        return f"{self.connection.host}:{self.connection.port}"
 
     @contextmanager
-    def session(self) -> Iterator[paramiko.SFTPClient]:
+    def session(self) -> Iterator[SftpSession]:
         """An authenticated SFTP session to a server whose host key matches the pinned one."""
         conn = self.connection
         try:
             sock = socket.create_connection((conn.host, conn.port), timeout=self.timeout)
         except OSError as exc:
-            raise ConnectionLost(
-                f"cannot reach {conn.host}:{conn.port}: {exc.strerror or exc}"
-            ) from exc
-        transport = paramiko.Transport(sock, default_window_size=WINDOW_SIZE)
+            raise ConnectionLost(f"cannot reach {self.where}: {exc.strerror or exc}") from exc
+        transport = paramiko.Transport(
+            sock,
+            default_window_size=self.window_size,
+            default_max_packet_size=self.max_packet_size,
+        )
+        transport.banner_timeout = transport.handshake_timeout = self.timeout
+        transport.auth_timeout = self.timeout
         try:
             options = transport.get_security_options()
             offered = [c for c in PREFERRED_CIPHERS if c in options.ciphers]
             options.ciphers = tuple(offered) + tuple(c for c in options.ciphers if c not in offered)
             try:
                 transport.start_client(timeout=self.timeout)
+                # start_client returns quietly when its timeout ends the handshake early.
+                server_key = transport.get_remote_server_key()
             except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise ConnectionLost(f"SSH handshake with {conn.host}:{conn.port} failed") from exc
-            self._check_host_key(transport.get_remote_server_key())
+                raise ConnectionLost(
+                    f"SSH handshake with {self.where} failed or timed out"
+                ) from exc
+            self._check_host_key(server_key)
             self._authenticate(transport)
-            client = paramiko.SFTPClient.from_transport(transport)
+            try:
+                client = SftpSession.from_transport(transport)
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise ConnectionLost(f"{self.where} did not open an SFTP session") from exc
             if client is None:
-                raise ConnectionLost("the server did not open an SFTP session")
-            with client:
+                raise ConnectionLost(f"{self.where} did not open an SFTP session")
+            client.get_channel().settimeout(self.timeout)  # type: ignore[union-attr]
+            try:
                 yield client
+            finally:
+                # Closing sends a message: on a dropped link that fails, and must not replace
+                # the error that is already on its way out.
+                with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
+                    client.close()
         finally:
             transport.close()
 
@@ -107,36 +290,100 @@ class SftpTransport:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectionLost(f"connection to {conn.host} dropped during login") from exc
 
-    def deliver(self, drop: Path, folder: str, drop_id: str) -> Delivery:
-        """Upload `drop` into `folder/.drop_id.partial`, verify sizes, then rename to `drop_id`."""
+    def _retrying(
+        self, fn: Callable[[], Delivery], on_attempt: Callable[[Attempt], None] | None
+    ) -> Delivery:
+        """Run one delivery step with this transport's retry policy; attempts go on the result."""
+        attempts: list[Attempt] = []
+
+        def record(attempt: Attempt) -> None:
+            attempts.append(attempt)
+            if on_attempt is not None:
+                on_attempt(attempt)
+
+        result = with_retries(
+            fn,
+            self.attempts,
+            self.backoff_base,
+            self.backoff_cap,
+            self.sleep,
+            self.rng,
+            on_attempt=record,
+        )
+        return replace(result, attempts=tuple(attempts))
+
+    def deliver(
+        self,
+        drop: Path,
+        folder: str,
+        drop_id: str,
+        *,
+        on_attempt: Callable[[Attempt], None] | None = None,
+    ) -> Delivery:
+        """Upload `drop` into `folder/.drop_id.partial`, verify sizes, then rename to `drop_id`.
+
+        Transient faults are retried; `on_attempt` hears of each try. Raises ConnectionLost
+        (retryable) once the attempts are spent, HostKeyRejected or TransferError at once.
+        """
         files = sorted(p for p in drop.iterdir() if p.is_file())
         # The manifest goes last, so its presence means the rest arrived.
         files.sort(key=lambda p: p.name == MANIFEST_NAME)
+        return self._retrying(lambda: self._deliver_once(drop, folder, drop_id, files), on_attempt)
+
+    def _deliver_once(self, drop: Path, folder: str, drop_id: str, files: list[Path]) -> Delivery:
         final, temp = f"{folder}/{drop_id}", f"{folder}/.{drop_id}.partial"
-        try:
-            with self.session() as sftp:
+        with self.session() as sftp:
+            try:
                 _require_dir(sftp, folder)
                 if _exists(sftp, final):
                     return self._already(sftp, drop, final, files)
-                _remove_tree(sftp, temp)
+                _remove_tree(sftp, temp)  # left by an interrupted attempt
                 sftp.mkdir(temp, mode=0o700)
                 total = 0
                 for path in files:
-                    size = path.stat().st_size
-                    with path.open("rb") as handle:
-                        attrs = sftp.putfo(handle, f"{temp}/{path.name}", file_size=size)
-                    sftp.chmod(f"{temp}/{path.name}", 0o600)
-                    if attrs.st_size != size:
-                        raise TransferError(f"{path.name} arrived with the wrong size")
-                    total += size
-                sftp.posix_rename(temp, final)
-                return Delivery(final, tuple(p.name for p in files), total)
-        except (TimeoutError, EOFError, paramiko.SSHException) as exc:
-            raise ConnectionLost(f"connection lost while delivering {drop_id}") from exc
-        except PermissionError as exc:
-            raise TransferError(f"permission denied in {folder} on the partner server") from exc
-        except OSError as exc:
-            raise TransferError(f"delivery of {drop_id} failed: {exc.strerror or exc}") from exc
+                    total += self._put(sftp, path, f"{temp}/{path.name}")
+                method = sftp.rename_into_place(temp, final)
+                return Delivery(final, tuple(p.name for p in files), total, rename=method)
+            except TransferError:
+                _discard(sftp, temp)
+                raise
+            except (OSError, EOFError, paramiko.SSHException, SFTPError) as exc:
+                raise self._translate(sftp, exc, f"delivering {drop_id}", folder, temp) from exc
+
+    def _put(self, sftp: SftpSession, path: Path, remote: str) -> int:
+        """Upload one file, make it 0600 and check its size on the server."""
+        size = path.stat().st_size
+        request = self.request_size or sftp.write_limit()
+        with path.open("rb") as handle:
+            sftp.upload(handle, remote, request_size=request, in_flight=self.in_flight)
+        sftp.chmod(remote, 0o600)
+        arrived = sftp.stat(remote).st_size
+        if arrived != size:
+            raise TransferError(f"{path.name} arrived with {arrived} bytes of {size}")
+        return size
+
+    def _translate(
+        self,
+        sftp: SftpSession,
+        exc: BaseException,
+        doing: str,
+        folder: str,
+        temp: str,
+    ) -> ExchangeError:
+        """One error for a paramiko failure: ConnectionLost if the link died, else TransferError."""
+        if isinstance(exc, EOFError | paramiko.SSHException | TimeoutError) or not _alive(sftp):
+            return ConnectionLost(f"connection to {self.where} lost while {doing}")
+        removed = _discard(sftp, temp)
+        left = "the partial upload was removed" if removed else f"{temp} may remain"
+        if isinstance(exc, PermissionError):
+            return TransferError(f"permission denied in {folder} while {doing}; {left}")
+        if isinstance(exc, SFTPError):
+            return TransferError(f"SFTP protocol error while {doing}; {left}")
+        reason = getattr(exc, "strerror", None) or (exc.args[0] if exc.args else type(exc).__name__)
+        return TransferError(
+            f"the server refused a write in {folder} while {doing} ({reason}): its disk may be "
+            f"full or the folder read-only; {left}"
+        )
 
     def _already(
         self, sftp: paramiko.SFTPClient, drop: Path, final: str, files: list[Path]
@@ -144,7 +391,7 @@ class SftpTransport:
         """A drop of this name arrived before (renamed into place, so whole): do not resend."""
         try:
             with sftp.open(f"{final}/{MANIFEST_NAME}", "rb") as remote:
-                theirs = json.loads(remote.read())
+                theirs = json.loads(remote.read(MAX_MANIFEST_BYTES))
             ours = json.loads((drop / MANIFEST_NAME).read_bytes())
         except (OSError, ValueError):
             raise TransferError(f"{final} exists but holds no readable manifest") from None
@@ -152,6 +399,92 @@ class SftpTransport:
             raise TransferError(f"{final} already exists and holds another drop")
         size = sum(p.stat().st_size for p in files)
         return Delivery(final, tuple(p.name for p in files), size, already_delivered=True)
+
+    def put_bytes(
+        self,
+        folder: str,
+        name: str,
+        data: bytes,
+        *,
+        on_attempt: Callable[[Attempt], None] | None = None,
+    ) -> Delivery:
+        """Place one small file at `folder/name` (temporary name, size check, rename; replaces)."""
+        return self._retrying(lambda: self._put_bytes_once(folder, name, data), on_attempt)
+
+    def _put_bytes_once(self, folder: str, name: str, data: bytes) -> Delivery:
+        final, temp = f"{folder}/{name}", f"{folder}/.{name}.partial"
+        with self.session() as sftp:
+            try:
+                _require_dir(sftp, folder)
+                with contextlib.suppress(FileNotFoundError):
+                    sftp.remove(temp)
+                with sftp.open(temp, "wb") as remote:
+                    remote.write(data)
+                sftp.chmod(temp, 0o600)
+                if sftp.stat(temp).st_size != len(data):
+                    raise TransferError(f"{name} arrived with the wrong size")
+                method = sftp.rename_into_place(temp, final, replace=True)
+                return Delivery(final, (name,), len(data), rename=method)
+            except TransferError:
+                _discard(sftp, temp)
+                raise
+            except (OSError, EOFError, paramiko.SSHException, SFTPError) as exc:
+                raise self._translate(sftp, exc, f"writing {name}", folder, temp) from exc
+
+
+def remove_expired(
+    sftp: paramiko.SFTPClient,
+    folder: str,
+    older_than: dt.datetime,
+    *,
+    contract_id: str | None = None,
+) -> list[str]:
+    """Delete the drops in `folder` made before `older_than`; returns the removed drop ids.
+
+    A drop's age is its signed manifest's `created_at`; folders that are not drops of ours
+    (no manifest naming them) are left alone. Abandoned `.<drop>.partial` folders older than
+    the limit go too, listed under their hidden name. Each drop is first renamed to a hidden
+    name, so a partner never sees a half-deleted drop.
+    """
+    if older_than.tzinfo is None:
+        raise ValueError("older_than must carry a time zone")
+    limit = older_than.timestamp()
+    removed: list[str] = []
+    for entry in sorted(sftp.listdir_attr(folder), key=lambda e: e.filename):
+        name = entry.filename
+        if not stat.S_ISDIR(entry.st_mode or 0):
+            continue
+        if name.startswith("."):
+            if name.endswith(".partial") and (entry.st_mtime or 0) < limit:
+                _remove_tree(sftp, f"{folder}/{name}")
+                removed.append(name)
+            continue
+        made = _drop_created(sftp, f"{folder}/{name}", name, contract_id)
+        if made is None or made.timestamp() >= limit:
+            continue
+        doomed = f"{folder}/.{name}.expired"
+        _remove_tree(sftp, doomed)
+        sftp.rename(f"{folder}/{name}", doomed)
+        _remove_tree(sftp, doomed)
+        removed.append(name)
+    return removed
+
+
+def _drop_created(
+    sftp: paramiko.SFTPClient, path: str, name: str, contract_id: str | None
+) -> dt.datetime | None:
+    """When the drop at `path` was made, per its manifest; None if it is not one of ours."""
+    try:
+        with sftp.open(f"{path}/{MANIFEST_NAME}", "rb") as remote:
+            body = json.loads(remote.read(MAX_MANIFEST_BYTES))
+        made = dt.datetime.fromisoformat(body["created_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if body.get("drop_id") != name or made.tzinfo is None:
+        return None
+    if contract_id is not None and body.get("contract", {}).get("id") != contract_id:
+        return None
+    return made
 
 
 def _key_blob(line: str) -> bytes:
@@ -161,6 +494,12 @@ def _key_blob(line: str) -> bytes:
         return base64.b64decode(parts[1], validate=True)
     except (IndexError, ValueError):
         raise HostKeyRejected("a pinned host key in the contract is malformed") from None
+
+
+def _alive(sftp: paramiko.SFTPClient) -> bool:
+    """Whether the SSH connection under the session still works."""
+    channel = sftp.get_channel()
+    return channel is not None and not channel.closed and channel.get_transport().is_active()
 
 
 def _exists(sftp: paramiko.SFTPClient, path: str) -> bool:
@@ -181,9 +520,25 @@ def _require_dir(sftp: paramiko.SFTPClient, folder: str) -> None:
 
 
 def _remove_tree(sftp: paramiko.SFTPClient, path: str) -> None:
-    """Remove a leftover temporary drop folder from an interrupted attempt."""
-    if not _exists(sftp, path):
+    """Remove a temporary or expired folder (or file) and everything in it."""
+    try:
+        mode = sftp.lstat(path).st_mode or 0
+    except FileNotFoundError:
         return
-    for name in sftp.listdir(path):
-        sftp.remove(f"{path}/{name}")
+    if not stat.S_ISDIR(mode):
+        sftp.remove(path)
+        return
+    for entry in sftp.listdir_attr(path):
+        _remove_tree(sftp, f"{path}/{entry.filename}")
     sftp.rmdir(path)
+
+
+def _discard(sftp: paramiko.SFTPClient, temp: str) -> bool:
+    """Best effort removal of a partial upload after a failure; whether it is gone."""
+    if not _alive(sftp):
+        return False
+    try:
+        _remove_tree(sftp, temp)
+    except (OSError, EOFError, paramiko.SSHException):
+        return False
+    return True

@@ -1,0 +1,229 @@
+"""Signed acknowledgements: the partner's proof that a drop arrived whole and was read.
+
+The partner's `receive` signs one after verifying and decrypting a drop, with the partner's own
+Ed25519 key, and puts it in the agreed acknowledgement folder on the SFTP server as
+`<drop id>.ack.json`. The sender collects the acknowledgements there and keeps only those whose
+signature verifies with a key the partner published. An acknowledgement also signs back the
+sender's ledger position (and checkpoint, when the manifest carries one), so the partner
+witnesses the sender's audit log.
+
+The file is JSON: {"body": {...}, "signature": "<base64>"}, the signature being a raw Ed25519
+signature over the body's canonical form (sorted keys, no spaces, UTF-8). Like a manifest it
+carries ids, counts and hashes only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paramiko
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from exchange.crypto import signing
+from exchange.errors import ConnectionLost, CryptoError, TransferError
+from exchange.transport.base import Delivery
+from exchange.transport.retry import Attempt
+from exchange.transport.sftp import SftpTransport
+
+log = logging.getLogger(__name__)
+
+ACK_VERSION = "exchange-ack/1"
+ACK_SUFFIX = ".ack.json"
+MAX_ACK_BYTES = 64 << 10
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A verified acknowledgement of one drop."""
+
+    drop_id: str
+    manifest_sha256: str
+    received_at: str
+    rows: int
+    key_id: str
+    body: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RejectedAck:
+    """An acknowledgement file that could not be trusted, and why (a possible security event)."""
+
+    name: str
+    reason: str
+    key_id: str | None = None
+
+
+@dataclass(frozen=True)
+class AckOutbox:
+    """Where a partner puts its acknowledgements: a folder on an SFTP server."""
+
+    transport: SftpTransport
+    folder: str
+
+
+class AckNotSent(TransferError):
+    """The drop was received and written, but its acknowledgement could not be uploaded."""
+
+    def __init__(self, message: str, *, received: Any, ack_path: Path) -> None:
+        self.received = received
+        self.ack_path = ack_path
+        super().__init__(message)
+
+
+def ack_name(drop_id: str) -> str:
+    """The acknowledgement's file name for a drop."""
+    return f"{drop_id}{ACK_SUFFIX}"
+
+
+def canonical(body: Mapping[str, Any]) -> bytes:
+    """The bytes that are signed: sorted keys, no spaces, UTF-8."""
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def build(
+    manifest: Mapping[str, Any],
+    manifest_sha256: str,
+    *,
+    rows: int,
+    received_at: str,
+    key_id: str,
+) -> dict[str, Any]:
+    """The body of an acknowledgement of a verified, decrypted drop."""
+    contract = manifest.get("contract", {})
+    body: dict[str, Any] = {
+        "type": ACK_VERSION,
+        "drop_id": manifest["drop_id"],
+        "run_id": manifest.get("run_id"),
+        "contract": {k: contract.get(k) for k in ("id", "version", "sha256")},
+        "manifest_sha256": manifest_sha256,
+        "payload_sha256": manifest["payload"]["sha256"],
+        "received_at": received_at,
+        "rows": rows,
+        "verified": True,
+        "key_id": key_id,
+    }
+    # Signing the sender's ledger position back makes the partner a witness of that log.
+    for witnessed in ("ledger", "checkpoint"):
+        if witnessed in manifest:
+            body[witnessed] = manifest[witnessed]
+    return body
+
+
+def sign(body: Mapping[str, Any], key: Ed25519PrivateKey) -> bytes:
+    """The acknowledgement file's bytes: the body and its signature."""
+    signature = signing.sign(key, canonical(body)).decode().strip()
+    return (json.dumps({"body": body, "signature": signature}, indent=2) + "\n").encode()
+
+
+def verify(name: str, data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Ack | RejectedAck:
+    """Check one acknowledgement file against the partner's keys (by key id)."""
+    try:
+        envelope = json.loads(data.decode("utf-8"))
+        body, signature = envelope["body"], envelope["signature"]
+        if not isinstance(body, dict) or not isinstance(signature, str):
+            raise TypeError
+    except (ValueError, KeyError, TypeError):
+        return RejectedAck(name, "not an acknowledgement file (unreadable JSON or no signature)")
+    key_id = body.get("key_id")
+    key_id = key_id if isinstance(key_id, str) else None
+    if body.get("type") != ACK_VERSION:
+        return RejectedAck(name, f"not an {ACK_VERSION} acknowledgement", key_id)
+    if key_id is None or key_id not in keys:
+        return RejectedAck(name, f"signed by a key the partner has not published ({key_id})")
+    try:
+        signing.verify(keys[key_id], canonical(body), signature.encode())
+    except CryptoError:
+        return RejectedAck(name, f"signature does not verify with partner key {key_id}", key_id)
+    drop_id, rows = body.get("drop_id"), body.get("rows")
+    if not isinstance(drop_id, str) or name != ack_name(drop_id):
+        return RejectedAck(name, f"names drop {drop_id!r}, not the one its file name says", key_id)
+    if body.get("verified") is not True or not isinstance(rows, int):
+        return RejectedAck(name, "does not state a verified drop with a row count", key_id)
+    return Ack(
+        drop_id,
+        str(body.get("manifest_sha256")),
+        str(body.get("received_at")),
+        rows,
+        key_id,
+        body,
+    )
+
+
+def send_ack(
+    outbox: AckOutbox,
+    drop_id: str,
+    data: bytes,
+    *,
+    on_attempt: Callable[[Attempt], None] | None = None,
+) -> Delivery:
+    """Upload a signed acknowledgement into the outbox (temporary name, then rename)."""
+    return outbox.transport.put_bytes(outbox.folder, ack_name(drop_id), data, on_attempt=on_attempt)
+
+
+def collect_acks(
+    sftp: paramiko.SFTPClient,
+    folder: str,
+    partner_keys: Sequence[Ed25519PublicKey],
+    *,
+    expected: Mapping[str, str] | None = None,
+    on_rejected: Callable[[RejectedAck], None] | None = None,
+) -> list[Ack]:
+    """The acknowledgements in `folder` that verify with one of the partner's published keys.
+
+    `expected` (drop id -> manifest SHA-256), when given, limits the result to those drops, and
+    an acknowledgement of one of them that names another manifest is rejected. Every rejected
+    file is passed to `on_rejected` (logged as a warning if there is none). Raises
+    ConnectionLost if the connection drops, TransferError if the folder cannot be listed.
+    """
+    keys = {signing.key_id(key): key for key in partner_keys}
+    report = on_rejected or _log_rejected
+    found: list[Ack] = []
+    try:
+        entries = sorted(sftp.listdir_attr(folder), key=lambda e: e.filename)
+    except FileNotFoundError:
+        raise TransferError(f"the acknowledgement folder {folder} does not exist") from None
+    except PermissionError:
+        raise TransferError(f"permission denied listing {folder}") from None
+    except (EOFError, paramiko.SSHException, OSError) as exc:
+        raise ConnectionLost(f"connection lost while listing {folder}") from exc
+    for entry in entries:
+        name = entry.filename
+        if name.startswith(".") or not name.endswith(ACK_SUFFIX):
+            continue
+        drop_id = name[: -len(ACK_SUFFIX)]
+        if expected is not None and drop_id not in expected:
+            continue
+        if (entry.st_size or 0) > MAX_ACK_BYTES:
+            report(RejectedAck(name, f"larger than {MAX_ACK_BYTES} bytes"))
+            continue
+        try:
+            with sftp.open(f"{folder}/{name}", "rb") as remote:
+                data = remote.read(MAX_ACK_BYTES + 1)
+        except (EOFError, paramiko.SSHException) as exc:
+            raise ConnectionLost(f"connection lost while reading {name}") from exc
+        except OSError:
+            report(RejectedAck(name, "unreadable on the server"))
+            continue
+        result = verify(name, data, keys)
+        sent = expected.get(drop_id) if expected is not None else None
+        if isinstance(result, Ack) and sent is not None and result.manifest_sha256 != sent:
+            result = RejectedAck(
+                name,
+                f"acknowledges manifest {result.manifest_sha256[:16]}, not the one sent "
+                f"({sent[:16]})",
+                result.key_id,
+            )
+        if isinstance(result, Ack):
+            found.append(result)
+        else:
+            report(result)
+    return found
+
+
+def _log_rejected(rejected: RejectedAck) -> None:
+    log.warning("acknowledgement %s rejected: %s", rejected.name, rejected.reason)

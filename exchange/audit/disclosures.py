@@ -1,0 +1,379 @@
+"""The disclosure ledger: which recipients received data about a person, when, and why.
+
+Per transfer (a drop), one row in `transfers` holds the facts once: drop, contract and version,
+recipient, purposes, legal basis, fields sent, time. Per person sent, one row in `disclosures`
+holds a keyed hash of their subject id and the transfer's row id, 20 bytes of data::
+
+    disclosures(subject_hash BINARY(16), transfer_id INTEGER -> transfers.id)
+    primary key (subject_hash, transfer_id)      -- the index a lookup uses
+
+The hash is the first 128 bits of HMAC-SHA256 under a dedicated disclosure key (never the
+pseudonymisation key) of the subject id's text (integers in decimal), UTF-8. Without the key
+the table says nothing about who is in it; with it, "who has my data?" is one index lookup.
+Subject ids are never stored or logged in clear.
+
+Each transfer also records a digest of its subjects: SHA-256 of their distinct 16-byte hashes
+in ascending byte order. Put it in the ledger's `transfer.sent` entry and the hash chain and
+checkpoints protect the disclosure record too (`Disclosures.verify_digest`).
+
+Bulk insertion uses COPY (binary) on PostgreSQL and executemany on SQLite, where the table is
+WITHOUT ROWID so the primary key is the table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import sqlalchemy as sa
+
+from exchange.audit.ledger import create_tables, make_engine, writer
+from exchange.errors import LedgerError
+
+HASH_BYTES = 16
+MIN_KEY_BYTES = 32
+HASH_CHUNK = 65_536  # subject ids hashed (and rows inserted) at a time
+SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large index
+_KEY_ID_LABEL = b"exchange disclosure key id"
+_PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_PG_TRAILER = b"\xff\xff"
+_PG_ROW = np.dtype(
+    [("fields", ">i2"), ("hash_len", ">i4"), ("hash", "V16"), ("id_len", ">i4"), ("id", ">i4")]
+)
+
+metadata = sa.MetaData()
+transfers = sa.Table(
+    "transfers",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("drop_id", sa.String(200), nullable=False, unique=True),
+    sa.Column("run_id", sa.String(200)),
+    sa.Column("contract_id", sa.String(200), nullable=False),
+    sa.Column("contract_version", sa.String(64), nullable=False),
+    sa.Column("recipient", sa.String(200), nullable=False),
+    sa.Column("purposes", sa.Text, nullable=False),  # JSON list
+    sa.Column("legal_basis", sa.Text, nullable=False),
+    sa.Column("fields", sa.Text, nullable=False),  # JSON list
+    sa.Column("sent_at", sa.String(40)),  # NULL while prepared but not yet delivered
+    sa.Column("recorded_at", sa.String(40), nullable=False),
+    sa.Column("subjects", sa.BigInteger, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("key_id", sa.String(16), nullable=False),
+)
+disclosures = sa.Table(
+    "disclosures",
+    metadata,
+    sa.Column("subject_hash", sa.LargeBinary(HASH_BYTES), nullable=False),
+    sa.Column("transfer_id", sa.Integer, sa.ForeignKey("transfers.id"), nullable=False),
+    sa.PrimaryKeyConstraint("subject_hash", "transfer_id"),
+    sqlite_with_rowid=False,
+)
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError("disclosure times must be timezone-aware")
+    return value.astimezone(dt.UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """The facts of one transfer: what was sent to whom, when and why (no subject in it)."""
+
+    drop_id: str
+    contract_id: str
+    contract_version: str
+    recipient: str
+    purposes: tuple[str, ...]
+    legal_basis: str
+    fields: tuple[str, ...]
+    sent_at: dt.datetime | None  # None while the drop is prepared but not yet delivered
+    run_id: str | None = None
+
+    @classmethod
+    def _from_row(cls, row: Any) -> Disclosure:
+        return cls(
+            drop_id=row.drop_id,
+            contract_id=row.contract_id,
+            contract_version=row.contract_version,
+            recipient=row.recipient,
+            purposes=tuple(json.loads(row.purposes)),
+            legal_basis=row.legal_basis,
+            fields=tuple(json.loads(row.fields)),
+            sent_at=dt.datetime.fromisoformat(row.sent_at) if row.sent_at else None,
+            run_id=row.run_id,
+        )
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What `record` stored: counts and the subjects' digest (for the ledger entry)."""
+
+    drop_id: str
+    subjects: int  # distinct subjects recorded
+    nulls: int  # rows without a subject id (nothing to record for them)
+    digest: str  # SHA-256 over the sorted distinct subject hashes, hex
+    key_id: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """For a ledger entry's body."""
+        return {"subjects": self.subjects, "digest": self.digest, "key_id": self.key_id}
+
+
+def key_id(key: bytes) -> str:
+    """A fingerprint of a disclosure key: 16 hex of HMAC(key, a fixed label)."""
+    return hmac.digest(key, _KEY_ID_LABEL, "sha256")[:8].hex()
+
+
+def subject_hash(key: bytes, subject_id: str | int) -> bytes:
+    """The 16-byte keyed hash recorded for a subject id."""
+    return hmac.digest(key, str(subject_id).encode("utf-8"), "sha256")[:HASH_BYTES]
+
+
+def _as_text(subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]) -> pa.ChunkedArray:
+    if isinstance(subjects, pa.Array):
+        chunked = pa.chunked_array([subjects])
+    elif isinstance(subjects, pa.ChunkedArray):
+        chunked = subjects
+    else:
+        arrays = list(subjects)
+        if not arrays:
+            return pa.chunked_array([], type=pa.large_string())
+        chunked = pa.chunked_array(arrays)
+    if pa.types.is_dictionary(chunked.type):
+        chunked = chunked.cast(chunked.type.value_type)
+    if not (pa.types.is_integer(chunked.type) or pa.types.is_string(chunked.type)) and not (
+        pa.types.is_large_string(chunked.type)
+    ):
+        raise LedgerError(f"subject ids must be strings or integers, not {chunked.type}")
+    return pc.cast(chunked, pa.large_string())
+
+
+def sorted_hashes(
+    key: bytes, subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]
+) -> tuple[np.ndarray, int]:
+    """The distinct subjects' hashes in ascending byte order (an (n, 2) big-endian uint64 array),
+    and how many rows had no subject id."""
+    text = _as_text(subjects)
+    nulls = text.null_count
+    distinct = pc.unique(text.drop_null() if nulls else text)
+    out = bytearray(len(distinct) * HASH_BYTES)
+    view = memoryview(out)
+    for start in range(0, len(distinct), HASH_CHUNK):
+        values = distinct.slice(start, HASH_CHUNK).to_pylist()
+        at = start * HASH_BYTES
+        for value in values:
+            view[at : at + HASH_BYTES] = hmac.digest(key, value.encode("utf-8"), "sha256")[
+                :HASH_BYTES
+            ]
+            at += HASH_BYTES
+    words = np.frombuffer(bytes(out), dtype=">u8").reshape(-1, 2)
+    return words[np.lexsort((words[:, 1], words[:, 0]))], nulls
+
+
+class Disclosures:
+    """The disclosure ledger behind a SQLAlchemy URL (usually the audit ledger's database)."""
+
+    def __init__(
+        self,
+        url: str,
+        key: bytes,
+        *,
+        old_keys: Sequence[bytes] = (),
+        create: bool = True,
+        clock: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        """`key` hashes new records; `old_keys` (retired keys) are still searched by lookup."""
+        for k in (key, *old_keys):
+            if len(k) < MIN_KEY_BYTES:
+                raise LedgerError(f"a disclosure key must be at least {MIN_KEY_BYTES} random bytes")
+        self.key = key
+        self.keys = (key, *old_keys)
+        self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.engine = make_engine(url, create=create)
+        self._postgres = self.engine.dialect.name == "postgresql"
+        if self.engine.dialect.name == "sqlite":
+
+            @sa.event.listens_for(self.engine, "connect")
+            def _bulk_cache(dbapi_connection: Any, _record: Any) -> None:
+                dbapi_connection.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
+
+        if create:
+            create_tables(self.engine, metadata)
+
+    # -- recording ------------------------------------------------------------------------------
+
+    def record(
+        self,
+        disclosure: Disclosure,
+        subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array],
+    ) -> Recorded:
+        """Record that the subjects (their ids, as sent in this transfer) were disclosed.
+
+        Duplicates and nulls are dropped. All or nothing, in one transaction. Recording a drop
+        again replaces its earlier record while it is not yet marked sent (a retried prepare);
+        LedgerError once it has been sent.
+        """
+        hashes, nulls = sorted_hashes(self.key, subjects)
+        digest = hashlib.sha256(hashes.tobytes()).hexdigest()
+        values = {
+            "drop_id": disclosure.drop_id,
+            "run_id": disclosure.run_id,
+            "contract_id": disclosure.contract_id,
+            "contract_version": disclosure.contract_version,
+            "recipient": disclosure.recipient,
+            "purposes": json.dumps(list(disclosure.purposes), ensure_ascii=False),
+            "legal_basis": disclosure.legal_basis,
+            "fields": json.dumps(list(disclosure.fields), ensure_ascii=False),
+            "sent_at": _iso(disclosure.sent_at),
+            "recorded_at": _iso(self.clock()),
+            "subjects": len(hashes),
+            "digest": digest,
+            "key_id": key_id(self.key),
+        }
+        with writer(self.engine).begin() as conn:
+            earlier = conn.execute(
+                sa.select(transfers.c.id, transfers.c.sent_at).where(
+                    transfers.c.drop_id == disclosure.drop_id
+                )
+            ).first()
+            if earlier is not None:
+                if earlier.sent_at is not None:
+                    raise LedgerError(f"drop {disclosure.drop_id} is already recorded as sent")
+                conn.execute(disclosures.delete().where(disclosures.c.transfer_id == earlier.id))
+                conn.execute(transfers.delete().where(transfers.c.id == earlier.id))
+            transfer_id = conn.execute(
+                transfers.insert().values(**values).returning(transfers.c.id)
+            ).scalar_one()
+            raw = conn.connection.driver_connection
+            if self._postgres:
+                _copy_postgres(raw, hashes, transfer_id)
+            else:
+                _insert_sqlite(raw, hashes, transfer_id)
+        return Recorded(disclosure.drop_id, len(hashes), nulls, digest, key_id(self.key))
+
+    def mark_sent(self, drop_id: str, sent_at: dt.datetime) -> None:
+        """Record that a prepared drop was delivered; LedgerError if the drop is unknown."""
+        with writer(self.engine).begin() as conn:
+            done = conn.execute(
+                transfers.update()
+                .where(transfers.c.drop_id == drop_id)
+                .values(sent_at=_iso(sent_at))
+            )
+            if done.rowcount != 1:
+                raise LedgerError(f"no disclosure record for drop {drop_id}")
+
+    def discard(self, drop_id: str) -> int:
+        """Remove the record of a drop that was prepared but will never be sent.
+
+        Returns the subjects removed; LedgerError if the drop was sent (that record stays).
+        """
+        with writer(self.engine).begin() as conn:
+            row = conn.execute(
+                sa.select(transfers.c.id, transfers.c.sent_at, transfers.c.subjects).where(
+                    transfers.c.drop_id == drop_id
+                )
+            ).first()
+            if row is None:
+                return 0
+            if row.sent_at is not None:
+                raise LedgerError(f"drop {drop_id} was sent: its disclosure record stays")
+            conn.execute(disclosures.delete().where(disclosures.c.transfer_id == row.id))
+            conn.execute(transfers.delete().where(transfers.c.id == row.id))
+            return int(row.subjects)
+
+    # -- answering ------------------------------------------------------------------------------
+
+    def lookup(self, subject_id: str | int, *, include_unsent: bool = False) -> list[Disclosure]:
+        """Every transfer that carried this subject, oldest first: date, agreement, recipient,
+        purposes, legal basis and fields. Only delivered drops unless `include_unsent`."""
+        conditions = [
+            sa.and_(
+                disclosures.c.subject_hash == subject_hash(k, subject_id),
+                transfers.c.key_id == key_id(k),
+            )
+            for k in self.keys
+        ]
+        query = (
+            sa.select(transfers)
+            .join(disclosures, disclosures.c.transfer_id == transfers.c.id)
+            .where(sa.or_(*conditions))
+            .order_by(transfers.c.sent_at, transfers.c.id)
+        )
+        if not include_unsent:
+            query = query.where(transfers.c.sent_at.is_not(None))
+        with self.engine.connect() as conn:
+            return [Disclosure._from_row(row) for row in conn.execute(query)]
+
+    def transfer(self, drop_id: str) -> tuple[Disclosure, int, str] | None:
+        """A drop's facts, subject count and digest, if recorded."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(transfers).where(transfers.c.drop_id == drop_id)).first()
+        return (Disclosure._from_row(row), int(row.subjects), row.digest) if row else None
+
+    def verify_digest(self, drop_id: str, digest: str) -> bool:
+        """True when the drop's stored hashes still give `digest` (from its ledger entry).
+
+        Reads the whole table (the index serves lookups by subject, not by transfer).
+        """
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(transfers.c.id).where(transfers.c.drop_id == drop_id)
+            ).first()
+            if row is None:
+                return False
+            hashes = conn.execute(
+                sa.select(disclosures.c.subject_hash)
+                .where(disclosures.c.transfer_id == row.id)
+                .order_by(disclosures.c.subject_hash)
+            ).scalars()
+            sha = hashlib.sha256()
+            for value in hashes:
+                sha.update(bytes(value))
+        return hmac.compare_digest(sha.hexdigest(), digest)
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()
+
+
+def _insert_sqlite(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:
+    data = hashes.tobytes()
+    cursor = raw.cursor()
+    try:
+        for start in range(0, len(hashes), HASH_CHUNK):
+            end = min(start + HASH_CHUNK, len(hashes))
+            cursor.executemany(
+                "INSERT INTO disclosures (subject_hash, transfer_id) VALUES (?, ?)",
+                (
+                    (data[i * HASH_BYTES : (i + 1) * HASH_BYTES], transfer_id)
+                    for i in range(start, end)
+                ),
+            )
+    finally:
+        cursor.close()
+
+
+def _copy_postgres(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:
+    with raw.cursor() as cursor:
+        statement = "COPY disclosures (subject_hash, transfer_id) FROM STDIN (FORMAT BINARY)"
+        with cursor.copy(statement) as copy:
+            copy.write(_PG_SIGNATURE)
+            for start in range(0, len(hashes), HASH_CHUNK):
+                chunk = hashes[start : start + HASH_CHUNK]
+                rows = np.empty(len(chunk), dtype=_PG_ROW)
+                rows["fields"], rows["hash_len"], rows["id_len"] = 2, HASH_BYTES, 4
+                rows["hash"] = np.ascontiguousarray(chunk).view("V16").reshape(-1)
+                rows["id"] = transfer_id
+                copy.write(rows.tobytes())
+            copy.write(_PG_TRAILER)

@@ -1,0 +1,399 @@
+"""Delivery under faults, against a real OpenSSH sshd: retries, atomic placement, clean errors.
+
+Faults are real: the server is stopped mid-upload, the port refuses, the host key changes, a
+silent server times out, and the partner folder is a tiny or read-only tmpfs or immutable
+(mounting and chattr need root; those tests are skipped, saying why, where it is missing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from exchange.errors import ConnectionLost, HostKeyRejected, TransferError
+from exchange.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from exchange.sandbox import PartnerSftpServer
+from exchange.secrets import SftpConnection
+from exchange.transport import sftp as sftp_module
+from exchange.transport.retry import Attempt, backoff, with_retries
+from exchange.transport.sftp import POSIX_RENAME, SftpTransport, remove_expired
+
+pytestmark = pytest.mark.integration
+
+FOLDER = "inbox/attendance"
+MB = 1 << 20
+
+
+class Sleeps:
+    """A stand-in for time.sleep that records the waits (and can act during one)."""
+
+    def __init__(self, during=None) -> None:
+        self.waits: list[float] = []
+        self.during = during
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        if self.during is not None:
+            self.during()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[PartnerSftpServer]:
+    """A partner sshd on a fixed port, so that a restarted server is found at the same place."""
+    partner = PartnerSftpServer(tmp_path / "partner", port=free_port()).start()
+    (partner.root / FOLDER).mkdir(parents=True)
+    yield partner
+    partner.stop()
+
+
+def connection(server: PartnerSftpServer) -> SftpConnection:
+    return SftpConnection(
+        server.host, server.port, server.username, server.client_key_path, server.known_hosts_path
+    )
+
+
+def transport(server: PartnerSftpServer, **options) -> SftpTransport:
+    """A transport pinned to the server's key; waits are recorded, never slept."""
+    options.setdefault("sleep", Sleeps())
+    options.setdefault("rng", lambda: 0.5)
+    return SftpTransport(connection(server), [server.host_public_key], **options)
+
+
+def make_drop(root: Path, drop_id: str, payload_bytes: int) -> Path:
+    """A staged drop: random ciphertext-like payload, a manifest naming the drop, a signature."""
+    drop = root / "staging" / drop_id
+    drop.mkdir(parents=True)
+    with (drop / "data.csv.age").open("wb") as handle:
+        left = payload_bytes
+        while left:
+            step = min(left, 4 * MB)
+            handle.write(os.urandom(step))
+            left -= step
+    created = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    body = {"drop_id": drop_id, "created_at": created, "contract": {"id": "c"}}
+    (drop / MANIFEST_NAME).write_text(json.dumps(body))
+    (drop / SIGNATURE_NAME).write_text("c2lnbmF0dXJl\n")
+    return drop
+
+
+def inbox(server: PartnerSftpServer, folder: str = FOLDER) -> list[str]:
+    return sorted(p.name for p in (server.root / folder).iterdir())
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_same_files(drop: Path, landed: Path) -> None:
+    assert sorted(p.name for p in landed.iterdir()) == sorted(p.name for p in drop.iterdir())
+    for path in drop.iterdir():
+        assert digest(landed / path.name) == digest(path), path.name
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, options: str) -> Iterator[Path]:
+    """Mount a tmpfs at `path` for the block, or skip the test saying why it cannot be done."""
+    path.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {done.stderr}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], check=False).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+# -- retry policy (no server needed) -----------------------------------------------------------
+
+
+def test_backoff_is_full_jitter_under_an_exponential_cap() -> None:
+    assert [backoff(n, 2.0, 30.0, lambda: 1.0) for n in range(1, 6)] == [2, 4, 8, 16, 30]
+    assert [backoff(n, 2.0, 30.0, lambda: 0.25) for n in range(1, 4)] == [0.5, 1.0, 2.0]
+    assert backoff(3, 2.0, 30.0, lambda: 0.0) == 0.0
+
+
+def test_with_retries_retries_only_transient_faults_and_reports_every_attempt() -> None:
+    calls: list[int] = []
+    seen: list[Attempt] = []
+    sleeps = Sleeps()
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise ConnectionLost(f"drop d1: dropped after {len(calls)} MiB")
+        return "done"
+
+    result = with_retries(flaky, 5, 1.0, 10.0, sleeps, lambda: 0.5, on_attempt=seen.append)
+    assert result == "done"
+    assert sleeps.waits == [0.5, 1.0]
+    assert [(a.number, a.ok, a.error, a.retryable) for a in seen] == [
+        (1, False, "ConnectionLost", True),
+        (2, False, "ConnectionLost", True),
+        (3, True, None, False),
+    ]
+    assert seen[0].as_dict()["wait_seconds"] == 0.5
+
+    refused: list[Attempt] = []
+
+    def bad_key() -> None:
+        raise HostKeyRejected("host key of [h]:1 does not match")
+
+    with pytest.raises(HostKeyRejected):
+        with_retries(bad_key, 5, 1.0, 10.0, sleeps, lambda: 0.5, on_attempt=refused.append)
+    assert [(a.number, a.retryable, a.wait) for a in refused] == [(1, False, 0.0)]
+    assert sleeps.waits == [0.5, 1.0]  # no wait was added
+    with pytest.raises(ValueError, match="at least 1"):
+        with_retries(lambda: None, 0)
+
+
+# -- against the real sshd ----------------------------------------------------------------------
+
+
+def test_delivers_whole_with_posix_rename_and_one_attempt(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    drop = make_drop(tmp_path, "c-00000000000000a1", 3 * MB + 17)
+    done = transport(server).deliver(drop, FOLDER, drop.name)
+    assert done.rename == POSIX_RENAME
+    assert done.attempts == (Attempt(1, True),)
+    assert done.bytes == sum(p.stat().st_size for p in drop.iterdir())
+    assert inbox(server) == [drop.name]
+    landed = server.root / FOLDER / drop.name
+    assert_same_files(drop, landed)
+    assert landed.stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in landed.iterdir())
+    again = transport(server).deliver(drop, FOLDER, drop.name)
+    assert again.already_delivered and inbox(server) == [drop.name]
+
+
+def test_plain_rename_is_used_and_said_when_posix_rename_is_not_offered(
+    server: PartnerSftpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sftp_module, "POSIX_RENAME", "posix-rename@example.invalid")
+    drop = make_drop(tmp_path, "c-00000000000000a2", 100_000)
+    done = transport(server).deliver(drop, FOLDER, drop.name)
+    assert done.rename == "rename"
+    assert_same_files(drop, server.root / FOLDER / drop.name)
+
+
+def test_server_killed_mid_upload_is_retried_and_delivered_once(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    drop = make_drop(tmp_path, "c-00000000000000b1", 160 * MB)
+    partial = server.root / FOLDER / f".{drop.name}.partial" / "data.csv.age"
+    killed = threading.Event()
+    left_behind: list[list[str]] = []
+
+    def kill_when_half_sent() -> None:
+        while not killed.is_set():
+            if partial.exists() and partial.stat().st_size > 16 * MB:
+                server.stop()  # sshd and its SFTP session die with the upload in flight
+                killed.set()
+            killed.wait(0.002)
+
+    def restart() -> None:
+        assert killed.wait(30), "the upload finished before the server could be stopped"
+        left_behind.append(inbox(server))
+        server.start()
+
+    watcher = threading.Thread(target=kill_when_half_sent, daemon=True)
+    watcher.start()
+    sleeps = Sleeps(during=restart)
+    try:
+        done = transport(server, sleep=sleeps, backoff_base=1.0).deliver(drop, FOLDER, drop.name)
+    finally:
+        killed.set()
+        watcher.join()
+    assert left_behind == [[f".{drop.name}.partial"]]  # the killed attempt left a partial folder
+    assert [(a.number, a.ok, a.error, a.retryable) for a in done.attempts] == [
+        (1, False, "ConnectionLost", True),
+        (2, True, None, False),
+    ]
+    assert drop.name in (done.attempts[0].message or "")
+    assert sleeps.waits == [0.5]
+    assert not done.already_delivered
+    assert inbox(server) == [drop.name]  # once, and no partial under any name
+    assert_same_files(drop, server.root / FOLDER / drop.name)
+
+
+def test_connection_refused_is_retried_then_fails_listing_every_attempt(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    drop = make_drop(tmp_path, "c-00000000000000c1", 1000)
+    server.stop()
+    seen: list[Attempt] = []
+    sleeps = Sleeps()
+    mover = transport(
+        server, attempts=3, backoff_base=1.0, backoff_cap=1.5, sleep=sleeps, rng=lambda: 1.0
+    )
+    with pytest.raises(ConnectionLost, match="cannot reach"):
+        mover.deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
+    assert sleeps.waits == [1.0, 1.5]
+    assert [(a.number, a.ok, a.retryable, a.wait) for a in seen] == [
+        (1, False, True, 1.0),
+        (2, False, True, 1.5),
+        (3, False, True, 0.0),
+    ]
+    assert all("cannot reach" in (a.message or "") for a in seen)
+
+
+def test_silent_server_times_out_and_is_retried(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        conn = SftpConnection("127.0.0.1", port, "nobody", tmp_path / "no-key")
+        seen: list[Attempt] = []
+        mover = SftpTransport(
+            conn, ["ssh-ed25519 AAAA"], timeout=0.3, attempts=2, sleep=Sleeps(), rng=lambda: 0
+        )
+        drop = make_drop(tmp_path, "c-00000000000000c2", 10)
+        with pytest.raises(ConnectionLost, match="handshake"):
+            mover.deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
+    assert [(a.ok, a.retryable) for a in seen] == [(False, True), (False, True)]
+
+
+def test_changed_host_key_is_refused_at_once_and_not_retried(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    pinned = server.host_public_key
+    server.stop()
+    server.rotate_host_key()
+    server.start()
+    drop = make_drop(tmp_path, "c-00000000000000d1", 1000)
+    seen: list[Attempt] = []
+    sleeps = Sleeps()
+    mover = SftpTransport(connection(server), [pinned], sleep=sleeps)
+    with pytest.raises(HostKeyRejected, match="does not match the contract's pinned key"):
+        mover.deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
+    assert [(a.number, a.error, a.retryable) for a in seen] == [(1, "HostKeyRejected", False)]
+    assert sleeps.waits == []
+    assert inbox(server) == []
+
+
+def test_refused_login_is_not_retried(server: PartnerSftpServer, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(stranger)], check=True)
+    conn = SftpConnection(server.host, server.port, server.username, stranger)
+    seen: list[Attempt] = []
+    mover = SftpTransport(conn, [server.host_public_key], sleep=Sleeps())
+    drop = make_drop(tmp_path, "c-00000000000000d2", 10)
+    with pytest.raises(TransferError, match="was refused") as caught:
+        mover.deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
+    assert not isinstance(caught.value, ConnectionLost)
+    assert len(seen) == 1 and not seen[0].retryable
+
+
+def test_full_disk_is_a_clear_error_and_leaves_nothing_behind(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    with tmpfs(server.root / "inbox" / "small", "size=2m,mode=0755"):
+        drop = make_drop(tmp_path, "c-00000000000000e1", 6 * MB)
+        seen: list[Attempt] = []
+        with pytest.raises(TransferError, match="disk may be full") as caught:
+            transport(server).deliver(drop, "inbox/small", drop.name, on_attempt=seen.append)
+        message = str(caught.value)
+        assert "partial upload was removed" in message
+        assert "arrived with" not in message  # found by the write replies, not the size check
+        assert not isinstance(caught.value, ConnectionLost)
+        assert len(seen) == 1
+        assert inbox(server, "inbox/small") == []
+
+
+def test_read_only_folder_is_a_clear_error_and_not_retried(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    # Root ignores permission bits, and sshd runs as root here: a read-only mount binds anyone.
+    with tmpfs(server.root / "inbox" / "frozen", "ro,size=1m"):
+        drop = make_drop(tmp_path, "c-00000000000000e2", 1000)
+        seen: list[Attempt] = []
+        with pytest.raises(TransferError, match="read-only") as caught:
+            transport(server).deliver(drop, "inbox/frozen", drop.name, on_attempt=seen.append)
+        assert not isinstance(caught.value, ConnectionLost)
+        assert len(seen) == 1
+        assert inbox(server, "inbox/frozen") == []
+
+
+@contextlib.contextmanager
+def immutable(path: Path) -> Iterator[Path]:
+    """Make a folder immutable (chattr +i binds root too), or skip saying why it cannot be."""
+    done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        pytest.skip(f"cannot make a folder immutable here (needs root on ext4/xfs): {done.stderr}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_folder_the_server_may_not_write_is_permission_denied_and_not_retried(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    # chmod 0555 would not bind sshd running as root; an immutable folder does (EPERM).
+    with immutable(server.root / FOLDER):
+        drop = make_drop(tmp_path, "c-00000000000000e4", 1000)
+        seen: list[Attempt] = []
+        with pytest.raises(TransferError, match="permission denied in inbox/attendance"):
+            transport(server).deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
+        assert [(a.error, a.retryable) for a in seen] == [("TransferError", False)]
+        assert inbox(server) == []
+
+
+def test_missing_partner_folder_is_not_created(server: PartnerSftpServer, tmp_path: Path) -> None:
+    drop = make_drop(tmp_path, "c-00000000000000e3", 10)
+    with pytest.raises(TransferError, match="does not exist"):
+        transport(server).deliver(drop, "inbox/typo", drop.name)
+    assert not (server.root / "inbox" / "typo").exists()
+
+
+def test_remove_expired_deletes_only_old_drops_of_ours(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    folder = server.root / FOLDER
+    now = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
+
+    def drop_made(name: str, days_ago: int, contract: str = "c") -> None:
+        (folder / name).mkdir()
+        made = (now - dt.timedelta(days=days_ago)).isoformat(timespec="seconds")
+        body = {"drop_id": name, "created_at": made, "contract": {"id": contract}}
+        (folder / name / MANIFEST_NAME).write_text(json.dumps(body))
+        (folder / name / "data.csv.age").write_bytes(b"x" * 10)
+
+    drop_made("c-0000000000000001", 40)
+    drop_made("c-0000000000000002", 10)
+    drop_made("other-0000000000000003", 40, contract="other")
+    (folder / "not-a-drop").mkdir()
+    stale = folder / ".c-0000000000000004.partial"
+    stale.mkdir()
+    (stale / "data.csv.age").write_bytes(b"y")
+    old = (now - dt.timedelta(days=40)).timestamp()
+    os.utime(stale, (old, old))
+
+    with transport(server).session() as sftp:
+        removed = remove_expired(sftp, FOLDER, now - dt.timedelta(days=30), contract_id="c")
+    assert removed == [".c-0000000000000004.partial", "c-0000000000000001"]
+    assert inbox(server) == ["c-0000000000000002", "not-a-drop", "other-0000000000000003"]
+    with pytest.raises(ValueError, match="time zone"):
+        remove_expired(None, FOLDER, dt.datetime(2026, 1, 1))  # type: ignore[arg-type]
