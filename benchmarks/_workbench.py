@@ -74,7 +74,8 @@ def workbench(root: Path | None = None) -> Bench:
                     }
                 },
                 "secrets": {
-                    "early-help-pseudonym-key": base64.b64encode(secrets.token_bytes(32)).decode()
+                    "early-help-pseudonym-key": base64.b64encode(secrets.token_bytes(32)).decode(),
+                    "disclosure-key": base64.b64encode(secrets.token_bytes(32)).decode(),
                 },
             }
         )

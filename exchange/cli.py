@@ -7,6 +7,7 @@ Exit codes: 0 done; 1 unexpected failure; 2 bad input (contract, source, usage);
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import os
@@ -27,9 +28,13 @@ from exchange.errors import (
     SourceError,
     TransferError,
 )
+from exchange.settings import Settings
 
 if TYPE_CHECKING:
-    pass
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+        Ed25519PrivateKey,
+        Ed25519PublicKey,
+    )
 
 OK, FAILED, BAD_INPUT, REFUSED, DELIVERY_FAILED, NOT_VERIFIED = 0, 1, 2, 3, 4, 5
 
@@ -75,7 +80,7 @@ def _passphrase(args: argparse.Namespace, *, confirm: bool = False) -> bytes | N
     return None
 
 
-def _officer_key(args: argparse.Namespace):
+def _officer_key(args: argparse.Namespace) -> Ed25519PrivateKey:
     from exchange.crypto.signing import load_private_key
 
     passphrase = _passphrase(args)
@@ -241,18 +246,91 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     from exchange.audit import Ledger
     from exchange.settings import Settings
 
-    url = args.url or Settings.from_env().audit_url
-    ledger = Ledger(url, create=False)
-    result = ledger.verify()
+    settings = Settings.from_env()
+    ledger = Ledger(args.url or settings.audit_url, create=False)
+    public = _gateway_public_key(args, settings)
+    result = ledger.verify(args.from_seq, args.to_seq, public_key=public)
     if not result.ok:
         from exchange.incidents import Incident, notifiers_from_env, raise_incident
 
-        summary = f"entry {result.broken_at}: {result.reason}"
         if args.record_incident:
-            raise_incident(ledger, Incident("ledger-broken", summary), notifiers_from_env())
-        _error("ledger broken", summary)
+            incident = Incident("ledger-broken", result.message)
+            raise_incident(ledger, incident, notifiers_from_env())
+        _error("ledger broken", result.message)
         return NOT_VERIFIED
-    _say(f"OK: {result.entries} entries verified; head {result.head}")
+    _say(f"OK: {result.message}")
+    return OK
+
+
+def _gateway_public_key(args: argparse.Namespace, settings: Settings) -> Ed25519PublicKey | None:
+    """The gateway's public key: --public-key, else the one beside the signing key, if any."""
+    from exchange.crypto.signing import load_public_key
+
+    path = args.public_key or Path(f"{settings.signing_key}.pub")
+    return load_public_key(path) if args.public_key or path.exists() else None
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    """Sign a checkpoint of the ledger's current head and print it."""
+    from exchange.audit import Ledger
+    from exchange.crypto.signing import key_id, load_private_key
+
+    settings = Settings.from_env()
+    key = load_private_key(settings.signing_key)
+    origin = settings.log_origin or f"exchange-gateway/{key_id(key.public_key())[8:]}"
+    sys.stdout.write(Ledger(settings.audit_url, create=False).checkpoint(key, origin).note)
+    return OK
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    """Write a self-contained, verifiable copy of the ledger."""
+    from exchange.audit import Ledger
+    from exchange.crypto.signing import key_id, load_private_key
+
+    settings = Settings.from_env()
+    key = load_private_key(settings.signing_key)
+    ledger = Ledger(settings.audit_url, create=False)
+    origin = settings.log_origin or f"exchange-gateway/{key_id(key.public_key())[8:]}"
+    ledger.checkpoint(key, origin)  # the export ends at a signed head
+    path = ledger.export(args.out, Path(f"{settings.signing_key}.pub").read_text())
+    _say(
+        f"exported the ledger to {path} (0600); verify it with: exchange audit verify-export "
+        f"{path} --public-key GATEWAY.pub"
+    )
+    return OK
+
+
+def cmd_audit_verify_export(args: argparse.Namespace) -> int:
+    """Verify an exported ledger offline, with only the gateway's public key."""
+    from exchange.audit import verify_export
+
+    held = [p.read_text() for p in args.held or []]
+    result = verify_export(args.export, args.public_key, held=held)
+    if not result.ok:
+        _error("export broken", result.message)
+        return NOT_VERIFIED
+    _say(f"OK: {result.message}")
+    return OK
+
+
+def cmd_audit_subject(args: argparse.Namespace) -> int:
+    """Every disclosure about one person: when, which agreement, to whom, why, which fields."""
+    from exchange.gateway import Gateway
+
+    found = Gateway(Settings.from_env()).disclosures().lookup(args.subject)
+    if args.format == "json":
+        rows = [dataclasses.asdict(d) for d in found]
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return OK
+    if not found:
+        _say("no recorded disclosure about this subject")
+    for d in found:
+        when = d.sent_at.isoformat(timespec="seconds") if d.sent_at else "not delivered"
+        _say(
+            f"{when}  {d.contract_id} {d.contract_version} -> {d.recipient}; purposes: "
+            f"{', '.join(d.purposes)}; basis: {d.legal_basis}; fields: {', '.join(d.fields)}; "
+            f"drop {d.drop_id}"
+        )
     return OK
 
 
@@ -385,6 +463,11 @@ def parser() -> argparse.ArgumentParser:
     )
     verify = audit.add_parser("verify", help="recompute the hash chain")
     verify.add_argument("--url", help="ledger URL (default: EXCHANGE_AUDIT_URL)")
+    verify.add_argument("--from", dest="from_seq", type=int, help="first entry to check")
+    verify.add_argument("--to", dest="to_seq", type=int, help="last entry to check")
+    verify.add_argument(
+        "--public-key", type=Path, help="the gateway's public key (checks checkpoint signatures)"
+    )
     verify.add_argument(
         "--record-incident",
         action="store_true",
@@ -400,6 +483,26 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="file to write (default: standard output)")
     report.add_argument("--url", help="ledger URL (default: EXCHANGE_AUDIT_URL)")
     report.set_defaults(func=cmd_audit_report)
+
+    checkpoint = audit.add_parser("checkpoint", help="sign and print the ledger's head")
+    checkpoint.set_defaults(func=cmd_audit_checkpoint)
+
+    export = audit.add_parser("export", help="a self-contained copy an auditor verifies offline")
+    export.add_argument("out", type=Path)
+    export.set_defaults(func=cmd_audit_export)
+
+    offline = audit.add_parser("verify-export", help="verify an exported ledger, offline")
+    offline.add_argument("export", type=Path)
+    offline.add_argument("--public-key", type=Path, required=True, help="the gateway's key")
+    offline.add_argument(
+        "--held", type=Path, nargs="*", help="checkpoint notes kept by partners or auditors"
+    )
+    offline.set_defaults(func=cmd_audit_verify_export)
+
+    subject = audit.add_parser("subject", help="who received data about this person, and why")
+    subject.add_argument("subject", help="the person's id in the source (the subject key)")
+    subject.add_argument("--format", choices=("text", "json"), default="text")
+    subject.set_defaults(func=cmd_audit_subject)
 
     keys = sub.add_parser("keys", help="key pairs").add_subparsers(dest="action", required=True)
     gen = keys.add_parser("generate", help="generate a key pair")

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange import guard, manifest, payload, transforms
 from exchange.approval import check_runnable
-from exchange.audit import Ledger
+from exchange.audit import Disclosure, Disclosures, Ledger
 from exchange.contract import Contract, load_contract
 from exchange.crypto import age, signing
 from exchange.crypto.streams import HashingWriter
@@ -41,6 +42,7 @@ from exchange.secrets import LocalSecrets, SecretMissing, SecretStore, SftpConne
 from exchange.settings import Settings
 from exchange.sources import Source, check_columns, open_source
 from exchange.transport import Delivery, SftpTransport, Transport
+from exchange.transport.retry import Attempt
 from exchange.types import arrow_type
 
 
@@ -83,6 +85,9 @@ class RunResult:
     objections_overridden: int = 0
 
 
+DISCLOSURE_KEY = "disclosure-key"  # the secret that keys the disclosure ledger's subject hashes
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -118,6 +123,7 @@ class Gateway:
         notifiers: Sequence[Notifier] | None = None,
     ) -> None:
         self.settings = settings
+        self._disclosures: Disclosures | None = None
         self.notifiers = list(notifiers_from_env() if notifiers is None else notifiers)
         private_dir(settings.home)
         self.secrets = secrets or LocalSecrets(settings.secrets_file)
@@ -213,6 +219,7 @@ class Gateway:
             return self._prepare(contract, source, run_id, drop_id, staging, started)
         except ExchangeError as exc:
             shutil.rmtree(staging, ignore_errors=True)
+            self._discard_disclosures(drop_id)
             if isinstance(exc, QualityFailed):
                 self._quarantine_report(contract, run_id, drop_id, exc)
             self._refused(contract, run_id, exc, stage="prepare")
@@ -228,6 +235,7 @@ class Gateway:
         started: dt.datetime,
     ) -> Prepared:
         signing_key = signing.load_private_key(self.settings.signing_key)  # fail before the work
+        disclosures = self.disclosures()
         source = self.resolve_source(contract, source_arg)
         types = source_types(contract)
         unread = check_columns(source, list(types))
@@ -239,7 +247,8 @@ class Gateway:
                     f"secret {contract.pseudonymisation_key!r} is shorter than "
                     f"{transforms.MIN_KEY_BYTES} bytes: generate a new random key"
                 )
-        minimise = Minimiser(contract, pseudonym_key=key)
+        minimise = Minimiser(contract, pseudonym_key=key, today=started.date())
+        subjects: list[pa.Array] = []
         quality = QualityGate(contract)
         schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])
         fmt = contract.endpoint.format
@@ -248,6 +257,7 @@ class Gateway:
             for batch in source.batches(types):
                 out = minimise(batch)
                 guard.check(out.schema, contract)  # before anything is encoded or written
+                subjects.append(minimise.last_subjects)
                 yield from quality.add(out.cast(schema))
             yield from quality.finish()
 
@@ -258,7 +268,22 @@ class Gateway:
                 payload.encode(validated(), fmt, schema), sink, contract.recipient_keys
             )
         tally = minimise.tally
+        recorded = disclosures.record(
+            Disclosure(
+                drop_id,
+                contract.id,
+                contract.version,
+                contract.recipient.organisation,
+                contract.purposes,
+                contract.legal_basis.summary(),
+                contract.field_names,
+                sent_at=None,
+                run_id=run_id,
+            ),
+            subjects,
+        )
         head_seq, head_hash = self.ledger.head()
+        checkpoint = self.ledger.checkpoint(signing_key, self._origin(signing_key))
         body = {
             "manifest_version": manifest.MANIFEST_VERSION,
             "drop_id": drop_id,
@@ -289,7 +314,7 @@ class Gateway:
                 recipients=contract.recipient_keys,
             ).as_dict(),
             "sender": {"key_id": signing.key_id(signing_key.public_key())},
-            "ledger": {"seq": head_seq, "hash": head_hash},
+            "ledger": {"seq": head_seq, "hash": head_hash, "checkpoint": checkpoint.note},
         }
         document = manifest.to_bytes(body)
         write_private(staging / manifest.MANIFEST_NAME, document)
@@ -313,6 +338,7 @@ class Gateway:
                 "source": source.name,
                 "source_columns_not_read": unread,
                 "rows": body["rows"],
+                "disclosures": recorded.as_dict(),
                 "validation": {"outcome": "passed", "rules": len(quality.rules)},
                 "payload": {"sha256": sink.sha256, "size": sink.size, "format": fmt},
                 "manifest_sha256": hashlib.sha256(document).hexdigest(),
@@ -334,10 +360,24 @@ class Gateway:
             "recipient": contract.recipient.organisation,
             "server": contract.endpoint.server,
         }
+        attempts: list[Attempt] = []
+
+        def attempted(attempt: Attempt) -> None:
+            attempts.append(attempt)
+            if not attempt.ok:
+                self.ledger.append(
+                    "transfer.attempt",
+                    {**base, **attempt.as_dict()},
+                    run_id=prepared.run_id,
+                    contract_id=contract.id,
+                )
+
         try:
             connection = self.secrets.sftp_connection(contract.endpoint.connection)
             transport = self.transport_for(connection, contract.endpoint.host_keys)
-            delivery = transport.deliver(staging, contract.endpoint.folder, prepared.drop_id)
+            delivery = transport.deliver(
+                staging, contract.endpoint.folder, prepared.drop_id, on_attempt=attempted
+            )
         except ExchangeError as exc:
             self.ledger.append(
                 "transfer.failed",
@@ -348,16 +388,19 @@ class Gateway:
                     "message": str(exc),
                     "retryable": isinstance(exc, Retryable),
                     "security_event": isinstance(exc, HostKeyRejected),
+                    "attempts": len(attempts),
                 },
                 run_id=prepared.run_id,
                 contract_id=contract.id,
             )
             if isinstance(exc, HostKeyRejected):
                 self._incident("host-key-changed", str(exc), contract.id, prepared.run_id)
-            elif not isinstance(exc, Retryable):  # a transient fault is retried first
+            else:  # transient faults were retried by the transport before this
                 self._incident("delivery-failed", str(exc), contract.id, prepared.run_id)
             raise
         shutil.rmtree(staging, ignore_errors=True)  # the ciphertext has arrived: purge it
+        finished = self.clock()
+        self.disclosures().mark_sent(prepared.drop_id, finished)
         self.ledger.append(
             "transfer.sent",
             {
@@ -375,9 +418,11 @@ class Gateway:
                 "remote_path": delivery.remote_path,
                 "bytes": delivery.bytes,
                 "already_delivered": delivery.already_delivered,
+                "attempts": len(delivery.attempts) or len(attempts),
+                "rename": delivery.rename,
                 "outcome": "sent",
                 "started_at": started.isoformat(timespec="seconds"),
-                "finished_at": self.clock().isoformat(timespec="seconds"),
+                "finished_at": finished.isoformat(timespec="seconds"),
             },
             run_id=prepared.run_id,
             contract_id=contract.id,
@@ -416,6 +461,26 @@ class Gateway:
             delivery.remote_path,
             delivery.already_delivered,
             prepared.objections_overridden,
+        )
+
+    # -- the disclosure ledger and checkpoints ---------------------------------------------
+
+    def disclosures(self) -> Disclosures:
+        """The disclosure ledger, keyed by the `disclosure-key` secret."""
+        if self._disclosures is None:
+            key = self.secrets.secret(DISCLOSURE_KEY)
+            if len(key) < transforms.MIN_KEY_BYTES:
+                raise SecretMissing(f"secret {DISCLOSURE_KEY!r} is shorter than 32 bytes")
+            self._disclosures = Disclosures(self.settings.audit_url, key)
+        return self._disclosures
+
+    def _discard_disclosures(self, drop_id: str) -> None:
+        if self._disclosures is not None:
+            self._disclosures.discard(drop_id)
+
+    def _origin(self, key: Ed25519PrivateKey) -> str:
+        return (
+            self.settings.log_origin or f"exchange-gateway/{signing.key_id(key.public_key())[8:]}"
         )
 
     # -- helpers ------------------------------------------------------------------------------

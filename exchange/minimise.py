@@ -109,6 +109,8 @@ class Minimiser:
             batch = batch.filter(rule)  # a null result drops the row
             if batch.num_rows != before:
                 self.tally.excluded[reason] += before - batch.num_rows
+        # The people whose rows go out, by their source id (for the disclosure ledger).
+        self.last_subjects = batch.column(self.contract.subject_key.source)
         arrays = []
         for name, source, apply in self._fields:
             try:

@@ -17,6 +17,7 @@ class Settings:
     EXCHANGE_SIGNING_KEY   the gateway's Ed25519 private key; EXCHANGE_HOME/keys/gateway.key
     EXCHANGE_SECRETS       a 0600 JSON file of connections and secrets (see exchange.secrets)
     EXCHANGE_SOURCE_DIR    where a contract's source file is found by its physicalName
+    EXCHANGE_LOG_ORIGIN    the name of the audit log in signed checkpoints; from the key id
     """
 
     home: Path
@@ -24,6 +25,7 @@ class Settings:
     signing_key: Path
     secrets_file: Path | None
     source_dir: Path | None
+    log_origin: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -38,6 +40,7 @@ class Settings:
             signing_key=Path(env.get("EXCHANGE_SIGNING_KEY") or home / "keys" / "gateway.key"),
             secrets_file=Path(secrets) if secrets else None,
             source_dir=Path(sources) if sources else None,
+            log_origin=env.get("EXCHANGE_LOG_ORIGIN") or None,
         )
 
     @property

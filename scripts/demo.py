@@ -67,8 +67,10 @@ def main() -> None:
     key_pair("signing", gateway_home / "keys" / "gateway.key")
     partner_recipient = key_pair("age", partner_keys / "early-help.age")
     pseudonym_file = gateway_home / "keys" / "pseudonym.key"
-    if not pseudonym_file.exists():
-        write_private(pseudonym_file, base64.b64encode(secrets.token_bytes(32)))
+    disclosure_file = gateway_home / "keys" / "disclosure.key"
+    for secret_file in (pseudonym_file, disclosure_file):
+        if not secret_file.exists():
+            write_private(secret_file, base64.b64encode(secrets.token_bytes(32)))
     print(f"   partner's age public key: {partner_recipient}")
 
     step(f"Writing {ROWS:,} rows of synthetic source data (16 columns)")
@@ -202,6 +204,8 @@ def demo_env(
         AIRFLOW__CORE__DAGS_FOLDER=str(REPO / "dags"),
         AIRFLOW_CONN_EARLY_HELP_SFTP=json.dumps(connection),
         AIRFLOW_VAR_EARLY_HELP_PSEUDONYM_KEY=pseudonym.read_text().strip(),
+        AIRFLOW_VAR_DISCLOSURE_KEY=(home / "keys" / "disclosure.key").read_text().strip(),
+        EXCHANGE_SECRET_DISCLOSURE_KEY=(home / "keys" / "disclosure.key").read_text().strip(),
         EXCHANGE_HOME=str(home),
         EXCHANGE_CONTRACTS=str(contracts),
         EXCHANGE_SOURCE_DIR=str(sources),

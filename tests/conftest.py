@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "contracts" / "school-attendance-to-early-help.yaml"
 FOLDER = "inbox/attendance"
 PSEUDONYM_KEY = bytes(range(32))  # a fixed test key: pseudonyms are then known answers
+DISCLOSURE_KEY = bytes(range(32, 64))
 
 
 Edit = Callable[[dict[str, Any]], None]
@@ -115,7 +116,12 @@ def workspace(tmp_path: Path) -> Workspace:
     secrets_file = tmp_path / "secrets.json"
     secrets_file.write_text(
         json.dumps(
-            {"secrets": {"early-help-pseudonym-key": base64.b64encode(PSEUDONYM_KEY).decode()}}
+            {
+                "secrets": {
+                    "early-help-pseudonym-key": base64.b64encode(PSEUDONYM_KEY).decode(),
+                    "disclosure-key": base64.b64encode(DISCLOSURE_KEY).decode(),
+                }
+            }
         )
     )
     secrets_file.chmod(0o600)

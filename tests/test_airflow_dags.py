@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from conftest import (
+    DISCLOSURE_KEY,
     FOLDER,
     PSEUDONYM_KEY,
     Workspace,
@@ -58,6 +59,7 @@ def airflow_env(
     monkeypatch.setenv(
         "AIRFLOW_VAR_EARLY_HELP_PSEUDONYM_KEY", base64.b64encode(PSEUDONYM_KEY).decode()
     )
+    monkeypatch.setenv("AIRFLOW_VAR_DISCLOSURE_KEY", base64.b64encode(DISCLOSURE_KEY).decode())
     workspace.source(1000)  # found by the contract's physicalName in EXCHANGE_SOURCE_DIR
     yield workspace
 

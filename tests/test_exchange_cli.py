@@ -447,3 +447,50 @@ def test_parquet_source_to_parquet_payload(
     )
     assert received.returncode == 0, received.stderr
     assert pq.read_table(tmp_path / "in" / f"{drop.name}.parquet").equals(got)
+
+
+def test_who_received_data_about_this_person(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    source = workspace.source(400)
+    assert (
+        exchange(workspace, "run", str(workspace.contract), "--source", str(source)).returncode == 0
+    )
+    raw = pd.read_csv(source, dtype=str, keep_default_na=False)
+    sent = raw[raw["objection"] == "false"]["person_id"].iloc[0]
+    withheld = raw[raw["objection"] == "true"]["person_id"].iloc[0]
+    found = exchange(workspace, "audit", "subject", sent, "--format", "json")
+    assert found.returncode == 0, found.stderr
+    (disclosure,) = json.loads(found.stdout)
+    assert disclosure["contract_id"] == "school-attendance-to-early-help"
+    assert disclosure["recipient"] == "Anyshire County Council"
+    assert "safeguarding" in disclosure["purposes"] and disclosure["sent_at"]
+    assert "person_ref" in disclosure["fields"]
+    nothing = exchange(workspace, "audit", "subject", withheld)
+    assert "no recorded disclosure" in nothing.stdout
+    # The subject id is never stored in clear.
+    assert sent.encode() not in (workspace.settings.home / "audit.db").read_bytes()
+
+
+def test_an_auditor_verifies_an_export_offline(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    source = workspace.source(200)
+    assert (
+        exchange(workspace, "run", str(workspace.contract), "--source", str(source)).returncode == 0
+    )
+    manifest = json.loads((the_drop(partner) / "manifest.json").read_text())
+    assert manifest["ledger"]["checkpoint"].splitlines()[1].isdigit()
+    export = tmp_path / "ledger.jsonl"
+    assert exchange(workspace, "audit", "export", str(export)).returncode == 0
+    assert export.stat().st_mode & 0o777 == 0o600
+    ok = exchange(
+        workspace, "audit", "verify-export", str(export), "--public-key", str(workspace.sender_key)
+    )
+    assert ok.returncode == 0 and ok.stdout.startswith("OK:"), ok.stderr
+    lines = export.read_text().splitlines()
+    export.write_text("\n".join(lines[:-1]) + "\n")  # the newest entry deleted
+    broken = exchange(
+        workspace, "audit", "verify-export", str(export), "--public-key", str(workspace.sender_key)
+    )
+    assert broken.returncode == cli.NOT_VERIFIED
