@@ -233,7 +233,28 @@ def cmd_receive(args: argparse.Namespace) -> int:
     """Verify and decrypt a drop (partner side)."""
     from exchange.receive import receive
 
-    got = receive(args.drop, identity=args.identity, sender_key=args.sender_key, out_dir=args.out)
+    outbox = None
+    if args.ack_connection:
+        if not (args.ack_folder and args.ack_key):
+            raise CryptoError("--ack-connection needs --ack-folder and --ack-key")
+        from exchange.acks import AckOutbox
+        from exchange.secrets import LocalSecrets
+        from exchange.transport import SftpTransport
+
+        connection = LocalSecrets(Settings.from_env().secrets_file).sftp_connection(
+            args.ack_connection
+        )
+        outbox = AckOutbox(SftpTransport(connection), args.ack_folder)
+    got = receive(
+        args.drop,
+        identity=args.identity,
+        sender_key=args.sender_key,
+        out_dir=args.out,
+        ack_key=args.ack_key,
+        ack_key_passphrase=_passphrase(args) if args.ack_key else None,
+        ack_outbox=outbox,
+        again=args.again,
+    )
     _say(
         f"drop {got.drop_id} verified (signature, checksum, {got.rows} rows) under contract "
         f"{got.contract_id}; data written to {got.output}"
@@ -359,6 +380,16 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_acks_collect(args: argparse.Namespace) -> int:
+    """Collect the partner's signed acknowledgements; flag drops past their deadline."""
+    from exchange.contract import load_contract
+    from exchange.gateway import Gateway
+
+    received, overdue = Gateway(Settings.from_env()).collect_acks(load_contract(args.contract))
+    _say(f"{received} acknowledgement(s) recorded; {overdue} drop(s) overdue")
+    return REFUSED if overdue else OK
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     """Generate a key pair."""
     from exchange.keys import generate
@@ -456,6 +487,11 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument("--identity", type=Path, required=True, help="your age identity file")
     rec.add_argument("--sender-key", type=Path, required=True, help="the sender's public key")
     rec.add_argument("--out", type=Path, default=Path("."), help="folder for the data")
+    rec.add_argument("--ack-key", type=Path, help="your Ed25519 key: sign an acknowledgement")
+    rec.add_argument("--ack-connection", help="connection to upload the acknowledgement over")
+    rec.add_argument("--ack-folder", help="the agreed acknowledgement folder on that server")
+    rec.add_argument("--again", action="store_true", help="accept a drop received before")
+    _passphrase_options(rec)
     rec.set_defaults(func=cmd_receive)
 
     audit = sub.add_parser("audit", help="the audit ledger").add_subparsers(
@@ -503,6 +539,13 @@ def parser() -> argparse.ArgumentParser:
     subject.add_argument("subject", help="the person's id in the source (the subject key)")
     subject.add_argument("--format", choices=("text", "json"), default="text")
     subject.set_defaults(func=cmd_audit_subject)
+
+    acks = sub.add_parser("acks", help="partners' acknowledgements").add_subparsers(
+        dest="action", required=True
+    )
+    collect = acks.add_parser("collect", help="record signed acks; flag overdue drops")
+    collect.add_argument("contract", type=Path)
+    collect.set_defaults(func=cmd_acks_collect)
 
     keys = sub.add_parser("keys", help="key pairs").add_subparsers(dest="action", required=True)
     gen = keys.add_parser("generate", help="generate a key pair")

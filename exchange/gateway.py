@@ -17,8 +17,10 @@ from typing import Any
 
 import pyarrow as pa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from exchange import guard, manifest, payload, transforms
+from exchange.acks import RejectedAck, collect_acks
 from exchange.approval import check_runnable
 from exchange.audit import Disclosure, Disclosures, Ledger
 from exchange.contract import Contract, load_contract
@@ -398,6 +400,9 @@ class Gateway:
             else:  # transient faults were retried by the transport before this
                 self._incident("delivery-failed", str(exc), contract.id, prepared.run_id)
             raise
+        manifest_sha256 = hashlib.sha256(
+            (staging / manifest.MANIFEST_NAME).read_bytes()
+        ).hexdigest()
         shutil.rmtree(staging, ignore_errors=True)  # the ciphertext has arrived: purge it
         finished = self.clock()
         self.disclosures().mark_sent(prepared.drop_id, finished)
@@ -415,6 +420,7 @@ class Gateway:
                 },
                 "validation": "passed",
                 "payload_sha256": prepared.payload_sha256,
+                "manifest_sha256": manifest_sha256,
                 "remote_path": delivery.remote_path,
                 "bytes": delivery.bytes,
                 "already_delivered": delivery.already_delivered,
@@ -462,6 +468,84 @@ class Gateway:
             delivery.already_delivered,
             prepared.objections_overridden,
         )
+
+    # -- acknowledgements ---------------------------------------------------------------------
+
+    def collect_acks(self, contract: Contract) -> tuple[int, int]:
+        """Record the partner's signed acknowledgements of this contract's drops, and raise an
+        incident for each drop not acknowledged by the deadline. Returns (received, overdue)."""
+        terms = contract.acknowledgements
+        if not terms:
+            raise NotRunnable(f"contract {contract.id} names no acknowledgements folder")
+        sent, acked, overdue_noted = {}, set(), set()
+        for entry in self.ledger.entries():
+            if entry.contract_id != contract.id:
+                continue
+            if entry.event == "transfer.sent" and "manifest_sha256" in entry.data:
+                sent[entry.data["drop_id"]] = (entry.data["manifest_sha256"], entry)
+            elif entry.event == "ack.received":
+                acked.add(entry.data["drop_id"])
+            elif entry.event == "ack.overdue":
+                overdue_noted.add(entry.data["drop_id"])
+        waiting = {d: sha for d, (sha, _) in sent.items() if d not in acked}
+        keys = [load_ssh_public_key(line.encode()) for line in terms["partnerKeys"]]
+        connection = self.secrets.sftp_connection(contract.endpoint.connection)
+        transport = self.transport_for(connection, contract.endpoint.host_keys)
+
+        def rejected(ack: RejectedAck) -> None:
+            self.ledger.append(
+                "ack.rejected",
+                {
+                    "file": ack.name,
+                    "reason": ack.reason,
+                    "key_id": ack.key_id,
+                    "security_event": True,
+                },
+                contract_id=contract.id,
+            )
+
+        with transport.session() as sftp:  # type: ignore[attr-defined]
+            found = collect_acks(
+                sftp,
+                terms["folder"],
+                keys,  # type: ignore[arg-type]
+                expected=waiting,
+                on_rejected=rejected,
+            )
+        for ack in found:
+            rows_sent = sent[ack.drop_id][1].data["rows"]["sent"]
+            self.ledger.append(
+                "ack.received",
+                {
+                    "drop_id": ack.drop_id,
+                    "manifest_sha256": ack.manifest_sha256,
+                    "rows": ack.rows,
+                    "rows_match": ack.rows == rows_sent,
+                    "received_at": ack.received_at,
+                    "key_id": ack.key_id,
+                    "ledger": ack.body.get("ledger"),
+                },
+                run_id=sent[ack.drop_id][1].run_id,
+                contract_id=contract.id,
+            )
+            waiting.pop(ack.drop_id, None)
+        deadline = self.clock() - dt.timedelta(hours=float(terms["deadlineHours"]))
+        overdue = 0
+        for drop_id in waiting:
+            entry = sent[drop_id][1]
+            if drop_id in overdue_noted or dt.datetime.fromisoformat(entry.recorded_at) > deadline:
+                continue
+            overdue += 1
+            self.ledger.append(
+                "ack.overdue", {"drop_id": drop_id}, run_id=entry.run_id, contract_id=contract.id
+            )
+            self._incident(
+                "unacknowledged-drop",
+                f"drop {drop_id} not acknowledged within {terms['deadlineHours']} hours",
+                contract.id,
+                entry.run_id or "",
+            )
+        return len(found), overdue
 
     # -- the disclosure ledger and checkpoints ---------------------------------------------
 

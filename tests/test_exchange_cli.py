@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import FOLDER, PSEUDONYM_KEY, Workspace, connect, inbox_entries, write_contract
 
-from exchange import cli
+from exchange import cli, keys
 from exchange.audit import Ledger
 from exchange.minimise import Minimiser
 from exchange.sandbox import PartnerSftpServer
@@ -494,3 +494,67 @@ def test_an_auditor_verifies_an_export_offline(
         workspace, "audit", "verify-export", str(export), "--public-key", str(workspace.sender_key)
     )
     assert broken.returncode == cli.NOT_VERIFIED
+
+
+def test_partner_acknowledges_and_the_sender_collects(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    signer = keys.generate("signing", tmp_path / "partner-sign.key", comment="Early Help")
+    (partner.root / "acks" / "attendance").mkdir(parents=True)
+
+    def acknowledged(doc: dict) -> None:
+        doc["customProperties"].append(
+            {
+                "property": "acknowledgements",
+                "value": {
+                    "folder": "acks/attendance",
+                    "partnerKeys": [signer.public],
+                    "deadlineHours": 0,
+                },
+            }
+        )
+
+    workspace.write_contract(acknowledged)
+    for seed in (1, 2):
+        done = exchange(
+            workspace,
+            "run",
+            str(workspace.contract),
+            "--source",
+            str(workspace.source(150, seed=seed)),
+        )
+        assert done.returncode == 0, done.stderr
+    first = sorted((p for p in (partner.root / FOLDER).iterdir()), key=lambda p: p.stat().st_mtime)[
+        0
+    ]
+    received = exchange(
+        workspace,
+        "receive",
+        str(first),
+        "--identity",
+        str(workspace.identity),
+        "--sender-key",
+        str(workspace.sender_key),
+        "--out",
+        str(tmp_path / "in"),
+        "--ack-key",
+        str(signer.private_path),
+        "--ack-connection",
+        "early-help-sftp",
+        "--ack-folder",
+        "acks/attendance",
+    )
+    assert received.returncode == 0, received.stderr
+    assert (partner.root / "acks" / "attendance" / f"{first.name}.ack.json").exists()
+    collected = exchange(workspace, "acks", "collect", str(workspace.contract))
+    assert collected.returncode == cli.REFUSED  # the second drop is past its (zero) deadline
+    assert "1 acknowledgement(s) recorded; 1 drop(s) overdue" in collected.stdout
+    events = ledger(workspace)
+    (ack,) = [b for e, b in events if e == "ack.received"]
+    assert ack["drop_id"] == first.name and ack["rows_match"] is True
+    assert [e for e, _ in events].count("ack.overdue") == 1
+    from conftest import incidents
+
+    assert incidents(workspace)[-1]["kind"] == "unacknowledged-drop"
+    again = exchange(workspace, "acks", "collect", str(workspace.contract))
+    assert "0 acknowledgement(s) recorded; 0 drop(s) overdue" in again.stdout

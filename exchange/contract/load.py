@@ -378,6 +378,9 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
         retention=f"{retention['value']} {retention.get('unit', '')}".strip(),
         retention_action=terms["retentionAction"],
         dpia_reference=terms["dpiaReference"],
+        acknowledgements=_frozen(terms["acknowledgements"])
+        if "acknowledgements" in terms
+        else None,
         filters=tuple(_frozen(f) for f in terms.get("filters") or ()),
     )
 

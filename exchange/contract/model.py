@@ -117,6 +117,7 @@ class Contract:
     retention_action: str
     dpia_reference: str
     filters: tuple[Mapping[str, Any], ...] = ()  # purpose filters on source columns, in order
+    acknowledgements: Mapping[str, Any] | None = None  # folder, partnerKeys, deadlineHours
 
     @property
     def field_names(self) -> tuple[str, ...]:
