@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from airflow.sdk import DAG, Param, get_current_context, task
+from airflow.sdk import DAG, Param, PokeReturnValue, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
 if TYPE_CHECKING:
@@ -41,22 +41,54 @@ def _terminal(exc: Exception) -> AirflowFailException:
     return AirflowFailException(f"{type(exc).__name__}: {exc}")
 
 
-def _outline(path: Path) -> tuple[str, str | None]:
-    """The DAG id and cron of a contract, read cheaply; a broken file still gets a DAG."""
+def _outline(path: Path) -> tuple[str, str | None, float | None]:
+    """The DAG id, cron and acknowledgement deadline (hours) of a contract, read cheaply.
+
+    A broken file still gets a DAG, whose first task reports exactly what is wrong.
+    """
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
     try:
         document = yaml.safe_load(path.read_text("utf-8"))
         terms = {c.get("property"): c.get("value") for c in document.get("customProperties") or []}
         dag_id = re.sub(r"[^A-Za-z0-9_.-]", "_", str(document.get("id") or slug))
         schedule = terms.get("schedule")
-        return f"exchange__{dag_id}", schedule if isinstance(schedule, str) else None
+        acks = terms.get("acknowledgements")
+        deadline = acks.get("deadlineHours") if isinstance(acks, dict) else None
+        return (
+            f"exchange__{dag_id}",
+            schedule if isinstance(schedule, str) else None,
+            float(deadline) if isinstance(deadline, int | float) else None,
+        )
     except (OSError, yaml.YAMLError, AttributeError):
-        return f"exchange__{slug}", None  # the first task will report exactly what is wrong
+        return f"exchange__{slug}", None, None
+
+
+def _acknowledgement_sensor(contract_file: str, deadline_hours: float) -> Any:
+    """A sensor that waits for the partner's signed acknowledgement until the deadline.
+
+    Each poke collects acknowledgements into the ledger; a drop past its deadline is recorded as
+    an incident by the gateway, and the sensor then times out, failing the DAG's last task.
+    """
+    deadline = dt.timedelta(hours=deadline_hours)
+    poke = max(1.0, min(300.0, deadline.total_seconds() / 12))
+
+    @task.sensor(poke_interval=poke, timeout=deadline.total_seconds() + poke, mode="reschedule")
+    def await_acknowledgement(delivered: dict[str, Any]) -> PokeReturnValue:
+        from exchange.contract import load_contract
+
+        gateway = _gateway()
+        contract = load_contract(contract_file)
+        gateway.collect_acks(contract)
+        run_id = get_current_context()["run_id"]
+        acked = gateway.ledger.find("ack.received", run_id=run_id, contract_id=contract.id)
+        return PokeReturnValue(is_done=acked is not None)
+
+    return await_acknowledgement
 
 
 def build_dag(contract_path: Path) -> DAG:
     """The exchange DAG of one contract: check -> prepare -> deliver."""
-    dag_id, schedule = _outline(contract_path)
+    dag_id, schedule, ack_deadline = _outline(contract_path)
     contract_file = str(contract_path)
 
     with DAG(
@@ -121,7 +153,9 @@ def build_dag(contract_path: Path) -> DAG:
             return {"remote_path": delivery.remote_path, "bytes": delivery.bytes}
 
         checked = check_contract()
-        deliver(checked, prepare(checked))
+        delivered = deliver(checked, prepare(checked))
+        if ack_deadline is not None:
+            _acknowledgement_sensor(contract_file, ack_deadline)(delivered)
     return dag
 
 

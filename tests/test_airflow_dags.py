@@ -182,3 +182,32 @@ def test_dag_refuses_a_suspended_contract(
     assert inbox_entries(partner) == []
     last = last_record(airflow_env)
     assert last.data["reason"] == "suspended"
+
+
+def test_an_unacknowledged_drop_fails_the_last_task_and_raises_an_incident(
+    airflow_db: None, airflow_env: Workspace, partner: PartnerSftpServer
+) -> None:
+    from conftest import incidents
+
+    from exchange import keys
+
+    signer = keys.generate("signing", airflow_env.root / "partner-sign.key")
+    (partner.root / "acks").mkdir()
+
+    def acknowledged(doc: dict) -> None:
+        doc["customProperties"].append(
+            {
+                "property": "acknowledgements",
+                "value": {"folder": "acks", "partnerKeys": [signer.public], "deadlineHours": 0},
+            }
+        )
+
+    airflow_env.write_contract(acknowledged)
+    dag = load_dags(REPO / "dags")[DAG_ID]
+    assert [t.task_id for t in dag.topological_sort()][-1] == "await_acknowledgement"
+    run = dag.test()
+    states = task_states(run)
+    assert states["deliver"] == "success" and len(inbox_entries(partner)) == 1
+    assert states["await_acknowledgement"] == "failed"
+    assert str(run.state) == "failed"
+    assert incidents(airflow_env)[-1]["kind"] == "unacknowledged-drop"
