@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.csv as pacsv
 import yaml
 
 from exchange import keys, synth
@@ -152,6 +153,18 @@ def main() -> None:
 
     step("Auditor: exchange audit verify")
     print("   " + run([str(BIN / "exchange"), "audit", "verify"], env).strip())
+
+    step("Auditor: who received data about one person? (exchange audit subject)")
+    first = pacsv.open_csv(
+        source,
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(include_columns=["person_id", "objection"]),
+    ).read_next_batch()
+    person = next(p for p, o in zip(*first.to_pydict().values(), strict=True) if not o)
+    print(f"   exchange audit subject {person}")
+    found = run([str(BIN / "exchange"), "audit", "subject", person], env)
+    for line in found.strip().splitlines():
+        print(f"     {line}")
 
     step("Where everything is")
     for label, path in [

@@ -1,4 +1,4 @@
-"""RFC 9162 Merkle tree (exchange.audit.merkle) against the CT test vectors, the RFC's own
+"""RFC 9162 Merkle tree (exchange.audit.merkle) against the CT test vectors and the RFC's own
 recursive definitions written out independently here."""
 
 from __future__ import annotations
