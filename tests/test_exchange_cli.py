@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -481,6 +482,9 @@ def test_an_auditor_verifies_an_export_offline(
     )
     manifest = json.loads((the_drop(partner) / "manifest.json").read_text())
     assert manifest["ledger"]["checkpoint"].splitlines()[1].isdigit()
+    # The documented manifest format (docs/manifest.schema.json) is what is sent.
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(manifest)
     export = tmp_path / "ledger.jsonl"
     assert exchange(workspace, "audit", "export", str(export)).returncode == 0
     assert export.stat().st_mode & 0o777 == 0o600
