@@ -390,6 +390,16 @@ def cmd_acks_collect(args: argparse.Namespace) -> int:
     return REFUSED if overdue else OK
 
 
+def cmd_drops_expire(args: argparse.Namespace) -> int:
+    """Remove drops past the agreement's retention from the partner's inbox."""
+    from exchange.contract import load_contract
+    from exchange.gateway import Gateway
+
+    removed = Gateway(Settings.from_env()).expire_drops(load_contract(args.contract))
+    _say(f"{len(removed)} drop(s) past retention removed" + "".join(f"\n  {d}" for d in removed))
+    return OK
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     """Generate a key pair."""
     from exchange.keys import generate
@@ -546,6 +556,13 @@ def parser() -> argparse.ArgumentParser:
     collect = acks.add_parser("collect", help="record signed acks; flag overdue drops")
     collect.add_argument("contract", type=Path)
     collect.set_defaults(func=cmd_acks_collect)
+
+    drops = sub.add_parser("drops", help="drops in partners' inboxes").add_subparsers(
+        dest="action", required=True
+    )
+    expire = drops.add_parser("expire", help="remove drops past the agreement's retention")
+    expire.add_argument("contract", type=Path)
+    expire.set_defaults(func=cmd_drops_expire)
 
     keys = sub.add_parser("keys", help="key pairs").add_subparsers(dest="action", required=True)
     gen = keys.add_parser("generate", help="generate a key pair")

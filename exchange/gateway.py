@@ -45,6 +45,7 @@ from exchange.settings import Settings
 from exchange.sources import Source, check_columns, open_source
 from exchange.transport import Delivery, SftpTransport, Transport
 from exchange.transport.retry import Attempt
+from exchange.transport.sftp import remove_expired
 from exchange.types import arrow_type
 
 
@@ -546,6 +547,34 @@ class Gateway:
                 entry.run_id or "",
             )
         return len(found), overdue
+
+    # -- retention ----------------------------------------------------------------------------
+
+    def expire_drops(self, contract: Contract) -> list[str]:
+        """Remove this contract's drops older than its retention from the partner's inbox,
+        where the agreement makes the sender manage it; each removal is audited."""
+        if not contract.sender_manages_inbox:
+            raise NotRunnable(f"contract {contract.id} does not let the sender manage the inbox")
+        if contract.retention_days is None:
+            raise NotRunnable(f"contract {contract.id}: retention {contract.retention!r} unknown")
+        older_than = self.clock() - dt.timedelta(days=contract.retention_days)
+        connection = self.secrets.sftp_connection(contract.endpoint.connection)
+        transport = self.transport_for(connection, contract.endpoint.host_keys)
+        with transport.session() as sftp:  # type: ignore[attr-defined]
+            removed = remove_expired(
+                sftp, contract.endpoint.folder, older_than, contract_id=contract.id
+            )
+        for drop_id in removed:
+            self.ledger.append(
+                "retention.removed",
+                {
+                    "drop_id": drop_id,
+                    "retention": contract.retention,
+                    "older_than": older_than.isoformat(timespec="seconds"),
+                },
+                contract_id=contract.id,
+            )
+        return removed
 
     # -- the disclosure ledger and checkpoints ---------------------------------------------
 

@@ -562,3 +562,29 @@ def test_partner_acknowledges_and_the_sender_collects(
     assert incidents(workspace)[-1]["kind"] == "unacknowledged-drop"
     again = exchange(workspace, "acks", "collect", str(workspace.contract))
     assert "0 acknowledgement(s) recorded; 0 drop(s) overdue" in again.stdout
+
+
+def test_drops_past_retention_are_removed_where_the_sender_manages_the_inbox(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    done = exchange(
+        workspace, "run", str(workspace.contract), "--source", str(workspace.source(90))
+    )
+    assert done.returncode == 0, done.stderr
+    refused = exchange(workspace, "drops", "expire", str(workspace.contract))
+    assert refused.returncode == cli.REFUSED and "manage the inbox" in refused.stderr
+    assert len(inbox_entries(partner)) == 1
+
+    def managed_with_no_retention(doc: dict) -> None:
+        doc["customProperties"].append({"property": "senderManagesInbox", "value": True})
+        for sla in doc["slaProperties"]:
+            if sla["property"] == "retention":
+                sla.update(value=0, unit="d")
+
+    workspace.write_contract(managed_with_no_retention)
+    expired = exchange(workspace, "drops", "expire", str(workspace.contract))
+    assert expired.returncode == 0, expired.stderr
+    assert "1 drop(s) past retention removed" in expired.stdout
+    assert inbox_entries(partner) == []
+    event, body = ledger(workspace)[-1]
+    assert event == "retention.removed" and body["drop_id"].startswith("school-attendance")

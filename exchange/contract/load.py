@@ -376,6 +376,8 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
         fields=tuple(fields),
         dataset_quality=tuple(_frozen(q) for q in dataset.get("quality") or []),
         retention=f"{retention['value']} {retention.get('unit', '')}".strip(),
+        retention_days=_days(retention.get("value"), retention.get("unit")),
+        sender_manages_inbox=bool(terms.get("senderManagesInbox", False)),
         retention_action=terms["retentionAction"],
         dpia_reference=terms["dpiaReference"],
         acknowledgements=_frozen(terms["acknowledgements"])
@@ -383,6 +385,26 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
         else None,
         filters=tuple(_frozen(f) for f in terms.get("filters") or ()),
     )
+
+
+_DAYS_PER_UNIT = {
+    "d": 1,
+    "day": 1,
+    "days": 1,
+    "m": 365 / 12,
+    "month": 365 / 12,
+    "months": 365 / 12,
+    "y": 365,
+    "yr": 365,
+    "year": 365,
+    "years": 365,
+}
+
+
+def _days(value: Any, unit: Any) -> float | None:
+    """A retention period in days, if its unit is one we know."""
+    per = _DAYS_PER_UNIT.get(str(unit or "d").lower())
+    return float(value) * per if per and isinstance(value, int | float) else None
 
 
 def _party(value: dict[str, Any]) -> Party:

@@ -118,6 +118,8 @@ class Contract:
     dpia_reference: str
     filters: tuple[Mapping[str, Any], ...] = ()  # purpose filters on source columns, in order
     acknowledgements: Mapping[str, Any] | None = None  # folder, partnerKeys, deadlineHours
+    sender_manages_inbox: bool = False
+    retention_days: float | None = None
 
     @property
     def field_names(self) -> tuple[str, ...]:
