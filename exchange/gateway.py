@@ -250,7 +250,14 @@ class Gateway:
                     f"secret {contract.pseudonymisation_key!r} is shorter than "
                     f"{transforms.MIN_KEY_BYTES} bytes: generate a new random key"
                 )
-        minimise = Minimiser(contract, pseudonym_key=key, today=started.date())
+        objecting = None
+        if contract.objections.list:
+            # A named list that cannot be read stops the run: never send as if nobody objected.
+            text = self.secrets.secret(contract.objections.list).decode("utf-8")
+            objecting = {line.strip() for line in text.splitlines() if line.strip()}
+        minimise = Minimiser(
+            contract, pseudonym_key=key, today=started.date(), objecting_ids=objecting
+        )
         subjects: list[pa.Array] = []
         quality = QualityGate(contract)
         schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])

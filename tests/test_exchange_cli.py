@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import io
@@ -588,3 +589,27 @@ def test_drops_past_retention_are_removed_where_the_sender_manages_the_inbox(
     assert inbox_entries(partner) == []
     event, body = ledger(workspace)[-1]
     assert event == "retention.removed" and body["drop_id"].startswith("school-attendance")
+
+
+def test_an_external_objection_list_is_honoured_and_a_missing_one_stops_the_run(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    def listed(doc: dict) -> None:
+        terms = next(p for p in doc["customProperties"] if p["property"] == "objections")
+        terms["value"]["list"] = "early-help-objections"
+
+    workspace.write_contract(listed)
+    source = workspace.source(300)
+    raw = pd.read_csv(source, dtype=str, keep_default_na=False)
+    flagged = int((raw["objection"] == "true").sum())
+    listed_ids = raw[raw["objection"] == "false"]["person_id"].head(3).tolist()
+    missing = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert missing.returncode == cli.FAILED and "early-help-objections" in missing.stderr
+    assert inbox_entries(partner) == []
+    env_list = base64.b64encode("\n".join(listed_ids).encode()).decode()
+    workspace.env["EXCHANGE_SECRET_EARLY_HELP_OBJECTIONS"] = env_list
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert done.returncode == 0, done.stderr
+    sent = ledger(workspace)[-1][1]
+    assert sent["rows"]["excluded"]["objection"] == flagged + 3
+    assert sent["rows"]["sent"] == 300 - flagged - 3

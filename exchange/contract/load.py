@@ -358,6 +358,7 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
             column=objections["column"],
             overridden=objections["legalBasisOverrides"],
             justification=objections.get("overrideJustification"),
+            list=objections.get("list"),
         ),
         schedule=terms["schedule"],
         review_date=dt.date.fromisoformat(terms["reviewDate"]),

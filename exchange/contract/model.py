@@ -55,6 +55,7 @@ class Objections:
     column: str
     overridden: bool
     justification: str | None = None
+    list: str | None = None  # a secret holding objecting subject ids, one per line
 
 
 @dataclass(frozen=True)
