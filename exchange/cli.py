@@ -400,6 +400,23 @@ def cmd_drops_expire(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_rectify(args: argparse.Namespace) -> int:
+    """Notify every recipient of a person's data that some of it was inaccurate."""
+    from exchange.gateway import Gateway
+
+    contracts = args.contracts or Path(os.environ.get("EXCHANGE_CONTRACTS") or "contracts")
+    sent = Gateway(Settings.from_env()).rectify(
+        args.subject,
+        fields=args.field,
+        reason=args.reason,
+        contracts_dir=contracts,
+        source=args.source,
+    )
+    for contract_id, recipient, drop_id in sent:
+        _say(f"correction notice {drop_id} sent to {recipient} under {contract_id}")
+    return OK
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     """Generate a key pair."""
     from exchange.keys import generate
@@ -563,6 +580,14 @@ def parser() -> argparse.ArgumentParser:
     expire = drops.add_parser("expire", help="remove drops past the agreement's retention")
     expire.add_argument("contract", type=Path)
     expire.set_defaults(func=cmd_drops_expire)
+
+    rectify = sub.add_parser("rectify", help="send correction notices to every recipient")
+    rectify.add_argument("subject", help="the person's id in the source (the subject key)")
+    rectify.add_argument("--field", action="append", required=True, help="a corrected field")
+    rectify.add_argument("--reason", required=True)
+    rectify.add_argument("--source", help="where the corrected row is (default: as for run)")
+    rectify.add_argument("--contracts", type=Path, help="contracts folder (EXCHANGE_CONTRACTS)")
+    rectify.set_defaults(func=cmd_rectify)
 
     keys = sub.add_parser("keys", help="key pairs").add_subparsers(dest="action", required=True)
     gen = keys.add_parser("generate", help="generate a key pair")

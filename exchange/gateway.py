@@ -10,7 +10,7 @@ import hashlib
 import json
 import shutil
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ from exchange.quality import QualityGate, compile_rules
 from exchange.secrets import LocalSecrets, SecretMissing, SecretStore, SftpConnection
 from exchange.settings import Settings
 from exchange.sources import Source, check_columns, open_source
+from exchange.sources.subset import OnlySubjects
 from exchange.transport import Delivery, SftpTransport, Transport
 from exchange.transport.retry import Attempt
 from exchange.transport.sftp import remove_expired
@@ -192,11 +193,13 @@ class Gateway:
 
     # -- prepare ------------------------------------------------------------------------------
 
-    def resolve_source(self, contract: Contract, source: str | Path | None) -> Source:
+    def resolve_source(self, contract: Contract, source: str | Path | Source | None) -> Source:
         """The given source, or the contract's physicalName under EXCHANGE_SOURCE_DIR.
 
         A `postgresql://` URL reads the table named by the dataset's physicalName.
         """
+        if source is not None and not isinstance(source, str | Path):
+            return source
         if isinstance(source, str) and source.startswith(("postgresql://", "postgresql+")):
             from exchange.sources.postgres import PostgresSource
 
@@ -211,15 +214,24 @@ class Gateway:
             source = matches[0]
         return open_source(source)
 
-    def prepare(self, contract: Contract, source: str | Path | None, *, run_id: str) -> Prepared:
-        """Extract, minimise, guard, validate, encrypt and sign into a staged drop."""
+    def prepare(
+        self,
+        contract: Contract,
+        source: str | Path | Source | None,
+        *,
+        run_id: str,
+        extra: Mapping[str, Any] | None = None,
+    ) -> Prepared:
+        """Extract, minimise, guard, validate, encrypt and sign into a staged drop.
+
+        `extra` adds top-level keys to the manifest (a correction notice's `correction`)."""
         started = self.clock()
         drop_id = drop_id_for(contract.id, run_id)
         staging = private_dir(self.settings.staging) / drop_id
         shutil.rmtree(staging, ignore_errors=True)  # a retried run starts its staging afresh
         private_dir(staging)
         try:
-            return self._prepare(contract, source, run_id, drop_id, staging, started)
+            return self._prepare(contract, source, run_id, drop_id, staging, started, extra)
         except ExchangeError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             self._discard_disclosures(drop_id)
@@ -231,11 +243,12 @@ class Gateway:
     def _prepare(
         self,
         contract: Contract,
-        source_arg: str | Path | None,
+        source_arg: str | Path | Source | None,
         run_id: str,
         drop_id: str,
         staging: Path,
         started: dt.datetime,
+        extra: Mapping[str, Any] | None = None,
     ) -> Prepared:
         signing_key = signing.load_private_key(self.settings.signing_key)  # fail before the work
         disclosures = self.disclosures()
@@ -324,6 +337,7 @@ class Gateway:
                 recipients=contract.recipient_keys,
             ).as_dict(),
             "sender": {"key_id": signing.key_id(signing_key.public_key())},
+            **dict(extra or {}),
             "ledger": {"seq": head_seq, "hash": head_hash, "checkpoint": checkpoint.note},
         }
         document = manifest.to_bytes(body)
@@ -554,6 +568,72 @@ class Gateway:
                 entry.run_id or "",
             )
         return len(found), overdue
+
+    # -- rectification ------------------------------------------------------------------------
+
+    def rectify(
+        self,
+        subject_id: str,
+        *,
+        fields: Sequence[str],
+        reason: str,
+        contracts_dir: Path,
+        source: str | Path | None = None,
+    ) -> list[tuple[str, str, str]]:
+        """Send every recipient that received this person a correction notice.
+
+        Each notice is a drop like any other (encrypted, signed, audited, acknowledged): the
+        person's row as the source holds it now, minimised under that agreement, with a
+        `correction` manifest entry naming the corrected fields, the reason and the earlier
+        drops it corrects. Returns (contract id, recipient, drop id) per notice."""
+        if not reason.strip():
+            raise ExchangeError("a correction needs a reason")
+        earlier: dict[str, list[str]] = {}
+        for disclosure in self.disclosures().lookup(subject_id):
+            earlier.setdefault(disclosure.contract_id, []).append(disclosure.drop_id)
+        if not earlier:
+            raise ExchangeError("no recorded disclosure about this subject: nobody to notify")
+        by_id = {}
+        for path in sorted(contracts_dir.glob("*.yaml")):
+            try:
+                by_id[load_contract(path).id] = path
+            except ContractError:
+                continue  # another agreement's file; its own runs report its problems
+        stamp = hashlib.sha256(f"{subject_id}|{reason}|{self.clock()}".encode()).hexdigest()
+        sent = []
+        for contract_id, drops in sorted(earlier.items()):
+            if contract_id not in by_id:
+                raise ExchangeError(f"contract {contract_id} is not in {contracts_dir}")
+            run_id = f"rectify-{stamp[:16]}"
+            contract = self.check(by_id[contract_id], run_id=run_id)
+            unknown = [f for f in fields if f not in contract.field_names]
+            if unknown:
+                raise ExchangeError(f"{contract_id} does not send field(s) {', '.join(unknown)}")
+            subject = OnlySubjects(
+                self.resolve_source(contract, source), contract.subject_key.source, [subject_id]
+            )
+            correction = {
+                "fields": list(fields),
+                "reason": reason.strip(),
+                "corrects": sorted(drops),
+            }
+            prepared = self.prepare(
+                contract, subject, run_id=run_id, extra={"correction": correction}
+            )
+            delivery = self.deliver(contract, prepared)
+            self.ledger.append(
+                "rectification.sent",
+                {
+                    **correction,
+                    "drop_id": prepared.drop_id,
+                    "recipient": contract.recipient.organisation,
+                    "remote_path": delivery.remote_path,
+                },
+                run_id=run_id,
+                contract_id=contract.id,
+            )
+            sent.append((contract.id, contract.recipient.organisation, prepared.drop_id))
+        return sent
 
     # -- retention ----------------------------------------------------------------------------
 

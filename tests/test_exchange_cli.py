@@ -613,3 +613,64 @@ def test_an_external_objection_list_is_honoured_and_a_missing_one_stops_the_run(
     sent = ledger(workspace)[-1][1]
     assert sent["rows"]["excluded"]["objection"] == flagged + 3
     assert sent["rows"]["sent"] == 300 - flagged - 3
+
+
+def test_rectify_sends_a_correction_notice_to_every_recipient(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    source = workspace.source(120)
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert done.returncode == 0, done.stderr
+    (first,) = inbox_entries(partner)
+    raw = pd.read_csv(source, dtype=str, keep_default_na=False)
+    person = raw[raw["objection"] == "false"]["person_id"].iloc[5]
+    fixed = exchange(
+        workspace,
+        "rectify",
+        person,
+        "--field",
+        "attendance_rate",
+        "--reason",
+        "school re-submitted the autumn census",
+        "--source",
+        str(source),
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert "correction notice" in fixed.stdout and "Anyshire County Council" in fixed.stdout
+    notice = next(d for d in inbox_entries(partner) if d != first)
+    manifest = json.loads((partner.root / FOLDER / notice / "manifest.json").read_text())
+    assert manifest["correction"] == {
+        "fields": ["attendance_rate"],
+        "reason": "school re-submitted the autumn census",
+        "corrects": [first],
+    }
+    assert manifest["rows"]["sent"] == 1
+    schema = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())
+    jsonschema.Draft202012Validator(schema).validate(manifest)
+    received = exchange(
+        workspace,
+        "receive",
+        str(partner.root / FOLDER / notice),
+        "--identity",
+        str(workspace.identity),
+        "--sender-key",
+        str(workspace.sender_key),
+        "--out",
+        str(tmp_path / "in"),
+    )
+    assert received.returncode == 0, received.stderr
+    assert ledger(workspace)[-1][0] == "rectification.sent"
+    seen = json.loads(exchange(workspace, "audit", "subject", person, "--format", "json").stdout)
+    assert len(seen) == 2
+    nobody = exchange(
+        workspace,
+        "rectify",
+        "P-NOBODY",
+        "--field",
+        "gender",
+        "--reason",
+        "x",
+        "--source",
+        str(source),
+    )
+    assert nobody.returncode != 0 and "nobody to notify" in nobody.stderr
