@@ -99,7 +99,10 @@ def build_dag(contract_path: Path) -> DAG:
         catchup=False,
         max_active_runs=1,
         tags=["exchange"],
-        params={"source": Param("", type="string", description="source file (blank: default)")},
+        params={
+            "source": Param("", type="string", description="source file (blank: default)"),
+            "full_refresh": Param(False, type="boolean", description="send every record"),
+        },
         default_args={"retries": 0},
     ) as dag:
 
@@ -124,7 +127,12 @@ def build_dag(contract_path: Path) -> DAG:
             try:
                 gateway = _gateway()
                 contract = gateway.recheck(contract_file, contract_sha256, run_id=context["run_id"])
-                prepared = gateway.prepare(contract, source, run_id=context["run_id"])
+                prepared = gateway.prepare(
+                    contract,
+                    source,
+                    run_id=context["run_id"],
+                    full_refresh=bool(context["params"].get("full_refresh")),
+                )
             except ExchangeError as exc:
                 raise _terminal(exc) from exc
             return prepared.to_dict()

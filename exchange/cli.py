@@ -217,7 +217,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from exchange.gateway import Gateway
 
     gateway = Gateway.from_env()
-    result = gateway.run(args.contract, args.source, run_id=args.run_id)
+    result = gateway.run(
+        args.contract, args.source, run_id=args.run_id, full_refresh=args.full_refresh
+    )
     excluded = ", ".join(f"{n} {why}" for why, n in result.excluded.items()) or "none"
     if result.objections_overridden:
         excluded += f" ({result.objections_overridden} objections overridden by the legal basis)"
@@ -507,6 +509,11 @@ def parser() -> argparse.ArgumentParser:
         "default: the file named by physicalName in EXCHANGE_SOURCE_DIR",
     )
     run.add_argument("--run-id", help="reuse a run id (re-running never duplicates a drop)")
+    run.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="for an incremental contract, send every record, not only new or changed ones",
+    )
     run.set_defaults(func=cmd_run)
 
     rec = sub.add_parser("receive", help="verify and decrypt a drop (partner side)")

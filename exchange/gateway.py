@@ -43,7 +43,7 @@ from exchange.quality import QualityGate, compile_rules
 from exchange.secrets import LocalSecrets, SecretMissing, SecretStore, SftpConnection
 from exchange.settings import Settings
 from exchange.sources import Source, check_columns, open_source
-from exchange.sources.subset import OnlySubjects
+from exchange.sources.subset import ChangedSince, OnlySubjects
 from exchange.transport import Delivery, SftpTransport, Transport
 from exchange.transport.retry import Attempt
 from exchange.transport.sftp import remove_expired
@@ -64,6 +64,8 @@ class Prepared:
     excluded: dict[str, int]
     payload_sha256: str
     objections_overridden: int = 0
+    watermark: str | None = None  # the newest last-updated time read; advanced on delivery
+    rows_unchanged: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -221,6 +223,7 @@ class Gateway:
         *,
         run_id: str,
         extra: Mapping[str, Any] | None = None,
+        full_refresh: bool = False,
     ) -> Prepared:
         """Extract, minimise, guard, validate, encrypt and sign into a staged drop.
 
@@ -231,7 +234,9 @@ class Gateway:
         shutil.rmtree(staging, ignore_errors=True)  # a retried run starts its staging afresh
         private_dir(staging)
         try:
-            return self._prepare(contract, source, run_id, drop_id, staging, started, extra)
+            return self._prepare(
+                contract, source, run_id, drop_id, staging, started, extra, full_refresh
+            )
         except ExchangeError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             self._discard_disclosures(drop_id)
@@ -249,10 +254,15 @@ class Gateway:
         staging: Path,
         started: dt.datetime,
         extra: Mapping[str, Any] | None = None,
+        full_refresh: bool = False,
     ) -> Prepared:
         signing_key = signing.load_private_key(self.settings.signing_key)  # fail before the work
         disclosures = self.disclosures()
         source = self.resolve_source(contract, source_arg)
+        changed = None
+        if contract.incremental_column:
+            since = None if full_refresh else self.watermark(contract)
+            source = changed = ChangedSince(source, contract.incremental_column, since)
         types = source_types(contract)
         unread = check_columns(source, list(types))
         key = None
@@ -354,6 +364,8 @@ class Gateway:
             excluded=dict(tally.excluded),
             objections_overridden=tally.objections_overridden,
             payload_sha256=sink.sha256,
+            watermark=changed.newest.isoformat() if changed and changed.newest else None,
+            rows_unchanged=changed.unchanged if changed else 0,
         )
         self.ledger.append(
             "run.prepared",
@@ -363,6 +375,18 @@ class Gateway:
                 "source_columns_not_read": unread,
                 "rows": body["rows"],
                 "disclosures": recorded.as_dict(),
+                **(
+                    {
+                        "incremental": {
+                            "since": changed.since.isoformat() if changed.since else None,
+                            "watermark": prepared.watermark,
+                            "rows_unchanged": changed.unchanged,
+                            "full_refresh": full_refresh,
+                        }
+                    }
+                    if changed
+                    else {}
+                ),
                 "validation": {"outcome": "passed", "rules": len(quality.rules)},
                 "payload": {"sha256": sink.sha256, "size": sink.size, "format": fmt},
                 "manifest_sha256": hashlib.sha256(document).hexdigest(),
@@ -443,6 +467,7 @@ class Gateway:
                 "validation": "passed",
                 "payload_sha256": prepared.payload_sha256,
                 "manifest_sha256": manifest_sha256,
+                "watermark": prepared.watermark,
                 "remote_path": delivery.remote_path,
                 "bytes": delivery.bytes,
                 "already_delivered": delivery.already_delivered,
@@ -460,7 +485,12 @@ class Gateway:
     # -- all stages ---------------------------------------------------------------------------
 
     def run(
-        self, contract_path: str | Path, source: str | Path | None, *, run_id: str | None = None
+        self,
+        contract_path: str | Path,
+        source: str | Path | None,
+        *,
+        run_id: str | None = None,
+        full_refresh: bool = False,
     ) -> RunResult:
         """One whole exchange: check, prepare, deliver; a run already delivered is not redone."""
         run_id = run_id or new_run_id(self.clock())
@@ -478,7 +508,7 @@ class Gateway:
                 already_delivered=True,
                 objections_overridden=sent["rows"].get("objections_overridden", 0),
             )
-        prepared = self.prepare(contract, source, run_id=run_id)
+        prepared = self.prepare(contract, source, run_id=run_id, full_refresh=full_refresh)
         delivery = self.deliver(contract, prepared)
         return RunResult(
             run_id,
@@ -568,6 +598,16 @@ class Gateway:
                 entry.run_id or "",
             )
         return len(found), overdue
+
+    # -- incremental extracts -----------------------------------------------------------------
+
+    def watermark(self, contract: Contract) -> dt.datetime | None:
+        """The newest last-updated time of the last delivered run (None: send everything)."""
+        latest = None
+        for entry in self.ledger.entries():
+            if entry.event == "transfer.sent" and entry.contract_id == contract.id:
+                latest = entry.data.get("watermark") or latest
+        return dt.datetime.fromisoformat(latest) if latest else None
 
     # -- rectification ------------------------------------------------------------------------
 

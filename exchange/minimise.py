@@ -28,7 +28,10 @@ def read_types(contract: Contract) -> dict[str, str]:
 
 def source_types(contract: Contract) -> dict[str, pa.DataType]:
     """The columns to read from the source and the Arrow type each is read as."""
-    return {column: arrow_type(kind) for column, kind in read_types(contract).items()}
+    types = {column: arrow_type(kind) for column, kind in read_types(contract).items()}
+    if contract.incremental_column:
+        types.setdefault(contract.incremental_column, arrow_type("timestamp"))
+    return types
 
 
 @dataclass

@@ -674,3 +674,43 @@ def test_rectify_sends_a_correction_notice_to_every_recipient(
         str(source),
     )
     assert nobody.returncode != 0 and "nobody to notify" in nobody.stderr
+
+
+def test_incremental_runs_send_only_new_or_changed_records(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    def incremental(doc: dict) -> None:
+        doc["customProperties"].append(
+            {"property": "incremental", "value": {"column": "last_updated"}}
+        )
+        doc["schema"][0]["quality"][0]["mustBeBetween"] = [0, 5000000]
+
+    workspace.write_contract(incremental)
+    source = workspace.source(200)
+    raw = pd.read_csv(source, dtype=str, keep_default_na=False)
+    keep = int((raw["objection"] == "false").sum())
+    run = ["run", str(workspace.contract), "--source", str(source)]
+    assert exchange(workspace, *run).returncode == 0
+    first = ledger(workspace)[-1][1]
+    assert first["rows"]["sent"] == keep and first["watermark"]
+
+    changed = raw.index[raw["objection"] == "false"][:4]
+    raw.loc[changed, "last_updated"] = "2030-01-01 00:00:00.000000Z"
+    raw.to_csv(source, index=False)
+    assert exchange(workspace, *run).returncode == 0
+    second = ledger(workspace)[-1][1]
+    assert second["rows"]["sent"] == 4 and second["watermark"].startswith("2030-01-01")
+
+    partner.stop()  # a failed delivery must not advance the watermark
+    assert exchange(workspace, *run).returncode == cli.DELIVERY_FAILED
+    partner.start()
+    connect(workspace, partner)
+    again = exchange(workspace, *run)
+    assert again.returncode == 0, again.stderr
+    assert ledger(workspace)[-1][1]["rows"]["sent"] == 0  # nothing new since the 2030 rows
+
+    full = exchange(workspace, *run, "--full-refresh")
+    assert full.returncode == 0, full.stderr
+    assert ledger(workspace)[-1][1]["rows"]["sent"] == keep
+    prepared = [b for e, b in ledger(workspace) if e == "run.prepared"][-1]
+    assert prepared["incremental"]["full_refresh"] is True

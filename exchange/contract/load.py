@@ -379,6 +379,7 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
         retention=f"{retention['value']} {retention.get('unit', '')}".strip(),
         retention_days=_days(retention.get("value"), retention.get("unit")),
         sender_manages_inbox=bool(terms.get("senderManagesInbox", False)),
+        incremental_column=(terms.get("incremental") or {}).get("column"),
         retention_action=terms["retentionAction"],
         dpia_reference=terms["dpiaReference"],
         acknowledgements=_frozen(terms["acknowledgements"])

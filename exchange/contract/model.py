@@ -120,6 +120,7 @@ class Contract:
     filters: tuple[Mapping[str, Any], ...] = ()  # purpose filters on source columns, in order
     acknowledgements: Mapping[str, Any] | None = None  # folder, partnerKeys, deadlineHours
     sender_manages_inbox: bool = False
+    incremental_column: str | None = None  # the last-updated timestamp column, if incremental
     retention_days: float | None = None
 
     @property

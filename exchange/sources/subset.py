@@ -2,12 +2,49 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from exchange.sources.base import Source
+
+
+class ChangedSince:
+    """The rows of `source` whose timestamp `column` is after `since` (all rows if None).
+
+    It notes the newest timestamp it saw and how many rows it passed over, so the caller can
+    advance the watermark once the drop is delivered, and only then."""
+
+    def __init__(self, source: Source, column: str, since: dt.datetime | None) -> None:
+        self.source = source
+        self.name = source.name
+        self.column = column
+        self.since = since
+        self.newest: dt.datetime | None = since
+        self.unchanged = 0
+
+    def columns(self) -> list[str]:
+        """The wrapped source's columns."""
+        return self.source.columns()
+
+    def batches(self, types: Mapping[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
+        """The wrapped source's new or changed rows."""
+        for batch in self.source.batches(types):
+            stamps = batch.column(self.column)
+            newest = pc.max(stamps).as_py()
+            if newest is not None and (self.newest is None or newest > self.newest):
+                self.newest = newest
+            if self.since is None:
+                yield batch
+                continue
+            # A row with no timestamp is sent: it cannot be shown to be unchanged.
+            changed = pc.fill_null(pc.greater(stamps, pa.scalar(self.since, stamps.type)), True)
+            kept = batch.filter(changed)
+            self.unchanged += batch.num_rows - kept.num_rows
+            if kept.num_rows:
+                yield kept
 
 
 class OnlySubjects:
