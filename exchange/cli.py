@@ -419,6 +419,28 @@ def cmd_rectify(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    """Replace a pseudonymisation (or disclosure) key with a new random one; audited."""
+    import secrets as random_source
+
+    from exchange.audit import Ledger
+    from exchange.secrets import LocalSecrets
+    from exchange.transforms import key_id
+
+    settings = Settings.from_env()
+    new = random_source.token_bytes(32)
+    old = LocalSecrets(settings.secrets_file).rotate(args.secret, new)
+    body = {
+        "secret": args.secret,
+        "old_key_id": key_id(old) if old else None,
+        "new_key_id": key_id(new),
+        "reason": args.reason,
+    }
+    Ledger(settings.audit_url).append("key.rotated", body)
+    _say(f"rotated {args.secret}: key id {body['old_key_id']} -> {body['new_key_id']}")
+    return OK
+
+
 def cmd_keys_generate(args: argparse.Namespace) -> int:
     """Generate a key pair."""
     from exchange.keys import generate
@@ -604,6 +626,11 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--force", action="store_true", help="overwrite existing files")
     _passphrase_options(gen)
     gen.set_defaults(func=cmd_keys_generate)
+
+    rotate = keys.add_parser("rotate", help="replace a secret key (pseudonymisation, disclosure)")
+    rotate.add_argument("secret", help="the secret's name, e.g. a contract's pseudonymisationKey")
+    rotate.add_argument("--reason", required=True, help="why (recorded in the audit ledger)")
+    rotate.set_defaults(func=cmd_keys_rotate)
 
     syn = sub.add_parser("synth", help="write synthetic source data for demos and tests")
     syn.add_argument("out", type=Path)

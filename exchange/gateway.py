@@ -347,6 +347,7 @@ class Gateway:
                 recipients=contract.recipient_keys,
             ).as_dict(),
             "sender": {"key_id": signing.key_id(signing_key.public_key())},
+            **({"pseudonymisation": {"key_id": transforms.key_id(key)}} if key else {}),
             **dict(extra or {}),
             "ledger": {"seq": head_seq, "hash": head_hash, "checkpoint": checkpoint.note},
         }

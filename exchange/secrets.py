@@ -119,6 +119,22 @@ class LocalSecrets:
             raise SecretMissing(f"no SFTP connection named {name!r} is configured")
         return SftpConnection.from_mapping(name, value)
 
+    def rotate(self, name: str, new: bytes) -> bytes | None:
+        """Replace a secret in the secrets file (atomically, 0600); return the old value."""
+        if self._file is None:
+            raise SecretMissing("rotation needs a secrets file (EXCHANGE_SECRETS)")
+        if self._env.get(self._env_name("EXCHANGE_SECRET_", name)):
+            raise SecretMissing(f"secret {name!r} is set in the environment: rotate it there")
+        data = self._load()
+        old = data.setdefault("secrets", {}).get(name)
+        data["secrets"][name] = base64.b64encode(new).decode()
+        temporary = self._file.with_name(f".{self._file.name}.new")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(temporary, self._file)
+        return decode_secret(name, old) if old else None
+
     def secret(self, name: str) -> bytes:
         """The named secret's bytes."""
         raw = self._env.get(self._env_name("EXCHANGE_SECRET_", name))

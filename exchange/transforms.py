@@ -8,6 +8,7 @@ transform: a contract lists only the fields it sends.
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from hashlib import sha256
@@ -34,6 +35,13 @@ READS_AS: dict[str, str] = {
 KINDS = ("keep", "top-code", *READS_AS)
 
 MIN_KEY_BYTES = 32
+
+
+def key_id(key: bytes) -> str:
+    """A fingerprint of a pseudonymisation key (16 hex), safe to publish: it reveals nothing."""
+    return hmac.digest(key, b"exchange pseudonymisation key id", "sha256")[:8].hex()
+
+
 PSEUDONYM_HEX_CHARS = 32  # 128 bits: collision-free in practice at any realistic scale
 
 _BLOCK = 64  # SHA-256 block size, for the HMAC construction (RFC 2104)

@@ -714,3 +714,26 @@ def test_incremental_runs_send_only_new_or_changed_records(
     assert ledger(workspace)[-1][1]["rows"]["sent"] == keep
     prepared = [b for e, b in ledger(workspace) if e == "run.prepared"][-1]
     assert prepared["incremental"]["full_refresh"] is True
+
+
+def test_rotating_the_pseudonymisation_key_is_audited_and_changes_the_pseudonyms(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    source = workspace.source(60)
+    run = ["run", str(workspace.contract), "--source", str(source)]
+    assert exchange(workspace, *run).returncode == 0
+    before = json.loads((the_drop(partner) / "manifest.json").read_text())["pseudonymisation"]
+    rotated = exchange(
+        workspace, "keys", "rotate", "early-help-pseudonym-key", "--reason", "annual rotation"
+    )
+    assert rotated.returncode == 0, rotated.stderr
+    assert Path(workspace.env["EXCHANGE_SECRETS"]).stat().st_mode & 0o777 == 0o600
+    event, body = ledger(workspace)[-1]
+    assert event == "key.rotated" and body["old_key_id"] == before["key_id"]
+    assert body["new_key_id"] != before["key_id"] and body["reason"] == "annual rotation"
+    assert exchange(workspace, *run).returncode == 0
+    drops = [partner.root / FOLDER / d for d in inbox_entries(partner)]
+    key_ids = {
+        json.loads((d / "manifest.json").read_text())["pseudonymisation"]["key_id"] for d in drops
+    }
+    assert key_ids == {before["key_id"], body["new_key_id"]}
