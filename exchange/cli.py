@@ -424,12 +424,16 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     import secrets as random_source
 
     from exchange.audit import Ledger
+    from exchange.gateway import DISCLOSURE_KEY
     from exchange.secrets import LocalSecrets
     from exchange.transforms import key_id
 
     settings = Settings.from_env()
     new = random_source.token_bytes(32)
     old = LocalSecrets(settings.secrets_file).rotate(args.secret, new)
+    if args.secret == DISCLOSURE_KEY and old:
+        # Disclosures recorded under the old key must stay answerable.
+        LocalSecrets(settings.secrets_file).rotate(f"{DISCLOSURE_KEY}-old", old)
     body = {
         "secret": args.secret,
         "old_key_id": key_id(old) if old else None,

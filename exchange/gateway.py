@@ -712,7 +712,11 @@ class Gateway:
             key = self.secrets.secret(DISCLOSURE_KEY)
             if len(key) < transforms.MIN_KEY_BYTES:
                 raise SecretMissing(f"secret {DISCLOSURE_KEY!r} is shorter than 32 bytes")
-            self._disclosures = Disclosures(self.settings.audit_url, key)
+            try:  # the key before the last rotation still finds older disclosures
+                retired = [self.secrets.secret(f"{DISCLOSURE_KEY}-old")]
+            except SecretMissing:
+                retired = []
+            self._disclosures = Disclosures(self.settings.audit_url, key, old_keys=retired)
         return self._disclosures
 
     def _discard_disclosures(self, drop_id: str) -> None:

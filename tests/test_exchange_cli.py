@@ -737,3 +737,18 @@ def test_rotating_the_pseudonymisation_key_is_audited_and_changes_the_pseudonyms
         json.loads((d / "manifest.json").read_text())["pseudonymisation"]["key_id"] for d in drops
     }
     assert key_ids == {before["key_id"], body["new_key_id"]}
+
+
+def test_disclosures_stay_answerable_after_the_disclosure_key_rotates(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    source = workspace.source(40)
+    assert (
+        exchange(workspace, "run", str(workspace.contract), "--source", str(source)).returncode == 0
+    )
+    raw = pd.read_csv(source, dtype=str, keep_default_na=False)
+    person = raw[raw["objection"] == "false"]["person_id"].iloc[0]
+    rotated = exchange(workspace, "keys", "rotate", "disclosure-key", "--reason", "test")
+    assert rotated.returncode == 0, rotated.stderr
+    found = json.loads(exchange(workspace, "audit", "subject", person, "--format", "json").stdout)
+    assert len(found) == 1
