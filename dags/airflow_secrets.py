@@ -10,7 +10,7 @@ from __future__ import annotations
 from airflow.sdk import Connection, Variable
 from airflow.sdk.exceptions import AirflowNotFoundException, AirflowRuntimeError
 
-from exchange.secrets import SecretMissing, SftpConnection, decode_secret
+from exchange.secrets import DatabaseConnection, SecretMissing, SftpConnection, decode_secret
 
 
 def _airflow_id(name: str) -> str:
@@ -38,6 +38,15 @@ class AirflowSecrets:
                 "key_passphrase": extra.get("key_passphrase") or conn.password,
             },
         )
+
+    def database_connection(self, name: str) -> DatabaseConnection:
+        """The named PostgreSQL connection (host, port, login, schema as the database)."""
+        try:
+            conn = Connection.get(_airflow_id(name))
+        except (AirflowNotFoundException, AirflowRuntimeError) as exc:
+            raise SecretMissing(f"no Airflow connection {_airflow_id(name)!r}") from exc
+        url = f"postgresql://{conn.login}@{conn.host}:{conn.port or 5432}/{conn.schema or ''}"
+        return DatabaseConnection(url, conn.password)
 
     def secret(self, name: str) -> bytes:
         """The named secret from an Airflow variable (base64)."""

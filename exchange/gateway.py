@@ -198,10 +198,18 @@ class Gateway:
     def resolve_source(self, contract: Contract, source: str | Path | Source | None) -> Source:
         """The given source, or the contract's physicalName under EXCHANGE_SOURCE_DIR.
 
-        A `postgresql://` URL reads the table named by the dataset's physicalName.
+        A `postgresql://` URL, or `postgres:NAME` naming a database connection in the secrets
+        store (the password stays there), reads the table named by the dataset's physicalName.
         """
         if source is not None and not isinstance(source, str | Path):
             return source
+        if isinstance(source, str) and source.startswith("postgres:"):
+            from exchange.sources.postgres import PostgresSource
+
+            database = self.secrets.database_connection(source.removeprefix("postgres:"))
+            return PostgresSource(
+                database.url, table=contract.source_name, password=database.password
+            )
         if isinstance(source, str) and source.startswith(("postgresql://", "postgresql+")):
             from exchange.sources.postgres import PostgresSource
 

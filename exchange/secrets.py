@@ -58,8 +58,20 @@ class SftpConnection:
         )
 
 
+@dataclass(frozen=True)
+class DatabaseConnection:
+    """How to read a source database: a URL without the password, and the password apart."""
+
+    url: str
+    password: str | None = field(default=None, repr=False)
+
+
 class SecretStore(Protocol):
     """Looks up connections and secret keys by name."""
+
+    def database_connection(self, name: str) -> DatabaseConnection:
+        """The named database connection."""
+        ...
 
     def sftp_connection(self, name: str) -> SftpConnection:
         """The named SFTP connection."""
@@ -110,6 +122,14 @@ class LocalSecrets:
     @staticmethod
     def _env_name(prefix: str, name: str) -> str:
         return prefix + name.upper().replace("-", "_")
+
+    def database_connection(self, name: str) -> DatabaseConnection:
+        """The named database connection ({"url": ..., "password": ...})."""
+        raw = self._env.get(self._env_name("EXCHANGE_CONN_", name))
+        value = json.loads(raw) if raw else self._load().get("connections", {}).get(name)
+        if not value or not value.get("url"):
+            raise SecretMissing(f"no database connection named {name!r} is configured")
+        return DatabaseConnection(str(value["url"]), value.get("password"))
 
     def sftp_connection(self, name: str) -> SftpConnection:
         """The named SFTP connection."""

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import io
+import json
 import socket
 import traceback
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -302,7 +304,7 @@ def test_bad_settings_are_source_errors_without_secrets(
 
 
 def test_an_exchange_runs_from_a_postgres_table(
-    postgres: PrivatePostgres, partner: PartnerSftpServer, workspace: Workspace
+    postgres: PrivatePostgres, partner: PartnerSftpServer, workspace: Workspace, url: str
 ) -> None:
     """`exchange run --source postgresql://...` reads the table named by physicalName."""
     libpq = postgres.url(driver=None)
@@ -316,11 +318,21 @@ def test_an_exchange_runs_from_a_postgres_table(
                 copy.write(buffer.getvalue())
     try:
         result = workspace.gateway().run(workspace.contract, postgres.url())
+        # The same through a named connection: the password lives in the secrets store.
+        with psycopg.connect(libpq, autocommit=True) as conn:
+            conn.execute(f"GRANT SELECT ON public.attendance_export TO {READER}")
+        connection = {"url": postgres.url(user=READER), "password": READER_PASSWORD}
+        secrets_file = Path(workspace.env["EXCHANGE_SECRETS"])
+        stored = json.loads(secrets_file.read_text())
+        stored.setdefault("connections", {})["school-mis"] = connection
+        secrets_file.write_text(json.dumps(stored))
+        again = workspace.gateway().run(workspace.contract, "postgres:school-mis")
+        assert again.rows_read == 700 and again.rows_sent == result.rows_sent
         objecting = pc.sum(
             pa.Table.from_batches(list(synth.batches(700, seed=SEED)))["objection"]
         ).as_py()
         assert result.rows_read == 700 and result.rows_sent == 700 - objecting
-        assert len(inbox_entries(partner)) == 1
+        assert len(inbox_entries(partner)) == 2
     finally:
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute("DROP TABLE public.attendance_export")
