@@ -207,6 +207,10 @@ class Gateway:
             from exchange.sources.postgres import PostgresSource
 
             database = self.secrets.database_connection(source.removeprefix("postgres:"))
+            if database.query:
+                return PostgresSource(
+                    database.url, query=database.query, password=database.password
+                )
             return PostgresSource(
                 database.url, table=contract.source_name, password=database.password
             )

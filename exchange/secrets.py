@@ -64,6 +64,7 @@ class DatabaseConnection:
 
     url: str
     password: str | None = field(default=None, repr=False)
+    query: str | None = None  # a named query to read instead of the dataset's table
 
 
 class SecretStore(Protocol):
@@ -129,7 +130,7 @@ class LocalSecrets:
         value = json.loads(raw) if raw else self._load().get("connections", {}).get(name)
         if not value or not value.get("url"):
             raise SecretMissing(f"no database connection named {name!r} is configured")
-        return DatabaseConnection(str(value["url"]), value.get("password"))
+        return DatabaseConnection(str(value["url"]), value.get("password"), value.get("query"))
 
     def sftp_connection(self, name: str) -> SftpConnection:
         """The named SFTP connection."""

@@ -328,11 +328,18 @@ def test_an_exchange_runs_from_a_postgres_table(
         secrets_file.write_text(json.dumps(stored))
         again = workspace.gateway().run(workspace.contract, "postgres:school-mis")
         assert again.rows_read == 700 and again.rows_sent == result.rows_sent
+        # A named query kept with the connection reads a subset instead of the whole table.
+        stored["connections"]["school-mis"]["query"] = (
+            "SELECT * FROM public.attendance_export WHERE exclusions > 0"
+        )
+        secrets_file.write_text(json.dumps(stored))
+        subset = workspace.gateway().run(workspace.contract, "postgres:school-mis")
+        assert 0 < subset.rows_read < 700
         objecting = pc.sum(
             pa.Table.from_batches(list(synth.batches(700, seed=SEED)))["objection"]
         ).as_py()
         assert result.rows_read == 700 and result.rows_sent == 700 - objecting
-        assert len(inbox_entries(partner)) == 2
+        assert len(inbox_entries(partner)) == 3
     finally:
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute("DROP TABLE public.attendance_export")
