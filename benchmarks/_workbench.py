@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import secrets
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from exchange import keys, synth
-from exchange.contract import read_document
+from exchange import approval, keys, synth
+from exchange.contract import load_contract, read_document
+from exchange.crypto.signing import load_private_key
 from exchange.gateway import Gateway
 from exchange.sandbox import PartnerSftpServer
 from exchange.settings import Settings
@@ -58,8 +61,20 @@ def workbench(root: Path | None = None) -> Bench:
     for prop in document["customProperties"]:
         if prop["property"] == "recipientKeys":
             prop["value"] = [recipient]
-    contract = root / SAMPLE.name
+    document["servers"][0]["customProperties"] = [
+        {"property": "hostKeys", "value": [server.host_public_key]}
+    ]
+    contracts = root / "contracts"
+    (contracts / "approvers").mkdir(parents=True, exist_ok=True)
+    officer = root / "officer.key"
+    if not officer.exists():
+        keys.generate("signing", officer, comment="Benchmark Officer")
+    shutil.copy(root / "officer.key.pub", contracts / "approvers" / "officer.pub")
+    contract = contracts / SAMPLE.name
     contract.write_text(yaml.safe_dump(document, sort_keys=False))
+    approval.approve(
+        load_contract(contract), load_private_key(officer), now=dt.datetime.now(dt.UTC)
+    )
     secrets_file = root / "secrets.json"
     secrets_file.write_text(
         json.dumps(
