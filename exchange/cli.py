@@ -342,7 +342,10 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
 
     found = Gateway(Settings.from_env()).disclosures().lookup(args.subject)
     if args.format == "json":
-        rows = [dataclasses.asdict(d) for d in found]
+        rows = [
+            {**dataclasses.asdict(d), "sent_at": d.sent_at.isoformat() if d.sent_at else None}
+            for d in found
+        ]
         sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
         return OK
     if not found:
@@ -434,10 +437,14 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     if args.secret == DISCLOSURE_KEY and old:
         # Disclosures recorded under the old key must stay answerable.
         LocalSecrets(settings.secrets_file).rotate(f"{DISCLOSURE_KEY}-old", old)
+    if args.secret == DISCLOSURE_KEY:
+        from exchange.audit.disclosures import key_id as fingerprint
+    else:
+        fingerprint = key_id
     body = {
         "secret": args.secret,
-        "old_key_id": key_id(old) if old else None,
-        "new_key_id": key_id(new),
+        "old_key_id": fingerprint(old) if old else None,
+        "new_key_id": fingerprint(new),
         "reason": args.reason,
     }
     Ledger(settings.audit_url).append("key.rotated", body)

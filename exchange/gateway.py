@@ -5,6 +5,7 @@ writes its own audit entries, refusals and failures included, so both paths leav
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -130,7 +131,10 @@ class Gateway:
     ) -> None:
         self.settings = settings
         self._disclosures: Disclosures | None = None
-        self.notifiers = list(notifiers_from_env() if notifiers is None else notifiers)
+        try:
+            self.notifiers = list(notifiers_from_env() if notifiers is None else notifiers)
+        except ValueError as exc:
+            raise ExchangeError(f"incident notification settings: {exc}") from None
         private_dir(settings.home)
         self.secrets = secrets or LocalSecrets(settings.secrets_file)
         self.ledger = ledger or Ledger(settings.audit_url, clock=clock)
@@ -288,7 +292,12 @@ class Gateway:
         objecting = None
         if contract.objections.list:
             # A named list that cannot be read stops the run: never send as if nobody objected.
-            text = self.secrets.secret(contract.objections.list).decode("utf-8")
+            try:
+                text = self.secrets.secret(contract.objections.list).decode("utf-8")
+            except UnicodeDecodeError:
+                raise SecretMissing(
+                    f"objection list {contract.objections.list!r} is not UTF-8 text"
+                ) from None
             objecting = {line.strip() for line in text.splitlines() if line.strip()}
         minimise = Minimiser(
             contract, pseudonym_key=key, today=started.date(), objecting_ids=objecting
@@ -670,9 +679,16 @@ class Gateway:
                 "reason": reason.strip(),
                 "corrects": sorted(drops),
             }
+            # A notice carries the row whatever its last-updated time, and must not move an
+            # incremental agreement's watermark.
             prepared = self.prepare(
-                contract, subject, run_id=run_id, extra={"correction": correction}
+                contract,
+                subject,
+                run_id=run_id,
+                extra={"correction": correction},
+                full_refresh=True,
             )
+            prepared = dataclasses.replace(prepared, watermark=None)
             delivery = self.deliver(contract, prepared)
             self.ledger.append(
                 "rectification.sent",
