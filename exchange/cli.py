@@ -36,6 +36,8 @@ if TYPE_CHECKING:
         Ed25519PublicKey,
     )
 
+    from exchange.audit import Ledger
+
 OK, FAILED, BAD_INPUT, REFUSED, DELIVERY_FAILED, NOT_VERIFIED = 0, 1, 2, 3, 4, 5
 
 
@@ -293,28 +295,27 @@ def _gateway_public_key(args: argparse.Namespace, settings: Settings) -> Ed25519
     return load_public_key(path) if args.public_key or path.exists() else None
 
 
-def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
-    """Sign a checkpoint of the ledger's current head and print it."""
+def _signed_head(settings: Settings) -> tuple[Ledger, str]:
+    """The ledger, after signing a checkpoint of its current head; and that checkpoint."""
     from exchange.audit import Ledger
     from exchange.crypto.signing import key_id, load_private_key
 
-    settings = Settings.from_env()
     key = load_private_key(settings.signing_key)
-    origin = settings.log_origin or f"exchange-gateway/{key_id(key.public_key())[8:]}"
-    sys.stdout.write(Ledger(settings.audit_url, create=False).checkpoint(key, origin).note)
+    ledger = Ledger(settings.audit_url, create=False)
+    origin = settings.checkpoint_origin(key_id(key.public_key()))
+    return ledger, ledger.checkpoint(key, origin).note
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    """Sign a checkpoint of the ledger's current head and print it."""
+    sys.stdout.write(_signed_head(Settings.from_env())[1])
     return OK
 
 
 def cmd_audit_export(args: argparse.Namespace) -> int:
     """Write a self-contained, verifiable copy of the ledger."""
-    from exchange.audit import Ledger
-    from exchange.crypto.signing import key_id, load_private_key
-
     settings = Settings.from_env()
-    key = load_private_key(settings.signing_key)
-    ledger = Ledger(settings.audit_url, create=False)
-    origin = settings.log_origin or f"exchange-gateway/{key_id(key.public_key())[8:]}"
-    ledger.checkpoint(key, origin)  # the export ends at a signed head
+    ledger, _ = _signed_head(settings)  # the export ends at a signed head
     path = ledger.export(args.out, Path(f"{settings.signing_key}.pub").read_text())
     _say(
         f"exported the ledger to {path} (0600); verify it with: exchange audit verify-export "
@@ -538,8 +539,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("contract", type=Path)
     run.add_argument(
         "--source",
-        help="a CSV or Parquet file, or a postgresql:// URL (table: the dataset's physicalName); "
-        "default: the file named by physicalName in EXCHANGE_SOURCE_DIR",
+        help="a CSV or Parquet file, a postgresql:// URL, or postgres:NAME (a connection in the "
+        "secrets store); default: the file named by physicalName in EXCHANGE_SOURCE_DIR",
     )
     run.add_argument("--run-id", help="reuse a run id (re-running never duplicates a drop)")
     run.add_argument(

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from exchange import guard, manifest, payload, transforms
@@ -337,7 +336,9 @@ class Gateway:
             subjects,
         )
         head_seq, head_hash = self.ledger.head()
-        checkpoint = self.ledger.checkpoint(signing_key, self._origin(signing_key))
+        checkpoint = self.ledger.checkpoint(
+            signing_key, self.settings.checkpoint_origin(signing.key_id(signing_key.public_key()))
+        )
         body = {
             "manifest_version": manifest.MANIFEST_VERSION,
             "drop_id": drop_id,
@@ -750,11 +751,6 @@ class Gateway:
     def _discard_disclosures(self, drop_id: str) -> None:
         if self._disclosures is not None:
             self._disclosures.discard(drop_id)
-
-    def _origin(self, key: Ed25519PrivateKey) -> str:
-        return (
-            self.settings.log_origin or f"exchange-gateway/{signing.key_id(key.public_key())[8:]}"
-        )
 
     # -- helpers ------------------------------------------------------------------------------
 

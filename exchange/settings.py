@@ -43,6 +43,10 @@ class Settings:
             log_origin=env.get("EXCHANGE_LOG_ORIGIN") or None,
         )
 
+    def checkpoint_origin(self, signing_key_id: str) -> str:
+        """The log's name in signed checkpoints: EXCHANGE_LOG_ORIGIN, else from the key id."""
+        return self.log_origin or f"exchange-gateway/{signing_key_id.removeprefix('ed25519:')}"
+
     @property
     def staging(self) -> Path:
         """Ciphertext waiting for delivery."""
