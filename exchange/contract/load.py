@@ -13,10 +13,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
-import yaml
 from croniter import croniter
 
 from exchange import filters, transforms
+from exchange.contract import names, safe_yaml
 from exchange.contract.canonical import _plain, canonical_sha256
 from exchange.contract.legal import DIRECT_IDENTIFIER_NAMES
 from exchange.contract.model import (
@@ -64,28 +64,24 @@ def _schema_problems(
 
 
 def read_document(path: Path) -> dict[str, Any]:
-    """Parse a contract file with the safe YAML loader; problems become ContractError."""
-    file = str(path)
+    """Parse a contract file with the contract loader; every problem becomes a ContractError."""
     try:
-        text = path.read_text("utf-8")
-    except OSError as exc:
-        raise ContractError([Problem(file, "", f"cannot read file: {exc.strerror}")]) from exc
-    except UnicodeDecodeError:
-        raise ContractError([Problem(file, "", "not UTF-8 text")]) from None
-    return parse_text(text, file)
+        document = safe_yaml.load_file(path)
+    except safe_yaml.YamlRefused as exc:
+        raise ContractError([Problem(str(path), w, m) for w, m in exc.problems]) from None
+    return _plain_mapping(document)
 
 
 def parse_text(text: str, label: str) -> dict[str, Any]:
-    """Parse contract text with the safe YAML loader; `label` names it in problems."""
+    """Parse contract text with the contract loader; `label` names it in problems."""
     try:
-        document = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        detail = getattr(exc, "problem", None) or "invalid YAML"
-        raise ContractError([Problem(label, where, f"not valid YAML: {detail}")]) from exc
-    if not isinstance(document, dict):
-        raise ContractError([Problem(label, "", "a contract must be a YAML mapping")])
+        document = safe_yaml.load_text(text)
+    except safe_yaml.YamlRefused as exc:
+        raise ContractError([Problem(label, w, m) for w, m in exc.problems]) from None
+    return _plain_mapping(document)
+
+
+def _plain_mapping(document: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = _plain(document)
     return result
 
@@ -102,6 +98,7 @@ def load_contract(path: str | Path) -> Contract:
 
 def check_document(document: dict[str, Any], file: str) -> Iterator[Problem]:
     """Yield every problem in a parsed contract, ODCS schema first, then the sharing terms."""
+    yield from names.name_problems(document, file)  # whatever else is wrong
     odcs = list(_schema_problems(_odcs_validator(), document, file))
     yield from odcs
     if document.get("apiVersion") != API_VERSION:
@@ -111,11 +108,23 @@ def check_document(document: dict[str, Any], file: str) -> Iterator[Problem]:
     yield from _check_terms(document, file)
     yield from _check_schema(document, file)
     yield from _check_servers(document, file)
-    if "retention" not in {s.get("property") for s in document.get("slaProperties") or []}:
+    retention = [
+        i
+        for i, s in enumerate(document.get("slaProperties") or [])
+        if s.get("property") == "retention"
+    ]
+    if not retention:
         yield Problem(
             file,
             "slaProperties",
             "the retention period is missing: add {property: retention, value: N, unit: y|m|d}",
+        )
+    elif len(retention) > 1:  # per-element entries are not read: one period binds the recipient
+        yield Problem(
+            file,
+            f"slaProperties[{retention[1]}]",
+            f"a second retention period (the first is slaProperties[{retention[0]}]): "
+            "give exactly one",
         )
     yield from policy_problems(document, file)
 
@@ -296,11 +305,6 @@ def _check_servers(document: dict[str, Any], file: str) -> Iterator[Problem]:
         )
         return
     i, server = sftp[0]
-    url = urlsplit(server.get("location", ""))
-    if not url.hostname or not url.path.strip("/"):
-        yield Problem(file, f"servers[{i}].location", "must be sftp://HOST/FOLDER")
-    if "*" in url.path or "{" in url.path:
-        yield Problem(file, f"servers[{i}].location", "must name a folder, not a pattern")
     if server.get("format", "csv") not in PAYLOAD_FORMATS:
         yield Problem(file, f"servers[{i}].format", f"must be one of {', '.join(PAYLOAD_FORMATS)}")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from exchange.contract import legal
@@ -38,7 +39,7 @@ def policy_problems(document: dict[str, Any], file: str) -> Iterator[Problem]:
             powers.append(power)
     article9 = basis.get("ukGdprArticle9")
     schedule1 = basis.get("dpa2018Schedule1")
-    if article9 in legal.ARTICLE_9_NEEDS_SCHEDULE_1 and not schedule1:
+    if isinstance(article9, str) and article9 in legal.ARTICLE_9_NEEDS_SCHEDULE_1 and not schedule1:
         yield Problem(
             file,
             basis_at,
@@ -112,8 +113,14 @@ def _host_key_problems(document: dict[str, Any], file: str) -> Iterator[Problem]
                 "listing its public key lines ('ssh-ed25519 AAAA...'), as the partner gives them",
             )
             continue
-        for j, line in enumerate(keys if isinstance(keys, list) else [keys]):
+        if not isinstance(keys, list):
+            yield Problem(file, at, "must be a list of SSH public key lines")
+            continue
+        for j, line in enumerate(keys):
+            if not isinstance(line, str):
+                yield Problem(file, f"{at}[{j}]", "must be an SSH public key line (text)")
+                continue
             try:
-                load_ssh_public_key(str(line).encode())
-            except (ValueError, TypeError):
+                load_ssh_public_key(line.encode())
+            except (ValueError, TypeError, UnsupportedAlgorithm):
                 yield Problem(file, f"{at}[{j}]", "not an SSH public key line")
