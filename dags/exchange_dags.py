@@ -1,7 +1,9 @@
 """One Airflow DAG per contract file in the contracts folder.
 
-Orchestration only: every task calls the `exchange` library, and passes nothing but small
-metadata (paths, counts, ids) through XCom. Parsing this file reads each contract's id and
+Orchestration only: every task calls the `exchange` library, and passes nothing but the
+contract's hash and counts through XCom. XCom and params are editable by Airflow users, so no
+task takes a path from them: the staged drop is found from the run id, and every task checks
+again that the agreement may run. Parsing this file reads each contract's id and
 schedule with the safe YAML loader and nothing else: no connection, no database, no data.
 """
 
@@ -34,6 +36,14 @@ def _gateway() -> Gateway:
     from exchange.settings import Settings
 
     return Gateway(Settings.from_env(), secrets=AirflowSecrets())
+
+
+def _triggered_by(context: Any) -> str:
+    """Who started the run, for the ledger: the Airflow user, or the scheduler."""
+    run = context.get("dag_run")
+    user = getattr(run, "triggering_user_name", None)
+    kind = str(getattr(run, "run_type", "") or "unknown")
+    return f"airflow:{user}" if user else f"airflow:{kind}"
 
 
 def _terminal(exc: Exception) -> AirflowFailException:
@@ -74,12 +84,10 @@ def _acknowledgement_sensor(contract_file: str, deadline_hours: float) -> Any:
 
     @task.sensor(poke_interval=poke, timeout=deadline.total_seconds() + poke, mode="reschedule")
     def await_acknowledgement(delivered: dict[str, Any]) -> PokeReturnValue:
-        from exchange.contract import load_contract
-
-        gateway = _gateway()
-        contract = load_contract(contract_file)
-        gateway.collect_acks(contract)
         run_id = get_current_context()["run_id"]
+        gateway = _gateway()
+        contract = gateway.recheck(contract_file, run_id=run_id)
+        gateway.collect_acks(contract)
         acked = gateway.ledger.find("ack.received", run_id=run_id, contract_id=contract.id)
         return PokeReturnValue(is_done=acked is not None)
 
@@ -100,7 +108,12 @@ def build_dag(contract_path: Path) -> DAG:
         max_active_runs=1,
         tags=["exchange"],
         params={
-            "source": Param("", type="string", description="source file (blank: default)"),
+            "source": Param(
+                "",
+                type="string",
+                maxLength=255,
+                description="a file in the source folder, or postgres:NAME (blank: default)",
+            ),
             "full_refresh": Param(False, type="boolean", description="send every record"),
         },
         default_args={"retries": 0},
@@ -119,7 +132,7 @@ def build_dag(contract_path: Path) -> DAG:
 
         @task(show_return_value_in_logs=False, multiple_outputs=False)
         def prepare(contract_sha256: str) -> dict[str, Any]:
-            """Extract, minimise, guard, validate, encrypt and sign; returns counts and paths."""
+            """Extract, minimise, guard, validate, encrypt and sign; returns counts only."""
             from exchange.errors import ExchangeError
 
             context = get_current_context()
@@ -132,10 +145,11 @@ def build_dag(contract_path: Path) -> DAG:
                     source,
                     run_id=context["run_id"],
                     full_refresh=bool(context["params"].get("full_refresh")),
+                    triggered_by=_triggered_by(context),
                 )
             except ExchangeError as exc:
                 raise _terminal(exc) from exc
-            return prepared.to_dict()
+            return {"rows_read": prepared.rows_read, "rows_sent": prepared.rows_sent}
 
         @task(
             show_return_value_in_logs=False,
@@ -145,20 +159,22 @@ def build_dag(contract_path: Path) -> DAG:
             retry_exponential_backoff=True,
         )
         def deliver(contract_sha256: str, prepared: dict[str, Any]) -> dict[str, Any]:
-            """Send the staged drop over SFTP and record the transfer; transient faults retry."""
-            from exchange.errors import ExchangeError, Retryable
-            from exchange.gateway import Prepared
+            """Verify and send this run's staged drop, and record the transfer.
 
-            run = Prepared.from_dict(prepared)
+            Transient faults retry. `prepared` only orders the tasks: the drop is found from
+            the run id and verified, whatever XCom says."""
+            from exchange.errors import ExchangeError, Retryable
+
+            run_id = get_current_context()["run_id"]
             try:
                 gateway = _gateway()
-                contract = gateway.recheck(contract_file, contract_sha256, run_id=run.run_id)
-                delivery = gateway.deliver(contract, run)
+                contract = gateway.recheck(contract_file, contract_sha256, run_id=run_id)
+                delivery = gateway.deliver(contract, run_id)
             except ExchangeError as exc:
                 if isinstance(exc, Retryable):
                     raise
                 raise _terminal(exc) from exc
-            return {"remote_path": delivery.remote_path, "bytes": delivery.bytes}
+            return {"bytes": delivery.bytes}
 
         checked = check_contract()
         delivered = deliver(checked, prepare(checked))

@@ -1,10 +1,12 @@
-"""IG approval, suspension and the gate every run passes first.
+"""IG approval, suspension and the gate every task passes.
 
 An approval is a small signed JSON file beside the contract (`NAME.approval.json`) binding the
-approver's key, the time, the review date and the SHA-256 of the contract's canonical form.
-Trusted approvers' public keys are the `approvers/*.pub` files in the contracts folder; key ids
-listed in `approvers/revoked.txt` are trusted no more. A suspension (`NAME.suspension.json`),
-signed the same way, stops the agreement at once without deleting anything.
+approver's key, the time, the review date and the SHA-256 of the contract's canonical form. Only
+keys in the operator's trust configuration (`exchange.trust`) count, whatever folder the file is in.
+
+Suspensions and resumes are signed statements kept in the audit ledger, keyed by contract id: a
+suspension holds whatever file the contract is copied to, and only a trusted officer's signed
+resume of that very suspension lifts it. Deleting a ledger entry breaks the hash chain.
 """
 
 from __future__ import annotations
@@ -13,31 +15,30 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange.contract import Contract
 from exchange.contract.canonical import canonical_bytes
 from exchange.crypto import signing
 from exchange.errors import CryptoError, ExchangeError, NotRunnable
+from exchange.trust import Approver, Trust, load_trust
+
+if TYPE_CHECKING:
+    from exchange.audit import Entry, Ledger
+    from exchange.settings import Settings
 
 APPROVAL_TYPE = "exchange-approval/1"
-SUSPENSION_TYPE = "exchange-suspension/1"
+SUSPENSION_TYPE = "exchange-suspension/2"
+RESUME_TYPE = "exchange-resume/1"
+SUSPENDED, RESUMED = "contract.suspended", "contract.resumed"
 REVIEW_YEARS = 2  # the protocol reviews every agreement at least every two years
 
 
 class ApprovalError(ExchangeError):
     """An approval or suspension cannot be made as asked."""
-
-
-@dataclass(frozen=True)
-class Approver:
-    """A trusted IG officer's public key."""
-
-    key_id: str
-    name: str
-    key: Ed25519PublicKey
 
 
 @dataclass(frozen=True)
@@ -52,19 +53,9 @@ class Status:
     review_by: str | None = None
 
 
-def approvers_dir(contract_path: Path) -> Path:
-    """Where the trusted approvers' keys for a contract live."""
-    return contract_path.parent / "approvers"
-
-
 def approval_path(contract_path: Path) -> Path:
     """The approval file beside a contract."""
     return contract_path.with_name(f"{contract_path.stem}.approval.json")
-
-
-def suspension_path(contract_path: Path) -> Path:
-    """The suspension file beside a contract."""
-    return contract_path.with_name(f"{contract_path.stem}.suspension.json")
 
 
 def review_limit(day: dt.date) -> dt.date:
@@ -75,193 +66,268 @@ def review_limit(day: dt.date) -> dt.date:
         return day.replace(year=day.year + REVIEW_YEARS, day=28)
 
 
-def revoked(folder: Path) -> set[str]:
-    """Key ids listed as revoked (one per line; '#' starts a comment)."""
-    path = folder / "revoked.txt"
-    if not path.exists():
-        return set()
-    return {line.split("#")[0].strip() for line in path.read_text().splitlines()} - {""}
+def _signature(body: dict[str, Any], key: Ed25519PrivateKey) -> str:
+    return signing.sign(key, canonical_bytes(body)).decode().strip()
 
 
-def trusted_approvers(folder: Path) -> dict[str, Approver]:
-    """The approvers whose keys are in the folder and not revoked."""
-    found: dict[str, Approver] = {}
-    for path in sorted(folder.glob("*.pub")) if folder.is_dir() else []:
-        try:
-            key = signing.load_public_key(path)
-        except CryptoError:
-            raise NotRunnable(
-                f"approver key file {path.name} is unreadable: fix or remove it",
-                reason="approval-invalid",
-            ) from None
-        parts = path.read_text().split(maxsplit=2)
-        name = parts[2].strip() if len(parts) > 2 else path.stem
-        found[signing.key_id(key)] = Approver(signing.key_id(key), name, key)
-    for key_id in revoked(folder):
-        found.pop(key_id, None)
-    return found
-
-
-def _signed(body: dict[str, Any], key: Ed25519PrivateKey) -> bytes:
-    signature = signing.sign(key, canonical_bytes(body)).decode().strip()
-    return (json.dumps({"body": body, "signature": signature}, indent=2) + "\n").encode()
-
-
-def _read_signed(path: Path, kind: str, folder: Path) -> tuple[dict[str, Any], str]:
-    """A signed file's body and the key id that signed it; NotRunnable if it does not verify."""
-    try:
-        envelope = json.loads(path.read_text("utf-8"))
-        body, signature = envelope["body"], envelope["signature"]
-        if body.get("type") != kind:
-            raise ValueError(kind)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        raise NotRunnable(f"{path.name} is unreadable", reason="approval-invalid") from None
+def _verified(body: Any, signature: Any, kind: str, trust: Trust, label: str) -> Approver:
+    """The trusted approver who signed `body`; NotRunnable with a reason code otherwise."""
+    if not isinstance(body, dict) or body.get("type") != kind or not isinstance(signature, str):
+        raise NotRunnable(f"{label} is unreadable", reason="approval-invalid")
     key_id = str(body.get("key_id"))
-    if key_id in revoked(folder):
-        raise NotRunnable(f"{path.name} was signed by revoked key {key_id}", reason="revoked-key")
-    approver = trusted_approvers(folder).get(key_id)
+    if key_id in trust.revoked:
+        raise NotRunnable(f"{label} was signed by revoked key {key_id}", reason="revoked-key")
+    approver = trust.approver(key_id)
     if approver is None:
         raise NotRunnable(
-            f"{path.name} was signed by {key_id}, which is not a trusted approver",
+            f"{label} was signed by {key_id}, which is not a trusted approver",
             reason="untrusted-key",
         )
     try:
         signing.verify(approver.key, canonical_bytes(body), signature.encode())
     except CryptoError:
         raise NotRunnable(
-            f"{path.name}: signature does not verify", reason="approval-invalid"
+            f"{label}: signature does not verify", reason="approval-invalid"
         ) from None
-    return body, approver.name
+    return approver
 
 
-def check_runnable(contract: Contract, today: dt.date) -> Status:
-    """The status of a contract today; NotRunnable, with a reason code, unless it may run."""
-    folder = approvers_dir(contract.path)
-    if contract.status != "active":
-        raise NotRunnable(
-            f"contract {contract.id} is {contract.status!r}, not 'active'", reason="not-active"
-        )
-    suspension = suspension_path(contract.path)
-    if suspension.exists():
+class Governance:
+    """Decides, from the trust anchor and the ledger, whether an agreement may run."""
+
+    def __init__(self, trust: Trust, ledger: Ledger) -> None:
+        self.trust = trust
+        self.ledger = ledger
+
+    @classmethod
+    def from_settings(cls, settings: Settings, ledger: Ledger | None = None) -> Governance:
+        """The configured trust anchor, and the configured ledger unless one is given."""
+        from exchange.audit import Ledger
+
+        trust = load_trust(settings.approvers, contracts=settings.contracts)
+        return cls(trust, ledger or Ledger(settings.audit_url))
+
+    # -- suspensions ------------------------------------------------------------------------
+
+    def _latest_statement(self, contract_id: str) -> Entry | None:
+        from exchange.audit.ledger import Entry, entries
+
+        with self.ledger.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(entries)
+                .where(
+                    entries.c.contract_id == contract_id, entries.c.event.in_([SUSPENDED, RESUMED])
+                )
+                .order_by(entries.c.seq.desc())
+                .limit(1)
+            ).first()
+        return Entry(**row._mapping) if row else None
+
+    def _suspension_before(self, contract_id: str, seq: int) -> Entry | None:
+        from exchange.audit.ledger import Entry, entries
+
+        with self.ledger.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(entries)
+                .where(
+                    entries.c.contract_id == contract_id,
+                    entries.c.event == SUSPENDED,
+                    entries.c.seq < seq,
+                )
+                .order_by(entries.c.seq.desc())
+                .limit(1)
+            ).first()
+        return Entry(**row._mapping) if row else None
+
+    def suspension(self, contract_id: str) -> NotRunnable | None:
+        """Why the agreement is suspended now, or None. Anything unverifiable stays suspended."""
+        latest = self._latest_statement(contract_id)
+        if latest is None:
+            return None
+        data = latest.data
+        if latest.event == RESUMED:
+            lifted = self._suspension_before(contract_id, latest.seq)
+            try:
+                _verified(
+                    data.get("statement"), data.get("signature"), RESUME_TYPE, self.trust, "resume"
+                )
+                statement = data["statement"]
+                if lifted is None or statement.get("lifts") != lifted.entry_hash:
+                    raise NotRunnable("resume names another suspension", reason="approval-invalid")
+                if statement.get("contract_id") != contract_id:
+                    raise NotRunnable("resume is for another contract", reason="approval-invalid")
+            except NotRunnable as exc:
+                return NotRunnable(
+                    f"contract {contract_id} is suspended: its latest resume does not verify "
+                    f"({exc}); a trusted officer must resume it",
+                    reason="suspended",
+                )
+            return None
         try:
-            body, name = _read_signed(suspension, SUSPENSION_TYPE, folder)
-        except NotRunnable as exc:  # an unverifiable suspension still stops: it is the safe side
-            raise NotRunnable(
-                f"contract {contract.id} has a suspension file that does not verify ({exc}); "
-                "it stays stopped until an approver resumes it",
+            who = _verified(
+                data.get("statement"),
+                data.get("signature"),
+                SUSPENSION_TYPE,
+                self.trust,
+                "suspension",
+            )
+        except NotRunnable as exc:  # an unverifiable suspension still stops: the safe side
+            return NotRunnable(
+                f"contract {contract_id} has a suspension that does not verify ({exc}); "
+                "it stays stopped until a trusted officer resumes it",
                 reason="suspended",
-            ) from None
-        raise NotRunnable(
-            f"contract {contract.id} was suspended by {name} on {body['at'][:10]}: "
-            f"{body['reason']}",
+            )
+        statement = data["statement"]
+        return NotRunnable(
+            f"contract {contract_id} was suspended by {who.name} on "
+            f"{str(statement.get('at'))[:10]}: {statement.get('reason')}",
             reason="suspended",
         )
-    path = approval_path(contract.path)
-    if not path.exists():
-        raise NotRunnable(f"contract {contract.id} has not been approved", reason="not-approved")
-    body, name = _read_signed(path, APPROVAL_TYPE, folder)
-    if body.get("contract_sha256") != contract.sha256:
-        raise NotRunnable(
-            f"contract {contract.id} has changed since {name} approved it: it needs re-approval",
-            reason="changed-since-approval",
+
+    # -- the gate ---------------------------------------------------------------------------
+
+    def check(self, contract: Contract, today: dt.date) -> Status:
+        """The status of a contract today; NotRunnable, with a reason code, unless it may run."""
+        if contract.status != "active":
+            raise NotRunnable(
+                f"contract {contract.id} is {contract.status!r}, not 'active'", reason="not-active"
+            )
+        suspended = self.suspension(contract.id)
+        if suspended is not None:
+            raise suspended
+        path = approval_path(contract.path)
+        if not path.exists():
+            raise NotRunnable(
+                f"contract {contract.id} has not been approved", reason="not-approved"
+            )
+        try:
+            envelope = json.loads(path.read_text("utf-8"))
+            body, signature = envelope["body"], envelope["signature"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise NotRunnable(f"{path.name} is unreadable", reason="approval-invalid") from None
+        approver = _verified(body, signature, APPROVAL_TYPE, self.trust, path.name)
+        if body.get("contract_sha256") != contract.sha256 or body.get("contract_id") != contract.id:
+            raise NotRunnable(
+                f"contract {contract.id} has changed since {approver.name} approved it: "
+                "it needs re-approval",
+                reason="changed-since-approval",
+            )
+        try:
+            approved_on = dt.date.fromisoformat(str(body["at"])[:10])
+            review_by = dt.date.fromisoformat(str(body["review_by"]))
+        except (KeyError, ValueError):
+            raise NotRunnable(f"{path.name} is unreadable", reason="approval-invalid") from None
+        if review_by > review_limit(approved_on):
+            raise NotRunnable(
+                f"the approval of {contract.id} sets a review date more than two years ahead",
+                reason="approval-invalid",
+            )
+        due = min(review_by, contract.review_date)
+        if due < today:
+            raise NotRunnable(
+                f"contract {contract.id} was due for review on {due.isoformat()}",
+                reason="review-overdue",
+            )
+        return Status(True, "ok", "approved", approver.label, body["at"], due.isoformat())
+
+    def status(self, contract: Contract, today: dt.date) -> Status:
+        """Like check, but returns the refusal as a Status instead of raising."""
+        try:
+            return self.check(contract, today)
+        except NotRunnable as exc:
+            return Status(False, exc.reason, str(exc))
+
+    # -- officers' acts -----------------------------------------------------------------------
+
+    def signer(self, key: Ed25519PrivateKey) -> Approver:
+        """The trusted approver holding this key; ApprovalError otherwise."""
+        key_id = signing.key_id(key.public_key())
+        approver = self.trust.approver(key_id)
+        if approver is None:
+            raise ApprovalError(
+                f"key {key_id} is not a trusted approver: the operator adds it to "
+                f"{self.trust.source or 'the trusted approvers file'} first"
+            )
+        return approver
+
+    def approve(
+        self,
+        contract: Contract,
+        key: Ed25519PrivateKey,
+        *,
+        now: dt.datetime,
+        review_by: dt.date | None = None,
+    ) -> Path:
+        """Sign an approval of the contract as it is now; return the approval file."""
+        if contract.status != "active":
+            raise ApprovalError(
+                f"contract {contract.id} is {contract.status!r}: "
+                "set status to 'active' to approve it"
+            )
+        approver = self.signer(key)
+        limit = review_limit(now.date())
+        if review_by is not None and review_by > limit:
+            raise ApprovalError(
+                f"review date {review_by.isoformat()} is more than two years ahead "
+                f"(latest {limit.isoformat()})"
+            )
+        if review_by is not None and review_by <= now.date():
+            raise ApprovalError("the review date must be in the future")
+        due = min(review_by or limit, contract.review_date, limit)
+        if due <= now.date():
+            raise ApprovalError(f"the contract's reviewDate {contract.review_date} has passed")
+        body = {
+            "type": APPROVAL_TYPE,
+            "contract_id": contract.id,
+            "contract_version": contract.version,
+            "contract_sha256": contract.sha256,
+            "key_id": approver.key_id,
+            "approver": approver.name,
+            "at": now.isoformat(timespec="seconds"),
+            "review_by": due.isoformat(),
+        }
+        path = approval_path(contract.path)
+        envelope = {"body": body, "signature": _signature(body, key)}
+        path.write_text(json.dumps(envelope, indent=2) + "\n")
+        return path
+
+    def suspend(
+        self, contract: Contract, key: Ed25519PrivateKey, *, reason: str, now: dt.datetime
+    ) -> Entry:
+        """Stop the agreement at once, under whatever file name it runs; return the entry."""
+        if not reason.strip():
+            raise ApprovalError("a suspension needs a reason")
+        approver = self.signer(key)
+        body = {
+            "type": SUSPENSION_TYPE,
+            "contract_id": contract.id,
+            "contract_sha256": contract.sha256,
+            "key_id": approver.key_id,
+            "at": now.isoformat(timespec="seconds"),
+            "reason": reason.strip(),
+        }
+        return self.ledger.append(
+            SUSPENDED,
+            {"statement": body, "signature": _signature(body, key), "approver": approver.label},
+            contract_id=contract.id,
         )
-    approved_on = dt.date.fromisoformat(body["at"][:10])
-    review_by = dt.date.fromisoformat(body["review_by"])
-    if review_by > review_limit(approved_on):
-        raise NotRunnable(
-            f"the approval of {contract.id} sets a review date more than two years ahead",
-            reason="approval-invalid",
+
+    def resume(self, contract: Contract, key: Ed25519PrivateKey, *, now: dt.datetime) -> Approver:
+        """Lift the current suspension with a signed resume naming it; return who lifted it."""
+        approver = self.signer(key)
+        latest = self._latest_statement(contract.id)
+        if latest is None or latest.event != SUSPENDED:
+            raise ApprovalError(f"contract {contract.id} is not suspended")
+        body = {
+            "type": RESUME_TYPE,
+            "contract_id": contract.id,
+            "key_id": approver.key_id,
+            "at": now.isoformat(timespec="seconds"),
+            "lifts": latest.entry_hash,
+        }
+        self.ledger.append(
+            RESUMED,
+            {"statement": body, "signature": _signature(body, key), "approver": approver.label},
+            contract_id=contract.id,
         )
-    due = min(review_by, contract.review_date)
-    if due < today:
-        raise NotRunnable(
-            f"contract {contract.id} was due for review on {due.isoformat()}",
-            reason="review-overdue",
-        )
-    return Status(True, "ok", "approved", f"{name} ({body['key_id']})", body["at"], due.isoformat())
-
-
-def status(contract: Contract, today: dt.date) -> Status:
-    """Like check_runnable, but returns the refusal as a Status instead of raising."""
-    try:
-        return check_runnable(contract, today)
-    except NotRunnable as exc:
-        return Status(False, exc.reason, str(exc))
-
-
-def _signer(key: Ed25519PrivateKey, folder: Path) -> Approver:
-    key_id = signing.key_id(key.public_key())
-    approver = trusted_approvers(folder).get(key_id)
-    if approver is None:
-        raise ApprovalError(
-            f"key {key_id} is not a trusted approver: add its .pub to {folder} first"
-        )
-    return approver
-
-
-def approve(
-    contract: Contract,
-    key: Ed25519PrivateKey,
-    *,
-    now: dt.datetime,
-    review_by: dt.date | None = None,
-) -> Path:
-    """Sign an approval of the contract as it is now; return the approval file."""
-    if contract.status != "active":
-        raise ApprovalError(
-            f"contract {contract.id} is {contract.status!r}: set status to 'active' to approve it"
-        )
-    approver = _signer(key, approvers_dir(contract.path))
-    limit = review_limit(now.date())
-    if review_by is not None and review_by > limit:
-        raise ApprovalError(
-            f"review date {review_by.isoformat()} is more than two years ahead "
-            f"(latest {limit.isoformat()})"
-        )
-    if review_by is not None and review_by <= now.date():
-        raise ApprovalError("the review date must be in the future")
-    due = min(review_by or limit, contract.review_date, limit)
-    if due <= now.date():
-        raise ApprovalError(f"the contract's reviewDate {contract.review_date} has passed")
-    body = {
-        "type": APPROVAL_TYPE,
-        "contract_id": contract.id,
-        "contract_version": contract.version,
-        "contract_sha256": contract.sha256,
-        "key_id": approver.key_id,
-        "approver": approver.name,
-        "at": now.isoformat(timespec="seconds"),
-        "review_by": due.isoformat(),
-    }
-    path = approval_path(contract.path)
-    path.write_bytes(_signed(body, key))
-    return path
-
-
-def suspend(contract: Contract, key: Ed25519PrivateKey, *, reason: str, now: dt.datetime) -> Path:
-    """Stop the agreement at once; nothing is deleted. Return the suspension file."""
-    if not reason.strip():
-        raise ApprovalError("a suspension needs a reason")
-    approver = _signer(key, approvers_dir(contract.path))
-    body = {
-        "type": SUSPENSION_TYPE,
-        "contract_id": contract.id,
-        "contract_sha256": contract.sha256,
-        "key_id": approver.key_id,
-        "approver": approver.name,
-        "at": now.isoformat(timespec="seconds"),
-        "reason": reason.strip(),
-    }
-    path = suspension_path(contract.path)
-    path.write_bytes(_signed(body, key))
-    return path
-
-
-def resume(contract: Contract, key: Ed25519PrivateKey) -> Approver:
-    """Lift a suspension (a trusted approver only); return who lifted it."""
-    approver = _signer(key, approvers_dir(contract.path))
-    path = suspension_path(contract.path)
-    if not path.exists():
-        raise ApprovalError(f"contract {contract.id} is not suspended")
-    path.unlink()
-    return approver
+        return approver

@@ -91,13 +91,6 @@ def _officer_key(args: argparse.Namespace) -> Ed25519PrivateKey:
     return load_private_key(args.key, passphrase)
 
 
-def _audit(event: str, body: dict[str, Any], contract_id: str) -> None:
-    from exchange.audit import Ledger
-    from exchange.settings import Settings
-
-    Ledger(Settings.from_env().audit_url).append(event, body, contract_id=contract_id)
-
-
 def cmd_diff(args: argparse.Namespace) -> int:
     """Say what changed between two versions of a contract, and whether it needs re-approval."""
     from exchange.contract import canonical_sha256
@@ -141,22 +134,28 @@ def cmd_register(args: argparse.Namespace) -> int:
     return OK
 
 
+def _governance() -> Any:
+    from exchange.approval import Governance
+
+    return Governance.from_settings(Settings.from_env())
+
+
 def cmd_approve(args: argparse.Namespace) -> int:
     """Sign an approval of a contract."""
     import datetime as dt
 
-    from exchange import approval
     from exchange.contract import load_contract
     from exchange.quality import compile_rules
 
     contract = load_contract(args.contract)
     compile_rules(contract)  # a contract whose rules cannot be enforced cannot be approved
     review_by = dt.date.fromisoformat(args.review_by) if args.review_by else None
-    path = approval.approve(
+    governance = _governance()
+    path = governance.approve(
         contract, _officer_key(args), now=dt.datetime.now(dt.UTC), review_by=review_by
     )
-    state = approval.check_runnable(contract, dt.date.today())
-    _audit(
+    state = governance.check(contract, dt.date.today())
+    governance.ledger.append(
         "contract.approved",
         {
             "contract_sha256": contract.sha256,
@@ -164,7 +163,7 @@ def cmd_approve(args: argparse.Namespace) -> int:
             "approver": state.approver,
             "review_by": state.review_by,
         },
-        contract.id,
+        contract_id=contract.id,
     )
     _say(
         f"approved {contract.id} {contract.version} by {state.approver}; review by "
@@ -174,43 +173,31 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 
 def cmd_suspend(args: argparse.Namespace) -> int:
-    """Stop an agreement at once."""
+    """Stop an agreement at once, under whatever file name it is copied to."""
     import datetime as dt
 
-    from exchange import approval
     from exchange.contract import load_contract
 
     contract = load_contract(args.contract)
-    path = approval.suspend(
+    entry = _governance().suspend(
         contract, _officer_key(args), reason=args.reason, now=dt.datetime.now(dt.UTC)
     )
-    body = json.loads(path.read_text())["body"]
-    _audit(
-        "contract.suspended",
-        {
-            "contract_sha256": contract.sha256,
-            "approver": f"{body['approver']} ({body['key_id']})",
-            "reason": body["reason"],
-        },
-        contract.id,
+    _say(
+        f"suspended {contract.id}: no run will start until a trusted officer resumes it "
+        f"(ledger entry {entry.seq})"
     )
-    _say(f"suspended {contract.id}: no run will start until it is resumed\n{path}")
     return OK
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """Lift a suspension."""
-    from exchange import approval
+    """Lift a suspension with a signed resume."""
+    import datetime as dt
+
     from exchange.contract import load_contract
 
     contract = load_contract(args.contract)
-    who = approval.resume(contract, _officer_key(args))
-    _audit(
-        "contract.resumed",
-        {"contract_sha256": contract.sha256, "approver": f"{who.name} ({who.key_id})"},
-        contract.id,
-    )
-    _say(f"resumed {contract.id}; it runs again if its approval is valid")
+    who = _governance().resume(contract, _officer_key(args), now=dt.datetime.now(dt.UTC))
+    _say(f"resumed {contract.id} by {who.label}; it runs again if its approval is valid")
     return OK
 
 
@@ -249,16 +236,21 @@ def cmd_receive(args: argparse.Namespace) -> int:
             args.ack_connection
         )
         outbox = AckOutbox(SftpTransport(connection), args.ack_folder)
-    got = receive(
-        args.drop,
-        identity=args.identity,
-        sender_key=args.sender_key,
-        out_dir=args.out,
-        ack_key=args.ack_key,
-        ack_key_passphrase=_passphrase(args) if args.ack_key else None,
-        ack_outbox=outbox,
-        again=args.again,
-    )
+    try:
+        got = receive(
+            args.drop,
+            identity=args.identity,
+            sender_key=args.sender_key,
+            out_dir=args.out,
+            ack_key=args.ack_key,
+            ack_key_passphrase=_passphrase(args) if args.ack_key else None,
+            ack_outbox=outbox,
+            again=args.again,
+            overwrite=args.overwrite,
+        )
+    except OSError as exc:  # the output folder (not the drop): unwritable, full, a planted link
+        _error("file", f"{exc.strerror or exc}: {Path(exc.filename or args.out).name}")
+        return BAD_INPUT
     _say(
         f"drop {got.drop_id} verified (signature, checksum, {got.rows} rows) under contract "
         f"{got.contract_id}; data written to {got.output}"
@@ -410,8 +402,9 @@ def cmd_rectify(args: argparse.Namespace) -> int:
     """Notify every recipient of a person's data that some of it was inaccurate."""
     from exchange.gateway import Gateway
 
-    contracts = args.contracts or Path(os.environ.get("EXCHANGE_CONTRACTS") or "contracts")
-    sent = Gateway(Settings.from_env()).rectify(
+    settings = Settings.from_env()
+    contracts = args.contracts or settings.contracts
+    sent = Gateway(settings).rectify(
         args.subject,
         fields=args.field,
         reason=args.reason,
@@ -559,6 +552,9 @@ def parser() -> argparse.ArgumentParser:
     rec.add_argument("--ack-connection", help="connection to upload the acknowledgement over")
     rec.add_argument("--ack-folder", help="the agreed acknowledgement folder on that server")
     rec.add_argument("--again", action="store_true", help="accept a drop received before")
+    rec.add_argument(
+        "--overwrite", action="store_true", help="replace existing files of the output names"
+    )
     _passphrase_options(rec)
     rec.set_defaults(func=cmd_receive)
 

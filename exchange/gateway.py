@@ -5,11 +5,15 @@ writes its own audit entries, refusals and failures included, so both paths leav
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import datetime as dt
+import getpass
 import hashlib
 import json
+import re
+import secrets as random
 import shutil
+import stat
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -21,16 +25,18 @@ from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from exchange import guard, manifest, payload, transforms
 from exchange.acks import RejectedAck, collect_acks
-from exchange.approval import check_runnable
+from exchange.approval import Governance
 from exchange.audit import Disclosure, Disclosures, Ledger
 from exchange.contract import Contract, load_contract
 from exchange.crypto import age, signing
 from exchange.crypto.streams import HashingWriter
 from exchange.errors import (
     ContractError,
+    CryptoError,
     ExchangeError,
     HostKeyRejected,
     NotRunnable,
+    Problem,
     QualityFailed,
     Refused,
     Retryable,
@@ -52,13 +58,14 @@ from exchange.types import arrow_type
 
 @dataclass(frozen=True)
 class Prepared:
-    """A drop staged as ciphertext, ready to deliver. Small and JSON-safe (it travels in XCom)."""
+    """A drop staged as ciphertext, ready to deliver: ids and counts only, never a path.
+
+    It may travel through XCom, which Airflow users can edit, so delivery never trusts it: the
+    staged drop is found from the run and verified afresh (`Gateway.deliver`)."""
 
     run_id: str
     drop_id: str
     contract_id: str
-    contract_path: str
-    staging: str
     rows_read: int
     rows_sent: int
     excluded: dict[str, int]
@@ -103,10 +110,33 @@ def new_run_id(now: dt.datetime) -> str:
     return f"cli-{now.strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:8]}"
 
 
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+RUN_ID_MAX = 250
+
+
 def drop_id_for(contract_id: str, run_id: str) -> str:
     """The drop's name: fixed by the run, so re-running a run never makes a second drop."""
+    if not SAFE_ID.fullmatch(contract_id) or ".." in contract_id:
+        raise NotRunnable(f"contract id {contract_id!r} is not a safe name", reason="unsafe-id")
+    if not run_id or len(run_id) > RUN_ID_MAX or not run_id.isprintable():
+        raise NotRunnable("the run id is empty, too long or not printable", reason="unsafe-id")
     digest = hashlib.sha256(f"{contract_id}\n{run_id}".encode()).hexdigest()[:16]
     return f"{contract_id}-{digest}"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _os_user() -> str:
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a container's arbitrary user)
+        return "os:unknown"
 
 
 def _outcome(exc: BaseException) -> str:
@@ -145,91 +175,188 @@ class Gateway:
         """A gateway configured from EXCHANGE_* environment variables."""
         return cls(Settings.from_env())
 
-    # -- check --------------------------------------------------------------------------------
+    # -- check ------------------------------------------------------------------------------
+
+    def governance(self) -> Governance:
+        """The trust anchor and the suspensions; read afresh so a change takes effect at once."""
+        return Governance.from_settings(self.settings, self.ledger)
+
+    def contract_file(self, contract: str | Path) -> Path:
+        """A contract file inside the configured contracts folder, by path or by id.
+
+        Contracts run only from that folder: a copy elsewhere, however approved, does not run."""
+        folder = self.settings.contracts.resolve()
+        given = Path(contract)
+        if given.suffix not in (".yaml", ".yml") and SAFE_ID.fullmatch(str(contract)):
+            given = folder / f"{contract}.yaml"
+        path = (given if given.is_absolute() else Path.cwd() / given).resolve()
+        if not path.is_relative_to(folder):
+            raise NotRunnable(
+                f"contract {given.name} is not in the configured contracts folder {folder} "
+                "(EXCHANGE_CONTRACTS): contracts run only from there",
+                reason="outside-contracts-folder",
+            )
+        if not path.is_file():
+            raise ContractError([Problem(str(given), "", "no such contract file")])
+        return path
 
     def check(self, contract_path: str | Path, *, run_id: str) -> Contract:
         """Load the contract and confirm it may run today; every refusal is audited."""
         name = Path(contract_path).name
-        try:
-            contract = load_contract(contract_path)
-            compile_rules(contract)  # a rule that cannot be enforced refuses the run here
-        except ContractError as exc:
+        with self._audited("check", None, run_id):
+            try:
+                path = self.contract_file(contract_path)
+                contract = load_contract(path)
+                compile_rules(contract)  # a rule that cannot be enforced refuses the run here
+            except ContractError as exc:
+                self.ledger.append(
+                    "run.refused",
+                    {
+                        "reason": "contract-invalid",
+                        "file": name,
+                        "problems": [str(p) for p in exc.problems][:50],
+                    },
+                    run_id=run_id,
+                )
+                self._incident("policy-refusal", f"contract {name} is invalid", None, run_id)
+                raise
+            except NotRunnable as exc:
+                self.ledger.append(
+                    "run.refused",
+                    {"reason": exc.reason, "file": name, "message": str(exc), "stage": "check"},
+                    run_id=run_id,
+                )
+                self._incident("policy-refusal", f"check: {exc}", None, run_id)
+                raise
+            approval = self._runnable(contract, run_id, stage="check")
             self.ledger.append(
-                "run.refused",
+                "contract.checked",
                 {
-                    "reason": "contract-invalid",
-                    "file": name,
-                    "problems": [str(p) for p in exc.problems][:50],
+                    **self._contract_facts(contract),
+                    "approval": {
+                        "approver": approval.approver,
+                        "approved_at": approval.approved_at,
+                        "review_by": approval.review_by,
+                    },
                 },
                 run_id=run_id,
+                contract_id=contract.id,
             )
-            self._incident("policy-refusal", f"contract {name} is invalid", None, run_id)
-            raise
-        try:
-            approval = check_runnable(contract, self.clock().date())
-        except Refused as exc:
-            self._refused(contract, run_id, exc, stage="check")
-            raise
-        self.ledger.append(
-            "contract.checked",
-            {
-                **self._contract_facts(contract),
-                "approval": {
-                    "approver": approval.approver,
-                    "approved_at": approval.approved_at,
-                    "review_by": approval.review_by,
-                },
-            },
-            run_id=run_id,
-            contract_id=contract.id,
-        )
         return contract
 
-    def recheck(self, contract_path: str | Path, sha256: str, *, run_id: str) -> Contract:
-        """The contract as checked at the start of this run; refused if it changed since."""
-        contract = load_contract(contract_path)
-        if contract.sha256 != sha256:
-            exc = NotRunnable(
-                f"contract {contract.id} changed during the run", reason="changed-during-run"
-            )
-            self._refused(contract, run_id, exc, stage="recheck")
-            raise exc
+    def recheck(
+        self, contract_path: str | Path, sha256: str | None = None, *, run_id: str
+    ) -> Contract:
+        """The contract as checked at the start of this run, and still runnable now.
+
+        Every task and retry calls this: a suspension, revocation or review date that falls
+        between tasks stops the run before the next one does anything. The version checked at
+        the start is taken from the ledger, not from task state (`sha256`, if given, must agree)."""
+        with self._audited("recheck", None, run_id):
+            contract = load_contract(self.contract_file(contract_path))
+            checked = self.ledger.find("contract.checked", run_id=run_id, contract_id=contract.id)
+            expected = checked.data.get("sha256") if checked else None
+            if expected is None or contract.sha256 != expected or sha256 not in (None, expected):
+                exc = NotRunnable(
+                    f"contract {contract.id} changed during the run, or this run never checked it",
+                    reason="changed-during-run",
+                )
+                self._refused(contract, run_id, exc, stage="recheck")
+                raise exc
+            self._runnable(contract, run_id, stage="recheck")
         return contract
+
+    def _runnable(self, contract: Contract, run_id: str, *, stage: str) -> Any:
+        try:
+            return self.governance().check(contract, self.clock().date())
+        except NotRunnable as exc:
+            self._refused(contract, run_id, exc, stage=stage)
+            raise
+
+    @contextlib.contextmanager
+    def _audited(self, stage: str, contract_id: str | None, run_id: str) -> Iterator[None]:
+        """Record a failure the stage did not expect (a bug, a full disk), then let it rise.
+
+        Expected errors are audited where they happen; this catches only the rest, and records
+        the error's type, never its message (which could hold a value from a row)."""
+        try:
+            yield
+        except ExchangeError:
+            raise
+        except Exception as exc:
+            self.ledger.append(
+                "run.failed",
+                {
+                    "stage": stage,
+                    "outcome": "failed",
+                    "reason": "unexpected-error",
+                    "error": type(exc).__name__,
+                },
+                run_id=run_id,
+                contract_id=contract_id,
+            )
+            self._incident(
+                "run-failed", f"{stage}: unexpected {type(exc).__name__}", contract_id, run_id
+            )
+            raise
 
     # -- prepare ------------------------------------------------------------------------------
 
     def resolve_source(self, contract: Contract, source: str | Path | Source | None) -> Source:
-        """The given source, or the contract's physicalName under EXCHANGE_SOURCE_DIR.
+        """The source to read: a file in EXCHANGE_SOURCE_DIR, or a named database connection.
 
-        A `postgresql://` URL, or `postgres:NAME` naming a database connection in the secrets
-        store (the password stays there), reads the table named by the dataset's physicalName.
-        """
+        `None` means the contract's physicalName in the source folder; a file name or path must
+        resolve inside that folder; `postgres:NAME` names a connection in the secrets store (URL,
+        password and optional query stay there). Nothing else: a source is never taken from a
+        DAG param or the command line beyond choosing among what the operator configured."""
+        return self._resolve(contract, source)[0]
+
+    def _resolve(
+        self, contract: Contract, source: str | Path | Source | None
+    ) -> tuple[Source, dict[str, Any]]:
+        """The source and what exactly it is (for the ledger: path and digest, or query digest)."""
         if source is not None and not isinstance(source, str | Path):
-            return source
+            return source, {"kind": "given", "name": source.name}
         if isinstance(source, str) and source.startswith("postgres:"):
             from exchange.sources.postgres import PostgresSource
 
-            database = self.secrets.database_connection(source.removeprefix("postgres:"))
+            name = source.removeprefix("postgres:")
+            database = self.secrets.database_connection(name)
+            described: dict[str, Any] = {"kind": "database", "connection": name}
             if database.query:
-                return PostgresSource(
-                    database.url, query=database.query, password=database.password
+                described["query_sha256"] = hashlib.sha256(database.query.encode()).hexdigest()
+                pg = PostgresSource(database.url, query=database.query, password=database.password)
+            else:
+                described["table"] = contract.source_name
+                pg = PostgresSource(
+                    database.url, table=contract.source_name, password=database.password
                 )
-            return PostgresSource(
-                database.url, table=contract.source_name, password=database.password
+            return pg, described
+        if isinstance(source, str) and "://" in source:
+            raise SourceError(
+                "a database source is named, not given as a URL: add it to the secrets store "
+                "and use --source postgres:NAME (see docs/operators.md)"
             )
-        if isinstance(source, str) and source.startswith(("postgresql://", "postgresql+")):
-            from exchange.sources.postgres import PostgresSource
-
-            return PostgresSource(source, table=contract.source_name)
+        folder = self.settings.source_dir
+        if folder is None:
+            raise SourceError("EXCHANGE_SOURCE_DIR is not set: sources are read only from there")
+        folder = folder.resolve()
         if source is None:
-            folder = self.settings.source_dir
-            if folder is None:
-                raise SourceError("no source given and EXCHANGE_SOURCE_DIR is not set")
             matches = sorted(folder.glob(f"{contract.source_name}.*"))
             if not matches:
-                raise SourceError(f"no file named {contract.source_name}.* in the source folder")
+                raise SourceError(f"no file named {contract.source_name}.* in {folder}")
             source = matches[0]
-        return open_source(source)
+        given = Path(source)
+        path = (given if given.is_absolute() else folder / given).resolve()
+        if not path.is_relative_to(folder) or path == folder:
+            raise SourceError(
+                f"source {given.name} is outside the source folder {folder} "
+                "(EXCHANGE_SOURCE_DIR): sources are read only from there"
+            )
+        opened = open_source(path)
+        if not path.is_file():
+            raise SourceError(f"source {given.name} does not exist in {folder}")
+        return opened, {"kind": "file", "path": str(path), "sha256": _file_sha256(path)}
 
     def prepare(
         self,
@@ -239,19 +366,32 @@ class Gateway:
         run_id: str,
         extra: Mapping[str, Any] | None = None,
         full_refresh: bool = False,
+        triggered_by: str | None = None,
+        advance_watermark: bool = True,
     ) -> Prepared:
         """Extract, minimise, guard, validate, encrypt and sign into a staged drop.
 
-        `extra` adds top-level keys to the manifest (a correction notice's `correction`)."""
+        `extra` adds top-level keys to the manifest (a correction notice's `correction`);
+        `triggered_by` names who started the run (an Airflow user, or the OS user of the CLI)."""
         started = self.clock()
         drop_id = drop_id_for(contract.id, run_id)
-        staging = private_dir(self.settings.staging) / drop_id
+        staging = self.staging_for(drop_id)
         shutil.rmtree(staging, ignore_errors=True)  # a retried run starts its staging afresh
         private_dir(staging)
         try:
-            return self._prepare(
-                contract, source, run_id, drop_id, staging, started, extra, full_refresh
-            )
+            with self._audited("prepare", contract.id, run_id):
+                return self._prepare(
+                    contract,
+                    source,
+                    run_id,
+                    drop_id,
+                    staging,
+                    started,
+                    extra,
+                    full_refresh,
+                    triggered_by or _os_user(),
+                    advance_watermark,
+                )
         except ExchangeError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             self._discard_disclosures(drop_id)
@@ -259,6 +399,17 @@ class Gateway:
                 self._quarantine_report(contract, run_id, drop_id, exc)
             self._refused(contract, run_id, exc, stage="prepare")
             raise
+        except Exception:
+            shutil.rmtree(staging, ignore_errors=True)
+            self._discard_disclosures(drop_id)
+            raise
+
+    def staging_for(self, drop_id: str) -> Path:
+        """Where a drop is staged: derived from the run alone, never from task state."""
+        root = private_dir(self.settings.staging)
+        if root.is_symlink():
+            raise NotRunnable(f"staging folder {root} is a symbolic link", reason="unsafe-path")
+        return root / drop_id
 
     def _prepare(
         self,
@@ -268,12 +419,14 @@ class Gateway:
         drop_id: str,
         staging: Path,
         started: dt.datetime,
-        extra: Mapping[str, Any] | None = None,
-        full_refresh: bool = False,
+        extra: Mapping[str, Any] | None,
+        full_refresh: bool,
+        triggered_by: str,
+        advance_watermark: bool,
     ) -> Prepared:
         signing_key = signing.load_private_key(self.settings.signing_key)  # fail before the work
         disclosures = self.disclosures()
-        source = self.resolve_source(contract, source_arg)
+        source, provenance = self._resolve(contract, source_arg)
         changed = None
         if contract.incremental_column:
             since = None if full_refresh else self.watermark(contract)
@@ -376,25 +529,25 @@ class Gateway:
         document = manifest.to_bytes(body)
         write_private(staging / manifest.MANIFEST_NAME, document)
         write_private(staging / manifest.SIGNATURE_NAME, signing.sign(signing_key, document))
+        watermark = changed.newest.isoformat() if changed and changed.newest else None
         prepared = Prepared(
             run_id=run_id,
             drop_id=drop_id,
             contract_id=contract.id,
-            contract_path=str(contract.path),
-            staging=str(staging),
             rows_read=tally.read,
             rows_sent=tally.sent,
             excluded=dict(tally.excluded),
             objections_overridden=tally.objections_overridden,
             payload_sha256=sink.sha256,
-            watermark=changed.newest.isoformat() if changed and changed.newest else None,
+            watermark=watermark if advance_watermark else None,
             rows_unchanged=changed.unchanged if changed else 0,
         )
         self.ledger.append(
             "run.prepared",
             {
                 "drop_id": drop_id,
-                "source": source.name,
+                "source": provenance,
+                "triggered_by": triggered_by,
                 "source_columns_not_read": unread,
                 "rows": body["rows"],
                 "disclosures": recorded.as_dict(),
@@ -422,9 +575,93 @@ class Gateway:
 
     # -- deliver ------------------------------------------------------------------------------
 
-    def deliver(self, contract: Contract, prepared: Prepared) -> Delivery:
-        """Send the staged drop; on success purge the staging and record the transfer."""
-        staging = Path(prepared.staging)
+    def staged(self, contract: Contract, run_id: str) -> Prepared:
+        """The drop this run staged, verified before anything of it leaves the gateway.
+
+        Its folder is derived from the contract and run (never from task state); it must hold
+        exactly a manifest, its signature and the payload; the manifest must verify under the
+        gateway's own key, name this contract version, run and drop, match the ledger's record of
+        this run's prepare, and give the payload's exact size and SHA-256."""
+        drop_id = drop_id_for(contract.id, run_id)
+        folder = self.staging_for(drop_id)
+
+        def refuse(why: str) -> NotRunnable:
+            return NotRunnable(
+                f"staged drop {drop_id} {why}: prepare the run again", reason="staging-invalid"
+            )
+
+        try:
+            info = folder.lstat()
+        except FileNotFoundError:
+            raise refuse("does not exist") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise refuse("is not a folder")
+        try:
+            document = (folder / manifest.MANIFEST_NAME).read_bytes()
+            signature = (folder / manifest.SIGNATURE_NAME).read_bytes()
+        except OSError:
+            raise refuse("has no manifest or signature") from None
+        key = signing.load_private_key(self.settings.signing_key).public_key()
+        try:
+            signing.verify(key, document, signature)
+            body = manifest.from_bytes(document)
+        except (CryptoError, ValueError):
+            raise refuse("has a manifest that does not verify under the gateway's key") from None
+        facts = body.get("contract") or {}
+        expected_payload = f"data{payload.SUFFIXES[contract.endpoint.format]}{age.SUFFIX}"
+        info_payload = body.get("payload") or {}
+        if (
+            body.get("drop_id") != drop_id
+            or body.get("run_id") != run_id
+            or facts.get("id") != contract.id
+            or facts.get("sha256") != contract.sha256
+            or info_payload.get("name") != expected_payload
+        ):
+            raise refuse("belongs to another run, contract version or format")
+        names = {p.name for p in folder.iterdir()}
+        wanted = {manifest.MANIFEST_NAME, manifest.SIGNATURE_NAME, expected_payload}
+        if names != wanted:
+            raise refuse("holds other files than its manifest, signature and payload")
+        data = folder / expected_payload
+        if data.is_symlink() or not data.is_file():
+            raise refuse("has a payload that is not a regular file")
+        if data.stat().st_size != info_payload.get("size") or _file_sha256(
+            data
+        ) != info_payload.get("sha256"):
+            raise refuse("has a payload whose size or SHA-256 differs from its manifest")
+        record = self.ledger.find("run.prepared", run_id=run_id, contract_id=contract.id)
+        manifest_sha256 = hashlib.sha256(document).hexdigest()
+        if record is None or record.data.get("manifest_sha256") != manifest_sha256:
+            raise refuse("is not the one this run recorded in the ledger")
+        rows = body.get("rows") or {}
+        incremental = record.data.get("incremental") or {}
+        return Prepared(
+            run_id=run_id,
+            drop_id=drop_id,
+            contract_id=contract.id,
+            rows_read=int(rows.get("read", 0)),
+            rows_sent=int(rows.get("sent", 0)),
+            excluded=dict(rows.get("excluded") or {}),
+            payload_sha256=str(info_payload["sha256"]),
+            objections_overridden=int(rows.get("objections_overridden", 0)),
+            watermark=incremental.get("watermark"),
+            rows_unchanged=int(incremental.get("rows_unchanged", 0)),
+        )
+
+    def deliver(self, contract: Contract, run_id: str) -> Delivery:
+        """Verify the run's staged drop, re-check the agreement, send; then purge and record."""
+        try:
+            with self._audited("deliver", contract.id, run_id):
+                prepared = self.staged(contract, run_id)
+                self._runnable(contract, run_id, stage="deliver")  # right before upload
+        except NotRunnable as exc:
+            if exc.reason == "staging-invalid":
+                self._refused(contract, run_id, exc, stage="deliver")
+            raise
+        with self._audited("deliver", contract.id, run_id):
+            return self._deliver(contract, prepared, self.staging_for(prepared.drop_id))
+
+    def _deliver(self, contract: Contract, prepared: Prepared, staging: Path) -> Delivery:
         started = self.clock()
         base = {
             "drop_id": prepared.drop_id,
@@ -532,7 +769,7 @@ class Gateway:
                 objections_overridden=sent["rows"].get("objections_overridden", 0),
             )
         prepared = self.prepare(contract, source, run_id=run_id, full_refresh=full_refresh)
-        delivery = self.deliver(contract, prepared)
+        delivery = self.deliver(contract, run_id)
         return RunResult(
             run_id,
             prepared.drop_id,
@@ -640,7 +877,7 @@ class Gateway:
         *,
         fields: Sequence[str],
         reason: str,
-        contracts_dir: Path,
+        contracts_dir: Path | None = None,
         source: str | Path | None = None,
     ) -> list[tuple[str, str, str]]:
         """Send every recipient that received this person a correction notice.
@@ -656,18 +893,19 @@ class Gateway:
             earlier.setdefault(disclosure.contract_id, []).append(disclosure.drop_id)
         if not earlier:
             raise ExchangeError("no recorded disclosure about this subject: nobody to notify")
+        contracts_dir = contracts_dir or self.settings.contracts
         by_id = {}
         for path in sorted(contracts_dir.glob("*.yaml")):
             try:
                 by_id[load_contract(path).id] = path
             except ContractError:
                 continue  # another agreement's file; its own runs report its problems
-        stamp = hashlib.sha256(f"{subject_id}|{reason}|{self.clock()}".encode()).hexdigest()
+        # A random id: one derived from the person's id would let a recipient test guesses.
+        run_id = f"rectify-{random.token_hex(8)}"
         sent = []
         for contract_id, drops in sorted(earlier.items()):
             if contract_id not in by_id:
                 raise ExchangeError(f"contract {contract_id} is not in {contracts_dir}")
-            run_id = f"rectify-{stamp[:16]}"
             contract = self.check(by_id[contract_id], run_id=run_id)
             unknown = [f for f in fields if f not in contract.field_names]
             if unknown:
@@ -688,9 +926,9 @@ class Gateway:
                 run_id=run_id,
                 extra={"correction": correction},
                 full_refresh=True,
+                advance_watermark=False,
             )
-            prepared = dataclasses.replace(prepared, watermark=None)
-            delivery = self.deliver(contract, prepared)
+            delivery = self.deliver(contract, run_id)
             self.ledger.append(
                 "rectification.sent",
                 {

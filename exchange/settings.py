@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+DEFAULT_APPROVERS = Path("/etc/exchange/approvers.json")
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -18,6 +20,9 @@ class Settings:
     EXCHANGE_SECRETS       a 0600 JSON file of connections and secrets (see exchange.secrets)
     EXCHANGE_SOURCE_DIR    where a contract's source file is found by its physicalName
     EXCHANGE_LOG_ORIGIN    the name of the audit log in signed checkpoints; from the key id
+    EXCHANGE_CONTRACTS     the only folder contracts run from; ./contracts
+    EXCHANGE_APPROVERS     the trusted approvers (operator configuration, outside the contracts
+                           folder); /etc/exchange/approvers.json
     """
 
     home: Path
@@ -26,6 +31,8 @@ class Settings:
     secrets_file: Path | None
     source_dir: Path | None
     log_origin: str | None = None
+    contracts: Path = Path("contracts")
+    approvers: Path = DEFAULT_APPROVERS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -41,6 +48,8 @@ class Settings:
             secrets_file=Path(secrets) if secrets else None,
             source_dir=Path(sources) if sources else None,
             log_origin=env.get("EXCHANGE_LOG_ORIGIN") or None,
+            contracts=Path(env.get("EXCHANGE_CONTRACTS") or "contracts").absolute(),
+            approvers=Path(env.get("EXCHANGE_APPROVERS") or DEFAULT_APPROVERS).absolute(),
         )
 
     def checkpoint_origin(self, signing_key_id: str) -> str:

@@ -30,6 +30,7 @@ from exchange.crypto.signing import load_private_key
 from exchange.gateway import Gateway
 from exchange.sandbox import PartnerSftpServer
 from exchange.settings import Settings
+from exchange.trust import trust_entry
 
 # The audit tests' fixtures (signing key, ledgers on both backends).
 pytest_plugins = ["audit.audit_fixtures"]
@@ -64,6 +65,15 @@ def write_contract(
     return path
 
 
+def write_trust(path: Path, officers: Any, revoked: Any = ()) -> Path:
+    """Write a trusted approvers file (operator configuration) naming each officer's key."""
+    entries = [trust_entry(name, Path(pub).read_text()) for name, pub in officers]
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+    path.write_text(json.dumps({"approvers": entries, "revoked": list(revoked)}, indent=2))
+    path.chmod(0o644)
+    return path
+
+
 @dataclass
 class Workspace:
     """A gateway's state folder, keys, secrets and contract, and the partner's age key."""
@@ -84,8 +94,15 @@ class Workspace:
         if approve:
             contract = load_contract(self.contract)
             key = load_private_key(self.officer_key)
-            approval.approve(contract, key, now=dt.datetime.now(dt.UTC))
+            self.governance().approve(contract, key, now=dt.datetime.now(dt.UTC))
         return self.contract
+
+    def governance(self) -> approval.Governance:
+        return approval.Governance.from_settings(self.settings)
+
+    def trust(self, *officers: tuple[str, Path], revoked: tuple[str, ...] = ()) -> None:
+        """Rewrite the operator's trusted approvers: (name, public key file) pairs."""
+        write_trust(Path(self.env["EXCHANGE_APPROVERS"]), officers, revoked)
 
     @property
     def settings(self) -> Settings:
@@ -110,9 +127,10 @@ def workspace(tmp_path: Path) -> Workspace:
     identity = keys.generate("age", tmp_path / "partner.age")
     contracts = tmp_path / "contracts"
     contracts.mkdir()
-    (contracts / "approvers").mkdir()
     officer = keys.generate("signing", tmp_path / "officer.key", comment="Ivy Officer (IG)")
-    shutil.copy(officer.public_path, contracts / "approvers" / "ivy.pub")
+    trust_file = write_trust(
+        tmp_path / "operator" / "approvers.json", [("Ivy Officer (IG)", officer.public_path)]
+    )
     secrets_file = tmp_path / "secrets.json"
     secrets_file.write_text(
         json.dumps(
@@ -130,6 +148,7 @@ def workspace(tmp_path: Path) -> Workspace:
         "EXCHANGE_SECRETS": str(secrets_file),
         "EXCHANGE_CONTRACTS": str(contracts),
         "EXCHANGE_SOURCE_DIR": str(tmp_path / "sources"),
+        "EXCHANGE_APPROVERS": str(trust_file),
     }
     space = Workspace(
         tmp_path,

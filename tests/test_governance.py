@@ -34,11 +34,18 @@ def last_event(workspace: Workspace) -> tuple[str, dict[str, Any]]:
     return entry.event, entry.data
 
 
-def second_officer(workspace: Workspace, name: str = "olga.pub") -> Path:
-    """Another signing key, trusted as an approver."""
+def second_officer(workspace: Workspace, name: str = "olga") -> Path:
+    """Another signing key, trusted as an approver beside Ivy."""
     pair = keys.generate("signing", workspace.root / f"{name}.key", comment="Olga Other (IG)")
-    shutil.copy(pair.public_path, workspace.contract.parent / "approvers" / name)
+    workspace.trust(
+        ("Ivy Officer (IG)", workspace.officer_key.with_name("officer.key.pub")),
+        ("Olga Other (IG)", pair.public_path),
+    )
     return pair.private_path
+
+
+def only_ivy(w: Workspace, revoked: tuple[str, ...] = ()) -> None:
+    w.trust(("Ivy Officer (IG)", w.officer_key.with_name("officer.key.pub")), revoked=revoked)
 
 
 def unapprove(w: Workspace) -> None:
@@ -52,17 +59,15 @@ def edit_after_approval(w: Workspace) -> None:
 
 def approved_by_untrusted_key(w: Workspace) -> None:
     other = second_officer(w)
-    approval.approve(
+    w.governance().approve(
         load_contract(w.contract), load_private_key(other), now=dt.datetime.now(dt.UTC)
     )
-    (w.contract.parent / "approvers" / "olga.pub").unlink()
+    only_ivy(w)
 
 
 def approver_revoked(w: Workspace) -> None:
     officer = load_private_key(w.officer_key).public_key()
-    (w.contract.parent / "approvers" / "revoked.txt").write_text(
-        f"# left the council\n{key_id(officer)}\n"
-    )
+    only_ivy(w, revoked=(key_id(officer),))
 
 
 def draft(w: Workspace) -> None:
@@ -73,7 +78,7 @@ def review_overdue(w: Workspace) -> None:
     long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3 * 365)
     contract = load_contract(w.contract)
     object.__setattr__(contract, "review_date", dt.date.today() + dt.timedelta(days=9999))
-    approval.approve(contract, load_private_key(w.officer_key), now=long_ago)
+    w.governance().approve(contract, load_private_key(w.officer_key), now=long_ago)
 
 
 REFUSALS: dict[str, tuple[Callable[[Workspace], None], str, str]] = {
@@ -134,8 +139,13 @@ def test_suspend_stops_at_once_and_resume_restarts(workspace: Workspace, partner
     assert len(inbox_entries(partner)) == 1
 
 
-def test_a_forged_suspension_file_still_stops_the_agreement(workspace: Workspace) -> None:
-    approval.suspension_path(workspace.contract).write_text('{"body": {}, "signature": "x"}')
+def test_a_forged_suspension_still_stops_the_agreement(workspace: Workspace) -> None:
+    ledger = workspace.governance().ledger
+    ledger.append(
+        approval.SUSPENDED,
+        {"statement": {"type": approval.SUSPENSION_TYPE}, "signature": "x"},
+        contract_id=load_contract(workspace.contract).id,
+    )
     done = exchange(
         workspace, "run", str(workspace.contract), "--source", str(workspace.source(20))
     )
@@ -160,7 +170,7 @@ def test_approve_with_a_passphrase_protected_key(workspace: Workspace) -> None:
     )
     assert made.returncode == 0, made.stderr
     assert b"ENCRYPTED" in pair.read_bytes() and pair.stat().st_mode & 0o777 == 0o600
-    shutil.copy(pair.with_name("pp.key.pub"), workspace.contract.parent / "approvers" / "pat.pub")
+    workspace.trust(("Pat Passphrase (IG)", pair.with_name("pp.key.pub")))
     unapprove(workspace)
     wrong = exchange(
         workspace,
@@ -228,7 +238,7 @@ def test_reformatting_the_yaml_keeps_the_approval(workspace: Workspace) -> None:
     workspace.contract.write_text(
         "# reformatted\n" + yaml.safe_dump(document, sort_keys=True, default_flow_style=True)
     )
-    approval.check_runnable(load_contract(workspace.contract), dt.date.today())
+    workspace.governance().check(load_contract(workspace.contract), dt.date.today())
 
 
 # -- protocol lint: each refusal names the place and suggests the fix --------------------------

@@ -43,7 +43,12 @@ STATES: Final[dict[str, tuple[str, str]]] = {
     ),
     "untrusted-key": (
         "Untrusted approver",
-        "The approval was signed by a key that is not in the trusted approvers' folder.",
+        "The approval was signed by a key that is not in the operator's list of trusted approvers.",
+    ),
+    "trust-config-invalid": (
+        "Approvals cannot be checked",
+        "The gateway's list of trusted approvers is missing or unsafe: nothing runs until the "
+        "operator fixes it.",
     ),
     "revoked-key": ("Approver key revoked", "The approval was signed by a key since revoked."),
     "changed-since-approval": (
@@ -169,12 +174,21 @@ def summary(contract: Contract, *, today: dt.date) -> dict[str, Any]:
     }
 
 
-def approval_summary(contract: Contract, today: dt.date) -> dict[str, Any]:
-    """Whether the agreement may run on `today`: who approved it and when, or why not."""
+def approval_summary(
+    contract: Contract, today: dt.date, governance: approval.Governance | None = None
+) -> dict[str, Any]:
+    """Whether the agreement may run on `today`: who approved it and when, or why not.
+
+    Without `governance`, the gateway's configured trust anchor and ledger are used."""
     try:
-        state = approval.status(contract, today)
-    except ExchangeError as exc:  # e.g. an unreadable key in approvers/: not runnable
-        state = approval.Status(False, "approval-invalid", f"the approval cannot be checked: {exc}")
+        if governance is None:
+            from exchange.settings import Settings
+
+            governance = approval.Governance.from_settings(Settings.from_env())
+        state = governance.status(contract, today)
+    except ExchangeError as exc:  # e.g. no trusted approvers configured: not runnable
+        reason = getattr(exc, "reason", "approval-invalid")
+        state = approval.Status(False, reason, f"the approval cannot be checked: {exc}")
     label, meaning = STATES.get(state.reason, (state.reason, ""))
     return {
         "runnable": state.runnable,
