@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange.crypto.signing import key_id
-from exchange.files import write_private
+from exchange.files import replace_private, write_private, write_public
 
 KINDS = ("signing", "age", "ssh")
 
@@ -60,7 +60,7 @@ def generate(
     )
     label = comment or key_id(key.public_key())
     public = f"{public_line.decode()} {label}\n"
-    write_private(path, private, overwrite=overwrite)
+    _write_private_key(path, private, overwrite)
     public_path = _public_path(path)
     _write_public(public_path, public, overwrite)
     return KeyPair(path, public_path, public.strip())
@@ -73,7 +73,7 @@ def _age(path: Path, *, overwrite: bool, now: dt.datetime) -> KeyPair:
     text = (
         f"# created: {now.isoformat(timespec='seconds')}\n# public key: {recipient}\n{identity}\n"
     )
-    write_private(path, text.encode(), overwrite=overwrite)
+    _write_private_key(path, text.encode(), overwrite)
     public_path = _public_path(path)
     _write_public(public_path, recipient + "\n", overwrite)
     return KeyPair(path, public_path, recipient)
@@ -83,6 +83,13 @@ def _public_path(path: Path) -> Path:
     return path.with_name(path.name + ".pub")
 
 
+def _write_private_key(path: Path, data: bytes, overwrite: bool) -> None:
+    # Replacing is atomic and 0600 from the first byte; a new key never lands on a link.
+    if overwrite:
+        replace_private(path, data)
+    else:
+        write_private(path, data)
+
+
 def _write_public(path: Path, text: str, overwrite: bool) -> None:
-    path.write_text(text, "utf-8")
-    path.chmod(0o644)
+    write_public(path, text.encode("utf-8"), overwrite=overwrite)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from exchange.errors import ExchangeError
+from exchange.files import replace_private
 
 
 class SecretMissing(ExchangeError):
@@ -149,11 +150,9 @@ class LocalSecrets:
         data = self._load()
         old = data.setdefault("secrets", {}).get(name)
         data["secrets"][name] = base64.b64encode(new).decode()
-        temporary = self._file.with_name(f".{self._file.name}.new")
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2)
-        os.replace(temporary, self._file)
+        # A fresh 0600 temp file in the same folder, renamed over the old: never 0644, never
+        # half-written, never through a link planted at the file or at a fixed temp name.
+        replace_private(self._file, json.dumps(data, indent=2).encode())
         return decode_secret(name, old) if old else None
 
     def secret(self, name: str) -> bytes:

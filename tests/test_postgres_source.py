@@ -249,6 +249,159 @@ def test_a_query_cannot_write(url: str, postgres: PrivatePostgres) -> None:
     assert postgres.psql("SELECT count(*) FROM src_attendance").strip() == str(ROWS)
 
 
+ATTACKS = [
+    # Closes the gateway's subquery, commits its read-only transaction, then writes.
+    "SELECT 1 AS n) AS src LIMIT 0; COMMIT; CREATE TABLE pwned (x int); "
+    "SELECT * FROM (SELECT 1 AS n",
+    "SELECT 1 AS n; COMMIT; CREATE TABLE pwned (x int)",
+    "SELECT 1 AS n) AS src; CREATE TABLE pwned (x int); SELECT * FROM (SELECT 1 AS n",
+    "SELECT 1 AS n /* ; */ ) x; COMMIT; CREATE TABLE pwned (x int) --",
+]
+
+
+@pytest.mark.parametrize("query", ATTACKS)
+def test_a_query_cannot_escape_its_transaction(
+    url: str, postgres: PrivatePostgres, query: str
+) -> None:
+    """`...; COMMIT; CREATE TABLE pwned` is refused before connecting, and no table appears."""
+    with pytest.raises(SourceError, match="single SELECT"):
+        PostgresSource(url, query=query).columns()
+    assert postgres.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'pwned'") == "0\n"
+
+
+def test_every_transaction_of_a_source_session_is_read_only(
+    url: str, postgres: PrivatePostgres, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Second and third lines of defence, with the statement check switched off.
+
+    The description goes by the extended protocol (one statement only), and a COMMIT sent
+    some other way still lands in a session whose every new transaction is read-only.
+    """
+    from exchange.sources import postgres as module
+
+    monkeypatch.setattr(module, "_single_statement", lambda body: None)
+    with pytest.raises(SourceError, match="42601"):  # cannot insert multiple commands
+        PostgresSource(url, query=ATTACKS[0]).columns()
+    source = PostgresSource(url, TABLE)
+    with source._connect() as conn:
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("COMMIT; CREATE TABLE pwned (x int)")  # simple protocol: both run
+        conn.rollback()
+        assert conn.execute("SHOW default_transaction_read_only").fetchone() == ("on",)
+    assert postgres.psql("SELECT count(*) FROM pg_tables WHERE tablename = 'pwned'") == "0\n"
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "SELECT ';' AS n",
+        "SELECT 'it''s; fine' AS n",
+        "SELECT E'\\'; still a string' AS n",
+        'SELECT 1 AS "odd;name"""',
+        "SELECT $$;$$ AS n",
+        "SELECT $q$ ) ; $q$ AS n",
+        "SELECT 1 AS n -- a comment; with a semicolon\n",
+        "SELECT 1 AS n /* nested /* ; */ ) */",
+        "SELECT (1) AS n;",
+    ],
+)
+def test_semicolons_inside_strings_names_and_comments_are_one_statement(
+    url: str, query: str
+) -> None:
+    """The statement check lexes as PostgreSQL does: these are single SELECTs, and they run."""
+    assert len(PostgresSource(url, query=query).columns()) == 1
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["SELECT 'unterminated", "SELECT 1 /* open", "SELECT (1", "SELECT 1) x", "SELECT $a$ x"],
+)
+def test_queries_that_cannot_be_lexed_are_refused(query: str) -> None:
+    """Unbalanced quotes, comments or parentheses: refused before connecting."""
+    with pytest.raises(SourceError, match="single SELECT"):
+        PostgresSource("postgresql://127.0.0.1/db", query=query)
+
+
+# -- transport security ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@db.example.org/d",
+        "postgresql+psycopg://u@10.1.2.3:5433/d",
+        "postgresql://u@127.0.0.1,db.example.org/d",  # one remote host is enough
+        "postgresql://u@localhost/d?hostaddr=192.0.2.7",  # the address libpq really dials
+    ],
+)
+def test_a_remote_host_without_sslmode_gets_verify_full(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """libpq's default `prefer` falls back to plaintext: a remote source gets verify-full."""
+    monkeypatch.setenv("PGSSLMODE", "disable")  # the environment cannot weaken it either
+    assert PostgresSource(url, "t")._connect_args["sslmode"] == "verify-full"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@127.0.0.1:5432/d",
+        "postgresql://u@127.9.9.9/d",
+        "postgresql://u@[::1]/d",
+        "postgresql://u@localhost/d",
+        "postgresql:///d?host=/run/postgresql",
+        "postgresql:///d",
+    ],
+)
+def test_a_socket_or_loopback_host_needs_no_tls(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing crosses a network: the URL's settings stand."""
+    monkeypatch.delenv("PGHOST", raising=False)
+    monkeypatch.delenv("PGHOSTADDR", raising=False)
+    assert "sslmode" not in PostgresSource(url, "t")._connect_args
+
+
+def test_a_remote_pghost_counts_when_the_url_names_no_host(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """libpq falls back to PGHOST: the check does too."""
+    monkeypatch.setenv("PGHOST", "db.example.org")
+    assert PostgresSource("postgresql:///d", "t")._connect_args["sslmode"] == "verify-full"
+
+
+@pytest.mark.parametrize("mode", ["disable", "allow", "prefer", "require", "verify-ca"])
+def test_a_weaker_sslmode_to_a_remote_host_needs_the_override(
+    mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused with a message naming the override; accepted (and logged) with it."""
+    url = f"postgresql://u:{WRONG_PASSWORD}@db.example.org/d?sslmode={mode}"
+    with pytest.raises(SourceError, match="exchange_tls=unverified") as caught:
+        PostgresSource(url, "t")
+    assert WRONG_PASSWORD not in shown(caught.value)
+    with caplog.at_level("WARNING"):
+        args = PostgresSource(url + "&exchange_tls=unverified", "t")._connect_args
+    assert args["sslmode"] == mode and "exchange_tls" not in args
+    assert "TLS is not verified" in caplog.text
+
+
+def test_the_override_without_sslmode_still_encrypts() -> None:
+    """`exchange_tls=unverified` alone gives `require`, never a silent plaintext fall-back."""
+    url = "postgresql://u@db.example.org/d?exchange_tls=unverified"
+    assert PostgresSource(url, "t")._connect_args["sslmode"] == "require"
+    with pytest.raises(SourceError, match="must be 'unverified'"):
+        PostgresSource("postgresql://u@db.example.org/d?exchange_tls=yes", "t")
+
+
+def test_verify_full_is_what_libpq_really_uses(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Against the real (TLS-less) test server taken as remote: refused, naming the fix."""
+    from exchange.sources import postgres as module
+
+    assert PostgresSource(url, TABLE).columns()  # over loopback it connects as before
+    monkeypatch.setattr(module, "is_local", lambda args, env=None: False)
+    with pytest.raises(SourceError, match="verify-full") as caught:
+        PostgresSource(url, TABLE).columns()
+    assert "sslrootcert" in str(caught.value)
+
+
 def test_a_role_with_the_right_password_reads(postgres: PrivatePostgres, url: str) -> None:
     """A password-protected role reads what it was granted (the password may come separately)."""
     in_url = postgres.url(user=READER, password=READER_PASSWORD)
@@ -306,7 +459,7 @@ def test_bad_settings_are_source_errors_without_secrets(
 def test_an_exchange_runs_from_a_postgres_table(
     postgres: PrivatePostgres, partner: PartnerSftpServer, workspace: Workspace, url: str
 ) -> None:
-    """`exchange run --source postgresql://...` reads the table named by physicalName."""
+    """`exchange run --source postgres:NAME` reads the table named by physicalName."""
     libpq = postgres.url(driver=None)
     with psycopg.connect(libpq, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS public.attendance_export")
@@ -316,15 +469,18 @@ def test_an_exchange_runs_from_a_postgres_table(
                 buffer = io.BytesIO()
                 pacsv.write_csv(batch, buffer, pacsv.WriteOptions(include_header=False))
                 copy.write(buffer.getvalue())
+    secrets_file = Path(workspace.env["EXCHANGE_SECRETS"])
+    stored = json.loads(secrets_file.read_text())
     try:
-        result = workspace.gateway().run(workspace.contract, postgres.url())
-        # The same through a named connection: the password lives in the secrets store.
+        # Sources are named connections only (a URL is refused): first as the superuser.
+        stored.setdefault("connections", {})["school-mis-admin"] = {"url": postgres.url()}
+        secrets_file.write_text(json.dumps(stored))
+        result = workspace.gateway().run(workspace.contract, "postgres:school-mis-admin")
+        # A password-protected role: the password lives in the secrets store.
         with psycopg.connect(libpq, autocommit=True) as conn:
             conn.execute(f"GRANT SELECT ON public.attendance_export TO {READER}")
         connection = {"url": postgres.url(user=READER), "password": READER_PASSWORD}
-        secrets_file = Path(workspace.env["EXCHANGE_SECRETS"])
-        stored = json.loads(secrets_file.read_text())
-        stored.setdefault("connections", {})["school-mis"] = connection
+        stored["connections"]["school-mis"] = connection
         secrets_file.write_text(json.dumps(stored))
         again = workspace.gateway().run(workspace.contract, "postgres:school-mis")
         assert again.rows_read == 700 and again.rows_sent == result.rows_sent

@@ -10,6 +10,7 @@ import pyrage
 
 from exchange.crypto.streams import ChunkReader
 from exchange.errors import CryptoError
+from exchange.files import UnsafePath, read_private
 
 
 class Sink(Protocol):
@@ -49,9 +50,13 @@ def encrypt_chunks(chunks: Iterable[bytes], out: Sink, keys: Sequence[str]) -> N
 def load_identities(path: Path) -> list[pyrage.x25519.Identity]:
     """Read an age identity file (as written by age-keygen or `exchange keys generate`)."""
     try:
-        lines = path.read_text("utf-8").splitlines()
+        lines = read_private(path, "age identity file").decode("utf-8").splitlines()
+    except UnsafePath as exc:
+        raise CryptoError(str(exc)) from None
     except OSError as exc:
         raise CryptoError(f"cannot read identity file {path.name}: {exc.strerror}") from exc
+    except UnicodeDecodeError:
+        raise CryptoError(f"identity file {path.name} is not UTF-8 text") from None
     identities = []
     for line in lines:
         line = line.strip()

@@ -11,12 +11,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from exchange.errors import CryptoError
+from exchange.files import UnsafePath, read_private
 
 
 def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
     """Load an Ed25519 private key (PEM PKCS#8 or OpenSSH format)."""
     try:
-        data = path.read_bytes()
+        data = read_private(path, "signing key")
+    except UnsafePath as exc:
+        raise CryptoError(str(exc)) from None
     except OSError as exc:
         raise CryptoError(f"cannot read signing key {path.name}: {exc.strerror}") from exc
     key: object

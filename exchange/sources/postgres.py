@@ -11,11 +11,25 @@ requested type, as the Parquet source does. A `timestamp` without time zone is t
 
 Messages name the host, port, database, table, columns and types; never a value, never the
 password, and never the server's own error text (PostgreSQL quotes offending values in it).
+
+Transport security: to any host that is not a Unix socket or loopback, the connection uses
+``sslmode=verify-full`` (encrypted, certificate chain and host name verified). A URL asking for
+a weaker sslmode is refused unless it also says ``exchange_tls=unverified``, the operator's
+explicit, documented override (docs/operators.md); that parameter is the gateway's own and is
+removed before libpq sees the URL.
+
+A named query is the operator's configuration, but it still runs so that it cannot write: one
+statement only (checked before connecting), every transaction read-only by default for the whole
+session (``default_transaction_read_only``, which a ``COMMIT`` does not undo), and the column
+description sent with the extended protocol, which the server limits to one statement.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
+import logging
+import os
 import re
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -33,10 +47,19 @@ from exchange.sources.base import check_columns
 
 __all__ = ["PostgresSource"]
 
+log = logging.getLogger(__name__)
+
 CONNECT_TIMEOUT = 10  # seconds; a URL's own connect_timeout wins
 # SQLAlchemy's dialect+driver form is accepted too; the driver is always psycopg.
 _URL_SCHEME = re.compile(r"postgres(?:ql)?(?:\+\w+)?://")
 _COLUMN_NUMBER = re.compile(r"CSV column #(\d+)")
+# The gateway's own URL parameter: the operator accepts a connection without verified TLS.
+TLS_OVERRIDE = "exchange_tls"
+TLS_OVERRIDE_VALUE = "unverified"
+REQUIRED_SSLMODE = "verify-full"
+# Set at connection start-up, so they hold for every transaction of the session, even after a
+# COMMIT inside a query; standard strings make the server lex quotes as _single_statement does.
+_STARTUP_OPTIONS = "-c default_transaction_read_only=on -c standard_conforming_strings=on"
 
 # PostgreSQL type name -> the Arrow type its text form is parsed as. Others are read as text.
 _NATURAL: dict[str, pa.DataType] = {
@@ -138,9 +161,16 @@ class PostgresSource:
         try:
             conn = psycopg.connect(**self._connect_args)
         except psycopg.OperationalError as exc:
+            hint = ""
+            if self._connect_args.get("sslmode") == REQUIRED_SSLMODE:
+                hint = (
+                    f" (a remote source needs TLS with a verified certificate, sslmode="
+                    f"{REQUIRED_SSLMODE}: give the CA with sslrootcert=, see docs/operators.md)"
+                )
+            user = self._connect_args.get("user", "(default)")
             raise SourceError(
-                f"source {self.name}: cannot connect as user "
-                f"{self._connect_args.get('user', '(default)')!r}: {self._libpq_reason(exc)}"
+                f"source {self.name}: cannot connect as user {user!r}: "
+                f"{self._libpq_reason(exc)}{hint}"
             ) from None
         except psycopg.Error as exc:
             raise SourceError(
@@ -162,7 +192,8 @@ class PostgresSource:
         """(name, PostgreSQL type name) of each column the SELECT would return, from LIMIT 0."""
         statement = sql.SQL("SELECT {} FROM {} LIMIT 0").format(projection, self._relation)
         try:
-            cursor = conn.execute(statement)
+            # binary=True sends it with the extended protocol: the server runs one statement only.
+            cursor = conn.cursor(binary=True).execute(statement)
         except psycopg.Error as exc:
             raise self._server_error(exc) from None
         described = []
@@ -390,17 +421,87 @@ def _connect_args(url: str, password: str | None) -> dict[str, Any]:
         raise SourceError(
             "a PostgreSQL source URL must start postgresql:// (or postgresql+psycopg://)"
         )
+    rest, override = _pop_override(url[match.end() :])
     try:
         # libpq parses it, so every libpq URL form and parameter works as it does in psql.
-        args: dict[str, Any] = conninfo_to_dict("postgresql://" + url[match.end() :])
+        args: dict[str, Any] = conninfo_to_dict("postgresql://" + rest)
     except psycopg.Error:
         raise SourceError("the PostgreSQL source URL is not a valid libpq URL") from None
     args.setdefault("connect_timeout", CONNECT_TIMEOUT)
     args.setdefault("application_name", "exchange-gateway")
     args["client_encoding"] = "UTF8"  # pyarrow parses UTF-8
+    # Ours go last: of two -c settings of one name, the later wins.
+    args["options"] = " ".join(filter(None, (args.get("options"), _STARTUP_OPTIONS)))
+    _require_tls(args, override)
     if password is not None:
         args["password"] = password
     return args
+
+
+def _pop_override(rest: str) -> tuple[str, bool]:
+    """The URL without the gateway's `exchange_tls` parameter, and whether it was given."""
+    base, sep, query = rest.partition("?")
+    if not sep:
+        return rest, False
+    kept, override = [], False
+    for part in query.split("&"):
+        name, _, value = part.partition("=")
+        if name != TLS_OVERRIDE:
+            kept.append(part)
+        elif value == TLS_OVERRIDE_VALUE:
+            override = True
+        else:
+            raise SourceError(
+                f"the PostgreSQL source URL's {TLS_OVERRIDE} must be {TLS_OVERRIDE_VALUE!r}"
+            )
+    return (base + "?" + "&".join(kept)) if kept else base, override
+
+
+def is_local(args: Mapping[str, Any], env: Mapping[str, str] | None = None) -> bool:
+    """Whether libpq will connect only over a Unix socket or to a loopback address."""
+    env = os.environ if env is None else env
+    # libpq connects to hostaddr when given (host is then only the name checked in TLS).
+    targets = str(args.get("hostaddr") or env.get("PGHOSTADDR") or "")
+    if not targets:
+        targets = str(args.get("host") or env.get("PGHOST") or "")
+    return all(_is_local_host(t.strip()) for t in targets.split(","))
+
+
+def _is_local_host(host: str) -> bool:
+    if not host or host.startswith(("/", "@")):  # libpq's default socket, a socket folder
+        return True
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _require_tls(args: dict[str, Any], override: bool) -> None:
+    """Verified TLS to any remote host; a weaker sslmode only with the explicit override."""
+    if is_local(args):
+        return
+    where = f"{args.get('host') or args.get('hostaddr')}:{args.get('port', 5432)}"
+    mode = args.get("sslmode")
+    if mode is None:
+        # Set even with the override: never libpq's `prefer` (a silent fall back to plaintext),
+        # nor a PGSSLMODE from the environment.
+        args["sslmode"] = "require" if override else REQUIRED_SSLMODE
+    elif mode != REQUIRED_SSLMODE and not override:
+        raise SourceError(
+            f"the PostgreSQL source at {where} asks for sslmode={mode}: a remote source needs "
+            f"sslmode={REQUIRED_SSLMODE}; to accept it anyway add {TLS_OVERRIDE}="
+            f"{TLS_OVERRIDE_VALUE} to the URL (see docs/operators.md)"
+        )
+    if args["sslmode"] != REQUIRED_SSLMODE:
+        log.warning(
+            "PostgreSQL source at %s: TLS is not verified (sslmode=%s, %s=%s)",
+            where,
+            args["sslmode"],
+            TLS_OVERRIDE,
+            TLS_OVERRIDE_VALUE,
+        )
 
 
 def _relation(table: str | None, query: str | None) -> sql.Composable:
@@ -415,5 +516,85 @@ def _relation(table: str | None, query: str | None) -> sql.Composable:
     body = query.strip().rstrip(";").strip()
     if not body:
         raise SourceError("the PostgreSQL source query is empty")
+    _single_statement(body)
     # The query is the operator's configuration, never input from a row or a partner.
-    return sql.SQL("({}) AS src").format(sql.SQL(body))  # type: ignore[arg-type]
+    # The newline ends a trailing `--` comment, which would otherwise swallow `) AS src`.
+    return sql.SQL("({}\n) AS src").format(sql.SQL(body))  # type: ignore[arg-type]
+
+
+_IDENT_CHAR = re.compile(r"[A-Za-z0-9_$\x80-\U0010ffff]")
+_DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_\x80-\U0010ffff][A-Za-z0-9_\x80-\U0010ffff]*)?\$")
+
+
+def _single_statement(body: str) -> None:
+    """Refuse a query that is more than one statement or closes its own parentheses.
+
+    A small lexer in PostgreSQL's own terms (strings, E-strings, quoted names, dollar quotes,
+    nested comments): a `;` or an unbalanced `)` outside them would let the query run statements
+    of its own around the gateway's SELECT. Anything it cannot lex is refused too.
+    """
+    refuse = SourceError(
+        "the PostgreSQL source query must be a single SELECT with balanced parentheses "
+        "(no ';' between statements)"
+    )
+    depth, i, n = 0, 0, len(body)
+    while i < n:
+        c = body[i]
+        if c == "'" or (c in "eE" and body[i + 1 : i + 2] == "'"):
+            escapes = c != "'"
+            i += 1 if c == "'" else 2
+            while True:
+                if i >= n:
+                    raise refuse
+                if escapes and body[i] == "\\":
+                    i += 2
+                elif body[i] == "'":
+                    if body[i + 1 : i + 2] != "'":
+                        i += 1
+                        break
+                    i += 2
+                else:
+                    i += 1
+        elif c == '"':
+            end = body.find('"', i + 1)
+            while end != -1 and body[end + 1 : end + 2] == '"':
+                end = body.find('"', end + 2)
+            if end == -1:
+                raise refuse
+            i = end + 1
+        elif body.startswith("--", i):
+            end = body.find("\n", i)
+            i = n if end == -1 else end + 1
+        elif body.startswith("/*", i):
+            level, i = 1, i + 2
+            while level:
+                if i >= n:
+                    raise refuse
+                if body.startswith("/*", i):
+                    level, i = level + 1, i + 2
+                elif body.startswith("*/", i):
+                    level, i = level - 1, i + 2
+                else:
+                    i += 1
+        elif c == "$" and (tag := _DOLLAR_TAG.match(body, i)):
+            end = body.find(tag.group(), tag.end())
+            if end == -1:
+                raise refuse
+            i = end + len(tag.group())
+        elif _IDENT_CHAR.match(c):
+            # A name or number (names may hold '$'); an E directly after one starts no string.
+            i += 1
+            while i < n and _IDENT_CHAR.match(body[i]):
+                i += 1
+        else:
+            if c == ";":
+                raise refuse
+            if c == "(":
+                depth += 1
+            elif c == ")":
+                depth -= 1
+                if depth < 0:
+                    raise refuse
+            i += 1
+    if depth:
+        raise refuse

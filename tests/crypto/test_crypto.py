@@ -167,12 +167,10 @@ def test_bad_or_no_recipients(pair: keys.KeyPair) -> None:
 
 def test_load_identities_refuses_files_without_a_key(tmp_path: Path) -> None:
     """An identity file with no key, a bad key or no file at all is a CryptoError."""
-    empty = tmp_path / "empty.age"
-    empty.write_text("# just a comment\n")
+    empty = write_private(tmp_path / "empty.age", b"# just a comment\n")
     with pytest.raises(CryptoError, match="no age identity"):
         age.load_identities(empty)
-    bad = tmp_path / "bad.age"
-    bad.write_text("AGE-SECRET-KEY-1NOTAKEY\n")
+    bad = write_private(tmp_path / "bad.age", b"AGE-SECRET-KEY-1NOTAKEY\n")
     with pytest.raises(CryptoError, match="invalid key"):
         age.load_identities(bad)
     with pytest.raises(CryptoError, match="cannot read"):
@@ -249,17 +247,16 @@ def test_passphrase_protected_signing_key(tmp_path: Path) -> None:
 
 def test_garbage_or_non_ed25519_private_key_is_refused(tmp_path: Path) -> None:
     """A private key file that is not an Ed25519 key is a CryptoError naming the file."""
-    junk = tmp_path / "junk.key"
-    junk.write_text("hello\n")
+    junk = write_private(tmp_path / "junk.key", b"hello\n")
     with pytest.raises(CryptoError, match=r"junk\.key is unreadable"):
         signing.load_private_key(junk)
-    ec = tmp_path / "ec.key"
-    ec.write_bytes(
+    ec = write_private(
+        tmp_path / "ec.key",
         ec_key.generate_private_key(ec_key.SECP256R1()).private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
-        )
+        ),
     )
     with pytest.raises(CryptoError, match="not an Ed25519 key"):
         signing.load_private_key(ec)
