@@ -14,8 +14,10 @@ carries ids, counts and hashes only.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from exchange.crypto import signing
 from exchange.errors import ConnectionLost, CryptoError, TransferError
+from exchange.manifest import ManifestError, is_safe_id, strict_json
 from exchange.transport.base import Delivery
 from exchange.transport.retry import Attempt
 from exchange.transport.sftp import SftpTransport
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 ACK_VERSION = "exchange-ack/1"
 ACK_SUFFIX = ".ack.json"
 MAX_ACK_BYTES = 64 << 10
+_KEY_ID = re.compile(r"ed25519:[0-9a-f]{16}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -76,8 +81,15 @@ class AckNotSent(TransferError):
 
 
 def ack_name(drop_id: str) -> str:
-    """The acknowledgement's file name for a drop."""
+    """The acknowledgement's file name for a drop; ValueError for an id unsafe as a name."""
+    if not is_safe_id(drop_id):
+        raise ValueError("a drop id that is not a safe file name")
     return f"{drop_id}{ACK_SUFFIX}"
+
+
+def _shown(value: object) -> str:
+    """A value from an untrusted file, fit for a one-line message: only if it is a safe id."""
+    return repr(value) if isinstance(value, str) and is_safe_id(value) else "<not a safe id>"
 
 
 def canonical(body: Mapping[str, Any]) -> bytes:
@@ -122,36 +134,49 @@ def sign(body: Mapping[str, Any], key: Ed25519PrivateKey) -> bytes:
 
 def verify(name: str, data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Ack | RejectedAck:
     """Check one acknowledgement file against the partner's keys (by key id)."""
+    if len(data) > MAX_ACK_BYTES:
+        return RejectedAck(name, f"larger than {MAX_ACK_BYTES} bytes")
     try:
-        envelope = json.loads(data.decode("utf-8"))
+        envelope = strict_json(data, limit=MAX_ACK_BYTES, what="acknowledgement")
         body, signature = envelope["body"], envelope["signature"]
         if not isinstance(body, dict) or not isinstance(signature, str):
             raise TypeError
-    except (ValueError, KeyError, TypeError):
+    except (ManifestError, KeyError, TypeError):
         return RejectedAck(name, "not an acknowledgement file (unreadable JSON or no signature)")
     key_id = body.get("key_id")
-    key_id = key_id if isinstance(key_id, str) else None
+    # Only a well-formed key id is repeated in messages and the ledger.
+    key_id = key_id if isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) else None
     if body.get("type") != ACK_VERSION:
         return RejectedAck(name, f"not an {ACK_VERSION} acknowledgement", key_id)
     if key_id is None or key_id not in keys:
         return RejectedAck(name, f"signed by a key the partner has not published ({key_id})")
     try:
         signing.verify(keys[key_id], canonical(body), signature.encode())
-    except CryptoError:
+    except (CryptoError, ValueError, RecursionError):  # lone surrogates do not encode
         return RejectedAck(name, f"signature does not verify with partner key {key_id}", key_id)
     drop_id, rows = body.get("drop_id"), body.get("rows")
-    if not isinstance(drop_id, str) or name != ack_name(drop_id):
-        return RejectedAck(name, f"names drop {drop_id!r}, not the one its file name says", key_id)
-    if body.get("verified") is not True or not isinstance(rows, int):
+    if not isinstance(drop_id, str) or not is_safe_id(drop_id) or name != ack_name(drop_id):
+        return RejectedAck(
+            name, f"names drop {_shown(drop_id)}, not the one its file name says", key_id
+        )
+    if body.get("verified") is not True or type(rows) is not int or rows < 0:
         return RejectedAck(name, "does not state a verified drop with a row count", key_id)
-    return Ack(
-        drop_id,
-        str(body.get("manifest_sha256")),
-        str(body.get("received_at")),
-        rows,
-        key_id,
-        body,
-    )
+    manifest_sha256, received_at = body.get("manifest_sha256"), body.get("received_at")
+    if not isinstance(manifest_sha256, str) or not _SHA256.fullmatch(manifest_sha256):
+        return RejectedAck(name, "does not name the manifest by its SHA-256", key_id)
+    if not isinstance(received_at, str) or not _received_at_ok(received_at):
+        return RejectedAck(name, "does not state when the drop was received", key_id)
+    return Ack(drop_id, manifest_sha256, received_at, rows, key_id, body)
+
+
+def _received_at_ok(value: str) -> bool:
+    """An ISO 8601 time with its UTC offset, as `receive` writes it."""
+    if len(value) > 40:
+        return False
+    try:
+        return dt.datetime.fromisoformat(value).tzinfo is not None
+    except ValueError:
+        return False
 
 
 def send_ack(
@@ -197,6 +222,9 @@ def collect_acks(
             continue
         drop_id = name[: -len(ACK_SUFFIX)]
         if expected is not None and drop_id not in expected:
+            continue
+        if not is_safe_id(drop_id):  # never repeat a hostile name in a log line or the ledger
+            report(RejectedAck("<unsafe name>", "file name is not a drop id"))
             continue
         if (entry.st_size or 0) > MAX_ACK_BYTES:
             report(RejectedAck(name, f"larger than {MAX_ACK_BYTES} bytes"))

@@ -1,18 +1,50 @@
 """The drop manifest: what was sent, to whom, why, under which agreement; signed by the gateway.
 
-Its format is versioned (`manifest_version`) and described by manifest.schema.json.
-It carries ids, counts, names and hashes only, never a value from a row.
+Its format is versioned (`manifest_version`) and described by manifest.schema.json (packaged
+beside this module; docs/manifest.schema.json is the same file). It carries ids, counts, names
+and hashes only, never a value from a row. A partner parses it as hostile input: a valid
+signature proves who sent a drop, not that its names are safe on the partner's file system.
 """
 
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 from typing import Any
+
+import jsonschema
 
 MANIFEST_VERSION = "exchange-manifest/1"
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.sig"
+SCHEMA_NAME = "manifest.schema.json"
+MAX_BYTES = 1 << 20  # real manifests are a few kB; a cap bounds parsing and validation
+FORMATS = ("csv", "parquet")
+
+# Names a partner writes files under. fullmatch, unlike a JSON Schema pattern's `$` in Python,
+# does not let a trailing newline through.
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SAFE_KEY = re.compile(r"[A-Za-z0-9_:.-]{1,40}")
+
+
+class ManifestError(ValueError):
+    """A manifest that is not a well-formed exchange-manifest/1; the message is one line."""
+
+
+def is_safe_id(value: object) -> bool:
+    """True for an id that is safe as a file name: SAFE_ID, and never '..'."""
+    return isinstance(value, str) and SAFE_ID.fullmatch(value) is not None and ".." not in value
+
+
+def payload_name(fmt: str) -> str:
+    """The encrypted payload's file name for a format, exactly as the gateway writes it."""
+    if fmt not in FORMATS:
+        raise ManifestError(f"unknown payload format (expected one of {', '.join(FORMATS)})")
+    return f"data.{fmt}.age"
 
 
 def to_bytes(manifest: dict[str, Any]) -> bytes:
@@ -20,11 +52,80 @@ def to_bytes(manifest: dict[str, Any]) -> bytes:
     return (json.dumps(manifest, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode()
 
 
+@cache
+def schema() -> dict[str, Any]:
+    """The manifest's JSON Schema, as shipped in the package."""
+    text = resources.files("exchange").joinpath(SCHEMA_NAME).read_text("utf-8")
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
+
+
+@cache
+def _validator() -> jsonschema.protocols.Validator:
+    cls = jsonschema.validators.validator_for(schema())
+    return cls(schema())
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # A duplicated key would let the signed text say one thing and the parser read another.
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            raise ManifestError("duplicate key in manifest JSON")
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise ManifestError(f"{name} is not JSON")
+
+
+def strict_json(data: bytes, *, limit: int, what: str) -> Any:
+    """Parse UTF-8 JSON with no duplicate keys, no NaN/Infinity, a size cap and bounded depth."""
+    if len(data) > limit:
+        raise ManifestError(f"{what} is larger than {limit} bytes")
+    try:
+        return json.loads(
+            data.decode("utf-8"),
+            object_pairs_hook=_unique_keys,
+            parse_constant=_no_constant,
+        )
+    except ManifestError:
+        raise
+    except RecursionError:
+        raise ManifestError(f"{what} is nested too deeply") from None
+    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ManifestError(f"{what} is not UTF-8 JSON") from None
+
+
+def _where(path: Iterable[Any]) -> str:
+    """A JSON path for a message, without echoing hostile keys."""
+    parts = [str(p) if isinstance(p, int) or _SAFE_KEY.fullmatch(str(p)) else "<key>" for p in path]
+    return "/" + "/".join(parts)
+
+
 def from_bytes(data: bytes) -> dict[str, Any]:
-    """Parse a manifest (JSON only, never an object-constructing loader)."""
-    manifest = json.loads(data.decode("utf-8"))
+    """Parse and validate a manifest (JSON only, its schema, safe names); ManifestError if not."""
+    manifest = strict_json(data, limit=MAX_BYTES, what="manifest")
     if not isinstance(manifest, dict) or manifest.get("manifest_version") != MANIFEST_VERSION:
-        raise ValueError("not an exchange manifest of a supported version")
+        raise ManifestError("not an exchange manifest of a supported version")
+    try:
+        error = jsonschema.exceptions.best_match(_validator().iter_errors(manifest))
+    except RecursionError:
+        raise ManifestError("manifest is nested too deeply") from None
+    if error is not None:
+        # The keyword and the place, never the value: it may be long, hostile or personal.
+        raise ManifestError(
+            f"manifest does not match its schema at {_where(error.absolute_path)} "
+            f"({error.validator})"
+        )
+    if not is_safe_id(manifest["drop_id"]):
+        raise ManifestError("manifest drop_id is not a safe name")
+    if not is_safe_id(manifest["contract"]["id"]):
+        raise ManifestError("manifest contract id is not a safe name")
+    info = manifest["payload"]
+    if info["name"] != payload_name(info["format"]):
+        raise ManifestError(f"payload name is not the one the gateway writes for {info['format']}")
     return manifest
 
 

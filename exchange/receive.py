@@ -5,6 +5,12 @@ A drop is refused, with nothing written under the final name and no partial file
 manifest signature or payload checksum is wrong, when it is not addressed to the partner's key,
 when it was received before (a replay; the record is `.received.json` in the output folder), or
 when it does not decrypt to the row count its manifest states.
+
+The sending gateway is trusted for who sent a drop, never for names on the partner's file system
+(DESIGN.md section 11). So the manifest is validated against its schema before anything is
+derived from it; every file written is one safe name inside the output folder, opened relative to
+that folder without following symbolic links; an existing file is replaced only when asked
+(`overwrite`); and the payload is opened once, so the bytes decrypted are the bytes hashed.
 """
 
 from __future__ import annotations
@@ -14,23 +20,29 @@ import fcntl
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from exchange import acks, manifest
 from exchange.crypto import age, signing
 from exchange.errors import CryptoError, DropRejected, TransferError
-from exchange.files import open_private, write_private
 
 READ_CHUNK = 1 << 20
 RECORD_NAME = ".received.json"
 LOCK_NAME = ".received.lock"
+MAX_SIGNATURE_BYTES = 4096
+
+# Never follow a symbolic link; never block on a FIFO planted where a file is expected.
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -48,78 +60,194 @@ class Received:
     ack_remote: str | None = None
 
 
+class _NotRegular(Exception):
+    """A name that should be a plain file is a link, a folder, a FIFO or a device."""
+
+
+class _Hashing:
+    """A reader that hashes and counts exactly the bytes it hands on."""
+
+    def __init__(self, source: BinaryIO) -> None:
+        self._source = source
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, size: int = -1) -> bytes:
+        """Read, hash and count."""
+        data = self._source.read(size)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+
+class _HashingSink:
+    """A writer that hashes what it writes (the plaintext, to compare with an earlier output)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.digest = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        """Hash and write."""
+        self.digest.update(data)
+        return self._out.write(data)
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def _sha256(path: Path) -> str:
+def _label(drop: Path) -> str:
+    """The drop folder's name for a message, escaped unless it is a safe id."""
+    return drop.name if manifest.is_safe_id(drop.name) else repr(drop.name)[:80]
+
+
+def _open_file(dir_fd: int, name: str) -> BinaryIO:
+    """Open a plain file in a folder for reading; OSError, or _NotRegular for anything else."""
+    handle = os.fdopen(os.open(name, _READ, dir_fd=dir_fd), "rb")
+    if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+        handle.close()
+        raise _NotRegular(name)
+    return handle
+
+
+def _create(dir_fd: int, name: str) -> BinaryIO:
+    """Create a new 0600 file in a folder; never an existing name, never through a link."""
+    fd = os.open(name, _CREATE, 0o600, dir_fd=dir_fd)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
+def _lstat(dir_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _unlink(dir_fd: int, name: str) -> None:
+    with suppress(FileNotFoundError):
+        os.unlink(name, dir_fd=dir_fd)
+
+
+def _sha256(handle: BinaryIO) -> str:
     digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(READ_CHUNK):
-            digest.update(chunk)
+    while chunk := handle.read(READ_CHUNK):
+        digest.update(chunk)
     return digest.hexdigest()
 
 
-def _read_manifest(drop: Path, sender_key: Path) -> tuple[dict[str, Any], str]:
-    """The verified manifest and the SHA-256 of its exact bytes."""
+@contextmanager
+def _folder(path: Path) -> Iterator[int]:
+    """A folder held open, so later names are looked up in it even if the path is moved."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        document = (drop / manifest.MANIFEST_NAME).read_bytes()
-        signature = (drop / manifest.SIGNATURE_NAME).read_bytes()
-    except OSError:
-        raise DropRejected(f"drop {drop.name} is incomplete: no manifest or signature") from None
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _read_small(drop_fd: int, label: str, name: str, limit: int) -> bytes:
+    try:
+        with _open_file(drop_fd, name) as handle:
+            data = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise DropRejected(f"drop {label} is incomplete: no manifest or signature") from None
+    except (_NotRegular, OSError):
+        raise DropRejected(f"drop {label}: {name} is not a plain file (a link?)") from None
+    if len(data) > limit:
+        raise DropRejected(f"drop {label}: {name} is larger than {limit} bytes")
+    return data
+
+
+def _read_manifest(drop_fd: int, label: str, sender_key: Path) -> tuple[dict[str, Any], str]:
+    """The verified, schema-valid manifest and the SHA-256 of its exact bytes."""
+    document = _read_small(drop_fd, label, manifest.MANIFEST_NAME, manifest.MAX_BYTES)
+    signature = _read_small(drop_fd, label, manifest.SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
     key = signing.load_public_key(sender_key)  # an unreadable key is the receiver's problem
     try:
         signing.verify(key, document, signature)
     except CryptoError:
-        raise DropRejected(f"drop {drop.name}: the manifest signature does not verify") from None
+        raise DropRejected(f"drop {label}: the manifest signature does not verify") from None
     try:
         body = manifest.from_bytes(document)
-    except ValueError as exc:
-        raise DropRejected(f"drop {drop.name}: {exc}") from None
-    info = body["payload"]
-    payload = drop / Path(info["name"]).name
-    if not payload.is_file():
-        raise DropRejected(f"drop {drop.name}: payload {payload.name} is missing")
-    size = payload.stat().st_size
-    if size != info["size"]:
-        raise DropRejected(
-            f"drop {drop.name}: payload is {size} bytes, the manifest says {info['size']} "
-            "(truncated or altered)"
-        )
-    if _sha256(payload) != info["sha256"]:
-        raise DropRejected(f"drop {drop.name}: payload does not match the manifest's checksum")
+    except manifest.ManifestError as exc:
+        raise DropRejected(f"drop {label}: {exc}") from None
     return body, hashlib.sha256(document).hexdigest()
 
 
+def _open_payload(drop_fd: int, label: str, info: dict[str, Any]) -> BinaryIO:
+    """The payload, opened once, its size and SHA-256 checked; the caller closes it."""
+    name = info["name"]  # one of the schema's fixed names, never a path
+    try:
+        handle = _open_file(drop_fd, name)
+    except FileNotFoundError:
+        raise DropRejected(f"drop {label}: payload {name} is missing") from None
+    except (_NotRegular, OSError):
+        raise DropRejected(f"drop {label}: payload {name} is not a plain file (a link?)") from None
+    with ExitStack() as keep:
+        keep.callback(handle.close)
+        size = os.fstat(handle.fileno()).st_size
+        if size != info["size"]:
+            raise DropRejected(
+                f"drop {label}: payload is {size} bytes, the manifest says {info['size']} "
+                "(truncated or altered)"
+            )
+        if _sha256(handle) != info["sha256"]:
+            raise DropRejected(f"drop {label}: payload does not match the manifest's checksum")
+        handle.seek(0)
+        keep.pop_all()
+    return handle
+
+
 def verify_manifest(drop: Path, sender_key: Path) -> dict[str, Any]:
-    """Check the manifest's signature and the payload's size and SHA-256; return the manifest."""
-    return _read_manifest(drop, sender_key)[0]
+    """Check the manifest's signature and schema and the payload's size and SHA-256."""
+    label = _label(drop)
+    with _drop_folder(drop, label) as drop_fd:
+        body, _ = _read_manifest(drop_fd, label, sender_key)
+        _open_payload(drop_fd, label, body["payload"]).close()
+    return body
 
 
-def _count_rows(path: Path, fmt: str) -> int:
+@contextmanager
+def _drop_folder(drop: Path, label: str) -> Iterator[int]:
+    """The drop folder held open: a folder swapped in after the manifest is read is not used."""
+    try:
+        fd = os.open(drop, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        raise DropRejected(f"drop {label} is not a readable folder") from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _count_rows(handle: BinaryIO, fmt: str) -> int:
     if fmt == "parquet":
-        return pq.ParquetFile(path).metadata.num_rows
-    reader = pacsv.open_csv(path, parse_options=pacsv.ParseOptions(newlines_in_values=True))
+        return int(pq.ParquetFile(handle).metadata.num_rows)
+    reader = pacsv.open_csv(handle, parse_options=pacsv.ParseOptions(newlines_in_values=True))
     return sum(batch.num_rows for batch in reader)
 
 
-def _check_addressed(drop: Path, body: dict[str, Any], identity: Path) -> list[Any]:
+def _check_addressed(label: str, body: dict[str, Any], identity: Path) -> list[Any]:
     """The partner's identities, if the manifest names one of their public keys."""
     identities = age.load_identities(identity)
     mine = {str(i.to_public()) for i in identities}
-    theirs = body["payload"].get("encryption", {}).get("recipients", [])
+    theirs = body["payload"]["encryption"]["recipients"]
     if not mine.intersection(theirs):
         raise DropRejected(
-            f"drop {drop.name} is not addressed to you: none of the {len(theirs)} recipient "
+            f"drop {label} is not addressed to you: none of the {len(theirs)} recipient "
             f"key(s) in its manifest is a public key of {identity.name}"
         )
     return identities
 
 
 @contextmanager
-def _exclusive(out_dir: Path) -> Iterator[None]:
+def _exclusive(out_fd: int) -> Iterator[None]:
     """Hold the output folder's lock, so two receives cannot both take the same drop."""
-    fd = os.open(out_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(
+        LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=out_fd
+    )
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -127,28 +255,107 @@ def _exclusive(out_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def received_drops(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """The record of drops already received into `out_dir` (drop id -> facts)."""
-    path = out_dir / RECORD_NAME
+def _recorded(out_fd: int, where: Path) -> dict[str, dict[str, Any]]:
     try:
-        record = json.loads(path.read_bytes())
+        with _open_file(out_fd, RECORD_NAME) as handle:
+            record = json.loads(handle.read())
     except FileNotFoundError:
         return {}
-    except ValueError:
-        raise DropRejected(f"the record of received drops {path} is damaged") from None
+    except (_NotRegular, OSError, ValueError, RecursionError):
+        raise DropRejected(f"the record of received drops {where} is damaged") from None
     drops = record.get("drops") if isinstance(record, dict) else None
     if not isinstance(drops, dict):
-        raise DropRejected(f"the record of received drops {path} is damaged")
+        raise DropRejected(f"the record of received drops {where} is damaged")
     return drops
 
 
-def _remember(out_dir: Path, drop_id: str, facts: dict[str, Any]) -> None:
-    drops = received_drops(out_dir)
+def received_drops(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The record of drops already received into `out_dir` (drop id -> facts)."""
+    if not out_dir.is_dir():
+        return {}
+    with _folder(out_dir) as out_fd:
+        return _recorded(out_fd, out_dir / RECORD_NAME)
+
+
+def _install(out_fd: int, temp: str, name: str, *, replace_existing: bool) -> None:
+    """Give a finished temporary file its final name; without leave, never over another file."""
+    if replace_existing:
+        # rename() replaces a link itself, never the file it points to.
+        os.replace(temp, name, src_dir_fd=out_fd, dst_dir_fd=out_fd)
+        return
+    # A hard link fails if the name exists, so a file that appeared meanwhile is never replaced.
+    os.link(temp, name, src_dir_fd=out_fd, dst_dir_fd=out_fd, follow_symlinks=False)
+    _unlink(out_fd, temp)
+
+
+def _write_new(out_fd: int, name: str, data: bytes, *, replace_existing: bool) -> None:
+    temp = f".{name}.tmp"
+    _unlink(out_fd, temp)
+    try:
+        with _create(out_fd, temp) as handle:
+            handle.write(data)
+        _install(out_fd, temp, name, replace_existing=replace_existing)
+    finally:
+        _unlink(out_fd, temp)
+
+
+def _remember(out_fd: int, where: Path, drop_id: str, facts: dict[str, Any]) -> None:
+    drops = _recorded(out_fd, where)
     drops[drop_id] = facts
     data = (json.dumps({"drops": drops}, indent=2, sort_keys=True) + "\n").encode()
-    temp = out_dir / f"{RECORD_NAME}.tmp"
-    write_private(temp, data, overwrite=True)
-    os.replace(temp, out_dir / RECORD_NAME)
+    _write_new(out_fd, RECORD_NAME, data, replace_existing=True)
+
+
+def _plain_target(out_fd: int, drop_id: str, name: str) -> bool:
+    """Whether `name` exists in the output folder; refuse a link or anything not a file."""
+    found = _lstat(out_fd, name)
+    if found is None:
+        return False
+    if stat.S_ISLNK(found.st_mode):
+        raise DropRejected(
+            f"drop {drop_id}: {name} in the output folder is a symbolic link; refusing to "
+            "write through it"
+        )
+    if not stat.S_ISREG(found.st_mode):
+        raise DropRejected(f"drop {drop_id}: {name} in the output folder is not a plain file")
+    return True
+
+
+def _refuse_overwrite(drop_id: str, name: str, why: str = "") -> DropRejected:
+    return DropRejected(
+        f"drop {drop_id}: {name} already exists in the output folder{why}; refusing to "
+        "overwrite it (--overwrite replaces it)"
+    )
+
+
+def _same_content(out_fd: int, name: str, sha256: str) -> bool:
+    try:
+        with _open_file(out_fd, name) as handle:
+            return _sha256(handle) == sha256
+    except (_NotRegular, OSError):
+        return False
+
+
+def _own_ack(out_fd: int, name: str, signer: Any, drop_id: str) -> bool:
+    """Whether `name` holds this partner's own signed acknowledgement of this drop."""
+    try:
+        with _open_file(out_fd, name) as handle:
+            data = handle.read(acks.MAX_ACK_BYTES + 1)
+    except (_NotRegular, OSError):
+        return False
+    public = signer.public_key()
+    found = acks.verify(name, data, {signing.key_id(public): public})
+    return isinstance(found, acks.Ack) and found.drop_id == drop_id
+
+
+def _output_names(drop_id: str, fmt: str) -> tuple[str, str, str]:
+    """The data file, its hidden partial and the acknowledgement: single names, never paths."""
+    names = (f"{drop_id}.{fmt}", f".{drop_id}.{fmt}.partial", acks.ack_name(drop_id))
+    for name in names:
+        # The manifest was validated; this keeps a future change from reopening the hole.
+        if not name or "/" in name or "\0" in name or name in {".", ".."} or ".." in name:
+            raise DropRejected(f"drop {drop_id}: unsafe output name")
+    return names
 
 
 def receive(
@@ -161,6 +368,7 @@ def receive(
     ack_key_passphrase: bytes | None = None,
     ack_outbox: acks.AckOutbox | None = None,
     again: bool = False,
+    overwrite: bool = False,
     clock: Callable[[], dt.datetime] = _utcnow,
 ) -> Received:
     """Verify, decrypt and write a drop's data to `out_dir`; DropRejected leaves no output.
@@ -168,75 +376,128 @@ def receive(
     With `ack_key` (the partner's Ed25519 signing key) a signed acknowledgement is written
     beside the data as `<drop id>.ack.json`, and uploaded to `ack_outbox` if given; an upload
     that fails raises AckNotSent after the data is written. `again` receives a drop a second
-    time (after a lost output or ack) instead of refusing it as a replay.
+    time (after a lost output or ack) instead of refusing it as a replay; an existing output
+    is then kept if it holds exactly this drop's data. `overwrite` replaces existing files of
+    the output names; without it they are never replaced (except the partner's own earlier
+    acknowledgement of the same drop).
     """
     if ack_outbox is not None and ack_key is None:
         raise CryptoError("an acknowledgement needs the partner's signing key (ack_key)")
-    body, manifest_sha256 = _read_manifest(drop, sender_key)
-    identities = _check_addressed(drop, body, identity)
-    signer = signing.load_private_key(ack_key, ack_key_passphrase) if ack_key else None
-    info = body["payload"]
-    drop_id = body["drop_id"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    final = out_dir / f"{drop_id}.{info['format']}"
-    partial = out_dir / f".{final.name}.partial"
-    with _exclusive(out_dir):
-        earlier = received_drops(out_dir).get(drop_id)
-        if earlier is not None and not again:
-            raise DropRejected(
-                f"drop {drop_id} was already received at {earlier.get('received_at')}: "
-                "refusing a replay"
-            )
-        partial.unlink(missing_ok=True)
-        try:
-            with (
-                (drop / Path(info["name"]).name).open("rb") as source,
-                open_private(partial) as out,
-            ):
-                age.decrypt_stream(source, out, identities)
-            rows = _count_rows(partial, info["format"])
-            if rows != body["rows"]["sent"]:
+    label = _label(drop)
+    with ExitStack() as stack:
+        drop_fd = stack.enter_context(_drop_folder(drop, label))
+        body, manifest_sha256 = _read_manifest(drop_fd, label, sender_key)
+        info = body["payload"]
+        payload = stack.enter_context(_open_payload(drop_fd, label, info))
+        identities = _check_addressed(label, body, identity)
+        signer = signing.load_private_key(ack_key, ack_key_passphrase) if ack_key else None
+        drop_id, fmt = body["drop_id"], info["format"]
+        final, partial, ack_file = _output_names(drop_id, fmt)
+        out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        out_path = out_dir.resolve(strict=True)
+        out_fd = stack.enter_context(_folder(out_path))
+        where = out_path / RECORD_NAME
+        with _exclusive(out_fd):
+            earlier = _recorded(out_fd, where).get(drop_id)
+            if earlier is not None and not again:
                 raise DropRejected(
-                    f"drop {drop_id}: {rows} rows decrypted, manifest says {body['rows']['sent']}"
+                    f"drop {drop_id} was already received at {earlier.get('received_at')}: "
+                    "refusing a replay"
                 )
-            os.replace(partial, final)
-        except CryptoError as exc:
-            raise DropRejected(f"drop {drop_id}: {exc}") from None
-        finally:
-            partial.unlink(missing_ok=True)
-        received_at = clock().isoformat(timespec="seconds")
-        _remember(
-            out_dir,
-            drop_id,
-            {
+            exists = _plain_target(out_fd, drop_id, final)
+            if exists and not (overwrite or again):
+                raise _refuse_overwrite(drop_id, final)
+            replace_ack = False
+            if signer is not None and _plain_target(out_fd, drop_id, ack_file):
+                replace_ack = overwrite or _own_ack(out_fd, ack_file, signer, drop_id)
+                if not replace_ack:
+                    raise _refuse_overwrite(drop_id, ack_file, " and is not your ack of it")
+            rows = _decrypt_into(
+                out_fd, partial, final, payload, body, identities, exists, overwrite
+            )
+            received_at = clock().isoformat(timespec="seconds")
+            facts = {
                 "received_at": received_at,
                 "manifest_sha256": manifest_sha256,
                 "rows": rows,
-                "output": final.name,
-            },
+                "output": final,
+            }
+            _remember(out_fd, where, drop_id, facts)
+        got = Received(
+            drop_id, body["contract"]["id"], rows, out_path / final, body, manifest_sha256
         )
-    got = Received(drop_id, body["contract"]["id"], rows, final, body, manifest_sha256)
-    if signer is None:
-        return got
-    ack = acks.build(
-        body,
-        manifest_sha256,
-        rows=rows,
-        received_at=received_at,
-        key_id=signing.key_id(signer.public_key()),
-    )
-    data = acks.sign(ack, signer)
-    ack_path = write_private(out_dir / acks.ack_name(drop_id), data, overwrite=True)
-    got = replace(got, ack=ack, ack_path=ack_path)
+        if signer is None:
+            return got
+        ack = acks.build(
+            body,
+            manifest_sha256,
+            rows=rows,
+            received_at=received_at,
+            key_id=signing.key_id(signer.public_key()),
+        )
+        data = acks.sign(ack, signer)
+        _write_new(out_fd, ack_file, data, replace_existing=replace_ack)
+        got = replace(got, ack=ack, ack_path=out_path / ack_file)
     if ack_outbox is None:
         return got
     try:
         sent = acks.send_ack(ack_outbox, drop_id, data)
     except TransferError as exc:
         raise acks.AckNotSent(
-            f"drop {drop_id} was received and written to {final}, but its acknowledgement "
-            f"was not uploaded ({exc}); it is kept at {ack_path} to send again",
+            f"drop {drop_id} was received and written to {got.output}, but its acknowledgement "
+            f"was not uploaded ({exc}); it is kept at {got.ack_path} to send again",
             received=got,
-            ack_path=ack_path,
+            ack_path=out_path / ack_file,
         ) from exc
     return replace(got, ack_remote=sent.remote_path)
+
+
+def _decrypt_into(
+    out_fd: int,
+    partial: str,
+    final: str,
+    payload: BinaryIO,
+    body: dict[str, Any],
+    identities: list[Any],
+    exists: bool,
+    overwrite: bool,
+) -> int:
+    """Decrypt the open payload into `final`, checking the bytes decrypted; the row count."""
+    drop_id, info = body["drop_id"], body["payload"]
+    _unlink(out_fd, partial)
+    try:
+        reader = _Hashing(payload)
+        with _create(out_fd, partial) as out:
+            sink = _HashingSink(out)
+            try:
+                age.decrypt_stream(cast(BinaryIO, reader), cast(BinaryIO, sink), identities)
+            except CryptoError as exc:
+                raise DropRejected(f"drop {drop_id}: {exc}") from None
+        while reader.read(READ_CHUNK):  # age refuses trailing bytes; hash all there is anyway
+            pass
+        # The file may have changed since it was checked: what counts is what was decrypted.
+        if reader.size != info["size"] or reader.digest.hexdigest() != info["sha256"]:
+            raise DropRejected(
+                f"drop {drop_id}: the payload changed while it was read; refusing it"
+            )
+        try:
+            with _open_file(out_fd, partial) as decrypted:
+                rows = _count_rows(decrypted, info["format"])
+        except (pa.ArrowException, OSError, _NotRegular):
+            raise DropRejected(
+                f"drop {drop_id}: the decrypted data is not a readable {info['format']} file"
+            ) from None
+        if rows != body["rows"]["sent"]:
+            raise DropRejected(
+                f"drop {drop_id}: {rows} rows decrypted, manifest says {body['rows']['sent']}"
+            )
+        if exists and not overwrite:
+            # Taken `again`: an output holding exactly this data stays; anything else is kept too.
+            if not _same_content(out_fd, final, sink.digest.hexdigest()):
+                raise _refuse_overwrite(drop_id, final, " with other content")
+            return rows
+        _plain_target(out_fd, drop_id, final)  # a link planted meanwhile is refused, not followed
+        _install(out_fd, partial, final, replace_existing=overwrite)
+    finally:
+        _unlink(out_fd, partial)
+    return rows
