@@ -8,16 +8,28 @@ Incident text carries ids, counts and reasons only, never a value from a row.
 
 Configuration (environment):
     EXCHANGE_INCIDENT_SMTP      host:port of the SMTP relay
+    EXCHANGE_INCIDENT_SMTP_TLS  starttls (default), smtps (default on port 465), or none: plain
+                                SMTP, the default only to a loopback relay, elsewhere an
+                                explicit override that is logged as a warning
     EXCHANGE_INCIDENT_FROM      sender address
     EXCHANGE_INCIDENT_TO        comma-separated recipient addresses
-    EXCHANGE_INCIDENT_WEBHOOK   https URL that receives a JSON POST per incident
+    EXCHANGE_INCIDENT_WEBHOOK   https URL that receives a JSON POST per incident (plain http
+                                only to a loopback host); redirects are not followed
+
+Incident text names contracts and reasons, and crosses the network: TLS certificates are
+verified (the system's trust store) for both email and webhook.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import os
 import smtplib
+import ssl
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -25,6 +37,11 @@ from email.message import EmailMessage
 from typing import Protocol
 
 from exchange.audit import Ledger
+
+log = logging.getLogger(__name__)
+
+SMTP_TLS_MODES = ("starttls", "smtps", "none")
+SMTPS_PORT = 465
 
 KINDS = (
     "policy-refusal",
@@ -62,15 +79,33 @@ class Notifier(Protocol):
 
 
 class SmtpNotifier:
-    """Email through an SMTP relay."""
+    """Email through an SMTP relay, over verified TLS unless the relay is on loopback."""
 
     name = "smtp"
 
-    def __init__(self, host: str, port: int, sender: str, recipients: Sequence[str]) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        sender: str,
+        recipients: Sequence[str],
+        *,
+        tls: str | None = None,
+        context: ssl.SSLContext | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        if tls is None:
+            tls = "smtps" if port == SMTPS_PORT else "none" if is_loopback(host) else "starttls"
+        if tls not in SMTP_TLS_MODES:
+            raise ValueError(f"SMTP TLS mode must be one of {', '.join(SMTP_TLS_MODES)}")
+        if tls == "none" and not is_loopback(host):
+            log.warning("incident email to %s:%s goes without TLS (explicit override)", host, port)
         self.host, self.port, self.sender, self.recipients = host, port, sender, list(recipients)
+        self.tls, self.timeout = tls, timeout
+        self.context = context or ssl.create_default_context()
 
     def notify(self, incident: Incident) -> None:
-        """Send one email per incident."""
+        """Send one email per incident; refuse a relay that will not do the TLS asked for."""
         message = EmailMessage()
         message["Subject"] = incident.subject()
         message["From"] = self.sender
@@ -79,8 +114,27 @@ class SmtpNotifier:
             "\n".join(f"{k}: {v}" for k, v in asdict(incident).items() if v is not None)
             + "\n\nThe audit ledger holds the full record of this incident.\n"
         )
-        with smtplib.SMTP(self.host, self.port, timeout=30) as smtp:
+        if self.tls == "smtps":
+            with smtplib.SMTP_SSL(
+                self.host, self.port, timeout=self.timeout, context=self.context
+            ) as smtp:
+                smtp.send_message(message)
+            return
+        with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:
+            if self.tls == "starttls":
+                # Raises SMTPNotSupportedError if the relay does not offer it: never downgrade.
+                smtp.starttls(context=self.context)
             smtp.send_message(message)
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect could send the incident to a host (or scheme) the check did not see."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]
+        """Refuse every redirect."""
+        raise urllib.error.HTTPError(
+            req.full_url, code, "webhook redirects are refused", headers, fp
+        )
 
 
 class WebhookNotifier:
@@ -88,21 +142,62 @@ class WebhookNotifier:
 
     name = "webhook"
 
-    def __init__(self, url: str, *, timeout: float = 30.0) -> None:
-        if not url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ValueError("incident webhooks must use https (plain http only on loopback)")
+    def __init__(
+        self, url: str, *, timeout: float = 30.0, context: ssl.SSLContext | None = None
+    ) -> None:
+        check_webhook_url(url)
         self.url, self.timeout = url, timeout
+        self._opener = urllib.request.build_opener(
+            _NoRedirects(), urllib.request.HTTPSHandler(context=context)
+        )
 
     def notify(self, incident: Incident) -> None:
         """POST the incident as JSON."""
-        request = urllib.request.Request(  # noqa: S310 - the scheme is checked above
+        request = urllib.request.Request(  # noqa: S310 - the scheme is checked in __init__
             self.url,
             data=json.dumps(asdict(incident)).encode(),
             headers={"Content-Type": "application/json"},
             method="POST",
         )
-        with urllib.request.urlopen(request, timeout=self.timeout):  # noqa: S310
+        with self._opener.open(request, timeout=self.timeout):
             pass
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` names this machine's loopback interface (a name or an address)."""
+    host = host.strip().strip("[]").rstrip(".").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_webhook_url(url: str) -> None:
+    """Raise ValueError unless `url` is https, or http to a loopback host (parsed, not prefixed).
+
+    `http://localhost@evil.example/` is a login name `localhost` at evil.example: the host is
+    what urllib will connect to, so that is what is compared.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError("the incident webhook is not a valid URL") from None
+    if not host:
+        raise ValueError("the incident webhook URL names no host")
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("the incident webhook URL may not carry a login (user@host)")
+    if parts.scheme == "https":
+        return
+    if parts.scheme == "http" and is_loopback(host):
+        return
+    raise ValueError(
+        f"incident webhooks must use https (plain http only to loopback), not {parts.scheme}://"
+        f"{host}"
+    )
 
 
 def notifiers_from_env(env: Mapping[str, str] | None = None) -> list[Notifier]:
@@ -116,7 +211,12 @@ def notifiers_from_env(env: Mapping[str, str] | None = None) -> list[Notifier]:
         if not recipients:
             raise ValueError("EXCHANGE_INCIDENT_SMTP is set but EXCHANGE_INCIDENT_TO is empty")
         sender = env.get("EXCHANGE_INCIDENT_FROM", "exchange-gateway@localhost")
-        found.append(SmtpNotifier(host or relay, int(port or 25), sender, recipients))
+        tls = env.get("EXCHANGE_INCIDENT_SMTP_TLS") or None
+        try:
+            number = int(port or 25)
+        except ValueError:
+            raise ValueError("EXCHANGE_INCIDENT_SMTP must be host:port") from None
+        found.append(SmtpNotifier(host or relay, number, sender, recipients, tls=tls))
     if env.get("EXCHANGE_INCIDENT_WEBHOOK"):
         found.append(WebhookNotifier(env["EXCHANGE_INCIDENT_WEBHOOK"]))
     return found
@@ -138,7 +238,7 @@ def raise_incident(ledger: Ledger, incident: Incident, notifiers: Sequence[Notif
     for notifier in notifiers:
         try:
             notifier.notify(incident)
-        except (OSError, smtplib.SMTPException) as exc:
+        except (OSError, smtplib.SMTPException) as exc:  # SSLError and URLError are OSErrors
             ledger.append(
                 "incident.notify-failed",
                 {"kind": incident.kind, "notifier": notifier.name, "error": type(exc).__name__},
