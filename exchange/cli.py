@@ -259,14 +259,21 @@ def cmd_receive(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Recompute the ledger's hash chain."""
-    from exchange.audit import Ledger
+    """Recompute the ledger's hash chain and check it against every checkpoint: stored, handed
+    out (kept outside the database) and held by others."""
     from exchange.settings import Settings
 
     settings = Settings.from_env()
-    ledger = Ledger(args.url or settings.audit_url, create=False)
+    ledger = _audit_ledger(settings, args)
     public = _gateway_public_key(args, settings)
-    result = ledger.verify(args.from_seq, args.to_seq, public_key=public)
+    held = [path.read_text("utf-8") for path in args.held or []]
+    result = ledger.verify(
+        args.from_seq,
+        args.to_seq,
+        public_key=public,
+        origin=_audit_origin(args, settings, public),
+        held=held,
+    )
     if not result.ok:
         from exchange.incidents import Incident, notifiers_from_env, raise_incident
 
@@ -276,7 +283,38 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         _error("ledger broken", result.message)
         return NOT_VERIFIED
     _say(f"OK: {result.message}")
+    if public is None:
+        _error("warning", "no public key: checkpoint signatures were NOT checked (--public-key)")
+    if ledger.anchor is None:
+        _error("warning", "no checkpoints kept outside the database were found to check against")
     return OK
+
+
+def _audit_ledger(settings: Settings, args: argparse.Namespace | None = None) -> Ledger:
+    """The ledger (--url, else the configured one) with the checkpoints handed out beside it:
+    --checkpoints, else EXCHANGE_HOME/checkpoints when it exists."""
+    from exchange.audit import Ledger
+    from exchange.audit.anchor import anchor_folder
+
+    url = getattr(args, "url", None) or settings.audit_url
+    folder = getattr(args, "checkpoints", None) or anchor_folder(settings.home)
+    if getattr(args, "checkpoints", None) is not None and not folder.is_dir():
+        raise LedgerError(f"no folder of handed-out checkpoints at {folder}")
+    return Ledger(url, create=False, anchor=folder if folder.is_dir() else None)
+
+
+def _audit_origin(
+    args: argparse.Namespace, settings: Settings, public: Ed25519PublicKey | None
+) -> str | None:
+    """The log's expected origin: --origin, else the gateway's (pinned, so a checkpoint of
+    another log signed with the same key is refused); None when it cannot be known."""
+    from exchange.crypto.signing import key_id
+
+    if getattr(args, "origin", None):
+        return str(args.origin)
+    if public is not None:
+        return settings.checkpoint_origin(key_id(public))
+    return settings.log_origin
 
 
 def _gateway_public_key(args: argparse.Namespace, settings: Settings) -> Ed25519PublicKey | None:
@@ -290,10 +328,11 @@ def _gateway_public_key(args: argparse.Namespace, settings: Settings) -> Ed25519
 def _signed_head(settings: Settings) -> tuple[Ledger, str]:
     """The ledger, after signing a checkpoint of its current head; and that checkpoint."""
     from exchange.audit import Ledger
+    from exchange.audit.anchor import anchor_folder
     from exchange.crypto.signing import key_id, load_private_key
 
     key = load_private_key(settings.signing_key)
-    ledger = Ledger(settings.audit_url, create=False)
+    ledger = Ledger(settings.audit_url, create=False, anchor=anchor_folder(settings.home))
     origin = settings.checkpoint_origin(key_id(key.public_key()))
     return ledger, ledger.checkpoint(key, origin).note
 
@@ -319,9 +358,13 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
 def cmd_audit_verify_export(args: argparse.Namespace) -> int:
     """Verify an exported ledger offline, with only the gateway's public key."""
     from exchange.audit import verify_export
+    from exchange.crypto.signing import key_id, load_public_key
 
     held = [p.read_text() for p in args.held or []]
-    result = verify_export(args.export, args.public_key, held=held)
+    origin = args.origin or Settings.from_env().checkpoint_origin(
+        key_id(load_public_key(args.public_key))
+    )
+    result = verify_export(args.export, args.public_key, held=held, origin=origin)
     if not result.ok:
         _error("export broken", result.message)
         return NOT_VERIFIED
@@ -330,10 +373,36 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_subject(args: argparse.Namespace) -> int:
-    """Every disclosure about one person: when, which agreement, to whom, why, which fields."""
+    """Every disclosure about one person: when, which agreement, to whom, why, which fields.
+
+    The rows answered from are checked against the audit ledger first, and the lookup itself
+    is audited (a keyed hash of the id, who asked and why; never the id)."""
+    from exchange.audit.disclosures import key_id, lookup_hash
     from exchange.gateway import Gateway
 
-    found = Gateway(Settings.from_env()).disclosures().lookup(args.subject)
+    subject = _audit_subject_id(args)
+    if subject is None:
+        return BAD_INPUT
+    settings = Settings.from_env()
+    disclosures = Gateway(settings).disclosures()
+    ledger = _audit_ledger(settings)
+    public = _gateway_public_key(args, settings)
+    asked = {
+        "subject_hash": lookup_hash(disclosures.key, subject),
+        "key_id": key_id(disclosures.key),
+        "requested_by": _audit_who(),
+        "reason": args.reason,
+    }
+    try:
+        found, verified = disclosures.verified_lookup(
+            subject, ledger, public_key=public, origin=_audit_origin(args, settings, public)
+        )
+    except LedgerError as exc:
+        ledger.append("subject.looked_up", {**asked, "outcome": "refused", "problem": str(exc)})
+        raise
+    ledger.append("subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)})
+    if public is None:
+        _error("warning", "no public key: checkpoint signatures were NOT checked (--public-key)")
     if args.format == "json":
         rows = [
             {**dataclasses.asdict(d), "sent_at": d.sent_at.isoformat() if d.sent_at else None}
@@ -350,7 +419,39 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
             f"{', '.join(d.purposes)}; basis: {d.legal_basis}; fields: {', '.join(d.fields)}; "
             f"drop {d.drop_id}"
         )
+    _say(f"checked against the audit ledger: {verified.message}")
     return OK
+
+
+def _audit_subject_id(args: argparse.Namespace) -> str | None:
+    """The subject id from --id-file (a file, or - for standard input), or the positional
+    argument with a warning; None (after saying why) when neither or both are given."""
+    if (args.subject is None) == (args.id_file is None):
+        _error("usage", "give the subject id with --id-file FILE (or - for standard input)")
+        return None
+    if args.subject is not None:
+        _error(
+            "warning",
+            "a subject id on the command line is visible in ps and shell history; "
+            "use --id-file - and type or pipe it instead",
+        )
+        return str(args.subject)
+    text = sys.stdin.read() if str(args.id_file) == "-" else Path(args.id_file).read_text("utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        _error("usage", f"--id-file must hold exactly one subject id, not {len(lines)} lines")
+        return None
+    return lines[0]
+
+
+def _audit_who() -> str:
+    """Who is asking, as the operating system knows them."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name for this uid (a container)
+        return f"uid {os.getuid()}"
 
 
 def cmd_audit_report(args: argparse.Namespace) -> int:
@@ -568,6 +669,15 @@ def parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--public-key", type=Path, help="the gateway's public key (checks checkpoint signatures)"
     )
+    verify.add_argument("--origin", help="the log's expected checkpoint origin (default: ours)")
+    verify.add_argument(
+        "--held", type=Path, nargs="*", help="checkpoint notes kept by partners or auditors"
+    )
+    verify.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="folder of checkpoints handed out (default: EXCHANGE_HOME/checkpoints)",
+    )
     verify.add_argument(
         "--record-incident",
         action="store_true",
@@ -597,10 +707,21 @@ def parser() -> argparse.ArgumentParser:
     offline.add_argument(
         "--held", type=Path, nargs="*", help="checkpoint notes kept by partners or auditors"
     )
+    offline.add_argument(
+        "--origin", help="the log's expected checkpoint origin (default: from the key's id)"
+    )
     offline.set_defaults(func=cmd_audit_verify_export)
 
     subject = audit.add_parser("subject", help="who received data about this person, and why")
-    subject.add_argument("subject", help="the person's id in the source (the subject key)")
+    subject.add_argument(
+        "subject", nargs="?", help="the person's id (visible in ps and history: use --id-file)"
+    )
+    subject.add_argument(
+        "--id-file", help="a file holding the person's id in the source, or - for standard input"
+    )
+    subject.add_argument("--reason", help="why (recorded in the audit ledger, with who asked)")
+    subject.add_argument("--public-key", type=Path, help="the gateway's public key")
+    subject.add_argument("--origin", help="the log's expected checkpoint origin")
     subject.add_argument("--format", choices=("text", "json"), default="text")
     subject.set_defaults(func=cmd_audit_subject)
 

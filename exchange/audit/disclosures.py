@@ -13,8 +13,11 @@ the table says nothing about who is in it; with it, "who has my data?" is one in
 Subject ids are never stored or logged in clear.
 
 Each transfer also records a digest of its subjects: SHA-256 of their distinct 16-byte hashes
-in ascending byte order. Put it in the ledger's `transfer.sent` entry and the hash chain and
-checkpoints protect the disclosure record too (`Disclosures.verify_digest`).
+in ascending byte order. The gateway puts it in the drop's `run.prepared` entry, and the facts
+(recipient, agreement, purposes, legal basis, fields) in its `transfer.sent` entry, so the hash
+chain and checkpoints protect the disclosure record too. `Disclosures.verified_lookup` answers
+only after checking every delivered drop's rows against those entries: a forged, altered or
+deleted row anywhere (which could hide or invent a recipient) refuses the answer.
 
 Bulk insertion uses COPY (binary) on PostgreSQL and executemany on SQLite, where the table is
 WITHOUT ROWID so the primary key is the table.
@@ -34,8 +37,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from exchange.audit.ledger import create_tables, make_engine, writer
+from exchange.audit.ledger import Entry, Ledger, Verification, create_tables, make_engine, writer
 from exchange.errors import LedgerError
 
 HASH_BYTES = 16
@@ -43,6 +47,8 @@ MIN_KEY_BYTES = 32
 HASH_CHUNK = 65_536  # subject ids hashed (and rows inserted) at a time
 SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large index
 _KEY_ID_LABEL = b"exchange disclosure key id"
+_LOOKUP_LABEL = b"exchange subject lookup\x00"
+EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 _PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _PG_TRAILER = b"\xff\xff"
 _PG_ROW = np.dtype(
@@ -133,6 +139,12 @@ class Recorded:
 def key_id(key: bytes) -> str:
     """A fingerprint of a disclosure key: 16 hex of HMAC(key, a fixed label)."""
     return hmac.digest(key, _KEY_ID_LABEL, "sha256")[:8].hex()
+
+
+def lookup_hash(key: bytes, subject_id: str | int) -> str:
+    """The keyed hash a lookup is audited under: not the recorded hash, so the audit entry
+    does not point at the person's disclosure rows; the same person gives the same value."""
+    return hmac.digest(key, _LOOKUP_LABEL + str(subject_id).encode("utf-8"), "sha256")[:16].hex()
 
 
 def subject_hash(key: bytes, subject_id: str | int) -> bytes:
@@ -342,9 +354,160 @@ class Disclosures:
                 sha.update(bytes(value))
         return hmac.compare_digest(sha.hexdigest(), digest)
 
+    def verified_lookup(
+        self,
+        subject_id: str | int,
+        ledger: Ledger,
+        *,
+        public_key: Ed25519PublicKey | None = None,
+        origin: str | None = None,
+    ) -> tuple[list[Disclosure], Verification]:
+        """`lookup`, after checking the audit ledger and every delivered drop's record against it.
+
+        LedgerError (one line, naming the first drop at fault) when the ledger does not verify
+        or any delivered drop's rows or facts differ from its entries. Reads the whole ledger
+        and disclosure table once: a rights request is rare, a wrong answer is not acceptable.
+        """
+        bound = LedgerBindings()
+        verified = ledger.verify(public_key=public_key, origin=origin, visit=bound.visit)
+        if not verified.ok:
+            raise LedgerError(
+                f"the audit ledger does not verify ({verified.message}): "
+                "disclosures cannot be checked against it"
+            )
+        checked, problems = self.check(bound)
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise LedgerError(
+                f"the disclosure record does not match the audit ledger: {problems[0]}{more}"
+            )
+        found = self.lookup(subject_id)
+        late = sorted(d.drop_id for d in found if d.drop_id not in checked)
+        if late:
+            raise LedgerError(f"drop {late[0]} was delivered while checking: look up again")
+        return found, verified
+
+    def check(self, bound: LedgerBindings) -> tuple[set[str], list[str]]:
+        """Compare every delivered drop's rows and facts with the ledger's entries.
+
+        Returns the drops that match and one line per problem. Drops not yet delivered are
+        skipped (they are in no answer); a delivered drop the ledger knows but the table lacks
+        is a problem (deleted).
+        """
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(transfers).where(transfers.c.sent_at.is_not(None))).all()
+            counts, digests = _digests(conn)
+        checked: set[str] = set()
+        problems: list[str] = []
+        for row in rows:
+            problem = _mismatch(row, bound, counts.get(row.id, 0), digests.get(row.id))
+            if problem:
+                problems.append(f"drop {row.drop_id}: {problem}")
+            else:
+                checked.add(row.drop_id)
+        present = {row.drop_id for row in rows}
+        for drop_id in sorted(set(bound.sent) - present):
+            if drop_id in bound.prepared:
+                problems.append(
+                    f"drop {drop_id}: delivered per the audit ledger, but its disclosure "
+                    "record is missing (deleted)"
+                )
+        return checked, problems
+
     def close(self) -> None:
         """Release the database connections."""
         self.engine.dispose()
+
+
+class LedgerBindings:
+    """What the (verified) ledger says about each drop's disclosure record: fed by `visit`."""
+
+    def __init__(self) -> None:
+        self.prepared: dict[str, dict[str, Any]] = {}  # drop -> run.prepared "disclosures"
+        self.sent: dict[str, dict[str, Any]] = {}  # drop -> transfer.sent body
+
+    def visit(self, entry: Entry) -> None:
+        """Take note of one entry; the newest entry of a drop wins (a retried prepare)."""
+        if entry.event not in ("run.prepared", "transfer.sent"):
+            return
+        body = entry.data
+        drop_id = body.get("drop_id")
+        if not isinstance(drop_id, str):
+            return
+        if entry.event == "run.prepared" and isinstance(body.get("disclosures"), dict):
+            self.prepared[drop_id] = body["disclosures"]
+        elif entry.event == "transfer.sent":
+            self.sent[drop_id] = body
+
+
+def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
+    """Per transfer, its row count and digest, in one pass in primary-key order (no sort: the
+    rows come by ascending hash, so each transfer's come in the order its digest needs)."""
+    hashers: dict[int, Any] = {}
+    counts: dict[int, int] = {}
+    query = sa.select(disclosures.c.subject_hash, disclosures.c.transfer_id).order_by(
+        disclosures.c.subject_hash, disclosures.c.transfer_id
+    )
+    stream = conn.execution_options(stream_results=True, yield_per=HASH_CHUNK).execute(query)
+    for value, transfer_id in stream:
+        hasher = hashers.get(transfer_id)
+        if hasher is None:
+            hasher = hashers[transfer_id] = hashlib.sha256()
+        hasher.update(bytes(value))
+        counts[transfer_id] = counts.get(transfer_id, 0) + 1
+    return counts, {k: h.hexdigest() for k, h in hashers.items()}
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        return None  # a malformed column never equals what the ledger says
+
+
+def _mismatch(row: Any, bound: LedgerBindings, count: int, digest: str | None) -> str:
+    """Why a delivered drop's record differs from the ledger ("" if it does not)."""
+    prepared, sent = bound.prepared.get(row.drop_id), bound.sent.get(row.drop_id)
+    if prepared is None:
+        return "not in the audit ledger (no run.prepared entry binds it: forged?)"
+    if sent is None:
+        return "recorded as delivered, but the audit ledger has no transfer.sent entry for it"
+    digest = digest or EMPTY_DIGEST
+    if not hmac.compare_digest(digest, str(prepared.get("digest"))) or count != prepared.get(
+        "subjects"
+    ):
+        return (
+            f"its {count} subject rows differ from the {prepared.get('subjects')} its "
+            "run.prepared entry binds (rows added, altered or deleted)"
+        )
+    if (row.digest, row.subjects, row.key_id) != (
+        prepared.get("digest"),
+        prepared.get("subjects"),
+        prepared.get("key_id"),
+    ):
+        return "its digest, count or key id differs from its run.prepared entry"
+    facts = (
+        row.contract_id,
+        row.contract_version,
+        row.recipient,
+        _json_or_none(row.purposes),
+        row.legal_basis,
+        _json_or_none(row.fields),
+    )
+    logged = (
+        sent.get("id"),
+        sent.get("version"),
+        sent.get("recipient"),
+        sent.get("purposes"),
+        sent.get("legal_basis"),
+        sent.get("fields_sent"),
+    )
+    if facts != logged:
+        return (
+            "its agreement, recipient, purposes, legal basis or fields differ from its "
+            "transfer.sent entry"
+        )
+    return ""
 
 
 def _insert_sqlite(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:

@@ -162,12 +162,18 @@ def _row(number: int, value: Any) -> _Row:
 
 
 def verify_export(
-    path: str | Path, public_key_path: str | Path, *, held: Iterable[str] = ()
+    path: str | Path,
+    public_key_path: str | Path,
+    *,
+    held: Iterable[str] = (),
+    origin: str | None = None,
 ) -> Verification:
     """Verify an export offline: chain, checkpoints' signatures and roots, completeness.
 
     `held` are checkpoint notes obtained elsewhere (from partners' manifests, an earlier
-    audit); each must be signed by the key and consistent with the exported entries. Raises
+    audit); each must be signed by the key and consistent with the exported entries. Given
+    `origin`, every checkpoint must name that log (a checkpoint of another log signed with
+    the same key is refused). Raises
     LedgerError (unreadable or not an export) or CryptoError (unusable key file).
     """
     path, key = Path(path), signing.load_public_key(Path(public_key_path))
@@ -194,7 +200,7 @@ def verify_export(
             rows.append(_row(number, record["checkpoint"]))
             continue
         if check is None:
-            check = _start(rows, held, key)
+            check = _start(rows, held, key, origin)
             if check.problem is not None:
                 return check.finish()
         entry = _entry(record.get("entry"))
@@ -205,7 +211,7 @@ def verify_export(
         if not check.add(entry):
             return check.finish()
     if check is None:
-        check = _start(rows, held, key)
+        check = _start(rows, held, key, origin)
         if check.problem is not None:
             return check.finish()
     announced = header.get("entries")
@@ -224,16 +230,18 @@ def verify_export(
     return result
 
 
-def _start(rows: list[_Row], held: Iterable[str], key: Ed25519PublicKey) -> ChainCheck:
-    stored, problem = open_checkpoints(rows, key)
+def _start(
+    rows: list[_Row], held: Iterable[str], key: Ed25519PublicKey, origin: str | None
+) -> ChainCheck:
+    stored, problem = open_checkpoints(rows, key, origin)
     extra: list[_Stored] = []
     for note in held:
         try:
-            checkpoint = Checkpoint.open(note, key)
+            checkpoint = Checkpoint.open(note, key, origin=origin)
         except LedgerError as exc:
             problem = problem or f"held checkpoint: {exc}"
             break
-        extra.append(_Stored(checkpoint, f"held checkpoint (size {checkpoint.size})"))
+        extra.append(_Stored(checkpoint, f"held checkpoint (size {checkpoint.size})", True))
     check = ChainCheck([*stored, *extra], signed=True)
     if problem:
         check.fail(None, problem)

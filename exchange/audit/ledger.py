@@ -6,7 +6,9 @@ hash, so editing, deleting or reordering any entry breaks the chain at that poin
 The entries are also the leaves of an RFC 9162 Merkle tree (`exchange.audit.merkle`). Signed
 checkpoints of that tree (`exchange.audit.checkpoint`), kept in `audit_checkpoints` and handed to
 partners, catch what a chain alone cannot: the newest entries deleted, or the whole chain
-rewritten with every hash recomputed.
+rewritten with every hash recomputed. Because whoever can write the database can also delete
+those rows, the gateway keeps the checkpoints it handed out outside it too (`exchange.audit.
+anchor`), and never signs a tree that is not an extension of the last one it handed out.
 
 Appends are serialised by the database (``BEGIN IMMEDIATE`` on SQLite, a table lock on
 PostgreSQL), so concurrent writers, threads or processes, wait for each other and the chain
@@ -29,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from exchange.audit import merkle
+from exchange.audit.anchor import Anchor, Anchored
 from exchange.audit.checkpoint import Checkpoint, sign_checkpoint
 from exchange.errors import LedgerError
 
@@ -119,6 +122,7 @@ class Verification:
     checkpoints: int = 0  # checkpoints whose root (and signature, given a key) verified
     signed_size: int = 0  # the size of the newest of them: entries 1..signed_size are signed
     signatures_checked: bool = False
+    handed_out: int = 0  # of them, checkpoints kept outside the database (anchor, held notes)
 
     @property
     def ok(self) -> bool:
@@ -132,8 +136,20 @@ class Verification:
             return f"entry {self.broken_at}: {self.reason}"
         if self.reason:
             return self.reason
-        signed = f"; entries 1..{self.signed_size} signed" if self.signed_size else ""
-        return f"{self.entries} entries verified{signed}; head {self.head}"
+        if not self.signatures_checked:
+            # Without the key a forged checkpoint row matches a rewritten chain: say so plainly.
+            signed = (
+                "; checkpoint signatures NOT checked (no public key given), so a rewritten "
+                "ledger with replaced checkpoints would also pass"
+            )
+        else:
+            signed = f"; entries 1..{self.signed_size} signed" if self.signed_size else ""
+        outside = (
+            f"; consistent with {self.handed_out} checkpoint(s) kept outside the database"
+            if self.handed_out
+            else ""
+        )
+        return f"{self.entries} entries verified{signed}{outside}; head {self.head}"
 
 
 @dataclass(frozen=True)
@@ -153,6 +169,7 @@ class _Stored:
 
     checkpoint: Checkpoint
     label: str  # how a message names it, e.g. "checkpoint 12 (size 40)"
+    outside: bool = False  # kept outside the database: handed out, or held by someone
 
 
 class ChainCheck:
@@ -180,13 +197,21 @@ class ChainCheck:
         self.problem: Verification | None = None
         self._good = 0  # the size of the newest checkpoint that matched
         self._matched = 0
+        self._outside = 0
         self._pending = sorted(checkpoints, key=lambda s: s.checkpoint.size, reverse=True)
         while self.tree and self._pending and self._pending[-1].checkpoint.size == 0:
             self._match(self._pending.pop())
 
     def _result(self, broken_at: int | None = None, reason: str = "") -> Verification:
         return Verification(
-            self.count, self.prev, broken_at, reason, self._matched, self._good, self.signed
+            self.count,
+            self.prev,
+            broken_at,
+            reason,
+            self._matched,
+            self._good,
+            self.signed,
+            self._outside,
         )
 
     def fail(self, broken_at: int | None, reason: str) -> bool:
@@ -203,6 +228,7 @@ class ChainCheck:
                 first, f"{what} differ from {stored.label} (root mismatch: rewritten or replaced)"
             )
         self._good, self._matched = stored.checkpoint.size, self._matched + 1
+        self._outside += stored.outside
         return True
 
     def add(self, entry: Entry) -> bool:
@@ -309,10 +335,18 @@ class Ledger:
     """The append-only audit ledger behind a SQLAlchemy URL."""
 
     def __init__(
-        self, url: str, *, clock: Callable[[], dt.datetime] = _utcnow, create: bool = True
+        self,
+        url: str,
+        *,
+        clock: Callable[[], dt.datetime] = _utcnow,
+        create: bool = True,
+        anchor: Anchor | Path | None = None,
     ) -> None:
+        """`anchor`: the folder of checkpoints handed out (`anchor.anchor_folder(home)`); with
+        it, checkpoints extend the last one handed out and verify checks against them all."""
         self.engine = make_engine(url, create=create)
         self.clock = clock
+        self.anchor = Anchor(anchor) if isinstance(anchor, Path) else anchor
         self._postgres = self.engine.dialect.name == "postgresql"
         if create:
             create_tables(self.engine, metadata)
@@ -360,15 +394,69 @@ class Ledger:
     def checkpoint(self, signing_key: Ed25519PrivateKey, origin: str) -> Checkpoint:
         """Sign the tree of every entry now in the ledger and store the checkpoint.
 
-        The whole ledger is verified first, against the earlier checkpoints too, so a damaged
-        ledger is never signed: LedgerError names the first problem instead. Signing the same
-        size again returns the stored checkpoint.
+        With an anchor holding the last checkpoint handed out, the new tree is built from that
+        checkpoint's right edge and the entries added since, so it extends it by construction;
+        the entry it ended at must still be there unchanged (a rewrite recomputes its hash),
+        and an RFC 9162 consistency proof between the two is checked before signing. Without
+        one (the first checkpoint), the whole ledger is verified first, against the earlier
+        checkpoints too. Either way LedgerError names the problem instead of signing a
+        rewritten or damaged ledger. Signing the same size again returns the same checkpoint.
         """
-        check = self._check(public_key=signing_key.public_key())
+        if self.anchor is None:
+            return self._sign_whole(signing_key, origin)
+        with self.anchor.locked():
+            last = self.anchor.latest(signing_key.public_key(), origin)
+            if last is None:
+                return self._sign_whole(signing_key, origin)
+            return self._sign_extension(signing_key, origin, last)
+
+    def _sign_whole(self, signing_key: Ed25519PrivateKey, origin: str) -> Checkpoint:
+        check = self._check(public_key=signing_key.public_key(), origin=origin)
         result = check.finish()
         if not result.ok:
             raise LedgerError(f"will not sign a ledger that does not verify: {result.message}")
         made = sign_checkpoint(origin, check.builder.size, check.builder.root(), signing_key)
+        return self._store(made, Anchored(made, check.prev, tuple(check.builder.edge)))
+
+    def _sign_extension(
+        self, signing_key: Ed25519PrivateKey, origin: str, last: Anchored
+    ) -> Checkpoint:
+        old = last.checkpoint
+        refuse = (
+            "will not sign: the ledger is not an extension of the last checkpoint handed out "
+            f"(size {old.size})"
+        )
+        if old.size:
+            found = list(self.entries(since=old.size, until=old.size))
+            ended = found[0] if found else None
+            if ended is None:
+                raise LedgerError(f"{refuse}: entry {old.size} is missing (entries deleted)")
+            if ended.entry_hash != last.head or ended.computed_hash() != last.head:
+                raise LedgerError(f"{refuse}: entry {old.size} differs (history rewritten)")
+        check = ChainCheck(start=old.size + 1, prev=last.head)
+        builder = merkle.RootBuilder.from_edge(old.size, last.edge)
+        new_leaves: list[bytes] = []  # only the entries since: no whole-ledger read per run
+        for entry in self.entries(since=old.size + 1):
+            if not check.add(entry):
+                break
+            new_leaves.append(entry.leaf)
+            builder.append(entry.leaf)
+        result = check.finish()
+        if not result.ok:
+            raise LedgerError(f"will not sign a ledger that does not verify: {result.message}")
+        root = builder.root()
+        proof = merkle.consistency_proof_from_edge(old.size, last.edge, new_leaves)
+        if not merkle.verify_consistency(old.size, builder.size, old.root, root, proof):
+            raise LedgerError(f"{refuse}: the consistency proof does not verify")
+        made = sign_checkpoint(origin, builder.size, root, signing_key)
+        return self._store(made, Anchored(made, check.prev, tuple(builder.edge)))
+
+    def _store(self, made: Checkpoint, anchored: Anchored) -> Checkpoint:
+        """Record a new checkpoint outside the database first (it is about to be handed out),
+        then in it; the stored one if this size was signed before."""
+        now = self.clock()
+        if self.anchor is not None:
+            self.anchor.record(anchored, at=now)
         with writer(self.engine).begin() as conn:
             same = conn.execute(
                 sa.select(checkpoints.c.note, checkpoints.c.created_at).where(
@@ -377,7 +465,7 @@ class Ledger:
             ).first()
             if same is not None:
                 return Checkpoint.parse(same[0], created_at=same[1])
-            created_at = self.clock().isoformat(timespec="microseconds")
+            created_at = now.isoformat(timespec="microseconds")
             conn.execute(
                 checkpoints.insert().values(
                     tree_size=made.size, root=made.root_hex, note=made.note, created_at=created_at
@@ -493,16 +581,24 @@ class Ledger:
         to_seq: int | None = None,
         *,
         public_key: Ed25519PublicKey | None = None,
+        origin: str | None = None,
+        held: Iterable[str] = (),
+        visit: Callable[[Entry], None] | None = None,
     ) -> Verification:
         """Recompute the chain and the tree; name the first entry that does not verify, and why.
 
         Entries from_seq..to_seq (default: all) are checked: numbering, links and hashes. When the
-        range starts at entry 1 the Merkle root is recomputed at every stored checkpoint's size
-        and compared with it, and when it runs to the end, a ledger shorter than its newest
-        checkpoint is reported as deleted entries. With `public_key` each checkpoint's signature
-        is checked as well; without it a forged checkpoint row would go unnoticed.
+        range starts at entry 1 the Merkle root is recomputed at the size of every checkpoint,
+        stored, handed out (the anchor) or `held` (notes from partners), and compared with it,
+        and when it runs to the end, a ledger shorter than its newest checkpoint is reported as
+        deleted entries. With `public_key` each checkpoint's signature is checked as well (and
+        its origin, given `origin`); without it a forged checkpoint row would go unnoticed, and
+        the result says so. `visit` sees each entry that verified, in order.
         """
-        return self._check(from_seq, to_seq, public_key=public_key).finish(complete=to_seq is None)
+        check = self._check(
+            from_seq, to_seq, public_key=public_key, origin=origin, held=held, visit=visit
+        )
+        return check.finish(complete=to_seq is None)
 
     def _check(
         self,
@@ -510,10 +606,18 @@ class Ledger:
         to_seq: int | None = None,
         *,
         public_key: Ed25519PublicKey | None = None,
+        origin: str | None = None,
+        held: Iterable[str] = (),
+        visit: Callable[[Entry], None] | None = None,
     ) -> ChainCheck:
         start = from_seq or 1
         if start == 1:
-            stored, problem = open_checkpoints(self._rows(), public_key)
+            stored, problem = open_checkpoints(self._rows(), public_key, origin)
+            if not problem:
+                try:
+                    stored += self._outside(public_key, origin, held)
+                except LedgerError as exc:
+                    problem = str(exc)
             if to_seq is not None:
                 stored = [s for s in stored if s.checkpoint.size <= to_seq]
             check = ChainCheck(stored, signed=public_key is not None)
@@ -529,7 +633,33 @@ class Ledger:
         for entry in self.entries(since=start, until=to_seq):
             if not check.add(entry):
                 break
+            if visit is not None:
+                visit(entry)
         return check
+
+    def _outside(
+        self, public_key: Ed25519PublicKey | None, origin: str | None, held: Iterable[str]
+    ) -> list[_Stored]:
+        """The checkpoints kept outside the database: the anchor's, and notes held by others."""
+        out: list[_Stored] = []
+        if self.anchor is not None:
+            for anchored in self.anchor.all(public_key, origin):
+                size = anchored.checkpoint.size
+                out.append(
+                    _Stored(anchored.checkpoint, f"handed-out checkpoint (size {size})", True)
+                )
+        for number, note in enumerate(held, start=1):
+            try:
+                if public_key is None:
+                    checkpoint = Checkpoint.parse(note)
+                else:
+                    checkpoint = Checkpoint.open(note, public_key, origin=origin)
+            except LedgerError as exc:
+                raise LedgerError(f"held checkpoint {number}: {exc}") from None
+            out.append(
+                _Stored(checkpoint, f"held checkpoint {number} (size {checkpoint.size})", True)
+            )
+        return out
 
     def _rows(self) -> list[_Row]:
         with self.engine.connect() as conn:
@@ -568,9 +698,10 @@ def _is_hex64(text: str) -> bool:
 
 
 def open_checkpoints(
-    rows: Iterable[_Row], public_key: Ed25519PublicKey | None
+    rows: Iterable[_Row], public_key: Ed25519PublicKey | None, origin: str | None = None
 ) -> tuple[list[_Stored], str]:
-    """Parse each checkpoint (checking its signature, given a key) and compare its columns.
+    """Parse each checkpoint (checking its signature, given a key, and its origin, given one)
+    and compare its columns.
 
     Returns the checkpoints as their notes say, and a problem naming the first bad one ("" if
     none).
@@ -581,7 +712,9 @@ def open_checkpoints(
             if public_key is None:
                 parsed = Checkpoint.parse(row.note, created_at=row.created_at)
             else:
-                parsed = Checkpoint.open(row.note, public_key, created_at=row.created_at)
+                parsed = Checkpoint.open(
+                    row.note, public_key, origin=origin, created_at=row.created_at
+                )
         except LedgerError as exc:
             return out, f"{row.label}: {exc}"
         if (row.tree_size is not None and row.tree_size != parsed.size) or (

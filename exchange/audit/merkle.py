@@ -52,6 +52,25 @@ class RootBuilder:
             width, node = left_width + width, node_hash(left, node)
         self._stack.append((width, node))
 
+    @classmethod
+    def from_edge(cls, size: int, edge: Sequence[bytes]) -> RootBuilder:
+        """A builder resumed at `size` from its right edge (see `edge`); ValueError if wrong."""
+        widths = [1 << b for b in reversed(range(size.bit_length())) if size >> b & 1]
+        if size < 0 or len(edge) != len(widths) or any(len(h) != 32 for h in edge):
+            raise ValueError(
+                f"an edge of a tree of size {size} has {len(widths)} hashes of 32 bytes"
+            )
+        builder = cls()
+        builder.size, builder._stack = size, list(zip(widths, edge, strict=True))
+        return builder
+
+    @property
+    def edge(self) -> list[bytes]:
+        """The right edge: the roots of the perfect subtrees the tree so far splits into, left
+        to right (one per set bit of the size). With it a later tree is built, and proven
+        consistent with this one, from the new leaves alone."""
+        return [node for _, node in self._stack]
+
     def root(self) -> bytes:
         """The root of the leaves appended so far (the empty root for none)."""
         if not self._stack:
@@ -115,6 +134,46 @@ def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
             lo, m, whole = lo + k, m - k, False
     if not whole:
         proof.append(_subtree(leaves, lo, hi))
+    proof.reverse()
+    return proof
+
+
+def consistency_proof_from_edge(
+    old_size: int, edge: Sequence[bytes], new_leaves: Sequence[bytes]
+) -> list[bytes]:
+    """PROOF(m, D[n]) from the old tree's right edge and the leaves added since, only.
+
+    Every node of an RFC 9162 consistency proof either lies wholly among the new leaves or is
+    one of the old tree's edge subtrees, so the old leaves themselves are not needed.
+    """
+    n = old_size + len(new_leaves)
+    known: dict[tuple[int, int], bytes] = {}
+    lo = 0
+    for node, bit in zip(
+        edge, [b for b in reversed(range(old_size.bit_length())) if old_size >> b & 1], strict=True
+    ):
+        known[(lo, lo + (1 << bit))] = node
+        lo += 1 << bit
+
+    def subtree(a: int, b: int) -> bytes:
+        if b <= old_size:
+            return known[(a, b)]  # a KeyError would be a bug: RFC proofs never need others
+        return _subtree(new_leaves, a - old_size, b - old_size)
+
+    if old_size in (0, n):
+        return []
+    proof: list[bytes] = []
+    lo, hi, m, whole = 0, n, old_size, True
+    while m != hi - lo:
+        k = _split(hi - lo)
+        if m <= k:
+            proof.append(subtree(lo + k, hi))
+            hi = lo + k
+        else:
+            proof.append(subtree(lo, lo + k))
+            lo, m, whole = lo + k, m - k, False
+    if not whole:
+        proof.append(subtree(lo, hi))
     proof.reverse()
     return proof
 
