@@ -4,14 +4,16 @@ An approval is a small signed JSON file beside the contract (`NAME.approval.json
 approver's key, the time, the review date and the SHA-256 of the contract's canonical form. Only
 keys in the operator's trust configuration (`exchange.trust`) count, whatever folder the file is in.
 
-Suspensions and resumes are signed statements kept in the audit ledger, keyed by contract id: a
-suspension holds whatever file the contract is copied to, and only a trusted officer's signed
-resume of that very suspension lifts it. Deleting a ledger entry breaks the hash chain.
+Suspensions and resumes are signed statements keyed by contract id: a suspension holds whatever
+file the contract is copied to, and only a trusted officer's signed resume naming that very
+suspension lifts it. A suspension is kept twice, in the audit ledger and in the contracts
+folder's `suspensions/ID/`; either copy alone keeps the agreement stopped.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,6 +68,12 @@ def review_limit(day: dt.date) -> dt.date:
         return day.replace(year=day.year + REVIEW_YEARS, day=28)
 
 
+def statement_digest(envelope: Any) -> str:
+    """What names a suspension: the SHA-256 of its signature (the same in every copy)."""
+    signature = envelope.get("signature") if isinstance(envelope, dict) else None
+    return hashlib.sha256(str(signature).encode()).hexdigest()
+
+
 def _signature(body: dict[str, Any], key: Ed25519PrivateKey) -> str:
     return signing.sign(key, canonical_bytes(body)).decode().strip()
 
@@ -95,9 +103,10 @@ def _verified(body: Any, signature: Any, kind: str, trust: Trust, label: str) ->
 class Governance:
     """Decides, from the trust anchor and the ledger, whether an agreement may run."""
 
-    def __init__(self, trust: Trust, ledger: Ledger) -> None:
+    def __init__(self, trust: Trust, ledger: Ledger, contracts: Path | None = None) -> None:
         self.trust = trust
         self.ledger = ledger
+        self.contracts = contracts
 
     @classmethod
     def from_settings(cls, settings: Settings, ledger: Ledger | None = None) -> Governance:
@@ -105,82 +114,92 @@ class Governance:
         from exchange.audit import Ledger
 
         trust = load_trust(settings.approvers, contracts=settings.contracts)
-        return cls(trust, ledger or Ledger(settings.audit_url))
+        return cls(trust, ledger or Ledger(settings.audit_url), settings.contracts)
 
     # -- suspensions ------------------------------------------------------------------------
 
-    def _latest_statement(self, contract_id: str) -> Entry | None:
+    def _statements(self, contract_id: str) -> list[Entry]:
         from exchange.audit.ledger import Entry, entries
 
         with self.ledger.engine.connect() as conn:
-            row = conn.execute(
-                sa.select(entries)
-                .where(
-                    entries.c.contract_id == contract_id, entries.c.event.in_([SUSPENDED, RESUMED])
-                )
-                .order_by(entries.c.seq.desc())
-                .limit(1)
-            ).first()
-        return Entry(**row._mapping) if row else None
-
-    def _suspension_before(self, contract_id: str, seq: int) -> Entry | None:
-        from exchange.audit.ledger import Entry, entries
-
-        with self.ledger.engine.connect() as conn:
-            row = conn.execute(
+            rows = conn.execute(
                 sa.select(entries)
                 .where(
                     entries.c.contract_id == contract_id,
-                    entries.c.event == SUSPENDED,
-                    entries.c.seq < seq,
+                    entries.c.event.in_([SUSPENDED, RESUMED]),
                 )
-                .order_by(entries.c.seq.desc())
-                .limit(1)
-            ).first()
-        return Entry(**row._mapping) if row else None
+                .order_by(entries.c.seq)
+            ).all()
+        return [Entry(**row._mapping) for row in rows]
+
+    def _suspension_files(self, contract_id: str) -> list[dict[str, Any]]:
+        """Signed suspensions filed in the contracts folder (a second copy of the ledger's)."""
+        if self.contracts is None:
+            return []
+        found = []
+        for path in sorted((self.contracts / "suspensions" / contract_id).glob("*.json")):
+            try:
+                envelope = json.loads(path.read_text("utf-8"))
+            except (OSError, ValueError):
+                envelope = {"statement": None, "signature": path.name}  # still stops
+            found.append(envelope if isinstance(envelope, dict) else {"signature": path.name})
+        return found
+
+    def outstanding(self, contract_id: str) -> dict[str, dict[str, Any]]:
+        """The suspensions not yet lifted, by digest: in the ledger or filed beside contracts.
+
+        Each copy alone keeps the agreement stopped, so removing a suspension takes both a
+        ledger edit (which breaks the chain) and a change to the contracts folder."""
+        statements = self._statements(contract_id)
+        suspensions = {statement_digest(e.data): e.data for e in statements if e.event == SUSPENDED}
+        for envelope in self._suspension_files(contract_id):
+            suspensions.setdefault(statement_digest(envelope), envelope)
+        lifted: set[str] = set()
+        for entry in statements:
+            if entry.event != RESUMED:
+                continue
+            try:
+                _verified(
+                    entry.data.get("statement"),
+                    entry.data.get("signature"),
+                    RESUME_TYPE,
+                    self.trust,
+                    "resume",
+                )
+            except NotRunnable:
+                continue  # a resume that does not verify lifts nothing
+            statement = entry.data["statement"]
+            if statement.get("contract_id") == contract_id:
+                lifted.update(str(d) for d in statement.get("lifts") or [])
+        return {d: s for d, s in suspensions.items() if d not in lifted}
 
     def suspension(self, contract_id: str) -> NotRunnable | None:
         """Why the agreement is suspended now, or None. Anything unverifiable stays suspended."""
-        latest = self._latest_statement(contract_id)
-        if latest is None:
+        outstanding = self.outstanding(contract_id)
+        if not outstanding:
             return None
-        data = latest.data
-        if latest.event == RESUMED:
-            lifted = self._suspension_before(contract_id, latest.seq)
+        for data in outstanding.values():
             try:
-                _verified(
-                    data.get("statement"), data.get("signature"), RESUME_TYPE, self.trust, "resume"
+                who = _verified(
+                    data.get("statement"),
+                    data.get("signature"),
+                    SUSPENSION_TYPE,
+                    self.trust,
+                    "suspension",
                 )
-                statement = data["statement"]
-                if lifted is None or statement.get("lifts") != lifted.entry_hash:
-                    raise NotRunnable("resume names another suspension", reason="approval-invalid")
-                if statement.get("contract_id") != contract_id:
-                    raise NotRunnable("resume is for another contract", reason="approval-invalid")
-            except NotRunnable as exc:
-                return NotRunnable(
-                    f"contract {contract_id} is suspended: its latest resume does not verify "
-                    f"({exc}); a trusted officer must resume it",
-                    reason="suspended",
-                )
-            return None
-        try:
-            who = _verified(
-                data.get("statement"),
-                data.get("signature"),
-                SUSPENSION_TYPE,
-                self.trust,
-                "suspension",
-            )
-        except NotRunnable as exc:  # an unverifiable suspension still stops: the safe side
+            except NotRunnable:
+                continue
+            statement = data["statement"]
+            if statement.get("contract_id") != contract_id:
+                continue
             return NotRunnable(
-                f"contract {contract_id} has a suspension that does not verify ({exc}); "
-                "it stays stopped until a trusted officer resumes it",
+                f"contract {contract_id} was suspended by {who.name} on "
+                f"{str(statement.get('at'))[:10]}: {statement.get('reason')}",
                 reason="suspended",
             )
-        statement = data["statement"]
-        return NotRunnable(
-            f"contract {contract_id} was suspended by {who.name} on "
-            f"{str(statement.get('at'))[:10]}: {statement.get('reason')}",
+        return NotRunnable(  # the safe side: an unverifiable suspension still stops
+            f"contract {contract_id} has a suspension that does not verify; "
+            "it stays stopped until a trusted officer resumes it",
             reason="suspended",
         )
 
@@ -293,8 +312,11 @@ class Governance:
 
     def suspend(
         self, contract: Contract, key: Ed25519PrivateKey, *, reason: str, now: dt.datetime
-    ) -> Entry:
-        """Stop the agreement at once, under whatever file name it runs; return the entry."""
+    ) -> tuple[Entry, Path | None]:
+        """Stop the agreement at once, under whatever file name it runs.
+
+        The signed statement goes into the ledger and, as a second copy, into the contracts
+        folder's `suspensions/ID/` (commit it). Returns the entry and the file written."""
         if not reason.strip():
             raise ApprovalError("a suspension needs a reason")
         approver = self.signer(key)
@@ -306,24 +328,30 @@ class Governance:
             "at": now.isoformat(timespec="seconds"),
             "reason": reason.strip(),
         }
-        return self.ledger.append(
-            SUSPENDED,
-            {"statement": body, "signature": _signature(body, key), "approver": approver.label},
-            contract_id=contract.id,
+        envelope = {"statement": body, "signature": _signature(body, key)}
+        entry = self.ledger.append(
+            SUSPENDED, {**envelope, "approver": approver.label}, contract_id=contract.id
         )
+        path = None
+        if self.contracts is not None:
+            folder = self.contracts / "suspensions" / contract.id
+            folder.mkdir(parents=True, exist_ok=True)
+            path = folder / f"{statement_digest(envelope)[:16]}.json"
+            path.write_text(json.dumps(envelope, indent=2) + "\n")
+        return entry, path
 
     def resume(self, contract: Contract, key: Ed25519PrivateKey, *, now: dt.datetime) -> Approver:
-        """Lift the current suspension with a signed resume naming it; return who lifted it."""
+        """Lift every outstanding suspension with one signed resume naming each of them."""
         approver = self.signer(key)
-        latest = self._latest_statement(contract.id)
-        if latest is None or latest.event != SUSPENDED:
+        outstanding = self.outstanding(contract.id)
+        if not outstanding:
             raise ApprovalError(f"contract {contract.id} is not suspended")
         body = {
             "type": RESUME_TYPE,
             "contract_id": contract.id,
             "key_id": approver.key_id,
             "at": now.isoformat(timespec="seconds"),
-            "lifts": latest.entry_hash,
+            "lifts": sorted(outstanding),
         }
         self.ledger.append(
             RESUMED,

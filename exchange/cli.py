@@ -179,12 +179,12 @@ def cmd_suspend(args: argparse.Namespace) -> int:
     from exchange.contract import load_contract
 
     contract = load_contract(args.contract)
-    entry = _governance().suspend(
+    entry, copy = _governance().suspend(
         contract, _officer_key(args), reason=args.reason, now=dt.datetime.now(dt.UTC)
     )
     _say(
         f"suspended {contract.id}: no run will start until a trusted officer resumes it "
-        f"(ledger entry {entry.seq})"
+        f"(ledger entry {entry.seq})" + (f"\ncommit the signed copy: {copy}" if copy else "")
     )
     return OK
 
