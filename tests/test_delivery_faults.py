@@ -397,3 +397,109 @@ def test_remove_expired_deletes_only_old_drops_of_ours(
     assert inbox(server) == ["c-0000000000000002", "not-a-drop", "other-0000000000000003"]
     with pytest.raises(ValueError, match="time zone"):
         remove_expired(None, FOLDER, dt.datetime(2026, 1, 1))  # type: ignore[arg-type]
+
+
+# -- only modern SSH algorithms (issue 10, defect 12) ------------------------------------------
+
+WEAK = ("cbc", "3des", "hmac-sha1", "hmac-md5", "ssh-rsa", "ssh-dss", "sha1")
+
+
+def test_only_modern_algorithms_are_offered_and_a_real_login_still_works(
+    server: PartnerSftpServer,
+) -> None:
+    """No CBC, 3DES, SHA-1 or MD5 in what paramiko proposes; OpenSSH still accepts us."""
+    with transport(server).session() as sftp:
+        channel = sftp.get_channel()
+        assert channel is not None
+        link = channel.get_transport()
+        # What paramiko puts in its KEXINIT (and accepts from the server), after filtering.
+        offered = [
+            *link.preferred_ciphers,
+            *link.preferred_macs,
+            *link.preferred_kex,
+            *link.preferred_keys,
+            *link.preferred_pubkeys,
+        ]
+        assert offered and not [a for a in offered if any(w in a for w in WEAK)]
+        assert link.preferred_ciphers[0] == "aes128-gcm@openssh.com"
+        assert not [c for c in link.get_security_options().ciphers if "cbc" in c]
+        assert link.remote_cipher in sftp_module.ALLOWED_ALGORITHMS["ciphers"]
+        assert sftp.listdir(FOLDER) == []
+
+
+def test_a_server_that_offers_only_weak_ciphers_is_refused(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """A second real sshd on the same keys, limited to CBC/3DES and SHA-1: no handshake."""
+    port = free_port()
+    config = tmp_path / "weak_sshd_config"
+    lines = server.config_path.read_text().splitlines()
+    lines = [f"Port {port}" if line.startswith("Port ") else line for line in lines]
+    lines += ["Ciphers aes128-cbc,aes256-cbc,3des-cbc", "MACs hmac-sha1,hmac-md5", ""]
+    config.write_text("\n".join(lines))
+    weak = subprocess.Popen(
+        ["/usr/sbin/sshd", "-D", "-e", "-f", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        for _ in range(200):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                break
+            assert weak.poll() is None, weak.stderr.read() if weak.stderr else ""
+            threading.Event().wait(0.025)
+        pinned = SftpConnection(server.host, port, server.username, server.client_key_path)
+        weak_transport = SftpTransport(
+            pinned, [server.host_public_key], attempts=1, sleep=Sleeps(), timeout=5
+        )
+        drop = make_drop(tmp_path, "c-00000000000000d1", 1000)
+        with pytest.raises(ConnectionLost, match="handshake"):
+            weak_transport.deliver(drop, FOLDER, drop.name)
+    finally:
+        weak.terminate()
+        weak.wait(10)
+    assert inbox(server) == []
+
+
+# -- "already delivered" means this very drop (issue 10, defect 12) ----------------------------
+
+
+def plant(server: PartnerSftpServer, drop: Path, change: str | None) -> Path:
+    """A folder of the drop's name in the inbox: a copy of the drop, with one thing changed."""
+    planted = server.root / FOLDER / drop.name
+    planted.mkdir()
+    for path in drop.iterdir():
+        (planted / path.name).write_bytes(path.read_bytes())
+    if change == "manifest":  # same drop_id (passed the old check), other content
+        body = json.loads((drop / MANIFEST_NAME).read_text())
+        body["created_at"] = "2000-01-01T00:00:00+00:00"
+        (planted / MANIFEST_NAME).write_text(json.dumps(body))
+    elif change == "payload":  # the exact manifest, a payload of the same size
+        payload = planted / "data.csv.age"
+        payload.write_bytes(os.urandom(payload.stat().st_size))
+    elif change == "missing":
+        (planted / SIGNATURE_NAME).unlink()
+    return planted
+
+
+@pytest.mark.parametrize("change", ["manifest", "payload", "missing"])
+def test_a_planted_folder_of_the_drops_name_is_not_reported_delivered(
+    server: PartnerSftpServer, tmp_path: Path, change: str
+) -> None:
+    """Someone who can write the inbox pre-creates the drop's folder: refused, not 'delivered'."""
+    drop = make_drop(tmp_path, "c-00000000000000e1", 2 * MB + 5)
+    planted = plant(server, drop, change)
+    before = {p.name: digest(p) for p in planted.iterdir()}
+    with pytest.raises(TransferError, match=r"refusing to report it delivered|not delivered"):
+        transport(server, attempts=1).deliver(drop, FOLDER, drop.name)
+    assert {p.name: digest(p) for p in planted.iterdir()} == before  # left for a person to see
+
+
+def test_an_identical_drop_already_there_is_reported_delivered_once(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """The legitimate case (a re-run after a lost reply): every file's SHA-256 matches."""
+    drop = make_drop(tmp_path, "c-00000000000000e2", 2 * MB + 5)
+    plant(server, drop, None)
+    done = transport(server).deliver(drop, FOLDER, drop.name)
+    assert done.already_delivered and inbox(server) == [drop.name]

@@ -53,6 +53,58 @@ log = logging.getLogger(__name__)
 
 # AES-GCM first: hardware-accelerated here and the fastest paramiko offers.
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
+# The only SSH algorithms offered (an allow-list, so one a future paramiko adds is not offered
+# until it is reviewed). No CBC, 3DES, SHA-1 or MD5: OpenSSH's own defaults dropped them.
+ALLOWED_ALGORITHMS: dict[str, tuple[str, ...]] = {
+    "ciphers": (
+        "aes128-gcm@openssh.com",
+        "aes256-gcm@openssh.com",
+        "aes128-ctr",
+        "aes192-ctr",
+        "aes256-ctr",
+    ),
+    "macs": (  # unused with AES-GCM, which authenticates itself
+        "hmac-sha2-256-etm@openssh.com",
+        "hmac-sha2-512-etm@openssh.com",
+        "hmac-sha2-256",
+        "hmac-sha2-512",
+    ),
+    "kex": (
+        "mlkem768x25519-sha256",
+        "curve25519-sha256",
+        "curve25519-sha256@libssh.org",
+        "ecdh-sha2-nistp256",
+        "ecdh-sha2-nistp384",
+        "ecdh-sha2-nistp521",
+        "diffie-hellman-group16-sha512",
+        "diffie-hellman-group-exchange-sha256",
+        "diffie-hellman-group14-sha256",
+    ),
+    "keys": (  # host key types the server may prove itself with
+        "ssh-ed25519",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "rsa-sha2-512",
+        "rsa-sha2-256",
+    ),
+    "pubkeys": (  # signature types for our own login key
+        "ssh-ed25519",
+        "ecdsa-sha2-nistp256",
+        "ecdsa-sha2-nistp384",
+        "ecdsa-sha2-nistp521",
+        "rsa-sha2-512",
+        "rsa-sha2-256",
+    ),
+}
+_PARAMIKO_LISTS = {
+    "ciphers": "_preferred_ciphers",
+    "macs": "_preferred_macs",
+    "kex": "_preferred_kex",
+    "keys": "_preferred_keys",
+    "pubkeys": "_preferred_pubkeys",
+}
+READ_CHUNK = 1 << 20
 WINDOW_SIZE = 16 << 20  # what we let the server send before it must wait (replies, reads)
 MAX_PACKET_SIZE = 1 << 15
 POSIX_RENAME = "posix-rename@openssh.com"
@@ -215,13 +267,15 @@ class SftpTransport:
             sock,
             default_window_size=self.window_size,
             default_max_packet_size=self.max_packet_size,
+            disabled_algorithms=disabled_algorithms(),
         )
         transport.banner_timeout = transport.handshake_timeout = self.timeout
         transport.auth_timeout = self.timeout
         try:
             options = transport.get_security_options()
-            offered = [c for c in PREFERRED_CIPHERS if c in options.ciphers]
-            options.ciphers = tuple(offered) + tuple(c for c in options.ciphers if c not in offered)
+            allowed = [c for c in options.ciphers if c in ALLOWED_ALGORITHMS["ciphers"]]
+            offered = [c for c in PREFERRED_CIPHERS if c in allowed]
+            options.ciphers = tuple(offered) + tuple(c for c in allowed if c not in offered)
             try:
                 transport.start_client(timeout=self.timeout)
                 # start_client returns quietly when its timeout ends the handshake early.
@@ -388,17 +442,51 @@ class SftpTransport:
     def _already(
         self, sftp: paramiko.SFTPClient, drop: Path, final: str, files: list[Path]
     ) -> Delivery:
-        """A drop of this name arrived before (renamed into place, so whole): do not resend."""
+        """A drop of this name arrived before (renamed into place, so whole): do not resend.
+
+        Only if it is this very drop: the remote manifest must be byte-identical, and every
+        staged file present with the same size and SHA-256 (read back, a rare path: a re-run
+        after a delivery whose outcome was lost). Anything else in a folder of that name is
+        refused, never reported as delivered: someone else may have put it there.
+        """
+        ours = (drop / MANIFEST_NAME).read_bytes()
+        theirs = _read_bounded(sftp, f"{final}/{MANIFEST_NAME}", MAX_MANIFEST_BYTES)
+        if theirs is None:
+            raise TransferError(f"{final} exists but holds no readable manifest: not delivered")
+        if theirs != ours:
+            raise TransferError(
+                f"{final} already exists but its manifest is not this drop's "
+                f"(sha256 {hashlib.sha256(theirs).hexdigest()[:16]}, expected "
+                f"{hashlib.sha256(ours).hexdigest()[:16]}): refusing to report it delivered"
+            )
+        for path in files:
+            if not self._same_file(sftp, path, f"{final}/{path.name}"):
+                raise TransferError(
+                    f"{final} exists but its {path.name} is missing or differs from the staged "
+                    "one: refusing to report it delivered"
+                )
+        total = sum(p.stat().st_size for p in files)
+        return Delivery(final, tuple(p.name for p in files), total, already_delivered=True)
+
+    @staticmethod
+    def _same_file(sftp: paramiko.SFTPClient, path: Path, remote: str) -> bool:
+        """Whether the remote file has the local file's size and SHA-256."""
         try:
-            with sftp.open(f"{final}/{MANIFEST_NAME}", "rb") as remote:
-                theirs = json.loads(remote.read(MAX_MANIFEST_BYTES))
-            ours = json.loads((drop / MANIFEST_NAME).read_bytes())
-        except (OSError, ValueError):
-            raise TransferError(f"{final} exists but holds no readable manifest") from None
-        if theirs.get("drop_id") != ours.get("drop_id"):
-            raise TransferError(f"{final} already exists and holds another drop")
-        size = sum(p.stat().st_size for p in files)
-        return Delivery(final, tuple(p.name for p in files), size, already_delivered=True)
+            attrs = sftp.stat(remote)
+        except FileNotFoundError:
+            return False
+        size = path.stat().st_size
+        if attrs.st_size != size or not stat.S_ISREG(attrs.st_mode or 0):
+            return False
+        local, there = hashlib.sha256(), hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(READ_CHUNK):
+                local.update(chunk)
+        with sftp.open(remote, "rb") as handle:
+            handle.prefetch(size)
+            while chunk := handle.read(READ_CHUNK):
+                there.update(chunk)
+        return local.digest() == there.digest()
 
     def put_bytes(
         self,
@@ -485,6 +573,24 @@ def _drop_created(
     if contract_id is not None and body.get("contract", {}).get("id") != contract_id:
         return None
     return made
+
+
+def disabled_algorithms() -> dict[str, list[str]]:
+    """paramiko's `disabled_algorithms`: everything it knows that is not allowed above."""
+    return {
+        kind: [a for a in getattr(paramiko.Transport, attr) if a not in ALLOWED_ALGORITHMS[kind]]
+        for kind, attr in _PARAMIKO_LISTS.items()
+    }
+
+
+def _read_bounded(sftp: paramiko.SFTPClient, path: str, size: int) -> bytes | None:
+    """A remote file's bytes if it has no more than `size` (one more is read to tell); else None."""
+    try:
+        with sftp.open(path, "rb") as remote:
+            data = remote.read(size + 1)
+    except OSError:
+        return None
+    return data if len(data) <= size else None
 
 
 def _key_blob(line: str) -> bytes:
