@@ -68,6 +68,13 @@ class Anchored:
         }
 
 
+def _read(path: Path) -> str:
+    """A file's text, never through a symlink (FileNotFoundError if absent)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "r", encoding="utf-8") as handle:
+        return handle.read()
+
+
 def _open_write(path: Path, flags: int) -> int:
     fd = os.open(path, flags | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     os.fchmod(fd, 0o600)
@@ -97,8 +104,11 @@ class Anchor:
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """Hold the folder's lock (created if needed) for the duration of the block."""
-        self._folder()
-        fd = _open_write(self.folder / LOCK, os.O_CREAT)
+        try:
+            self._folder()
+            fd = _open_write(self.folder / LOCK, os.O_CREAT)
+        except OSError as exc:
+            raise _unwritable(self.folder, exc) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield
@@ -114,7 +124,7 @@ class Anchor:
         trusting the database.
         """
         try:
-            text = self.latest_path.read_text("utf-8")
+            text = _read(self.latest_path)
         except FileNotFoundError:
             if self.log_path.is_file():  # the log survives a lost latest.json
                 lines = list(self._log_lines(public_key, origin))
@@ -130,7 +140,10 @@ class Anchor:
             (a.checkpoint.size, a.checkpoint.root): a for a in self._log_lines(public_key, origin)
         }
         if self.latest_path.is_file():
-            text = self.latest_path.read_text("utf-8")
+            try:
+                text = _read(self.latest_path)
+            except (OSError, UnicodeDecodeError) as exc:
+                raise LedgerError(f"cannot read the last checkpoint handed out: {exc}") from None
             latest = _parse(text, public_key, origin, self.latest_path.name)
             found.setdefault((latest.checkpoint.size, latest.checkpoint.root), latest)
         return sorted(found.values(), key=lambda a: a.checkpoint.size)
@@ -139,13 +152,14 @@ class Anchor:
         self, public_key: Ed25519PublicKey | None, origin: str | None
     ) -> Iterator[Anchored]:
         try:
-            handle = self.log_path.open("r", encoding="utf-8")
+            text = _read(self.log_path)
         except FileNotFoundError:
             return
-        with handle:
-            for number, line in enumerate(handle, start=1):
-                if line.strip():
-                    yield _parse(line, public_key, origin, f"{self.log_path.name} line {number}")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise LedgerError(f"cannot read the checkpoints handed out: {exc}") from None
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                yield _parse(line, public_key, origin, f"{self.log_path.name} line {number}")
 
     # -- writing --------------------------------------------------------------------------------
 
@@ -153,8 +167,15 @@ class Anchor:
         """Append the checkpoint to the log, then make it the latest; durable on return.
 
         Call with the lock held. A smaller checkpoint than the latest (a slower concurrent
-        signer) is logged but does not replace it.
+        signer) is logged but does not replace it. LedgerError if it cannot be written (a
+        symlink in the way, a full disk): then the checkpoint must not be handed out.
         """
+        try:
+            self._record(anchored, at)
+        except OSError as exc:
+            raise _unwritable(self.folder, exc) from None
+
+    def _record(self, anchored: Anchored, at: dt.datetime) -> None:
         self._folder()
         line = json.dumps(anchored.as_dict(at.isoformat(timespec="microseconds")), sort_keys=True)
         data = (line + "\n").encode("utf-8")
@@ -180,7 +201,7 @@ class Anchor:
 
     def _latest_size(self) -> int | None:
         try:
-            value = json.loads(self.latest_path.read_text("utf-8"))
+            value = json.loads(_read(self.latest_path))
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
@@ -198,6 +219,12 @@ class Anchor:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _unwritable(folder: Path, exc: OSError) -> LedgerError:
+    return LedgerError(
+        f"cannot record the checkpoint handed out in {folder}: {exc.strerror or exc}"
+    )
 
 
 def _parse(
