@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from functools import cache
 from importlib import resources
@@ -126,7 +127,56 @@ def check_document(document: dict[str, Any], file: str) -> Iterator[Problem]:
             f"a second retention period (the first is slaProperties[{retention[0]}]): "
             "give exactly one",
         )
+    yield from _quality_problems(document, file)
     yield from policy_problems(document, file)
+
+
+def _quality_problems(document: dict[str, Any], file: str) -> Iterator[Problem]:
+    """The parts of quality rules the gateway enforces, in the shapes it can enforce."""
+    dataset = document["schema"][0]
+    rules: list[tuple[list[Any], Any]] = [
+        (["schema", 0, "quality", i], q) for i, q in enumerate(dataset.get("quality") or [])
+    ]
+    for i, prop in enumerate(dataset.get("properties") or []):
+        at: list[Any] = ["schema", 0, "properties", i]
+        options = prop.get("logicalTypeOptions") or {}
+        if "pattern" in options:
+            yield from _pattern_problems(file, [*at, "logicalTypeOptions", "pattern"], options)
+        rules += [([*at, "quality", j], q) for j, q in enumerate(prop.get("quality") or [])]
+    for at, rule in rules:
+        args = rule.get("arguments") or {}
+        if "validValues" in args and not (
+            isinstance(args["validValues"], list)
+            and all(isinstance(v, str | int | float | bool) for v in args["validValues"])
+        ):
+            where = format_path([*at, "arguments", "validValues"])
+            yield Problem(file, where, "must be a list of values (text, numbers or true/false)")
+        if "pattern" in args:
+            yield from _pattern_problems(file, [*at, "arguments", "pattern"], args)
+        if rule.get("metric") == "rowCount":
+            for key in _BOUNDS:
+                value = rule.get(key)
+                bounds = value if isinstance(value, list) else [value]
+                if key in rule and not all(isinstance(b, int) for b in bounds):
+                    where = format_path([*at, key])
+                    yield Problem(file, where, "a row count bound must be a whole number")
+
+
+_BOUNDS = (
+    "mustBeBetween",
+    "mustBeGreaterThan",
+    "mustBeGreaterOrEqualTo",
+    "mustBeLessThan",
+    "mustBeLessOrEqualTo",
+)
+
+
+def _pattern_problems(file: str, at: list[Any], holder: dict[str, Any]) -> Iterator[Problem]:
+    pattern = holder["pattern"]
+    try:
+        re.compile(pattern)
+    except (re.error, TypeError, RecursionError):
+        yield Problem(file, format_path(at), "not a valid regular expression")
 
 
 def _check_terms(document: dict[str, Any], file: str) -> Iterator[Problem]:

@@ -23,7 +23,8 @@ def policy_problems(document: dict[str, Any], file: str) -> Iterator[Problem]:
     basis = _mapping(terms.get("legalBasis"))
     basis_at = custom_path(custom, "legalBasis")
     powers = []
-    for i, statute in enumerate(basis.get("statutes") or []):
+    statutes = basis.get("statutes")
+    for i, statute in enumerate(statutes if isinstance(statutes, list) else []):
         if not isinstance(statute, dict):
             continue
         power = legal.find_power(str(statute.get("act")), str(statute.get("section")))

@@ -108,15 +108,14 @@ class ContractLoader(Composer, _Events, SafeConstructor, Resolver):  # type: ign
     def _refuse(self, message: str, mark: Any, *extra: str | int) -> _Refusal:
         return _Refusal(message, mark, _path_text([*self._path, *extra]))
 
-    def compose_node(self, parent: Node | None, index: Any) -> Node:
+    def compose_node(self, parent: Node | None, index: Any) -> Node | None:
         """Compose one node, refusing aliases, anchors, odd tags and excess depth or size."""
-        if self.check_event(AliasEvent):
-            event = self.peek_event()
+        event: Any = self.peek_event()
+        if isinstance(event, AliasEvent):
             raise self._refuse(
                 "YAML aliases (*name) are not allowed: write the value out in full",
                 event.start_mark,
             )
-        event = self.peek_event()
         if isinstance(event, NodeEvent) and event.anchor is not None:
             raise self._refuse(
                 "YAML anchors (&name) are not allowed: write each value out in full",
@@ -142,20 +141,20 @@ class ContractLoader(Composer, _Events, SafeConstructor, Resolver):  # type: ign
         elif isinstance(index, int):
             self._path.append(index)
         else:  # a mapping key: located by its mapping
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         try:
-            return super().compose_node(parent, index)  # type: ignore[no-any-return]
+            return super().compose_node(parent, index)
         finally:
             self._path.pop()
 
-    def compose_scalar_node(self, anchor: str | None) -> Node:
+    def compose_scalar_node(self, anchor: Any) -> ScalarNode:
         """A scalar, refused if it looks like a secret key (the value is never echoed)."""
         node = super().compose_scalar_node(anchor)
         if SECRET_SHAPES.search(node.value):
             raise self._refuse(SECRET_MESSAGE, node.start_mark)
-        return node  # type: ignore[no-any-return]
+        return node
 
-    def compose_mapping_node(self, anchor: str | None) -> Node:
+    def compose_mapping_node(self, anchor: Any) -> MappingNode:
         """A mapping, refused if a key repeats, is not a scalar, or is a merge key."""
         node = super().compose_mapping_node(anchor)
         seen: dict[str, Any] = {}
@@ -177,7 +176,7 @@ class ContractLoader(Composer, _Events, SafeConstructor, Resolver):  # type: ign
                     text,
                 )
             seen[text] = key_node.start_mark
-        return node  # type: ignore[no-any-return]
+        return node
 
 
 def _sequence_items(node: Any, path: list[str | int]) -> Iterator[tuple[list[str | int], Any]]:
