@@ -27,6 +27,7 @@ from exchange import guard, manifest, payload, transforms
 from exchange.acks import RejectedAck, collect_acks
 from exchange.approval import Governance
 from exchange.audit import Disclosure, Disclosures, Ledger
+from exchange.audit.anchor import anchor_folder
 from exchange.contract import Contract, load_contract
 from exchange.crypto import age, signing
 from exchange.crypto.streams import HashingWriter
@@ -166,7 +167,9 @@ class Gateway:
             raise ExchangeError(f"incident notification settings: {exc}") from None
         private_dir(settings.home)
         self.secrets = secrets or LocalSecrets(settings.secrets_file)
-        self.ledger = ledger or Ledger(settings.audit_url, clock=clock)
+        self.ledger = ledger or Ledger(
+            settings.audit_url, clock=clock, anchor=anchor_folder(settings.home)
+        )
         self.transport_for = transport_for
         self.clock = clock
 
@@ -467,7 +470,7 @@ class Gateway:
                 yield from quality.add(out.cast(schema))
             yield from quality.finish()
 
-        payload_name = f"data{payload.SUFFIXES[fmt]}{age.SUFFIX}"
+        payload_name = manifest.payload_name(fmt)
         with open_private(staging / payload_name) as handle:
             sink = HashingWriter(handle)
             age.encrypt_chunks(
@@ -608,7 +611,7 @@ class Gateway:
         except (CryptoError, ValueError):
             raise refuse("has a manifest that does not verify under the gateway's key") from None
         facts = body.get("contract") or {}
-        expected_payload = f"data{payload.SUFFIXES[contract.endpoint.format]}{age.SUFFIX}"
+        expected_payload = manifest.payload_name(contract.endpoint.format)
         info_payload = body.get("payload") or {}
         if (
             body.get("drop_id") != drop_id
@@ -889,7 +892,14 @@ class Gateway:
         if not reason.strip():
             raise ExchangeError("a correction needs a reason")
         earlier: dict[str, list[str]] = {}
-        for disclosure in self.disclosures().lookup(subject_id):
+        public_key = signing.load_private_key(self.settings.signing_key).public_key()
+        found, _ = self.disclosures().verified_lookup(
+            subject_id,
+            self.ledger,
+            public_key=public_key,
+            origin=self.settings.checkpoint_origin(signing.key_id(public_key)),
+        )
+        for disclosure in found:  # a forged disclosure row cannot direct a correction
             earlier.setdefault(disclosure.contract_id, []).append(disclosure.drop_id)
         if not earlier:
             raise ExchangeError("no recorded disclosure about this subject: nobody to notify")

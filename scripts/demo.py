@@ -25,9 +25,11 @@ from exchange import keys, synth
 from exchange.contract import read_document
 from exchange.files import private_dir, write_private
 from exchange.sandbox import PartnerSftpServer
+from exchange.trust import trust_entry
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / ".demo"
+APPROVERS = DEMO / "operator" / "approvers.json"  # the operator's trust anchor
 CONTRACT = "school-attendance-to-early-help"
 DAG_ID = f"exchange__{CONTRACT}"
 ROWS = 20_000
@@ -183,9 +185,13 @@ def main() -> None:
 def write_demo_contract(recipient: str, host_key: str, officer_key: Path) -> Path:
     """The sample agreement, addressed to the demo partner's keys, with the demo IG officer."""
     contracts = DEMO / "contracts"
-    (contracts / "approvers").mkdir(parents=True, exist_ok=True)
+    contracts.mkdir(parents=True, exist_ok=True)
+    # The operator's trust anchor lives outside the contracts folder (docs/operators.md).
     officer_pub = officer_key.with_name(officer_key.name + ".pub")
-    (contracts / "approvers" / "demo-officer.pub").write_text(officer_pub.read_text())
+    trusted = {"approvers": [trust_entry("Demo Officer (IG)", officer_pub.read_text())]}
+    APPROVERS.parent.mkdir(mode=0o755, exist_ok=True)
+    APPROVERS.write_text(json.dumps(trusted, indent=2) + "\n")
+    APPROVERS.chmod(0o644)
     document = read_document(REPO / "contracts" / f"{CONTRACT}.yaml")
     for prop in document["customProperties"]:
         if prop["property"] == "recipientKeys":
@@ -221,6 +227,7 @@ def demo_env(
         EXCHANGE_SECRET_DISCLOSURE_KEY=(home / "keys" / "disclosure.key").read_text().strip(),
         EXCHANGE_HOME=str(home),
         EXCHANGE_CONTRACTS=str(contracts),
+        EXCHANGE_APPROVERS=str(APPROVERS),
         EXCHANGE_SOURCE_DIR=str(sources),
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )

@@ -121,7 +121,8 @@ class Workspace:
 def workspace(tmp_path: Path) -> Workspace:
     """A fresh gateway with its own keys; the connection is added by `partner`."""
     home = tmp_path / "gateway"
-    (home / "keys").mkdir(parents=True)
+    (home / "keys").mkdir(parents=True, mode=0o700)
+    home.chmod(0o700)
     (tmp_path / "sources").mkdir()
     signing = keys.generate("signing", home / "keys" / "gateway.key")
     identity = keys.generate("age", tmp_path / "partner.age")

@@ -19,10 +19,6 @@ from exchange.sandbox import PartnerSftpServer
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gateway.py still builds its Ledger without anchor=anchor_folder(settings.home)",
-)
 def test_the_next_run_refuses_to_sign_a_rechained_ledger(
     workspace: Workspace,
     partner: PartnerSftpServer,
