@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Final
 from urllib.parse import quote
 
+from exchange.approval import Governance
 from exchange.contract import Contract, Party, load_contract
 from exchange.contract.render import (
     STATES,
@@ -30,7 +31,8 @@ from exchange.contract.render import (
     to_markdown,
 )
 from exchange.contract.vocabulary import PURPOSES
-from exchange.errors import ContractError
+from exchange.errors import ContractError, ExchangeError
+from exchange.settings import Settings
 
 REGISTER_TYPE: Final = "exchange-register/1"
 INDEX: Final = "index.html"
@@ -53,14 +55,20 @@ def write_public(path: Path, text: str) -> None:
 
 
 def write_agreement(
-    contract: Contract, out: Path, *, today: dt.date, back_link: str | None = None
+    contract: Contract,
+    out: Path,
+    *,
+    today: dt.date,
+    back_link: str | None = None,
+    governance: Governance | None = None,
 ) -> tuple[Path, Path]:
     """Write one agreement's HTML and Markdown pages (0644) into `out`; return their paths."""
     out.mkdir(parents=True, exist_ok=True)
     stem = page_stem(contract.id)
     html_path, md_path = out / f"{stem}.html", out / f"{stem}.md"
-    write_public(html_path, to_html(contract, today=today, back_link=back_link))
-    write_public(md_path, to_markdown(contract, today=today))
+    page = to_html(contract, today=today, back_link=back_link, governance=governance)
+    write_public(html_path, page)
+    write_public(md_path, to_markdown(contract, today=today, governance=governance))
     return html_path, md_path
 
 
@@ -68,8 +76,14 @@ def _party(party: Party) -> str:
     return party.organisation + (f", {party.department}" if party.department else "")
 
 
-def _entry(contract: Contract, stem: str, today: dt.date, generated_at: str) -> dict[str, Any]:
-    state = approval_summary(contract, today)
+def _entry(
+    contract: Contract,
+    stem: str,
+    today: dt.date,
+    generated_at: str,
+    governance: Governance | None,
+) -> dict[str, Any]:
+    state = approval_summary(contract, today, governance)
     return {
         "file": contract.path.name,
         "id": contract.id,
@@ -109,10 +123,19 @@ def _invalid(file: str, problems: int, generated_at: str, why: str) -> dict[str,
     }
 
 
-def build_register(folder: Path, out: Path, *, today: dt.date) -> list[dict[str, Any]]:
-    """Write the register of every *.yaml contract in `folder` into `out`; return its entries."""
+def build_register(
+    folder: Path, out: Path, *, today: dt.date, governance: Governance | None = None
+) -> list[dict[str, Any]]:
+    """Write the register of every *.yaml contract in `folder` into `out`; return its entries.
+
+    Approvals are judged by `governance`, by default the gateway's configured trust anchor."""
     if not folder.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such contracts folder", str(folder))
+    if governance is None:
+        try:
+            governance = Governance.from_settings(Settings.from_env())
+        except ExchangeError:
+            governance = None  # each entry then says why its approval cannot be checked
     out.mkdir(parents=True, exist_ok=True)
     generated_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     previous = _previous_pages(out)
@@ -134,8 +157,8 @@ def build_register(folder: Path, out: Path, *, today: dt.date) -> list[dict[str,
             entries.append(_invalid(path.name, 1, generated_at, why))
             continue
         stems[stem] = path.name
-        write_agreement(contract, out, today=today, back_link=INDEX)
-        entries.append(_entry(contract, stem, today, generated_at))
+        write_agreement(contract, out, today=today, back_link=INDEX, governance=governance)
+        entries.append(_entry(contract, stem, today, generated_at, governance))
     written = {f"{stem}.{suffix}" for stem in stems for suffix in ("html", "md")}
     for name in previous - written:  # pages of agreements no longer in the folder
         (out / name).unlink(missing_ok=True)

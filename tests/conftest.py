@@ -6,7 +6,6 @@ import base64
 import datetime as dt
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -162,6 +161,14 @@ def workspace(tmp_path: Path) -> Workspace:
     )
     space.write_contract()
     return space
+
+
+@pytest.fixture
+def gateway_env(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> Workspace:
+    """The workspace's settings in this process's environment, as a command would see them."""
+    for name, value in workspace.env.items():
+        monkeypatch.setenv(name, value)
+    return workspace
 
 
 @pytest.fixture

@@ -279,7 +279,7 @@ def test_contract_failing_the_odcs_schema(workspace: Workspace, partner: Partner
     def edit(doc: dict) -> None:
         doc["schema"][0]["properties"][3]["logicalType"] = "text"
 
-    bad = write_contract(workspace.root / "bad.yaml", workspace.recipient, edit)
+    bad = write_contract(workspace.contract.with_name("bad.yaml"), workspace.recipient, edit)
     done = exchange(workspace, "run", str(bad), "--source", str(workspace.source(100)))
     body = assert_refused_and_nothing_sent(workspace, partner, done, cli.BAD_INPUT, "run.refused")
     assert "bad.yaml: schema[0].properties[3].logicalType" in done.stderr
@@ -290,7 +290,7 @@ def test_unknown_purpose_code(workspace: Workspace, partner: PartnerSftpServer) 
     def edit(doc: dict) -> None:
         doc["customProperties"][2]["value"].append("marketing")
 
-    bad = write_contract(workspace.root / "bad.yaml", workspace.recipient, edit)
+    bad = write_contract(workspace.contract.with_name("bad.yaml"), workspace.recipient, edit)
     done = exchange(workspace, "run", str(bad), "--source", str(workspace.source(100)))
     assert_refused_and_nothing_sent(workspace, partner, done, cli.BAD_INPUT, "run.refused")
     assert "customProperties[2].value[3]: unknown purpose code 'marketing'" in done.stderr

@@ -30,6 +30,8 @@ def second(document: dict[str, Any]) -> None:
     document["description"]["purpose"] = "Referrals <script>alert(1)</script> for support"
 
 
+pytestmark = pytest.mark.usefixtures("gateway_env")  # the trust anchor and ledger
+
 @pytest.fixture
 def folder(workspace: Workspace) -> Path:
     """The workspace's contracts folder: the approved sample, a second contract, a broken one."""

@@ -120,7 +120,9 @@ _MONTHS: Final = (
 # -- summary ----------------------------------------------------------------------------------
 
 
-def summary(contract: Contract, *, today: dt.date) -> dict[str, Any]:
+def summary(
+    contract: Contract, *, today: dt.date, governance: approval.Governance | None = None
+) -> dict[str, Any]:
     """A plain, JSON-ready summary of the agreement and its approval status on `today`."""
     document = contract.document
     terms = custom_values(document.get("customProperties"))
@@ -170,7 +172,7 @@ def summary(contract: Contract, *, today: dt.date) -> dict[str, Any]:
         "dpia_reference": contract.dpia_reference,
         "rights_requests_contact": _text(terms.get("rightsRequestsContact")),
         "termination": _text(terms.get("termination")),
-        "approval": approval_summary(contract, today),
+        "approval": approval_summary(contract, today, governance),
     }
 
 
@@ -483,9 +485,11 @@ def _party_text(party: Mapping[str, Any]) -> str:
     return party["organisation"] + (f", {party['department']}" if party["department"] else "")
 
 
-def to_markdown(contract: Contract, *, today: dt.date) -> str:
+def to_markdown(
+    contract: Contract, *, today: dt.date, governance: approval.Governance | None = None
+) -> str:
     """The agreement as a Markdown document."""
-    s = summary(contract, today=today)
+    s = summary(contract, today=today, governance=governance)
     a, basis = s["approval"], s["legal_basis"]
     provider, recipient = s["parties"]["provider"], s["parties"]["recipient"]
     out = [f"# {_md(s['name'])}", ""]
@@ -738,9 +742,15 @@ def _pairs(caption: str, rows: Iterable[tuple[str, str]], *, anchor: str) -> str
     return table(caption, ["Item", "Value"], [[escape(k), v] for k, v in rows], anchor=anchor)
 
 
-def to_html(contract: Contract, *, today: dt.date, back_link: str | None = None) -> str:
+def to_html(
+    contract: Contract,
+    *,
+    today: dt.date,
+    back_link: str | None = None,
+    governance: approval.Governance | None = None,
+) -> str:
     """The agreement as a complete, self-contained, accessible HTML page."""
-    s = summary(contract, today=today)
+    s = summary(contract, today=today, governance=governance)
     a, basis = s["approval"], s["legal_basis"]
     provider, recipient = s["parties"]["provider"], s["parties"]["recipient"]
     sections = []
