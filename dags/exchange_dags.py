@@ -10,12 +10,13 @@ schedule with the safe YAML loader and nothing else: no connection, no database,
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import os
 import re
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
 from airflow.sdk import DAG, Param, PokeReturnValue, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException
 
@@ -51,26 +52,56 @@ def _terminal(exc: Exception) -> AirflowFailException:
     return AirflowFailException(f"{type(exc).__name__}: {exc}")
 
 
+def _contract_yaml() -> Any:
+    """The gateway's contract YAML loader, loaded on its own.
+
+    Importing the `exchange` package costs over a second (it imports the whole library), and the
+    scheduler parses this file often; `safe_yaml` needs only PyYAML, so it is loaded by path.
+    """
+    name = "exchange.contract.safe_yaml"
+    if name in sys.modules:
+        return sys.modules[name]
+    package = importlib.util.find_spec("exchange")  # locates the package without running it
+    assert package is not None and package.submodule_search_locations
+    location = Path(package.submodule_search_locations[0]) / "contract" / "safe_yaml.py"
+    spec = importlib.util.spec_from_file_location("_exchange_dag_safe_yaml", location)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def _outline(path: Path) -> tuple[str, str | None, float | None]:
     """The DAG id, cron and acknowledgement deadline (hours) of a contract, read cheaply.
 
-    A broken file still gets a DAG, whose first task reports exactly what is wrong.
+    Never raises: a broken file still gets a DAG (id from the file name, no schedule), whose
+    first task reports exactly what is wrong. The contract loader's YAML rules apply here too.
     """
+    from croniter import croniter  # already imported by Airflow's cron timetables
+
     slug = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
+    safe_yaml = _contract_yaml()
     try:
-        document = yaml.safe_load(path.read_text("utf-8"))
-        terms = {c.get("property"): c.get("value") for c in document.get("customProperties") or []}
-        dag_id = re.sub(r"[^A-Za-z0-9_.-]", "_", str(document.get("id") or slug))
-        schedule = terms.get("schedule")
-        acks = terms.get("acknowledgements")
-        deadline = acks.get("deadlineHours") if isinstance(acks, dict) else None
-        return (
-            f"exchange__{dag_id}",
-            schedule if isinstance(schedule, str) else None,
-            float(deadline) if isinstance(deadline, int | float) else None,
-        )
-    except (OSError, yaml.YAMLError, AttributeError):
+        document = safe_yaml.load_file(path)
+    except safe_yaml.YamlRefused:
         return f"exchange__{slug}", None, None
+    items = document.get("customProperties")
+    terms = {
+        c["property"]: c.get("value")
+        for c in (items if isinstance(items, list) else [])
+        if isinstance(c, dict) and isinstance(c.get("property"), str)
+    }
+    contract_id = document.get("id")
+    dag_id = contract_id if safe_yaml.is_contract_id(contract_id) else slug
+    schedule = terms.get("schedule")
+    if not (isinstance(schedule, str) and croniter.is_valid(schedule)):
+        schedule = None  # an invalid cron would fail this whole file in the DagBag
+    acks = terms.get("acknowledgements")
+    deadline = acks.get("deadlineHours") if isinstance(acks, dict) else None
+    if not isinstance(deadline, int | float) or isinstance(deadline, bool):
+        return f"exchange__{dag_id}", schedule, None
+    # NaN, infinity or a huge number would fail building the sensor, and with it every DAG.
+    return f"exchange__{dag_id}", schedule, float(deadline) if 0 <= deadline <= 24 * 366 else None
 
 
 def _acknowledgement_sensor(contract_file: str, deadline_hours: float) -> Any:

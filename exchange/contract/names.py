@@ -15,10 +15,9 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 from exchange.contract.paths import custom_properties, format_path
+from exchange.contract.safe_yaml import is_contract_id
 from exchange.errors import Problem
 
-# Contract ids name staged drops, ledger entries, suspensions and DAGs.
-CONTRACT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 CONTRACT_ID_RULE = "1-64 lower-case letters, digits and hyphens, starting with a letter or digit"
 
 # One folder name on the partner's SFTP server: no '.', '..', hidden or home-relative names.
@@ -38,11 +37,6 @@ SOURCE_NAME_RULE = (
 
 HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\\%\s]")
-
-
-def is_contract_id(value: Any) -> bool:
-    """Whether value is a safe contract id."""
-    return isinstance(value, str) and CONTRACT_ID.fullmatch(value) is not None
 
 
 def folder_problem(folder: Any) -> str | None:

@@ -29,6 +29,9 @@ MAX_BYTES = 1024 * 1024  # a large agreement is ~30 KiB; 1 MiB leaves ample room
 MAX_DEPTH = 32  # the sample nests 10 deep
 MAX_NODES = 50_000  # the sample has ~400 nodes; this bounds parse time to about a second
 
+# Contract ids name staged drops, ledger entries, suspensions and DAGs (see names.py).
+CONTRACT_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
+
 SECRET_MESSAGE = "looks like a secret key; never put secret keys in a contract"  # noqa: S105
 
 # Shapes of private keys. Matched without echoing: the message never carries the value.
@@ -274,3 +277,8 @@ def load_file(path: Path) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise YamlRefused([(f"byte {exc.start}", "not UTF-8 text")]) from None
     return load_text(text)
+
+
+def is_contract_id(value: Any) -> bool:
+    """Whether value is a safe contract id."""
+    return isinstance(value, str) and CONTRACT_ID.fullmatch(value) is not None
