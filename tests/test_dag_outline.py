@@ -113,7 +113,7 @@ def test_a_folder_with_malformed_files_still_yields_every_other_dag(contracts: P
     expected |= {"exchange__ack-text"}
     assert set(bag.dags) == expected
     good = bag.dags["exchange__good-contract"]
-    assert good.timetable.expression == "0 2 * * *"
+    assert getattr(good.timetable, "expression", None) == "0 2 * * *"
     assert next(t.task_id for t in good.topological_sort()) == "check_contract"
     assert elapsed < 30
 

@@ -133,7 +133,10 @@ def check_document(document: dict[str, Any], file: str) -> Iterator[Problem]:
 
 def _quality_problems(document: dict[str, Any], file: str) -> Iterator[Problem]:
     """The parts of quality rules the gateway enforces, in the shapes it can enforce."""
-    dataset = document["schema"][0]
+    schema = document.get("schema") or []
+    if len(schema) != 1:
+        return  # reported by the schema check
+    dataset = schema[0]
     rules: list[tuple[list[Any], Any]] = [
         (["schema", 0, "quality", i], q) for i, q in enumerate(dataset.get("quality") or [])
     ]

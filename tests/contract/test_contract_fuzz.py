@@ -2,8 +2,9 @@
 
 Each example takes the sample contract and applies a few mutations (a node replaced by a value
 of another type, a key deleted, a list item duplicated), writes it as YAML and loads it as lint
-does. The default budget is a few seconds; set EXCHANGE_FUZZ_EXAMPLES for a longer run. Every
-crash found became a named test in test_contract_hostile.py.
+does. The default budget is a few seconds; set EXCHANGE_FUZZ_EXAMPLES for a longer run, and
+EXCHANGE_FUZZ_SWEEP=1 for a systematic sweep of every node. Every crash found became a named test
+in test_contract_hostile.py (ODD_SHAPES).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from conftest import SAMPLE
 from hypothesis import HealthCheck, given, settings
@@ -168,3 +170,35 @@ def test_a_mutated_contract_loads_or_raises_contract_error(
         for problem in exc.problems:
             assert problem.file == str(path)
             assert "\n" not in problem.message.strip()
+
+
+@pytest.mark.skipif(
+    "EXCHANGE_FUZZ_SWEEP" not in os.environ, reason="a 5-minute sweep: set EXCHANGE_FUZZ_SWEEP=1"
+)
+def test_every_node_of_the_sample_in_every_nearby_shape(tmp_path: Path) -> None:
+    """Systematic: each node of the sample, in turn, takes each nearby shape or is deleted."""
+    crashes = []
+    path = tmp_path / "swept.yaml"
+    for at in ALL_PATHS:
+        parent: Any = SAMPLE_DOCUMENT
+        for key in at[:-1]:
+            parent = parent[key]
+        last: Any = at[-1]
+        shapes = [*_nearby(parent[last]), None, {}, [], "x", 7, [{}], "DELETE"]
+        for shape in shapes:
+            document = copy.deepcopy(SAMPLE_DOCUMENT)
+            target: Any = document
+            for key in at[:-1]:
+                target = target[key]
+            if shape == "DELETE":
+                del target[last]
+            else:
+                target[last] = copy.deepcopy(shape)
+            path.write_text(yaml.dump(document, Dumper=_NoAliases, sort_keys=False))
+            try:
+                load_as_lint_does(path)
+            except ContractError:
+                pass
+            except Exception as exc:  # collecting every crash is the point
+                crashes.append(f"{at} = {shape!r:.60}: {type(exc).__name__}: {exc}")
+    assert crashes == []

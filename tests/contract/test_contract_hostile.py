@@ -556,6 +556,18 @@ ODD_SHAPES: dict[str, tuple[Edit, str, str]] = {
 }
 
 
+ODD_SHAPES["no schema"] = (
+    lambda d: d.pop("schema"),
+    "schema",
+    "exactly one schema object",
+)
+ODD_SHAPES["empty schema"] = (
+    lambda d: d.update(schema=[]),
+    "schema",
+    "exactly one schema object",
+)
+
+
 @pytest.mark.parametrize("case", sorted(ODD_SHAPES))
 def test_an_odd_shape_is_a_clear_problem_in_lint_run_render_and_register(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
