@@ -3,11 +3,19 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The bootstrap tools a new venv brings (pip 23.2, setuptools 65.5 with Python 3.11) have
+# published advisories: every venv is moved to these fixed releases before anything else.
+BOOTSTRAP := pip==26.3 setuptools==84.2.1
+# pip-audit lives in its own venv: the auditor is not part of what it audits, and its own
+# dependencies need not resolve against the gateway's lock.
+AUDIT_VENV := build/audit-venv
+PIP_AUDIT := pip-audit==2.10.1
 
-.PHONY: install system demo test lint bench lock clean
+.PHONY: install system demo test lint bench lock audit-deps clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(BOOTSTRAP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[quality,airflow,postgres,dev]'
 	touch $(STAMP)
 
@@ -35,5 +43,16 @@ lock: install
 	{ grep '^#' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -v exchange-gateway; } > requirements.lock.new
 	mv requirements.lock.new requirements.lock
 
+# pip-audit over the lock and the bootstrap pins: exit 1 on findings, 2 when the vulnerability
+# database is unreachable or silent for some package (never a false "clean").
+audit-deps: $(AUDIT_VENV)/.installed
+	$(AUDIT_VENV)/bin/python scripts/audit_deps.py $(AUDIT_VENV)/bin/pip-audit requirements.lock $(BOOTSTRAP)
+
+$(AUDIT_VENV)/.installed: Makefile
+	test -x $(AUDIT_VENV)/bin/python || $(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/python -m pip install -q --disable-pip-version-check $(BOOTSTRAP)
+	$(AUDIT_VENV)/bin/python -m pip install -q --disable-pip-version-check $(PIP_AUDIT)
+	touch $@
+
 clean:
-	rm -rf .demo build *.egg-info .pytest_cache .ruff_cache
+	rm -rf .demo build *.egg-info .pytest_cache .ruff_cache $(AUDIT_VENV)

@@ -503,3 +503,17 @@ def test_an_identical_drop_already_there_is_reported_delivered_once(
     plant(server, drop, None)
     done = transport(server).deliver(drop, FOLDER, drop.name)
     assert done.already_delivered and inbox(server) == [drop.name]
+
+
+def test_a_login_key_open_to_others_is_refused_at_once(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """Like OpenSSH: a 0644 login key is a clear, non-retried error naming `chmod 600 PATH`."""
+    server.client_key_path.chmod(0o644)
+    try:
+        drop = make_drop(tmp_path, "c-00000000000000f1", 1000)
+        with pytest.raises(TransferError, match=f"chmod 600 {server.client_key_path}"):
+            transport(server).deliver(drop, FOLDER, drop.name)
+    finally:
+        server.client_key_path.chmod(0o600)
+    assert inbox(server) == []

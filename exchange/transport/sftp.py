@@ -38,6 +38,7 @@ from paramiko.sftp import (
 )
 
 from exchange.errors import ConnectionLost, ExchangeError, HostKeyRejected, TransferError
+from exchange.files import UnsafePath, read_private
 from exchange.manifest import MANIFEST_NAME
 from exchange.secrets import SftpConnection
 from exchange.transport.base import Delivery
@@ -333,6 +334,12 @@ class SftpTransport:
 
     def _authenticate(self, transport: paramiko.Transport) -> None:
         conn = self.connection
+        try:
+            read_private(conn.key_file, "SFTP login key")  # refuse one others may read
+        except UnsafePath as exc:
+            raise TransferError(str(exc)) from None
+        except OSError:
+            pass  # paramiko's own load below says what is wrong
         try:
             key = paramiko.PKey.from_path(conn.key_file, conn.key_passphrase)
         except (OSError, paramiko.SSHException) as exc:
