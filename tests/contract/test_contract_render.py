@@ -33,9 +33,9 @@ SAMPLE_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICPziuGclVMHb3eVKIUNmDNnS
 SAMPLE_HOST_FINGERPRINT = "SHA256:nTUDz3WJ3salHmyCWdbK9kKPVG9jk1qgULgTuwzzNUc"
 
 
-
 # Render reads the gateway's trust anchor and ledger from its settings, as the CLI does.
 pytestmark = pytest.mark.usefixtures("gateway_env")
+
 
 def secrets_of(workspace: Workspace) -> list[str]:
     """What must never appear in a rendering: names of secrets and full key material."""
