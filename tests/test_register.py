@@ -32,6 +32,7 @@ def second(document: dict[str, Any]) -> None:
 
 pytestmark = pytest.mark.usefixtures("gateway_env")  # the trust anchor and ledger
 
+
 @pytest.fixture
 def folder(workspace: Workspace) -> Path:
     """The workspace's contracts folder: the approved sample, a second contract, a broken one."""
