@@ -1,10 +1,15 @@
 """The secure data exchange gateway: lawful, contract-governed bulk sharing of personal data.
 
 The public API is what this module exports; everything else is internal and may change.
+Importing it is cheap: the errors and settings are loaded at once, everything else (pyarrow,
+SQLAlchemy, paramiko ...) only when first used (PEP 562), so the command starts fast.
 """
 
-from exchange.audit import Entry, Ledger, Verification
-from exchange.contract import Contract, load_contract
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from exchange.errors import (
     ConnectionLost,
     ContractError,
@@ -13,6 +18,7 @@ from exchange.errors import (
     ExchangeError,
     GuardRefused,
     HostKeyRejected,
+    InvalidRequest,
     LedgerError,
     NotRunnable,
     Problem,
@@ -22,12 +28,34 @@ from exchange.errors import (
     SourceError,
     TransferError,
 )
-from exchange.gateway import Gateway, Prepared, RunResult
-from exchange.receive import Received, receive
-from exchange.secrets import LocalSecrets, SecretMissing, SecretStore, SftpConnection
 from exchange.settings import Settings
 
+if TYPE_CHECKING:
+    from exchange.audit import Entry, Ledger, Verification
+    from exchange.contract import Contract, load_contract
+    from exchange.gateway import Gateway, Prepared, RunResult
+    from exchange.receive import Received, receive
+    from exchange.secrets import LocalSecrets, SecretMissing, SecretStore, SftpConnection
+
 __version__ = "0.1.0"
+
+# The heavy part of the public API: name -> the module that defines it, imported on first use.
+_LAZY = {
+    "Entry": "exchange.audit",
+    "Ledger": "exchange.audit",
+    "Verification": "exchange.audit",
+    "Contract": "exchange.contract",
+    "load_contract": "exchange.contract",
+    "Gateway": "exchange.gateway",
+    "Prepared": "exchange.gateway",
+    "RunResult": "exchange.gateway",
+    "Received": "exchange.receive",
+    "receive": "exchange.receive",
+    "LocalSecrets": "exchange.secrets",
+    "SecretMissing": "exchange.secrets",
+    "SecretStore": "exchange.secrets",
+    "SftpConnection": "exchange.secrets",
+}
 
 __all__ = [
     "ConnectionLost",
@@ -40,6 +68,7 @@ __all__ = [
     "Gateway",
     "GuardRefused",
     "HostKeyRejected",
+    "InvalidRequest",
     "Ledger",
     "LedgerError",
     "LocalSecrets",
@@ -62,3 +91,18 @@ __all__ = [
     "load_contract",
     "receive",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a lazily exported name on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'exchange' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy ones included."""
+    return sorted(set(globals()) | set(__all__))

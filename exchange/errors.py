@@ -1,30 +1,36 @@
-"""The gateway's exceptions.
+"""The gateway's exceptions, each with the `exchange` command's exit code for it.
 
-    ExchangeError
-    ├── ContractError          the contract file is invalid (lists every problem)
-    ├── Refused                policy said no: never retried, always audited
+    ExchangeError                                                            exit 1
+    ├── ContractError          the contract file is invalid (lists every problem)  2
+    ├── InvalidRequest         cannot be done as asked (a bad date, an untrusted key)  2
+    ├── Refused                policy said no: never retried, always audited       3
     │   ├── NotRunnable        contract not approved / not active / past review
     │   ├── GuardRefused       outgoing schema is not exactly the contract's
     │   └── QualityFailed      quality rules failed; the output is quarantined
-    ├── SourceError            the source cannot be read as the contract needs
-    ├── CryptoError            a key or a signature is unusable or wrong
-    ├── TransferError          delivery failed
+    ├── SourceError            the source cannot be read as the contract needs     2
+    ├── CryptoError            a key or a signature is unusable or wrong           1
+    ├── TransferError          delivery failed                                     4
     │   ├── HostKeyRejected    unknown or changed partner host key (security event)
     │   └── ConnectionLost     transient: refused, dropped, timed out (Retryable)
-    ├── DropRejected           a received drop failed verification
-    └── LedgerError            the audit ledger does not verify
+    ├── DropRejected           a received drop failed verification                 5
+    └── LedgerError            the audit ledger does not verify                    5
 
-Messages carry ids, counts, field names and hashes, never a value from a row.
+A subclass inherits its parent's code. Messages carry ids, counts, field names and hashes, never
+a value from a row.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 class ExchangeError(Exception):
     """Base class of every error the gateway raises on purpose."""
+
+    exit_code: ClassVar[int] = 1  # the command's exit status when this ends it
+    label: ClassVar[str] = "failed"  # the command's one-line "exchange: LABEL: message"
 
 
 class Retryable:
@@ -47,6 +53,9 @@ class Problem:
 class ContractError(ExchangeError):
     """The contract is invalid; `problems` lists every one found."""
 
+    exit_code = 2
+    label = "contract invalid"
+
     def __init__(self, problems: Sequence[Problem]) -> None:
         self.problems = tuple(problems)
         first = str(self.problems[0]) if self.problems else "invalid contract"
@@ -54,9 +63,18 @@ class ContractError(ExchangeError):
         super().__init__(first + (f" (and {more} more)" if more > 0 else ""))
 
 
+class InvalidRequest(ExchangeError):
+    """The request cannot be carried out as asked (bad input that is not a contract's)."""
+
+    exit_code = 2
+    label = "not done"
+
+
 class Refused(ExchangeError):
     """A policy refusal: terminal, never retried, always audited."""
 
+    exit_code = 3
+    label = "refused"
     reason = "refused"
 
 
@@ -94,13 +112,22 @@ class QualityFailed(Refused):
 class SourceError(ExchangeError):
     """The source cannot be read as the contract requires."""
 
+    exit_code = 2
+    label = "source"
+
 
 class CryptoError(ExchangeError):
     """A key, recipient or signature is unusable."""
 
+    exit_code = 1
+    label = "key"
+
 
 class TransferError(ExchangeError):
     """Delivery to the partner failed."""
+
+    exit_code = 4
+    label = "delivery failed"
 
 
 class HostKeyRejected(TransferError):
@@ -114,6 +141,12 @@ class ConnectionLost(TransferError, Retryable):
 class DropRejected(ExchangeError):
     """A received drop failed verification; nothing was written."""
 
+    exit_code = 5
+    label = "not verified"
+
 
 class LedgerError(ExchangeError):
     """The audit ledger is broken at a named entry."""
+
+    exit_code = 5
+    label = "not verified"

@@ -6,7 +6,7 @@ entry, then sent through the configured notifiers (email over SMTP, a JSON webho
 that fails is itself recorded, and never hides the incident or the error that caused it.
 Incident text carries ids, counts and reasons only, never a value from a row.
 
-Configuration (environment):
+Configuration (environment, read by `exchange.settings`):
     EXCHANGE_INCIDENT_SMTP      host:port of the SMTP relay
     EXCHANGE_INCIDENT_SMTP_TLS  starttls (default), smtps (default on port 465), or none: plain
                                 SMTP, the default only to a loopback relay, elsewhere an
@@ -25,7 +25,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
-import os
 import smtplib
 import ssl
 import urllib.error
@@ -37,6 +36,7 @@ from email.message import EmailMessage
 from typing import Protocol
 
 from exchange.audit import Ledger
+from exchange.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -201,24 +201,29 @@ def check_webhook_url(url: str) -> None:
 
 
 def notifiers_from_env(env: Mapping[str, str] | None = None) -> list[Notifier]:
-    """The notifiers the environment configures (none if unset)."""
-    env = os.environ if env is None else env
+    """The notifiers the environment (or `env`) configures; see `notifiers_from_settings`."""
+    return notifiers_from_settings(Settings.from_env(env))
+
+
+def notifiers_from_settings(settings: Settings) -> list[Notifier]:
+    """The notifiers the settings configure (none if unset); ValueError names a bad setting."""
     found: list[Notifier] = []
-    relay = env.get("EXCHANGE_INCIDENT_SMTP")
+    relay = settings.incident_smtp
     if relay:
         host, _, port = relay.rpartition(":")
-        recipients = [a.strip() for a in env.get("EXCHANGE_INCIDENT_TO", "").split(",") if a]
+        recipients = [a.strip() for a in settings.incident_to.split(",") if a]
         if not recipients:
             raise ValueError("EXCHANGE_INCIDENT_SMTP is set but EXCHANGE_INCIDENT_TO is empty")
-        sender = env.get("EXCHANGE_INCIDENT_FROM", "exchange-gateway@localhost")
-        tls = env.get("EXCHANGE_INCIDENT_SMTP_TLS") or None
+        tls = settings.incident_smtp_tls
         try:
             number = int(port or 25)
         except ValueError:
             raise ValueError("EXCHANGE_INCIDENT_SMTP must be host:port") from None
-        found.append(SmtpNotifier(host or relay, number, sender, recipients, tls=tls))
-    if env.get("EXCHANGE_INCIDENT_WEBHOOK"):
-        found.append(WebhookNotifier(env["EXCHANGE_INCIDENT_WEBHOOK"]))
+        found.append(
+            SmtpNotifier(host or relay, number, settings.incident_from, recipients, tls=tls)
+        )
+    if settings.incident_webhook:
+        found.append(WebhookNotifier(settings.incident_webhook))
     return found
 
 

@@ -8,8 +8,9 @@ On the command line they come from a 0600 JSON file named by EXCHANGE_SECRETS::
      "secrets": {"early-help-pseudonym-key": "<base64 of at least 32 random bytes>"}}
 
 or from the environment: EXCHANGE_SECRET_<NAME> (base64) and EXCHANGE_CONN_<NAME> (a JSON object
-as above), where NAME is the secret's name upper-cased with '-' as '_'. In Airflow the DAGs use
-Airflow connections and variables instead (dags/airflow_secrets.py).
+as above), where NAME is the secret's name upper-cased with '-' as '_' (read by
+`exchange.settings`, like every EXCHANGE_* variable). In Airflow the DAGs use Airflow connections
+and variables instead (dags/airflow_secrets.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from exchange.errors import ExchangeError
 from exchange.files import replace_private
+from exchange.settings import Settings
 
 
 class SecretMissing(ExchangeError):
@@ -96,9 +97,14 @@ class LocalSecrets:
     """Secrets from the environment, then from a 0600 JSON file."""
 
     def __init__(self, file: Path | None = None, env: Mapping[str, str] | None = None) -> None:
-        self._env = os.environ if env is None else env
+        self._env = Settings.from_env().secret_env() if env is None else env
         self._file = file
         self._data: dict[str, Any] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LocalSecrets:
+        """The store the settings name: their secrets file and EXCHANGE_SECRET_/CONN_ variables."""
+        return cls(settings.secrets_file, settings.secret_env())
 
     def _load(self) -> dict[str, Any]:
         if self._data is None:

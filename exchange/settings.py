@@ -1,18 +1,20 @@
-"""The gateway's own configuration, read from the environment (no secrets here)."""
+"""The gateway's own configuration: the only module that reads EXCHANGE_* variables."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_APPROVERS = Path("/etc/exchange/approvers.json")
+# Secrets and connections may be given as variables (see exchange.secrets); never logged.
+SECRET_PREFIXES = ("EXCHANGE_SECRET_", "EXCHANGE_CONN_")
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Where the gateway keeps its state and finds its keys.
+    """Where the gateway keeps its state, finds its keys and sends incident notices.
 
     EXCHANGE_HOME          state folder (staging, quarantine reports, default ledger); ~/.exchange
     EXCHANGE_AUDIT_URL     SQLAlchemy URL of the audit ledger; sqlite under EXCHANGE_HOME
@@ -23,6 +25,8 @@ class Settings:
     EXCHANGE_CONTRACTS     the only folder contracts run from; ./contracts
     EXCHANGE_APPROVERS     the trusted approvers (operator configuration, outside the contracts
                            folder); /etc/exchange/approvers.json
+    EXCHANGE_INCIDENT_*    incident notices: SMTP, SMTP_TLS, FROM, TO, WEBHOOK (exchange.incidents)
+    EXCHANGE_SECRET_*, EXCHANGE_CONN_*  secrets and connections by name (`secret_env`)
     """
 
     home: Path
@@ -33,6 +37,13 @@ class Settings:
     log_origin: str | None = None
     contracts: Path = Path("contracts")
     approvers: Path = DEFAULT_APPROVERS
+    incident_smtp: str | None = None
+    incident_smtp_tls: str | None = None
+    incident_from: str = "exchange-gateway@localhost"
+    incident_to: str = ""
+    incident_webhook: str | None = field(default=None, repr=False)  # a URL may hold a token
+    # The variables read, kept only so `secret_env` can pick the secrets out of them.
+    environ: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -50,7 +61,17 @@ class Settings:
             log_origin=env.get("EXCHANGE_LOG_ORIGIN") or None,
             contracts=Path(env.get("EXCHANGE_CONTRACTS") or "contracts").absolute(),
             approvers=Path(env.get("EXCHANGE_APPROVERS") or DEFAULT_APPROVERS).absolute(),
+            incident_smtp=env.get("EXCHANGE_INCIDENT_SMTP") or None,
+            incident_smtp_tls=env.get("EXCHANGE_INCIDENT_SMTP_TLS") or None,
+            incident_from=env.get("EXCHANGE_INCIDENT_FROM", "exchange-gateway@localhost"),
+            incident_to=env.get("EXCHANGE_INCIDENT_TO", ""),
+            incident_webhook=env.get("EXCHANGE_INCIDENT_WEBHOOK") or None,
+            environ=env,
         )
+
+    def secret_env(self) -> dict[str, str]:
+        """The EXCHANGE_SECRET_* and EXCHANGE_CONN_* variables (values are secrets: never log)."""
+        return {k: v for k, v in self.environ.items() if k.startswith(SECRET_PREFIXES)}
 
     def checkpoint_origin(self, signing_key_id: str) -> str:
         """The log's name in signed checkpoints: EXCHANGE_LOG_ORIGIN, else from the key id."""

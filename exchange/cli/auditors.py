@@ -1,0 +1,308 @@
+"""Auditors' commands: `audit verify | checkpoint | export | verify-export | subject | report`."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import getpass
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exchange.cli._common import BAD_INPUT, NOT_VERIFIED, OK, error, say
+from exchange.errors import LedgerError
+from exchange.settings import Settings
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from exchange.audit import Ledger
+    from exchange.cli._common import Subcommands
+
+NO_KEY_WARNING = "no public key: checkpoint signatures were NOT checked (--public-key)"
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Recompute the ledger's hash chain and check it against every checkpoint: stored, handed
+    out (kept outside the database) and held by others."""
+    settings = Settings.from_env()
+    ledger = _audit_ledger(settings, args)
+    public = _gateway_public_key(args, settings)
+    held = [path.read_text("utf-8") for path in args.held or []]
+    result = ledger.verify(
+        args.from_seq,
+        args.to_seq,
+        public_key=public,
+        origin=_audit_origin(args, settings, public),
+        held=held,
+    )
+    if not result.ok:
+        from exchange.incidents import Incident, notifiers_from_settings, raise_incident
+
+        if args.record_incident:
+            incident = Incident("ledger-broken", result.message)
+            raise_incident(ledger, incident, notifiers_from_settings(settings))
+        error("ledger broken", result.message)
+        return NOT_VERIFIED
+    say(f"OK: {result.message}")
+    if public is None:
+        error("warning", NO_KEY_WARNING)
+    if ledger.anchor is None:
+        error("warning", "no checkpoints kept outside the database were found to check against")
+    return OK
+
+
+def _audit_ledger(settings: Settings, args: argparse.Namespace | None = None) -> Ledger:
+    """The ledger (--url, else the configured one) with the checkpoints handed out beside it:
+    --checkpoints, else EXCHANGE_HOME/checkpoints when it exists."""
+    from exchange.audit import Ledger
+    from exchange.audit.anchor import anchor_folder
+
+    url = getattr(args, "url", None) or settings.audit_url
+    folder = getattr(args, "checkpoints", None) or anchor_folder(settings.home)
+    if getattr(args, "checkpoints", None) is not None and not folder.is_dir():
+        raise LedgerError(f"no folder of handed-out checkpoints at {folder}")
+    return Ledger(url, create=False, anchor=folder if folder.is_dir() else None)
+
+
+def _audit_origin(
+    args: argparse.Namespace, settings: Settings, public: Ed25519PublicKey | None
+) -> str | None:
+    """The log's expected origin: --origin, else the gateway's (pinned, so a checkpoint of
+    another log signed with the same key is refused); None when it cannot be known."""
+    from exchange.crypto.signing import key_id
+
+    if getattr(args, "origin", None):
+        return str(args.origin)
+    if public is not None:
+        return settings.checkpoint_origin(key_id(public))
+    return settings.log_origin
+
+
+def _gateway_public_key(args: argparse.Namespace, settings: Settings) -> Ed25519PublicKey | None:
+    """The gateway's public key: --public-key, else the one beside the signing key, if any."""
+    from exchange.crypto.signing import load_public_key
+
+    path = args.public_key or Path(f"{settings.signing_key}.pub")
+    return load_public_key(path) if args.public_key or path.exists() else None
+
+
+def _signed_head(settings: Settings) -> tuple[Ledger, str]:
+    """The ledger, after signing a checkpoint of its current head; and that checkpoint."""
+    from exchange.audit import Ledger
+    from exchange.audit.anchor import anchor_folder
+    from exchange.crypto.signing import key_id, load_private_key
+
+    key = load_private_key(settings.signing_key)
+    ledger = Ledger(settings.audit_url, create=False, anchor=anchor_folder(settings.home))
+    origin = settings.checkpoint_origin(key_id(key.public_key()))
+    return ledger, ledger.checkpoint(key, origin).note
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    """Sign a checkpoint of the ledger's current head and print it."""
+    sys.stdout.write(_signed_head(Settings.from_env())[1])
+    return OK
+
+
+def cmd_audit_export(args: argparse.Namespace) -> int:
+    """Write a self-contained, verifiable copy of the ledger."""
+    settings = Settings.from_env()
+    ledger, _ = _signed_head(settings)  # the export ends at a signed head
+    path = ledger.export(args.out, Path(f"{settings.signing_key}.pub").read_text())
+    say(
+        f"exported the ledger to {path} (0600); verify it with: exchange audit verify-export "
+        f"{path} --public-key GATEWAY.pub"
+    )
+    return OK
+
+
+def cmd_audit_verify_export(args: argparse.Namespace) -> int:
+    """Verify an exported ledger offline, with only the gateway's public key."""
+    from exchange.audit import verify_export
+    from exchange.crypto.signing import key_id, load_public_key
+
+    held = [p.read_text() for p in args.held or []]
+    origin = args.origin or Settings.from_env().checkpoint_origin(
+        key_id(load_public_key(args.public_key))
+    )
+    result = verify_export(args.export, args.public_key, held=held, origin=origin)
+    if not result.ok:
+        error("export broken", result.message)
+        return NOT_VERIFIED
+    say(f"OK: {result.message}")
+    return OK
+
+
+def cmd_audit_subject(args: argparse.Namespace) -> int:
+    """Every disclosure about one person: when, which agreement, to whom, why, which fields.
+
+    The rows answered from are checked against the audit ledger first, and the lookup itself
+    is audited (a keyed hash of the id, who asked and why; never the id)."""
+    from exchange.audit.disclosures import key_id, lookup_hash
+    from exchange.gateway import Gateway
+
+    subject = _audit_subject_id(args)
+    if subject is None:
+        return BAD_INPUT
+    settings = Settings.from_env()
+    disclosures = Gateway(settings).disclosures()
+    ledger = _audit_ledger(settings)
+    public = _gateway_public_key(args, settings)
+    asked = {
+        "subject_hash": lookup_hash(disclosures.key, subject),
+        "key_id": key_id(disclosures.key),
+        "requested_by": _audit_who(),
+        "reason": args.reason,
+    }
+    try:
+        found, verified = disclosures.verified_lookup(
+            subject, ledger, public_key=public, origin=_audit_origin(args, settings, public)
+        )
+    except LedgerError as exc:
+        ledger.append("subject.looked_up", {**asked, "outcome": "refused", "problem": str(exc)})
+        raise
+    ledger.append("subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)})
+    if public is None:
+        error("warning", NO_KEY_WARNING)
+    if args.format == "json":
+        rows = [
+            {**dataclasses.asdict(d), "sent_at": d.sent_at.isoformat() if d.sent_at else None}
+            for d in found
+        ]
+        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        return OK
+    if not found:
+        say("no recorded disclosure about this subject")
+    for d in found:
+        when = d.sent_at.isoformat(timespec="seconds") if d.sent_at else "not delivered"
+        say(
+            f"{when}  {d.contract_id} {d.contract_version} -> {d.recipient}; purposes: "
+            f"{', '.join(d.purposes)}; basis: {d.legal_basis}; fields: {', '.join(d.fields)}; "
+            f"drop {d.drop_id}"
+        )
+    say(f"checked against the audit ledger: {verified.message}")
+    return OK
+
+
+def _audit_subject_id(args: argparse.Namespace) -> str | None:
+    """The subject id from --id-file (a file, or - for standard input), or the positional
+    argument with a warning; None (after saying why) when neither or both are given."""
+    if (args.subject is None) == (args.id_file is None):
+        error("usage", "give the subject id with --id-file FILE (or - for standard input)")
+        return None
+    if args.subject is not None:
+        error(
+            "warning",
+            "a subject id on the command line is visible in ps and shell history; "
+            "use --id-file - and type or pipe it instead",
+        )
+        return str(args.subject)
+    text = sys.stdin.read() if str(args.id_file) == "-" else Path(args.id_file).read_text("utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        error("usage", f"--id-file must hold exactly one subject id, not {len(lines)} lines")
+        return None
+    return lines[0]
+
+
+def _audit_who() -> str:
+    """Who is asking, as the operating system knows them."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no login name for this uid (a container)
+        return f"uid {os.getuid()}"
+
+
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    """Write the period's transfers, refusals and incidents as HTML, CSV or JSON."""
+    from exchange import reporting
+    from exchange.audit import Ledger
+
+    url = args.url or Settings.from_env().audit_url
+    until = dt.date.fromisoformat(args.until) if args.until else dt.date.today()
+    since = dt.date.fromisoformat(args.since) if args.since else until - dt.timedelta(days=30)
+    report = reporting.build(Ledger(url, create=False).entries(), since, until, args.agreement)
+    render = {"html": reporting.to_html, "csv": reporting.to_csv, "json": reporting.to_json}
+    text = render[args.format](report)
+    if args.out:
+        args.out.write_text(text, "utf-8")
+        say(
+            f"{len(report.transfers)} transfer(s), {len(report.problems)} refusal(s) or "
+            f"failure(s), {len(report.incidents)} incident(s) from {since} to {until}: {args.out}"
+        )
+    else:
+        sys.stdout.write(text)
+    return OK
+
+
+def add_audit(sub: Subcommands) -> None:
+    """`exchange audit ...`."""
+    audit = sub.add_parser("audit", help="the audit ledger").add_subparsers(
+        dest="action", required=True
+    )
+    verify = audit.add_parser("verify", help="recompute the hash chain")
+    verify.add_argument("--url", help="ledger URL (default: EXCHANGE_AUDIT_URL)")
+    verify.add_argument("--from", dest="from_seq", type=int, help="first entry to check")
+    verify.add_argument("--to", dest="to_seq", type=int, help="last entry to check")
+    verify.add_argument(
+        "--public-key", type=Path, help="the gateway's public key (checks checkpoint signatures)"
+    )
+    verify.add_argument("--origin", help="the log's expected checkpoint origin (default: ours)")
+    verify.add_argument(
+        "--held", type=Path, nargs="*", help="checkpoint notes kept by partners or auditors"
+    )
+    verify.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="folder of checkpoints handed out (default: EXCHANGE_HOME/checkpoints)",
+    )
+    verify.add_argument(
+        "--record-incident",
+        action="store_true",
+        help="on failure, append an incident to the ledger and notify (the gateway's own check)",
+    )
+    verify.set_defaults(func=cmd_audit_verify)
+
+    report = audit.add_parser("report", help="transfers, refusals and incidents of a period")
+    report.add_argument("--since", help="first day, YYYY-MM-DD (default: 30 days before --until)")
+    report.add_argument("--until", help="last day, YYYY-MM-DD (default: today)")
+    report.add_argument("--agreement", help="only this contract id")
+    report.add_argument("--format", choices=("html", "csv", "json"), default="html")
+    report.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    report.add_argument("--url", help="ledger URL (default: EXCHANGE_AUDIT_URL)")
+    report.set_defaults(func=cmd_audit_report)
+
+    checkpoint = audit.add_parser("checkpoint", help="sign and print the ledger's head")
+    checkpoint.set_defaults(func=cmd_audit_checkpoint)
+
+    export = audit.add_parser("export", help="a self-contained copy an auditor verifies offline")
+    export.add_argument("out", type=Path)
+    export.set_defaults(func=cmd_audit_export)
+
+    offline = audit.add_parser("verify-export", help="verify an exported ledger, offline")
+    offline.add_argument("export", type=Path)
+    offline.add_argument("--public-key", type=Path, required=True, help="the gateway's key")
+    offline.add_argument(
+        "--held", type=Path, nargs="*", help="checkpoint notes kept by partners or auditors"
+    )
+    offline.add_argument(
+        "--origin", help="the log's expected checkpoint origin (default: from the key's id)"
+    )
+    offline.set_defaults(func=cmd_audit_verify_export)
+
+    subject = audit.add_parser("subject", help="who received data about this person, and why")
+    subject.add_argument(
+        "subject", nargs="?", help="the person's id (visible in ps and history: use --id-file)"
+    )
+    subject.add_argument(
+        "--id-file", help="a file holding the person's id in the source, or - for standard input"
+    )
+    subject.add_argument("--reason", help="why (recorded in the audit ledger, with who asked)")
+    subject.add_argument("--public-key", type=Path, help="the gateway's public key")
+    subject.add_argument("--origin", help="the log's expected checkpoint origin")
+    subject.add_argument("--format", choices=("text", "json"), default="text")
+    subject.set_defaults(func=cmd_audit_subject)

@@ -1,0 +1,142 @@
+"""Data teams' commands: `run`, `acks collect`, `drops expire`, `rectify`, `synth`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from exchange.cli._common import BAD_INPUT, OK, REFUSED, error, say
+from exchange.settings import Settings
+
+if TYPE_CHECKING:
+    from exchange.cli._common import Subcommands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one exchange without Airflow."""
+    from exchange.gateway import Gateway
+
+    gateway = Gateway.from_env()
+    result = gateway.run(
+        args.contract, args.source, run_id=args.run_id, full_refresh=args.full_refresh
+    )
+    excluded = ", ".join(f"{n} {why}" for why, n in result.excluded.items()) or "none"
+    if result.objections_overridden:
+        excluded += f" ({result.objections_overridden} objections overridden by the legal basis)"
+    verb = "was already delivered to" if result.already_delivered else "delivered to"
+    say(
+        f"run {result.run_id}: read {result.rows_read} rows, excluded {excluded}, "
+        f"sent {result.rows_sent}; drop {result.drop_id} {verb} {result.remote_path}"
+    )
+    return OK
+
+
+def cmd_acks_collect(args: argparse.Namespace) -> int:
+    """Collect the partner's signed acknowledgements; flag drops past their deadline."""
+    from exchange.contract import load_contract
+    from exchange.gateway import Gateway
+
+    received, overdue = Gateway(Settings.from_env()).collect_acks(load_contract(args.contract))
+    say(f"{received} acknowledgement(s) recorded; {overdue} drop(s) overdue")
+    return REFUSED if overdue else OK
+
+
+def cmd_drops_expire(args: argparse.Namespace) -> int:
+    """Remove drops past the agreement's retention from the partner's inbox."""
+    from exchange.contract import load_contract
+    from exchange.gateway import Gateway
+
+    removed = Gateway(Settings.from_env()).expire_drops(load_contract(args.contract))
+    say(f"{len(removed)} drop(s) past retention removed" + "".join(f"\n  {d}" for d in removed))
+    return OK
+
+
+def cmd_rectify(args: argparse.Namespace) -> int:
+    """Notify every recipient of a person's data that some of it was inaccurate."""
+    from exchange.gateway import Gateway
+
+    settings = Settings.from_env()
+    contracts = args.contracts or settings.contracts
+    sent = Gateway(settings).rectify(
+        args.subject,
+        fields=args.field,
+        reason=args.reason,
+        contracts_dir=contracts,
+        source=args.source,
+    )
+    for contract_id, recipient, drop_id in sent:
+        say(f"correction notice {drop_id} sent to {recipient} under {contract_id}")
+    return OK
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    """Write synthetic source data."""
+    from exchange import synth
+
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        path = synth.write(args.out, args.rows, seed=args.seed)
+    except ValueError as exc:
+        error("synth", str(exc))
+        return BAD_INPUT
+    say(f"wrote {args.rows} synthetic rows to {path}")
+    return OK
+
+
+def add_run(sub: Subcommands) -> None:
+    """`exchange run`."""
+    run = sub.add_parser("run", help="run one exchange now, without Airflow")
+    run.add_argument("contract", type=Path)
+    run.add_argument(
+        "--source",
+        help="a CSV or Parquet file, a postgresql:// URL, or postgres:NAME (a connection in the "
+        "secrets store); default: the file named by physicalName in EXCHANGE_SOURCE_DIR",
+    )
+    run.add_argument("--run-id", help="reuse a run id (re-running never duplicates a drop)")
+    run.add_argument(
+        "--full-refresh",
+        action="store_true",
+        help="for an incremental contract, send every record, not only new or changed ones",
+    )
+    run.set_defaults(func=cmd_run)
+
+
+def add_acks(sub: Subcommands) -> None:
+    """`exchange acks collect`."""
+    acks = sub.add_parser("acks", help="partners' acknowledgements").add_subparsers(
+        dest="action", required=True
+    )
+    collect = acks.add_parser("collect", help="record signed acks; flag overdue drops")
+    collect.add_argument("contract", type=Path)
+    collect.set_defaults(func=cmd_acks_collect)
+
+
+def add_drops(sub: Subcommands) -> None:
+    """`exchange drops expire`."""
+    drops = sub.add_parser("drops", help="drops in partners' inboxes").add_subparsers(
+        dest="action", required=True
+    )
+    expire = drops.add_parser("expire", help="remove drops past the agreement's retention")
+    expire.add_argument("contract", type=Path)
+    expire.set_defaults(func=cmd_drops_expire)
+
+
+def add_rectify(sub: Subcommands) -> None:
+    """`exchange rectify`."""
+    rectify = sub.add_parser("rectify", help="send correction notices to every recipient")
+    rectify.add_argument("subject", help="the person's id in the source (the subject key)")
+    rectify.add_argument("--field", action="append", required=True, help="a corrected field")
+    rectify.add_argument("--reason", required=True)
+    rectify.add_argument("--source", help="where the corrected row is (default: as for run)")
+    rectify.add_argument("--contracts", type=Path, help="contracts folder (EXCHANGE_CONTRACTS)")
+    rectify.set_defaults(func=cmd_rectify)
+
+
+def add_synth(sub: Subcommands) -> None:
+    """`exchange synth`."""
+    syn = sub.add_parser("synth", help="write synthetic source data for demos and tests")
+    syn.add_argument("out", type=Path)
+    syn.add_argument("--rows", type=int, default=1000)
+    syn.add_argument("--seed", type=int, default=0)
+    syn.set_defaults(func=cmd_synth)
