@@ -23,15 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import paramiko
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from exchange.crypto import signing
 from exchange.errors import ConnectionLost, CryptoError, TransferError
 from exchange.manifest import ManifestError, is_safe_id, strict_json
-from exchange.transport.base import Delivery
-from exchange.transport.retry import Attempt
-from exchange.transport.sftp import SftpTransport
+from exchange.transport.base import Delivery, OnAttempt, Remote, Transport
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +62,9 @@ class RejectedAck:
 
 @dataclass(frozen=True)
 class AckOutbox:
-    """Where a partner puts its acknowledgements: a folder on an SFTP server."""
+    """Where a partner puts its acknowledgements: a folder on the sender's agreed server."""
 
-    transport: SftpTransport
+    transport: Transport
     folder: str
 
 
@@ -184,14 +181,14 @@ def send_ack(
     drop_id: str,
     data: bytes,
     *,
-    on_attempt: Callable[[Attempt], None] | None = None,
+    on_attempt: OnAttempt = None,
 ) -> Delivery:
     """Upload a signed acknowledgement into the outbox (temporary name, then rename)."""
     return outbox.transport.put_bytes(outbox.folder, ack_name(drop_id), data, on_attempt=on_attempt)
 
 
 def collect_acks(
-    sftp: paramiko.SFTPClient,
+    remote: Remote,
     folder: str,
     partner_keys: Sequence[Ed25519PublicKey],
     *,
@@ -208,17 +205,9 @@ def collect_acks(
     keys = {signing.key_id(key): key for key in partner_keys}
     report = on_rejected or _log_rejected
     found: list[Ack] = []
-    try:
-        entries = sorted(sftp.listdir_attr(folder), key=lambda e: e.filename)
-    except FileNotFoundError:
-        raise TransferError(f"the acknowledgement folder {folder} does not exist") from None
-    except PermissionError:
-        raise TransferError(f"permission denied listing {folder}") from None
-    except (EOFError, paramiko.SSHException, OSError) as exc:
-        raise ConnectionLost(f"connection lost while listing {folder}") from exc
-    for entry in entries:
-        name = entry.filename
-        if name.startswith(".") or not name.endswith(ACK_SUFFIX):
+    for entry in remote.list(folder):
+        name = entry.name
+        if name.startswith(".") or not name.endswith(ACK_SUFFIX) or entry.is_folder:
             continue
         drop_id = name[: -len(ACK_SUFFIX)]
         if expected is not None and drop_id not in expected:
@@ -226,18 +215,10 @@ def collect_acks(
         if not is_safe_id(drop_id):  # never repeat a hostile name in a log line or the ledger
             report(RejectedAck("<unsafe name>", "file name is not a drop id"))
             continue
-        if (entry.st_size or 0) > MAX_ACK_BYTES:
+        if entry.size > MAX_ACK_BYTES:
             report(RejectedAck(name, f"larger than {MAX_ACK_BYTES} bytes"))
             continue
-        try:
-            with sftp.open(f"{folder}/{name}", "rb") as remote:
-                data = remote.read(MAX_ACK_BYTES + 1)
-        except (EOFError, paramiko.SSHException) as exc:
-            raise ConnectionLost(f"connection lost while reading {name}") from exc
-        except OSError:
-            report(RejectedAck(name, "unreadable on the server"))
-            continue
-        result = verify(name, data, keys)
+        result = _read_ack(remote, folder, name, keys)
         sent = expected.get(drop_id) if expected is not None else None
         if isinstance(result, Ack) and sent is not None and result.manifest_sha256 != sent:
             result = RejectedAck(
@@ -251,6 +232,19 @@ def collect_acks(
         else:
             report(result)
     return found
+
+
+def _read_ack(
+    remote: Remote, folder: str, name: str, keys: Mapping[str, Ed25519PublicKey]
+) -> Ack | RejectedAck:
+    """Read and verify one acknowledgement file; a lost connection still raises."""
+    try:
+        data = remote.read(f"{folder}/{name}", MAX_ACK_BYTES)
+    except ConnectionLost:
+        raise
+    except TransferError:
+        return RejectedAck(name, "unreadable on the server")
+    return verify(name, data, keys)
 
 
 def _log_rejected(rejected: RejectedAck) -> None:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
+
+if TYPE_CHECKING:
+    import datetime as dt
+
+    from exchange.contract import Contract
 
 MANIFEST_VERSION = "exchange-manifest/1"
 MANIFEST_NAME = "manifest.json"
@@ -149,3 +154,62 @@ class Payload:
             "sha256": self.sha256,
             "encryption": {"cipher": self.cipher, "recipients": list(self.recipients)},
         }
+
+
+def contract_facts(contract: Contract) -> dict[str, Any]:
+    """The agreement a drop is sent under, as the manifest and the ledger name it."""
+    return {
+        "id": contract.id,
+        "version": contract.version,
+        "sha256": contract.sha256,
+        "purposes": list(contract.purposes),
+        "legal_basis": contract.legal_basis.summary(),
+        "provider": contract.provider.organisation,
+        "recipient": contract.recipient.organisation,
+    }
+
+
+def field_facts(contract: Contract) -> list[dict[str, Any]]:
+    """Each outgoing field with its type and minimisation transform."""
+    return [
+        {
+            "name": f.name,
+            "type": f.logical_type,
+            "transform": f.transform,
+            **({"options": dict(f.transform_options)} if f.transform_options else {}),
+        }
+        for f in contract.fields
+    ]
+
+
+def build_manifest(
+    contract: Contract,
+    *,
+    drop_id: str,
+    run_id: str,
+    created_at: dt.datetime,
+    rows: Mapping[str, Any],
+    payload: Payload,
+    sender_key_id: str,
+    ledger: Mapping[str, Any],
+    pseudonym_key_id: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The manifest of one drop, ready for `to_bytes` and signing.
+
+    `ledger` is the sender's ledger position and checkpoint; `extra` adds top-level keys (a
+    correction notice's `correction`)."""
+    return {
+        "manifest_version": MANIFEST_VERSION,
+        "drop_id": drop_id,
+        "run_id": run_id,
+        "created_at": created_at.isoformat(timespec="seconds"),
+        "contract": contract_facts(contract),
+        "fields": field_facts(contract),
+        "rows": dict(rows),
+        "payload": payload.as_dict(),
+        "sender": {"key_id": sender_key_id},
+        **({"pseudonymisation": {"key_id": pseudonym_key_id}} if pseudonym_key_id else {}),
+        **dict(extra or {}),
+        "ledger": dict(ledger),
+    }

@@ -108,10 +108,10 @@ def test_receive_acknowledges_and_the_sender_collects_the_verified_ack(
     partner_key = signing.load_public_key(ack_key.public_path)
     sha = hashlib.sha256(manifest_bytes).hexdigest()
     rejected: list[acks.RejectedAck] = []
-    with sftp_transport(partner).session() as sftp:
-        found = acks.collect_acks(sftp, ACK_FOLDER, [partner_key], on_rejected=rejected.append)
-        only = acks.collect_acks(sftp, ACK_FOLDER, [partner_key], expected={drop.name: sha})
-        other = acks.collect_acks(sftp, ACK_FOLDER, [partner_key], expected={"x-1": sha})
+    with sftp_transport(partner).connect() as remote:
+        found = acks.collect_acks(remote, ACK_FOLDER, [partner_key], on_rejected=rejected.append)
+        only = acks.collect_acks(remote, ACK_FOLDER, [partner_key], expected={drop.name: sha})
+        other = acks.collect_acks(remote, ACK_FOLDER, [partner_key], expected={"x-1": sha})
     assert rejected == [] and other == []
     assert len(found) == 1 and found == only
     ack = found[0]
@@ -161,8 +161,8 @@ def test_an_ack_signed_by_the_wrong_key_is_rejected_and_reported(
     (folder / ".c-6.ack.json.partial").write_text("half")
 
     rejected: list[acks.RejectedAck] = []
-    with sftp_transport(partner).session() as sftp:
-        found = acks.collect_acks(sftp, ACK_FOLDER, [partner_key], on_rejected=rejected.append)
+    with sftp_transport(partner).connect() as remote:
+        found = acks.collect_acks(remote, ACK_FOLDER, [partner_key], on_rejected=rejected.append)
     assert found == []
     reasons = {r.name: r.reason for r in rejected}
     assert set(reasons) == {f"{drop.name}.ack.json", "c-2.ack.json", "c-4.ack.json", "c-5.ack.json"}
@@ -182,9 +182,9 @@ def test_an_ack_of_another_manifest_is_rejected(
     drop = deliver(workspace, partner)
     take(workspace, drop, tmp_path / "out", ack_key=ack_key.private_path, ack_outbox=outbox)
     rejected: list[acks.RejectedAck] = []
-    with sftp_transport(partner).session() as sftp:
+    with sftp_transport(partner).connect() as remote:
         found = acks.collect_acks(
-            sftp,
+            remote,
             ACK_FOLDER,
             [signing.load_public_key(ack_key.public_path)],
             expected={drop.name: "f" * 64},

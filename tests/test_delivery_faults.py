@@ -22,11 +22,12 @@ import pytest
 
 from exchange.errors import ConnectionLost, HostKeyRejected, TransferError
 from exchange.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from exchange.operations.retention import remove_expired
 from exchange.sandbox import PartnerSftpServer
 from exchange.secrets import SftpConnection
 from exchange.transport import sftp as sftp_module
 from exchange.transport.retry import Attempt, backoff, with_retries
-from exchange.transport.sftp import POSIX_RENAME, SftpTransport, remove_expired
+from exchange.transport.sftp import POSIX_RENAME, SftpTransport
 
 pytestmark = pytest.mark.integration
 
@@ -391,12 +392,12 @@ def test_remove_expired_deletes_only_old_drops_of_ours(
     old = (now - dt.timedelta(days=40)).timestamp()
     os.utime(stale, (old, old))
 
-    with transport(server).session() as sftp:
-        removed = remove_expired(sftp, FOLDER, now - dt.timedelta(days=30), contract_id="c")
+    with transport(server).connect() as remote:
+        removed = list(remove_expired(remote, FOLDER, now - dt.timedelta(days=30), contract_id="c"))
     assert removed == [".c-0000000000000004.partial", "c-0000000000000001"]
     assert inbox(server) == ["c-0000000000000002", "not-a-drop", "other-0000000000000003"]
     with pytest.raises(ValueError, match="time zone"):
-        remove_expired(None, FOLDER, dt.datetime(2026, 1, 1))  # type: ignore[arg-type]
+        list(remove_expired(None, FOLDER, dt.datetime(2026, 1, 1)))  # type: ignore[arg-type]
 
 
 # -- only modern SSH algorithms (issue 10, defect 12) ------------------------------------------

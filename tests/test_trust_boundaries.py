@@ -303,7 +303,7 @@ def test_an_unexpected_failure_is_audited(workspace: Workspace, partner: Partner
     def broken(*_: Any, **__: Any) -> Any:
         raise ZeroDivisionError("a bug")
 
-    gateway.transport_for = broken
+    gateway.transports["sftp"] = broken
     with pytest.raises(ZeroDivisionError):
         gateway.deliver(contract, "boom")
     event, body = events(workspace)[-2]

@@ -91,3 +91,33 @@ def with_retries(
                 on_attempt(Attempt(number, True))
             return result
     raise AssertionError("unreachable")
+
+
+def with_attempts(
+    fn: Callable[[], T],
+    policy: RetryPolicy,
+    on_attempt: Callable[[Attempt], None] | None = None,
+) -> tuple[T, tuple[Attempt, ...]]:
+    """`with_retries` under `policy`, returning the result and every attempt made."""
+    attempts: list[Attempt] = []
+
+    def record(attempt: Attempt) -> None:
+        attempts.append(attempt)
+        if on_attempt is not None:
+            on_attempt(attempt)
+
+    result = with_retries(
+        fn, policy.attempts, policy.base, policy.cap, policy.sleep, policy.rng, on_attempt=record
+    )
+    return result, tuple(attempts)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How a transport retries transient faults: tries, backoff, and injectable sleep and rng."""
+
+    attempts: int = DEFAULT_ATTEMPTS
+    base: float = DEFAULT_BASE
+    cap: float = DEFAULT_CAP
+    sleep: Callable[[float], None] = time.sleep
+    rng: Callable[[], float] = random.random

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import hashlib
-import json
 import logging
 import random
 import socket
@@ -41,13 +39,13 @@ from exchange.errors import ConnectionLost, ExchangeError, HostKeyRejected, Tran
 from exchange.files import UnsafePath, read_private
 from exchange.manifest import MANIFEST_NAME
 from exchange.secrets import SftpConnection
-from exchange.transport.base import Delivery
+from exchange.transport.base import Delivery, OnAttempt, RemoteEntry
 from exchange.transport.retry import (
     DEFAULT_ATTEMPTS,
     DEFAULT_BASE,
     DEFAULT_CAP,
-    Attempt,
-    with_retries,
+    RetryPolicy,
+    with_attempts,
 )
 
 log = logging.getLogger(__name__)
@@ -56,6 +54,14 @@ log = logging.getLogger(__name__)
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "aes128-ctr", "aes256-ctr")
 # The only SSH algorithms offered (an allow-list, so one a future paramiko adds is not offered
 # until it is reviewed). No CBC, 3DES, SHA-1 or MD5: OpenSSH's own defaults dropped them.
+_KEY_TYPES = (
+    "ssh-ed25519",
+    "ecdsa-sha2-nistp256",
+    "ecdsa-sha2-nistp384",
+    "ecdsa-sha2-nistp521",
+    "rsa-sha2-512",
+    "rsa-sha2-256",
+)
 ALLOWED_ALGORITHMS: dict[str, tuple[str, ...]] = {
     "ciphers": (
         "aes128-gcm@openssh.com",
@@ -81,22 +87,8 @@ ALLOWED_ALGORITHMS: dict[str, tuple[str, ...]] = {
         "diffie-hellman-group-exchange-sha256",
         "diffie-hellman-group14-sha256",
     ),
-    "keys": (  # host key types the server may prove itself with
-        "ssh-ed25519",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "rsa-sha2-512",
-        "rsa-sha2-256",
-    ),
-    "pubkeys": (  # signature types for our own login key
-        "ssh-ed25519",
-        "ecdsa-sha2-nistp256",
-        "ecdsa-sha2-nistp384",
-        "ecdsa-sha2-nistp521",
-        "rsa-sha2-512",
-        "rsa-sha2-256",
-    ),
+    "keys": _KEY_TYPES,  # host key types the server may prove itself with
+    "pubkeys": _KEY_TYPES,  # signature types for our own login key
 }
 _PARAMIKO_LISTS = {
     "ciphers": "_preferred_ciphers",
@@ -219,6 +211,53 @@ class SftpSession(paramiko.SFTPClient):
         return "rename"
 
 
+class SftpRemote:
+    """The `Remote` operations over one SFTP session; paramiko's errors are translated here."""
+
+    def __init__(self, sftp: paramiko.SFTPClient, where: str) -> None:
+        self.sftp = sftp
+        self.where = where
+
+    def list(self, folder: str) -> list[RemoteEntry]:
+        """The folder's entries by name. Raises TransferError, ConnectionLost."""
+        with self._translated(f"listing {folder}"):
+            found = self.sftp.listdir_attr(folder)
+        entries = [
+            RemoteEntry(e.filename, stat.S_ISDIR(e.st_mode or 0), e.st_size or 0, e.st_mtime or 0)
+            for e in found
+        ]
+        return sorted(entries, key=lambda e: e.name)
+
+    def read(self, path: str, limit: int) -> bytes:
+        """Up to `limit` + 1 bytes of a file. Raises TransferError, ConnectionLost."""
+        with self._translated(f"reading {path}"), self.sftp.open(path, "rb") as remote:
+            return bytes(remote.read(limit + 1))
+
+    def rename(self, source: str, target: str) -> None:
+        """Rename a file or folder. Raises TransferError, ConnectionLost."""
+        with self._translated(f"renaming {source}"):
+            self.sftp.rename(source, target)
+
+    def remove(self, path: str) -> None:
+        """Remove a file or folder tree; nothing if gone. Raises TransferError, ConnectionLost."""
+        with self._translated(f"removing {path}"):
+            _remove_tree(self.sftp, path)
+
+    @contextmanager
+    def _translated(self, doing: str) -> Iterator[None]:
+        """ConnectionLost if the link died, else TransferError naming what was being done."""
+        try:
+            yield
+        except (OSError, EOFError, paramiko.SSHException, SFTPError) as exc:
+            if isinstance(exc, EOFError | paramiko.SSHException) or not _alive(self.sftp):
+                raise ConnectionLost(f"connection to {self.where} lost while {doing}") from exc
+            if isinstance(exc, FileNotFoundError):
+                raise TransferError(f"nothing to find while {doing}: it does not exist") from None
+            if isinstance(exc, PermissionError):
+                raise TransferError(f"permission denied while {doing}") from None
+            raise TransferError(f"the server refused {doing}") from exc
+
+
 class SftpTransport:
     """Delivers drops to one partner SFTP server."""
 
@@ -241,11 +280,7 @@ class SftpTransport:
         self.connection = connection
         self.host_keys = tuple(host_keys)
         self.timeout = timeout
-        self.attempts = attempts
-        self.backoff_base = backoff_base
-        self.backoff_cap = backoff_cap
-        self.sleep = sleep
-        self.rng = rng
+        self.retry = RetryPolicy(attempts, backoff_base, backoff_cap, sleep, rng)
         self.window_size = window_size
         self.max_packet_size = max_packet_size
         self.request_size = request_size  # None: the server's own limit
@@ -304,6 +339,12 @@ class SftpTransport:
         finally:
             transport.close()
 
+    @contextmanager
+    def connect(self) -> Iterator[SftpRemote]:
+        """An open connection for listing, reading and removing on the partner's server."""
+        with self.session() as sftp:
+            yield SftpRemote(sftp, self.where)
+
     def _check_host_key(self, offered: paramiko.PKey) -> None:
         """The offered key must be pinned by the contract and, if it names one, the connection."""
         conn = self.connection
@@ -351,35 +392,13 @@ class SftpTransport:
         except (paramiko.SSHException, EOFError, OSError) as exc:
             raise ConnectionLost(f"connection to {conn.host} dropped during login") from exc
 
-    def _retrying(
-        self, fn: Callable[[], Delivery], on_attempt: Callable[[Attempt], None] | None
-    ) -> Delivery:
+    def _retrying(self, fn: Callable[[], Delivery], on_attempt: OnAttempt) -> Delivery:
         """Run one delivery step with this transport's retry policy; attempts go on the result."""
-        attempts: list[Attempt] = []
-
-        def record(attempt: Attempt) -> None:
-            attempts.append(attempt)
-            if on_attempt is not None:
-                on_attempt(attempt)
-
-        result = with_retries(
-            fn,
-            self.attempts,
-            self.backoff_base,
-            self.backoff_cap,
-            self.sleep,
-            self.rng,
-            on_attempt=record,
-        )
-        return replace(result, attempts=tuple(attempts))
+        result, attempts = with_attempts(fn, self.retry, on_attempt)
+        return replace(result, attempts=attempts)
 
     def deliver(
-        self,
-        drop: Path,
-        folder: str,
-        drop_id: str,
-        *,
-        on_attempt: Callable[[Attempt], None] | None = None,
+        self, drop: Path, folder: str, drop_id: str, *, on_attempt: OnAttempt = None
     ) -> Delivery:
         """Upload `drop` into `folder/.drop_id.partial`, verify sizes, then rename to `drop_id`.
 
@@ -496,12 +515,7 @@ class SftpTransport:
         return local.digest() == there.digest()
 
     def put_bytes(
-        self,
-        folder: str,
-        name: str,
-        data: bytes,
-        *,
-        on_attempt: Callable[[Attempt], None] | None = None,
+        self, folder: str, name: str, data: bytes, *, on_attempt: OnAttempt = None
     ) -> Delivery:
         """Place one small file at `folder/name` (temporary name, size check, rename; replaces)."""
         return self._retrying(lambda: self._put_bytes_once(folder, name, data), on_attempt)
@@ -525,61 +539,6 @@ class SftpTransport:
                 raise
             except (OSError, EOFError, paramiko.SSHException, SFTPError) as exc:
                 raise self._translate(sftp, exc, f"writing {name}", folder, temp) from exc
-
-
-def remove_expired(
-    sftp: paramiko.SFTPClient,
-    folder: str,
-    older_than: dt.datetime,
-    *,
-    contract_id: str | None = None,
-) -> list[str]:
-    """Delete the drops in `folder` made before `older_than`; returns the removed drop ids.
-
-    A drop's age is its signed manifest's `created_at`; folders that are not drops of ours
-    (no manifest naming them) are left alone. Abandoned `.<drop>.partial` folders older than
-    the limit go too, listed under their hidden name. Each drop is first renamed to a hidden
-    name, so a partner never sees a half-deleted drop.
-    """
-    if older_than.tzinfo is None:
-        raise ValueError("older_than must carry a time zone")
-    limit = older_than.timestamp()
-    removed: list[str] = []
-    for entry in sorted(sftp.listdir_attr(folder), key=lambda e: e.filename):
-        name = entry.filename
-        if not stat.S_ISDIR(entry.st_mode or 0):
-            continue
-        if name.startswith("."):
-            if name.endswith(".partial") and (entry.st_mtime or 0) < limit:
-                _remove_tree(sftp, f"{folder}/{name}")
-                removed.append(name)
-            continue
-        made = _drop_created(sftp, f"{folder}/{name}", name, contract_id)
-        if made is None or made.timestamp() >= limit:
-            continue
-        doomed = f"{folder}/.{name}.expired"
-        _remove_tree(sftp, doomed)
-        sftp.rename(f"{folder}/{name}", doomed)
-        _remove_tree(sftp, doomed)
-        removed.append(name)
-    return removed
-
-
-def _drop_created(
-    sftp: paramiko.SFTPClient, path: str, name: str, contract_id: str | None
-) -> dt.datetime | None:
-    """When the drop at `path` was made, per its manifest; None if it is not one of ours."""
-    try:
-        with sftp.open(f"{path}/{MANIFEST_NAME}", "rb") as remote:
-            body = json.loads(remote.read(MAX_MANIFEST_BYTES))
-        made = dt.datetime.fromisoformat(body["created_at"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if body.get("drop_id") != name or made.tzinfo is None:
-        return None
-    if contract_id is not None and body.get("contract", {}).get("id") != contract_id:
-        return None
-    return made
 
 
 def disabled_algorithms() -> dict[str, list[str]]:

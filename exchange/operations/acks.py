@@ -1,0 +1,129 @@
+"""Collecting the partner's signed acknowledgements, and flagging drops not acknowledged in time.
+
+The protocol (file format, signatures, which files count) is `exchange.acks`; this module keeps
+the ledger's side: which drops wait, what arrived, what is overdue.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_ssh_public_key
+
+from exchange.acks import Ack, RejectedAck, collect_acks
+from exchange.audit import Entry, Ledger
+from exchange.contract import Contract
+from exchange.errors import NotRunnable
+from exchange.pipeline.boundary import stage
+from exchange.pipeline.context import Context
+
+
+@dataclass
+class Waiting:
+    """This contract's delivered drops, as the ledger knows them."""
+
+    sent: dict[str, Entry] = field(default_factory=dict)  # drop id -> its transfer.sent
+    acked: set[str] = field(default_factory=set)
+    overdue_noted: set[str] = field(default_factory=set)
+
+    def expected(self) -> dict[str, str]:
+        """Drop id -> manifest SHA-256 of every drop not acknowledged yet."""
+        return {
+            drop_id: entry.data["manifest_sha256"]
+            for drop_id, entry in self.sent.items()
+            if drop_id not in self.acked
+        }
+
+
+def waiting(ledger: Ledger, contract_id: str) -> Waiting:
+    """What the ledger says was sent, acknowledged and flagged overdue under this contract."""
+    state = Waiting()
+    for entry in ledger.entries():
+        if entry.contract_id != contract_id:
+            continue
+        if entry.event == "transfer.sent" and "manifest_sha256" in entry.data:
+            state.sent[entry.data["drop_id"]] = entry
+        elif entry.event == "ack.received":
+            state.acked.add(entry.data["drop_id"])
+        elif entry.event == "ack.overdue":
+            state.overdue_noted.add(entry.data["drop_id"])
+    return state
+
+
+def record_acks(ctx: Context, contract: Contract) -> tuple[int, int]:
+    """Record the partner's verified acknowledgements and raise an incident for each drop past
+    its deadline. Returns (received, overdue). Raises NotRunnable, TransferError."""
+    with stage(ctx, "acks", None, contract=contract):
+        terms = contract.acknowledgements
+        if not terms:
+            raise NotRunnable(f"contract {contract.id} names no acknowledgements folder")
+        state = waiting(ctx.ledger, contract.id)
+        expected = state.expected()
+        keys: list[Any] = [load_ssh_public_key(line.encode()) for line in terms["partnerKeys"]]
+
+        def rejected(ack: RejectedAck) -> None:
+            body = {"file": ack.name, "reason": ack.reason, "key_id": ack.key_id}
+            ctx.ledger.append(
+                "ack.rejected", {**body, "security_event": True}, contract_id=contract.id
+            )
+
+        with ctx.transport_for(contract).connect() as remote:
+            found = collect_acks(
+                remote, terms["folder"], _ed25519(keys), expected=expected, on_rejected=rejected
+            )
+        for ack in found:
+            _received(ctx, contract, state.sent[ack.drop_id], ack)
+            expected.pop(ack.drop_id, None)
+        overdue = _flag_overdue(ctx, contract, state, expected, float(terms["deadlineHours"]))
+    return len(found), overdue
+
+
+def _ed25519(keys: list[Any]) -> list[Ed25519PublicKey]:
+    """The partner's keys (the contract loader accepts only Ed25519 ones)."""
+    return [key for key in keys if isinstance(key, Ed25519PublicKey)]
+
+
+def _received(ctx: Context, contract: Contract, sent: Entry, ack: Ack) -> None:
+    ctx.ledger.append(
+        "ack.received",
+        {
+            "drop_id": ack.drop_id,
+            "manifest_sha256": ack.manifest_sha256,
+            "rows": ack.rows,
+            "rows_match": ack.rows == sent.data["rows"]["sent"],
+            "received_at": ack.received_at,
+            "key_id": ack.key_id,
+            "ledger": ack.body.get("ledger"),
+        },
+        run_id=sent.run_id,
+        contract_id=contract.id,
+    )
+
+
+def _flag_overdue(
+    ctx: Context, contract: Contract, state: Waiting, unacked: dict[str, str], hours: float
+) -> int:
+    """Note each drop newly past its deadline, once, with an incident; returns how many."""
+    deadline = ctx.clock() - dt.timedelta(hours=hours)
+    overdue = 0
+    for drop_id in unacked:
+        entry = state.sent[drop_id]
+        if (
+            drop_id in state.overdue_noted
+            or dt.datetime.fromisoformat(entry.recorded_at) > deadline
+        ):
+            continue
+        overdue += 1
+        ctx.ledger.append(
+            "ack.overdue", {"drop_id": drop_id}, run_id=entry.run_id, contract_id=contract.id
+        )
+        ctx.incident(
+            "unacknowledged-drop",
+            f"drop {drop_id} not acknowledged within {hours:g} hours",
+            contract.id,
+            entry.run_id or "",
+        )
+    return overdue

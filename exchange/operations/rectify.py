@@ -1,0 +1,127 @@
+"""Rectification: send every recipient of a person's data a correction notice.
+
+Each notice is a drop like any other (encrypted, signed, audited, acknowledged): the person's
+row as the source holds it now, minimised under that agreement, with a `correction` manifest
+entry naming the corrected fields, the reason and the earlier drops it corrects. Recipients are
+found only from disclosures verified against the audit ledger.
+"""
+
+from __future__ import annotations
+
+import secrets as random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from exchange.contract import Contract, load_contract
+from exchange.crypto import signing
+from exchange.errors import ContractError, ExchangeError
+from exchange.pipeline.boundary import stage
+from exchange.pipeline.check import check_contract
+from exchange.pipeline.context import Context
+from exchange.pipeline.deliver import deliver_drop
+from exchange.pipeline.prepare import prepare_drop
+from exchange.pipeline.source import resolve
+from exchange.sources.subset import OnlySubjects
+
+
+def rectify(
+    ctx: Context,
+    subject_id: str,
+    *,
+    fields: Sequence[str],
+    reason: str,
+    contracts_dir: Path | None = None,
+    source: str | Path | None = None,
+) -> list[tuple[str, str, str]]:
+    """Send each recipient of this person a correction; returns (contract, recipient, drop).
+
+    Raises ExchangeError when there is no reason, no verified disclosure, or an agreement that
+    is gone or does not send the fields; and what check, prepare and deliver raise."""
+    # A random id: one derived from the person's id would let a recipient test guesses.
+    run_id = f"rectify-{random.token_hex(8)}"
+    with stage(ctx, "rectify", run_id):
+        if not reason.strip():
+            raise ExchangeError("a correction needs a reason")
+        earlier = _earlier_drops(ctx, subject_id)
+        contracts_dir = contracts_dir or ctx.settings.contracts
+        by_id = _contracts_by_id(contracts_dir)
+        sent = []
+        for contract_id, drops in sorted(earlier.items()):
+            if contract_id not in by_id:
+                raise ExchangeError(f"contract {contract_id} is not in {contracts_dir}")
+            contract = check_contract(ctx, by_id[contract_id], run_id=run_id)
+            unknown = [f for f in fields if f not in contract.field_names]
+            if unknown:
+                raise ExchangeError(f"{contract_id} does not send field(s) {', '.join(unknown)}")
+            correction = {"fields": list(fields), "reason": reason.strip(), "corrects": drops}
+            drop_id = _notify(ctx, contract, subject_id, correction, run_id, source)
+            sent.append((contract.id, contract.recipient.organisation, drop_id))
+    return sent
+
+
+def _earlier_drops(ctx: Context, subject_id: str) -> dict[str, list[str]]:
+    """Contract id -> the drops that carried this person, from verified disclosures only."""
+    public_key = signing.load_private_key(ctx.settings.signing_key).public_key()
+    found, _ = ctx.disclosures().verified_lookup(
+        subject_id,
+        ctx.ledger,
+        public_key=public_key,
+        origin=ctx.settings.checkpoint_origin(signing.key_id(public_key)),
+    )
+    earlier: dict[str, list[str]] = {}
+    for disclosure in found:  # a forged disclosure row cannot direct a correction
+        earlier.setdefault(disclosure.contract_id, []).append(disclosure.drop_id)
+    if not earlier:
+        raise ExchangeError("no recorded disclosure about this subject: nobody to notify")
+    return {contract_id: sorted(drops) for contract_id, drops in earlier.items()}
+
+
+def _contracts_by_id(folder: Path) -> dict[str, Path]:
+    by_id = {}
+    for path in sorted(folder.glob("*.yaml")):
+        try:
+            by_id[load_contract(path).id] = path
+        except ContractError:
+            continue  # another agreement's file; its own runs report its problems
+    return by_id
+
+
+def _notify(
+    ctx: Context,
+    contract: Contract,
+    subject_id: str,
+    correction: dict[str, Any],
+    run_id: str,
+    source: str | Path | None,
+) -> str:
+    """Prepare and deliver one correction notice; returns its drop id."""
+    subject = OnlySubjects(
+        resolve(ctx.settings, ctx.secrets, contract, source)[0],
+        contract.subject_key.source,
+        [subject_id],
+    )
+    # A notice carries the row whatever its last-updated time, and must not move an
+    # incremental agreement's watermark.
+    prepared = prepare_drop(
+        ctx,
+        contract,
+        subject,
+        run_id=run_id,
+        extra={"correction": correction},
+        full_refresh=True,
+        advance_watermark=False,
+    )
+    delivery = deliver_drop(ctx, contract, run_id)
+    ctx.ledger.append(
+        "rectification.sent",
+        {
+            **correction,
+            "drop_id": prepared.drop_id,
+            "recipient": contract.recipient.organisation,
+            "remote_path": delivery.remote_path,
+        },
+        run_id=run_id,
+        contract_id=contract.id,
+    )
+    return prepared.drop_id

@@ -1,0 +1,296 @@
+"""Stage 2, prepare: extract, minimise, guard, validate, encrypt and sign into a staged drop.
+
+Data flows as Arrow record batches from the source to the encrypted file; plaintext never
+reaches disk. On any failure the staging folder and the drop's disclosure rows are removed,
+and a quality failure leaves a quarantine report (the boundary runs the undo steps).
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from exchange import guard, manifest, payload, transforms
+from exchange.audit import Disclosure, Disclosures
+from exchange.contract import Contract
+from exchange.crypto import age, signing
+from exchange.crypto.streams import HashingWriter
+from exchange.errors import QualityFailed
+from exchange.files import open_private, private_dir, write_private
+from exchange.minimise import Minimiser, source_types
+from exchange.operations.incremental import watermark
+from exchange.pipeline import events
+from exchange.pipeline.boundary import Stage, stage
+from exchange.pipeline.context import Context
+from exchange.pipeline.naming import drop_id_for
+from exchange.pipeline.results import Prepared
+from exchange.pipeline.source import Provenance, resolve
+from exchange.pipeline.staging import staging_for
+from exchange.quality import QualityGate
+from exchange.secrets import SecretMissing
+from exchange.sources import Source, check_columns
+from exchange.sources.subset import ChangedSince
+from exchange.types import arrow_type
+
+
+@dataclass(frozen=True)
+class Extract:
+    """What the run reads: the source, where it came from, and the columns read."""
+
+    source: Source
+    provenance: Provenance
+    changed: ChangedSince | None  # the incremental filter, when the agreement has one
+    types: dict[str, Any]
+    unread: list[str]  # source columns the contract does not know
+
+
+def prepare_drop(
+    ctx: Context,
+    contract: Contract,
+    source: str | Path | Source | None,
+    *,
+    run_id: str,
+    extra: Mapping[str, Any] | None = None,
+    full_refresh: bool = False,
+    triggered_by: str | None = None,
+    advance_watermark: bool = True,
+) -> Prepared:
+    """Stage the run's drop as signed ciphertext; every failure is cleaned up and audited.
+
+    `extra` adds top-level keys to the manifest (a correction notice's `correction`);
+    `triggered_by` names who started the run (an Airflow user, or the OS user of the CLI).
+    Raises Refused (guard, quality, not runnable), SourceError, SecretMissing, CryptoError."""
+    with stage(ctx, "prepare", run_id, contract=contract) as current:
+        started = ctx.clock()
+        drop_id = drop_id_for(contract.id, run_id)
+        staging = _fresh_staging(ctx, current, contract, run_id, drop_id)
+        signing_key = signing.load_private_key(ctx.settings.signing_key)  # fail before the work
+        disclosures = ctx.disclosures()
+        current.undo.append(lambda _: disclosures.discard(drop_id))
+        read = _extract(ctx, contract, source, full_refresh=full_refresh)
+        key = _pseudonym_key(ctx, contract)
+        minimise = Minimiser(
+            contract,
+            pseudonym_key=key,
+            today=started.date(),
+            objecting_ids=_objecting(ctx, contract),
+        )
+        quality = QualityGate(contract)
+        subjects: list[pa.Array] = []
+        written = _encrypt(contract, read, minimise, quality, subjects, staging)
+        tally = minimise.tally
+        rows = {
+            "read": tally.read,
+            "excluded": dict(tally.excluded),
+            "objections_overridden": tally.objections_overridden,
+            "sent": tally.sent,
+        }
+        recorded = _record_disclosures(disclosures, contract, run_id, drop_id, subjects)
+        head_seq, head_hash = ctx.ledger.head()
+        sender = signing.key_id(signing_key.public_key())
+        checkpoint = ctx.ledger.checkpoint(signing_key, ctx.settings.checkpoint_origin(sender))
+        document = manifest.to_bytes(
+            manifest.build_manifest(
+                contract,
+                drop_id=drop_id,
+                run_id=run_id,
+                created_at=ctx.clock(),
+                rows=rows,
+                payload=written,
+                sender_key_id=sender,
+                ledger={"seq": head_seq, "hash": head_hash, "checkpoint": checkpoint.note},
+                pseudonym_key_id=transforms.key_id(key) if key else None,
+                extra=extra,
+            )
+        )
+        write_private(staging / manifest.MANIFEST_NAME, document)
+        write_private(staging / manifest.SIGNATURE_NAME, signing.sign(signing_key, document))
+        changed = read.changed
+        newest = changed.newest.isoformat() if changed and changed.newest else None
+        prepared = Prepared(
+            run_id=run_id,
+            drop_id=drop_id,
+            contract_id=contract.id,
+            rows_read=tally.read,
+            rows_sent=tally.sent,
+            excluded=dict(tally.excluded),
+            objections_overridden=tally.objections_overridden,
+            payload_sha256=written.sha256,
+            watermark=newest if advance_watermark else None,
+            rows_unchanged=changed.unchanged if changed else 0,
+        )
+        body = {
+            "drop_id": drop_id,
+            "source": read.provenance,
+            "triggered_by": triggered_by or _os_user(),
+            "source_columns_not_read": read.unread,
+            "rows": rows,
+            "disclosures": recorded.as_dict(),
+            **_incremental(changed, prepared, full_refresh),
+            "validation": {"outcome": "passed", "rules": len(quality.rules)},
+            "payload": {"sha256": written.sha256, "size": written.size, "format": written.format},
+            "manifest_sha256": hashlib.sha256(document).hexdigest(),
+            "started_at": events.when(started),
+        }
+        ctx.ledger.append("run.prepared", body, run_id=run_id, contract_id=contract.id)
+    return prepared
+
+
+def _fresh_staging(
+    ctx: Context, current: Stage, contract: Contract, run_id: str, drop_id: str
+) -> Path:
+    """An empty private staging folder for the drop, removed again if the stage fails."""
+    staging = staging_for(ctx.settings, drop_id)
+    shutil.rmtree(staging, ignore_errors=True)  # a retried run starts its staging afresh
+    private_dir(staging)
+
+    def undo(exc: BaseException) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, QualityFailed):
+            _quarantine_report(ctx, contract, run_id, drop_id, exc)
+
+    current.undo.append(undo)
+    return staging
+
+
+def _extract(
+    ctx: Context, contract: Contract, source_arg: str | Path | Source | None, *, full_refresh: bool
+) -> Extract:
+    """Open the source (only the contract's columns), behind the incremental filter if any."""
+    source, provenance = resolve(ctx.settings, ctx.secrets, contract, source_arg)
+    changed = None
+    if contract.incremental_column:
+        since = None if full_refresh else watermark(ctx.ledger, contract)
+        source = changed = ChangedSince(source, contract.incremental_column, since)
+    types = source_types(contract)
+    return Extract(source, provenance, changed, types, check_columns(source, list(types)))
+
+
+def _pseudonym_key(ctx: Context, contract: Contract) -> bytes | None:
+    """The agreement's pseudonymisation key. Raises SecretMissing if missing or short."""
+    if not contract.pseudonymisation_key:
+        return None
+    key = ctx.secrets.secret(contract.pseudonymisation_key)
+    if len(key) < transforms.MIN_KEY_BYTES:
+        raise SecretMissing(
+            f"secret {contract.pseudonymisation_key!r} is shorter than "
+            f"{transforms.MIN_KEY_BYTES} bytes: generate a new random key"
+        )
+    return key
+
+
+def _objecting(ctx: Context, contract: Contract) -> set[str] | None:
+    """The ids on the agreement's objection list. Raises SecretMissing if it cannot be read."""
+    if not contract.objections.list:
+        return None
+    # A named list that cannot be read stops the run: never send as if nobody objected.
+    try:
+        text = ctx.secrets.secret(contract.objections.list).decode("utf-8")
+    except UnicodeDecodeError:
+        raise SecretMissing(
+            f"objection list {contract.objections.list!r} is not UTF-8 text"
+        ) from None
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def _encrypt(
+    contract: Contract,
+    read: Extract,
+    minimise: Minimiser,
+    quality: QualityGate,
+    subjects: list[pa.Array],
+    staging: Path,
+) -> manifest.Payload:
+    """Minimise, guard and validate each batch, and stream it encrypted into the staging folder."""
+    schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])
+    fmt = contract.endpoint.format
+
+    def validated() -> Iterator[pa.RecordBatch]:
+        for batch in read.source.batches(read.types):
+            out = minimise(batch)
+            guard.check(out.schema, contract)  # before anything is encoded or written
+            subjects.append(minimise.last_subjects)
+            yield from quality.add(out.cast(schema))
+        yield from quality.finish()
+
+    name = manifest.payload_name(fmt)
+    with open_private(staging / name) as handle:
+        sink = HashingWriter(handle)
+        age.encrypt_chunks(payload.encode(validated(), fmt, schema), sink, contract.recipient_keys)
+    return manifest.Payload(
+        name=name,
+        format=fmt,
+        size=sink.size,
+        sha256=sink.sha256,
+        cipher=age.NAME,
+        recipients=contract.recipient_keys,
+    )
+
+
+def _record_disclosures(
+    disclosures: Disclosures,
+    contract: Contract,
+    run_id: str,
+    drop_id: str,
+    subjects: list[pa.Array],
+) -> Any:
+    """A keyed hash of each subject in the drop, in the disclosure ledger (not yet sent)."""
+    return disclosures.record(
+        Disclosure(
+            drop_id,
+            contract.id,
+            contract.version,
+            contract.recipient.organisation,
+            contract.purposes,
+            contract.legal_basis.summary(),
+            contract.field_names,
+            sent_at=None,
+            run_id=run_id,
+        ),
+        subjects,
+    )
+
+
+def _incremental(
+    changed: ChangedSince | None, prepared: Prepared, full_refresh: bool
+) -> dict[str, Any]:
+    """The run.prepared entry's `incremental` part, for an incremental agreement."""
+    if changed is None:
+        return {}
+    return {
+        "incremental": {
+            "since": changed.since.isoformat() if changed.since else None,
+            "watermark": prepared.watermark,
+            "rows_unchanged": changed.unchanged,
+            "full_refresh": full_refresh,
+        }
+    }
+
+
+def _os_user() -> str:
+    try:
+        return f"os:{getpass.getuser()}"
+    except (KeyError, OSError):  # no name for this uid (a container's arbitrary user)
+        return "os:unknown"
+
+
+def _quarantine_report(
+    ctx: Context, contract: Contract, run_id: str, drop_id: str, exc: QualityFailed
+) -> None:
+    """Why the batch was quarantined, for the data team (rule names and counts, no values)."""
+    report = {
+        "run_id": run_id,
+        "contract": contract.id,
+        "failures": list(exc.failures),
+        "at": events.when(ctx.clock()),
+    }
+    path = private_dir(ctx.settings.quarantine) / f"{drop_id}.json"
+    write_private(path, json.dumps(report, indent=2).encode(), overwrite=True)

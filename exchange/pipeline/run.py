@@ -1,0 +1,50 @@
+"""A whole exchange in one go (the CLI's `run`): check, prepare, deliver; never twice per run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from exchange.pipeline.check import check_contract
+from exchange.pipeline.context import Context
+from exchange.pipeline.deliver import deliver_drop
+from exchange.pipeline.naming import new_run_id
+from exchange.pipeline.prepare import prepare_drop
+from exchange.pipeline.results import RunResult
+
+
+def run_exchange(
+    ctx: Context,
+    contract_path: str | Path,
+    source: str | Path | None,
+    *,
+    run_id: str | None = None,
+    full_refresh: bool = False,
+) -> RunResult:
+    """Check, prepare and deliver; a run already delivered is reported, not redone."""
+    run_id = run_id or new_run_id(ctx.clock())
+    contract = check_contract(ctx, contract_path, run_id=run_id)
+    earlier = ctx.ledger.find("transfer.sent", run_id=run_id, contract_id=contract.id)
+    if earlier is not None:
+        sent = earlier.data
+        return RunResult(
+            run_id,
+            sent["drop_id"],
+            sent["rows"]["read"],
+            sent["rows"]["sent"],
+            sent["rows"]["excluded"],
+            sent["remote_path"],
+            already_delivered=True,
+            objections_overridden=sent["rows"].get("objections_overridden", 0),
+        )
+    prepared = prepare_drop(ctx, contract, source, run_id=run_id, full_refresh=full_refresh)
+    delivery = deliver_drop(ctx, contract, run_id)
+    return RunResult(
+        run_id,
+        prepared.drop_id,
+        prepared.rows_read,
+        prepared.rows_sent,
+        prepared.excluded,
+        delivery.remote_path,
+        delivery.already_delivered,
+        prepared.objections_overridden,
+    )

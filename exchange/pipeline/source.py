@@ -1,0 +1,91 @@
+"""Where a run reads from: a file in the source folder, or a named database connection.
+
+Nothing else: a source is never taken from a DAG param or the command line beyond choosing
+among what the operator configured. What was read is recorded (path and digest, or the
+connection and the digest of its query).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from exchange.contract import Contract
+from exchange.errors import SourceError
+from exchange.secrets import SecretStore
+from exchange.settings import Settings
+from exchange.sources import Source, open_source
+
+Provenance = dict[str, Any]
+
+
+def file_sha256(path: Path) -> str:
+    """A file's SHA-256, read in chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def resolve(
+    settings: Settings,
+    secrets: SecretStore,
+    contract: Contract,
+    source: str | Path | Source | None,
+) -> tuple[Source, Provenance]:
+    """The source and what exactly it is.
+
+    `None` means the contract's physicalName in the source folder; a file name or path must
+    resolve inside that folder; `postgres:NAME` names a connection in the secrets store (URL,
+    password and optional query stay there). Raises SourceError for anything else."""
+    if source is not None and not isinstance(source, str | Path):
+        return source, {"kind": "given", "name": source.name}
+    if isinstance(source, str) and source.startswith("postgres:"):
+        return _database(secrets, contract, source.removeprefix("postgres:"))
+    if isinstance(source, str) and "://" in source:
+        raise SourceError(
+            "a database source is named, not given as a URL: add it to the secrets store "
+            "and use --source postgres:NAME (see docs/operators.md)"
+        )
+    return _file(settings, contract, source)
+
+
+def _database(secrets: SecretStore, contract: Contract, name: str) -> tuple[Source, Provenance]:
+    from exchange.sources.postgres import PostgresSource  # psycopg only when a database is used
+
+    database = secrets.database_connection(name)
+    described: Provenance = {"kind": "database", "connection": name}
+    if database.query:
+        described["query_sha256"] = hashlib.sha256(database.query.encode()).hexdigest()
+        pg = PostgresSource(database.url, query=database.query, password=database.password)
+    else:
+        described["table"] = contract.source_name
+        pg = PostgresSource(database.url, table=contract.source_name, password=database.password)
+    return pg, described
+
+
+def _file(
+    settings: Settings, contract: Contract, source: str | Path | None
+) -> tuple[Source, Provenance]:
+    folder = settings.source_dir
+    if folder is None:
+        raise SourceError("EXCHANGE_SOURCE_DIR is not set: sources are read only from there")
+    folder = folder.resolve()
+    if source is None:
+        matches = sorted(folder.glob(f"{contract.source_name}.*"))
+        if not matches:
+            raise SourceError(f"no file named {contract.source_name}.* in {folder}")
+        source = matches[0]
+    given = Path(source)
+    path = (given if given.is_absolute() else folder / given).resolve()
+    if not path.is_relative_to(folder) or path == folder:
+        raise SourceError(
+            f"source {given.name} is outside the source folder {folder} "
+            "(EXCHANGE_SOURCE_DIR): sources are read only from there"
+        )
+    opened = open_source(path)
+    if not path.is_file():
+        raise SourceError(f"source {given.name} does not exist in {folder}")
+    return opened, {"kind": "file", "path": str(path), "sha256": file_sha256(path)}

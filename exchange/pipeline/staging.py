@@ -1,0 +1,117 @@
+"""The staging store: where a run's drop waits as ciphertext, found from the run and verified.
+
+Its folder is derived from the contract and run (never from task state, which Airflow users
+can edit), and before anything of it leaves the gateway it must hold exactly a manifest, its
+signature and the payload, the manifest signed by the gateway's own key, naming this contract
+version, run and drop, matching the ledger's record of this run's prepare, and giving the
+payload's exact size and SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import stat
+from pathlib import Path
+from typing import Any
+
+from exchange import manifest
+from exchange.contract import Contract
+from exchange.crypto import signing
+from exchange.errors import CryptoError, NotRunnable
+from exchange.files import private_dir
+from exchange.pipeline.context import Context
+from exchange.pipeline.naming import drop_id_for
+from exchange.pipeline.results import Prepared
+from exchange.pipeline.source import file_sha256
+from exchange.settings import Settings
+
+
+def staging_for(settings: Settings, drop_id: str) -> Path:
+    """Where a drop is staged. Raises NotRunnable if the staging folder is a symbolic link."""
+    root = private_dir(settings.staging)
+    if root.is_symlink():
+        raise NotRunnable(f"staging folder {root} is a symbolic link", reason="unsafe-path")
+    return root / drop_id
+
+
+class _Refusal:
+    """Builds the one refusal every failed check of a staged drop raises."""
+
+    def __init__(self, drop_id: str) -> None:
+        self.drop_id = drop_id
+
+    def __call__(self, why: str) -> NotRunnable:
+        return NotRunnable(
+            f"staged drop {self.drop_id} {why}: prepare the run again", reason="staging-invalid"
+        )
+
+
+def staged(ctx: Context, contract: Contract, run_id: str) -> Prepared:
+    """The drop this run staged, verified. Raises NotRunnable (reason staging-invalid)."""
+    drop_id = drop_id_for(contract.id, run_id)
+    folder = staging_for(ctx.settings, drop_id)
+    refuse = _Refusal(drop_id)
+    document, body = _signed_manifest(ctx, folder, refuse)
+    payload = body["payload"]
+    facts = body["contract"]
+    expected_payload = manifest.payload_name(contract.endpoint.format)
+    if (
+        body["drop_id"] != drop_id
+        or body["run_id"] != run_id
+        or facts["id"] != contract.id
+        or facts["sha256"] != contract.sha256
+        or payload["name"] != expected_payload
+    ):
+        raise refuse("belongs to another run, contract version or format")
+    _check_files(folder, expected_payload, payload, refuse)
+    record = ctx.ledger.find("run.prepared", run_id=run_id, contract_id=contract.id)
+    if record is None or record.data.get("manifest_sha256") != hashlib.sha256(document).hexdigest():
+        raise refuse("is not the one this run recorded in the ledger")
+    rows = body["rows"]
+    incremental = record.data.get("incremental") or {}
+    return Prepared(
+        run_id=run_id,
+        drop_id=drop_id,
+        contract_id=contract.id,
+        rows_read=int(rows.get("read", 0)),
+        rows_sent=int(rows.get("sent", 0)),
+        excluded=dict(rows.get("excluded") or {}),
+        payload_sha256=str(payload["sha256"]),
+        objections_overridden=int(rows.get("objections_overridden", 0)),
+        watermark=incremental.get("watermark"),
+        rows_unchanged=int(incremental.get("rows_unchanged", 0)),
+    )
+
+
+def _signed_manifest(ctx: Context, folder: Path, refuse: _Refusal) -> tuple[bytes, dict[str, Any]]:
+    """The staged manifest's bytes and body, its signature verified under the gateway's key."""
+    try:
+        info = folder.lstat()
+    except FileNotFoundError:
+        raise refuse("does not exist") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise refuse("is not a folder")
+    try:
+        document = (folder / manifest.MANIFEST_NAME).read_bytes()
+        signature = (folder / manifest.SIGNATURE_NAME).read_bytes()
+    except OSError:
+        raise refuse("has no manifest or signature") from None
+    key = signing.load_private_key(ctx.settings.signing_key).public_key()
+    try:
+        signing.verify(key, document, signature)
+        body = manifest.from_bytes(document)
+    except (CryptoError, ValueError):
+        raise refuse("has a manifest that does not verify under the gateway's key") from None
+    return document, body
+
+
+def _check_files(folder: Path, payload_name: str, payload: Any, refuse: _Refusal) -> None:
+    """Exactly the manifest, its signature and a regular payload of the stated size and hash."""
+    names = {p.name for p in folder.iterdir()}
+    if names != {manifest.MANIFEST_NAME, manifest.SIGNATURE_NAME, payload_name}:
+        raise refuse("holds other files than its manifest, signature and payload")
+    data = folder / payload_name
+    if data.is_symlink() or not data.is_file():
+        raise refuse("has a payload that is not a regular file")
+    if data.stat().st_size != payload["size"] or file_sha256(data) != payload["sha256"]:
+        raise refuse("has a payload whose size or SHA-256 differs from its manifest")
