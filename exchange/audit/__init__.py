@@ -2,6 +2,7 @@
 
 - `Ledger`: the hash-chained entries, an RFC 9162 Merkle tree over them, signed checkpoints,
   inclusion and consistency proofs, verification and export.
+- `Event`: every event the gateway writes (`exchange.audit.events` says what each carries).
 - `Checkpoint`: a signed tree head in the C2SP checkpoint / signed-note text format.
 - `verify_export`, `verify_inclusion`, `verify_consistency`, `verify_checkpoint_consistency`:
   what auditors and partners run, offline.
@@ -10,9 +11,11 @@
 
 from exchange.audit.checkpoint import Checkpoint, verifier_key
 from exchange.audit.disclosures import Disclosure, Disclosures, Recorded
+from exchange.audit.events import Event
 from exchange.audit.export import verify_export
-from exchange.audit.ledger import Entry, InclusionProof, Ledger, Verification
+from exchange.audit.ledger import Entry, Ledger, Verification
 from exchange.audit.proofs import (
+    InclusionProof,
     verify_checkpoint_consistency,
     verify_consistency,
     verify_inclusion,
@@ -23,6 +26,7 @@ __all__ = [
     "Disclosure",
     "Disclosures",
     "Entry",
+    "Event",
     "InclusionProof",
     "Ledger",
     "Recorded",
@@ -33,3 +37,15 @@ __all__ = [
     "verify_export",
     "verify_inclusion",
 ]
+
+# The layers, lowest first; a module imports only from layers below its own, and
+# tests/test_package.py fails on any other import inside this package:
+#   0  events, merkle, checkpoint, subjects   vocabulary, RFC 9162 hashing, C2SP notes, keyed ids
+#   1  entry                                   one link of the chain and its hash
+#   2  storage, chain, anchor, proofs, bindings
+#                                              SQL; walking entries; checkpoints handed out;
+#                                              offline proofs; what the ledger binds per drop
+#   3  verify, export                          the database walk; the offline export
+#   4  signer                                  checkpoints that extend the last handed out
+#   5  ledger                                  the facade
+#   6  disclosures                             who received whose data, checked against it

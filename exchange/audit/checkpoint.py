@@ -157,6 +157,17 @@ class Checkpoint:
         return checkpoint
 
 
+@dataclass(frozen=True)
+class CheckpointRow:
+    """A checkpoint as a table row or export line: its columns, before its note is trusted."""
+
+    label: str  # how a message names it, e.g. "checkpoint 12 (size 40)"
+    tree_size: int | None
+    root: str | None  # hex
+    note: str
+    created_at: str
+
+
 def body(origin: str, size: int, root: bytes) -> str:
     """The checkpoint text for a tree, before signing."""
     if not origin or "\n" in origin:

@@ -35,20 +35,37 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from exchange.audit.ledger import Entry, Ledger, Verification, create_tables, make_engine, writer
+from exchange.audit.bindings import LedgerBindings, mismatch
+from exchange.audit.chain import Verification
+from exchange.audit.ledger import Ledger
+from exchange.audit.storage import create_tables, make_engine, writer
+from exchange.audit.subjects import (
+    HASH_BYTES,
+    HASH_CHUNK,
+    key_id,
+    lookup_hash,
+    sorted_hashes,
+    subject_hash,
+)
 from exchange.errors import LedgerError
 
-HASH_BYTES = 16
+# Kept importable from here: the CLI and tests use these.
+__all__ = [
+    "Disclosure",
+    "Disclosures",
+    "LedgerBindings",
+    "Recorded",
+    "key_id",
+    "lookup_hash",
+    "sorted_hashes",
+    "subject_hash",
+]
+
 MIN_KEY_BYTES = 32
-HASH_CHUNK = 65_536  # subject ids hashed (and rows inserted) at a time
 SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large index
-_KEY_ID_LABEL = b"exchange disclosure key id"
-_LOOKUP_LABEL = b"exchange subject lookup\x00"
-EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 _PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _PG_TRAILER = b"\xff\xff"
 _PG_ROW = np.dtype(
@@ -134,63 +151,6 @@ class Recorded:
     def as_dict(self) -> dict[str, Any]:
         """For a ledger entry's body."""
         return {"subjects": self.subjects, "digest": self.digest, "key_id": self.key_id}
-
-
-def key_id(key: bytes) -> str:
-    """A fingerprint of a disclosure key: 16 hex of HMAC(key, a fixed label)."""
-    return hmac.digest(key, _KEY_ID_LABEL, "sha256")[:8].hex()
-
-
-def lookup_hash(key: bytes, subject_id: str | int) -> str:
-    """The keyed hash a lookup is audited under: not the recorded hash, so the audit entry
-    does not point at the person's disclosure rows; the same person gives the same value."""
-    return hmac.digest(key, _LOOKUP_LABEL + str(subject_id).encode("utf-8"), "sha256")[:16].hex()
-
-
-def subject_hash(key: bytes, subject_id: str | int) -> bytes:
-    """The 16-byte keyed hash recorded for a subject id."""
-    return hmac.digest(key, str(subject_id).encode("utf-8"), "sha256")[:HASH_BYTES]
-
-
-def _as_text(subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]) -> pa.ChunkedArray:
-    if isinstance(subjects, pa.Array):
-        chunked = pa.chunked_array([subjects])
-    elif isinstance(subjects, pa.ChunkedArray):
-        chunked = subjects
-    else:
-        arrays = list(subjects)
-        if not arrays:
-            return pa.chunked_array([], type=pa.large_string())
-        chunked = pa.chunked_array(arrays)
-    if pa.types.is_dictionary(chunked.type):
-        chunked = chunked.cast(chunked.type.value_type)
-    if not (pa.types.is_integer(chunked.type) or pa.types.is_string(chunked.type)) and not (
-        pa.types.is_large_string(chunked.type)
-    ):
-        raise LedgerError(f"subject ids must be strings or integers, not {chunked.type}")
-    return pc.cast(chunked, pa.large_string())
-
-
-def sorted_hashes(
-    key: bytes, subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]
-) -> tuple[np.ndarray, int]:
-    """The distinct subjects' hashes in ascending byte order (an (n, 2) big-endian uint64 array),
-    and how many rows had no subject id."""
-    text = _as_text(subjects)
-    nulls = text.null_count
-    distinct = pc.unique(text.drop_null() if nulls else text)
-    out = bytearray(len(distinct) * HASH_BYTES)
-    view = memoryview(out)
-    for start in range(0, len(distinct), HASH_CHUNK):
-        values = distinct.slice(start, HASH_CHUNK).to_pylist()
-        at = start * HASH_BYTES
-        for value in values:
-            view[at : at + HASH_BYTES] = hmac.digest(key, value.encode("utf-8"), "sha256")[
-                :HASH_BYTES
-            ]
-            at += HASH_BYTES
-    words = np.frombuffer(bytes(out), dtype=">u8").reshape(-1, 2)
-    return words[np.lexsort((words[:, 1], words[:, 0]))], nulls
 
 
 class Disclosures:
@@ -400,7 +360,7 @@ class Disclosures:
         checked: set[str] = set()
         problems: list[str] = []
         for row in rows:
-            problem = _mismatch(row, bound, counts.get(row.id, 0), digests.get(row.id))
+            problem = mismatch(row, bound, counts.get(row.id, 0), digests.get(row.id))
             if problem:
                 problems.append(f"drop {row.drop_id}: {problem}")
             else:
@@ -419,27 +379,6 @@ class Disclosures:
         self.engine.dispose()
 
 
-class LedgerBindings:
-    """What the (verified) ledger says about each drop's disclosure record: fed by `visit`."""
-
-    def __init__(self) -> None:
-        self.prepared: dict[str, dict[str, Any]] = {}  # drop -> run.prepared "disclosures"
-        self.sent: dict[str, dict[str, Any]] = {}  # drop -> transfer.sent body
-
-    def visit(self, entry: Entry) -> None:
-        """Take note of one entry; the newest entry of a drop wins (a retried prepare)."""
-        if entry.event not in ("run.prepared", "transfer.sent"):
-            return
-        body = entry.data
-        drop_id = body.get("drop_id")
-        if not isinstance(drop_id, str):
-            return
-        if entry.event == "run.prepared" and isinstance(body.get("disclosures"), dict):
-            self.prepared[drop_id] = body["disclosures"]
-        elif entry.event == "transfer.sent":
-            self.sent[drop_id] = body
-
-
 def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
     """Per transfer, its row count and digest, in one pass in primary-key order (no sort: the
     rows come by ascending hash, so each transfer's come in the order its digest needs)."""
@@ -456,58 +395,6 @@ def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
         hasher.update(bytes(value))
         counts[transfer_id] = counts.get(transfer_id, 0) + 1
     return counts, {k: h.hexdigest() for k, h in hashers.items()}
-
-
-def _json_or_none(text: str) -> Any:
-    try:
-        return json.loads(text)
-    except (TypeError, ValueError):
-        return None  # a malformed column never equals what the ledger says
-
-
-def _mismatch(row: Any, bound: LedgerBindings, count: int, digest: str | None) -> str:
-    """Why a delivered drop's record differs from the ledger ("" if it does not)."""
-    prepared, sent = bound.prepared.get(row.drop_id), bound.sent.get(row.drop_id)
-    if prepared is None:
-        return "not in the audit ledger (no run.prepared entry binds it: forged?)"
-    if sent is None:
-        return "recorded as delivered, but the audit ledger has no transfer.sent entry for it"
-    digest = digest or EMPTY_DIGEST
-    if not hmac.compare_digest(digest, str(prepared.get("digest"))) or count != prepared.get(
-        "subjects"
-    ):
-        return (
-            f"its {count} subject rows differ from the {prepared.get('subjects')} its "
-            "run.prepared entry binds (rows added, altered or deleted)"
-        )
-    if (row.digest, row.subjects, row.key_id) != (
-        prepared.get("digest"),
-        prepared.get("subjects"),
-        prepared.get("key_id"),
-    ):
-        return "its digest, count or key id differs from its run.prepared entry"
-    facts = (
-        row.contract_id,
-        row.contract_version,
-        row.recipient,
-        _json_or_none(row.purposes),
-        row.legal_basis,
-        _json_or_none(row.fields),
-    )
-    logged = (
-        sent.get("id"),
-        sent.get("version"),
-        sent.get("recipient"),
-        sent.get("purposes"),
-        sent.get("legal_basis"),
-        sent.get("fields_sent"),
-    )
-    if facts != logged:
-        return (
-            "its agreement, recipient, purposes, legal basis or fields differ from its "
-            "transfer.sent entry"
-        )
-    return ""
 
 
 def _insert_sqlite(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:

@@ -24,24 +24,13 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from exchange.audit.checkpoint import Checkpoint
-from exchange.audit.ledger import (
-    GENESIS,
-    STREAM_ROWS,
-    ChainCheck,
-    Entry,
-    Ledger,
-    Verification,
-    _Row,
-    _Stored,
-    checkpoints,
-    entries,
-    open_checkpoints,
-)
+from exchange.audit.chain import ChainCheck, Verification, from_checkpoints, held_checkpoints
+from exchange.audit.checkpoint import CheckpointRow
+from exchange.audit.entry import GENESIS, Entry
+from exchange.audit.storage import Store
 from exchange.crypto import signing
 from exchange.errors import CryptoError, LedgerError
 from exchange.files import open_private
@@ -75,47 +64,30 @@ def _ssh_key(text: str) -> Ed25519PublicKey:
 
 
 def write_export(
-    ledger: Ledger, path: Path, public_key_text: str, *, overwrite: bool = False
+    store: Store, path: Path, public_key_text: str, *, overwrite: bool = False
 ) -> Path:
     """Write the ledger to `path` (see the module's docstring); FileExistsError unless overwrite."""
     key = _ssh_key(public_key_text)
-    with ledger.engine.connect() as conn:
-        if ledger.engine.dialect.name == "postgresql":
-            conn = conn.execution_options(isolation_level="REPEATABLE READ")
-        with conn.begin():
-            stored = (
-                conn.execute(sa.select(checkpoints).order_by(checkpoints.c.id)).all()
-                if sa.inspect(conn).has_table(checkpoints.name)
-                else []
-            )
-            head = conn.execute(
-                sa.select(entries.c.seq, entries.c.entry_hash)
-                .order_by(entries.c.seq.desc())
-                .limit(1)
-            ).first()
-            size, head_hash = (head[0], head[1]) if head else (0, GENESIS)
-            header = {
-                "format": FORMAT,
-                "version": VERSION,
-                "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                "public_key": public_key_text.strip(),
-                "key_id": signing.key_id(key),
-                "entries": size,
-                "checkpoints": len(stored),
-                "head": head_hash,
-            }
-            with open_private(path, overwrite=overwrite) as raw:
-                out = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
-                out.write(_line(header))
-                for row in stored:
-                    out.write(_line({"checkpoint": dict(row._mapping)}))
-                rows = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(
-                    sa.select(entries).where(entries.c.seq <= size).order_by(entries.c.seq)
-                )
-                for row in rows:
-                    out.write(_line({"entry": dict(row._mapping)}))
-                out.flush()
-                out.detach()
+    with store.snapshot() as snapshot:
+        header = {
+            "format": FORMAT,
+            "version": VERSION,
+            "exported_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "public_key": public_key_text.strip(),
+            "key_id": signing.key_id(key),
+            "entries": snapshot.size,
+            "checkpoints": len(snapshot.checkpoints),
+            "head": snapshot.head,
+        }
+        with open_private(path, overwrite=overwrite) as raw:
+            out = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+            out.write(_line(header))
+            for checkpoint in snapshot.checkpoints:
+                out.write(_line({"checkpoint": checkpoint}))
+            for entry in snapshot.entries:
+                out.write(_line({"entry": entry}))
+            out.flush()
+            out.detach()
     return path
 
 
@@ -148,11 +120,11 @@ def _entry(value: Any) -> Entry | None:
     return Entry(**value)
 
 
-def _row(number: int, value: Any) -> _Row:
+def _row(number: int, value: Any) -> CheckpointRow:
     if not isinstance(value, dict) or not isinstance(value.get("note"), str):
         raise LedgerError(f"line {number} is not a valid checkpoint")
     size, root = value.get("tree_size"), value.get("root")
-    return _Row(
+    return CheckpointRow(
         f"checkpoint {value.get('id', '?')} (size {size})",
         size if type(size) is int else -1,
         root if isinstance(root, str) else "",
@@ -192,7 +164,7 @@ def verify_export(
             reason=f"the export was made for key {signing.key_id(named)}, "
             f"not the given {signing.key_id(key)}",
         )
-    rows: list[_Row] = []
+    rows: list[CheckpointRow] = []
     check: ChainCheck | None = None
     count = 0
     for number, record in records:
@@ -231,18 +203,6 @@ def verify_export(
 
 
 def _start(
-    rows: list[_Row], held: Iterable[str], key: Ed25519PublicKey, origin: str | None
+    rows: list[CheckpointRow], held: Iterable[str], key: Ed25519PublicKey, origin: str | None
 ) -> ChainCheck:
-    stored, problem = open_checkpoints(rows, key, origin)
-    extra: list[_Stored] = []
-    for note in held:
-        try:
-            checkpoint = Checkpoint.open(note, key, origin=origin)
-        except LedgerError as exc:
-            problem = problem or f"held checkpoint: {exc}"
-            break
-        extra.append(_Stored(checkpoint, f"held checkpoint (size {checkpoint.size})", True))
-    check = ChainCheck([*stored, *extra], signed=True)
-    if problem:
-        check.fail(None, problem)
-    return check
+    return from_checkpoints(rows, key, origin, lambda: held_checkpoints(held, key, origin))

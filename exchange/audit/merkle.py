@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
@@ -120,22 +120,7 @@ def consistency_proof(old_size: int, leaves: Sequence[bytes]) -> list[bytes]:
     n = len(leaves)
     if not 0 <= old_size <= n:
         raise ValueError(f"size {old_size} is not within a tree of size {n}")
-    if old_size in (0, n):
-        return []
-    proof: list[bytes] = []
-    lo, hi, m, whole = 0, n, old_size, True
-    while m != hi - lo:
-        k = _split(hi - lo)
-        if m <= k:
-            proof.append(_subtree(leaves, lo + k, hi))
-            hi = lo + k
-        else:
-            proof.append(_subtree(leaves, lo, lo + k))
-            lo, m, whole = lo + k, m - k, False
-    if not whole:
-        proof.append(_subtree(leaves, lo, hi))
-    proof.reverse()
-    return proof
+    return _consistency(old_size, n, lambda lo, hi: _subtree(leaves, lo, hi))
 
 
 def consistency_proof_from_edge(
@@ -146,7 +131,6 @@ def consistency_proof_from_edge(
     Every node of an RFC 9162 consistency proof either lies wholly among the new leaves or is
     one of the old tree's edge subtrees, so the old leaves themselves are not needed.
     """
-    n = old_size + len(new_leaves)
     known: dict[tuple[int, int], bytes] = {}
     lo = 0
     for node, bit in zip(
@@ -160,6 +144,11 @@ def consistency_proof_from_edge(
             return known[(a, b)]  # a KeyError would be a bug: RFC proofs never need others
         return _subtree(new_leaves, a - old_size, b - old_size)
 
+    return _consistency(old_size, old_size + len(new_leaves), subtree)
+
+
+def _consistency(old_size: int, n: int, subtree: Callable[[int, int], bytes]) -> list[bytes]:
+    """SUBPROOF(m, D[0:n], true) of RFC 9162, section 2.1.4.1, given MTH of any [lo, hi)."""
     if old_size in (0, n):
         return []
     proof: list[bytes] = []

@@ -1,4 +1,4 @@
-"""Checking the ledger against checkpoints held outside it (by partners, auditors, manifests).
+"""Inclusion and consistency proofs: made by the ledger, checked here offline against checkpoints.
 
 A checkpoint a partner holds pins the first `size` entries for good: if the operator later
 deletes the newest entries, restores an old copy of the database, or rewrites history and
@@ -7,14 +7,57 @@ recomputes every hash, the ledger is no longer consistent with that checkpoint.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange.audit import merkle
 from exchange.audit.checkpoint import Checkpoint
-from exchange.audit.ledger import InclusionProof, Ledger
 from exchange.errors import LedgerError
+
+
+def _is_hex64(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+
+
+@dataclass(frozen=True)
+class InclusionProof:
+    """An RFC 9162 inclusion proof: entry `seq` (hash `entry_hash`) in the tree of `tree_size`."""
+
+    seq: int
+    entry_hash: str
+    tree_size: int
+    path: tuple[bytes, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (hashes as hex)."""
+        return {**self.__dict__, "path": [p.hex() for p in self.path]}
+
+    @classmethod
+    def from_dict(cls, value: Mapping[str, Any]) -> InclusionProof:
+        """Inverse of to_dict; LedgerError if malformed."""
+        try:
+            path = tuple(bytes.fromhex(p) for p in value["path"])
+            proof = cls(int(value["seq"]), str(value["entry_hash"]), int(value["tree_size"]), path)
+        except (KeyError, TypeError, ValueError):
+            raise LedgerError("malformed inclusion proof") from None
+        if any(len(p) != 32 for p in path) or not _is_hex64(proof.entry_hash):
+            raise LedgerError("malformed inclusion proof")
+        return proof
+
+
+class Log(Protocol):
+    """What `verify_consistency` needs of a ledger (`exchange.audit.Ledger` is one)."""
+
+    def leaves(self, size: int | None = None) -> list[bytes]:
+        """The Merkle leaf hashes of entries 1..size (default: all)."""
+        ...
+
+    def latest_checkpoint(self, public_key: Ed25519PublicKey) -> Checkpoint | None:
+        """The largest stored checkpoint signed by `public_key`, if any."""
+        ...
 
 
 def verify_inclusion(
@@ -65,7 +108,7 @@ def verify_checkpoint_consistency(
 
 
 def verify_consistency(
-    old_checkpoint_text: str, ledger: Ledger, public_key: Ed25519PublicKey
+    old_checkpoint_text: str, ledger: Log, public_key: Ed25519PublicKey
 ) -> Checkpoint:
     """Check that `ledger` still holds, unchanged, the entries an older signed checkpoint covers.
 

@@ -156,7 +156,7 @@ def test_a_rewritten_export_with_a_stripped_checkpoint_is_caught_by_a_held_one(
     assert verify_export(tmp_path / "replayed.jsonl", public_key_file).ok
     result = verify_export(tmp_path / "replayed.jsonl", public_key_file, held=held)
     assert (result.broken_at, result.signed_size) == (6, 5)
-    assert "entries 6..10 differ from held checkpoint (size 10)" in result.reason
+    assert "entries 6..10 differ from held checkpoint 2 (size 10)" in result.reason
     short = verify_export(tmp_path / "replayed.jsonl", public_key_file, held=held[:1])
     assert short.ok and short.signed_size == 5
 

@@ -1,0 +1,266 @@
+"""The ledger's tables in SQLite or PostgreSQL: every SQL statement the audit ledger runs.
+
+Appends are serialised by the database (``BEGIN IMMEDIATE`` on SQLite, a table lock on
+PostgreSQL), so concurrent writers, threads or processes, wait for each other and the chain
+never forks. The primary key on ``seq`` stays as the backstop against any other writer.
+Nothing here judges what it reads: `chain` and `verify` do.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
+
+from exchange.audit import merkle
+from exchange.audit.checkpoint import Checkpoint, CheckpointRow
+from exchange.audit.entry import GENESIS, Entry
+from exchange.errors import LedgerError
+
+APPEND_ATTEMPTS = 10  # each waits up to the 30 s lock timeout
+STREAM_ROWS = 2000  # rows fetched at a time when walking the ledger
+
+metadata = sa.MetaData()
+entries = sa.Table(
+    "audit_ledger",
+    metadata,
+    sa.Column("seq", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("recorded_at", sa.String(40), nullable=False),
+    sa.Column("event", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(200)),
+    sa.Column("contract_id", sa.String(200)),
+    sa.Column("body", sa.Text, nullable=False),
+    sa.Column("prev_hash", sa.String(64), nullable=False),
+    sa.Column("entry_hash", sa.String(64), nullable=False, unique=True),
+)
+checkpoints = sa.Table(
+    "audit_checkpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("tree_size", sa.BigInteger, nullable=False, index=True),
+    sa.Column("root", sa.String(64), nullable=False),  # hex; the note has it in base64
+    sa.Column("note", sa.Text, nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+
+def _prepare_sqlite_file(path: Path, *, create: bool) -> None:
+    """Make a new ledger file 0600 before SQLite creates it; refuse a missing one to read."""
+    if path.exists():
+        return
+    if not create:
+        raise LedgerError(f"no audit ledger at {path}")
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
+def make_engine(url: str, *, create: bool) -> sa.Engine:
+    """An engine for the audit database; SQLite files are made 0600, in WAL mode, write eagerly.
+
+    pysqlite starts transactions late, and only before writes, so a transaction that reads the
+    head and then inserts could find the head moved. Here SQLAlchemy's documented recipe takes
+    over: the driver's own BEGIN is off, and each transaction starts with ``BEGIN`` or, for
+    connections with the `immediate` execution option, ``BEGIN IMMEDIATE``, which takes the write
+    lock at once, so writers queue (up to the 30 s busy timeout) instead of colliding. SQLite
+    makes the -wal and -shm files with the database file's mode (0600).
+    """
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return sa.create_engine(parsed)
+    if parsed.database and parsed.database != ":memory:":
+        _prepare_sqlite_file(Path(parsed.database), create=create)
+    engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        immediate = conn.get_execution_options().get("immediate")
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    if create:
+        # Write-ahead logging: readers (verify, export, lookups) and the single writer no
+        # longer block each other, and commits are cheaper. The mode is kept in the file.
+        raw = engine.raw_connection()
+        try:
+            raw.cursor().execute("PRAGMA journal_mode = WAL")
+        finally:
+            raw.close()
+    return engine
+
+
+def writer(engine: sa.Engine) -> sa.Engine:
+    """The same engine, but its transactions take the write lock first (SQLite)."""
+    return engine.execution_options(immediate=True)
+
+
+def create_tables(engine: sa.Engine, tables: sa.MetaData) -> None:
+    """Create missing tables; another process creating them at the same moment is fine."""
+    for attempt in range(3):
+        try:
+            with writer(engine).begin() as conn:
+                tables.create_all(conn)
+            return
+        except (IntegrityError, ProgrammingError, OperationalError):
+            if attempt == 2:
+                raise
+
+
+def _head(conn: sa.Connection) -> tuple[int, str]:
+    row = conn.execute(
+        sa.select(entries.c.seq, entries.c.entry_hash).order_by(entries.c.seq.desc()).limit(1)
+    ).first()
+    return (row[0], row[1]) if row else (0, GENESIS)
+
+
+def _checkpoint_rows(conn: sa.Connection) -> list[sa.Row[Any]]:
+    if not sa.inspect(conn).has_table(checkpoints.name):
+        return []  # a ledger from before checkpoints, opened read-only
+    return list(conn.execute(sa.select(checkpoints).order_by(checkpoints.c.id)).all())
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The whole ledger as of one transaction: checkpoint rows, head, and a stream of entries."""
+
+    checkpoints: list[dict[str, Any]]
+    size: int
+    head: str
+    entries: Iterator[dict[str, Any]]
+
+
+class Store:
+    """The `audit_ledger` and `audit_checkpoints` tables behind a SQLAlchemy URL."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        """Open the database; with `create`, make it and its tables if missing."""
+        self.engine = make_engine(url, create=create)
+        self._postgres = self.engine.dialect.name == "postgresql"
+        if create:
+            create_tables(self.engine, metadata)
+
+    # -- entries ----------------------------------------------------------------------------
+
+    def append(self, make: Callable[[int, str], Entry], *, event: str) -> Entry:
+        """Insert `make(seq, prev_hash)` at the head; concurrent writers queue, so no fork."""
+        for _ in range(APPEND_ATTEMPTS):
+            try:
+                with writer(self.engine).begin() as conn:
+                    if self._postgres:
+                        # Appenders wait for each other; readers are not blocked.
+                        conn.exec_driver_sql("LOCK TABLE audit_ledger IN SHARE ROW EXCLUSIVE MODE")
+                    seq, prev = _head(conn)
+                    entry = make(seq + 1, prev)
+                    conn.execute(entries.insert().values(**entry.columns()))
+                return entry
+            except (IntegrityError, OperationalError):
+                continue  # another writer took this number, or the lock wait timed out: retry
+        raise LedgerError(f"could not append {event!r} after {APPEND_ATTEMPTS} attempts")
+
+    def entries(self, *, since: int = 1, until: int | None = None) -> Iterator[Entry]:
+        """Every entry from `since` (to `until`, inclusive), in order; streamed."""
+        query = sa.select(entries).where(entries.c.seq >= since).order_by(entries.c.seq)
+        if until is not None:
+            query = query.where(entries.c.seq <= until)
+        with self.engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(query)
+            for row in rows:
+                yield Entry(**row._mapping)
+
+    def entry(self, seq: int) -> Entry | None:
+        """Entry `seq`, if present."""
+        return next(self.entries(since=seq, until=seq), None)
+
+    def find(self, event: str, *, run_id: str, contract_id: str) -> Entry | None:
+        """The latest entry of an event for a run, if any."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                sa.select(entries)
+                .where(
+                    entries.c.event == str(event),
+                    entries.c.run_id == run_id,
+                    entries.c.contract_id == contract_id,
+                )
+                .order_by(entries.c.seq.desc())
+                .limit(1)
+            ).first()
+        return Entry(**row._mapping) if row else None
+
+    def head(self) -> tuple[int, str]:
+        """The sequence number and hash of the newest entry ((0, GENESIS) if empty)."""
+        with self.engine.connect() as conn:
+            return _head(conn)
+
+    def leaves(self, size: int | None = None) -> list[bytes]:
+        """The Merkle leaf hashes of entries 1..size (default: all), in order."""
+        query = sa.select(entries.c.seq, entries.c.entry_hash).order_by(entries.c.seq)
+        if size is not None:
+            query = query.where(entries.c.seq <= size)
+        out: list[bytes] = []
+        with self.engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=10 * STREAM_ROWS)
+            for seq, entry_hash in rows.execute(query):
+                if seq != len(out) + 1:
+                    raise LedgerError(f"entry {len(out) + 1} is missing")
+                out.append(merkle.leaf_hash(bytes.fromhex(entry_hash)))
+        if size is not None and len(out) < size:
+            raise LedgerError(f"the ledger holds {len(out)} entries, fewer than {size}")
+        return out
+
+    # -- checkpoints ------------------------------------------------------------------------
+
+    def checkpoint_rows(self) -> list[CheckpointRow]:
+        """The stored checkpoints, oldest first, as their columns say (nothing checked)."""
+        with self.engine.connect() as conn:
+            rows = _checkpoint_rows(conn)
+        return [
+            CheckpointRow(
+                f"checkpoint {r.id} (size {r.tree_size})", r.tree_size, r.root, r.note, r.created_at
+            )
+            for r in rows
+        ]
+
+    def add_checkpoint(self, made: Checkpoint, created_at: str) -> Checkpoint:
+        """Store a signed checkpoint; the stored one if this note was stored before."""
+        with writer(self.engine).begin() as conn:
+            same = conn.execute(
+                sa.select(checkpoints.c.note, checkpoints.c.created_at).where(
+                    checkpoints.c.tree_size == made.size, checkpoints.c.note == made.note
+                )
+            ).first()
+            if same is not None:
+                return Checkpoint.parse(same[0], created_at=same[1])
+            conn.execute(
+                checkpoints.insert().values(
+                    tree_size=made.size, root=made.root_hex, note=made.note, created_at=created_at
+                )
+            )
+        return Checkpoint.parse(made.note, created_at=created_at)
+
+    # -- the whole --------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[Snapshot]:
+        """Checkpoints and entries read in one transaction, so they agree (for an export)."""
+        with self.engine.connect() as conn:
+            if self._postgres:
+                conn = conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                stored = [dict(row._mapping) for row in _checkpoint_rows(conn)]
+                size, head = _head(conn)
+                rows = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS).execute(
+                    sa.select(entries).where(entries.c.seq <= size).order_by(entries.c.seq)
+                )
+                yield Snapshot(stored, size, head, (dict(row._mapping) for row in rows))
+
+    def close(self) -> None:
+        """Release the database connections."""
+        self.engine.dispose()

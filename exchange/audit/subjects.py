@@ -1,0 +1,81 @@
+"""Keyed hashes of subject ids: what the disclosure ledger records instead of the ids.
+
+The hash is the first 128 bits of HMAC-SHA256, under a dedicated disclosure key (never the
+pseudonymisation key), of the subject id's text (integers in decimal), UTF-8. Without the key
+the hashes say nothing about who is in the table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from exchange.errors import LedgerError
+
+HASH_BYTES = 16
+HASH_CHUNK = 65_536  # subject ids hashed (and rows inserted) at a time
+EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
+_KEY_ID_LABEL = b"exchange disclosure key id"
+_LOOKUP_LABEL = b"exchange subject lookup\x00"
+
+
+def key_id(key: bytes) -> str:
+    """A fingerprint of a disclosure key: 16 hex of HMAC(key, a fixed label)."""
+    return hmac.digest(key, _KEY_ID_LABEL, "sha256")[:8].hex()
+
+
+def lookup_hash(key: bytes, subject_id: str | int) -> str:
+    """The keyed hash a lookup is audited under: not the recorded hash, so the audit entry
+    does not point at the person's disclosure rows; the same person gives the same value."""
+    return hmac.digest(key, _LOOKUP_LABEL + str(subject_id).encode("utf-8"), "sha256")[:16].hex()
+
+
+def subject_hash(key: bytes, subject_id: str | int) -> bytes:
+    """The 16-byte keyed hash recorded for a subject id."""
+    return hmac.digest(key, str(subject_id).encode("utf-8"), "sha256")[:HASH_BYTES]
+
+
+def _as_text(subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]) -> pa.ChunkedArray:
+    if isinstance(subjects, pa.Array):
+        chunked = pa.chunked_array([subjects])
+    elif isinstance(subjects, pa.ChunkedArray):
+        chunked = subjects
+    else:
+        arrays = list(subjects)
+        if not arrays:
+            return pa.chunked_array([], type=pa.large_string())
+        chunked = pa.chunked_array(arrays)
+    if pa.types.is_dictionary(chunked.type):
+        chunked = chunked.cast(chunked.type.value_type)
+    if not (pa.types.is_integer(chunked.type) or pa.types.is_string(chunked.type)) and not (
+        pa.types.is_large_string(chunked.type)
+    ):
+        raise LedgerError(f"subject ids must be strings or integers, not {chunked.type}")
+    return pc.cast(chunked, pa.large_string())
+
+
+def sorted_hashes(
+    key: bytes, subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]
+) -> tuple[np.ndarray, int]:
+    """The distinct subjects' hashes in ascending byte order (an (n, 2) big-endian uint64 array),
+    and how many rows had no subject id."""
+    text = _as_text(subjects)
+    nulls = text.null_count
+    distinct = pc.unique(text.drop_null() if nulls else text)
+    out = bytearray(len(distinct) * HASH_BYTES)
+    view = memoryview(out)
+    for start in range(0, len(distinct), HASH_CHUNK):
+        values = distinct.slice(start, HASH_CHUNK).to_pylist()
+        at = start * HASH_BYTES
+        for value in values:
+            view[at : at + HASH_BYTES] = hmac.digest(key, value.encode("utf-8"), "sha256")[
+                :HASH_BYTES
+            ]
+            at += HASH_BYTES
+    words = np.frombuffer(bytes(out), dtype=">u8").reshape(-1, 2)
+    return words[np.lexsort((words[:, 1], words[:, 0]))], nulls
