@@ -24,6 +24,7 @@ from exchange.contract.render import (
     approval_summary,
     code_html,
     escape,
+    other_terms,
     page,
     state_badge,
     table,
@@ -31,6 +32,7 @@ from exchange.contract.render import (
     to_markdown,
 )
 from exchange.contract.vocabulary import PURPOSES
+from exchange.contract.vocabulary.terms import TERMS
 from exchange.errors import ContractError, ExchangeError
 from exchange.settings import Settings
 
@@ -107,6 +109,7 @@ def _entry(
         "purposes": list(contract.purposes),
         "legal_basis": contract.legal_basis.summary(),
         "review_date": state["review_by"] or contract.review_date.isoformat(),
+        "terms": [t["words"] for t in other_terms(contract) if TERMS[t["term"]].register],
         "pages": {"html": f"{stem}.html", "markdown": f"{stem}.md"},
         "generated_at": generated_at,
     }

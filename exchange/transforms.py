@@ -1,15 +1,14 @@
 """Per-field minimisation transforms: Arrow array in, Arrow array out, vectorised.
 
-Each transform reads its source column as one logical type (`reads_as`) and produces the type
-listed in `exchange.contract.vocabulary.TRANSFORM_OUTPUT_TYPES`. Dropping a field is not a
-transform: a contract lists only the fields it sends.
+What each transform takes, reads, produces and means is declared once, in the registry
+`exchange.contract.vocabulary.transforms`; this module holds the functions it builds. Dropping a
+field is not a transform: a contract lists only the fields it sends.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hmac
-import itertools
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from hashlib import sha256
 from typing import Any
@@ -20,19 +19,6 @@ import pyarrow.compute as pc
 
 from exchange.errors import Refused
 from exchange.types import arrow_type
-
-# The logical type each transform reads its source column as (absent: the field's logicalType).
-READS_AS: dict[str, str] = {
-    "pseudonymise": "string",
-    "hash": "string",
-    "postcode-district": "string",
-    "postcode-sector": "string",
-    "truncate": "string",
-    "map": "string",
-    "generalise-date": "date",
-    "band": "number",
-}
-KINDS = ("keep", "top-code", *READS_AS)
 
 MIN_KEY_BYTES = 32
 
@@ -66,9 +52,23 @@ class UnmappedValues(Refused):
         )
 
 
+def __getattr__(name: str) -> Any:
+    """KINDS: the transform names, from the registry (read late: it imports this module's users)."""
+    if name == "KINDS":
+        return tuple(_registry())
+    raise AttributeError(name)
+
+
+def _registry() -> Mapping[str, Any]:
+    from exchange.contract.vocabulary.transforms import TRANSFORMS
+
+    return TRANSFORMS
+
+
 def reads_as(kind: str, logical_type: str) -> str:
     """The logical type a transform reads its source column as."""
-    return READS_AS.get(kind, logical_type)
+    spec = _registry().get(kind)
+    return spec.reads_as or logical_type if spec else logical_type
 
 
 def source_type(kind: str, logical_type: str) -> pa.DataType:
@@ -78,7 +78,8 @@ def source_type(kind: str, logical_type: str) -> pa.DataType:
 
 def needs_today(kind: str, options: Mapping[str, Any]) -> bool:
     """Whether the transform depends on the run date."""
-    return kind == "generalise-date" and options.get("to") == "age-band"
+    spec = _registry().get(kind)
+    return bool(spec and spec.needs_today(options))
 
 
 def keep() -> Transform:
@@ -149,6 +150,13 @@ def pseudonymise(key: bytes) -> Transform:
     return lambda values: _per_value(values, digests, width)
 
 
+def pseudonymise_with(key: bytes | None) -> Transform:
+    """Pseudonymise with the agreement's key; ValueError when there is none."""
+    if key is None:
+        raise ValueError("pseudonymise needs the agreement's key")
+    return pseudonymise(key)
+
+
 def hash_() -> Transform:
     """Unkeyed SHA-256 of the value, 64 hex characters. Not a pseudonym: anyone can recompute it."""
     empty = sha256()
@@ -179,25 +187,15 @@ def age_at_least(column: Any, years: int, today: dt.date) -> Any:
     return pc.less_equal(column, pa.scalar(years_before(today, years), pa.date32()))
 
 
-def _band_labels(bounds: Sequence[int]) -> list[str]:
-    labels = []
-    for lower, upper in zip(bounds, [*bounds[1:], None], strict=True):
-        if upper is None:
-            labels.append(f"{lower}+")
-        elif upper - lower == 1:
-            labels.append(str(lower))
-        else:
-            labels.append(f"{lower}-{upper - 1}")
-    return labels
-
-
 def _banded(conditions: list[pa.Array], bounds: Sequence[int]) -> pa.Array:
     """The band label of each row, from one 'at or above bound i' condition per bound."""
     # A row's band index is how many lower bounds it reaches; 0 (below every band) is null.
     index = pc.cast(conditions[0], pa.int8())
     for condition in conditions[1:]:
         index = pc.add(index, pc.cast(condition, pa.int8()))
-    labels = pa.array([None, *_band_labels(bounds)], type=pa.string())
+    from exchange.contract.vocabulary.transforms import band_labels
+
+    labels = pa.array([None, *band_labels(list(bounds))], type=pa.string())
     return pc.take(labels, index)
 
 
@@ -216,21 +214,11 @@ def age_band(bounds: Sequence[int], today: dt.date) -> Transform:
 
 
 def _check_bounds(bounds: Sequence[int]) -> None:
-    problem = _bounds_problem(bounds)
+    from exchange.contract.vocabulary.transforms import bounds_problem
+
+    problem = bounds_problem(bounds)
     if problem:
         raise ValueError(problem)
-
-
-def _bounds_problem(bounds: Any) -> str | None:
-    if not isinstance(bounds, list | tuple) or not bounds:
-        return "bands must be a list of at least one whole number"
-    if not all(isinstance(b, int) and not isinstance(b, bool) for b in bounds):
-        return "bands must be whole numbers"
-    if any(b >= c for b, c in itertools.pairwise(bounds)):
-        return "bands must be in increasing order, each listed once"
-    if len(bounds) > 100:
-        return "at most 100 bands"
-    return None
 
 
 def generalise_date(
@@ -320,52 +308,46 @@ def lookup(
     return apply
 
 
+def round_(*, decimals: int | None = None, multiple: float | None = None) -> Transform:
+    """Round to `decimals` places, or to the nearest `multiple`; halves go away from zero."""
+    if (decimals is None) == (multiple is None):
+        raise ValueError("round needs either decimals or multiple")
+    if multiple is not None and (
+        isinstance(multiple, bool) or not isinstance(multiple, int | float) or multiple <= 0
+    ):
+        raise ValueError("round needs a positive multiple")
+    if decimals is not None and (isinstance(decimals, bool) or not isinstance(decimals, int)):
+        raise ValueError("round needs a whole number of decimals")
+
+    def apply(values: pa.Array) -> pa.Array:
+        if multiple is not None:
+            out = pc.round_to_multiple(
+                values, multiple=multiple, round_mode="half_towards_infinity"
+            )
+        else:
+            out = pc.round(values, ndigits=decimals, round_mode="half_towards_infinity")
+        return out if out.type == values.type else pc.cast(out, values.type)
+
+    return apply
+
+
 def option_problems(
     kind: str, options: Mapping[str, Any], logical_type: str
 ) -> Iterator[tuple[list[str | int], str]]:
     """What is wrong with a field's transform options beyond their shape: (path, message)."""
-    if kind == "top-code":
-        if logical_type not in ("integer", "number"):
-            yield [], "top-code needs a field of logicalType integer or number"
-        maximum = options.get("max")
-        if logical_type == "integer" and "max" in options and not isinstance(maximum, int):
-            yield ["max"], "must be a whole number for an integer field"
-    banded = kind == "band" or (kind == "generalise-date" and options.get("to") == "age-band")
-    if banded and "bands" in options:  # a missing list is reported by the schema
-        problem = _bounds_problem(options["bands"])
-        if problem:
-            yield ["bands"], problem
+    from exchange.contract.vocabulary.transforms import option_problems as problems
+
+    return problems(kind, options, logical_type)
 
 
 def build(
     kind: str, options: Mapping[str, Any], *, key: bytes | None, today: dt.date | None = None
 ) -> Transform:
     """The transform a contract field names, ready to apply; ValueError if it cannot be built."""
-    if kind == "keep":
-        return keep()
-    if kind == "pseudonymise":
-        if key is None:
-            raise ValueError("pseudonymise needs the agreement's key")
-        return pseudonymise(key)
-    if kind == "hash":
-        return hash_()
-    if kind == "generalise-date":
-        return generalise_date(
-            str(options.get("to", "")), bands=options.get("bands") or (), today=today
-        )
-    if kind == "postcode-district":
-        return postcode_district
-    if kind == "postcode-sector":
-        return postcode_sector
-    if kind == "truncate":
-        return truncate(options.get("length", 0))
-    if kind == "top-code":
-        return top_code(options.get("max"))
-    if kind == "band":
-        return band(options.get("bands") or ())
-    if kind == "map":
-        table = options.get("map")
-        if not isinstance(table, Mapping) or not table:
-            raise ValueError("map needs a non-empty map of codes to labels")
-        return lookup(dict(table), default=options.get("default"), strict="default" not in options)
-    raise ValueError(f"unknown transform {kind!r}")
+    from exchange.contract.vocabulary.transforms import BuildContext
+
+    spec = _registry().get(kind)
+    if spec is None:
+        raise ValueError(f"unknown transform {kind!r}")
+    function: Transform = spec.build(options, BuildContext(key=key, today=today))
+    return function

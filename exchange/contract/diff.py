@@ -17,13 +17,16 @@ Kinds. Always re-approval:
     provider-changed, recipient-changed, legal-basis-changed, retention-longer,
     retention-changed, recipient-key-added, recipient-key-removed, endpoint-changed,
     pseudonymisation-key-changed, schedule-changed, dpia-changed, termination-changed,
-    justification-changed, quality-loosened, quality-changed, unclassified.
+    justification-changed, quality-loosened, quality-changed, acknowledgements-changed,
+    inbox-management-changed, unclassified.
 Always editorial:
     field-removed, transform-strengthened, purpose-removed, retention-shorter,
     quality-tightened, wording, contacts-changed, version-changed, restated.
 Either, by direction (see `KINDS`):
     status-changed, review-date-changed, objection-rule-changed, retention-action-changed,
-    classification-raised, type-changed, role-changed, direct-identifier-changed.
+    classification-raised, type-changed, role-changed, direct-identifier-changed, rows-changed.
+How each sharing term is judged is declared in `exchange.contract.vocabulary.terms`; how each
+transform compares, in `exchange.contract.vocabulary.transforms`.
 A change a stronger transform makes necessary on the same field (its type, type options and
 quality rules) is editorial: those rules describe the new, more minimised output.
 """
@@ -35,13 +38,14 @@ import json
 import subprocess
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any, Final, NamedTuple
 
 from exchange.contract import legal
 from exchange.contract.load import parse_text, read_document
-from exchange.contract.vocabulary import PURPOSES, TRANSFORM_OUTPUT_TYPES
+from exchange.contract.vocabulary import PURPOSES, TRANSFORMS, units
+from exchange.contract.vocabulary.terms import TERMS, Fixed
+from exchange.contract.vocabulary.transforms import strength_change
 from exchange.errors import ContractError, Problem
 
 EXIT_CODES: Final = {"identical": 0, "editorial": 1, "needs-re-approval": 3}
@@ -77,6 +81,9 @@ KINDS: Final[dict[str, str]] = {
     "pseudonymisation-key-changed": "the pseudonymisation key's secret name (re-approval)",
     "objection-rule-changed": "how objections are honoured; turning an override off is editorial",
     "schedule-changed": "when or how often data is sent (re-approval)",
+    "rows-changed": "which rows are sent: fewer is editorial, more or different re-approval",
+    "acknowledgements-changed": "how the recipient acknowledges drops (re-approval)",
+    "inbox-management-changed": "whether the sender deletes files on the recipient's server",
     "review-date-changed": "later is re-approval, earlier is editorial",
     "status-changed": "becoming active is re-approval; anything else editorial",
     "dpia-changed": "a different DPIA reference (re-approval)",
@@ -428,25 +435,8 @@ def _server_terms(out: list[Change], old: Any, new: Any, path: str) -> None:
             out.append(Change(where, "endpoint-changed", text, True))
 
 
-# Days per retention unit; a month is a twelfth of a year so that 24 m restates 2 y.
-_UNIT_DAYS: Final = {
-    **dict.fromkeys(("d", "day", "days"), Fraction(1)),
-    **dict.fromkeys(("w", "week", "weeks"), Fraction(7)),
-    **dict.fromkeys(("m", "month", "months"), Fraction(365, 12)),
-    **dict.fromkeys(("y", "yr", "yrs", "year", "years"), Fraction(365)),
-}
-
-
-def _days(item: Mapping[str, Any]) -> Fraction | None:
-    value, unit = item.get("value"), item.get("unit")
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return None
-    if not isinstance(unit, str) or unit.strip().lower() not in _UNIT_DAYS:
-        return None
-    try:
-        return Fraction(str(value).strip()) * _UNIT_DAYS[unit.strip().lower()]
-    except (ValueError, ZeroDivisionError):
-        return None
+def _days(item: Mapping[str, Any]) -> Any:
+    return units.period_days(item.get("value"), item.get("unit"))
 
 
 def _sla(out: list[Change], old: Any, new: Any, path: str) -> None:
@@ -547,39 +537,17 @@ def _source(prop: Mapping[str, Any]) -> Any:
     return prop.get("physicalName", prop.get("name"))
 
 
-# Weakest first; the order in which a field's identifying detail is removed.
-_STRENGTH: Final = {
-    ("keep", ""): 0,
-    ("postcode-district", ""): 1,
-    ("generalise-date", "year-month"): 2,
-    ("generalise-date", "year"): 3,
-    ("pseudonymise", ""): 4,
-}
-_TRANSFORM_TEXT: Final = {
-    ("keep", ""): "kept in full",
-    ("postcode-district", ""): "reduced to postcode district",
-    ("generalise-date", "year-month"): "generalised to year-month",
-    ("generalise-date", "year"): "generalised to year",
-    ("pseudonymise", ""): "pseudonymised",
-}
-
-
-def _transform_key(transform: Any, options: Any) -> tuple[str, str] | None:
-    if not isinstance(transform, str):
-        return None
-    if transform != "generalise-date":
-        return transform, ""  # only generalise-date reads its options
-    to = options.get("to") if isinstance(options, Mapping) else None
-    return (transform, to) if isinstance(to, str) else None
-
-
 def _transform_text(transform: Any, options: Any) -> str:
-    key = _transform_key(transform, options)
-    if key in _TRANSFORM_TEXT:
-        return _TRANSFORM_TEXT[key]
+    spec = TRANSFORMS.get(transform) if isinstance(transform, str) else None
+    if spec is not None:
+        return spec.phrase(options if isinstance(options, Mapping) else {})
     if transform is MISSING:
         return "with no transform"
     return f"transformed by {_show(transform)} {_show(options)}"
+
+
+def _options_of(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
 
 
 def _fields(out: list[Change], old: Any, new: Any, path: str) -> None:
@@ -628,9 +596,9 @@ def _field(
                 out.append(Change(at, "source-changed", text + _show(_source(new)), True))
         elif key == "logicalType":
             terms = _terms_of(new)
-            to = _transform_key(terms.get("transform"), terms.get("transformOptions"))
-            produced = TRANSFORM_OUTPUT_TYPES.get(to[0], {}).get(to[1]) if to else None
-            follows = transform_changed and to is not None and produced in (None, nv)
+            spec = TRANSFORMS.get(terms.get("transform"))  # type: ignore[arg-type]
+            produced = spec.output_type(terms.get("transformOptions")) if spec else None
+            follows = transform_changed and spec is not None and produced in (None, nv)
             note = " (follows the transform change)" if follows else ""
             text = f"{name}: type {_was(ov, nv)}{note}"
             out.append(Change(at, "type-changed", text, not follows))
@@ -668,15 +636,18 @@ def _transform(
         if isinstance(before[1], Mapping) and isinstance(after[1], Mapping):
             keys = [k for k in _union(before[1], after[1]) if before[1].get(k) != after[1].get(k)]
             at += f".{keys[0]}" if len(keys) == 1 else ""
-    ok, nk = _transform_key(*before), _transform_key(*after)
-    strength_before, strength_after = _STRENGTH.get(ok or ("", "?")), _STRENGTH.get(nk or ("", "?"))
+    direction = (
+        strength_change(before[0], _options_of(before[1]), after[0], _options_of(after[1]))
+        if isinstance(before[0], str) and isinstance(after[0], str)
+        else None
+    )
     source = str(_source(new)).replace("_", " ")
     text = f"{name}: {source} {_transform_text(*before)} -> {_transform_text(*after)}"
-    if strength_before is None or strength_after is None:
+    if direction is None:
         out.append(Change(at, "transform-changed", f"{text} (cannot compare)", True))
-    elif strength_after < strength_before:
+    elif direction < 0:
         out.append(Change(at, "transform-weakened", f"{text} (weaker)", True))
-    elif strength_after > strength_before:
+    elif direction > 0:
         out.append(Change(at, "transform-strengthened", f"{text} (stronger)", False))
         return True, True
     else:
@@ -1088,6 +1059,10 @@ def _objections(out: list[Change], old: Any, new: Any, path: str) -> None:
         elif key == "overrideJustification":
             text = f"justification for overriding objections {_was(ov, nv)}"
             out.append(Change(at, "objection-rule-changed", text, True))
+        elif key == "list":
+            honoured = ov is MISSING  # a list added: more objections are honoured
+            text = f"list of objecting people (a secret's name) {_was(ov, nv)}"
+            out.append(Change(at, "objection-rule-changed", text, not honoured))
         else:
             _unclassified(out, ov, nv, at)
 
@@ -1145,26 +1120,46 @@ _TOP_LEVEL: Final[dict[str, Handler]] = {
     "customProperties": _terms,
 }
 
-_TERMS: Final[dict[str, Handler]] = {
+
+def _filters(out: list[Change], old: Any, new: Any, path: str) -> None:
+    o, n = _as_list(old), _as_list(new)
+    if o is None or n is None or not o or not n:
+        fewer = not o and bool(n)  # filters added where there were none: fewer rows
+        note = " (fewer rows are sent)" if fewer else " (more or other rows may be sent)"
+        _report(out, old, new, path, "rows-changed", not fewer, note, "purpose filters")
+        return
+    added = [f for f in n if f not in o]
+    removed = [f for f in o if f not in n]
+    fewer = bool(added) and not removed  # only new rules: a row must pass every one
+    text = f"purpose filters: {len(added)} added, {len(removed)} removed or changed"
+    note = " (fewer rows are sent)" if fewer else " (more or other rows may be sent)"
+    out.append(Change(path, "rows-changed", text + note, not fewer))
+
+
+def _incremental(out: list[Change], old: Any, new: Any, path: str) -> None:
+    on = old is MISSING and new is not MISSING  # only new or changed rows from now on
+    note = " (fewer rows are sent)" if on else " (more or other rows may be sent)"
+    _report(out, old, new, path, "rows-changed", not on, note, "incremental sending")
+
+
+def _judge(term: str) -> Handler:
+    """How diff judges a change to a sharing term, as the term registry declares it."""
+    rule = TERMS[term].diff
+    if isinstance(rule, Fixed):
+        return _fixed(rule.kind, rule.reapproval, rule.note, rule.label)
+    return _RULES[rule]
+
+
+_RULES: Final[dict[str, Handler]] = {
     "provider": _party("provider-changed", "provider"),
     "recipient": _party("recipient-changed", "recipient"),
     "purposes": _purposes,
     "legalBasis": _legal_basis,
     "objections": _objections,
-    "schedule": _fixed("schedule-changed", True, label="schedule (cron)"),
     "reviewDate": _review_date,
     "recipientKeys": _recipient_keys,
-    "sftpConnection": _fixed(
-        "endpoint-changed", True, " (the connection decides the server)", "SFTP connection"
-    ),
-    "pseudonymisationKey": _fixed(
-        "pseudonymisation-key-changed",
-        True,
-        " (another key gives other pseudonyms; a shared one lets them be linked)",
-        "pseudonymisation key",
-    ),
-    "dpiaReference": _fixed("dpia-changed", True, label="DPIA reference"),
-    "rightsRequestsContact": _contacts,
     "retentionAction": _retention_action,
-    "termination": _fixed("termination-changed", True, label="termination terms"),
+    "filters": _filters,
+    "incremental": _incremental,
 }
+_TERMS: Final[dict[str, Handler]] = {name: _judge(name) for name in TERMS}

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import jsonschema
 from croniter import croniter
 
-from exchange import filters, transforms
+from exchange import filters
 from exchange.contract import names, safe_yaml
 from exchange.contract.canonical import _plain, canonical_sha256
 from exchange.contract.legal import DIRECT_IDENTIFIER_NAMES
@@ -31,7 +31,9 @@ from exchange.contract.model import (
 )
 from exchange.contract.paths import custom_properties, custom_values, format_path
 from exchange.contract.policy import policy_problems
-from exchange.contract.vocabulary import PURPOSES, TRANSFORM_OUTPUT_TYPES
+from exchange.contract.vocabulary import PURPOSES, TRANSFORMS, units
+from exchange.contract.vocabulary.schemas import field_terms_schema
+from exchange.contract.vocabulary.transforms import option_problems
 from exchange.errors import ContractError, Problem
 from exchange.types import ARROW_TYPES
 
@@ -42,6 +44,13 @@ PAYLOAD_FORMATS = ("csv", "parquet")
 @cache
 def _validator(package: str, name: str) -> jsonschema.protocols.Validator:
     schema = json.loads(resources.files(package).joinpath(name).read_text("utf-8"))
+    cls = jsonschema.validators.validator_for(schema)
+    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+
+
+@cache
+def _field_terms_validator() -> jsonschema.protocols.Validator:
+    schema = field_terms_schema()
     cls = jsonschema.validators.validator_for(schema)
     return cls(schema, format_checker=cls.FORMAT_CHECKER)
 
@@ -120,7 +129,14 @@ def check_document(document: dict[str, Any], file: str) -> Iterator[Problem]:
             "slaProperties",
             "the retention period is missing: add {property: retention, value: N, unit: y|m|d}",
         )
-    elif len(retention) > 1:  # per-element entries are not read: one period binds the recipient
+    elif units.period_days(*_amount(document["slaProperties"][retention[0]])) is None:
+        known = ", ".join(u.spellings[0] for u in units.UNITS)
+        yield Problem(
+            file,
+            f"slaProperties[{retention[0]}]",
+            f"the retention period must be a number of a unit the gateway knows ({known})",
+        )
+    if len(retention) > 1:  # per-element entries are not read: one period binds the recipient
         yield Problem(
             file,
             f"slaProperties[{retention[1]}]",
@@ -234,7 +250,7 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
     properties = schema[0].get("properties") or []
     if not properties:
         yield Problem(file, "schema[0].properties", "the dataset has no fields")
-    field_terms = _validator("exchange.contract", "field-terms.schema.json")
+    field_terms = _field_terms_validator()
     names: set[str] = set()
     subject_keys = 0
     uses_pseudonyms = False
@@ -267,12 +283,9 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
             )
         transform = terms.get("transform")
         options = terms.get("transformOptions")
-        to = options.get("to", "") if isinstance(options, dict) else ""
-        produced = (
-            TRANSFORM_OUTPUT_TYPES.get(transform, {}).get(to)
-            if isinstance(transform, str) and isinstance(to, str)
-            else None  # a malformed transform was already reported by the schema
-        )
+        spec = TRANSFORMS.get(transform) if isinstance(transform, str) else None
+        # A malformed transform was already reported by the schema.
+        produced = spec.output_type(options) if spec else None
         if produced and prop.get("logicalType") not in (None, produced):
             yield Problem(
                 file,
@@ -321,10 +334,11 @@ def _transform_problems(
         renamed[name] = source
     if prop.get("logicalType") in ARROW_TYPES:
         logical = prop["logicalType"]
-    if not isinstance(transform, str) or transform not in transforms.KINDS or logical is None:
+    spec = TRANSFORMS.get(transform) if isinstance(transform, str) else None
+    if spec is None or logical is None:
         return  # already reported by the field-terms schema or the logicalType check
     if isinstance(options, dict):
-        for path, message in transforms.option_problems(transform, options, logical):
+        for path, message in option_problems(spec.name, options, logical):
             yield Problem(file, format_path(located(["transformOptions", *path])), message)
     direct = (
         terms.get("subjectKey")
@@ -339,7 +353,7 @@ def _transform_problems(
             "every possible value; use pseudonymise",
         )
     if isinstance(source, str):
-        read = transforms.reads_as(transform, logical)
+        read = spec.reads_as or logical
         first = reads.setdefault(source, read)
         if first != read:
             yield Problem(
@@ -434,7 +448,7 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
         fields=tuple(fields),
         dataset_quality=tuple(_frozen(q) for q in dataset.get("quality") or []),
         retention=f"{retention['value']} {retention.get('unit', '')}".strip(),
-        retention_days=_days(retention.get("value"), retention.get("unit")),
+        retention_days=_float(units.period_days(*_amount(retention))),
         sender_manages_inbox=bool(terms.get("senderManagesInbox", False)),
         incremental_column=(terms.get("incremental") or {}).get("column"),
         retention_action=terms["retentionAction"],
@@ -446,24 +460,13 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
     )
 
 
-_DAYS_PER_UNIT = {
-    "d": 1,
-    "day": 1,
-    "days": 1,
-    "m": 365 / 12,
-    "month": 365 / 12,
-    "months": 365 / 12,
-    "y": 365,
-    "yr": 365,
-    "year": 365,
-    "years": 365,
-}
+def _amount(item: Any) -> tuple[Any, Any]:
+    """The value and unit of a retention slaProperty."""
+    return (item.get("value"), item.get("unit")) if isinstance(item, dict) else (None, None)
 
 
-def _days(value: Any, unit: Any) -> float | None:
-    """A retention period in days, if its unit is one we know."""
-    per = _DAYS_PER_UNIT.get(str(unit or "d").lower())
-    return float(value) * per if per and isinstance(value, int | float) else None
+def _float(days: Any) -> float | None:
+    return None if days is None else float(days)
 
 
 def _party(value: dict[str, Any]) -> Party:

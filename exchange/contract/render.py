@@ -21,7 +21,8 @@ from exchange import approval
 from exchange.contract import legal
 from exchange.contract.model import Contract, Field, Party
 from exchange.contract.paths import custom_values
-from exchange.contract.vocabulary import PURPOSES
+from exchange.contract.vocabulary import PURPOSES, TRANSFORMS, units
+from exchange.contract.vocabulary.terms import TERMS
 from exchange.errors import ExchangeError
 
 # What each approval reason code means: a short label and a sentence for the reader.
@@ -65,31 +66,6 @@ STATES: Final[dict[str, tuple[str, str]]] = {
     ),
 }
 
-# The minimisation transforms in words, keyed by (transform, transformOptions.to).
-TRANSFORM_WORDS: Final[dict[tuple[str, str], str]] = {
-    ("keep", ""): "Sent as it is in the source.",
-    ("pseudonymise", ""): (
-        "Replaced by a pseudonym (a keyed HMAC-SHA256 hash, 32 hex characters): the same person "
-        "gets the same pseudonym every run, and the recipient cannot reverse it."
-    ),
-    ("generalise-date", "year"): (
-        "Generalised to the year only (for example 2012): the day and month are never sent."
-    ),
-    ("generalise-date", "year-month"): (
-        "Generalised to the year and month (for example 2012-01): the day is never sent."
-    ),
-    ("postcode-district", ""): (
-        "Reduced to the postcode district (for example LS6): the rest of the postcode is never "
-        "sent."
-    ),
-}
-
-_UNITS: Final[dict[str, str]] = {
-    **dict.fromkeys(("d", "day", "days"), "day"),
-    **dict.fromkeys(("w", "week", "weeks"), "week"),
-    **dict.fromkeys(("m", "month", "months"), "month"),
-    **dict.fromkeys(("y", "yr", "yrs", "year", "years"), "year"),
-}
 _DAYS: Final = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 _DAY_NAMES: Final = {d[:3].lower(): i for i, d in enumerate(_DAYS)}
 _ALIASES: Final = {
@@ -163,6 +139,7 @@ def summary(
             for f in getattr(contract, "filters", ())
         ],
         "objections": _objections(contract),
+        "terms": other_terms(contract),
         "retention": _retention(contract),
         "schedule": {"cron": contract.schedule, "words": describe_cron(contract.schedule)},
         "review_date": contract.review_date.isoformat(),
@@ -272,58 +249,19 @@ def _days_of_week(dow: str) -> str | None:
 
 
 def transform_words(transform: str, options: Mapping[str, Any]) -> str:
-    """What a transform does to a field, in words."""
-    to = str(options.get("to", "")) if transform == "generalise-date" else ""
-    if (transform, to) in TRANSFORM_WORDS:
-        return TRANSFORM_WORDS[(transform, to)]
-    if to == "age-band" or transform == "band":
-        bands = ", ".join(_band_labels(options.get("bands")))
-        if to == "age-band":
-            return (
-                f"Sent as an age band on the day of the run ({bands}): the date itself is never "
-                "sent."
-            )
-        return f"Sent as a band ({bands}), not the value."
-    if transform == "truncate":
-        return f"Cut to its first {options.get('length')} characters."
-    if transform == "top-code":
-        return f"Values above {options.get('max')} are sent as {options.get('max')}."
-    if transform == "map":
-        table = options.get("map")
-        codes = len(table) if isinstance(table, Mapping) else 0
-        if "default" not in options:
-            other = "any other value stops the run"
-        elif options["default"] is None:
-            other = "any other value is sent empty"
-        else:
-            other = f"any other value is sent as {options['default']}"
-        return f"Replaced using the contract's table of {codes} codes; {other}."
-    return _OTHER_TRANSFORMS.get(transform, f"Transformed by {transform}.")
+    """What a transform does to a field, in words (from the transform registry)."""
+    spec = TRANSFORMS.get(transform)
+    return spec.words(options) if spec else f"Transformed by {transform}."
 
 
-_OTHER_TRANSFORMS: Final[dict[str, str]] = {
-    "hash": (
-        "Replaced by its SHA-256 hash (64 hex characters). Not a pseudonym: anyone who has the "
-        "same value can compute the same hash."
-    ),
-    "postcode-sector": (
-        "Reduced to the postcode sector (for example LS6 2): the last two characters are never "
-        "sent."
-    ),
-}
-
-
-def _band_labels(bounds: Any) -> list[str]:
-    """Band bounds [0, 50, 90] as the labels "0-49", "50-89", "90+"."""
-    if not isinstance(bounds, list | tuple) or not all(isinstance(b, int) for b in bounds):
-        return ["as the contract lists"]
-    labels = []
-    for lower, upper in zip(bounds, [*bounds[1:], None], strict=True):
-        if upper is None:
-            labels.append(f"{lower}+")
-        else:
-            labels.append(str(lower) if upper - lower == 1 else f"{lower}-{upper - 1}")
-    return labels
+def other_terms(contract: Contract) -> list[dict[str, str]]:
+    """The sharing terms shown by their own words ("Other terms"), in registry order."""
+    present = custom_values(contract.document.get("customProperties"))
+    return [
+        {"term": t.name, "words": t.words(present[t.name])}
+        for t in TERMS.values()
+        if t.shown_in == "terms" and t.words is not None and t.name in present
+    ]
 
 
 _FILTER_OPS: Final[dict[str, str]] = {
@@ -430,6 +368,11 @@ def _objections(contract: Contract) -> dict[str, Any]:
             f"Anyone whose objection is recorded (source column {rule.column}) is left out of "
             "every drop. An empty flag counts as no objection."
         )
+    if rule.list:
+        words += (
+            " The provider also leaves out everyone on its own list of objections, kept outside "
+            "the contract."
+        )
     return {
         "column": rule.column,
         "overridden": rule.overridden,
@@ -440,11 +383,7 @@ def _objections(contract: Contract) -> dict[str, Any]:
 
 def _retention(contract: Contract) -> dict[str, Any]:
     item = next(s for s in contract.document["slaProperties"] if s.get("property") == "retention")
-    value, unit = item.get("value"), _UNITS.get(str(item.get("unit", "")).strip().lower())
-    if unit is None:
-        period = contract.retention
-    else:
-        period = f"{value} {unit}" + ("" if str(value) == "1" else "s")
+    period = units.period_words(item.get("value"), item.get("unit")) or contract.retention
     action = contract.retention_action
     then = "deletes" if action == "delete" else "archives" if action == "archive" else action
     return {
@@ -524,35 +463,15 @@ def to_markdown(
     )
     out += _md_table(["Condition", "Detail"], [[k, _md(v)] for k, v in _basis_rows(basis)])
     out += ["## Fields sent", ""]
-    out += _md_table(
-        [
-            "Field",
-            "Source column",
-            "Type",
-            "What is done",
-            "Why",
-            "Classification",
-            "Identifies the person",
-        ],
-        [
-            [
-                _code(f["name"]),
-                _code(f["source"]),
-                _md(f["type"]),
-                _md(f["done"]),
-                _md(_why(f)),
-                _md(_classification(f)),
-                _md(f["identifies"]),
-            ]
-            for f in s["fields"]
-        ],
-    )
+    out += _md_table(FIELD_COLUMNS, [_field_cells(f, _md, _code) for f in s["fields"]])
     objections = s["objections"]
     out += ["## Which rows are sent", "", _md(_filters_intro(s["filters"])), ""]
     out += [f"- {_md(f['words'])}" for f in s["filters"]] + ([""] if s["filters"] else [])
     out += [f"Objections: {_md(objections['words'])}", ""]
     if objections["justification"]:
         out += [f"Why the objection is overridden: {_md(objections['justification'])}", ""]
+    if s["terms"]:
+        out += ["## Other terms", ""] + [f"- {_md(t['words'])}" for t in s["terms"]] + [""]
     out += ["## Retention", "", _md(s["retention"]["words"]), ""]
     if s["retention"]["description"]:
         out += [_md(s["retention"]["description"]), ""]
@@ -614,6 +533,31 @@ def _why(f: Mapping[str, Any]) -> str:
 def _classification(f: Mapping[str, Any]) -> str:
     text = f["classification"] or "not classified"
     return text + (" (special category data)" if f["special_category"] else "")
+
+
+FIELD_COLUMNS: Final = (
+    "Field",
+    "Source column",
+    "Type",
+    "What is done",
+    "Why",
+    "Classification",
+    "Identifies the person",
+)
+
+
+def _field_cells(f: Mapping[str, Any], text: Any, code: Any) -> list[str]:
+    """One row of the fields table, in the output's escaping (Markdown or HTML)."""
+    why, kind = text(_why(f)), text(_classification(f))
+    return [
+        code(f["name"]),
+        code(f["source"]),
+        text(f["type"]),
+        text(f["done"]),
+        why,
+        kind,
+        text(f["identifies"]),
+    ]
 
 
 def _delivery_rows(s: Mapping[str, Any], text: Any, code: Any) -> list[tuple[str, str]]:
@@ -813,27 +757,8 @@ def to_html(
         f"<p>{len(s['fields'])} fields leave the provider, and no others.</p>"
         + table(
             "Every field sent, where it comes from and what is done to it",
-            [
-                "Field",
-                "Source column",
-                "Type",
-                "What is done",
-                "Why",
-                "Classification",
-                "Identifies the person",
-            ],
-            [
-                [
-                    code_html(f["name"]),
-                    code_html(f["source"]),
-                    escape(f["type"]),
-                    escape(f["done"]),
-                    escape(_why(f)),
-                    escape(_classification(f)),
-                    escape(f["identifies"]),
-                ]
-                for f in s["fields"]
-            ],
+            FIELD_COLUMNS,
+            [_field_cells(f, escape, code_html) for f in s["fields"]],
             anchor="t-fields",
         )
     )
@@ -845,6 +770,9 @@ def to_html(
     if objections["justification"]:
         text += f"<p><strong>Why:</strong> {escape(objections['justification'])}</p>"
     sections.append(text)
+    if s["terms"]:
+        items = "".join(f"<li>{escape(t['words'])}</li>" for t in s["terms"])
+        sections.append(f"<h2>Other terms</h2><ul>{items}</ul>")
     retention = s["retention"]
     text = f"<h2>Retention</h2><p>{escape(retention['words'])}</p>"
     if retention["description"]:

@@ -1,4 +1,4 @@
-"""Controlled lists the contracts are checked against."""
+"""The protocol's purposes for sharing: the controlled list of purpose codes."""
 
 from __future__ import annotations
 
@@ -21,19 +21,4 @@ PURPOSES: dict[str, str] = {
     "inter-agency-strategy": "Inter-agency strategy",
     "performance-audit": "Performance and audit",
     "research": "Research",
-}
-
-# The output type each transform produces, as an ODCS logicalType (None: same as its input),
-# keyed by transform and then by its `to` option ("" for transforms that have none).
-TRANSFORM_OUTPUT_TYPES: dict[str, dict[str, str | None]] = {
-    "keep": {"": None},
-    "pseudonymise": {"": "string"},
-    "hash": {"": "string"},
-    "postcode-district": {"": "string"},
-    "postcode-sector": {"": "string"},
-    "generalise-date": {"year": "integer", "year-month": "string", "age-band": "string"},
-    "truncate": {"": "string"},
-    "top-code": {"": None},
-    "band": {"": "string"},
-    "map": {"": "string"},
 }

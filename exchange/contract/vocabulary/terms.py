@@ -1,0 +1,249 @@
+"""The contract-term registry: every top-level sharing term in `customProperties`, declared once.
+
+Each term says whether it is required, how `contract diff` judges a change to it (a fixed kind,
+or the name of a rule in `exchange.contract.diff`), where the officer and the public read it
+(a section of the rendered agreement, or its words in "Other terms"; `None` for a secret's name,
+which is never shown), and its documentation. The value's shape is validated by
+`terms.schema.json` (a test keeps both lists equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """A change to the term is always of one kind, needing re-approval or not."""
+
+    kind: str
+    reapproval: bool
+    note: str = ""
+    label: str = ""
+
+
+@dataclass(frozen=True)
+class Term:
+    """One sharing term: its name, how diff judges it, how it is shown and documented."""
+
+    name: str
+    docs: str
+    required: str  # "yes", "no", or when
+    diff: Fixed | str  # a rule name: a handler in exchange.contract.diff
+    shown_in: str | None  # a section of the rendered agreement; "terms": by `words`; None: never
+    example: Any  # a valid value unlike the sample contract's, for docs and coverage tests
+    words: Callable[[Any], str] | None = None  # for "Other terms", officer and public alike
+    register: bool = False  # also stated in the register's index (register.json)
+
+
+def _incremental(value: Any) -> str:
+    column = value.get("column") if isinstance(value, Mapping) else None
+    return (
+        "Only records new or changed since the last delivered drop are sent (by the source "
+        f"column {column}); a full resend is recorded in the audit ledger."
+    )
+
+
+def _inbox(value: Any) -> str:
+    if value is True:
+        return (
+            "The sender may delete files on the recipient's server: it removes drops older than "
+            "the retention period from the recipient's inbox."
+        )
+    return "The sender never deletes files on the recipient's server."
+
+
+def _acknowledgements(value: Any) -> str:
+    if not isinstance(value, Mapping):
+        return "The recipient acknowledges each drop."
+    keys = value.get("partnerKeys")
+    count = len(keys) if isinstance(keys, list) else 0
+    return (
+        f"The recipient acknowledges each drop with a signed receipt in its folder "
+        f"{value.get('folder')} within {value.get('deadlineHours')} hours ({count} recipient "
+        "key(s) may sign); a late acknowledgement is an incident."
+    )
+
+
+_PARTY = (
+    "Object: `organisation` (2+ characters), `contact` (3+), optional `department` and "
+    "`icoRegistration` (e.g. `Z1234567`)."
+)
+_PARTNER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGe1B2lS0fTKyQj2hWvUm1p8y1H5m6Lq5oXqN2Zr0vLD"
+
+TERMS_LIST: Final[tuple[Term, ...]] = (
+    Term(
+        "provider",
+        f"{_PARTY} The organisation sharing the data.",
+        "yes",
+        "provider",
+        "parties",
+        {"organisation": "Another Council", "contact": "dpo@another.example"},
+    ),
+    Term(
+        "recipient",
+        "Same shape. The organisation receiving the data.",
+        "yes",
+        "recipient",
+        "parties",
+        {"organisation": "Another Trust", "contact": "dpo@trust.example"},
+    ),
+    Term(
+        "purposes",
+        "List of purpose codes (below), at least one, no repeats.",
+        "yes",
+        "purposes",
+        "purposes",
+        ["research"],
+    ),
+    Term(
+        "legalBasis",
+        "Object: `statutes` (list of `{act, section}`, at least one); `ukGdprArticle6` like "
+        "`6(1)(e)`; optional `ukGdprArticle9` like `9(2)(g)`; optional `dpa2018Schedule1` (text).",
+        "yes",
+        "legalBasis",
+        "legal_basis",
+        {
+            "statutes": [{"act": "Children Act 2004", "section": "s.10"}],
+            "ukGdprArticle6": "6(1)(e)",
+            "ukGdprArticle9": "9(2)(h)",
+            "dpa2018Schedule1": "Part 1 para 2 (health or social care purposes)",
+        },
+    ),
+    Term(
+        "objections",
+        "Object: `column` (the source column, true where the person objected); "
+        "`legalBasisOverrides` (boolean); `overrideJustification` (10+ characters, required when "
+        "the override is true); optional `list` (the name of a secret holding objecting subject "
+        "ids, one per line, matched against the subject key's source column; a list that cannot "
+        "be read stops the run).",
+        "yes",
+        "objections",
+        "objections",
+        {"column": "objected", "legalBasisOverrides": False, "list": "objection-list"},
+    ),
+    Term(
+        "schedule",
+        'Cron expression for the Airflow schedule, e.g. `"0 2 * * *"`.',
+        "yes",
+        Fixed("schedule-changed", True, label="schedule (cron)"),
+        "delivery",
+        "30 3 * * 1",
+    ),
+    Term(
+        "reviewDate",
+        "Date `YYYY-MM-DD`. The contract does not run after it.",
+        "yes",
+        "reviewDate",
+        "governance",
+        "2026-06-30",
+    ),
+    Term(
+        "recipientKeys",
+        "List of the recipient's age public keys (`age1...`), at least one. Each drop is "
+        "encrypted to all of them.",
+        "yes",
+        "recipientKeys",
+        "delivery",
+        ["age1a40fshp8dlqnttm4rpptjsfdgmxeyg0z02vy27axlxddjlxdlc8qggp4h5"],
+    ),
+    Term(
+        "sftpConnection",
+        "Name of the connection holding the SFTP login (lower case, digits, `-`, `_`).",
+        "yes",
+        Fixed("endpoint-changed", True, " (the connection decides the server)", "SFTP connection"),
+        None,
+        "another-sftp-connection",
+    ),
+    Term(
+        "pseudonymisationKey",
+        "Name of the secret holding the pseudonymisation key.",
+        "when a field is pseudonymised",
+        Fixed(
+            "pseudonymisation-key-changed",
+            True,
+            " (another key gives other pseudonyms; a shared one lets them be linked)",
+            "pseudonymisation key",
+        ),
+        None,
+        "another-pseudonym-key",
+    ),
+    Term(
+        "dpiaReference",
+        "Reference of the DPIA (3+ characters).",
+        "yes",
+        Fixed("dpia-changed", True, label="DPIA reference"),
+        "governance",
+        "DPIA-2099-999",
+    ),
+    Term(
+        "rightsRequestsContact",
+        "Where individuals send rights requests (3+ characters).",
+        "yes",
+        Fixed("contacts-changed", False),
+        "governance",
+        "rights@another.example",
+    ),
+    Term(
+        "retentionAction",
+        "`delete` or `archive`: what the recipient does at the end of retention.",
+        "yes",
+        "retentionAction",
+        "retention",
+        "archive",
+    ),
+    Term(
+        "termination",
+        "How the agreement ends (10+ characters).",
+        "yes",
+        Fixed("termination-changed", True, label="termination terms"),
+        "governance",
+        "Either party may end the agreement with 30 days' written notice.",
+    ),
+    Term(
+        "filters",
+        "Purpose filters on source columns (see the reference at the end).",
+        "no",
+        "filters",
+        "rows",
+        [{"column": "year_group", "op": "<=", "value": 6, "name": "primary"}],
+    ),
+    Term(
+        "incremental",
+        "Object: `column`, a last-updated timestamp column: each run sends only rows newer than "
+        "the last delivered run's newest (`exchange run --full-refresh` sends all, audited).",
+        "no",
+        "incremental",
+        "terms",
+        {"column": "updated_at"},
+        _incremental,
+        register=True,
+    ),
+    Term(
+        "acknowledgements",
+        "Object: `folder` (where the recipient puts signed acknowledgements), `partnerKeys` "
+        "(their `ssh-ed25519` public key lines), `deadlineHours` (a drop not acknowledged by "
+        "then is an incident, and the DAG's last task fails).",
+        "no",
+        Fixed("acknowledgements-changed", True),
+        "terms",
+        {"folder": "acks", "partnerKeys": [_PARTNER_KEY], "deadlineHours": 48},
+        _acknowledgements,
+        register=True,
+    ),
+    Term(
+        "senderManagesInbox",
+        "Boolean: the sender removes drops older than the retention period from the "
+        "recipient's server (`exchange drops expire`). The public register says so.",
+        "no",
+        Fixed("inbox-management-changed", True, " (the sender deleting files on their server)"),
+        "terms",
+        True,
+        _inbox,
+        register=True,
+    ),
+)
+
+TERMS: Final[dict[str, Term]] = {t.name: t for t in TERMS_LIST}
