@@ -46,3 +46,43 @@ def test_importing_the_library_does_not_load_great_expectations() -> None:
     code = "import sys, exchange; print('great_expectations' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_audit_package_imports_only_downwards_so_it_has_no_cycle() -> None:
+    # The layers of exchange/audit, lowest first (its __init__ explains them). A module may
+    # import only from a lower layer: no upward or sideways import, hence no import cycle.
+    layers = {
+        **dict.fromkeys(("events", "merkle", "checkpoint", "subjects"), 0),
+        "entry": 1,
+        **dict.fromkeys(("storage", "chain", "anchor", "proofs", "bindings"), 2),
+        **dict.fromkeys(("verify", "export"), 3),
+        "signer": 4,
+        "ledger": 5,
+        "disclosures": 6,
+        "__init__": 7,
+    }
+    folder = CORE / "audit"
+    modules = {p.relative_to(folder).with_suffix("").as_posix() for p in folder.rglob("*.py")}
+    assert modules == set(layers), f"give each audit module a layer: {modules ^ set(layers)}"
+
+    def targets(node: ast.AST) -> list[str]:
+        """The audit modules an import statement reaches ("__init__" for the package)."""
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = "exchange.audit" if node.level else (node.module or "")
+            base = f"{base}.{node.module}" if node.level and node.module else base
+            names = [f"{base}.{a.name}" if base == "exchange.audit" else base for a in node.names]
+        else:
+            return []
+        parts = [n.split(".") for n in names if n.split(".")[:2] == ["exchange", "audit"]]
+        return [p[2] if len(p) > 2 and p[2] in layers else "__init__" for p in parts]
+
+    upward = {
+        f"{name} (layer {layer}) imports {target} (layer {layers[target]})"
+        for name, layer in layers.items()
+        for node in ast.walk(ast.parse((folder / f"{name}.py").read_text()))
+        for target in targets(node)
+        if layers[target] >= layer
+    }
+    assert not upward, sorted(upward)
