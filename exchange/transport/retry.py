@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from exchange.errors import Retryable
+from exchange.errors import ExchangeError, Retryable
 
 T = TypeVar("T")
 
@@ -82,7 +82,9 @@ def with_retries(
             last = number == attempts or not transient
             wait = 0.0 if last else backoff(number, base, cap, rng)
             if on_attempt is not None:
-                on_attempt(Attempt(number, False, type(exc).__name__, str(exc), transient, wait))
+                # Only the gateway's own messages are safe to record; another's may hold a value.
+                message = str(exc) if isinstance(exc, ExchangeError) else None
+                on_attempt(Attempt(number, False, type(exc).__name__, message, transient, wait))
             if last:
                 raise
             sleep(wait)
