@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +34,9 @@ from exchange.sources import Source
 from exchange.transport import TRANSPORTS, Delivery, Transport, open_transport
 from exchange.transport.registry import TransportFactory
 
+UTC_NOW = partial(dt.datetime.now, dt.UTC)  # the default clock
+
 __all__ = ["DISCLOSURE_KEY", "Gateway", "Prepared", "RunResult", "drop_id_for", "new_run_id"]
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 class Gateway:
@@ -50,7 +49,7 @@ class Gateway:
         secrets: SecretStore | None = None,
         ledger: Ledger | None = None,
         transports: Mapping[str, TransportFactory] = TRANSPORTS,
-        clock: Callable[[], dt.datetime] = _utcnow,
+        clock: Callable[[], dt.datetime] = UTC_NOW,
         notifiers: Sequence[Notifier] | None = None,
     ) -> None:
         self.settings = settings
@@ -133,16 +132,8 @@ class Gateway:
         advance_watermark: bool = True,
     ) -> Prepared:
         """Extract, minimise, guard, validate, encrypt and sign into a staged drop."""
-        return prepare.prepare_drop(
-            self.context,
-            contract,
-            source,
-            run_id=run_id,
-            extra=extra,
-            full_refresh=full_refresh,
-            triggered_by=triggered_by,
-            advance_watermark=advance_watermark,
-        )
+        options = prepare.Options(extra, full_refresh, triggered_by, advance_watermark)
+        return prepare.prepare_drop(self.context, contract, source, run_id, options)
 
     def staging_for(self, drop_id: str) -> Path:
         """Where a drop is staged: derived from the run alone, never from task state."""
@@ -191,14 +182,8 @@ class Gateway:
         source: str | Path | None = None,
     ) -> list[tuple[str, str, str]]:
         """Send every recipient of this person a correction notice; (contract, recipient, drop)."""
-        return rectify.rectify(
-            self.context,
-            subject_id,
-            fields=fields,
-            reason=reason,
-            contracts_dir=contracts_dir,
-            source=source,
-        )
+        correction = rectify.Correction(fields, reason)
+        return rectify.rectify(self.context, subject_id, correction, contracts_dir, source)
 
     def expire_drops(self, contract: Contract) -> list[str]:
         """Remove this contract's drops past retention from the partner's inbox; audited."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import secrets as random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,23 @@ from exchange.pipeline.boundary import stage
 from exchange.pipeline.check import check_contract
 from exchange.pipeline.context import Context
 from exchange.pipeline.deliver import deliver_drop
-from exchange.pipeline.prepare import prepare_drop
+from exchange.pipeline.prepare import Options, prepare_drop
 from exchange.pipeline.source import resolve
 from exchange.sources.subset import OnlySubjects
+
+
+@dataclass(frozen=True)
+class Correction:
+    """What a notice corrects: the fields that were wrong, and why."""
+
+    fields: Sequence[str]
+    reason: str
 
 
 def rectify(
     ctx: Context,
     subject_id: str,
-    *,
-    fields: Sequence[str],
-    reason: str,
+    correction: Correction,
     contracts_dir: Path | None = None,
     source: str | Path | None = None,
 ) -> list[tuple[str, str, str]]:
@@ -41,7 +48,8 @@ def rectify(
     # A random id: one derived from the person's id would let a recipient test guesses.
     run_id = f"rectify-{random.token_hex(8)}"
     with stage(ctx, "rectify", run_id):
-        if not reason.strip():
+        fields, reason = correction.fields, correction.reason.strip()
+        if not reason:
             raise ExchangeError("a correction needs a reason")
         earlier = _earlier_drops(ctx, subject_id)
         contracts_dir = contracts_dir or ctx.settings.contracts
@@ -54,8 +62,8 @@ def rectify(
             unknown = [f for f in fields if f not in contract.field_names]
             if unknown:
                 raise ExchangeError(f"{contract_id} does not send field(s) {', '.join(unknown)}")
-            correction = {"fields": list(fields), "reason": reason.strip(), "corrects": drops}
-            drop_id = _notify(ctx, contract, subject_id, correction, run_id, source)
+            notice = {"fields": list(fields), "reason": reason, "corrects": drops}
+            drop_id = _notify(ctx, contract, subject_id, notice, run_id, source)
             sent.append((contract.id, contract.recipient.organisation, drop_id))
     return sent
 
@@ -103,15 +111,8 @@ def _notify(
     )
     # A notice carries the row whatever its last-updated time, and must not move an
     # incremental agreement's watermark.
-    prepared = prepare_drop(
-        ctx,
-        contract,
-        subject,
-        run_id=run_id,
-        extra={"correction": correction},
-        full_refresh=True,
-        advance_watermark=False,
-    )
+    options = Options(extra={"correction": correction}, full_refresh=True, advance_watermark=False)
+    prepared = prepare_drop(ctx, contract, subject, run_id, options)
     delivery = deliver_drop(ctx, contract, run_id)
     ctx.ledger.append(
         "rectification.sent",

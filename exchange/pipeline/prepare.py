@@ -52,21 +52,25 @@ class Extract:
     unread: list[str]  # source columns the contract does not know
 
 
+@dataclass(frozen=True)
+class Options:
+    """How to prepare: manifest extras, a full refresh, who triggered it, the watermark."""
+
+    extra: Mapping[str, Any] | None = None  # top-level manifest keys (a notice's `correction`)
+    full_refresh: bool = False  # ignore the incremental watermark
+    triggered_by: str | None = None  # an Airflow user; the OS user of the CLI if None
+    advance_watermark: bool = True  # False for a correction notice
+
+
 def prepare_drop(
     ctx: Context,
     contract: Contract,
     source: str | Path | Source | None,
-    *,
     run_id: str,
-    extra: Mapping[str, Any] | None = None,
-    full_refresh: bool = False,
-    triggered_by: str | None = None,
-    advance_watermark: bool = True,
+    options: Options = Options(),
 ) -> Prepared:
     """Stage the run's drop as signed ciphertext; every failure is cleaned up and audited.
 
-    `extra` adds top-level keys to the manifest (a correction notice's `correction`);
-    `triggered_by` names who started the run (an Airflow user, or the OS user of the CLI).
     Raises Refused (guard, quality, not runnable), SourceError, SecretMissing, CryptoError."""
     with stage(ctx, "prepare", run_id, contract=contract) as current:
         started = ctx.clock()
@@ -75,7 +79,7 @@ def prepare_drop(
         signing_key = signing.load_private_key(ctx.settings.signing_key)  # fail before the work
         disclosures = ctx.disclosures()
         current.undo.append(lambda _: disclosures.discard(drop_id))
-        read = _extract(ctx, contract, source, full_refresh=full_refresh)
+        read = _extract(ctx, contract, source, full_refresh=options.full_refresh)
         key = _pseudonym_key(ctx, contract)
         minimise = Minimiser(
             contract,
@@ -108,7 +112,7 @@ def prepare_drop(
                 sender_key_id=sender,
                 ledger={"seq": head_seq, "hash": head_hash, "checkpoint": checkpoint.note},
                 pseudonym_key_id=transforms.key_id(key) if key else None,
-                extra=extra,
+                extra=options.extra,
             )
         )
         write_private(staging / manifest.MANIFEST_NAME, document)
@@ -124,17 +128,17 @@ def prepare_drop(
             excluded=dict(tally.excluded),
             objections_overridden=tally.objections_overridden,
             payload_sha256=written.sha256,
-            watermark=newest if advance_watermark else None,
+            watermark=newest if options.advance_watermark else None,
             rows_unchanged=changed.unchanged if changed else 0,
         )
         body = {
             "drop_id": drop_id,
             "source": read.provenance,
-            "triggered_by": triggered_by or _os_user(),
+            "triggered_by": options.triggered_by or _os_user(),
             "source_columns_not_read": read.unread,
             "rows": rows,
             "disclosures": recorded.as_dict(),
-            **_incremental(changed, prepared, full_refresh),
+            **_incremental(changed, prepared, options.full_refresh),
             "validation": {"outcome": "passed", "rules": len(quality.rules)},
             "payload": {"sha256": written.sha256, "size": written.size, "format": written.format},
             "manifest_sha256": hashlib.sha256(document).hexdigest(),

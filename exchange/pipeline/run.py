@@ -8,7 +8,7 @@ from exchange.pipeline.check import check_contract
 from exchange.pipeline.context import Context
 from exchange.pipeline.deliver import deliver_drop
 from exchange.pipeline.naming import new_run_id
-from exchange.pipeline.prepare import prepare_drop
+from exchange.pipeline.prepare import Options, prepare_drop
 from exchange.pipeline.results import RunResult
 
 
@@ -36,7 +36,7 @@ def run_exchange(
             already_delivered=True,
             objections_overridden=sent["rows"].get("objections_overridden", 0),
         )
-    prepared = prepare_drop(ctx, contract, source, run_id=run_id, full_refresh=full_refresh)
+    prepared = prepare_drop(ctx, contract, source, run_id, Options(full_refresh=full_refresh))
     delivery = deliver_drop(ctx, contract, run_id)
     return RunResult(
         run_id,
