@@ -1,8 +1,11 @@
 """Audit reports: what was shared, refused and went wrong in a period, from the ledger alone.
 
 `build(entries, since, until)` turns ledger entries into a plain report; `to_json`, `to_csv`
-and `to_html` render it. The HTML page is self-contained (inline CSS and SVG charts, no
-script, no external resource) so an auditor can keep it with the evidence.
+and `to_html` render it. Which events are refusals, failures and security events, and how
+severe each is, comes from the event registry (`exchange.audit.events`); every event in the
+period is counted, including ones the report has no section for. The HTML page is
+self-contained (inline CSS and SVG charts, no script, no external resource) so an auditor can
+keep it with the evidence.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from html import escape
 from typing import Any
 
 from exchange.audit import Entry
+from exchange.audit.events import RANK, Event, Outcome, Severity, lookup, with_outcome
 
-PROBLEM_EVENTS = ("run.refused", "run.failed", "transfer.failed")
+REFUSALS = with_outcome(Outcome.REFUSAL)
+PROBLEMS = REFUSALS | with_outcome(Outcome.FAILURE)  # the "Refusals and failures" section
 
 
 @dataclass
@@ -48,6 +53,25 @@ class Report:
     incidents: list[dict[str, Any]]
     refusals_by_reason: dict[str, int]
     rows_by_day: dict[str, dict[str, int]]  # day -> recipient -> rows sent
+    security: list[dict[str, Any]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)  # per event: count, severity
+
+
+def _security(entry: Entry, body: dict[str, Any]) -> bool:
+    """True for an entry that records a security event (its body may say it does not)."""
+    known = lookup(entry.event)
+    return known is not None and known.security and bool(body.get("security_event", True))
+
+
+def _counts(seen: Counter[str]) -> list[dict[str, Any]]:
+    """Every event seen, most severe first, with what it means."""
+    out = []
+    for name, count in seen.items():
+        known = lookup(name)
+        severity = known.severity if known else Severity.NOTICE
+        meaning = known.meaning if known else "not an event this gateway version writes"
+        out.append({"event": name, "count": count, "severity": severity.value, "meaning": meaning})
+    return sorted(out, key=lambda e: (-RANK[Severity(e["severity"])], e["event"]))
 
 
 def build(
@@ -55,8 +79,9 @@ def build(
 ) -> Report:
     """Summarise the entries recorded between two dates (inclusive)."""
     totals: dict[tuple[str, str], AgreementTotals] = {}
-    transfers, problems, incidents = [], [], []
+    transfers, problems, incidents, security = [], [], [], []
     reasons: Counter[str] = Counter()
+    seen: Counter[str] = Counter()
     by_day: dict[str, Counter[str]] = defaultdict(Counter)
     recipients: dict[str, str] = {}
     for entry in entries:
@@ -67,7 +92,18 @@ def build(
             continue
         body = entry.data
         contract = entry.contract_id or body.get("file", "?")
-        if entry.event == "transfer.sent":
+        seen[entry.event] += 1
+        if _security(entry, body):
+            security.append(
+                {
+                    "at": entry.recorded_at,
+                    "event": entry.event,
+                    "agreement": contract,
+                    "run_id": entry.run_id,
+                    "detail": body.get("reason") or body.get("error") or entry.event,
+                }
+            )
+        if entry.event == Event.TRANSFER_SENT:
             recipient = body.get("recipient", "?")
             recipients[contract] = recipient
             item = totals.setdefault((contract, recipient), AgreementTotals(contract, recipient))
@@ -91,9 +127,9 @@ def build(
                     "payload_sha256": body["payload_sha256"],
                 }
             )
-        elif entry.event in PROBLEM_EVENTS:
+        elif entry.event in PROBLEMS:
             reason = body.get("reason") or body.get("error") or entry.event
-            if entry.event == "run.refused":
+            if entry.event in REFUSALS:
                 reasons[reason] += 1
             problems.append(
                 {
@@ -105,7 +141,7 @@ def build(
                     "message": body.get("message", ""),
                 }
             )
-        elif entry.event == "incident":
+        elif entry.event == Event.INCIDENT:
             incidents.append(
                 {
                     "at": entry.recorded_at,
@@ -119,7 +155,7 @@ def build(
         item = totals.setdefault(
             (problem["agreement"], recipient), AgreementTotals(problem["agreement"], recipient)
         )
-        if problem["event"] == "run.refused":
+        if problem["event"] in REFUSALS:
             item.refusals += 1
         else:
             item.failures += 1
@@ -132,6 +168,8 @@ def build(
         incidents,
         dict(reasons.most_common()),
         {day: dict(rows) for day, rows in sorted(by_day.items())},
+        security,
+        _counts(seen),
     )
 
 
@@ -141,7 +179,7 @@ def to_json(report: Report) -> str:
 
 
 def to_csv(report: Report) -> str:
-    """One row per transfer, refusal, failure and incident."""
+    """One row per transfer, refusal, failure, incident and other security event."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["at", "event", "agreement", "recipient", "run_id", "rows_sent", "detail"])
@@ -161,6 +199,9 @@ def to_csv(report: Report) -> str:
         writer.writerow([p["at"], p["event"], p["agreement"], "", p["run_id"], "", p["reason"]])
     for i in report.incidents:
         writer.writerow([i["at"], "incident", i["agreement"], "", "", "", i["kind"]])
+    for e in report.security:
+        if e["event"] not in PROBLEMS:  # a security failure already has its row
+            writer.writerow([e["at"], e["event"], e["agreement"], "", e["run_id"], "", e["detail"]])
     return out.getvalue()
 
 
@@ -271,6 +312,19 @@ def to_html(report: Report) -> str:
         _table(
             ["When", "Agreement", "Kind", "Summary"],
             [[i["at"], i["agreement"], i["kind"], i["summary"]] for i in report.incidents],
+        ),
+        "<h2>Security events</h2>",
+        _table(
+            ["When", "Event", "Agreement", "Run", "Detail"],
+            [
+                [e["at"], e["event"], e["agreement"], e["run_id"], e["detail"]]
+                for e in report.security
+            ],
+        ),
+        "<h2>Every event in the period</h2>",
+        _table(
+            ["Event", "Count", "Severity", "Meaning"],
+            [[e["event"], e["count"], e["severity"], e["meaning"]] for e in report.events],
         ),
     ]
     style = (

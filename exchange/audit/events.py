@@ -135,8 +135,9 @@ _TYPES = (
         Event.TRANSFER_SENT,
         "the drop is in the partner's folder",
         (
-            *_DELIVERY,
-            *_CONTRACT,
+            "drop_id",
+            "server",
+            *_CONTRACT,  # with the recipient
             "fields_sent",
             "rows",
             "validation",

@@ -24,6 +24,7 @@ from exchange.audit.anchor import Anchor
 from exchange.audit.chain import Verification
 from exchange.audit.checkpoint import Checkpoint
 from exchange.audit.entry import GENESIS, Entry, seal
+from exchange.audit.events import Event
 from exchange.audit.export import write_export
 from exchange.audit.proofs import InclusionProof
 from exchange.audit.signer import Signer
@@ -69,7 +70,7 @@ class Ledger:
 
     def append(
         self,
-        event: str,
+        event: Event | str,
         body: Mapping[str, Any],
         *,
         run_id: str | None = None,
@@ -109,7 +110,7 @@ class Ledger:
         """Every entry from `since` (to `until`, inclusive), in order; streamed."""
         return self.store.entries(since=since, until=until)
 
-    def find(self, event: str, *, run_id: str, contract_id: str) -> Entry | None:
+    def find(self, event: Event | str, *, run_id: str, contract_id: str) -> Entry | None:
         """The latest entry of an event for a run, if any."""
         return self.store.find(event, run_id=run_id, contract_id=contract_id)
 
