@@ -55,6 +55,14 @@ def test_json_report_counts_transfers_rows_and_refusals(history: Workspace) -> N
     assert "person_ref" in agreement["fields_shared"]
     assert report["refusals_by_reason"] == {"not-approved": 1}
     assert report["incidents"] and report["incidents"][0]["kind"] == "policy-refusal"
+    counts = {e["event"]: e["count"] for e in report["events"]}
+    assert counts["transfer.sent"] == 2 and counts["run.refused"] == 1
+    assert report["events"][0] == {
+        "event": "incident",
+        "count": 1,
+        "severity": "high",
+        "meaning": "an incident was raised and notified",
+    }
 
 
 def test_a_period_without_activity_is_empty(history: Workspace) -> None:

@@ -316,3 +316,9 @@ def test_an_event_constant_is_stored_as_its_plain_text(tmp_path: Path) -> None:
     assert typed.computed_hash() == typed.entry_hash and plain.computed_hash() == plain.entry_hash
     assert ledger.find(Event.RUN_REFUSED, run_id="r", contract_id="c") == stored[1]
     assert ledger.verify().ok
+
+
+def test_the_severities_auditors_read_are_the_registry_s() -> None:
+    rows = re.findall(r"^\| (`.+`) \| .+ \| (info|notice|warning|high) \|$", DOCS.read_text(), re.M)
+    listed = {name: severity for names, severity in rows for name in re.findall(r"`(.+?)`", names)}
+    assert listed == {e.value: REGISTRY[e].severity.value for e in Event}
