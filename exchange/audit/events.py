@@ -76,159 +76,74 @@ class EventType:
         return self.event.value
 
 
-_CONTRACT = ("id", "version", "sha256", "purposes", "legal_basis", "provider", "recipient")
-_REFUSAL = ("stage", "outcome", "reason", "error", "message", "contract_sha256")
-_DELIVERY = ("drop_id", "recipient", "server")
+INFO, NOTICE, WARNING, HIGH = Severity.INFO, Severity.NOTICE, Severity.WARNING, Severity.HIGH
+DONE, REFUSAL, FAILURE = Outcome.DONE, Outcome.REFUSAL, Outcome.FAILURE
 
-_TYPES = (
-    EventType(
-        Event.CONTRACT_CHECKED,
-        "the contract loaded, is approved and may run",
-        (*_CONTRACT, "approval"),
-    ),
-    EventType(
-        Event.RUN_REFUSED,
-        "policy said no (invalid contract, not runnable, guard, quality); nothing was sent",
-        (*_REFUSAL, "file", "problems", "unexpected", "missing", "failures"),
-        Outcome.REFUSAL,
-        severity=Severity.WARNING,
-    ),
-    EventType(
-        Event.RUN_FAILED,
-        "preparing failed for another reason; nothing was sent",
-        _REFUSAL,
-        Outcome.FAILURE,
-        severity=Severity.WARNING,
-    ),
-    EventType(
-        Event.RUN_PREPARED,
-        "the drop is encrypted, signed and staged",
-        (
-            "drop_id",
-            "source",
-            "triggered_by",
-            "source_columns_not_read",
-            "rows",
-            "disclosures",
-            "incremental",
-            "validation",
-            "payload",
-            "manifest_sha256",
-            "started_at",
-        ),
-    ),
-    EventType(
-        Event.TRANSFER_ATTEMPT,
-        "one delivery attempt failed; another may follow",
-        (*_DELIVERY, "attempt", "ok", "error", "message", "retryable", "wait_seconds"),
-        severity=Severity.NOTICE,
-    ),
-    EventType(
-        Event.TRANSFER_FAILED,
-        "delivery failed after the transport's attempts",
-        (*_DELIVERY, "outcome", "error", "message", "retryable", "security_event", "attempts"),
-        Outcome.FAILURE,
-        security=True,  # a host key not as pinned
-        severity=Severity.HIGH,
-    ),
-    EventType(
-        Event.TRANSFER_SENT,
-        "the drop is in the partner's folder",
-        (
-            "drop_id",
-            "server",
-            *_CONTRACT,  # with the recipient
-            "fields_sent",
-            "rows",
-            "validation",
-            "payload_sha256",
-            "manifest_sha256",
-            "watermark",
-            "remote_path",
-            "bytes",
-            "already_delivered",
-            "attempts",
-            "rename",
-            "outcome",
-            "started_at",
-            "finished_at",
-        ),
-    ),
-    EventType(
-        Event.ACK_RECEIVED,
-        "a partner's acknowledgement of a drop verified",
-        ("drop_id", "manifest_sha256", "rows", "rows_match", "received_at", "key_id", "ledger"),
-    ),
-    EventType(
-        Event.ACK_REJECTED,
-        "a file in the acknowledgement folder did not verify",
-        ("file", "reason", "key_id", "security_event"),
-        security=True,
-        severity=Severity.HIGH,
-    ),
-    EventType(
-        Event.ACK_OVERDUE,
-        "a drop was still unacknowledged at the contract's deadline",
-        ("drop_id",),
-        severity=Severity.WARNING,
-    ),
-    EventType(
-        Event.RETENTION_REMOVED,
-        "a drop past its retention was removed from the partner's folder",
-        ("drop_id", "retention", "older_than"),
-    ),
-    EventType(
-        Event.SUBJECT_LOOKED_UP,
-        "a subject access lookup was answered or refused",
-        ("subject_hash", "key_id", "requested_by", "reason", "outcome", "drops", "problem"),
-        severity=Severity.NOTICE,
-    ),
-    EventType(
-        Event.CONTRACT_APPROVED,
-        "an IG officer approved a contract version",
-        ("contract_sha256", "version", "approver", "review_by"),
-        severity=Severity.NOTICE,
-    ),
-    EventType(
-        Event.CONTRACT_SUSPENDED,
-        "an IG officer suspended a contract (a signed statement)",
-        ("statement", "signature", "approver"),
-        severity=Severity.WARNING,
-    ),
-    EventType(
-        Event.CONTRACT_RESUMED,
-        "an IG officer lifted a contract's suspensions (a signed statement)",
-        ("statement", "signature", "approver"),
-        severity=Severity.NOTICE,
-    ),
-    EventType(
-        Event.KEY_ROTATED,
-        "a pseudonymisation or disclosure key was rotated",
-        ("secret", "old_key_id", "new_key_id", "reason"),
-        severity=Severity.NOTICE,
-    ),
-    EventType(
-        Event.INCIDENT,
-        "an incident was raised and notified",
-        ("kind", "summary", "severity", "notified"),
-        severity=Severity.HIGH,
-    ),
-    EventType(
-        Event.INCIDENT_NOTIFY_FAILED,
-        "an incident's email or webhook could not be sent",
-        ("kind", "notifier", "error"),
-        Outcome.FAILURE,
-        severity=Severity.HIGH,
-    ),
-    EventType(
-        Event.RECTIFICATION_SENT,
-        "a correction notice was delivered to a recipient",
-        ("fields", "reason", "corrects", "drop_id", "recipient", "remote_path"),
-        severity=Severity.NOTICE,
-    ),
+# One line per event: its severity in reports, its outcome, and what it means.
+_KINDS: tuple[tuple[Event, Severity, Outcome, str], ...] = (
+    (Event.CONTRACT_CHECKED, INFO, DONE, "the contract loaded, is approved and may run"),
+    (Event.RUN_REFUSED, WARNING, REFUSAL, "policy said no (invalid, not runnable, guard, quality)"),
+    (Event.RUN_FAILED, WARNING, FAILURE, "preparing failed for another reason; nothing was sent"),
+    (Event.RUN_PREPARED, INFO, DONE, "the drop is encrypted, signed and staged"),
+    (Event.TRANSFER_ATTEMPT, NOTICE, DONE, "one delivery attempt failed; another may follow"),
+    (Event.TRANSFER_FAILED, HIGH, FAILURE, "delivery failed after the transport's attempts"),
+    (Event.TRANSFER_SENT, INFO, DONE, "the drop is in the partner's folder"),
+    (Event.ACK_RECEIVED, INFO, DONE, "a partner's acknowledgement of a drop verified"),
+    (Event.ACK_REJECTED, HIGH, DONE, "a file in the acknowledgement folder did not verify"),
+    (Event.ACK_OVERDUE, WARNING, DONE, "a drop was still unacknowledged at its deadline"),
+    (Event.RETENTION_REMOVED, INFO, DONE, "a drop past its retention was removed from the partner"),
+    (Event.SUBJECT_LOOKED_UP, NOTICE, DONE, "a subject access lookup was answered or refused"),
+    (Event.CONTRACT_APPROVED, NOTICE, DONE, "an IG officer approved a contract version"),
+    (Event.CONTRACT_SUSPENDED, WARNING, DONE, "an IG officer suspended a contract (signed)"),
+    (Event.CONTRACT_RESUMED, NOTICE, DONE, "an IG officer lifted a contract's suspensions"),
+    (Event.KEY_ROTATED, NOTICE, DONE, "a pseudonymisation or disclosure key was rotated"),
+    (Event.INCIDENT, HIGH, DONE, "an incident was raised and notified"),
+    (Event.INCIDENT_NOTIFY_FAILED, HIGH, FAILURE, "an incident's email or webhook failed"),
+    (Event.RECTIFICATION_SENT, NOTICE, DONE, "a correction notice was delivered to a recipient"),
 )
 
-REGISTRY: Mapping[Event, EventType] = {t.event: t for t in _TYPES}
+# Events that record a security event (transfer.failed: when its body's `security_event` is
+# true, a host key not as pinned).
+_SECURITY = frozenset({Event.TRANSFER_FAILED, Event.ACK_REJECTED})
+
+_CONTRACT = "id version sha256 purposes legal_basis provider recipient"
+_REFUSAL = "stage outcome reason error message contract_sha256"
+_STATEMENT = "statement signature approver"
+
+# The body's top-level keys, space-separated (some only in some entries).
+_FIELDS: Mapping[Event, str] = {
+    Event.CONTRACT_CHECKED: f"{_CONTRACT} approval",
+    Event.RUN_REFUSED: f"{_REFUSAL} file problems unexpected missing failures",
+    Event.RUN_FAILED: _REFUSAL,
+    Event.RUN_PREPARED: "drop_id source triggered_by source_columns_not_read rows disclosures "
+    "incremental validation payload manifest_sha256 started_at",
+    Event.TRANSFER_ATTEMPT: "drop_id recipient server attempt ok error message retryable "
+    "wait_seconds",
+    Event.TRANSFER_FAILED: "drop_id recipient server outcome error message retryable "
+    "security_event attempts",
+    Event.TRANSFER_SENT: f"drop_id server {_CONTRACT} fields_sent rows validation payload_sha256 "
+    "manifest_sha256 watermark remote_path bytes already_delivered attempts rename outcome "
+    "started_at finished_at",
+    Event.ACK_RECEIVED: "drop_id manifest_sha256 rows rows_match received_at key_id ledger",
+    Event.ACK_REJECTED: "file reason key_id security_event",
+    Event.ACK_OVERDUE: "drop_id",
+    Event.RETENTION_REMOVED: "drop_id retention older_than",
+    Event.SUBJECT_LOOKED_UP: "subject_hash key_id requested_by reason outcome drops problem",
+    Event.CONTRACT_APPROVED: "contract_sha256 version approver review_by",
+    Event.CONTRACT_SUSPENDED: _STATEMENT,
+    Event.CONTRACT_RESUMED: _STATEMENT,
+    Event.KEY_ROTATED: "secret old_key_id new_key_id reason",
+    Event.INCIDENT: "kind summary severity notified",
+    Event.INCIDENT_NOTIFY_FAILED: "kind notifier error",
+    Event.RECTIFICATION_SENT: "fields reason corrects drop_id recipient remote_path",
+}
+
+REGISTRY: Mapping[Event, EventType] = {
+    event: EventType(
+        event, meaning, tuple(_FIELDS[event].split()), outcome, event in _SECURITY, severity
+    )
+    for event, severity, outcome, meaning in _KINDS
+}
 
 
 def lookup(name: str) -> EventType | None:
@@ -241,4 +156,4 @@ def lookup(name: str) -> EventType | None:
 
 def with_outcome(outcome: Outcome) -> frozenset[str]:
     """The names of every event with that outcome."""
-    return frozenset(t.name for t in _TYPES if t.outcome is outcome)
+    return frozenset(t.name for t in REGISTRY.values() if t.outcome is outcome)

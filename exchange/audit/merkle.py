@@ -167,6 +167,21 @@ def _consistency(old_size: int, n: int, subtree: Callable[[int, int], bytes]) ->
     return proof
 
 
+def _sides(fn: int, sn: int, path: Sequence[bytes]) -> list[bool] | None:
+    """For each hash of a proof path, whether it is the left sibling on the way up; None when
+    the path does not fit the tree. The walk RFC 9162 sections 2.1.3.2 and 2.1.4.2 share."""
+    sides: list[bool] = []
+    for _ in path:
+        if sn == 0:
+            return None
+        left = bool(fn & 1) or fn == sn
+        sides.append(left)
+        while left and fn and not fn & 1:
+            fn, sn = fn >> 1, sn >> 1
+        fn, sn = fn >> 1, sn >> 1
+    return sides if sn == 0 else None
+
+
 def verify_inclusion(
     leaf: bytes, index: int, size: int, proof: Sequence[bytes], root_hash: bytes
 ) -> bool:
@@ -176,19 +191,13 @@ def verify_inclusion(
     """
     if not 0 <= index < size:
         return False
-    fn, sn, r = index, size - 1, leaf
-    for p in proof:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
-            r = node_hash(p, r)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn, sn = fn >> 1, sn >> 1
-        else:
-            r = node_hash(r, p)
-        fn, sn = fn >> 1, sn >> 1
-    return sn == 0 and hmac.compare_digest(r, root_hash)
+    sides = _sides(index, size - 1, proof)
+    if sides is None:
+        return False
+    r = leaf
+    for p, left in zip(proof, sides, strict=True):
+        r = node_hash(p, r) if left else node_hash(r, p)
+    return hmac.compare_digest(r, root_hash)
 
 
 def verify_consistency(
@@ -213,16 +222,13 @@ def verify_consistency(
     fn, sn = old_size - 1, new_size - 1
     while fn & 1:
         fn, sn = fn >> 1, sn >> 1
+    sides = _sides(fn, sn, path[1:])
+    if sides is None:
+        return False
     fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            return False
-        if fn & 1 or fn == sn:
+    for c, left in zip(path[1:], sides, strict=True):
+        if left:
             fr, sr = node_hash(c, fr), node_hash(c, sr)
-            if not fn & 1:
-                while fn and not fn & 1:
-                    fn, sn = fn >> 1, sn >> 1
         else:
             sr = node_hash(sr, c)
-        fn, sn = fn >> 1, sn >> 1
-    return sn == 0 and hmac.compare_digest(fr, old_root) and hmac.compare_digest(sr, new_root)
+    return hmac.compare_digest(fr, old_root) and hmac.compare_digest(sr, new_root)
