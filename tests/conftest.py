@@ -34,6 +34,47 @@ from exchange.trust import trust_entry
 # The audit tests' fixtures (signing key, ledgers on both backends).
 pytest_plugins = ["audit.audit_fixtures"]
 
+# The two lanes (`make test-fast` runs the first, `make test` both). A test is in the integration
+# lane when it is marked so, starts a real server (sshd, PostgreSQL, SMTP, a webhook, Airflow's
+# database), opens Chromium, or lives in a module that runs real programs or long property
+# searches throughout (the `exchange` command in subprocesses, processes racing, hypothesis).
+SERVER_FIXTURES = frozenset(
+    {"partner", "server", "postgres", "pg_url", "airflow_db", "smtp", "tls_smtp", "webhook"}
+)
+SLOW_MODULES = frozenset(
+    {
+        "test_governance",  # the `exchange` command as an officer types it
+        "test_trust_boundaries",  # likewise, for every trust boundary
+        "test_ledger_concurrency",  # writers in several processes
+        "test_contract_fuzz",  # hypothesis
+        "test_minimise_properties",  # hypothesis
+        "test_fuzz_parsers",  # hypothesis, over a real drop
+    }
+)
+SLOW_TESTS = frozenset({"test_concurrent_appends_from_processes_keep_one_chain"})
+
+
+def is_integration(item: pytest.Item) -> bool:
+    """Whether the test needs a real server or program, or is slow by design."""
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return bool(
+        item.get_closest_marker("integration")
+        or SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+        or params.get("backend_url") == "postgresql"
+        or any("chromium" in str(m.kwargs.get("reason")) for m in item.iter_markers("skipif"))
+        or item.path.stem in SLOW_MODULES
+        or getattr(item, "originalname", item.name) in SLOW_TESTS
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every integration test (see `is_integration`) as `integration`."""
+    for item in items:
+        if is_integration(item) and not item.get_closest_marker("integration"):
+            item.add_marker(pytest.mark.integration)
+
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "contracts" / "school-attendance-to-early-help.yaml"
 FOLDER = "inbox/attendance"

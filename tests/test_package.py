@@ -29,6 +29,62 @@ def test_public_api_is_what_all_lists() -> None:
     assert exchange.__all__ == sorted(exchange.__all__, key=lambda n: (n[0].islower(), n))
 
 
+HEAVY = ("pyarrow", "pandas", "sqlalchemy", "paramiko", "great_expectations", "cryptography")
+
+
+def test_importing_the_package_and_the_command_loads_no_heavy_library() -> None:
+    """`import exchange`, `import exchange.cli` and `exchange --help` stay fast (PEP 562)."""
+    code = (
+        "import sys, contextlib, io, exchange, exchange.cli\n"
+        "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "    exchange.cli.main(['--help'])\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_every_exchange_variable_is_read_by_settings_alone() -> None:
+    """Only exchange/settings.py reads the environment, with two named exceptions."""
+    allowed = {
+        CORE / "settings.py",
+        CORE / "cli" / "_common.py",  # --passphrase-env VAR: a variable the user names
+        CORE / "sources" / "postgres.py",  # libpq's own PGHOST/PGHOSTADDR, not ours
+    }
+    readers = {
+        path
+        for path in CORE.rglob("*.py")
+        if any(word in path.read_text() for word in ("os.environ", "getenv", "environ["))
+    }
+    assert readers <= allowed, sorted(str(p.relative_to(CORE)) for p in readers - allowed)
+
+
+def test_the_error_tree_drawn_in_errors_py_is_the_real_one() -> None:
+    """Every error class is drawn, under its parent, with the exit code it carries beside it."""
+    from exchange import errors
+
+    parents: list[type] = []
+    drawn: set[str] = set()
+    for line in (errors.__doc__ or "").splitlines():
+        text = line.lstrip(" │├└─")
+        name, *rest = text.split() or [""]
+        if not isinstance(getattr(errors, name, None), type):  # prose, not a drawn class
+            continue
+        cls = getattr(errors, name)
+        del parents[(len(line) - len(text)) // 4 - 1 :]
+        assert not parents or parents[-1] in cls.__bases__, name
+        parents.append(cls)
+        drawn.add(name)
+        if rest and rest[-1].isdigit():
+            assert cls.exit_code == int(rest[-1]), name
+    defined = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.ExchangeError)
+    }
+    assert drawn == defined
+
+
 def test_core_library_never_imports_airflow() -> None:
     for path in CORE.rglob("*.py"):
         assert not any(m.split(".")[0] == "airflow" for m in imported_modules(path)), path
