@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from exchange.audit.events import Event
 from exchange.contract import Contract
 from exchange.contract.canonical import canonical_bytes
 from exchange.crypto import signing
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 APPROVAL_TYPE = "exchange-approval/1"
 SUSPENSION_TYPE = "exchange-suspension/2"
 RESUME_TYPE = "exchange-resume/1"
-SUSPENDED, RESUMED = "contract.suspended", "contract.resumed"
+SUSPENDED, RESUMED = Event.CONTRACT_SUSPENDED, Event.CONTRACT_RESUMED
 REVIEW_YEARS = 2  # the protocol reviews every agreement at least every two years
 
 
@@ -119,7 +120,8 @@ class Governance:
     # -- suspensions ------------------------------------------------------------------------
 
     def _statements(self, contract_id: str) -> list[Entry]:
-        from exchange.audit.ledger import Entry, entries
+        from exchange.audit.entry import Entry
+        from exchange.audit.storage import entries
 
         with self.ledger.engine.connect() as conn:
             rows = conn.execute(
