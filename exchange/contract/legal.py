@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from typing import Any, Final, NamedTuple
 
 
-@dataclass(frozen=True)
-class Power:
+class Power(NamedTuple):
     """A statutory power or duty to share, and whether it overrides a person's objection."""
 
     act: str
@@ -16,49 +16,49 @@ class Power:
     overrides_objection: bool = False
 
 
-STATUTES: tuple[Power, ...] = (
-    Power("Children Act 1989", "s.17", "Services for children in need"),
-    Power("Children Act 1989", "s.27", "Co-operation between authorities"),
-    Power(
-        "Children Act 1989",
-        "s.47",
-        "Enquiries where a child may be suffering significant harm",
-        overrides_objection=True,
+_OVERRIDES_OBJECTION: Final = True
+
+# Act -> its sections: (section, description[, _OVERRIDES_OBJECTION]).
+_POWERS: Final[dict[str, tuple[tuple[str, str] | tuple[str, str, bool], ...]]] = {
+    "Children Act 1989": (
+        ("s.17", "Services for children in need"),
+        ("s.27", "Co-operation between authorities"),
+        ("s.47", "Enquiries where a child may be suffering significant harm", _OVERRIDES_OBJECTION),
     ),
-    Power("Children Act 2004", "s.10", "Co-operation to improve the well-being of children"),
-    Power("Children Act 2004", "s.11", "Arrangements to safeguard and promote welfare"),
-    Power("Children Act 2004", "s.16H", "Local safeguarding arrangements: supply of information"),
-    Power("Education Act 2002", "s.175", "Duties of local authorities in relation to welfare"),
-    Power(
-        "Crime and Disorder Act 1998",
-        "s.115",
-        "Disclosure of information for crime reduction",
-        overrides_objection=True,
+    "Children Act 2004": (
+        ("s.10", "Co-operation to improve the well-being of children"),
+        ("s.11", "Arrangements to safeguard and promote welfare"),
+        ("s.16H", "Local safeguarding arrangements: supply of information"),
     ),
-    Power("Crime and Disorder Act 1998", "s.17", "Duty to consider crime and disorder"),
-    Power("Health and Social Care Act 2012", "s.195", "Duty to encourage integrated working"),
-    Power("Health and Social Care Act 2012", "s.251B", "Duty to share information for care"),
-    Power("Care Act 2014", "s.6", "Co-operating generally"),
-    Power(
-        "Care Act 2014",
-        "s.42",
-        "Enquiry by local authority (safeguarding adults)",
-        overrides_objection=True,
+    "Education Act 2002": (("s.175", "Duties of local authorities in relation to welfare"),),
+    "Crime and Disorder Act 1998": (
+        ("s.115", "Disclosure of information for crime reduction", _OVERRIDES_OBJECTION),
+        ("s.17", "Duty to consider crime and disorder"),
     ),
-    Power("Care Act 2014", "s.45", "Supply of information to Safeguarding Adults Boards"),
-    Power("National Health Service Act 2006", "s.251", "Control of patient information"),
-    Power("Localism Act 2011", "s.1", "General power of competence"),
-    Power("Local Government Act 1972", "s.111", "Subsidiary powers of local authorities"),
-    Power("Digital Economy Act 2017", "s.35", "Disclosure to improve public service delivery"),
-    Power("Criminal Justice Act 2003", "s.325", "Multi-agency public protection arrangements"),
-    Power("Housing Act 1996", "s.213B", "Duty to refer cases of homelessness"),
-    Power(
-        "Police, Crime, Sentencing and Courts Act 2022",
-        "s.16",
-        "Serious violence duty: disclosure of information",
+    "Health and Social Care Act 2012": (
+        ("s.195", "Duty to encourage integrated working"),
+        ("s.251B", "Duty to share information for care"),
     ),
-    Power("Mental Health Act 1983", "s.117", "After-care"),
-    Power("Data Protection Act 2018", "Sch 2 para 2", "Crime and taxation exemption"),
+    "Care Act 2014": (
+        ("s.6", "Co-operating generally"),
+        ("s.42", "Enquiry by local authority (safeguarding adults)", _OVERRIDES_OBJECTION),
+        ("s.45", "Supply of information to Safeguarding Adults Boards"),
+    ),
+    "National Health Service Act 2006": (("s.251", "Control of patient information"),),
+    "Localism Act 2011": (("s.1", "General power of competence"),),
+    "Local Government Act 1972": (("s.111", "Subsidiary powers of local authorities"),),
+    "Digital Economy Act 2017": (("s.35", "Disclosure to improve public service delivery"),),
+    "Criminal Justice Act 2003": (("s.325", "Multi-agency public protection arrangements"),),
+    "Housing Act 1996": (("s.213B", "Duty to refer cases of homelessness"),),
+    "Police, Crime, Sentencing and Courts Act 2022": (
+        ("s.16", "Serious violence duty: disclosure of information"),
+    ),
+    "Mental Health Act 1983": (("s.117", "After-care"),),
+    "Data Protection Act 2018": (("Sch 2 para 2", "Crime and taxation exemption"),),
+}
+
+STATUTES: tuple[Power, ...] = tuple(
+    Power(act, *section) for act, sections in _POWERS.items() for section in sections
 )
 
 ARTICLE_6: dict[str, str] = {
@@ -145,3 +145,13 @@ def schedule_1_condition_known(text: str) -> bool:
     """Whether text names a real DPA 2018 Schedule 1 condition, as 'Part N para M (...)'."""
     match = _SCHEDULE_1_TEXT.match(text)
     return match is not None and int(match.group(2)) in SCHEDULE_1[int(match.group(1))]
+
+
+def identifies_directly(terms: Mapping[str, Any], source: Any) -> bool:
+    """Whether a field identifies a person directly: marked subjectKey or directIdentifier, or
+    read from a source column whose name is a direct identifier's."""
+    return bool(
+        terms.get("subjectKey")
+        or terms.get("directIdentifier")
+        or str(source).lower() in DIRECT_IDENTIFIER_NAMES
+    )

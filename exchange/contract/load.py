@@ -19,7 +19,7 @@ from croniter import croniter
 from exchange import filters
 from exchange.contract import names, safe_yaml
 from exchange.contract.canonical import _plain, canonical_sha256
-from exchange.contract.legal import DIRECT_IDENTIFIER_NAMES
+from exchange.contract.legal import identifies_directly
 from exchange.contract.model import (
     Contract,
     Endpoint,
@@ -294,7 +294,7 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
             )
         uses_pseudonyms |= transform == "pseudonymise"
         subject_keys += bool(terms.get("subjectKey"))
-        yield from _transform_problems(file, prop, terms, at, located, reads, renamed)
+        yield from _transform_problems(file, prop, terms, located, reads, renamed)
     if subject_keys != 1:
         yield Problem(
             file,
@@ -322,7 +322,6 @@ def _transform_problems(
     file: str,
     prop: dict[str, Any],
     terms: dict[str, Any],
-    at: list[Any],
     located: Callable[[list[Any]], list[Any]],
     reads: dict[str, str],
     renamed: dict[str, str],
@@ -340,12 +339,7 @@ def _transform_problems(
     if isinstance(options, dict):
         for path, message in option_problems(spec.name, options, logical):
             yield Problem(file, format_path(located(["transformOptions", *path])), message)
-    direct = (
-        terms.get("subjectKey")
-        or terms.get("directIdentifier")
-        or str(source).lower() in DIRECT_IDENTIFIER_NAMES
-    )
-    if transform == "hash" and direct:
+    if transform == "hash" and identifies_directly(terms, source):
         yield Problem(
             file,
             format_path(located(["transform"])),
@@ -358,7 +352,7 @@ def _transform_problems(
         if first != read:
             yield Problem(
                 file,
-                format_path([*at, "customProperties"]),
+                format_path(located([])),  # the field's customProperties
                 f"source column {source} is read as {first} for another field and as {read} "
                 "here: one column is read as one type",
             )

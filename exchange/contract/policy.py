@@ -84,12 +84,8 @@ def _field_problems(document: dict[str, Any], file: str, article9: Any) -> Itera
                 f"{prop.get('name')} is special category data: add a UK GDPR Article 9 "
                 "condition (legalBasis.ukGdprArticle9) or do not share the field",
             )
-        source = str(prop.get("physicalName") or prop.get("name") or "").lower()
-        direct = (
-            terms.get("subjectKey")
-            or terms.get("directIdentifier")
-            or source in legal.DIRECT_IDENTIFIER_NAMES
-        )
+        source = prop.get("physicalName") or prop.get("name") or ""
+        direct = legal.identifies_directly(terms, source)
         if direct and terms.get("transform") == "keep" and not terms.get("justification"):
             yield Problem(
                 file,
