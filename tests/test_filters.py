@@ -12,7 +12,9 @@ from conftest import write_contract
 
 from exchange import filters
 from exchange.contract import load_contract
+from exchange.contract.vocabulary.terms import FILTER_OPS, TERMS
 from exchange.errors import ContractError
+from exchange.types import ARROW_TYPES
 
 RECIPIENT = "age1j9cagmxw0vf3zwjsf4598ejz8xwv43qadxunwk22ecycqv06l48s09mk7a"
 TODAY = dt.date(2026, 11, 24)
@@ -296,3 +298,16 @@ def test_null_checks_take_the_type_of_the_other_filters_on_the_column() -> None:
     assert (
         lint([{"column": "v", "op": "is_null"}, {"column": "v", "op": "in", "value": ["a"]}]) == []
     )
+
+
+def test_the_terms_schema_allows_the_ops_and_types_filters_implement() -> None:
+    """The filter vocabulary the contract schema is generated from is the one filters runs."""
+    assert {
+        "comparison": tuple(filters.COMPARISONS),
+        "set": filters.SET_OPS,
+        "null": filters.NULL_OPS,
+        "age": filters.AGE_OPS,
+    } == FILTER_OPS
+    item = TERMS["filters"].schema["items"]["properties"]
+    assert tuple(item["op"]["enum"]) == filters.OPS
+    assert item["type"]["enum"] == list(ARROW_TYPES)

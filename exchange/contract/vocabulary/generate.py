@@ -11,7 +11,11 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from exchange.contract.vocabulary.schemas import field_terms_text, manifest_schema_text
+from exchange.contract.vocabulary.schemas import (
+    field_terms_text,
+    manifest_schema_text,
+    sharing_terms_text,
+)
 from exchange.contract.vocabulary.terms import TERMS
 from exchange.contract.vocabulary.transforms import TRANSFORMS
 from exchange.contract.vocabulary.units import UNITS
@@ -65,7 +69,10 @@ def docs_text(text: str) -> str:
 
 def outputs() -> dict[Path, str]:
     """Every generated file and the text it should have."""
-    out = {ROOT / "exchange/contract/field-terms.schema.json": field_terms_text()}
+    out = {
+        ROOT / "exchange/contract/terms.schema.json": sharing_terms_text(),
+        ROOT / "exchange/contract/field-terms.schema.json": field_terms_text(),
+    }
     for name in ("exchange/manifest.schema.json", "docs/manifest.schema.json"):
         path = ROOT / name
         out[path] = manifest_schema_text(path.read_text("utf-8"))

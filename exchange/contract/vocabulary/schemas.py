@@ -1,4 +1,5 @@
-"""JSON schemas built from the registries: the field terms, and the manifest's transform list."""
+"""JSON schemas built from the registries: the sharing terms, the field terms, and the manifest's
+transform list."""
 
 from __future__ import annotations
 
@@ -7,9 +8,28 @@ import re
 from pathlib import Path
 from typing import Any
 
+from exchange.contract.vocabulary.terms import SCHEMA_DEFS, TERMS
 from exchange.contract.vocabulary.transforms import TRANSFORMS
 
+SHARING_TERMS_ID = "https://exchange-gateway.example/schemas/sharing-terms/1.0.json"
 FIELD_TERMS_ID = "https://exchange-gateway.example/schemas/field-terms/1.1.json"
+
+
+def sharing_terms_schema() -> dict[str, Any]:
+    """The schema of the top-level customProperties, keyed by `property`: the term registry."""
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": SHARING_TERMS_ID,
+        "title": "Sharing terms: the gateway's customProperties vocabulary for ODCS contracts",
+        "description": "Top-level customProperties of a data contract, collected into one object "
+        "keyed by `property`. Each key is documented in docs/contracts.md. Generated from "
+        "exchange/contract/vocabulary/terms.py: do not edit.",
+        "type": "object",
+        "required": [t.name for t in TERMS.values() if t.required == "yes"],
+        "additionalProperties": False,
+        "$defs": SCHEMA_DEFS,
+        "properties": {t.name: t.schema for t in TERMS.values()},
+    }
 
 
 def _option_rule(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -73,6 +93,11 @@ def _find_transform_enum(node: Any) -> list[str]:
             if found:
                 return found
     return []
+
+
+def sharing_terms_text() -> str:
+    """The sharing-terms schema as the file in the package holds it."""
+    return json.dumps(sharing_terms_schema(), indent=2, ensure_ascii=False) + "\n"
 
 
 def field_terms_text() -> str:

@@ -1,10 +1,10 @@
 """The contract-term registry: every top-level sharing term in `customProperties`, declared once.
 
 Each term says whether it is required, how `contract diff` judges a change to it (a fixed kind,
-or the name of a rule in `exchange.contract.diff`), where the officer and the public read it
-(a section of the rendered agreement, or its words in "Other terms"; `None` for a secret's name,
-which is never shown), and its documentation. The value's shape is validated by
-`terms.schema.json` (a test keeps both lists equal).
+or the name of a rule in `exchange.contract.diff._terms`), where the officer and the public read
+it (a section of the rendered agreement, or its words in "Other terms"; `None` for a secret's
+name, which is never shown), its documentation, and the JSON schema of its value, from which
+`terms.schema.json` is generated (`python -m exchange.contract.vocabulary.generate`).
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ class Term:
     name: str
     docs: str
     required: str  # "yes", "no", or when
-    diff: Fixed | str  # a rule name: a handler in exchange.contract.diff
+    diff: Fixed | str  # a rule name: a handler in exchange.contract.diff._terms
     shown_in: str | None  # a section of the rendered agreement; "terms": by `words`; None: never
     example: Any  # a valid value unlike the sample contract's, for docs and coverage tests
+    schema: Mapping[str, Any]  # the JSON schema of the value, in terms.schema.json
     words: Callable[[Any], str] | None = None  # for "Other terms", officer and public alike
     register: bool = False  # also stated in the register's index (register.json)
 
@@ -67,6 +68,78 @@ def _acknowledgements(value: Any) -> str:
     )
 
 
+# Purpose-filter ops by the value they take; exchange.filters implements them (a test keeps both).
+FILTER_OPS: Final[dict[str, tuple[str, ...]]] = {
+    "comparison": ("==", "!=", "<", "<=", ">", ">="),
+    "set": ("in", "not_in"),
+    "null": ("is_null", "not_null"),
+    "age": ("age_under", "age_at_least"),
+}
+_SCALAR: Final = {"type": ["string", "number", "boolean"]}
+
+
+def _when_op(group: str, then: dict[str, Any], otherwise: Any = None) -> dict[str, Any]:
+    when = {"required": ["op"], "properties": {"op": {"enum": list(FILTER_OPS[group])}}}
+    rule = {"if": when, "then": then}
+    return rule if otherwise is None else {**rule, "else": otherwise}
+
+
+def _value(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"properties": {"value": schema}}
+
+
+_FILTERS_SCHEMA: Final = {
+    "description": "Purpose filters on source columns: a row is sent only if every filter is true.",
+    "type": "array",
+    "minItems": 1,
+    "items": {
+        "type": "object",
+        "required": ["column", "op"],
+        "additionalProperties": False,
+        "properties": {
+            "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
+            "column": {"type": "string", "minLength": 1},
+            "op": {"enum": [op for ops in FILTER_OPS.values() for op in ops]},
+            "value": {},
+            "type": {"enum": ["string", "integer", "number", "boolean", "date", "timestamp"]},
+        },
+        "allOf": [
+            _when_op("null", {"not": {"required": ["value"]}}, {"required": ["value"]}),
+            _when_op(
+                "set",
+                _value({"type": "array", "minItems": 1, "uniqueItems": True, "items": _SCALAR}),
+            ),
+            _when_op("comparison", _value(_SCALAR)),
+            _when_op("age", _value({"type": "integer", "minimum": 0, "maximum": 150})),
+        ],
+    },
+}
+
+# The shapes several terms share (`$defs` of terms.schema.json).
+SCHEMA_DEFS: Final[dict[str, Any]] = {
+    "organisation": {
+        "type": "object",
+        "required": ["organisation", "contact"],
+        "additionalProperties": False,
+        "properties": {
+            "organisation": {"type": "string", "minLength": 2},
+            "department": {"type": "string"},
+            "contact": {"type": "string", "minLength": 3},
+            "icoRegistration": {"type": "string", "pattern": "^[A-Z]{1,2}[0-9]{6,8}$"},
+        },
+    },
+    "statute": {
+        "type": "object",
+        "required": ["act", "section"],
+        "additionalProperties": False,
+        "properties": {
+            "act": {"type": "string", "minLength": 3},
+            "section": {"type": "string", "minLength": 1},
+        },
+    },
+    "secretName": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{1,62}$"},
+}
+
 _PARTY = (
     "Object: `organisation` (2+ characters), `contact` (3+), optional `department` and "
     "`icoRegistration` (e.g. `Z1234567`)."
@@ -81,6 +154,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "provider",
         "parties",
         {"organisation": "Another Council", "contact": "dpo@another.example"},
+        schema={"$ref": "#/$defs/organisation"},
     ),
     Term(
         "recipient",
@@ -89,6 +163,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "recipient",
         "parties",
         {"organisation": "Another Trust", "contact": "dpo@trust.example"},
+        schema={"$ref": "#/$defs/organisation"},
     ),
     Term(
         "purposes",
@@ -97,6 +172,12 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "purposes",
         "purposes",
         ["research"],
+        schema={
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"type": "string", "pattern": "^[a-z][a-z0-9-]*$"},
+        },
     ),
     Term(
         "legalBasis",
@@ -111,6 +192,17 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
             "ukGdprArticle9": "9(2)(h)",
             "dpa2018Schedule1": "Part 1 para 2 (health or social care purposes)",
         },
+        schema={
+            "type": "object",
+            "required": ["statutes", "ukGdprArticle6"],
+            "additionalProperties": False,
+            "properties": {
+                "statutes": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/statute"}},
+                "ukGdprArticle6": {"type": "string", "pattern": "^6\\(1\\)\\([a-f]\\)$"},
+                "ukGdprArticle9": {"type": "string", "pattern": "^9\\(2\\)\\([a-j]\\)$"},
+                "dpa2018Schedule1": {"type": "string", "minLength": 3},
+            },
+        },
     ),
     Term(
         "objections",
@@ -123,6 +215,23 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "objections",
         "objections",
         {"column": "objected", "legalBasisOverrides": False, "list": "objection-list"},
+        schema={
+            "type": "object",
+            "required": ["column", "legalBasisOverrides"],
+            "additionalProperties": False,
+            "properties": {
+                "column": {"type": "string", "minLength": 1},
+                "legalBasisOverrides": {"type": "boolean"},
+                "overrideJustification": {"type": "string", "minLength": 10},
+                "list": {
+                    "description": "The secret holding a list of objecting subject ids (one per "
+                    "line), matched against the subject key's source column.",
+                    "$ref": "#/$defs/secretName",
+                },
+            },
+            "if": {"properties": {"legalBasisOverrides": {"const": True}}},
+            "then": {"required": ["overrideJustification"]},
+        },
     ),
     Term(
         "schedule",
@@ -131,6 +240,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         Fixed("schedule-changed", True, label="schedule (cron)"),
         "delivery",
         "30 3 * * 1",
+        schema={"type": "string", "minLength": 9},
     ),
     Term(
         "reviewDate",
@@ -139,6 +249,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "reviewDate",
         "governance",
         "2026-06-30",
+        schema={"type": "string", "format": "date"},
     ),
     Term(
         "recipientKeys",
@@ -148,6 +259,12 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "recipientKeys",
         "delivery",
         ["age1a40fshp8dlqnttm4rpptjsfdgmxeyg0z02vy27axlxddjlxdlc8qggp4h5"],
+        schema={
+            "type": "array",
+            "minItems": 1,
+            "uniqueItems": True,
+            "items": {"type": "string", "pattern": "^age1[02-9ac-hj-np-z]{58}$"},
+        },
     ),
     Term(
         "sftpConnection",
@@ -156,6 +273,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         Fixed("endpoint-changed", True, " (the connection decides the server)", "SFTP connection"),
         None,
         "another-sftp-connection",
+        schema={"$ref": "#/$defs/secretName"},
     ),
     Term(
         "pseudonymisationKey",
@@ -169,6 +287,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         ),
         None,
         "another-pseudonym-key",
+        schema={"$ref": "#/$defs/secretName"},
     ),
     Term(
         "dpiaReference",
@@ -177,6 +296,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         Fixed("dpia-changed", True, label="DPIA reference"),
         "governance",
         "DPIA-2099-999",
+        schema={"type": "string", "minLength": 3},
     ),
     Term(
         "rightsRequestsContact",
@@ -185,6 +305,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         Fixed("contacts-changed", False),
         "governance",
         "rights@another.example",
+        schema={"type": "string", "minLength": 3},
     ),
     Term(
         "retentionAction",
@@ -193,6 +314,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "retentionAction",
         "retention",
         "archive",
+        schema={"enum": ["delete", "archive"]},
     ),
     Term(
         "termination",
@@ -201,6 +323,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         Fixed("termination-changed", True, label="termination terms"),
         "governance",
         "Either party may end the agreement with 30 days' written notice.",
+        schema={"type": "string", "minLength": 10},
     ),
     Term(
         "filters",
@@ -209,6 +332,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "filters",
         "rows",
         [{"column": "year_group", "op": "<=", "value": 6, "name": "primary"}],
+        schema=_FILTERS_SCHEMA,
     ),
     Term(
         "incremental",
@@ -218,7 +342,15 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "incremental",
         "terms",
         {"column": "updated_at"},
-        _incremental,
+        schema={
+            "description": "Send only records new or changed since the last delivered run, by "
+            "this timestamp column.",
+            "type": "object",
+            "required": ["column"],
+            "additionalProperties": False,
+            "properties": {"column": {"type": "string", "minLength": 1}},
+        },
+        words=_incremental,
         register=True,
     ),
     Term(
@@ -230,7 +362,23 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         Fixed("acknowledgements-changed", True),
         "terms",
         {"folder": "acks", "partnerKeys": [_PARTNER_KEY], "deadlineHours": 48},
-        _acknowledgements,
+        schema={
+            "description": "Where the recipient puts signed acknowledgements, with which keys, "
+            "and how soon.",
+            "type": "object",
+            "required": ["folder", "partnerKeys", "deadlineHours"],
+            "additionalProperties": False,
+            "properties": {
+                "folder": {"type": "string", "minLength": 1},
+                "partnerKeys": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "string", "pattern": "^ssh-ed25519 [A-Za-z0-9+/=]+( .*)?$"},
+                },
+                "deadlineHours": {"type": "number", "minimum": 0},
+            },
+        },
+        words=_acknowledgements,
         register=True,
     ),
     Term(
@@ -241,7 +389,12 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         Fixed("inbox-management-changed", True, " (the sender deleting files on their server)"),
         "terms",
         True,
-        _inbox,
+        schema={
+            "description": "True when the agreement makes the sender remove drops older than "
+            "the retention period from the recipient's inbox.",
+            "type": "boolean",
+        },
+        words=_inbox,
         register=True,
     ),
 )
