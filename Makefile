@@ -11,7 +11,7 @@ BOOTSTRAP := pip==26.3 setuptools==84.2.1
 AUDIT_VENV := build/audit-venv
 PIP_AUDIT := pip-audit==2.10.1
 
-.PHONY: install system demo test lint bench lock audit-deps clean
+.PHONY: install system demo test test-fast lint bench lock audit-deps clean
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,14 @@ system:
 demo: install system
 	$(BIN)/python scripts/demo.py
 
+# The whole suite: both lanes, the unit tests and the integration tests against real servers
+# (tests/conftest.py decides which test is in which lane).
 test: install system
 	$(BIN)/python -m pytest
+
+# The unit lane only: no server, no browser, no subprocess CLI runs; about a minute.
+test-fast: install
+	$(BIN)/python -m pytest -m "not integration"
 
 lint: install
 	$(BIN)/ruff check exchange validators dags tests benchmarks scripts

@@ -15,7 +15,7 @@ import pytest
 from conftest import Workspace, inbox_entries, incidents, last_record, write_contract
 
 from exchange import approval, keys
-from exchange.cli import BAD_INPUT, REFUSED
+from exchange.cli import BAD_INPUT, DIFF_EXIT_CODES, REFUSED, main
 from exchange.contract import load_contract
 from exchange.crypto.signing import key_id, load_private_key
 
@@ -214,6 +214,7 @@ def test_approval_cannot_set_a_review_date_beyond_two_years(workspace: Workspace
         too_late,
     )
     assert done.returncode == BAD_INPUT and "more than two years ahead" in done.stderr
+    assert done.stderr.startswith("exchange: not done: ")  # the label InvalidRequest carries
 
 
 def test_an_untrusted_key_cannot_approve(workspace: Workspace) -> None:
@@ -227,6 +228,35 @@ def test_an_untrusted_key_cannot_approve(workspace: Workspace) -> None:
         str(stranger.private_path),
     )
     assert done.returncode == BAD_INPUT and "not a trusted approver" in done.stderr
+
+
+def test_diff_verdicts_have_codes_of_their_own(
+    workspace: Workspace, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """0 identical, 10 editorial, 11 needs re-approval: never a failure's code (1-5)."""
+
+    def diff(edit: Callable[[dict[str, Any]], None] | None) -> tuple[int, str]:
+        new = write_contract(tmp_path / "new.yaml", workspace.recipient, edit)
+        code = main(["contract", "diff", str(workspace.contract), str(new)])
+        return code, capsys.readouterr().out.splitlines()[-1]
+
+    def editorial(document: dict[str, Any]) -> None:
+        document["version"] = "9.9.9"
+
+    def wider(document: dict[str, Any]) -> None:
+        for prop in document["customProperties"]:
+            if prop["property"] == "purposes":
+                prop["value"] = [*prop["value"], "research"]
+
+    assert DIFF_EXIT_CODES == {"identical": 0, "editorial": 10, "needs-re-approval": 11}
+    code, verdict = diff(None)
+    assert code == 0 and verdict.endswith("identical (0 change(s))")
+    code, verdict = diff(editorial)
+    assert code == 10 and verdict.endswith("editorial (1 change(s))")
+    code, verdict = diff(wider)
+    assert code == 11 and "needs-re-approval" in verdict
+    (tmp_path / "broken.yaml").write_text("a: [\n")  # not YAML: a failure, not a verdict
+    assert main(["contract", "diff", str(workspace.contract), str(tmp_path / "broken.yaml")]) == 2
 
 
 def test_reformatting_the_yaml_keeps_the_approval(workspace: Workspace) -> None:

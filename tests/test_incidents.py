@@ -367,3 +367,23 @@ def test_a_webhook_redirect_is_not_followed(
     finally:
         server.shutdown()
     assert posted == []
+
+
+def test_notifiers_come_from_the_settings() -> None:
+    """The EXCHANGE_INCIDENT_* variables are read by Settings; the notifiers are built from it."""
+    from exchange.incidents import SmtpNotifier, WebhookNotifier, notifiers_from_settings
+    from exchange.settings import Settings
+
+    settings = Settings.from_env(
+        {
+            "EXCHANGE_INCIDENT_SMTP": "mail.council.example:465",
+            "EXCHANGE_INCIDENT_TO": "ig@x.example, dpo@x.example",
+            "EXCHANGE_INCIDENT_WEBHOOK": "https://hooks.council.example/T0KEN",
+        }
+    )
+    assert "T0KEN" not in repr(settings)
+    smtp, hook = notifiers_from_settings(settings)
+    assert isinstance(smtp, SmtpNotifier) and smtp.tls == "smtps"
+    assert smtp.recipients == ["ig@x.example", "dpo@x.example"]
+    assert isinstance(hook, WebhookNotifier)
+    assert notifiers_from_settings(Settings.from_env({})) == []

@@ -156,3 +156,19 @@ def test_invalid_base64_names_the_secret_not_the_text(text: str) -> None:
 def test_decode_secret_strips_whitespace() -> None:
     """A trailing newline (as `base64` prints) is accepted."""
     assert decode_secret("k", b64(KEY) + "\n") == KEY
+
+
+def test_the_store_takes_its_variables_from_the_settings(secrets_file: Path) -> None:
+    """Settings read EXCHANGE_SECRET_/EXCHANGE_CONN_ variables; nothing else reaches the store."""
+    from exchange.settings import Settings
+
+    env = {
+        "EXCHANGE_SECRETS": str(secrets_file),
+        "EXCHANGE_SECRET_PSEUDONYM_KEY": b64(OTHER),
+        "EXCHANGE_HOME": "/nowhere",
+        "HOME": "/root",
+    }
+    settings = Settings.from_env(env)
+    assert settings.secret_env() == {"EXCHANGE_SECRET_PSEUDONYM_KEY": b64(OTHER)}
+    assert b64(OTHER) not in repr(settings)
+    assert LocalSecrets.from_settings(settings).secret("pseudonym-key") == OTHER
