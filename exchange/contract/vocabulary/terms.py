@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from exchange.contract.vocabulary.shapes import items, record, text
+
 
 @dataclass(frozen=True)
 class Fixed:
@@ -68,6 +70,12 @@ def _acknowledgements(value: Any) -> str:
     )
 
 
+# --- JSON schema of the terms' values ----------------------------------------------------------
+
+
+_SECRET_NAME: Final = {"$ref": "#/$defs/secretName"}
+_ORGANISATION: Final = {"$ref": "#/$defs/organisation"}
+
 # Purpose-filter ops by the value they take; exchange.filters implements them (a test keeps both).
 FILTER_OPS: Final[dict[str, tuple[str, ...]]] = {
     "comparison": ("==", "!=", "<", "<=", ">", ">="),
@@ -88,56 +96,36 @@ def _value(schema: dict[str, Any]) -> dict[str, Any]:
     return {"properties": {"value": schema}}
 
 
-_FILTERS_SCHEMA: Final = {
-    "description": "Purpose filters on source columns: a row is sent only if every filter is true.",
-    "type": "array",
-    "minItems": 1,
-    "items": {
-        "type": "object",
-        "required": ["column", "op"],
-        "additionalProperties": False,
-        "properties": {
-            "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]{0,62}$"},
-            "column": {"type": "string", "minLength": 1},
-            "op": {"enum": [op for ops in FILTER_OPS.values() for op in ops]},
-            "value": {},
-            "type": {"enum": ["string", "integer", "number", "boolean", "date", "timestamp"]},
-        },
-        "allOf": [
-            _when_op("null", {"not": {"required": ["value"]}}, {"required": ["value"]}),
-            _when_op(
-                "set",
-                _value({"type": "array", "minItems": 1, "uniqueItems": True, "items": _SCALAR}),
-            ),
-            _when_op("comparison", _value(_SCALAR)),
-            _when_op("age", _value({"type": "integer", "minimum": 0, "maximum": 150})),
-        ],
+_FILTER: Final = record(
+    ["column", "op"],
+    {
+        "name": text(pattern="^[a-z0-9][a-z0-9-]{0,62}$"),
+        "column": text(1),
+        "op": {"enum": [op for ops in FILTER_OPS.values() for op in ops]},
+        "value": {},
+        "type": {"enum": ["string", "integer", "number", "boolean", "date", "timestamp"]},
     },
-}
+    allOf=[
+        _when_op("null", {"not": {"required": ["value"]}}, {"required": ["value"]}),
+        _when_op("set", _value(items(_SCALAR, unique=True))),
+        _when_op("comparison", _value(_SCALAR)),
+        _when_op("age", _value({"type": "integer", "minimum": 0, "maximum": 150})),
+    ],
+)
 
 # The shapes several terms share (`$defs` of terms.schema.json).
 SCHEMA_DEFS: Final[dict[str, Any]] = {
-    "organisation": {
-        "type": "object",
-        "required": ["organisation", "contact"],
-        "additionalProperties": False,
-        "properties": {
-            "organisation": {"type": "string", "minLength": 2},
-            "department": {"type": "string"},
-            "contact": {"type": "string", "minLength": 3},
-            "icoRegistration": {"type": "string", "pattern": "^[A-Z]{1,2}[0-9]{6,8}$"},
+    "organisation": record(
+        ["organisation", "contact"],
+        {
+            "organisation": text(2),
+            "department": text(),
+            "contact": text(3),
+            "icoRegistration": text(pattern="^[A-Z]{1,2}[0-9]{6,8}$"),
         },
-    },
-    "statute": {
-        "type": "object",
-        "required": ["act", "section"],
-        "additionalProperties": False,
-        "properties": {
-            "act": {"type": "string", "minLength": 3},
-            "section": {"type": "string", "minLength": 1},
-        },
-    },
-    "secretName": {"type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{1,62}$"},
+    ),
+    "statute": record(["act", "section"], {"act": text(3), "section": text(1)}),
+    "secretName": text(pattern="^[a-z0-9][a-z0-9_-]{1,62}$"),
 }
 
 _PARTY = (
@@ -146,24 +134,34 @@ _PARTY = (
 )
 _PARTNER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGe1B2lS0fTKyQj2hWvUm1p8y1H5m6Lq5oXqN2Zr0vLD"
 
+
+def _party(name: str, docs: str, example: dict[str, str]) -> Term:
+    """The provider or the recipient: an organisation, judged and shown as a party."""
+    return Term(
+        name, docs, "yes", name, "parties", example, schema={"$ref": "#/$defs/organisation"}
+    )
+
+
+def _secret(name: str, docs: str, required: str, diff: Fixed, example: str) -> Term:
+    """A term naming a secret: its schema is a secret's name, and it is never shown."""
+    return Term(name, docs, required, diff, None, example, schema=_SECRET_NAME)
+
+
+def _text(name: str, docs: str, diff: Fixed, shown_in: str, example: str, *, minimum: int) -> Term:
+    """A required term of free text, at least `minimum` characters long."""
+    return Term(name, docs, "yes", diff, shown_in, example, schema=text(minimum))
+
+
 TERMS_LIST: Final[tuple[Term, ...]] = (
-    Term(
+    _party(
         "provider",
         f"{_PARTY} The organisation sharing the data.",
-        "yes",
-        "provider",
-        "parties",
         {"organisation": "Another Council", "contact": "dpo@another.example"},
-        schema={"$ref": "#/$defs/organisation"},
     ),
-    Term(
+    _party(
         "recipient",
         "Same shape. The organisation receiving the data.",
-        "yes",
-        "recipient",
-        "parties",
         {"organisation": "Another Trust", "contact": "dpo@trust.example"},
-        schema={"$ref": "#/$defs/organisation"},
     ),
     Term(
         "purposes",
@@ -172,12 +170,7 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "purposes",
         "purposes",
         ["research"],
-        schema={
-            "type": "array",
-            "minItems": 1,
-            "uniqueItems": True,
-            "items": {"type": "string", "pattern": "^[a-z][a-z0-9-]*$"},
-        },
+        schema=items(text(pattern="^[a-z][a-z0-9-]*$"), unique=True),
     ),
     Term(
         "legalBasis",
@@ -192,17 +185,15 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
             "ukGdprArticle9": "9(2)(h)",
             "dpa2018Schedule1": "Part 1 para 2 (health or social care purposes)",
         },
-        schema={
-            "type": "object",
-            "required": ["statutes", "ukGdprArticle6"],
-            "additionalProperties": False,
-            "properties": {
-                "statutes": {"type": "array", "minItems": 1, "items": {"$ref": "#/$defs/statute"}},
-                "ukGdprArticle6": {"type": "string", "pattern": "^6\\(1\\)\\([a-f]\\)$"},
-                "ukGdprArticle9": {"type": "string", "pattern": "^9\\(2\\)\\([a-j]\\)$"},
-                "dpa2018Schedule1": {"type": "string", "minLength": 3},
+        schema=record(
+            ["statutes", "ukGdprArticle6"],
+            {
+                "statutes": items({"$ref": "#/$defs/statute"}),
+                "ukGdprArticle6": text(pattern=r"^6\(1\)\([a-f]\)$"),
+                "ukGdprArticle9": text(pattern=r"^9\(2\)\([a-j]\)$"),
+                "dpa2018Schedule1": text(3),
             },
-        },
+        ),
     ),
     Term(
         "objections",
@@ -216,31 +207,30 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "objections",
         {"column": "objected", "legalBasisOverrides": False, "list": "objection-list"},
         schema={
-            "type": "object",
-            "required": ["column", "legalBasisOverrides"],
-            "additionalProperties": False,
-            "properties": {
-                "column": {"type": "string", "minLength": 1},
-                "legalBasisOverrides": {"type": "boolean"},
-                "overrideJustification": {"type": "string", "minLength": 10},
-                "list": {
-                    "description": "The secret holding a list of objecting subject ids (one per "
-                    "line), matched against the subject key's source column.",
-                    "$ref": "#/$defs/secretName",
+            **record(
+                ["column", "legalBasisOverrides"],
+                {
+                    "column": text(1),
+                    "legalBasisOverrides": {"type": "boolean"},
+                    "overrideJustification": text(10),
+                    "list": {
+                        "description": "The secret holding a list of objecting subject ids (one "
+                        "per line), matched against the subject key's source column.",
+                        **_SECRET_NAME,
+                    },
                 },
-            },
+            ),
             "if": {"properties": {"legalBasisOverrides": {"const": True}}},
             "then": {"required": ["overrideJustification"]},
         },
     ),
-    Term(
+    _text(
         "schedule",
         'Cron expression for the Airflow schedule, e.g. `"0 2 * * *"`.',
-        "yes",
         Fixed("schedule-changed", True, label="schedule (cron)"),
         "delivery",
         "30 3 * * 1",
-        schema={"type": "string", "minLength": 9},
+        minimum=9,
     ),
     Term(
         "reviewDate",
@@ -259,23 +249,16 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "recipientKeys",
         "delivery",
         ["age1a40fshp8dlqnttm4rpptjsfdgmxeyg0z02vy27axlxddjlxdlc8qggp4h5"],
-        schema={
-            "type": "array",
-            "minItems": 1,
-            "uniqueItems": True,
-            "items": {"type": "string", "pattern": "^age1[02-9ac-hj-np-z]{58}$"},
-        },
+        schema=items(text(pattern="^age1[02-9ac-hj-np-z]{58}$"), unique=True),
     ),
-    Term(
+    _secret(
         "sftpConnection",
         "Name of the connection holding the SFTP login (lower case, digits, `-`, `_`).",
         "yes",
         Fixed("endpoint-changed", True, " (the connection decides the server)", "SFTP connection"),
-        None,
         "another-sftp-connection",
-        schema={"$ref": "#/$defs/secretName"},
     ),
-    Term(
+    _secret(
         "pseudonymisationKey",
         "Name of the secret holding the pseudonymisation key.",
         "when a field is pseudonymised",
@@ -285,27 +268,23 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
             " (another key gives other pseudonyms; a shared one lets them be linked)",
             "pseudonymisation key",
         ),
-        None,
         "another-pseudonym-key",
-        schema={"$ref": "#/$defs/secretName"},
     ),
-    Term(
+    _text(
         "dpiaReference",
         "Reference of the DPIA (3+ characters).",
-        "yes",
         Fixed("dpia-changed", True, label="DPIA reference"),
         "governance",
         "DPIA-2099-999",
-        schema={"type": "string", "minLength": 3},
+        minimum=3,
     ),
-    Term(
+    _text(
         "rightsRequestsContact",
         "Where individuals send rights requests (3+ characters).",
-        "yes",
         Fixed("contacts-changed", False),
         "governance",
         "rights@another.example",
-        schema={"type": "string", "minLength": 3},
+        minimum=3,
     ),
     Term(
         "retentionAction",
@@ -316,14 +295,13 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "archive",
         schema={"enum": ["delete", "archive"]},
     ),
-    Term(
+    _text(
         "termination",
         "How the agreement ends (10+ characters).",
-        "yes",
         Fixed("termination-changed", True, label="termination terms"),
         "governance",
         "Either party may end the agreement with 30 days' written notice.",
-        schema={"type": "string", "minLength": 10},
+        minimum=10,
     ),
     Term(
         "filters",
@@ -332,7 +310,11 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "filters",
         "rows",
         [{"column": "year_group", "op": "<=", "value": 6, "name": "primary"}],
-        schema=_FILTERS_SCHEMA,
+        schema={
+            "description": "Purpose filters on source columns: a row is sent only if every "
+            "filter is true.",
+            **items(_FILTER),
+        },
     ),
     Term(
         "incremental",
@@ -342,14 +324,12 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "incremental",
         "terms",
         {"column": "updated_at"},
-        schema={
-            "description": "Send only records new or changed since the last delivered run, by "
+        schema=record(
+            ["column"],
+            {"column": text(1)},
+            description="Send only records new or changed since the last delivered run, by "
             "this timestamp column.",
-            "type": "object",
-            "required": ["column"],
-            "additionalProperties": False,
-            "properties": {"column": {"type": "string", "minLength": 1}},
-        },
+        ),
         words=_incremental,
         register=True,
     ),
@@ -362,22 +342,16 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         Fixed("acknowledgements-changed", True),
         "terms",
         {"folder": "acks", "partnerKeys": [_PARTNER_KEY], "deadlineHours": 48},
-        schema={
-            "description": "Where the recipient puts signed acknowledgements, with which keys, "
-            "and how soon.",
-            "type": "object",
-            "required": ["folder", "partnerKeys", "deadlineHours"],
-            "additionalProperties": False,
-            "properties": {
-                "folder": {"type": "string", "minLength": 1},
-                "partnerKeys": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {"type": "string", "pattern": "^ssh-ed25519 [A-Za-z0-9+/=]+( .*)?$"},
-                },
+        schema=record(
+            ["folder", "partnerKeys", "deadlineHours"],
+            {
+                "folder": text(1),
+                "partnerKeys": items(text(pattern="^ssh-ed25519 [A-Za-z0-9+/=]+( .*)?$")),
                 "deadlineHours": {"type": "number", "minimum": 0},
             },
-        },
+            description="Where the recipient puts signed acknowledgements, with which keys, "
+            "and how soon.",
+        ),
         words=_acknowledgements,
         register=True,
     ),

@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from exchange.contract.vocabulary.shapes import record
+
 Options = Mapping[str, Any]
 Problems = Iterator[tuple[list[str | int], str]]
 # +1: the new options disclose less; -1: more; 0: the same; None: cannot tell.
@@ -218,17 +220,6 @@ _BANDS: Final = {
 }
 
 
-def _options(required: list[str], properties: dict[str, Any], **more: Any) -> dict[str, Any]:
-    """The JSON schema of a transform's options object."""
-    return {
-        "type": "object",
-        "required": required,
-        "additionalProperties": False,
-        "properties": properties,
-        **more,
-    }
-
-
 SPECS: Final[tuple[TransformSpec, ...]] = (
     _no_options(
         "keep",
@@ -264,7 +255,7 @@ SPECS: Final[tuple[TransformSpec, ...]] = (
         _date_build,
         _date_words,
         lambda o: f"generalised to {o.get('to')}",
-        options=_options(
+        options=record(
             ["to"],
             {
                 "to": {"enum": ["year", "year-month", "age-band"]},
@@ -307,7 +298,7 @@ SPECS: Final[tuple[TransformSpec, ...]] = (
         lambda o, ctx: _fn().truncate(o.get("length", 0)),
         lambda o: f"Cut to its first {o.get('length')} characters.",
         lambda o: f"cut to {o.get('length')} characters",
-        options=_options(["length"], {"length": {"type": "integer", "minimum": 1}}),
+        options=record(["length"], {"length": {"type": "integer", "minimum": 1}}),
         compare=_by_number("length", smaller_is_stronger=True),
         example={"length": 3},
     ),
@@ -317,7 +308,7 @@ SPECS: Final[tuple[TransformSpec, ...]] = (
         lambda o, ctx: _fn().top_code(o.get("max")),
         lambda o: f"Values above {o.get('max')} are sent as {o.get('max')}.",
         lambda o: f"top-coded at {o.get('max')}",
-        options=_options(["max"], {"max": {"type": "number"}}),
+        options=record(["max"], {"max": {"type": "number"}}),
         outputs={"": None},
         reads_as=None,
         accepts=_NUMBERS,
@@ -331,7 +322,7 @@ SPECS: Final[tuple[TransformSpec, ...]] = (
         lambda o, ctx: _fn().band(o.get("bands") or ()),
         lambda o: f"Sent as a band ({', '.join(band_labels(o.get('bands')))}), not the value.",
         lambda o: f"banded {band_labels(o.get('bands'))}",
-        options=_options(["bands"], {"bands": _BANDS}),
+        options=record(["bands"], {"bands": _BANDS}),
         reads_as="number",
         compare=lambda o, n: _coarser(o.get("bands"), n.get("bands")),
         example={"bands": [0, 50, 90]},
@@ -344,7 +335,7 @@ SPECS: Final[tuple[TransformSpec, ...]] = (
         _map_build,
         _map_words,
         lambda o: "mapped through the contract's table",
-        options=_options(
+        options=record(
             ["map"],
             {
                 "map": {
