@@ -435,6 +435,7 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
             format=server.get("format", "csv"),
             connection=terms["sftpConnection"],
             host_keys=tuple(custom_values(server.get("customProperties")).get("hostKeys") or ()),
+            type=str(server.get("type", "sftp")),
         ),
         pseudonymisation_key=terms.get("pseudonymisationKey"),
         dataset=dataset["name"],

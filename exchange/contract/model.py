@@ -68,6 +68,7 @@ class Endpoint:
     format: str  # "csv" or "parquet"
     connection: str
     host_keys: tuple[str, ...] = ()  # pinned SSH host keys ("ssh-ed25519 AAAA...")
+    type: str = "sftp"  # the ODCS server type; it picks the transport (exchange.transport)
 
 
 @dataclass(frozen=True)

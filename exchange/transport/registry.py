@@ -27,8 +27,7 @@ TRANSPORTS: Mapping[str, TransportFactory] = {"sftp": _sftp}
 
 def server_type(endpoint: Endpoint) -> str:
     """The contract's `servers[].type` for the recipient's endpoint."""
-    # The contract loader accepts only "sftp" servers so far and keeps no type on the endpoint.
-    return str(getattr(endpoint, "type", "sftp"))
+    return endpoint.type
 
 
 def open_transport(
