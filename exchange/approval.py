@@ -26,7 +26,7 @@ from exchange.audit.events import Event
 from exchange.contract import Contract
 from exchange.contract.canonical import canonical_bytes
 from exchange.crypto import signing
-from exchange.errors import CryptoError, ExchangeError, NotRunnable
+from exchange.errors import CryptoError, InvalidRequest, NotRunnable
 from exchange.trust import Approver, Trust, load_trust
 
 if TYPE_CHECKING:
@@ -40,8 +40,8 @@ SUSPENDED, RESUMED = Event.CONTRACT_SUSPENDED, Event.CONTRACT_RESUMED
 REVIEW_YEARS = 2  # the protocol reviews every agreement at least every two years
 
 
-class ApprovalError(ExchangeError):
-    """An approval or suspension cannot be made as asked."""
+class ApprovalError(InvalidRequest):
+    """An approval or suspension cannot be made as asked (exit code 2)."""
 
 
 @dataclass(frozen=True)

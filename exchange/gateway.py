@@ -21,7 +21,7 @@ from exchange.audit.anchor import anchor_folder
 from exchange.contract import Contract
 from exchange.errors import ExchangeError
 from exchange.files import private_dir
-from exchange.incidents import Notifier, notifiers_from_env
+from exchange.incidents import Notifier, notifiers_from_settings
 from exchange.operations import acks, incremental, rectify, retention
 from exchange.pipeline import check, deliver, prepare, run, staging
 from exchange.pipeline.context import DISCLOSURE_KEY, Context, open_disclosures
@@ -54,11 +54,13 @@ class Gateway:
     ) -> None:
         self.settings = settings
         try:
-            self.notifiers = list(notifiers_from_env() if notifiers is None else notifiers)
+            self.notifiers = list(
+                notifiers_from_settings(settings) if notifiers is None else notifiers
+            )
         except ValueError as exc:
             raise ExchangeError(f"incident notification settings: {exc}") from None
         private_dir(settings.home)
-        self.secrets = secrets or LocalSecrets(settings.secrets_file)
+        self.secrets = secrets or LocalSecrets.from_settings(settings)
         self.ledger = ledger or Ledger(
             settings.audit_url, clock=clock, anchor=anchor_folder(settings.home)
         )

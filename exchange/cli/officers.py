@@ -6,8 +6,6 @@ import argparse
 import datetime as dt
 import getpass
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -18,7 +16,7 @@ from exchange.cli._common import (
     passphrase_options,
     say,
 )
-from exchange.errors import ContractError, InvalidRequest
+from exchange.errors import ContractError
 from exchange.settings import Settings
 
 if TYPE_CHECKING:
@@ -104,17 +102,6 @@ def _governance() -> Any:
     return Governance.from_settings(Settings.from_env())
 
 
-@contextmanager
-def _as_asked() -> Iterator[None]:
-    """Translate an approval that cannot be made as asked into InvalidRequest (exit 2)."""
-    from exchange.approval import ApprovalError
-
-    try:
-        yield
-    except ApprovalError as exc:  # until ApprovalError derives from InvalidRequest itself
-        raise InvalidRequest(str(exc)) from exc
-
-
 def cmd_approve(args: argparse.Namespace) -> int:
     """Sign an approval of a contract."""
     from exchange.contract import load_contract
@@ -124,10 +111,9 @@ def cmd_approve(args: argparse.Namespace) -> int:
     compile_rules(contract)  # a contract whose rules cannot be enforced cannot be approved
     review_by = dt.date.fromisoformat(args.review_by) if args.review_by else None
     governance = _governance()
-    with _as_asked():
-        path = governance.approve(
-            contract, _officer_key(args), now=dt.datetime.now(dt.UTC), review_by=review_by
-        )
+    path = governance.approve(
+        contract, _officer_key(args), now=dt.datetime.now(dt.UTC), review_by=review_by
+    )
     state = governance.check(contract, dt.date.today())
     governance.ledger.append(
         "contract.approved",
@@ -151,10 +137,9 @@ def cmd_suspend(args: argparse.Namespace) -> int:
     from exchange.contract import load_contract
 
     contract = load_contract(args.contract)
-    with _as_asked():
-        entry, copy = _governance().suspend(
-            contract, _officer_key(args), reason=args.reason, now=dt.datetime.now(dt.UTC)
-        )
+    entry, copy = _governance().suspend(
+        contract, _officer_key(args), reason=args.reason, now=dt.datetime.now(dt.UTC)
+    )
     say(
         f"suspended {contract.id}: no run will start until a trusted officer resumes it "
         f"(ledger entry {entry.seq})" + (f"\ncommit the signed copy: {copy}" if copy else "")
@@ -167,8 +152,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from exchange.contract import load_contract
 
     contract = load_contract(args.contract)
-    with _as_asked():
-        who = _governance().resume(contract, _officer_key(args), now=dt.datetime.now(dt.UTC))
+    who = _governance().resume(contract, _officer_key(args), now=dt.datetime.now(dt.UTC))
     say(f"resumed {contract.id} by {who.label}; it runs again if its approval is valid")
     return OK
 

@@ -33,8 +33,8 @@ quality rules) is editorial: those rules describe the new, more minimised output
 
 from __future__ import annotations
 
-from exchange.contract.diff._change import EXIT_CODES, KINDS, Change, classify
+from exchange.contract.diff._change import KINDS, Change, classify
 from exchange.contract.diff._document import diff_documents
 from exchange.contract.diff._revision import read_revision
 
-__all__ = ["EXIT_CODES", "KINDS", "Change", "classify", "diff_documents", "read_revision"]
+__all__ = ["KINDS", "Change", "classify", "diff_documents", "read_revision"]

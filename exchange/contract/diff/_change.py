@@ -6,8 +6,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-EXIT_CODES: Final = {"identical": 0, "editorial": 1, "needs-re-approval": 3}
-
 KINDS: Final[dict[str, str]] = {
     "field-added": "a new outgoing field (re-approval)",
     "field-removed": "a field is no longer sent (editorial: less data)",
