@@ -624,10 +624,13 @@ def test_rectify_sends_a_correction_notice_to_every_recipient(
     (first,) = inbox_entries(partner)
     raw = pd.read_csv(source, dtype=str, keep_default_na=False)
     person = raw[raw["objection"] == "false"]["person_id"].iloc[5]
+    id_file = tmp_path / "subject.txt"  # never on the command line, where ps would show it
+    id_file.write_text(person + "\n")
     fixed = exchange(
         workspace,
         "rectify",
-        person,
+        "--id-file",
+        str(id_file),
         "--field",
         "attendance_rate",
         "--reason",
@@ -645,6 +648,7 @@ def test_rectify_sends_a_correction_notice_to_every_recipient(
         "corrects": [first],
     }
     assert manifest["rows"]["sent"] == 1
+    assert person not in fixed.stdout + fixed.stderr + json.dumps(manifest)
     schema = json.loads((Path(__file__).parents[1] / "docs" / "manifest.schema.json").read_text())
     jsonschema.Draft202012Validator(schema).validate(manifest)
     received = exchange(
@@ -674,6 +678,7 @@ def test_rectify_sends_a_correction_notice_to_every_recipient(
         str(source),
     )
     assert nobody.returncode != 0 and "nobody to notify" in nobody.stderr
+    assert "visible in ps and shell history" in nobody.stderr  # a warning, not a refusal
 
 
 def test_incremental_runs_send_only_new_or_changed_records(

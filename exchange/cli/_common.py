@@ -6,6 +6,7 @@ import argparse
 import getpass
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from exchange.errors import (
@@ -62,3 +63,24 @@ def passphrase_options(command: argparse.ArgumentParser) -> None:
 
 if TYPE_CHECKING:
     Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+
+
+def subject_id(args: argparse.Namespace) -> str | None:
+    """The subject id from --id-file (a file, or - for standard input), or the positional
+    argument with a warning; None (after saying why) when neither or both are given."""
+    if (args.subject is None) == (args.id_file is None):
+        error("usage", "give the subject id with --id-file FILE (or - for standard input)")
+        return None
+    if args.subject is not None:
+        error(
+            "warning",
+            "a subject id on the command line is visible in ps and shell history; "
+            "use --id-file - and type or pipe it instead",
+        )
+        return str(args.subject)
+    text = sys.stdin.read() if str(args.id_file) == "-" else Path(args.id_file).read_text("utf-8")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) != 1:
+        error("usage", f"--id-file must hold exactly one subject id, not {len(lines)} lines")
+        return None
+    return lines[0]

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exchange.cli._common import BAD_INPUT, NOT_VERIFIED, OK, error, say
+from exchange.cli._common import BAD_INPUT, NOT_VERIFIED, OK, error, say, subject_id
 from exchange.errors import LedgerError
 from exchange.settings import Settings
 
@@ -145,7 +145,7 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
     from exchange.audit.disclosures import key_id, lookup_hash
     from exchange.gateway import Gateway
 
-    subject = _audit_subject_id(args)
+    subject = subject_id(args)
     if subject is None:
         return BAD_INPUT
     settings = Settings.from_env()
@@ -186,27 +186,6 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
         )
     say(f"checked against the audit ledger: {verified.message}")
     return OK
-
-
-def _audit_subject_id(args: argparse.Namespace) -> str | None:
-    """The subject id from --id-file (a file, or - for standard input), or the positional
-    argument with a warning; None (after saying why) when neither or both are given."""
-    if (args.subject is None) == (args.id_file is None):
-        error("usage", "give the subject id with --id-file FILE (or - for standard input)")
-        return None
-    if args.subject is not None:
-        error(
-            "warning",
-            "a subject id on the command line is visible in ps and shell history; "
-            "use --id-file - and type or pipe it instead",
-        )
-        return str(args.subject)
-    text = sys.stdin.read() if str(args.id_file) == "-" else Path(args.id_file).read_text("utf-8")
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    if len(lines) != 1:
-        error("usage", f"--id-file must hold exactly one subject id, not {len(lines)} lines")
-        return None
-    return lines[0]
 
 
 def _audit_who() -> str:

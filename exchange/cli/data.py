@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from exchange.cli._common import BAD_INPUT, OK, REFUSED, error, say
+from exchange.cli._common import BAD_INPUT, OK, REFUSED, error, say, subject_id
 from exchange.settings import Settings
 
 if TYPE_CHECKING:
@@ -56,10 +56,13 @@ def cmd_rectify(args: argparse.Namespace) -> int:
     """Notify every recipient of a person's data that some of it was inaccurate."""
     from exchange.gateway import Gateway
 
+    subject = subject_id(args)
+    if subject is None:
+        return BAD_INPUT
     settings = Settings.from_env()
     contracts = args.contracts or settings.contracts
     sent = Gateway(settings).rectify(
-        args.subject,
+        subject,
         fields=args.field,
         reason=args.reason,
         contracts_dir=contracts,
@@ -125,7 +128,12 @@ def add_drops(sub: Subcommands) -> None:
 def add_rectify(sub: Subcommands) -> None:
     """`exchange rectify`."""
     rectify = sub.add_parser("rectify", help="send correction notices to every recipient")
-    rectify.add_argument("subject", help="the person's id in the source (the subject key)")
+    rectify.add_argument(
+        "subject", nargs="?", help="the person's id (visible in ps and history: use --id-file)"
+    )
+    rectify.add_argument(
+        "--id-file", help="a file holding the person's id in the source, or - for standard input"
+    )
     rectify.add_argument("--field", action="append", required=True, help="a corrected field")
     rectify.add_argument("--reason", required=True)
     rectify.add_argument("--source", help="where the corrected row is (default: as for run)")
