@@ -10,11 +10,15 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from exchange.errors import SourceError
-from exchange.sources.base import check_columns
+from exchange.sources.base import check_columns, localise
+from exchange.types import source_times
 
 # pyarrow names the column by number in conversion errors (the message also quotes the value,
 # which must never reach a log, so only the number is taken from it).
 _COLUMN_NUMBER = re.compile(r"CSV column #(\d+)")
+# A row of the wrong width: pyarrow quotes the row after the counts, only the counts are kept.
+_WIDTH = re.compile(r"Expected (\d+) columns, got (\d+)")
+_NAIVE = pa.timestamp("us")
 
 
 class CsvSource:
@@ -58,9 +62,12 @@ class CsvSource:
         """Stream the named columns with the given types."""
         check_columns(self, list(types))
         names = list(types)
+        zone, _ = source_times(types)
+        # With a declared zone, times are wall-clock times: read naive, then localised per batch.
+        local = [n for n, t in types.items() if zone and pa.types.is_timestamp(t)]
         convert = pacsv.ConvertOptions(
             include_columns=names,
-            column_types=dict(types),
+            column_types={n: _NAIVE if n in local else t for n, t in types.items()},
             # Only an empty field is missing: "NA" or "null" may be real values.
             null_values=[""],
             strings_can_be_null=True,
@@ -75,16 +82,50 @@ class CsvSource:
                     return
                 except pa.ArrowInvalid as exc:
                     raise SourceError(self._describe(exc, types)) from None
-                yield batch
+                yield self._localised(batch, types, local) if local else batch
         finally:
             reader.close()
 
+    def _localised(
+        self, batch: pa.RecordBatch, types: Mapping[str, pa.DataType], local: list[str]
+    ) -> pa.RecordBatch:
+        """The batch with its wall-clock time columns as UTC instants."""
+        arrays = [batch.column(n) for n in types]
+        for i, (n, t) in enumerate(types.items()):
+            if n in local:  # same instant, labelled UTC: a metadata change, it cannot fail
+                arrays[i] = localise(arrays[i], types, n, self.name).cast(t)
+        return pa.RecordBatch.from_arrays(arrays, names=list(types))
+
     def _describe(self, exc: pa.ArrowInvalid, types: Mapping[str, pa.DataType]) -> str:
-        match = _COLUMN_NUMBER.search(str(exc))
+        said = str(exc)
+        if "straddl" in said:
+            return (
+                f"source {self.name}: a field is larger than the CSV reader's block size "
+                f"({self.block_size:,} bytes), or a quote is never closed; fix the quoting at "
+                "the source, or read it with a larger block size (values are not shown)"
+            )
+        width = _WIDTH.search(said)
+        if width:
+            return (
+                f"source {self.name} is not readable as CSV: a row has {width.group(2)} fields "
+                f"where the header has {width.group(1)} (values are not shown)"
+            )
+        match = _COLUMN_NUMBER.search(said)
         header = self.columns() if match else []  # pyarrow counts columns in file order
         column = (
             header[int(match.group(1))] if match and int(match.group(1)) < len(header) else None
         )
+        if column is not None and column in types and "expected a zone offset" in said:
+            return (
+                f"source {self.name}: column {column!r} holds times without a zone or offset; "
+                "declare the zone the source writes them in with the sharing term "
+                "sourceTimeZone (values are not shown)"
+            )
+        if column is not None and column in types and "expected no zone offset" in said:
+            return (
+                f"source {self.name}: column {column!r} has a time with a zone offset, but "
+                "sourceTimeZone says the source writes wall-clock times (values are not shown)"
+            )
         if column is not None and column in types:
             return (
                 f"source {self.name}: column {column!r} has a value that is not "

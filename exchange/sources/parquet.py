@@ -9,7 +9,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from exchange.errors import SourceError
-from exchange.sources.base import check_columns
+from exchange.sources.base import check_columns, localise
+from exchange.types import PHYSICAL_TYPES, logical_of, readable_as
 
 
 class ParquetSource:
@@ -38,15 +39,35 @@ class ParquetSource:
         target = pa.schema([pa.field(name, kind) for name, kind in types.items()])
         parquet = self._file()
         try:
+            self._check_types(parquet.schema_arrow, target)
             for batch in parquet.iter_batches(batch_size=self.batch_rows, columns=list(types)):
-                yield self._cast(batch, target)
+                yield self._cast(batch, target, types)
         finally:
             parquet.close()
 
-    def _cast(self, batch: pa.RecordBatch, target: pa.Schema) -> pa.RecordBatch:
+    def _check_types(self, stored: pa.Schema, target: pa.Schema) -> None:
+        """Refuse, before any row is read, a column stored as a type its field does not take."""
+        for field in target:
+            actual = stored.field(field.name).type
+            if not readable_as(actual, field.type):
+                logical = logical_of(field.type)
+                takes = PHYSICAL_TYPES[logical][0] if logical else str(field.type)
+                raise SourceError(
+                    f"source {self.name}: column {field.name!r} is stored as {actual}, which is "
+                    f"not read as {logical or field.type} (that takes {takes}); the gateway "
+                    "converts no type: export the column as its declared type or correct the "
+                    "contract's logicalType"
+                )
+
+    def _cast(
+        self, batch: pa.RecordBatch, target: pa.Schema, types: Mapping[str, pa.DataType]
+    ) -> pa.RecordBatch:
         arrays = []
         for field in target:
             column = batch.column(field.name)
+            if pa.types.is_timestamp(column.type) and column.type.tz is None:
+                # Wall-clock times: localised in the declared zone, or refused without one.
+                column = localise(column, types, field.name, self.name)
             try:
                 arrays.append(column if column.type == field.type else column.cast(field.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
