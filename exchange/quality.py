@@ -3,6 +3,15 @@
 Row-level rules run as a Great Expectations suite (see `validators/`) over windows of rows;
 the two rules no single window can decide (uniqueness across the whole run and the row count)
 are checked here, over compact hashes and counts.
+
+Uniqueness, of one column or of a composite key (ODCS's schema-level `duplicateValues` with
+`arguments.properties`), spans windows through one 64-bit hash per row whose key is complete
+(rows with an empty key column are not compared, as in SQL's UNIQUE). The hashes are computed
+vectorised from the Arrow columns, whose types are fixed for a run, so a key hashes alike in
+every window. Memory: 8 bytes per row per key kept for the run (8 MB per million rows), and at
+the end one more copy while they are sorted and counted (about 17 MB per million rows at peak).
+A chance collision of two different keys (odds about n**2 / 2**65: 3e-8 for a million rows)
+could only fail a run, never pass a duplicate.
 """
 
 from __future__ import annotations
@@ -13,10 +22,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from exchange.contract import Contract, Field
 from exchange.errors import ContractError, Problem, QualityFailed
-from validators.rules import Rule
+from validators.rules import Rule, compound_label
 
 WINDOW_ROWS = 100_000
 ENFORCED_OPTIONS = frozenset({"pattern", "minimum", "maximum", "format"})
@@ -29,12 +39,23 @@ def compile_rules(contract: Contract) -> tuple[list[Rule], tuple[int | None, int
     for f in contract.fields:
         rules.extend(_field_rules(f, problems, str(contract.path)))
     bounds: tuple[int | None, int | None] = (None, None)
+    names = {f.name for f in contract.fields}
     for i, q in enumerate(contract.dataset_quality):
         at = f"schema[0].quality[{i}]"
         if q.get("metric") == "rowCount":
             bounds = _bounds(q, at, problems, str(contract.path))
+        elif q.get("metric") == "duplicateValues":
+            rule = _composite_key_rule(q, at, names, problems, str(contract.path))
+            if rule is not None:
+                rules.append(rule)
         else:
-            problems.append(Problem(str(contract.path), at, "only 'rowCount' is supported here"))
+            problems.append(
+                Problem(
+                    str(contract.path),
+                    at,
+                    "only 'rowCount' and 'duplicateValues' over properties are supported here",
+                )
+            )
     if problems:
         raise ContractError(problems)
     return rules, bounds
@@ -76,13 +97,44 @@ def _library_rule(column: str, q: Mapping[str, Any], at: str) -> Rule | None:
         return None  # only "no row may break it" is enforceable per row
     if metric == "nullValues":
         return Rule("not_null", column, origin=at)
-    if metric == "duplicateValues":
-        return Rule("unique", column, origin=at)
+    if metric == "duplicateValues" and "properties" not in args:
+        return Rule("unique", column, origin=at)  # a key of several columns is schema-level
     if metric == "invalidValues" and "validValues" in args:
         return Rule("in_set", column, (("values", tuple(args["validValues"])),), at)
     if metric == "invalidValues" and "pattern" in args:
         return Rule("regex", column, (("pattern", args["pattern"]),), at)
     return None
+
+
+def _composite_key_rule(
+    q: Mapping[str, Any], at: str, names: set[str], problems: list[Problem], file: str
+) -> Rule | None:
+    """A schema-level duplicateValues rule: no two rows may share the listed properties' values."""
+    args = q.get("arguments") or {}
+    key = args.get("properties") if isinstance(args, Mapping) else None
+    if not isinstance(key, list | tuple) or not key or not all(isinstance(k, str) for k in key):
+        where = f"{at}.arguments.properties"
+        problems.append(Problem(file, where, "duplicateValues here needs a list of property names"))
+        return None
+    unknown = [k for k in key if k not in names]
+    if unknown:
+        problems.append(
+            Problem(
+                file,
+                f"{at}.arguments.properties[{list(key).index(unknown[0])}]",
+                f"the composite key names {unknown[0]!r}, which is not a property of the schema",
+            )
+        )
+        return None
+    if len(set(key)) != len(key):
+        problems.append(
+            Problem(file, f"{at}.arguments.properties", "a property is listed twice in the key")
+        )
+        return None
+    if q.get("mustBe") != 0:
+        problems.append(Problem(file, at, "duplicateValues is enforced only as mustBe: 0"))
+        return None
+    return Rule.compound_unique(tuple(key), at)
 
 
 def _bounds(
@@ -114,8 +166,12 @@ class QualityGate:
         self.rows = 0
         self.failures: list[str] = []
         self._validator = BatchValidator(contract.id, self.rules)
-        self._unique = sorted({r.column for r in self.rules if r.kind == "unique"})
-        self._hashes: dict[str, list[np.ndarray]] = {c: [] for c in self._unique}
+        # One hash store per distinct key, single column or composite, however many rules ask.
+        self._keys: dict[tuple[str, ...], Rule] = {}
+        for rule in self.rules:
+            if rule.kind in ("unique", "compound_unique"):
+                self._keys.setdefault(rule.columns, rule)
+        self._hashes: dict[tuple[str, ...], list[np.ndarray]] = {k: [] for k in self._keys}
         self._window: list[pa.RecordBatch] = []
         self._window_rows = 0
 
@@ -140,11 +196,11 @@ class QualityGate:
         batches, self._window, self._window_rows = self._window, [], 0
         if not batches:
             return []
-        frame = pa.Table.from_batches(batches).to_pandas()
+        table = pa.Table.from_batches(batches)
+        frame = table.to_pandas()
         self.rows += len(frame)
-        for column in self._unique:
-            values = frame[column].dropna()
-            self._hashes[column].append(pd.util.hash_array(values.to_numpy(dtype=object)))
+        for key, hashes in self._hashes.items():
+            hashes.append(key_hashes(table, key))
         failures = self._validator.validate(frame)
         if failures:
             self.failures.extend(f.describe() for f in failures)
@@ -156,11 +212,77 @@ class QualityGate:
         return batches
 
     def _whole_run_failures(self) -> Iterator[str]:
-        for column in self._unique:
-            hashes = np.concatenate(self._hashes[column] or [np.empty(0, np.uint64)])
-            duplicates = len(hashes) - len(np.unique(hashes))
-            if duplicates:
-                yield f"{column}: unique failed for {duplicates} of {len(hashes)} rows (whole run)"
+        for key, rule in self._keys.items():
+            chunks = self._hashes[key]
+            hashes = np.concatenate(chunks or [np.empty(0, np.uint64)])
+            chunks.clear()  # the concatenated copy replaces them
+            duplicates = repeats(hashes)
+            if not duplicates:
+                continue
+            if rule.kind == "unique":
+                yield f"{key[0]}: unique failed for {duplicates} of {len(hashes)} rows (whole run)"
+            else:
+                yield (
+                    f"{compound_label(key)}: compound_unique failed for {duplicates} of "
+                    f"{len(hashes)} rows (whole run; {rule.origin})"
+                )
         low, high = self.bounds
         if (low is not None and self.rows < low) or (high is not None and self.rows > high):
             yield f"row count {self.rows} is outside the contract's bounds [{low}, {high}]"
+
+
+def repeats(hashes: np.ndarray) -> int:
+    """How many entries repeat an earlier one; sorts `hashes` in place."""
+    hashes.sort()
+    return int(np.count_nonzero(hashes[1:] == hashes[:-1]))
+
+
+def key_hashes(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+    """A uint64 hash of each row's key over `columns`, for rows where no key column is empty.
+
+    Vectorised over Arrow columns: equal keys hash alike in every window of a run, since a run's
+    column types are fixed (an integer column is not read as float when a window has a null).
+    A column missing from the table yields no hashes: the window's own check fails it closed.
+    """
+    if not all(c in table.column_names for c in columns):
+        return np.empty(0, np.uint64)
+    keys = [table.column(c) for c in columns]
+    complete = None
+    for values in keys:
+        present = pc.is_valid(values)
+        if pa.types.is_floating(values.type):
+            present = pc.and_(present, pc.invert(pc.is_nan(values)))
+        complete = present if complete is None else pc.and_(complete, present)
+    complete = pc.fill_null(complete, False)  # is_nan of a null is null: not complete
+    if not pc.all(complete).as_py():
+        keys = [pc.filter(values, complete) for values in keys]
+    frame = pd.DataFrame({str(i): _hashable(values) for i, values in enumerate(keys)})
+    return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+
+
+def _hashable(values: pa.ChunkedArray) -> np.ndarray:
+    """A key column, free of nulls, as a numpy array of one dtype per Arrow type."""
+    kind = values.type
+    if pa.types.is_dictionary(kind):
+        values, kind = values.cast(kind.value_type), kind.value_type
+    if pa.types.is_boolean(kind):
+        return values.to_numpy().astype(np.uint8)
+    if pa.types.is_signed_integer(kind):
+        return values.cast(pa.int64()).to_numpy()
+    if pa.types.is_unsigned_integer(kind):
+        return values.cast(pa.uint64()).to_numpy()
+    if pa.types.is_floating(kind):
+        return values.cast(pa.float64()).to_numpy() + 0.0  # -0.0 and 0.0 are one key
+    if pa.types.is_temporal(kind) and not pa.types.is_interval(kind):
+        width = pa.int32() if kind.bit_width == 32 else pa.int64()
+        return values.cast(width).to_numpy().astype(np.int64)
+    if any(test(kind) for test in (pa.types.is_string, pa.types.is_large_string, _is_binary)):
+        return values.to_numpy()
+    try:  # decimals and the like: by their text, which is exact for each type
+        return values.cast(pa.large_string()).to_numpy()
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return np.array([repr(v) for v in values.to_pylist()], dtype=object)
+
+
+def _is_binary(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_binary(kind) or pa.types.is_large_binary(kind))

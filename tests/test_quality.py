@@ -146,10 +146,10 @@ def test_unsupported_field_rule_is_a_contract_error(tmp_path: Path) -> None:
 
 
 def test_unsupported_dataset_rule_is_a_contract_error(tmp_path: Path) -> None:
-    """Only rowCount is understood at dataset level."""
+    """Only rowCount and a composite key's duplicateValues are understood at dataset level."""
 
     def edit(d: dict[str, Any]) -> None:
-        d["schema"][0]["quality"].append({"metric": "duplicateValues", "mustBe": 0})
+        d["schema"][0]["quality"].append({"metric": "nullValues", "mustBe": 0})
 
     with pytest.raises(ContractError) as caught:
         compile_rules(edited(tmp_path, edit))

@@ -37,6 +37,14 @@ _RESULT_FORMAT: dict[str, Any] = {
 
 def _expectation(rule: Rule, index: int) -> Expectation:
     """Build the GX expectation for one rule, tagged with its position in the rule list."""
+    if rule.kind == "compound_unique":
+        # "No two rows share this combination": a row with an empty key column is not compared,
+        # as in SQL's UNIQUE (declare the key properties required to forbid empty ones).
+        return gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=list(rule.columns),
+            ignore_row_if="any_value_is_missing",
+            meta={_RULE_INDEX: index},
+        )
     common: dict[str, Any] = {"column": rule.column, "meta": {_RULE_INDEX: index}}
     if rule.kind == "not_null":
         return gxe.ExpectColumnValuesToNotBeNull(**common)

@@ -179,6 +179,8 @@ def _quality_problems(document: dict[str, Any], file: str) -> Iterator[Problem]:
                 if key in rule and not all(isinstance(b, int) for b in bounds):
                     where = format_path([*at, key])
                     yield Problem(file, where, "a row count bound must be a whole number")
+        if rule.get("metric") == "duplicateValues" and ("properties" in args or len(at) == 4):
+            yield from _composite_key_problems(file, at, args, dataset)
 
 
 _BOUNDS = (
@@ -188,6 +190,30 @@ _BOUNDS = (
     "mustBeLessThan",
     "mustBeLessOrEqualTo",
 )
+
+
+def _composite_key_problems(
+    file: str, at: list[Any], args: dict[str, Any], dataset: dict[str, Any]
+) -> Iterator[Problem]:
+    """A schema-level duplicateValues rule names a composite key: properties of this schema."""
+    where = [*at, "arguments", "properties"]
+    if len(at) != 4:  # on a property, duplicateValues is that property's own uniqueness
+        yield Problem(
+            file, format_path(where), "a key of several properties goes in schema[0].quality"
+        )
+        return
+    key = args.get("properties")
+    if not isinstance(key, list) or not key or not all(isinstance(k, str) for k in key):
+        yield Problem(file, format_path(where), "must list the key's property names")
+        return
+    names = {p.get("name") for p in dataset.get("properties") or [] if isinstance(p, dict)}
+    for i, name in enumerate(key):
+        if name not in names:
+            yield Problem(
+                file, format_path([*where, i]), f"{name!r} is not a property of the schema"
+            )
+        elif name in key[:i]:
+            yield Problem(file, format_path([*where, i]), f"{name!r} is listed twice")
 
 
 def _pattern_problems(file: str, at: list[Any], holder: dict[str, Any]) -> Iterator[Problem]:

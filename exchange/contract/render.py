@@ -139,6 +139,7 @@ def summary(
             for f in getattr(contract, "filters", ())
         ],
         "objections": _objections(contract),
+        "quality": [quality_words(q) for q in contract.dataset_quality],
         "terms": other_terms(contract),
         "retention": _retention(contract),
         "schedule": {"cron": contract.schedule, "words": describe_cron(contract.schedule)},
@@ -289,6 +290,31 @@ def filter_words(spec: Mapping[str, Any]) -> str:
     if op not in ("is_null", "not_null"):
         words += f" {shown}"
     return words + (" (on the day of the run)" if op.startswith("age_") else "")
+
+
+def quality_words(rule: Mapping[str, Any]) -> str:
+    """A schema-level quality rule in words; one the gateway does not know is named as written."""
+    metric = rule.get("metric") or rule.get("rule") or rule.get("type") or "rule"
+    given = rule.get("arguments")
+    args: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+    key = args.get("properties")
+    if metric == "duplicateValues" and isinstance(key, list) and rule.get("mustBe") == 0:
+        return (
+            f"No two rows share the same {' and '.join(map(str, key))} (a composite key: a "
+            "duplicate anywhere in a run fails it; rows missing one of these are not compared)."
+        )
+    if metric == "rowCount":
+        bounds = rule.get("mustBeBetween")
+        if (
+            isinstance(bounds, list)
+            and len(bounds) == 2
+            and all(isinstance(b, int) for b in bounds)
+        ):
+            return f"Between {bounds[0]:,} and {bounds[1]:,} rows are sent in a run."
+    operators = [k for k in rule if str(k).startswith("mustBe") or k == "mustNotBe"]
+    limits = ", ".join(f"{k} {rule[k]}" for k in operators)
+    text = f"Quality rule {metric}" + (f"({', '.join(map(str, args))})" if args else "")
+    return text + (f": {limits}." if limits else ".")
 
 
 def _text(value: Any) -> str:
@@ -464,6 +490,8 @@ def to_markdown(
     out += _md_table(["Condition", "Detail"], [[k, _md(v)] for k, v in _basis_rows(basis)])
     out += ["## Fields sent", ""]
     out += _md_table(FIELD_COLUMNS, [_field_cells(f, _md, _code) for f in s["fields"]])
+    if s["quality"]:
+        out += [_QUALITY_INTRO, ""] + [f"- {_md(q)}" for q in s["quality"]] + [""]
     objections = s["objections"]
     out += ["## Which rows are sent", "", _md(_filters_intro(s["filters"])), ""]
     out += [f"- {_md(f['words'])}" for f in s["filters"]] + ([""] if s["filters"] else [])
@@ -489,6 +517,9 @@ def to_markdown(
         ],
     )
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+_QUALITY_INTRO: Final = "Checked over all the rows of a run before any is sent:"
 
 
 def _filters_intro(filters: Sequence[Mapping[str, Any]]) -> str:
@@ -760,6 +791,13 @@ def to_html(
             FIELD_COLUMNS,
             [_field_cells(f, escape, code_html) for f in s["fields"]],
             anchor="t-fields",
+        )
+        + (
+            f"<p>{escape(_QUALITY_INTRO)}</p><ul>"
+            + "".join(f"<li>{escape(q)}</li>" for q in s["quality"])
+            + "</ul>"
+            if s["quality"]
+            else ""
         )
     )
     objections = s["objections"]

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 import pytest
+from great_expectations.expectations import ExpectCompoundColumnsToBeUnique
 
 from validators import RULE_KINDS, Failure, Rule
 from validators.expectations import ExpectColumnValuesToBeValidNhsNumber, nhs_number_mask
@@ -32,6 +33,7 @@ RULES = (
     Rule("regex", "postcode", (("pattern", r"^[A-Z]{1,2}[0-9] [0-9][A-Z]{2}$"),)),
     Rule("nhs_number", "nhs", origin="schema[0].properties[6]"),
     Rule("between", "ward", (("max", 40),), origin="schema[0].properties[7]"),
+    Rule.compound_unique(("sex", "ward"), origin="schema[0].quality[1]"),
 )
 
 
@@ -252,6 +254,7 @@ def test_failures_follow_rule_order(validator: BatchValidator) -> None:
         ("not_null", "ref"),
         ("between", "age"),
         ("between", "ward"),
+        ("compound_unique", "(sex, ward)"),
     ]
 
 
@@ -298,8 +301,13 @@ def test_build_suite_maps_each_kind() -> None:
         "ExpectColumnValuesToMatchRegex",
         "ExpectColumnValuesToBeValidNhsNumber",
         "ExpectColumnValuesToBeBetween",
+        "ExpectCompoundColumnsToBeUnique",
     ]
     assert isinstance(suite.expectations[7], ExpectColumnValuesToBeValidNhsNumber)
+    compound = suite.expectations[9]
+    assert isinstance(compound, ExpectCompoundColumnsToBeUnique)
+    assert list(compound.column_list) == ["sex", "ward"]
+    assert compound.ignore_row_if == "any_value_is_missing"
     assert {r.kind for r in RULES} == set(RULE_KINDS)
 
 
@@ -310,6 +318,10 @@ def test_build_suite_maps_each_kind() -> None:
         lambda: build_suite("bad", [Rule("between", "a", (("min", 5), ("max", 1)))]),
         lambda: build_suite("bad", [Rule("regex", "a")]),
         lambda: Rule("no_such_kind", "a"),
+        lambda: Rule("compound_unique", "a"),
+        lambda: Rule("compound_unique", "k", (("columns", ()),)),
+        lambda: Rule("compound_unique", "k", (("columns", ["a", "b"]),)),
+        lambda: Rule.compound_unique(("a", "a")),
     ],
 )
 def test_malformed_rules_are_rejected(make: Callable[[], object]) -> None:
@@ -333,3 +345,55 @@ def test_package_import_does_not_load_great_expectations() -> None:
         "sys.exit(1 if 'great_expectations' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", probe], check=False).returncode == 0
+
+
+# --- uniqueness over a composite key ----------------------------------------------------------
+
+
+def test_compound_unique_counts_rows_sharing_a_combination(validator: BatchValidator) -> None:
+    """Two rows sharing (sex, ward) fail the rule; equal values in one column alone do not."""
+    assert validator.validate(with_column("sex", ["F", "F", "F", "F", "F", "F"])) == []
+    failures = validator.validate(with_column("ward", [1, 1, 3, 40, 5, 1]))
+    assert [
+        (f.rule.kind, f.rule.column, f.unexpected_count, f.element_count) for f in failures
+    ] == [("compound_unique", "(sex, ward)", 2, 6)]
+    assert failures[0].describe() == (
+        "(sex, ward): compound_unique failed for 2 of 6 rows (schema[0].quality[1])"
+    )
+
+
+def test_compound_unique_skips_rows_with_an_empty_key_column() -> None:
+    """As in SQL's UNIQUE, a row missing part of its key is not compared with others."""
+    checker = BatchValidator("compound-nulls", [Rule.compound_unique(("a", "b"))])
+    frame = pd.DataFrame(
+        {
+            "a": pd.Series(["x", "x", None, None, "y"], dtype="str"),
+            "b": pd.Series([None, None, 1.0, 1.0, 2.0]),
+        }
+    )
+    assert checker.validate(frame) == []
+    frame.loc[5] = ["y", 2.0]
+    assert [f.unexpected_count for f in checker.validate(frame)] == [2]
+
+
+def test_compound_unique_message_never_shows_a_key_value() -> None:
+    """The failure names the key's columns and the count, not the duplicated values."""
+    checker = BatchValidator("compound-secret", [Rule.compound_unique(("a", "b"), "q")])
+    frame = pd.DataFrame({"a": pd.Series([SENTINEL] * 3, dtype="str"), "b": [7, 7, 7]})
+    (failure,) = checker.validate(frame)
+    assert SENTINEL not in failure.describe()
+    assert SENTINEL not in repr(failure)
+    assert failure.describe() == "(a, b): compound_unique failed for 3 of 3 rows (q)"
+
+
+def test_compound_unique_on_a_missing_column_fails_closed() -> None:
+    """A key column absent from the frame fails every row instead of passing."""
+    checker = BatchValidator("compound-missing", [Rule.compound_unique(("a", "b"))])
+    (failure,) = checker.validate(pd.DataFrame({"a": ["x", "y"]}))
+    assert (failure.unexpected_count, failure.element_count) == (2, 2)
+
+
+def test_rule_columns() -> None:
+    """columns gives the key of a compound rule and the one column of any other."""
+    assert Rule.compound_unique(("a", "b")).columns == ("a", "b")
+    assert Rule("unique", "a").columns == ("a",)

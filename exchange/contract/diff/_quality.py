@@ -113,10 +113,23 @@ def flag(
 
 
 def _core(rule: Any) -> Any:
-    """A rule without its wording."""
+    """A rule without its wording (a composite key's properties in any order are one key)."""
     if not isinstance(rule, Mapping):
         return rule
-    return {k: v for k, v in rule.items() if k not in _RULE_WORDING}
+    core = {k: v for k, v in rule.items() if k not in _RULE_WORDING}
+    key = _key(core)
+    if key is not None:
+        core["arguments"] = {**core["arguments"], "properties": sorted(key)}
+    return core
+
+
+def _key(rule: Mapping[str, Any]) -> list[str] | None:
+    """The properties of a schema-level duplicateValues rule (a composite key), if it has them."""
+    args = rule.get("arguments")
+    key = args.get("properties") if isinstance(args, Mapping) else None
+    if isinstance(key, list) and all(isinstance(k, str) for k in key):
+        return key
+    return None
 
 
 def _shape(rule: Any) -> str:
@@ -126,7 +139,9 @@ def _shape(rule: Any) -> str:
         return canon(core)
     shape = {k: v for k, v in core.items() if k not in _RULE_BOUNDS}
     if isinstance(shape.get("arguments"), Mapping):
-        shape["arguments"] = {k: v for k, v in shape["arguments"].items() if k != "validValues"}
+        shape["arguments"] = {
+            k: v for k, v in shape["arguments"].items() if k not in ("validValues", "properties")
+        }
     return canon(shape)
 
 
@@ -176,6 +191,19 @@ def _retuned(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
             return "changed"
         subset = all(v in old_valid for v in new_valid)
         directions.append("tighter" if subset else "looser")
+    old_props = old_args.get("properties", MISSING) if isinstance(old_args, Mapping) else MISSING
+    new_props = new_args.get("properties", MISSING) if isinstance(new_args, Mapping) else MISSING
+    if old_props != new_props:
+        # A composite key: unique over fewer of its properties is stricter ((a) unique makes
+        # (a, b) unique); the same properties in another order are the same key.
+        old_key, new_key = _key(old), _key(new)
+        if old_key is None or new_key is None:
+            return "changed"
+        old_set, new_set = set(old_key), set(new_key)
+        if old_set != new_set:
+            if not (new_set < old_set or new_set > old_set):
+                return "changed"
+            directions.append("tighter" if new_set < old_set else "looser")
     if not directions:
         return "changed"
     return "tighter" if all(d == "tighter" for d in directions) else "looser"
