@@ -13,7 +13,7 @@ import pyarrow.compute as pc
 
 from exchange import filters, transforms
 from exchange.contract import Contract
-from exchange.types import arrow_type
+from exchange.types import SourceTypes, arrow_type
 
 
 def read_types(contract: Contract) -> dict[str, str]:
@@ -26,9 +26,14 @@ def read_types(contract: Contract) -> dict[str, str]:
     return types
 
 
-def source_types(contract: Contract) -> dict[str, pa.DataType]:
-    """The columns to read from the source and the Arrow type each is read as."""
-    types = {column: arrow_type(kind) for column, kind in read_types(contract).items()}
+def source_types(contract: Contract) -> SourceTypes:
+    """The columns to read from the source and the Arrow type each is read as, with the zone
+    of the source's times written without one (sourceTimeZone)."""
+    types = SourceTypes(
+        {column: arrow_type(kind) for column, kind in read_types(contract).items()},
+        time_zone=contract.source_time_zone,
+        ambiguous=contract.ambiguous_times,
+    )
     if contract.incremental_column:
         types.setdefault(contract.incremental_column, arrow_type("timestamp"))
     return types

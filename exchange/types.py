@@ -55,7 +55,11 @@ def _is_whole_decimal(t: pa.DataType) -> bool:
 # declared, never coerced (an integer read as a timestamp became a 1970 date). Documented in
 # docs/contracts.md ("Source types"). A timestamp without a zone needs sourceTimeZone.
 PHYSICAL_TYPES: Final[dict[str, tuple[str, Callable[[pa.DataType], bool]]]] = {
-    "string": ("text", _is_text),
+    # Integers and booleans have one exact text form; floats, dates and times do not.
+    "string": (
+        "text, integers or booleans",
+        lambda t: _is_text(t) or pa.types.is_integer(t) or pa.types.is_boolean(t),
+    ),
     "integer": (
         "integers, or decimals with no fraction digits",
         lambda t: pa.types.is_integer(t) or _is_whole_decimal(t),

@@ -5,17 +5,22 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from conftest import write_contract
 
-from exchange.errors import SourceError
+from exchange import synth
+from exchange.contract import load_contract
+from exchange.errors import ContractError, SourceError
+from exchange.minimise import source_types
 from exchange.sources import CsvSource, ParquetSource, Source, check_columns
-from exchange.types import ARROW_TYPES, UTC_TIMESTAMP, SourceTypes
+from exchange.types import ARROW_TYPES, UTC_TIMESTAMP, SourceTypes, source_times
 
 SECRET = "SENTINEL-XYZ"
 LONDON = "Europe/London"
@@ -133,8 +138,9 @@ REFUSED = [
     ("number", pa.array(["1.5"])),
     ("boolean", pa.array(["Y"])),
     ("boolean", pa.array([1], pa.int8())),
-    ("string", pa.array([123], pa.int64())),
-    ("string", pa.array([True])),
+    ("string", pa.array([1.0], pa.float64())),
+    ("string", pa.array([dt.date(2026, 1, 1)], pa.date32())),
+    ("string", pa.array([dt.datetime(2026, 1, 1)], pa.timestamp("us", tz="UTC"))),
 ]
 
 
@@ -160,6 +166,8 @@ ACCEPTED = [
     ("number", pa.array([decimal.Decimal("1.25")], pa.decimal128(5, 2)), 1.25),
     ("string", pa.array(["a"]).dictionary_encode(), "a"),
     ("string", pa.array(["a"], pa.large_string()), "a"),
+    ("string", pa.array([123], pa.int64()), "123"),  # a flag typed 1/0, say
+    ("string", pa.array([True]), "true"),
     ("date", pa.array([dt.date(2026, 1, 2)], pa.date64()), dt.date(2026, 1, 2)),
     ("boolean", pa.array([None], pa.null()), None),
 ]
@@ -309,3 +317,83 @@ def test_csv_times_with_an_offset_still_read_without_a_zone(tmp_path: Path) -> N
         dt.datetime(2026, 7, 1, 11, 0, tzinfo=dt.UTC),
         dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
     ]
+
+
+# --- the sharing term, through the contract -------------------------------------------------
+
+RECIPIENT = "age1j9cagmxw0vf3zwjsf4598ejz8xwv43qadxunwk22ecycqv06l48s09mk7a"
+
+
+def _with_zone(value: object, *, incremental: bool = False) -> Callable[[dict[str, Any]], None]:
+    def edit(document: dict[str, Any]) -> None:
+        document["customProperties"].append({"property": "sourceTimeZone", "value": value})
+        if incremental:  # reads the last_updated timestamp column too
+            document["customProperties"].append(
+                {"property": "incremental", "value": {"column": "last_updated"}}
+            )
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("value", "ambiguous"),
+    [("Europe/London", "refuse"), ({"zone": "Europe/London", "ambiguousTimes": "later"}, "later")],
+)
+def test_source_time_zone_reaches_the_source_types(
+    tmp_path: Path, value: object, ambiguous: str
+) -> None:
+    """The term, as a name or an object, is what the source is asked to read times in."""
+    contract = load_contract(write_contract(tmp_path / "c.yaml", RECIPIENT, _with_zone(value)))
+    assert (contract.source_time_zone, contract.ambiguous_times) == ("Europe/London", ambiguous)
+    types = source_types(contract)
+    assert isinstance(types, SourceTypes)
+    assert (types.time_zone, types.ambiguous) == ("Europe/London", ambiguous)
+
+
+def test_without_the_term_sources_refuse_local_times(tmp_path: Path) -> None:
+    """Absent: no zone is assumed."""
+    contract = load_contract(write_contract(tmp_path / "c.yaml", RECIPIENT))
+    assert contract.source_time_zone is None
+    assert source_times(source_types(contract)) == (None, "raise")
+
+
+@pytest.mark.parametrize(
+    ("value", "where", "said"),
+    [
+        ("Europe/Londn", "value", "unknown IANA time zone 'Europe/Londn'"),
+        ({"zone": "Mars/Olympus"}, "value.zone", "unknown IANA time zone 'Mars/Olympus'"),
+        ({"zone": "Europe/London", "ambiguousTimes": "first"}, "value.ambiguousTimes", ""),
+        ("../../etc/passwd", "value", ""),
+    ],
+)
+def test_an_unknown_zone_or_rule_fails_lint(
+    tmp_path: Path, value: object, where: str, said: str
+) -> None:
+    """A misspelt zone is a contract problem, not a failure of every run."""
+    path = write_contract(tmp_path / "c.yaml", RECIPIENT, _with_zone(value))
+    with pytest.raises(ContractError) as caught:
+        load_contract(path)
+    text = str(caught.value)
+    assert f"].{where}" in text and said in text
+
+
+def test_one_contract_gives_the_same_rows_from_csv_and_parquet_local_times(
+    tmp_path: Path,
+) -> None:
+    """The sample, with local last_updated times: identical Arrow output from either form."""
+    edit = _with_zone({"zone": "Europe/London", "ambiguousTimes": "earlier"}, incremental=True)
+    contract = load_contract(write_contract(tmp_path / "c.yaml", RECIPIENT, edit))
+    table = pa.Table.from_batches(list(synth.batches(3000, seed=7)))
+    # Wall-clock times every 137 minutes from 30 March 2026 (after the spring gap), through the
+    # autumn change; the first row is the 01:30 that occurs twice.
+    start = dt.datetime(2026, 3, 30)
+    times = [start + dt.timedelta(minutes=137 * i) for i in range(table.num_rows)]
+    times[0] = AUTUMN_TWICE
+    column = pa.array(times, pa.timestamp("us"))
+    local = table.set_column(table.schema.get_field_index("last_updated"), "last_updated", column)
+    types = source_types(contract)
+    csv_rows = read(CsvSource(write(tmp_path / "s.csv", local)), types)
+    parquet_rows = read(ParquetSource(write(tmp_path / "s.parquet", local)), types)
+    assert csv_rows.equals(parquet_rows)
+    assert csv_rows["last_updated"].type == UTC_TIMESTAMP
+    assert csv_rows["last_updated"][0].as_py() == dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC)

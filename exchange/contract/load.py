@@ -33,6 +33,7 @@ from exchange.contract.paths import custom_properties, custom_values, format_pat
 from exchange.contract.policy import policy_problems
 from exchange.contract.vocabulary import PURPOSES, TRANSFORMS, units
 from exchange.contract.vocabulary.schemas import field_terms_schema
+from exchange.contract.vocabulary.terms import source_time_zone
 from exchange.contract.vocabulary.transforms import option_problems
 from exchange.errors import ContractError, Problem
 from exchange.types import ARROW_TYPES
@@ -251,6 +252,22 @@ def _check_terms(document: dict[str, Any], file: str) -> Iterator[Problem]:
             yield Problem(
                 file, format_path(located(["recipientKeys", i])), "not a valid age recipient"
             )
+    zone, _ = source_time_zone(terms.get("sourceTimeZone"))
+    if isinstance(zone, str) and not _is_time_zone(zone):
+        where = ["sourceTimeZone", *(["zone"] if isinstance(terms["sourceTimeZone"], dict) else [])]
+        message = f"unknown IANA time zone {zone!r} (e.g. Europe/London)"
+        yield Problem(file, format_path(located(where)), message)
+
+
+def _is_time_zone(name: str) -> bool:
+    """Whether the time-zone database here knows `name` (pyarrow reads the same one)."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
 
 
 def _list(value: Any) -> list[Any]:
@@ -472,6 +489,8 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
         retention_days=_float(units.period_days(*_amount(retention))),
         sender_manages_inbox=bool(terms.get("senderManagesInbox", False)),
         incremental_column=(terms.get("incremental") or {}).get("column"),
+        source_time_zone=source_time_zone(terms.get("sourceTimeZone"))[0],
+        ambiguous_times=source_time_zone(terms.get("sourceTimeZone"))[1],
         retention_action=terms["retentionAction"],
         dpia_reference=terms["dpiaReference"],
         acknowledgements=_frozen(terms["acknowledgements"])

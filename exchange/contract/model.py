@@ -122,6 +122,8 @@ class Contract:
     acknowledgements: Mapping[str, Any] | None = None  # folder, partnerKeys, deadlineHours
     sender_manages_inbox: bool = False
     incremental_column: str | None = None  # the last-updated timestamp column, if incremental
+    source_time_zone: str | None = None  # IANA zone of the source's times without one
+    ambiguous_times: str = "refuse"  # a time the clocks show twice: refuse, earlier, later
     retention_days: float | None = None
 
     @property

@@ -43,7 +43,8 @@ from psycopg.abc import Buffer
 from psycopg.conninfo import conninfo_to_dict
 
 from exchange.errors import SourceError
-from exchange.sources.base import check_columns
+from exchange.sources.base import check_columns, localise
+from exchange.types import logical_of, readable_as
 
 __all__ = ["PostgresSource"]
 
@@ -131,6 +132,7 @@ class PostgresSource:
         with self._connect() as conn:
             pg_types = [kind for _, kind in self._describe(conn, projection)]
             natural = [_natural(kind, types[n]) for n, kind in zip(names, pg_types, strict=True)]
+            self._check_types(names, pg_types, natural, types)
             statement = sql.SQL("COPY (SELECT {} FROM {}) TO STDOUT (FORMAT csv)").format(
                 projection, self._relation
             )
@@ -144,7 +146,7 @@ class PostgresSource:
                         reader = self._open_reader(stream, names, natural, types)
                         target = pa.schema([pa.field(n, types[n]) for n in names])
                         parsed = self._read(reader, stream, types)
-                        cast = (self._cast(b, target, pg_types) for b in parsed)
+                        cast = (self._cast(b, target, pg_types, types) for b in parsed)
                         yield from _rebatch(cast, self.batch_rows)
                     finally:
                         # Reader first, then the stream, so pyarrow's read-ahead thread is done
@@ -270,12 +272,36 @@ class PostgresSource:
             f"source {self.name}: the rows could not be parsed ({type(exc).__name__})"
         )
 
+    def _check_types(
+        self,
+        names: Sequence[str],
+        pg_types: Sequence[str],
+        natural: Sequence[pa.DataType],
+        types: Mapping[str, pa.DataType],
+    ) -> None:
+        """Refuse, before any row is read, a column whose type its field does not take."""
+        for name, pg_type, parsed in zip(names, pg_types, natural, strict=True):
+            if not readable_as(parsed, types[name]):
+                logical = logical_of(types[name]) or "the field's type"
+                raise SourceError(
+                    f"source {self.name}: column {name!r} is PostgreSQL type {pg_type}, which "
+                    f"is not read as {logical} ({types[name]}); the gateway converts no type: "
+                    "select it as its declared type or correct the contract's logicalType"
+                )
+
     def _cast(
-        self, batch: pa.RecordBatch, target: pa.Schema, pg_types: Sequence[str]
+        self,
+        batch: pa.RecordBatch,
+        target: pa.Schema,
+        pg_types: Sequence[str],
+        types: Mapping[str, pa.DataType],
     ) -> pa.RecordBatch:
         arrays = []
         for index, field in enumerate(target):
             column = batch.column(index)
+            if pa.types.is_timestamp(column.type) and column.type.tz is None:
+                # timestamp without time zone: wall-clock times, localised or refused.
+                column = localise(column, types, field.name, self.name)
             try:
                 arrays.append(column if column.type == field.type else column.cast(field.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError):

@@ -70,6 +70,31 @@ def _acknowledgements(value: Any) -> str:
     )
 
 
+# How a time in the autumn hour that occurs twice is read (`sourceTimeZone.ambiguousTimes`).
+AMBIGUOUS_TIMES: Final = ("refuse", "earlier", "later")
+_IANA_ZONE: Final = "^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+
+
+def source_time_zone(value: Any) -> tuple[str | None, str]:
+    """The zone and the ambiguousTimes rule of a `sourceTimeZone` value (name or object)."""
+    if isinstance(value, Mapping):
+        return value.get("zone"), str(value.get("ambiguousTimes", "refuse"))
+    return (value if isinstance(value, str) else None), "refuse"
+
+
+def _source_time_zone(value: Any) -> str:
+    zone, ambiguous = source_time_zone(value)
+    twice = {
+        "earlier": "is read as the first of the two (summer time)",
+        "later": "is read as the second of the two (standard time)",
+    }.get(ambiguous, "stops the run")
+    return (
+        f"The source's times without a zone are local times in {zone}, converted to UTC. A time "
+        f"in the hour that occurs twice when the clocks go back {twice}; a time in the hour "
+        "skipped when they go forward stops the run."
+    )
+
+
 # --- JSON schema of the terms' values ----------------------------------------------------------
 
 
@@ -332,6 +357,39 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         ),
         words=_incremental,
         register=True,
+    ),
+    Term(
+        "sourceTimeZone",
+        "IANA time-zone name (e.g. `Europe/London`) of times the source writes without an "
+        "offset (CSV) or zone (Parquet); they are read as local times there and sent in UTC. "
+        "Or an object: `zone` and `ambiguousTimes`, for a time in the hour that occurs twice "
+        "when the clocks go back: `refuse` (the default), `earlier` or `later`. A time in the "
+        "hour skipped when they go forward is always refused. Absent: such times are refused.",
+        "no",
+        Fixed(  # the same source times become other instants: the data read changes
+            "source-changed",
+            True,
+            " (the same source times are sent as other instants)",
+            "source time zone",
+        ),
+        "terms",
+        {"zone": "Europe/London", "ambiguousTimes": "earlier"},
+        schema={
+            "description": "The time zone of the source's times written without an offset or "
+            "zone, and how a time in the hour that occurs twice is read.",
+            # if/then/else, not anyOf: a problem is reported against the form that was written.
+            "type": ["string", "object"],
+            "if": {"type": "string"},
+            "then": text(pattern=_IANA_ZONE),
+            "else": record(
+                ["zone"],
+                {
+                    "zone": text(pattern=_IANA_ZONE),
+                    "ambiguousTimes": {"enum": list(AMBIGUOUS_TIMES)},
+                },
+            ),
+        },
+        words=_source_time_zone,
     ),
     Term(
         "acknowledgements",
