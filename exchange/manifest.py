@@ -166,6 +166,16 @@ def contract_facts(contract: Contract) -> dict[str, Any]:
         "legal_basis": contract.legal_basis.summary(),
         "provider": contract.provider.organisation,
         "recipient": contract.recipient.organisation,
+        **{
+            f"{role}_code": {"scheme": party.code.scheme, "value": party.code.value}
+            for role, party in (("provider", contract.provider), ("recipient", contract.recipient))
+            if party.code
+        },
+        **(
+            {"pseudonym_scope": contract.pseudonym_scope or "shared"}
+            if contract.pseudonymisation_key
+            else {}
+        ),
     }
 
 

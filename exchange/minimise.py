@@ -21,7 +21,10 @@ def read_types(contract: Contract) -> dict[str, str]:
     types: dict[str, str] = {}
     for f in contract.fields:
         types.setdefault(f.source, transforms.reads_as(f.transform, f.logical_type))
-    types.setdefault(contract.objections.column, "boolean")
+    rule = contract.objections
+    types.setdefault(rule.column, "boolean" if rule.objected_values is None else "string")
+    if rule.override_column:
+        types.setdefault(rule.override_column, "string")
     types.update(filters.column_types(filters.parse(contract.filters), types))
     return types
 
@@ -57,6 +60,20 @@ def _id_set(ids: Iterable[str] | pa.Array) -> pa.Array:
     return pc.unique(array.drop_null())
 
 
+def _flag_text(value: str) -> str:
+    """An objection flag value as compared: trimmed, lower case."""
+    return value.strip().lower()
+
+
+def _as_text(values: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """A column as text (a flag the source typed as a number or boolean, say)."""
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    return values if pa.types.is_string(values.type) else pc.cast(values, pa.string())
+
+
 class Minimiser:
     """Applies a contract's row rules and field transforms to source batches.
 
@@ -82,6 +99,17 @@ class Minimiser:
             raise ValueError(f"contract {contract.id} needs the run date: pass today")
         self._filters = filters.compile_filters(rules, read_types(contract), today)
         self._objecting = None if objecting_ids is None else _id_set(objecting_ids)
+        rule = contract.objections
+        self._objected_values = (
+            None
+            if rule.objected_values is None
+            else pa.array([_flag_text(v) for v in rule.objected_values], type=pa.string())
+        )
+        self._override_values = pa.array(list(rule.override_values), type=pa.string())
+        if pseudonym_key is not None:
+            pseudonym_key = transforms.scoped_key(
+                pseudonym_key, contract.id, contract.pseudonym_scope
+            )
         self._fields = [
             (
                 f.name,
@@ -91,9 +119,30 @@ class Minimiser:
             for f in contract.fields
         ]
 
+    def _flag(self, batch: pa.RecordBatch) -> pa.Array:
+        """True where the objection column says the person objected (empty as the rule says)."""
+        rule = self.contract.objections
+        column = batch.column(rule.column)
+        if self._objected_values is None:
+            return pc.fill_null(column, rule.empty_objected)
+        text = pc.utf8_lower(pc.utf8_trim_whitespace(_as_text(column)))
+        hit = pc.fill_null(pc.is_in(text, value_set=self._objected_values), False)
+        if not rule.empty_objected:
+            return hit
+        empty = pc.fill_null(pc.equal(text, ""), True)
+        return pc.or_(hit, empty)
+
+    def _override_holds(self, batch: pa.RecordBatch) -> pa.Array | None:
+        """Where the override's condition holds (None: the override is unconditional)."""
+        column = self.contract.objections.override_column
+        if column is None:
+            return None
+        values = _as_text(batch.column(column))
+        return pc.fill_null(pc.is_in(values, value_set=self._override_values), False)
+
     def _objected(self, batch: pa.RecordBatch) -> pa.Array:
         """True for each row whose person objected, by the flag column or the operator's list."""
-        objected = pc.fill_null(batch.column(self.contract.objections.column), False)
+        objected = self._flag(batch)
         if self._objecting is not None:
             ids = batch.column(self.contract.subject_key.source)
             if not pa.types.is_string(ids.type):
@@ -106,8 +155,12 @@ class Minimiser:
         """Minimise one batch; UnmappedValues if a `map` field meets a code it cannot map."""
         self.tally.read += batch.num_rows
         objected = self._objected(batch)
+        holds = self._override_holds(batch) if self.contract.objections.overridden else None
+        if holds is not None:  # overridden only where the condition holds; left out elsewhere
+            self.tally.objections_overridden += pc.sum(pc.and_(objected, holds)).as_py() or 0
+            objected = pc.and_(objected, pc.invert(holds))
         count = pc.sum(objected).as_py() or 0
-        if self.contract.objections.overridden:
+        if self.contract.objections.overridden and holds is None:
             self.tally.objections_overridden += count
         elif count:
             batch = batch.filter(pc.invert(objected))

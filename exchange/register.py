@@ -26,6 +26,7 @@ from exchange.contract.render import (
     escape,
     other_terms,
     page,
+    party_code_text,
     state_badge,
     table,
     to_html,
@@ -75,7 +76,30 @@ def write_agreement(
 
 
 def _party(party: Party) -> str:
-    return party.organisation + (f", {party.department}" if party.department else "")
+    text = party.organisation + (f", {party.department}" if party.department else "")
+    code = party.code
+    shown = party_code_text({"scheme": code.scheme, "value": code.value}) if code else ""
+    return text + (f" ({shown})" if shown else "")
+
+
+def _code(party: Party) -> dict[str, str] | None:
+    return {"scheme": party.code.scheme, "value": party.code.value} if party.code else None
+
+
+def _basis_wording(contract: Contract) -> list[str]:
+    """The agreement's own words for each part of its legal basis that gives them, verbatim."""
+    basis, out = contract.legal_basis, []
+    for statute in basis.statutes:
+        own = " ".join(p for p in (statute.title, statute.wording) if p)
+        if own:
+            out.append(f"{statute}: {' '.join(own.split())}")
+    for condition in basis.article9_conditions:
+        if condition.wording:
+            out.append(f"UK GDPR Art {condition.code}: {' '.join(condition.wording.split())}")
+    for condition in basis.schedule1_conditions:
+        if condition.wording:
+            out.append(f"DPA 2018 Sch 1 {condition.code}: {' '.join(condition.wording.split())}")
+    return out
 
 
 def _entry(
@@ -105,9 +129,12 @@ def _entry(
         "parties": {
             "provider": _party(contract.provider),
             "recipient": _party(contract.recipient),
+            "provider_code": _code(contract.provider),
+            "recipient_code": _code(contract.recipient),
         },
         "purposes": list(contract.purposes),
         "legal_basis": contract.legal_basis.summary(),
+        "legal_basis_wording": _basis_wording(contract),
         "review_date": state["review_by"] or contract.review_date.isoformat(),
         "terms": [t["words"] for t in other_terms(contract) if TERMS[t["term"]].register],
         "pages": {"html": f"{stem}.html", "markdown": f"{stem}.md"},
@@ -241,7 +268,8 @@ def index_html(entries: list[dict[str, Any]], *, today: dt.date, generated_at: s
                 '<ul class="plain">'
                 + "".join(f"<li>{escape(PURPOSES.get(p, p))}</li>" for p in e["purposes"])
                 + "</ul>",
-                escape(e["legal_basis"]),
+                escape(e["legal_basis"])
+                + "".join(f"<br>{escape(w)}" for w in e.get("legal_basis_wording") or ()),
                 state,
                 f'<time class="nowrap" datetime="{escape(e["review_date"])}">'
                 f"{escape(e['review_date'])}</time>",

@@ -28,6 +28,20 @@ def key_id(key: bytes) -> str:
     return hmac.digest(key, b"exchange pseudonymisation key id", "sha256")[:8].hex()
 
 
+SCOPE_LABEL = b"exchange pseudonym scope\n"
+
+
+def agreement_key(key: bytes, contract_id: str) -> bytes:
+    """The per-agreement pseudonymisation key: HMAC-SHA256(key, label + the contract's id)."""
+    return hmac.digest(key, SCOPE_LABEL + contract_id.encode("utf-8"), "sha256")
+
+
+def scoped_key(key: bytes, contract_id: str, scope: str | None) -> bytes:
+    """The key a contract's pseudonyms are made with: its own under `pseudonymScope: agreement`;
+    the key itself when `shared` or not stated (as before the term, keeping old pseudonyms)."""
+    return agreement_key(key, contract_id) if scope == "agreement" else key
+
+
 PSEUDONYM_HEX_CHARS = 32  # 128 bits: collision-free in practice at any realistic scale
 
 _BLOCK = 64  # SHA-256 block size, for the HMAC construction (RFC 2104)

@@ -90,6 +90,33 @@ ARTICLE_9_NEEDS_SCHEDULE_1 = frozenset({"9(2)(b)", "9(2)(g)", "9(2)(h)", "9(2)(i
 SCHEDULE_1: dict[int, frozenset[int]] = {1: frozenset(range(1, 5)), 2: frozenset(range(6, 29))}
 _SCHEDULE_1_TEXT = re.compile(r"^Part ([12]) para (\d{1,2})\b")
 
+# Which Schedule 1 conditions meet each Article 9 condition (DPA 2018 s.10(2)-(3)): (part, paras).
+ARTICLE_9_SCHEDULE_1: Final[dict[str, tuple[int, frozenset[int]]]] = {
+    "9(2)(b)": (1, frozenset({1})),  # employment, social security and social protection
+    "9(2)(h)": (1, frozenset({2})),  # health or social care purposes
+    "9(2)(i)": (1, frozenset({3})),  # public health
+    "9(2)(j)": (1, frozenset({4})),  # research etc
+    "9(2)(g)": (2, SCHEDULE_1[2]),  # substantial public interest: any Part 2 condition
+}
+SCHEDULE_1_EXAMPLE: Final[dict[str, str]] = {
+    "9(2)(b)": "Part 1 para 1 (employment, social security and social protection)",
+    "9(2)(h)": "Part 1 para 2 (health or social care purposes)",
+    "9(2)(i)": "Part 1 para 3 (public health)",
+    "9(2)(j)": "Part 1 para 4 (research etc)",
+    "9(2)(g)": "Part 2 para 18 (safeguarding of children and individuals at risk)",
+}
+
+# Official organisation codes: scheme -> (what it is, the shape of a code).
+ORGANISATION_CODES: Final[dict[str, tuple[str, str]]] = {
+    "ods": ("NHS ODS code", r"^[A-Z0-9]{3,10}$"),
+    "gss": ("GSS code", r"^[EKLMNSW][0-9]{8}$"),
+    "urn": ("school URN", r"^[0-9]{6}$"),
+    "ukprn": ("UK provider reference number", r"^1[0-9]{7}$"),
+    "companies-house": ("Companies House number", r"^[A-Z0-9]{8}$"),
+    "charity": ("registered charity number", r"^[0-9]{6,8}(-[0-9]+)?$"),
+}
+ORGANISATION_CODE_SCHEMES: Final = tuple(ORGANISATION_CODES)
+
 SPECIAL_CATEGORY_CLASSES = frozenset(
     {
         "special-category",
@@ -143,8 +170,44 @@ def find_power(act: str, section: str) -> Power | None:
 
 def schedule_1_condition_known(text: str) -> bool:
     """Whether text names a real DPA 2018 Schedule 1 condition, as 'Part N para M (...)'."""
+    return schedule_1_condition(text) is not None
+
+
+def schedule_1_condition(text: str) -> tuple[int, int] | None:
+    """(part, paragraph) of a DPA 2018 Schedule 1 condition written 'Part N para M (...)'."""
     match = _SCHEDULE_1_TEXT.match(text)
-    return match is not None and int(match.group(2)) in SCHEDULE_1[int(match.group(1))]
+    if match is None or int(match.group(2)) not in SCHEDULE_1[int(match.group(1))]:
+        return None
+    return int(match.group(1)), int(match.group(2))
+
+
+def pairs(article9: str, condition: tuple[int, int]) -> bool:
+    """Whether a Schedule 1 condition (part, paragraph) meets an Article 9 condition."""
+    needed = ARTICLE_9_SCHEDULE_1.get(article9)
+    return needed is not None and condition[0] == needed[0] and condition[1] in needed[1]
+
+
+def condition_codes(value: Any) -> list[str]:
+    """The condition texts of a legal condition term: one text, or a list of texts or
+    `{condition, wording}` (ill-shaped items, reported by the schema, are left out)."""
+    listed = value if isinstance(value, list) else [value]
+    out = []
+    for item in listed:
+        code = item.get("condition") if isinstance(item, Mapping) else item
+        if isinstance(code, str):
+            out.append(code)
+    return out
+
+
+def organisation_code_problem(scheme: Any, value: Any) -> str | None:
+    """What is wrong with an organisation code, if anything."""
+    known = ORGANISATION_CODES.get(str(scheme))
+    if known is None or not isinstance(value, str):
+        return None  # reported by the schema
+    label, pattern = known
+    if not re.fullmatch(pattern, value):
+        return f"not a valid {label} ({scheme}): expected {pattern}"
+    return None
 
 
 def identifies_directly(terms: Mapping[str, Any], source: Any) -> bool:

@@ -21,11 +21,13 @@ from exchange.contract import names, safe_yaml
 from exchange.contract.canonical import _plain, canonical_sha256
 from exchange.contract.legal import identifies_directly
 from exchange.contract.model import (
+    Condition,
     Contract,
     Endpoint,
     Field,
     LegalBasis,
     Objections,
+    OrganisationCode,
     Party,
     Statute,
 )
@@ -355,7 +357,11 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
         index, specs = custom["filters"]
         objections = custom.get("objections", (0, None))[1]
         column = objections.get("column") if isinstance(objections, dict) else None
-        known = {**({column: "boolean"} if isinstance(column, str) else {}), **reads}
+        flag = "string" if isinstance(objections, dict) and "objectedValues" in objections else ""
+        known = {**({column: flag or "boolean"} if isinstance(column, str) else {}), **reads}
+        condition = objections.get("overrideCondition") if isinstance(objections, dict) else None
+        if isinstance(condition, dict) and isinstance(condition.get("column"), str):
+            known.setdefault(condition["column"], "string")
         for path, message in filters.problems(specs, known, renamed):
             where = format_path(["customProperties", index, "value", *path])
             yield Problem(file, where, message)
@@ -456,18 +462,8 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
         purposes=tuple(terms["purposes"]),
         provider=_party(terms["provider"]),
         recipient=_party(terms["recipient"]),
-        legal_basis=LegalBasis(
-            statutes=tuple(Statute(s["act"], s["section"]) for s in basis["statutes"]),
-            article6=basis["ukGdprArticle6"],
-            article9=basis.get("ukGdprArticle9"),
-            dpa2018_schedule1=basis.get("dpa2018Schedule1"),
-        ),
-        objections=Objections(
-            column=objections["column"],
-            overridden=objections["legalBasisOverrides"],
-            justification=objections.get("overrideJustification"),
-            list=objections.get("list"),
-        ),
+        legal_basis=_legal_basis(basis),
+        objections=_objections(objections),
         schedule=terms["schedule"],
         review_date=dt.date.fromisoformat(terms["reviewDate"]),
         recipient_keys=tuple(terms["recipientKeys"]),
@@ -481,6 +477,7 @@ def _build(path: Path, document: dict[str, Any]) -> Contract:
             type=str(server.get("type", "sftp")),
         ),
         pseudonymisation_key=terms.get("pseudonymisationKey"),
+        pseudonym_scope=terms.get("pseudonymScope"),
         dataset=dataset["name"],
         source_name=dataset.get("physicalName", dataset["name"]),
         fields=tuple(fields),
@@ -510,4 +507,46 @@ def _float(days: Any) -> float | None:
 
 
 def _party(value: dict[str, Any]) -> Party:
-    return Party(value["organisation"], value["contact"], value.get("department"))
+    code = value.get("code")
+    official = OrganisationCode(code["scheme"], code["value"]) if code else None
+    return Party(value["organisation"], value["contact"], value.get("department"), official)
+
+
+def _conditions(value: Any) -> tuple[Condition, ...]:
+    """A legal condition term (one text, or a list of texts or {condition, wording})."""
+    listed = value if isinstance(value, list) else [] if value is None else [value]
+    return tuple(
+        Condition(v["condition"], v.get("wording")) if isinstance(v, dict) else Condition(v)
+        for v in listed
+    )
+
+
+def _legal_basis(basis: dict[str, Any]) -> LegalBasis:
+    article9 = _conditions(basis.get("ukGdprArticle9"))
+    schedule1 = _conditions(basis.get("dpa2018Schedule1"))
+    return LegalBasis(
+        statutes=tuple(
+            Statute(s["act"], s["section"], s.get("title"), s.get("wording"))
+            for s in basis["statutes"]
+        ),
+        article6=basis["ukGdprArticle6"],
+        article9=article9[0].code if article9 else None,
+        dpa2018_schedule1=schedule1[0].code if schedule1 else None,
+        article9_conditions=article9,
+        schedule1_conditions=schedule1,
+    )
+
+
+def _objections(value: dict[str, Any]) -> Objections:
+    condition = value.get("overrideCondition") or {}
+    objected = value.get("objectedValues")
+    return Objections(
+        column=value["column"],
+        overridden=value["legalBasisOverrides"],
+        justification=value.get("overrideJustification"),
+        list=value.get("list"),
+        objected_values=tuple(objected) if objected is not None else None,
+        empty_means=value.get("emptyMeans"),
+        override_column=condition.get("column"),
+        override_values=tuple(condition.get("values") or ()),
+    )

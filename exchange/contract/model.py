@@ -10,12 +10,24 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class OrganisationCode:
+    """An organisation's official code: its scheme (ods, gss, ...) and value."""
+
+    scheme: str
+    value: str
+
+    def __str__(self) -> str:
+        return f"{self.scheme.upper()} {self.value}"
+
+
+@dataclass(frozen=True)
 class Party:
     """An organisation taking part in the agreement."""
 
     organisation: str
     contact: str
     department: str | None = None
+    code: OrganisationCode | None = None  # an NHS ODS code, a council's GSS code ...
 
 
 @dataclass(frozen=True)
@@ -24,9 +36,19 @@ class Statute:
 
     act: str
     section: str
+    title: str | None = None  # the section's title as the agreement cites it
+    wording: str | None = None  # the agreement's own words on it, shown verbatim
 
     def __str__(self) -> str:
         return f"{self.act} {self.section}"
+
+
+@dataclass(frozen=True)
+class Condition:
+    """A UK GDPR Article 9 or DPA 2018 Schedule 1 condition, with the agreement's wording."""
+
+    code: str
+    wording: str | None = None
 
 
 @dataclass(frozen=True)
@@ -35,16 +57,18 @@ class LegalBasis:
 
     statutes: tuple[Statute, ...]
     article6: str
-    article9: str | None = None
-    dpa2018_schedule1: str | None = None
+    article9: str | None = None  # the first Article 9 condition
+    dpa2018_schedule1: str | None = None  # the first Schedule 1 condition
+    article9_conditions: tuple[Condition, ...] = ()  # every one, in contract order
+    schedule1_conditions: tuple[Condition, ...] = ()
 
     def summary(self) -> str:
         """One line naming every part of the basis."""
         parts = [str(s) for s in self.statutes] + [f"UK GDPR Art {self.article6}"]
-        if self.article9:
-            parts.append(f"UK GDPR Art {self.article9}")
-        if self.dpa2018_schedule1:
-            parts.append(f"DPA 2018 Sch 1 {self.dpa2018_schedule1}")
+        article9 = [c.code for c in self.article9_conditions] or [self.article9 or ""]
+        schedule1 = [c.code for c in self.schedule1_conditions] or [self.dpa2018_schedule1 or ""]
+        parts += [f"UK GDPR Art {code}" for code in article9 if code]
+        parts += [f"DPA 2018 Sch 1 {code}" for code in schedule1 if code]
         return "; ".join(parts)
 
 
@@ -56,6 +80,17 @@ class Objections:
     overridden: bool
     justification: str | None = None
     list: str | None = None  # a secret holding objecting subject ids, one per line
+    objected_values: tuple[str, ...] | None = None  # a text flag: the values meaning objected
+    empty_means: str | None = None  # "objected" | "not-objected"; None: the form's default
+    override_column: str | None = None  # the override holds only where this column ...
+    override_values: tuple[str, ...] = ()  # ... holds one of these values
+
+    @property
+    def empty_objected(self) -> bool:
+        """Whether an empty flag counts as an objection (default: yes for a text flag)."""
+        if self.empty_means is not None:
+            return self.empty_means == "objected"
+        return self.objected_values is not None
 
 
 @dataclass(frozen=True)
@@ -125,6 +160,7 @@ class Contract:
     source_time_zone: str | None = None  # IANA zone of the source's times without one
     ambiguous_times: str = "refuse"  # a time the clocks show twice: refuse, earlier, later
     retention_days: float | None = None
+    pseudonym_scope: str | None = None  # "agreement" | "shared"; None: not stated (as shared)
 
     @property
     def field_names(self) -> tuple[str, ...]:
@@ -135,6 +171,8 @@ class Contract:
     def source_columns(self) -> tuple[str, ...]:
         """Every source column the exchange needs to read, and no other."""
         needed = [f.source for f in self.fields] + [self.objections.column]
+        if self.objections.override_column:
+            needed.append(self.objections.override_column)
         needed += [str(f["column"]) for f in self.filters]
         return tuple(dict.fromkeys(needed))
 

@@ -39,21 +39,7 @@ def policy_problems(document: dict[str, Any], file: str) -> Iterator[Problem]:
         else:
             powers.append(power)
     article9 = basis.get("ukGdprArticle9")
-    schedule1 = basis.get("dpa2018Schedule1")
-    if isinstance(article9, str) and article9 in legal.ARTICLE_9_NEEDS_SCHEDULE_1 and not schedule1:
-        yield Problem(
-            file,
-            basis_at,
-            f"Article {article9} needs a DPA 2018 Schedule 1 condition: add dpa2018Schedule1, "
-            "e.g. 'Part 2 para 18 (safeguarding of children and individuals at risk)'",
-        )
-    if schedule1 and not legal.schedule_1_condition_known(str(schedule1)):
-        yield Problem(
-            file,
-            f"{basis_at}.dpa2018Schedule1",
-            "not a DPA 2018 Schedule 1 condition: write 'Part 1 para N' (1-4) or "
-            "'Part 2 para N' (6-28), optionally followed by its name in brackets",
-        )
+    yield from _condition_problems(file, basis_at, basis)
     objections = _mapping(terms.get("objections"))
     if objections.get("legalBasisOverrides") and not any(p.overrides_objection for p in powers):
         able = sorted({f"{p.act} {p.section}" for p in legal.STATUTES if p.overrides_objection})
@@ -63,8 +49,84 @@ def policy_problems(document: dict[str, Any], file: str) -> Iterator[Problem]:
             "no listed legal basis overrides a person's objection; set it to false, or cite a "
             f"power that does ({'; '.join(able)})",
         )
+    condition = objections.get("overrideCondition")
+    if condition is not None and objections.get("legalBasisOverrides") is not True:
+        yield Problem(
+            file,
+            f"{custom_path(custom, 'objections')}.overrideCondition",
+            "an override condition limits an override, and legalBasisOverrides is not true: "
+            "remove it, or state the override",
+        )
+    for role in ("provider", "recipient"):
+        code = _mapping(_mapping(terms.get(role)).get("code"))
+        problem = legal.organisation_code_problem(code.get("scheme"), code.get("value"))
+        if problem:
+            yield Problem(file, f"{custom_path(custom, role)}.code.value", problem)
     yield from _field_problems(document, file, article9)
     yield from _host_key_problems(document, file)
+
+
+def _at(base: str, key: str, value: Any, i: int) -> str:
+    """Where the i-th condition of a condition term is (one text, or a list)."""
+    return f"{base}.{key}" + (f"[{i}]" if isinstance(value, list) else "")
+
+
+def _condition_problems(file: str, basis_at: str, basis: dict[str, Any]) -> Iterator[Problem]:
+    """Each Article 9 condition needing a Schedule 1 condition has one that meets it, and each
+    Schedule 1 condition is a real one, meeting one of the Article 9 conditions stated."""
+    article9_value, schedule1_value = basis.get("ukGdprArticle9"), basis.get("dpa2018Schedule1")
+    article9 = legal.condition_codes(article9_value)
+    schedule1 = legal.condition_codes(schedule1_value) if schedule1_value else []
+    known: list[tuple[int, tuple[int, int]]] = []
+    for i, text in enumerate(schedule1):
+        found = legal.schedule_1_condition(text)
+        if found is None:
+            yield Problem(
+                file,
+                _at(basis_at, "dpa2018Schedule1", schedule1_value, i),
+                "not a DPA 2018 Schedule 1 condition: write 'Part 1 para N' (1-4) or "
+                "'Part 2 para N' (6-28), optionally followed by its name in brackets",
+            )
+        else:
+            known.append((i, found))
+    for i, code in enumerate(article9):
+        if code not in legal.ARTICLE_9_NEEDS_SCHEDULE_1:
+            continue
+        example = legal.SCHEDULE_1_EXAMPLE.get(code, "Part 2 para 18 (...)")
+        if not schedule1:
+            yield Problem(
+                file,
+                basis_at,
+                f"Article {code} needs a DPA 2018 Schedule 1 condition: add dpa2018Schedule1, "
+                f"e.g. '{example}'",
+            )
+        elif known and not any(legal.pairs(code, found) for _, found in known):
+            yield Problem(
+                file,
+                _at(basis_at, "ukGdprArticle9", article9_value, i),
+                f"no Schedule 1 condition given meets Article {code}: it needs "
+                f"{'a Part 2 condition, e.g. ' if code == '9(2)(g)' else ''}'{example}'",
+            )
+    for i, found in known:
+        if article9 and not any(legal.pairs(code, found) for code in article9):
+            needs = (
+                "9(2)(g)"
+                if found[0] == 2
+                else next(
+                    (
+                        c
+                        for c, (part, paras) in legal.ARTICLE_9_SCHEDULE_1.items()
+                        if part == found[0] and found[1] in paras
+                    ),
+                    "?",
+                )
+            )
+            yield Problem(
+                file,
+                _at(basis_at, "dpa2018Schedule1", schedule1_value, i),
+                f"Schedule 1 Part {found[0]} para {found[1]} is a condition for Article "
+                f"{needs}, which the agreement does not state: add it, or remove this condition",
+            )
 
 
 def _mapping(value: Any) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def summary(
         ),
         "legal_basis": {
             "summary": basis.summary(),
-            "statutes": [_statute(s.act, s.section) for s in basis.statutes],
+            "statutes": [_statute(s.act, s.section, s.title, s.wording) for s in basis.statutes],
             "article6": {"code": basis.article6, "label": legal.ARTICLE_6.get(basis.article6)},
             "article9": (
                 {"code": basis.article9, "label": legal.ARTICLE_9.get(basis.article9)}
@@ -132,6 +132,13 @@ def summary(
                 else None
             ),
             "dpa2018_schedule1": basis.dpa2018_schedule1,
+            "article9_conditions": [
+                {"code": c.code, "label": legal.ARTICLE_9.get(c.code), "wording": c.wording}
+                for c in basis.article9_conditions
+            ],
+            "schedule1_conditions": [
+                {"code": c.code, "wording": c.wording} for c in basis.schedule1_conditions
+            ],
         },
         "fields": _fields(contract),
         "filters": [
@@ -323,19 +330,33 @@ def _text(value: Any) -> str:
 
 def _party(party: Party, raw: Any) -> dict[str, Any]:
     ico = raw.get("icoRegistration") if isinstance(raw, Mapping) else None
+    code = party.code
     return {
         "organisation": party.organisation,
         "department": party.department,
         "contact": party.contact,
         "ico_registration": ico,
+        "code": {"scheme": code.scheme, "value": code.value} if code else None,
     }
 
 
-def _statute(act: str, section: str) -> dict[str, Any]:
+def party_code_text(code: Any) -> str:
+    """An organisation code as shown: "NHS ODS code RXX"; empty when there is none."""
+    if not isinstance(code, Mapping):
+        return ""
+    label = legal.ORGANISATION_CODES.get(str(code.get("scheme")), (str(code.get("scheme")), ""))
+    return f"{label[0]} {code.get('value')}"
+
+
+def _statute(
+    act: str, section: str, title: str | None = None, wording: str | None = None
+) -> dict[str, Any]:
     power = legal.find_power(act, section)
     return {
         "act": act,
         "section": section,
+        "title": _text(title) if title else None,
+        "wording": _text(wording) if wording else None,
         "description": power.description if power else None,
         "overrides_objection": bool(power and power.overrides_objection),
     }
@@ -383,17 +404,31 @@ def _field(field: Field, prop: Mapping[str, Any]) -> dict[str, Any]:
 
 def _objections(contract: Contract) -> dict[str, Any]:
     rule = contract.objections
-    if rule.overridden:
+    if rule.objected_values is not None:
+        shown = ", ".join(rule.objected_values)
+        flag = f"source column {rule.column}, where {shown} (in any case) means objected"
+    else:
+        flag = f"source column {rule.column}"
+    empty = (
+        "An empty flag counts as an objection."
+        if rule.empty_objected
+        else "An empty flag counts as no objection."
+    )
+    if rule.overridden and rule.override_column:
         words = (
-            f"A person's objection (source column {rule.column}) does not stop sharing: the "
+            f"A person's objection ({flag}) is overridden by the legal basis only for rows "
+            f"whose source column {rule.override_column} is {' or '.join(rule.override_values)}"
+            "; every other row of a person who objected is left out of every drop. Every "
+            f"overridden objection is counted in the audit ledger. {empty}"
+        )
+    elif rule.overridden:
+        words = (
+            f"A person's objection ({flag}) does not stop sharing: the "
             "legal basis overrides it, and every overridden objection is counted in the audit "
             "ledger."
         )
     else:
-        words = (
-            f"Anyone whose objection is recorded (source column {rule.column}) is left out of "
-            "every drop. An empty flag counts as no objection."
-        )
+        words = f"Anyone whose objection is recorded ({flag}) is left out of every drop. {empty}"
     if rule.list:
         words += (
             " The provider also leaves out everyone on its own list of objections, kept outside "
@@ -468,9 +503,15 @@ def to_markdown(
     out += _md_table(["Item", "Value"], [[f"**{k}**", v] for k, v in _approval_rows(a)])
     out += ["## Parties", ""]
     out += _md_table(
-        ["Role", "Organisation", "Contact", "ICO registration"],
+        ["Role", "Organisation", "Official code", "Contact", "ICO registration"],
         [
-            [role, _md(_party_text(p)), _md(p["contact"]), _md(p["ico_registration"])]
+            [
+                role,
+                _md(_party_text(p)),
+                _md(party_code_text(p["code"])),
+                _md(p["contact"]),
+                _md(p["ico_registration"]),
+            ]
             for role, p in (("Provider", provider), ("Recipient", recipient))
         ],
     )
@@ -542,17 +583,22 @@ def _approval_rows(a: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def _basis_rows(basis: Mapping[str, Any]) -> list[tuple[str, str]]:
-    a6, a9 = basis["article6"], basis["article9"]
+    """Each condition with the agreement's own wording where it gives one, else the label."""
+    a6 = basis["article6"]
     rows = [("UK GDPR Article 6", f"{a6['code']}: {a6['label'] or 'unknown condition'}")]
-    if a9:
-        rows.append(("UK GDPR Article 9", f"{a9['code']}: {a9['label'] or 'unknown condition'}"))
-    if basis["dpa2018_schedule1"]:
-        rows.append(("DPA 2018 Schedule 1", basis["dpa2018_schedule1"]))
+    for a9 in basis["article9_conditions"]:
+        words = a9["wording"] or a9["label"] or "unknown condition"
+        rows.append(("UK GDPR Article 9", f"{a9['code']}: {words}"))
+    for condition in basis["schedule1_conditions"]:
+        words = f"{condition['code']}: {condition['wording']}" if condition["wording"] else ""
+        rows.append(("DPA 2018 Schedule 1", words or condition["code"]))
     return rows
 
 
 def _power(statute: Mapping[str, Any]) -> str:
-    text = statute["description"] or "not on the protocol's list of powers"
+    """What a statute provides: the agreement's own title and wording, else the list's words."""
+    own = " ".join(p for p in (statute.get("title"), statute.get("wording")) if p)
+    text = own or statute["description"] or "not on the protocol's list of powers"
     return text + (" (can override an objection)" if statute["overrides_objection"] else "")
 
 
@@ -742,9 +788,15 @@ def to_html(
         "<h2>Parties</h2>"
         + table(
             "Who shares and who receives",
-            ["Role", "Organisation", "Contact", "ICO registration"],
+            ["Role", "Organisation", "Official code", "Contact", "ICO registration"],
             [
-                [role, escape(_party_text(p)), escape(p["contact"]), escape(p["ico_registration"])]
+                [
+                    role,
+                    escape(_party_text(p)),
+                    escape(party_code_text(p["code"]) or "—"),
+                    escape(p["contact"]),
+                    escape(p["ico_registration"]),
+                ]
                 for role, p in (("Provider", provider), ("Recipient", recipient))
             ],
             anchor="t-parties",
@@ -771,7 +823,7 @@ def to_html(
                 [
                     escape(st["act"]),
                     escape(st["section"]),
-                    escape(st["description"] or "not on the list"),
+                    escape(_power(st)),
                 ]
                 for st in basis["statutes"]
             ],

@@ -119,6 +119,8 @@ def test_summary_content(workspace: Workspace) -> None:
         "section": "s.10",
         "description": "Co-operation to improve the well-being of children",
         "overrides_objection": False,
+        "title": None,
+        "wording": None,
     }
     assert s["legal_basis"]["article6"] == {"code": "6(1)(e)", "label": "public task"}
     assert s["legal_basis"]["article9"]["label"] == "reasons of substantial public interest"

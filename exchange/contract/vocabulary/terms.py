@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from exchange.contract.legal import ORGANISATION_CODE_SCHEMES
 from exchange.contract.vocabulary.shapes import items, record, text
 
 
@@ -58,6 +59,22 @@ def _inbox(value: Any) -> str:
     return "The sender never deletes files on the recipient's server."
 
 
+# How pseudonyms relate across agreements (`pseudonymScope`).
+PSEUDONYM_SCOPES: Final = ("agreement", "shared")
+
+
+def _pseudonym_scope(value: Any) -> str:
+    if value == "agreement":
+        return (
+            "Pseudonyms are unique to this agreement: they cannot be joined with the pseudonyms "
+            "the provider sends under any other agreement."
+        )
+    return (
+        "Pseudonyms are shared: every agreement using the same key gives the same pseudonym "
+        "for a person, so their recipients can join their data."
+    )
+
+
 def _acknowledgements(value: Any) -> str:
     if not isinstance(value, Mapping):
         return "The recipient acknowledges each drop."
@@ -101,6 +118,9 @@ def _source_time_zone(value: Any) -> str:
 _SECRET_NAME: Final = {"$ref": "#/$defs/secretName"}
 _ORGANISATION: Final = {"$ref": "#/$defs/organisation"}
 
+# What an empty objection flag means (`objections.emptyMeans`).
+EMPTY_MEANS: Final = ("objected", "not-objected")
+
 # Purpose-filter ops by the value they take; exchange.filters implements them (a test keeps both).
 FILTER_OPS: Final[dict[str, tuple[str, ...]]] = {
     "comparison": ("==", "!=", "<", "<=", ">", ">="),
@@ -109,6 +129,15 @@ FILTER_OPS: Final[dict[str, tuple[str, ...]]] = {
     "age": ("age_under", "age_at_least"),
 }
 _SCALAR: Final = {"type": ["string", "number", "boolean"]}
+
+
+_ARTICLE_9: Final = r"^9\(2\)\([a-j]\)$"
+
+
+def _conditions(condition: dict[str, Any]) -> dict[str, Any]:
+    """One legal condition as text, or a list of them, each text or `{condition, wording}`."""
+    worded = record(["condition"], {"condition": condition, "wording": text(3)})
+    return {"anyOf": [condition, items({"anyOf": [condition, worded]}, unique=True)]}
 
 
 def _when_op(group: str, then: dict[str, Any], otherwise: Any = None) -> dict[str, Any]:
@@ -147,20 +176,35 @@ SCHEMA_DEFS: Final[dict[str, Any]] = {
             "department": text(),
             "contact": text(3),
             "icoRegistration": text(pattern="^[A-Z]{1,2}[0-9]{6,8}$"),
+            "code": {"$ref": "#/$defs/organisationCode"},
         },
     ),
-    "statute": record(["act", "section"], {"act": text(3), "section": text(1)}),
+    "statute": record(
+        ["act", "section"],
+        {
+            "act": text(3),
+            "section": text(1),
+            "title": text(3),  # the section's title as the agreement cites it, shown verbatim
+            "wording": text(3),  # the agreement's own words on how it applies, shown verbatim
+        },
+    ),
+    "organisationCode": record(
+        ["scheme", "value"],
+        {"scheme": {"enum": list(ORGANISATION_CODE_SCHEMES)}, "value": text(1)},
+    ),
     "secretName": text(pattern="^[a-z0-9][a-z0-9_-]{1,62}$"),
 }
 
 _PARTY = (
     "Object: `organisation` (2+ characters), `contact` (3+), optional `department` and "
-    "`icoRegistration` (e.g. `Z1234567`)."
+    "`icoRegistration` (e.g. `Z1234567`) and `code`, the organisation's official code: "
+    "`{scheme: ods, value: RXX}` (an NHS ODS code) or `{scheme: gss, value: E10000023}` (a "
+    "council's GSS code); shown in the agreement, the register and every manifest."
 )
 _PARTNER_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGe1B2lS0fTKyQj2hWvUm1p8y1H5m6Lq5oXqN2Zr0vLD"
 
 
-def _party(name: str, docs: str, example: dict[str, str]) -> Term:
+def _party(name: str, docs: str, example: dict[str, Any]) -> Term:
     """The provider or the recipient: an organisation, judged and shown as a party."""
     return Term(
         name, docs, "yes", name, "parties", example, schema={"$ref": "#/$defs/organisation"}
@@ -186,7 +230,11 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
     _party(
         "recipient",
         "Same shape. The organisation receiving the data.",
-        {"organisation": "Another Trust", "contact": "dpo@trust.example"},
+        {
+            "organisation": "Another Trust",
+            "contact": "dpo@trust.example",
+            "code": {"scheme": "ods", "value": "RXX"},
+        },
     ),
     Term(
         "purposes",
@@ -199,24 +247,44 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
     ),
     Term(
         "legalBasis",
-        "Object: `statutes` (list of `{act, section}`, at least one); `ukGdprArticle6` like "
-        "`6(1)(e)`; optional `ukGdprArticle9` like `9(2)(g)`; optional `dpa2018Schedule1` (text).",
+        "Object: `statutes` (list of `{act, section}`, at least one, each with an optional "
+        "`title`, the section's title as the agreement cites it, and `wording`, the agreement's "
+        "own words on it, both shown verbatim); `ukGdprArticle6` like `6(1)(e)`; optional "
+        "`ukGdprArticle9` like `9(2)(g)`, or a list of conditions; optional `dpa2018Schedule1` "
+        "like `Part 2 para 18 (...)`, or a list. A list item is the condition's text or "
+        "`{condition, wording}`, the wording shown verbatim. Each Article 9 condition that needs "
+        "a Schedule 1 condition needs its own: 9(2)(b) Part 1 para 1, 9(2)(h) Part 1 para 2, "
+        "9(2)(i) Part 1 para 3, 9(2)(j) Part 1 para 4, 9(2)(g) a Part 2 condition.",
         "yes",
         "legalBasis",
         "legal_basis",
         {
-            "statutes": [{"act": "Children Act 2004", "section": "s.10"}],
+            "statutes": [
+                {
+                    "act": "Care Act 2014",
+                    "section": "s.42",
+                    "title": "Enquiry by local authority",
+                    "wording": "The council makes enquiries where an adult may be at risk.",
+                },
+                {"act": "Health and Social Care Act 2012", "section": "s.251B"},
+            ],
             "ukGdprArticle6": "6(1)(e)",
-            "ukGdprArticle9": "9(2)(h)",
-            "dpa2018Schedule1": "Part 1 para 2 (health or social care purposes)",
+            "ukGdprArticle9": ["9(2)(h)", {"condition": "9(2)(g)", "wording": "Safeguarding."}],
+            "dpa2018Schedule1": [
+                "Part 1 para 2 (health or social care purposes)",
+                {
+                    "condition": "Part 2 para 18",
+                    "wording": "Safeguarding of children and of individuals at risk.",
+                },
+            ],
         },
         schema=record(
             ["statutes", "ukGdprArticle6"],
             {
                 "statutes": items({"$ref": "#/$defs/statute"}),
                 "ukGdprArticle6": text(pattern=r"^6\(1\)\([a-f]\)$"),
-                "ukGdprArticle9": text(pattern=r"^9\(2\)\([a-j]\)$"),
-                "dpa2018Schedule1": text(3),
+                "ukGdprArticle9": _conditions(text(pattern=_ARTICLE_9)),
+                "dpa2018Schedule1": _conditions(text(3)),
             },
         ),
     ),
@@ -226,7 +294,15 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "`legalBasisOverrides` (boolean); `overrideJustification` (10+ characters, required when "
         "the override is true); optional `list` (the name of a secret holding objecting subject "
         "ids, one per line, matched against the subject key's source column; a list that cannot "
-        "be read stops the run).",
+        "be read stops the run). For a flag the source writes as text (`Y`/`N`, `1`/`0`, "
+        "`Yes`/`No`, `T`/`F`): `objectedValues`, the values meaning objected (compared as text, "
+        "trimmed and ignoring case: `Y` also matches `y`; any other value is no objection), and "
+        "`emptyMeans` (`objected` or `not-objected`; for a text flag it defaults to `objected`, "
+        "so a row whose objection cannot be read is never sent; for a true/false column it "
+        "defaults to `not-objected`, as before). With `legalBasisOverrides`, an optional "
+        "`overrideCondition: {column, values}` limits the override to rows whose source column "
+        "holds one of `values` (text, exact), e.g. `{column: enquiry_open, values: [Y]}`; other "
+        "objecting rows are left out.",
         "yes",
         "objections",
         "objections",
@@ -243,6 +319,18 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
                         "per line), matched against the subject key's source column.",
                         **_SECRET_NAME,
                     },
+                    "objectedValues": {
+                        "description": "The source's values meaning objected, compared as text "
+                        "(trimmed, ignoring case); the column is then read as text.",
+                        **items(text(1), unique=True),
+                    },
+                    "emptyMeans": {"enum": list(EMPTY_MEANS)},
+                    "overrideCondition": record(
+                        ["column", "values"],
+                        {"column": text(1), "values": items(text(1), unique=True)},
+                        description="The override holds only for rows whose source column "
+                        "holds one of these values (text, exact).",
+                    ),
                 },
             ),
             "if": {"properties": {"legalBasisOverrides": {"const": True}}},
@@ -294,6 +382,32 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
             "pseudonymisation key",
         ),
         "another-pseudonym-key",
+    ),
+    Term(
+        "pseudonymScope",
+        "`agreement` or `shared`. `agreement`: pseudonyms are made with a key derived from the "
+        "pseudonymisation key and this agreement's id (HMAC-SHA256 under the key of the line "
+        "`exchange pseudonym scope` then the id), so they differ from every other agreement's and two recipients cannot join "
+        "their data by them. `shared`: the key itself, so agreements sharing the key give the "
+        "same pseudonyms. Not stated: as `shared` (the behaviour before this term, which keeps "
+        "existing pseudonyms); new agreements should state it, normally `agreement`. Every "
+        "manifest records the scope.",
+        "when a field is pseudonymised (recommended)",
+        Fixed(  # another scope is another effective key: a kind diff already knows
+            "pseudonymisation-key-changed",
+            True,
+            " (pseudonyms change, or become linkable across agreements)",
+            "pseudonym scope",
+        ),
+        "terms",
+        "agreement",
+        schema={
+            "description": "Whether pseudonyms are unique to this agreement or shared by every "
+            "agreement using the same key (not stated: shared, as before).",
+            "enum": list(PSEUDONYM_SCOPES),
+        },
+        words=_pseudonym_scope,
+        register=True,
     ),
     _text(
         "dpiaReference",
