@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 MANIFEST_VERSION = "exchange-manifest/1"
 MANIFEST_NAME = "manifest.json"
 SIGNATURE_NAME = "manifest.json.sig"
+SSH_SIGNATURE_NAME = "manifest.json.sshsig"  # the same bytes signed for `ssh-keygen -Y verify`
 SCHEMA_NAME = "manifest.schema.json"
 MAX_BYTES = 1 << 20  # real manifests are a few kB; a cap bounds parsing and validation
 FORMATS = ("csv", "parquet")
@@ -144,15 +145,17 @@ class Payload:
     sha256: str
     cipher: str
     recipients: tuple[str, ...]
+    csv_formula_guard: bool = True  # payload.encode's default: formulae in CSV text neutralised
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
+        """JSON-ready form; a CSV payload says whether its cells were guarded against formulae."""
         return {
             "name": self.name,
             "format": self.format,
             "size": self.size,
             "sha256": self.sha256,
             "encryption": {"cipher": self.cipher, "recipients": list(self.recipients)},
+            **({"csv_formula_guard": self.csv_formula_guard} if self.format == "csv" else {}),
         }
 
 

@@ -1,24 +1,59 @@
-"""Serialise outgoing record batches to the contract's file format, chunk by chunk."""
+"""Serialise outgoing record batches to the contract's file format, chunk by chunk.
+
+CSV payloads are guarded against spreadsheet formula injection (OWASP, "CSV Injection"): a text
+cell that begins with `=`, `+`, `-`, `@`, a tab or a carriage return is one a spreadsheet may run
+as a formula, so one `'` is put before it. A text cell that already begins with `'` gets one
+more, so the guard can be undone exactly: remove the first character of every text cell that
+begins with `'`. Only string columns are touched (numbers such as -3.5 stay numbers), in one
+vectorised pass per column; Parquet payloads carry types and are left as they are.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 SUFFIXES = {"csv": ".csv", "parquet": ".parquet"}
 
+# The characters OWASP lists as starting a formula, and the guard's own quote (so it reverses).
+FORMULA_START = "=+-@\t\r"
+GUARD = "'"
+_GUARDED = r"^([=+\-@\t\r'])"  # RE2, as pyarrow.compute runs it
 
-def encode(batches: Iterable[pa.RecordBatch], fmt: str, schema: pa.Schema) -> Iterator[bytes]:
-    """Yield the file's bytes as each batch is encoded; memory stays at one batch."""
+
+def encode(
+    batches: Iterable[pa.RecordBatch], fmt: str, schema: pa.Schema, *, formula_guard: bool = True
+) -> Iterator[bytes]:
+    """Yield the file's bytes as each batch is encoded; memory stays at one batch.
+
+    `formula_guard` (CSV only) neutralises spreadsheet formulae in text cells."""
     if fmt == "csv":
-        yield from _csv(batches, schema)
+        guarded = (neutralise_formulae(b) for b in batches) if formula_guard else batches
+        yield from _csv(guarded, schema)
     elif fmt == "parquet":
         yield from _parquet(batches, schema)
     else:
         raise ValueError(f"unsupported payload format {fmt!r}")
+
+
+def neutralise_formulae(batch: pa.RecordBatch) -> pa.RecordBatch:
+    """The batch with `'` put before each text cell that a spreadsheet could run as a formula
+    (and before each that already begins with `'`); other columns and cells are unchanged."""
+    columns = [
+        pc.replace_substring_regex(column, pattern=_GUARDED, replacement=GUARD + r"\1")
+        if _is_text(column.type)
+        else column
+        for column in batch.columns
+    ]
+    return pa.RecordBatch.from_arrays(columns, schema=batch.schema)
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
 def _csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[bytes]:

@@ -2,9 +2,10 @@
 then sign an acknowledgement and put it where the sender collects it.
 
 A drop is refused, with nothing written under the final name and no partial file left, when its
-manifest signature or payload checksum is wrong, when it is not addressed to the partner's key,
-when it was received before (a replay; the record is `.received.json` in the output folder), or
-when it does not decrypt to the row count its manifest states.
+manifest signature (or, if the drop has one, its OpenSSH signature) or payload checksum is
+wrong, when it is not addressed to the partner's key, when it was received before (a replay; the
+record is `.received.json` in the output folder), or when it does not decrypt to the row count
+its manifest states.
 
 The sending gateway is trusted for who sent a drop, never for names on the partner's file system
 (DESIGN.md section 11). So the manifest is validated against its schema before anything is
@@ -30,9 +31,10 @@ from typing import Any, BinaryIO, cast
 import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange import acks, manifest
-from exchange.crypto import age, signing
+from exchange.crypto import age, signing, sshsig
 from exchange.errors import CryptoError, DropRejected, TransferError
 
 READ_CHUNK = 1 << 20
@@ -169,11 +171,29 @@ def _read_manifest(drop_fd: int, label: str, sender_key: Path) -> tuple[dict[str
         signing.verify(key, document, signature)
     except CryptoError:
         raise DropRejected(f"drop {label}: the manifest signature does not verify") from None
+    _check_ssh_signature(drop_fd, label, key, document)
     try:
         body = manifest.from_bytes(document)
     except manifest.ManifestError as exc:
         raise DropRejected(f"drop {label}: {exc}") from None
     return body, hashlib.sha256(document).hexdigest()
+
+
+def _check_ssh_signature(drop_fd: int, label: str, key: Ed25519PublicKey, document: bytes) -> None:
+    """The OpenSSH signature, when the drop has one, must verify too: a partner who checks
+    with `ssh-keygen -Y verify` and one who uses this command must accept the same drops.
+    A drop without it (from a gateway older than the SSHSIG file) is accepted on the raw
+    signature alone, which has been verified already."""
+    if _lstat(drop_fd, manifest.SSH_SIGNATURE_NAME) is None:
+        return
+    armored = _read_small(drop_fd, label, manifest.SSH_SIGNATURE_NAME, sshsig.MAX_BYTES)
+    try:
+        sshsig.verify(key, document, armored)
+    except CryptoError:
+        raise DropRejected(
+            f"drop {label}: the manifest's SSH signature ({manifest.SSH_SIGNATURE_NAME}) "
+            "does not verify"
+        ) from None
 
 
 def _open_payload(drop_fd: int, label: str, info: dict[str, Any]) -> BinaryIO:

@@ -15,9 +15,9 @@ import pytest
 from conftest import FOLDER, Workspace
 
 from exchange import acks, keys
-from exchange.crypto import signing
+from exchange.crypto import signing, sshsig
 from exchange.errors import DropRejected
-from exchange.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from exchange.manifest import MANIFEST_NAME, SIGNATURE_NAME, SSH_SIGNATURE_NAME
 from exchange.receive import RECORD_NAME, receive, received_drops
 from exchange.sandbox import PartnerSftpServer
 from exchange.secrets import SftpConnection
@@ -80,6 +80,7 @@ def resign(workspace: Workspace, drop: Path, edit) -> None:
     (drop / MANIFEST_NAME).write_bytes(document)
     key = signing.load_private_key(workspace.settings.signing_key)
     (drop / SIGNATURE_NAME).write_bytes(signing.sign(key, document))
+    (drop / SSH_SIGNATURE_NAME).write_bytes(sshsig.sign(key, document))
 
 
 # -- the good path -----------------------------------------------------------------------------

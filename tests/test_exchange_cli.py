@@ -103,6 +103,7 @@ def test_exchange_delivers_exactly_the_minimised_rows(
         "data.csv.age",
         "manifest.json",
         "manifest.json.sig",
+        "manifest.json.sshsig",
     ]
     # The partner opens it with the standard age tool.
     plain = subprocess.run(

@@ -86,6 +86,7 @@ def test_a_run_delivers_one_whole_drop_the_partner_can_read(
         "data.csv.age",
         "manifest.json",
         "manifest.json.sig",
+        "manifest.json.sshsig",
     ]
     got = receive(
         download(server, result.remote_path, tmp_path / "drop"),

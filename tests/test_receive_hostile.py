@@ -25,7 +25,7 @@ import pyrage
 import pytest
 
 from exchange import acks, cli, keys, manifest
-from exchange.crypto import signing
+from exchange.crypto import signing, sshsig
 
 # The module, not the `receive` function that `exchange` re-exports under the same name.
 receive = importlib.import_module("exchange.receive")
@@ -125,10 +125,11 @@ def manifest_for(parties: Parties, ciphertext: bytes, *, fmt: str, rows: int) ->
 
 
 def sign_manifest(parties: Parties, drop: Path, document: bytes) -> None:
-    """Write manifest.json and a valid signature of exactly these bytes."""
+    """Write manifest.json and valid signatures (raw and SSHSIG) of exactly these bytes."""
     key = signing.load_private_key(parties.sender_key)
     (drop / manifest.MANIFEST_NAME).write_bytes(document)
     (drop / manifest.SIGNATURE_NAME).write_bytes(signing.sign(key, document))
+    (drop / manifest.SSH_SIGNATURE_NAME).write_bytes(sshsig.sign(key, document))
 
 
 def make_drop(

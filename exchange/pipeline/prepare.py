@@ -21,7 +21,7 @@ import pyarrow as pa
 from exchange import guard, manifest, payload, transforms
 from exchange.audit import Disclosure, Disclosures
 from exchange.contract import Contract
-from exchange.crypto import age, signing
+from exchange.crypto import age, signing, sshsig
 from exchange.crypto.streams import HashingWriter
 from exchange.errors import QualityFailed
 from exchange.files import open_private, private_dir, write_private
@@ -117,6 +117,7 @@ def prepare_drop(
         )
         write_private(staging / manifest.MANIFEST_NAME, document)
         write_private(staging / manifest.SIGNATURE_NAME, signing.sign(signing_key, document))
+        write_private(staging / manifest.SSH_SIGNATURE_NAME, sshsig.sign(signing_key, document))
         changed = read.changed
         newest = changed.newest.isoformat() if changed and changed.newest else None
         prepared = Prepared(

@@ -2,7 +2,8 @@
 
 Its folder is derived from the contract and run (never from task state, which Airflow users
 can edit), and before anything of it leaves the gateway it must hold exactly a manifest, its
-signature and the payload, the manifest signed by the gateway's own key, naming this contract
+two signatures (raw Ed25519 and OpenSSH SSHSIG) and the payload, the manifest signed by the
+gateway's own key in both, naming this contract
 version, run and drop, matching the ledger's record of this run's prepare, and giving the
 payload's exact size and SHA-256.
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from exchange import manifest
 from exchange.contract import Contract
-from exchange.crypto import signing
+from exchange.crypto import signing, sshsig
 from exchange.errors import CryptoError, NotRunnable
 from exchange.files import private_dir
 from exchange.pipeline.context import Context
@@ -94,11 +95,13 @@ def _signed_manifest(ctx: Context, folder: Path, refuse: _Refusal) -> tuple[byte
     try:
         document = (folder / manifest.MANIFEST_NAME).read_bytes()
         signature = (folder / manifest.SIGNATURE_NAME).read_bytes()
+        ssh_signature = (folder / manifest.SSH_SIGNATURE_NAME).read_bytes()
     except OSError:
         raise refuse("has no manifest or signature") from None
     key = signing.load_private_key(ctx.settings.signing_key).public_key()
     try:
         signing.verify(key, document, signature)
+        sshsig.verify(key, document, ssh_signature)
         body = manifest.from_bytes(document)
     except (CryptoError, ValueError):
         raise refuse("has a manifest that does not verify under the gateway's key") from None
@@ -106,10 +109,11 @@ def _signed_manifest(ctx: Context, folder: Path, refuse: _Refusal) -> tuple[byte
 
 
 def _check_files(folder: Path, payload_name: str, payload: Any, refuse: _Refusal) -> None:
-    """Exactly the manifest, its signature and a regular payload of the stated size and hash."""
+    """Exactly the manifest, its signatures and a regular payload of the stated size and hash."""
     names = {p.name for p in folder.iterdir()}
-    if names != {manifest.MANIFEST_NAME, manifest.SIGNATURE_NAME, payload_name}:
-        raise refuse("holds other files than its manifest, signature and payload")
+    signatures = {manifest.SIGNATURE_NAME, manifest.SSH_SIGNATURE_NAME}
+    if names != {manifest.MANIFEST_NAME, *signatures, payload_name}:
+        raise refuse("holds other files than its manifest, signatures and payload")
     data = folder / payload_name
     if data.is_symlink() or not data.is_file():
         raise refuse("has a payload that is not a regular file")
