@@ -7,13 +7,15 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pyarrow as pa
 import pytest
-from conftest import PSEUDONYM_KEY, write_contract
+import yaml
+from conftest import PSEUDONYM_KEY, REPO, write_contract
 
 from exchange import manifest, transforms
 from exchange.contract import Contract, load_contract
@@ -299,3 +301,20 @@ def test_agreement_scope_pseudonyms_are_unique_to_the_agreement(tmp_path: Path) 
     assert not set(pseudonyms(a)) & set(pseudonyms(other))
     assert manifest.contract_facts(a)["pseudonym_scope"] == "agreement"
     assert "unique to this agreement" in to_markdown(a, today=TODAY)
+
+
+def test_the_documented_nhs_example_lints(tmp_path: Path) -> None:
+    """docs/contracts.md's example of these terms is a valid set of sharing terms."""
+    text = (REPO / "docs" / "contracts.md").read_text("utf-8")
+    section = text.split("### Agreements as partners write them", 1)[1]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert block is not None
+    documented = yaml.safe_load(block.group(1))["customProperties"]
+
+    def edit(d: dict[str, Any]) -> None:
+        for item in documented:
+            term(d, item["property"])["value"] = item["value"]
+
+    c = contract(tmp_path, edit)
+    assert c.objections.override_column == "enquiry_open"
+    assert c.pseudonym_scope == "agreement" and str(c.recipient.code) == "GSS E08000035"
