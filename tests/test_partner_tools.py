@@ -159,19 +159,29 @@ def test_only_text_columns_are_guarded_and_numbers_stay_numbers() -> None:
     assert unguarded.decode().splitlines()[1] == '"-3.5","@x",-3.5,-3'
 
 
-def test_the_guard_costs_little_per_million_rows() -> None:
-    """Measured: one string column of 1M rows, 1% of them formula-like."""
-    rows = 1_000_000
-    column = pa.array([f"=SUM(A{i})" if i % 100 == 0 else f"free text {i}" for i in range(rows)])
-    batch = pa.record_batch({"notes": column})
+def best_of_three(batch: pa.RecordBatch) -> float:
     best = float("inf")
     for _ in range(3):
         started = time.perf_counter()
-        out = payload.neutralise_formulae(batch)
+        payload.neutralise_formulae(batch)
         best = min(best, time.perf_counter() - started)
-    assert out.column("notes")[0].as_py() == "'=SUM(A0)"
-    print(f"formula guard: {best:.3f} s per 1M rows of one string column")
-    assert best < 2.0  # about 0.08 s on the project's 2-core machine
+    return best
+
+
+def test_the_guard_costs_little_per_million_rows() -> None:
+    """Measured: one string column of 1M rows, with 1% formula-like cells and with none."""
+    rows = 1_000_000
+    column = pa.array([f"=SUM(A{i})" if i % 100 == 0 else f"free text {i}" for i in range(rows)])
+    hostile = pa.record_batch({"notes": column})
+    clean = pa.record_batch({"person_ref": pa.array([f"{i:032x}" for i in range(rows)])})
+    assert payload.neutralise_formulae(hostile).column("notes")[0].as_py() == "'=SUM(A0)"
+    assert (
+        payload.neutralise_formulae(clean).column("person_ref").equals(clean.column("person_ref"))
+    )
+    some, none = best_of_three(hostile), best_of_three(clean)
+    print(f"formula guard per 1M rows of one text column: {some:.3f} s (1% hostile), {none:.3f} s")
+    # About 0.08 s and 0.02 s on the project's 2-core machine; CSV writing itself is ~0.07 s.
+    assert some < 2.0 and none < 1.0
 
 
 # -- signatures a partner checks with standard tools ---------------------------------------------
