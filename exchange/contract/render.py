@@ -154,6 +154,7 @@ def summary(
         "endpoint": {"folder": contract.endpoint.folder, "format": contract.endpoint.format},
         "recipient_keys": [recipient_key_fingerprint(k) for k in contract.recipient_keys],
         "host_keys": [host_key_fingerprint(k) for k in contract.endpoint.host_keys],
+        "pseudonym_scope": _pseudonym_scope(contract),
         "dpia_reference": contract.dpia_reference,
         "rights_requests_contact": _text(terms.get("rightsRequestsContact")),
         "termination": _text(terms.get("termination")),
@@ -326,6 +327,20 @@ def quality_words(rule: Mapping[str, Any]) -> str:
 
 def _text(value: Any) -> str:
     return " ".join(str(value).split()) if value is not None else ""
+
+
+def _pseudonym_scope(contract: Contract) -> str | None:
+    """How this agreement's pseudonyms relate to others' (None: it sends no pseudonyms)."""
+    if not contract.pseudonymisation_key:
+        return None
+    if contract.pseudonym_scope == "agreement":
+        return "unique to this agreement"
+    if contract.pseudonym_scope == "shared":
+        return "shared with every agreement using the same key"
+    return (
+        "not stated: shared with every agreement using the same key, as before the term "
+        "pseudonymScope (new agreements should state it)"
+    )
 
 
 def _party(party: Party, raw: Any) -> dict[str, Any]:
@@ -640,13 +655,16 @@ def _field_cells(f: Mapping[str, Any], text: Any, code: Any) -> list[str]:
 def _delivery_rows(s: Mapping[str, Any], text: Any, code: Any) -> list[tuple[str, str]]:
     keys = [f"{code(k['shown'])} (SHA-256 {code(k['sha256'])})" for k in s["recipient_keys"]]
     hosts = [f"{text(k['type'])} {code(k['fingerprint'])}" for k in s["host_keys"]]
-    return [
+    rows = [
         ("Schedule", f"{text(s['schedule']['words'])} (cron {code(s['schedule']['cron'])})"),
         ("Recipient folder", code(s["endpoint"]["folder"])),
         ("Format", text(s["endpoint"]["format"])),
         ("Encrypted to (age public keys)", "; ".join(keys) or text("")),
         ("Recipient server host keys", "; ".join(hosts) or text("none pinned")),
     ]
+    if s.get("pseudonym_scope"):
+        rows.append(("Pseudonyms", text(s["pseudonym_scope"])))
+    return rows
 
 
 # -- HTML -------------------------------------------------------------------------------------

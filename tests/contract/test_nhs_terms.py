@@ -287,6 +287,7 @@ def test_unstated_scope_keeps_existing_pseudonyms(tmp_path: Path) -> None:
     assert pseudonyms(old)[0] == expected
     assert pseudonyms(contract(tmp_path, scope("shared"), name="shared")) == pseudonyms(old)
     assert manifest.contract_facts(old)["pseudonym_scope"] == "shared"
+    assert "not stated: shared with every agreement" in to_markdown(old, today=TODAY)
 
 
 def test_agreement_scope_pseudonyms_are_unique_to_the_agreement(tmp_path: Path) -> None:
