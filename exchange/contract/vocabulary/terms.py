@@ -387,7 +387,8 @@ TERMS_LIST: Final[tuple[Term, ...]] = (
         "pseudonymScope",
         "`agreement` or `shared`. `agreement`: pseudonyms are made with a key derived from the "
         "pseudonymisation key and this agreement's id (HMAC-SHA256 under the key of the line "
-        "`exchange pseudonym scope` then the id), so they differ from every other agreement's and two recipients cannot join "
+        "`exchange pseudonym scope` then the id), so they differ from every other agreement's "
+        "and two recipients cannot join "
         "their data by them. `shared`: the key itself, so agreements sharing the key give the "
         "same pseudonyms. Not stated: as `shared` (the behaviour before this term, which keeps "
         "existing pseudonyms); new agreements should state it, normally `agreement`. Every "
