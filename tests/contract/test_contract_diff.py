@@ -568,3 +568,31 @@ def test_read_revision_reports_what_it_cannot_read(tmp_path: Path) -> None:
         read_revision("absent.yaml", cwd=repo)
     with pytest.raises(ContractError, match="not valid YAML"):
         read_revision("HEAD:broken.yaml", cwd=repo)
+
+
+def objections_with(**changes: Any) -> Edit:
+    def edit(d: dict[str, Any]) -> None:
+        term(d, "objections")["value"].update(changes)
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "reapproval"),
+    [
+        ({"objectedValues": ["Y"]}, {"objectedValues": ["Y", "1"]}, False),  # more honoured
+        ({"objectedValues": ["Y", "1"]}, {"objectedValues": ["Y"]}, True),
+        ({"emptyMeans": "not-objected"}, {"emptyMeans": "objected"}, False),
+        ({"emptyMeans": "objected"}, {"emptyMeans": "not-objected"}, True),
+    ],
+)
+def test_objection_flag_changes_are_judged_by_which_way_they_go(
+    tmp_path: Path, old: dict[str, Any], new: dict[str, Any], reapproval: bool
+) -> None:
+    def flags(extra: dict[str, Any]) -> Edit:
+        return objections_with(**{"objectedValues": ["Y"], **extra})
+
+    changes = compare(tmp_path, flags(new), flags(old))
+    change = only(changes, "objection-rule-changed")
+    assert change.reapproval is reapproval
+    assert "unclassified" not in kinds(changes)

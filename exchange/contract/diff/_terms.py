@@ -131,8 +131,26 @@ def _objections(
             honoured = before is MISSING  # a list added: more objections are honoured
             text = f"list of objecting people (a secret's name) {was(before, after)}"
             out.append(Change(at, "objection-rule-changed", text, not honoured))
+        elif key == "objectedValues":
+            wider = _values(after) >= _values(before)  # more values count as an objection
+            text = f"source values that mean 'objected' {was(before, after)}"
+            out.append(Change(at, "objection-rule-changed", text, not wider))
+        elif key == "emptyMeans":
+            honoured = after == "objected"  # an empty flag now stops the row: more honoured
+            text = f"what an empty objection flag means {was(before, after)}"
+            out.append(Change(at, "objection-rule-changed", text, not honoured))
+        elif key == "overrideCondition":
+            narrower = before is MISSING  # a condition added: the override holds in fewer rows
+            text = f"the condition under which the override holds {was(before, after)}"
+            out.append(Change(at, "objection-rule-changed", text, not narrower))
         else:
             unclassified(out, before, after, at)
+
+
+def _values(value: Any) -> set[str]:
+    """A list of flag values as a set of trimmed, case-folded text (how they are matched)."""
+    items = value if isinstance(value, list) else []
+    return {str(v).strip().casefold() for v in items}
 
 
 def _review_date(out: list[Change], old: Any, new: Any, path: str) -> None:
