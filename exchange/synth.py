@@ -737,6 +737,149 @@ def write(
     return path
 
 
+# --- An NHS acute trust's emergency-department frequent-attenders extract ----------------------
+# Written as the trust's system writes it, for contracts/acute-trust-ed-frequent-attenders-to-
+# adult-social-care.yaml: local (Europe/London) wall-clock arrival times without an offset, Y/N
+# flags (some empty, some lower case), free text with commas, quotes and line breaks, and columns
+# the contract does not read. The CSV and Parquet forms of one seed hold the same rows.
+
+ED_SCHEMA = pa.schema(
+    [
+        ("attendance_id", pa.string()),
+        ("site_code", pa.string()),
+        ("nhs_number", pa.string()),
+        ("patient_name", pa.string()),
+        ("date_of_birth", pa.date32()),
+        ("postcode", pa.string()),
+        ("gp_practice_code", pa.string()),
+        ("arrival_datetime", pa.timestamp("us")),  # naive: the department's local clock
+        ("arrival_mode", pa.string()),
+        ("attendances_last_12_months", pa.int64()),
+        ("national_data_opt_out", pa.string()),
+        ("s42_enquiry_open", pa.string()),
+        ("triage_notes", pa.string()),
+    ]
+)
+ED_COLUMNS: tuple[str, ...] = tuple(ED_SCHEMA.names)
+ED_TODAY = datetime.date(2026, 11, 28)
+# Europe/London in 2026: 29 March 01:00-01:59 never happened (the clocks went forward); 25
+# October 01:00-01:59 happened twice (the clocks went back). The extract never holds the first
+# (a real system cannot record it) and always holds some of the second.
+SPRING_GAP = (datetime.datetime(2026, 3, 29, 1, 0), datetime.datetime(2026, 3, 29, 2, 0))
+AUTUMN_REPEAT = (datetime.datetime(2026, 10, 25, 1, 0), datetime.datetime(2026, 10, 25, 2, 0))
+_ED_MODES = ("ambulance", "walk-in", "police", "other")
+_ED_NOTES = (
+    "Fall at home",
+    "Chest pain, resolved",
+    'Brought in by neighbour, said "not coping"',
+    "Alcohol related; discharged, advised GP",
+    'Query self-neglect.\nHome "very cold", no food in fridge',
+    "Seen by frailty team,\r\nreferred to ASC",
+    "Bruising to arms, explanation inconsistent; safeguarding concern raised",
+    '=HYPERLINK("http://example.invalid","ward")',
+)
+
+
+def ed_attenders_table(
+    rows: int, *, seed: int = 0, duplicate_attendance: bool = False, today: datetime.date = ED_TODAY
+) -> pa.Table:
+    """`rows` attendances (plus one re-exported attendance if `duplicate_attendance`)."""
+    import random
+
+    if not 0 <= rows <= 1_000_000:
+        raise ValueError("rows must be between 0 and 1000000")
+    if seed < 0:
+        raise ValueError("seed must be non-negative")
+    rng = random.Random(f"ed-attenders/{seed}")  # noqa: S311 (synthetic data, not secrets)
+    people = max(1, rows // 4)
+    core = rng.sample(range(100_000), k=min(people, 100_000))
+    cores = np.array([core[i % len(core)] for i in range(people)], dtype=np.int64)
+    nhs = _nhs_numbers(np.random.default_rng(seed), cores).to_pylist()
+    born = [today - datetime.timedelta(days=rng.randint(18 * 366, 99 * 365)) for _ in range(people)]
+    home = [
+        f"{rng.choice(['LS', 'BD', 'WF', 'HX'])}{rng.randint(1, 9)} "
+        f"{rng.randint(0, 9)}{rng.choice(_INWARD_LETTERS)}{rng.choice(_INWARD_LETTERS)}"
+        for _ in range(people)
+    ]
+    out: dict[str, list[object]] = {name: [] for name in ED_COLUMNS}
+    start = datetime.datetime(today.year - 1, today.month, today.day)
+    span = int((datetime.datetime(today.year, today.month, today.day) - start).total_seconds())
+    for i in range(rows):
+        who = i % people
+        if i % 50 == 7:  # the hour that occurs twice when the clocks go back
+            arrival = AUTUMN_REPEAT[0] + datetime.timedelta(minutes=rng.randint(0, 59))
+        else:
+            arrival = start + datetime.timedelta(seconds=rng.randrange(span))
+            if SPRING_GAP[0] <= arrival < SPRING_GAP[1]:
+                arrival += datetime.timedelta(hours=1)  # no system records a time that never was
+        arrival = arrival.replace(second=0)
+        opt_out = rng.choices(["Y", "N", "", "y", " N"], weights=[12, 70, 8, 2, 8])[0]
+        out["attendance_id"].append(f"ED{26_000_000 + i:08d}")
+        out["site_code"].append(rng.choice(["RXX01", "RXX02"]))
+        out["nhs_number"].append(nhs[who])
+        out["patient_name"].append(
+            f"{rng.choice(_SURNAMES).upper()}, {rng.choice(_FEMALE + _MALE)}"
+        )
+        out["date_of_birth"].append(born[who])
+        out["postcode"].append(home[who] if rng.random() > 0.03 else None)
+        out["gp_practice_code"].append(f"B{rng.randint(81000, 87999)}")
+        out["arrival_datetime"].append(arrival)
+        out["arrival_mode"].append(rng.choices(_ED_MODES, weights=[45, 45, 5, 5])[0])
+        out["attendances_last_12_months"].append(3 + int(rng.paretovariate(1.5)) % 60)
+        out["national_data_opt_out"].append(opt_out or None)
+        out["s42_enquiry_open"].append(rng.choices(["Y", "N", None], weights=[15, 80, 5])[0])
+        out["triage_notes"].append(rng.choice(_ED_NOTES) if rng.random() < 0.6 else None)
+    if duplicate_attendance and rows:
+        again = rng.randrange(rows)  # the same attendance exported twice, its time corrected
+        for name in ED_COLUMNS:
+            out[name].append(out[name][again])
+        out["arrival_datetime"][-1] += datetime.timedelta(minutes=5)  # type: ignore[operator]
+    return pa.Table.from_pydict(out, schema=ED_SCHEMA)
+
+
+def write_ed_attenders(
+    path: Path,
+    rows: int,
+    *,
+    seed: int = 0,
+    fmt: str | None = None,
+    duplicate_attendance: bool = False,
+    today: datetime.date = ED_TODAY,
+) -> Path:
+    """Write the ED extract as CSV (as the trust exports it) or Parquet, mode 0600."""
+    import csv
+
+    path = Path(path)
+    chosen = _format_for(path, fmt)
+    table = ed_attenders_table(
+        rows, seed=seed, duplicate_attendance=duplicate_attendance, today=today
+    )
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        if chosen == "csv":
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                writer = csv.writer(handle, lineterminator="\r\n")
+                writer.writerow(ED_COLUMNS)
+                for record in table.to_pylist():
+                    writer.writerow(["" if v is None else _ed_text(v) for v in record.values()])
+        else:
+            os.close(fd)
+            pq.write_table(table, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _ed_text(value: object) -> str:
+    """A value as the trust's export writes it: local times as `YYYY-MM-DD HH:MM:SS`."""
+    if isinstance(value, datetime.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: write a synthetic attendance file."""
     parser = argparse.ArgumentParser(

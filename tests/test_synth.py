@@ -262,3 +262,65 @@ def test_cli_writes_file(tmp_path: Path) -> None:
     )
     assert read_csv(out).equals(table(120, seed=2))
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
+
+
+# -- the NHS trust's emergency-department extract (the second sample agreement) -----------------
+
+
+def read_ed_csv(path: Path) -> pa.Table:
+    """Read the ED CSV back with the extract's types (naive times, empty flags as null)."""
+    return pacsv.read_csv(
+        path,
+        parse_options=pacsv.ParseOptions(newlines_in_values=True),
+        convert_options=pacsv.ConvertOptions(
+            column_types=synth.ED_SCHEMA, strings_can_be_null=True, quoted_strings_can_be_null=False
+        ),
+    )
+
+
+def test_ed_extract_csv_and_parquet_hold_the_same_rows(tmp_path: Path) -> None:
+    """One seed gives the same rows as CSV and Parquet, byte-identical files run to run."""
+    expected = synth.ed_attenders_table(300, seed=5)
+    a = synth.write_ed_attenders(tmp_path / "a.csv", 300, seed=5)
+    b = synth.write_ed_attenders(tmp_path / "b.csv", 300, seed=5)
+    c = synth.write_ed_attenders(tmp_path / "c.csv", 300, seed=6)
+    assert a.read_bytes() == b.read_bytes() != c.read_bytes()
+    assert read_ed_csv(a).equals(expected)
+    parquet = synth.write_ed_attenders(tmp_path / "a.parquet", 300, seed=5)
+    assert pq.read_table(parquet).equals(expected)
+    assert stat.S_IMODE(a.stat().st_mode) == stat.S_IMODE(parquet.stat().st_mode) == 0o600
+
+
+def test_ed_extract_is_as_a_hospital_writes_it(tmp_path: Path) -> None:
+    """Local times (the repeated autumn hour, never the spring gap), Y/N flags some empty or
+    untidy, quoted commas and line breaks, and columns no agreement reads."""
+    t = synth.ed_attenders_table(1_000, seed=1)
+    times = t["arrival_datetime"].to_pylist()
+    assert t.schema.field("arrival_datetime").type == pa.timestamp("us")  # naive
+    assert not any(synth.SPRING_GAP[0] <= x < synth.SPRING_GAP[1] for x in times)
+    assert any(synth.AUTUMN_REPEAT[0] <= x < synth.AUTUMN_REPEAT[1] for x in times)
+    flags = t["national_data_opt_out"].to_pylist()
+    assert {"Y", "N", "y", " N", None} == set(flags)
+    assert set(t["s42_enquiry_open"].to_pylist()) == {"Y", "N", None}
+    assert (
+        len(set(zip(t["attendance_id"].to_pylist(), t["site_code"].to_pylist(), strict=True)))
+        == 1_000
+    )
+    assert {"gp_practice_code", "triage_notes", "patient_name"} <= set(synth.ED_COLUMNS)
+    text = synth.write_ed_attenders(tmp_path / "x.csv", 1_000, seed=1).read_bytes().decode()
+    assert '"Seen by frailty team,\r\nreferred to ASC"' in text
+    dup = synth.ed_attenders_table(50, seed=1, duplicate_attendance=True)
+    keys = list(zip(dup["attendance_id"].to_pylist(), dup["site_code"].to_pylist(), strict=True))
+    assert dup.num_rows == 51 and len(set(keys)) == 50
+
+
+def test_exchange_synth_kind_ed_attenders(tmp_path: Path) -> None:
+    """`exchange synth --kind ed-attenders` writes the same extract as the library."""
+    out = tmp_path / "ed.parquet"
+    exe = str(Path(sys.executable).with_name("exchange"))
+    subprocess.run(
+        [exe, "synth", str(out), "--rows", "30", "--seed", "4", "--kind", "ed-attenders"],
+        check=True,
+        capture_output=True,
+    )
+    assert pq.read_table(out).equals(synth.ed_attenders_table(30, seed=4))

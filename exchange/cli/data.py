@@ -79,7 +79,10 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     try:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        path = synth.write(args.out, args.rows, seed=args.seed)
+        if args.kind == "ed-attenders":
+            path = synth.write_ed_attenders(args.out, args.rows, seed=args.seed)
+        else:
+            path = synth.write(args.out, args.rows, seed=args.seed)
     except ValueError as exc:
         error("synth", str(exc))
         return BAD_INPUT
@@ -147,4 +150,11 @@ def add_synth(sub: Subcommands) -> None:
     syn.add_argument("out", type=Path)
     syn.add_argument("--rows", type=int, default=1000)
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument(
+        "--kind",
+        choices=("school-attendance", "ed-attenders"),
+        default="school-attendance",
+        help="school-attendance (the first sample agreement) or ed-attenders (an NHS trust's "
+        "emergency-department extract, for the second)",
+    )
     syn.set_defaults(func=cmd_synth)
