@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import REPO, Workspace
@@ -117,13 +120,15 @@ def nhs(workspace: Workspace, partner: PartnerSftpServer) -> Path:
     return path
 
 
-def run(workspace: Workspace, contract: Path, source: Path) -> str:
-    """`exchange run` from the source; the drop id it reports."""
+def run(workspace: Workspace, contract: Path, source: Path) -> tuple[str, int]:
+    """`exchange run` from the source; the drop id and objections overridden it reports."""
     done = exchange(workspace, "run", str(contract), "--source", source.name)
     assert done.returncode == 0, done.stderr
-    found = re.search(r"drop (\S+) delivered to", done.stdout + done.stderr)
-    assert found, done.stdout + done.stderr
-    return found.group(1)
+    said = done.stdout + done.stderr
+    found = re.search(r"drop (\S+) delivered to", said)
+    assert found, said
+    overridden = re.search(r"\((\d+) objections overridden", said)
+    return found.group(1), int(overridden.group(1)) if overridden else 0
 
 
 def payload(workspace: Workspace, partner: PartnerSftpServer, drop_id: str, out: Path) -> bytes:
@@ -155,8 +160,10 @@ def test_csv_and_parquet_forms_send_identical_payloads(
     sources = Path(workspace.env["EXCHANGE_SOURCE_DIR"])
     csv_source = synth.write_ed_attenders(sources / f"{SOURCE}.csv", rows, seed=seed)
     parquet_source = synth.write_ed_attenders(sources / f"{SOURCE}.parquet", rows, seed=seed)
-    from_csv = payload(workspace, partner, run(workspace, nhs, csv_source), tmp_path / "a")
-    from_parquet = payload(workspace, partner, run(workspace, nhs, parquet_source), tmp_path / "b")
+    csv_drop, csv_overridden = run(workspace, nhs, csv_source)
+    parquet_drop, parquet_overridden = run(workspace, nhs, parquet_source)
+    from_csv = payload(workspace, partner, csv_drop, tmp_path / "a")
+    from_parquet = payload(workspace, partner, parquet_drop, tmp_path / "b")
     assert from_csv == from_parquet
 
     sent = list(csv.DictReader(io.StringIO(from_csv.decode("utf-8"))))
@@ -169,6 +176,9 @@ def test_csv_and_parquet_forms_send_identical_payloads(
     open_enquiry = [r for r in objectors if r["s42_enquiry_open"] == "Y"]
     assert objectors and open_enquiry and len(open_enquiry) < len(objectors)
     assert len(sent) == rows - len(objectors) + len(open_enquiry)
+    assert csv_overridden == parquet_overridden == len(open_enquiry)
+    assert {r["age_band"] for r in sent} <= {"18-24", "25-44", "45-64", "65-74", "75-84", "85+"}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", r["patient_ref"]) for r in sent)
 
     # Only the agreed fields, minimised: no NHS number, name, GP practice or notes.
     assert list(sent[0]) == [
@@ -208,6 +218,59 @@ def test_a_duplicate_attendance_fails_quality_and_nothing_is_sent(
     )
     done = exchange(workspace, "run", str(nhs), "--source", source.name)
     assert done.returncode != 0
+    # (seed 3 re-exports an attendance that is sent: an objector's would be left out first)
     assert "attendance_id, site_code" in done.stderr, done.stderr
-    assert "Traceback" not in done.stderr
+    assert "compound_unique failed for 2 of" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
+    assert list((partner.root / INBOX).iterdir()) == []
+
+
+def integer_times(path: Path) -> None:
+    """The arrival column stored as integers (seconds), as a careless export does."""
+    table = pq.read_table(path)
+    i = table.schema.get_field_index("arrival_datetime")
+    seconds = pc.cast(table["arrival_datetime"], pa.int64())
+    pq.write_table(table.set_column(i, "arrival_datetime", seconds), path)
+
+
+def spring_gap(path: Path) -> None:
+    """One arrival in the hour that did not exist when the clocks went forward."""
+    table = pq.read_table(path)
+    i = table.schema.get_field_index("arrival_datetime")
+    times = table["arrival_datetime"].to_pylist()
+    times[5] = dt.datetime(2026, 3, 29, 1, 30)
+    column = pa.array(times, type=pa.timestamp("us"))
+    pq.write_table(table.set_column(i, "arrival_datetime", column), path)
+
+
+def two_postcodes(path: Path) -> None:
+    """The GP practice's postcode exported under the same header as the patient's."""
+    data = path.read_bytes()
+    path.write_bytes(data.replace(b"gp_practice_code", b"postcode", 1))
+
+
+@pytest.mark.parametrize(
+    ("suffix", "fault", "column"),
+    [
+        (".parquet", integer_times, "arrival_datetime"),
+        (".parquet", spring_gap, "arrival_datetime"),
+        (".csv", two_postcodes, "postcode"),
+    ],
+    ids=["times-stored-as-integers", "time-in-the-spring-gap", "two-columns-named-postcode"],
+)
+def test_an_extract_that_cannot_be_read_as_agreed_is_refused(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    nhs: Path,
+    suffix: str,
+    fault: Any,
+    column: str,
+) -> None:
+    sources = Path(workspace.env["EXCHANGE_SOURCE_DIR"])
+    source = synth.write_ed_attenders(sources / f"{SOURCE}{suffix}", 100, seed=8)
+    fault(source)
+    done = exchange(workspace, "run", str(nhs), "--source", source.name)
+    assert done.returncode != 0
+    assert column in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "2026-03-29" not in done.stderr and len(done.stderr.strip().splitlines()) == 1
     assert list((partner.root / INBOX).iterdir()) == []
