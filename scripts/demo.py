@@ -31,6 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / ".demo"
 APPROVERS = DEMO / "operator" / "approvers.json"  # the operator's trust anchor
 CONTRACT = "school-attendance-to-early-help"
+NHS_CONTRACT = "acute-trust-ed-frequent-attenders-to-adult-social-care"
 DAG_ID = f"exchange__{CONTRACT}"
 ROWS = 20_000
 BIN = Path(sys.executable).parent
@@ -122,6 +123,8 @@ def main() -> None:
         for item in sorted(drop.iterdir()):
             print(f"     {item.name:22} {item.stat().st_size:>10,} bytes")
 
+        run_nhs_agreement(server, env, partner_recipient, officer_key)
+
     step("Partner: exchange receive (verify signature and checksum, decrypt, count rows)")
     received = DEMO / "received"
     out = run(
@@ -180,6 +183,63 @@ def main() -> None:
         ("Airflow home", DEMO / "airflow"),
     ]:
         print(f"   {label:18} {path}")
+
+
+def run_nhs_agreement(
+    server: PartnerSftpServer, env: dict[str, str], recipient: str, officer_key: Path
+) -> None:
+    """The second sample: an NHS trust's extract as its system writes it, as CSV and as Parquet.
+
+    Both forms of the same rows go through `exchange run`; the partner's payloads are identical."""
+    step(f"Second agreement: {NHS_CONTRACT} (an NHS trust's extract, CSV and Parquet)")
+    document = read_document(REPO / "contracts" / f"{NHS_CONTRACT}.yaml")
+    for prop in document["customProperties"]:
+        if prop["property"] == "recipientKeys":
+            prop["value"] = [recipient]
+    document["servers"][0]["customProperties"] = [
+        {"property": "hostKeys", "value": [server.host_public_key]}
+    ]
+    contract = DEMO / "contracts" / f"{NHS_CONTRACT}.yaml"
+    contract.write_text(yaml.safe_dump(document, sort_keys=False))
+    (server.root / "inbox" / "ed-attenders").mkdir(parents=True, exist_ok=True)
+    nhs_env = {
+        **env,
+        "EXCHANGE_CONN_ADULT_SOCIAL_CARE_SFTP": json.dumps(
+            {
+                "host": server.host,
+                "port": server.port,
+                "username": server.username,
+                "key_file": str(server.client_key_path),
+                "known_hosts": str(server.known_hosts_path),
+            }
+        ),
+        "EXCHANGE_SECRET_ED_ATTENDERS_PSEUDONYM_KEY": base64.b64encode(
+            secrets.token_bytes(32)
+        ).decode(),
+    }
+    print("   " + run([str(BIN / "exchange"), "contract", "lint", str(contract)], nhs_env).strip())
+    approve = [str(BIN / "exchange"), "contract", "approve", str(contract), "--key"]
+    print("   " + run([*approve, str(officer_key)], nhs_env).strip().splitlines()[0])
+    payloads = []
+    for suffix in ("csv", "parquet"):
+        source = DEMO / "source" / f"ed_attendances.{suffix}"
+        if not source.exists():
+            synth.write_ed_attenders(source, 2000, seed=2026)
+        before = set((server.root / "inbox" / "ed-attenders").iterdir())
+        ran = run([str(BIN / "exchange"), "run", NHS_CONTRACT, "--source", source.name], nhs_env)
+        print("   " + ran.strip())
+        (drop,) = set((server.root / "inbox" / "ed-attenders").iterdir()) - before
+        payloads.append((drop / "data.csv.age").read_bytes())
+    identity = DEMO / "partner-keys" / "early-help.age"
+    plain = [
+        subprocess.run(
+            ["age", "-d", "-i", str(identity)], input=p, capture_output=True, check=True
+        ).stdout
+        for p in payloads
+    ]
+    print(f"   payloads from the CSV and the Parquet forms identical: {plain[0] == plain[1]}")
+    if plain[0] != plain[1]:
+        sys.exit("demo: the CSV and Parquet forms of one extract gave different payloads")
 
 
 def write_demo_contract(recipient: str, host_key: str, officer_key: Path) -> Path:
