@@ -105,7 +105,10 @@ class Minimiser:
             if rule.objected_values is None
             else pa.array([_flag_text(v) for v in rule.objected_values], type=pa.string())
         )
-        self._override_values = pa.array(list(rule.override_values), type=pa.string())
+        # Matched like the objection flag: trimmed, in any case (`Y`, ` y` alike).
+        self._override_values = pa.array(
+            sorted({str(v).strip().lower() for v in rule.override_values}), type=pa.string()
+        )
         if pseudonym_key is not None:
             pseudonym_key = transforms.scoped_key(
                 pseudonym_key, contract.id, contract.pseudonym_scope
@@ -137,7 +140,7 @@ class Minimiser:
         column = self.contract.objections.override_column
         if column is None:
             return None
-        values = _as_text(batch.column(column))
+        values = pc.utf8_lower(pc.utf8_trim_whitespace(_as_text(batch.column(column))))
         return pc.fill_null(pc.is_in(values, value_set=self._override_values), False)
 
     def _objected(self, batch: pa.RecordBatch) -> pa.Array:

@@ -7,9 +7,24 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from exchange.errors import InvalidRequest
+
 DEFAULT_APPROVERS = Path("/etc/exchange/approvers.json")
 # Secrets and connections may be given as variables (see exchange.secrets); never logged.
 SECRET_PREFIXES = ("EXCHANGE_SECRET_", "EXCHANGE_CONN_")
+
+
+def _block_size(text: str | None) -> int:
+    """EXCHANGE_CSV_BLOCK_SIZE in bytes (1 MiB if unset); between 64 KiB and 1 GiB."""
+    if not text:
+        return 1 << 20
+    try:
+        value = int(text)
+    except ValueError:
+        raise InvalidRequest("EXCHANGE_CSV_BLOCK_SIZE must be a whole number of bytes") from None
+    if not (1 << 16) <= value <= (1 << 30):
+        raise InvalidRequest("EXCHANGE_CSV_BLOCK_SIZE must be between 65536 and 1073741824 bytes")
+    return value
 
 
 @dataclass(frozen=True)
@@ -25,6 +40,7 @@ class Settings:
     EXCHANGE_CONTRACTS     the only folder contracts run from; ./contracts
     EXCHANGE_APPROVERS     the trusted approvers (operator configuration, outside the contracts
                            folder); /etc/exchange/approvers.json
+    EXCHANGE_CSV_BLOCK_SIZE  bytes the CSV reader takes at a time (a field must fit); 1 MiB
     EXCHANGE_INCIDENT_*    incident notices: SMTP, SMTP_TLS, FROM, TO, WEBHOOK (exchange.incidents)
     EXCHANGE_SECRET_*, EXCHANGE_CONN_*  secrets and connections by name (`secret_env`)
     """
@@ -37,6 +53,7 @@ class Settings:
     log_origin: str | None = None
     contracts: Path = Path("contracts")
     approvers: Path = DEFAULT_APPROVERS
+    csv_block_size: int = 1 << 20
     incident_smtp: str | None = None
     incident_smtp_tls: str | None = None
     incident_from: str = "exchange-gateway@localhost"
@@ -61,6 +78,7 @@ class Settings:
             log_origin=env.get("EXCHANGE_LOG_ORIGIN") or None,
             contracts=Path(env.get("EXCHANGE_CONTRACTS") or "contracts").absolute(),
             approvers=Path(env.get("EXCHANGE_APPROVERS") or DEFAULT_APPROVERS).absolute(),
+            csv_block_size=_block_size(env.get("EXCHANGE_CSV_BLOCK_SIZE")),
             incident_smtp=env.get("EXCHANGE_INCIDENT_SMTP") or None,
             incident_smtp_tls=env.get("EXCHANGE_INCIDENT_SMTP_TLS") or None,
             incident_from=env.get("EXCHANGE_INCIDENT_FROM", "exchange-gateway@localhost"),

@@ -17,7 +17,7 @@ from conftest import write_contract
 
 from exchange import synth
 from exchange.contract import load_contract
-from exchange.errors import ContractError, SourceError
+from exchange.errors import ContractError, InvalidRequest, SourceError
 from exchange.minimise import source_types
 from exchange.sources import CsvSource, ParquetSource, Source, check_columns
 from exchange.types import ARROW_TYPES, UTC_TIMESTAMP, SourceTypes, source_times
@@ -110,8 +110,23 @@ def test_a_field_larger_than_the_block_size_says_so(tmp_path: Path) -> None:
     with pytest.raises(SourceError) as caught:
         list(source.batches({"id": pa.string(), "notes": pa.string()}))
     message = str(caught.value)
-    assert "block size (65,536 bytes)" in message and "larger block size" in message
+    assert "block size (65,536 bytes)" in message and "EXCHANGE_CSV_BLOCK_SIZE" in message
     assert SECRET not in shown(caught.value)
+
+
+def test_the_block_size_setting_reads_a_large_field(tmp_path: Path) -> None:
+    """The fix the message names works: EXCHANGE_CSV_BLOCK_SIZE reaches the CSV reader."""
+    from exchange.settings import Settings
+    from exchange.sources import open_source
+
+    path = tmp_path / "big.csv"
+    path.write_text(f'id,notes\nP1,"{"x" * 200_000}"\nP2,ok\n')
+    settings = Settings.from_env({"EXCHANGE_CSV_BLOCK_SIZE": str(1 << 20)})
+    source = open_source(path, csv_block_size=settings.csv_block_size)
+    rows = sum(b.num_rows for b in source.batches({"id": pa.string(), "notes": pa.string()}))
+    assert rows == 2
+    with pytest.raises(InvalidRequest, match="between 65536"):
+        Settings.from_env({"EXCHANGE_CSV_BLOCK_SIZE": "12"})
 
 
 def test_a_row_of_the_wrong_width_gives_counts_not_the_row(tmp_path: Path) -> None:

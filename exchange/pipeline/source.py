@@ -85,7 +85,7 @@ def _file(
             f"source {given.name} is outside the source folder {folder} "
             "(EXCHANGE_SOURCE_DIR): sources are read only from there"
         )
-    opened = open_source(path)
+    opened = open_source(path, csv_block_size=settings.csv_block_size)
     if not path.is_file():
         raise SourceError(f"source {given.name} does not exist in {folder}")
     return opened, {"kind": "file", "path": str(path), "sha256": file_sha256(path)}

@@ -12,12 +12,12 @@ from exchange.sources.parquet import ParquetSource
 __all__ = ["CsvSource", "ParquetSource", "Source", "check_columns", "open_source"]
 
 
-def open_source(path: str | Path) -> Source:
+def open_source(path: str | Path, *, csv_block_size: int = 1 << 20) -> Source:
     """Pick the source for a file by its suffix."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix == ".csv":
-        return CsvSource(path)
+        return CsvSource(path, block_size=csv_block_size)
     if suffix in (".parquet", ".pq"):
         return ParquetSource(path)
     raise SourceError(f"source {path.name}: unsupported file type {suffix or '(none)'!r}")

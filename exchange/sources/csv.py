@@ -102,7 +102,7 @@ class CsvSource:
             return (
                 f"source {self.name}: a field is larger than the CSV reader's block size "
                 f"({self.block_size:,} bytes), or a quote is never closed; fix the quoting at "
-                "the source, or read it with a larger block size (values are not shown)"
+                "the source, or set EXCHANGE_CSV_BLOCK_SIZE larger (values are not shown)"
             )
         width = _WIDTH.search(said)
         if width:

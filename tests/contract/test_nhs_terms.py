@@ -147,6 +147,13 @@ def test_override_holds_only_where_the_condition_does(tmp_path: Path) -> None:
     assert "only for rows whose source column enquiry_open is Y" in words
 
 
+def test_override_condition_matches_like_the_flag_trimmed_in_any_case(tmp_path: Path) -> None:
+    c = contract(tmp_path, s42, conditional(["Y"]))
+    minimise = Minimiser(c, pseudonym_key=PSEUDONYM_KEY)
+    out = minimise(batch(c, ["Y", "Y", "Y"], enquiry_open=[" y", "Y ", "n"]))
+    assert out.num_rows == 2 and minimise.tally.objections_overridden == 2
+
+
 def test_override_condition_needs_an_override(tmp_path: Path) -> None:
     edit = objections(
         legalBasisOverrides=False, overrideCondition={"column": "enquiry_open", "values": ["Y"]}
