@@ -40,6 +40,7 @@ lint: install
 	$(BIN)/ruff check exchange validators dags tests benchmarks scripts
 	$(BIN)/ruff format --check exchange validators dags tests benchmarks scripts
 	$(BIN)/mypy exchange validators
+	$(BIN)/python -m exchange.contract.vocabulary.generate --check
 
 bench: install system
 	$(BIN)/python benchmarks/exchange_throughput.py
