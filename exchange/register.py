@@ -3,7 +3,9 @@
 Everything written is public by design (mode 0644) and built from `exchange.contract.render`,
 which never shows a secret's or a connection's name, nor more of a key than its fingerprint.
 A contract that fails to load is listed as invalid with its file name and the number of
-problems only: problem messages can quote file paths.
+problems only: problem messages can quote file paths. Drafts are not listed (nor counted), and
+statuses are plain English: a suspension's internal reason is never published, only who (by
+role) suspended the agreement and when.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from urllib.parse import quote
 from exchange.approval import Governance
 from exchange.contract import Contract, Party, load_contract
 from exchange.contract.render import (
-    STATES,
     approval_summary,
     code_html,
     escape,
     other_terms,
     page,
     party_code_text,
+    rights_contact,
     state_badge,
     table,
     to_html,
@@ -41,6 +43,7 @@ REGISTER_TYPE: Final = "exchange-register/1"
 INDEX: Final = "index.html"
 REGISTER: Final = "register.json"
 _RESERVED: Final = frozenset({"index", "register"})
+PUBLISHER: Final = "the organisation sharing the data (the provider) named on each agreement"
 
 
 def page_stem(contract_id: str) -> str:
@@ -117,15 +120,19 @@ def _entry(
         "version": contract.version,
         "sha256": contract.sha256,
         "status": contract.status,
+        "public_status": state["public_status"],
         "approval": {
             "state": state["reason"],
             "label": state["label"],
+            "status": state["public_status"],
             "runnable": state["runnable"],
             "approved_by": state["approved_by"],
             "approved_at": state["approved_at"],
             "review_by": state["review_by"],
-            "detail": None if state["runnable"] else state["message"],
+            "detail": None if state["runnable"] else state["public_message"],
         },
+        "publisher": contract.provider.organisation,
+        "rights_requests_contact": rights_contact(contract) or None,
         "parties": {
             "provider": _party(contract.provider),
             "recipient": _party(contract.recipient),
@@ -154,11 +161,18 @@ def _invalid(file: str, problems: int, generated_at: str, why: str) -> dict[str,
 
 
 def build_register(
-    folder: Path, out: Path, *, today: dt.date, governance: Governance | None = None
+    folder: Path,
+    out: Path,
+    *,
+    today: dt.date,
+    governance: Governance | None = None,
+    publisher: str | None = None,
 ) -> list[dict[str, Any]]:
     """Write the register of every *.yaml contract in `folder` into `out`; return its entries.
 
-    Approvals are judged by `governance`, by default the gateway's configured trust anchor."""
+    Drafts are left out (no entry, no page, no count). Approvals are judged by `governance`,
+    by default the gateway's configured trust anchor. `publisher` names who publishes the
+    register; by default, the provider named on each agreement."""
     if not folder.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such contracts folder", str(folder))
     if governance is None:
@@ -181,6 +195,8 @@ def build_register(
         except UnicodeDecodeError:  # read_document reports only OSError as a ContractError
             entries.append(_invalid(path.name, 1, generated_at, "the file is not UTF-8 text"))
             continue
+        if contract.status == "draft":  # not yet an agreement: nothing about it is published
+            continue
         stem = page_stem(contract.id)
         if stem in stems:
             why = f"its id gives the same page as {stems[stem]}: agreement ids must be unique"
@@ -196,11 +212,13 @@ def build_register(
         "type": REGISTER_TYPE,
         "generated_at": generated_at,
         "as_of": today.isoformat(),
+        "publisher": publisher or PUBLISHER,
         "counts": _counts(entries),
         "agreements": entries,
     }
     write_public(out / REGISTER, json.dumps(register, indent=2, ensure_ascii=False) + "\n")
-    write_public(out / INDEX, index_html(entries, today=today, generated_at=generated_at))
+    index = index_html(entries, today=today, generated_at=generated_at, publisher=publisher)
+    write_public(out / INDEX, index)
     return entries
 
 
@@ -231,38 +249,46 @@ def _previous_pages(out: Path) -> set[str]:
     return {n for n in names if isinstance(n, str) and safe.match(n) and n != INDEX}
 
 
-def index_html(entries: list[dict[str, Any]], *, today: dt.date, generated_at: str) -> str:
-    """The register's index page: one row per agreement, invalid files included."""
+def index_html(
+    entries: list[dict[str, Any]],
+    *,
+    today: dt.date,
+    generated_at: str,
+    publisher: str | None = None,
+) -> str:
+    """The register's index page: one row per agreement, invalid files included.
+
+    The status comes second, so a phone shows it without scrolling the table sideways."""
     rows = []
     for e in entries:
         if e["status"] == "invalid":
             rows.append(
                 [
                     code_html(e["file"]),
-                    "—",
-                    "—",
-                    "—",
-                    "—",
                     state_badge("invalid", "Invalid")
                     + f" {e['problems']} problem{'s' if e['problems'] != 1 else ''}: "
                     + escape(e["why"]),
+                    "—",
+                    "—",
+                    "—",
+                    "—",
+                    "—",
                     "—",
                 ]
             )
             continue
         a = e["approval"]
-        state = state_badge(a["state"], a["label"])
+        state = state_badge(a["state"], e["public_status"].capitalize())
         if a["runnable"]:
             state += f"<br>by {escape(a['approved_by'])} on {escape((a['approved_at'] or '')[:10])}"
         else:
-            state += f"<br>{escape(STATES.get(a['state'], ('', ''))[1])}"
-        if e["status"] != "active":
-            state += f"<br>contract status: {escape(e['status'])}"
+            state += f"<br>{escape(a['detail'])}"
         href = quote(e["pages"]["html"])
         rows.append(
             [
                 f'<a href="{escape(href)}">{escape(e["name"])}</a><br>'
                 f"{code_html(e['id'])} v{escape(e['version'])}",
+                state,
                 escape(e["parties"]["provider"]),
                 escape(e["parties"]["recipient"]),
                 '<ul class="plain">'
@@ -270,27 +296,31 @@ def index_html(entries: list[dict[str, Any]], *, today: dt.date, generated_at: s
                 + "</ul>",
                 escape(e["legal_basis"])
                 + "".join(f"<br>{escape(w)}" for w in e.get("legal_basis_wording") or ()),
-                state,
+                escape(e["rights_requests_contact"]),
                 f'<time class="nowrap" datetime="{escape(e["review_date"])}">'
                 f"{escape(e['review_date'])}</time>",
             ]
         )
     counts = _counts(entries)
     body = (
-        f"<p>{counts['agreements']} agreements: {counts['runnable']} approved and runnable, "
+        f"<p>Published by {escape(publisher or PUBLISHER)}. "
+        f"{counts['agreements']} agreements: {counts['runnable']} approved and runnable, "
         f"{counts['not_runnable']} not runnable, {counts['invalid']} invalid. Status as of "
         f"{escape(today.isoformat())}. Each agreement's page says in full what is shared, why, "
         f'under which law and with what safeguards; <a href="{REGISTER}">register.json</a> '
-        "is the same index for machines.</p>"
+        "is the same index for machines. Draft agreements are not listed; a suspension is shown "
+        "with its date only, not the internal reason. To exercise your data protection rights, "
+        "use the agreement's rights-requests contact.</p>"
         + table(
             "Data sharing agreements",
             [
                 "Agreement",
-                "Provider",
+                "Status",
+                "Provider (publisher)",
                 "Recipient",
                 "Purposes",
                 "Legal basis",
-                "Status",
+                "Rights requests",
                 "Review by",
             ],
             rows,

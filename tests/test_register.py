@@ -172,6 +172,46 @@ def test_write_agreement_writes_both_pages(workspace: Workspace, tmp_path: Path)
     assert sorted(p.name for p in out.iterdir()) == [html_path.name, md_path.name]
 
 
+def test_drafts_are_not_published_nor_counted(
+    workspace: Workspace, folder: Path, tmp_path: Path
+) -> None:
+    def draft(document: dict[str, Any]) -> None:
+        document["id"] = "a-draft-agreement"
+        document["name"] = "A draft not yet agreed"
+        document["status"] = "draft"
+
+    write_contract(folder / "draft.yaml", workspace.recipient, draft)
+    out = tmp_path / "register"
+    entries = build_register(folder, out, today=TODAY)
+    assert "draft.yaml" not in [e["file"] for e in entries]
+    register = json.loads((out / "register.json").read_text())
+    assert register["counts"] == {"agreements": 3, "runnable": 1, "not_runnable": 1, "invalid": 1}
+    for path in out.iterdir():
+        text = path.read_text()
+        assert "a-draft-agreement" not in text and "A draft not yet agreed" not in text, path.name
+
+
+def test_plain_statuses_publisher_and_contact(folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "register"
+    entries = build_register(folder, out, today=TODAY)
+    _, sample, other = entries
+    assert (sample["public_status"], other["public_status"]) == ("approved", "not yet approved")
+    assert other["approval"]["state"] == "not-approved"  # the machine code, for machines
+    assert sample["publisher"] == "Anyshire County Council"
+    assert sample["rights_requests_contact"] == "dpo@anyshire.example"
+    register = json.loads((out / "register.json").read_text())
+    assert "provider" in register["publisher"]
+    index = (out / "index.html").read_text()
+    assert "Not yet approved" in index and "not-approved" not in index
+    assert "dpo@anyshire.example" in index and "Published by" in index
+    assert "contract status:" not in index
+    build_register(folder, out, today=TODAY, publisher="Anyshire County Council")
+    assert "Published by Anyshire County Council." in (out / "index.html").read_text()
+    assert json.loads((out / "register.json").read_text())["publisher"] == (
+        "Anyshire County Council"
+    )
+
+
 def test_page_names_are_safe() -> None:
     assert page_stem("school-attendance") == "school-attendance"
     assert page_stem("../../etc/passwd") == "_.._etc_passwd"
@@ -211,6 +251,14 @@ def test_register_pages_in_a_real_browser(folder: Path, tmp_path: Path) -> None:
     )
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 10_000  # a rendered page, not a blank one
+    phone = tmp_path / "index-phone.png"  # the status column comes second, for a phone
+    browse(
+        out / "index.html",
+        tmp_path / "profile-phone",
+        f"--screenshot={phone}",
+        "--window-size=390,844",
+    )
+    assert phone.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @needs_chromium

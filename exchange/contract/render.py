@@ -66,6 +66,46 @@ STATES: Final[dict[str, tuple[str, str]]] = {
     ),
 }
 
+# The status the public sees, in plain English, per reason code: never the internal message,
+# which can quote a suspension's reason (itself possibly sensitive) or local paths.
+PUBLIC_STATUS: Final[dict[str, str]] = {
+    "ok": "approved",
+    "not-active": "not in use",
+    "suspended": "suspended",
+    "not-approved": "not yet approved",
+    "review-overdue": "review overdue",
+}
+_SUSPENDED_ON: Final = re.compile(r" was suspended by .* on (\d{4}-\d{2}-\d{2}):")
+
+
+def public_status(reason: str, contract_status: str = "active") -> str:
+    """The status in plain English for public pages (the reason code stays for machines)."""
+    if contract_status == "draft":
+        return "draft, not yet approved"
+    if contract_status in ("retired", "deprecated"):
+        return "withdrawn"
+    return PUBLIC_STATUS.get(reason, "not running")
+
+
+def public_message(reason: str, message: str, contract_status: str = "active") -> str:
+    """One plain sentence for the public per state, from STATES: never the internal message."""
+    if reason == "suspended":
+        found = _SUSPENDED_ON.search(message)
+        when = f" on {found.group(1)}" if found else ""
+        return f"Suspended by the information governance officer{when}."
+    if contract_status in ("retired", "deprecated"):
+        return "The agreement has been withdrawn: it does not run."
+    if contract_status == "draft":
+        return "The agreement is a draft: it has not been approved and does not run."
+    return STATES.get(reason, ("", "The agreement does not run at present."))[1]
+
+
+def rights_contact(contract: Contract) -> str:
+    """The agreement's rights-request contact (its rightsRequestsContact term), or ''."""
+    terms = custom_values(contract.document.get("customProperties"))
+    return _text(terms.get("rightsRequestsContact"))
+
+
 _DAYS: Final = ("Sunday", "Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday")
 _DAY_NAMES: Final = {d[:3].lower(): i for i, d in enumerate(_DAYS)}
 _ALIASES: Final = {
@@ -183,7 +223,9 @@ def approval_summary(
         "reason": state.reason,
         "label": label,
         "meaning": meaning,
-        "message": state.message,
+        "message": state.message,  # internal (officers' tools only): never rendered publicly
+        "public_status": public_status(state.reason, contract.status),
+        "public_message": public_message(state.reason, state.message, contract.status),
         "approved_by": state.approver,
         "approved_at": state.approved_at,
         "review_by": state.review_by,
@@ -509,7 +551,8 @@ def to_markdown(
     provider, recipient = s["parties"]["provider"], s["parties"]["recipient"]
     out = [f"# {_md(s['name'])}", ""]
     out += [
-        f"Agreement {_code(s['id'])}, version {_md(s['version'])}, status {_md(s['status'])}. "
+        f"Agreement {_code(s['id'])}, version {_md(s['version'])}, "
+        f"status {_md(s['approval']['public_status'])}. "
         f"Summary as of {s['as_of']}.",
         "",
         "## Approval",
@@ -593,7 +636,7 @@ def _approval_rows(a: Mapping[str, Any]) -> list[tuple[str, str]]:
             ("Review by", _md(a["review_by"])),
         ]
     else:
-        rows += [("Reason code", _code(a["reason"])), ("Detail", _md(a["message"]))]
+        rows += [("Status", _md(a["public_status"])), ("Detail", _md(a["public_message"]))]
     return rows
 
 
@@ -798,7 +841,7 @@ def to_html(
         f"<p>{state_badge(a['reason'], a['label'])} {escape(a['meaning'])}</p>"
         + _pairs(
             "Approval status",
-            [(k, code_html(v) if k == "Reason code" else escape(v)) for k, v in _approval_items(a)],
+            [(k, escape(v)) for k, v in _approval_items(a)],
             anchor="t-approval",
         )
     )
@@ -926,4 +969,4 @@ def _approval_items(a: Mapping[str, Any]) -> list[tuple[str, Any]]:
             ("Approved at", a["approved_at"]),
             ("Review by", a["review_by"]),
         ]
-    return [("Reason code", a["reason"]), ("Detail", a["message"])]
+    return [("Status", a["public_status"]), ("Detail", a["public_message"])]

@@ -26,6 +26,7 @@ from exchange.contract.render import (
     transform_words,
 )
 from exchange.crypto.signing import load_private_key
+from exchange.register import build_register
 
 TODAY = dt.date.today()
 SAMPLE_HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICPziuGclVMHb3eVKIUNmDNnSYz8HiZa9/v240qZm72I"
@@ -144,6 +145,9 @@ def test_summary_content(workspace: Workspace) -> None:
     assert s["filters"] == []
 
 
+BREACH = "Recipient reported a breach; paused pending review"
+
+
 @pytest.mark.parametrize("when", ["unapproved", "suspended", "changed"])
 def test_render_shows_why_a_contract_may_not_run(workspace: Workspace, when: str) -> None:
     if when == "unapproved":
@@ -168,11 +172,45 @@ def test_render_shows_why_a_contract_may_not_run(workspace: Workspace, when: str
     assert s["approval"]["reason"] == reason
     assert s["approval"]["approved_by"] is None
     label, meaning = STATES[reason]
+    plain = s["approval"]["public_status"]
+    assert (
+        plain
+        == {
+            "unapproved": "not yet approved",
+            "suspended": "suspended",
+            "changed": "not running",
+        }[when]
+    )
     for text in (to_markdown(contract, today=TODAY), to_html(contract, today=TODAY)):
-        assert label in text and reason in text
+        assert label in text and plain in text
+        assert f"`{reason}`" not in text and f"<code>{reason}</code>" not in text  # no codes
     assert html.escape(meaning) in to_html(contract, today=TODAY)
-    if when == "suspended":
-        assert "Recipient reported a breach" in to_html(contract, today=TODAY)
+
+
+def test_a_suspension_reason_is_never_published(workspace: Workspace, tmp_path: Path) -> None:
+    """The reason written when suspending may itself be sensitive: the public sees only who
+    (by role) suspended the agreement and when; the officers' own tools keep the reason."""
+    contract = load_contract(workspace.contract)
+    now = dt.datetime.now(dt.UTC)
+    workspace.governance().suspend(
+        contract, load_private_key(workspace.officer_key), reason=BREACH, now=now
+    )
+    status = f"Suspended by the information governance officer on {now.date().isoformat()}."
+    assert BREACH in summary(contract, today=TODAY)["approval"]["message"]  # internal only
+    out = tmp_path / "register"
+    [entry] = build_register(workspace.contract.parent, out, today=TODAY)
+    assert entry["approval"]["state"] == "suspended"  # the machine code stays in register.json
+    assert entry["public_status"] == "suspended" and entry["approval"]["detail"] == status
+    texts = {
+        "markdown": to_markdown(contract, today=TODAY),
+        "html": to_html(contract, today=TODAY),
+        **{p.name: p.read_text("utf-8") for p in out.iterdir()},
+    }
+    assert set(texts) >= {"register.json", "index.html"}
+    for name, text in texts.items():
+        assert "Recipient reported a breach" not in text, name
+        assert "pending review" not in text, name
+        assert status in text.replace("\\", ""), name
 
 
 def test_every_field_and_its_transform_in_words(workspace: Workspace) -> None:
