@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,25 +12,58 @@ from exchange.settings import Settings
 
 if TYPE_CHECKING:
     from exchange.cli._common import Subcommands
+    from exchange.pipeline.results import RunResult
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Run one exchange without Airflow."""
+    from exchange.cli import _failed
+    from exchange.errors import TransferError
     from exchange.gateway import Gateway
+    from exchange.pipeline.naming import new_run_id
 
     gateway = Gateway.from_env()
-    result = gateway.run(
-        args.contract, args.source, run_id=args.run_id, full_refresh=args.full_refresh
-    )
+    run_id = args.run_id or new_run_id(gateway.clock())  # known here, to name in a retry
+    try:
+        result = gateway.run(
+            args.contract, args.source, run_id=run_id, full_refresh=args.full_refresh
+        )
+    except TransferError as exc:  # the drop is staged: the same run id delivers it, once
+        code = _failed(exc)
+        error("retry with", retry_command(args, run_id))
+        return code
     excluded = ", ".join(f"{n} {why}" for why, n in result.excluded.items()) or "none"
     if result.objections_overridden:
         excluded += f" ({result.objections_overridden} objections overridden by the legal basis)"
     verb = "was already delivered to" if result.already_delivered else "delivered to"
     say(
-        f"run {result.run_id}: read {result.rows_read} rows, excluded {excluded}, "
-        f"sent {result.rows_sent}; drop {result.drop_id} {verb} {result.remote_path}"
+        f"run {result.run_id}: read {result.rows_read} rows{unchanged_note(result)}, "
+        f"excluded {excluded}, sent {result.rows_sent}; drop {result.drop_id} {verb} "
+        f"{result.remote_path}"
     )
     return OK
+
+
+def retry_command(args: argparse.Namespace, run_id: str) -> str:
+    """The command that retries this run (re-running a run id never duplicates a drop).
+
+    A postgresql:// URL may hold a password, so it is never printed: "--source URL" stands in."""
+    words = ["exchange", "run", shlex.quote(str(args.contract))]
+    if args.source:
+        source = str(args.source)
+        words += ["--source", "URL" if "://" in source else shlex.quote(source)]
+    words += ["--run-id", shlex.quote(run_id)]
+    if args.full_refresh:
+        words.append("--full-refresh")
+    return " ".join(words) + " (re-running a run id never duplicates a drop)"
+
+
+def unchanged_note(result: RunResult) -> str:
+    """For an incremental run: how many rows were left out as unchanged, and since when."""
+    if not result.rows_unchanged and not result.since:
+        return ""
+    since = f" since {result.since}, the last delivered run's watermark" if result.since else ""
+    return f" ({result.rows_unchanged:,} unchanged{since})"
 
 
 def cmd_acks_collect(args: argparse.Namespace) -> int:

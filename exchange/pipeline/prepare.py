@@ -131,6 +131,7 @@ def prepare_drop(
             payload_sha256=written.sha256,
             watermark=newest if options.advance_watermark else None,
             rows_unchanged=changed.unchanged if changed else 0,
+            since=changed.since.isoformat() if changed and changed.since else None,
         )
         body = {
             "drop_id": drop_id,

@@ -22,7 +22,8 @@ class Prepared:
     payload_sha256: str
     objections_overridden: int = 0
     watermark: str | None = None  # the newest last-updated time read; advanced on delivery
-    rows_unchanged: int = 0
+    rows_unchanged: int = 0  # incremental: rows left out as unchanged since `since`
+    since: str | None = None  # incremental: the last delivered run's watermark this run read from
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -46,3 +47,5 @@ class RunResult:
     remote_path: str
     already_delivered: bool
     objections_overridden: int = 0
+    rows_unchanged: int = 0  # incremental: rows left out as unchanged since `since`
+    since: str | None = None  # incremental: the last delivered run's watermark

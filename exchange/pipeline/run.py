@@ -26,6 +26,8 @@ def run_exchange(
     earlier = ctx.ledger.find("transfer.sent", run_id=run_id, contract_id=contract.id)
     if earlier is not None:
         sent = earlier.data
+        record = ctx.ledger.find("run.prepared", run_id=run_id, contract_id=contract.id)
+        incremental = (record.data.get("incremental") if record else None) or {}
         return RunResult(
             run_id,
             sent["drop_id"],
@@ -35,6 +37,8 @@ def run_exchange(
             sent["remote_path"],
             already_delivered=True,
             objections_overridden=sent["rows"].get("objections_overridden", 0),
+            rows_unchanged=int(incremental.get("rows_unchanged", 0)),
+            since=incremental.get("since"),
         )
     prepared = prepare_drop(ctx, contract, source, run_id, Options(full_refresh=full_refresh))
     delivery = deliver_drop(ctx, contract, run_id)
@@ -47,4 +51,6 @@ def run_exchange(
         delivery.remote_path,
         delivery.already_delivered,
         prepared.objections_overridden,
+        prepared.rows_unchanged,
+        prepared.since,
     )

@@ -81,6 +81,7 @@ def staged(ctx: Context, contract: Contract, run_id: str) -> Prepared:
         objections_overridden=int(rows.get("objections_overridden", 0)),
         watermark=incremental.get("watermark"),
         rows_unchanged=int(incremental.get("rows_unchanged", 0)),
+        since=incremental.get("since"),
     )
 
 
