@@ -20,6 +20,7 @@ from exchange.contract import load_contract
 from exchange.errors import ContractError, InvalidRequest, SourceError
 from exchange.minimise import source_types
 from exchange.sources import CsvSource, ParquetSource, Source, check_columns
+from exchange.sources.csv import plain_type
 from exchange.types import ARROW_TYPES, UTC_TIMESTAMP, SourceTypes, source_times
 
 SECRET = "SENTINEL-XYZ"
@@ -168,8 +169,39 @@ def test_a_stored_type_the_field_does_not_take_is_refused(
     with pytest.raises(SourceError) as caught:
         list(ParquetSource(path).batches({"id": pa.string(), "col": ARROW_TYPES[logical]}))
     message = str(caught.value)
-    assert f"column 'col' is stored as {stored.type}" in message
-    assert f"not read as {logical}" in message
+    assert f"column 'col' is stored as {plain_type(stored.type)}, " in message
+    assert f"not read as {logical} " in message
+    assert "[" not in message.split("(")[0]  # no internal name such as date32[day]
+
+
+PLAIN = [
+    (pa.date32(), "date"),
+    (UTC_TIMESTAMP, "timestamp"),
+    (pa.int64(), "integer"),
+    (pa.float64(), "number"),
+    (pa.string(), "string"),
+    (pa.bool_(), "boolean"),
+    (pa.int32(), "integer (int32)"),
+    (pa.decimal128(5, 2), "number (decimal128(5, 2))"),
+    (pa.timestamp("us"), "timestamp without a zone (timestamp[us])"),
+    (pa.date64(), "date (date64[ms])"),
+    (pa.dictionary(pa.int8(), pa.string()), "string"),
+]
+
+
+@pytest.mark.parametrize(("kind", "plain"), PLAIN, ids=str)
+def test_types_are_named_in_the_contracts_words(kind: pa.DataType, plain: str) -> None:
+    assert plain_type(kind) == plain
+
+
+def test_a_csv_value_of_the_wrong_type_names_the_contracts_type(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    path.write_text("id,seen\nP1,2026-01-02\nP2,SENTINEL\n")
+    with pytest.raises(SourceError) as caught:
+        read(CsvSource(path), {"id": pa.string(), "seen": pa.date32()})
+    message = str(caught.value)
+    assert "column 'seen' has a value that is not a date (values are not shown)" in message
+    assert "date32" not in message and "SENTINEL" not in message
 
 
 ACCEPTED = [

@@ -11,7 +11,7 @@ import pyarrow.csv as pacsv
 
 from exchange.errors import SourceError
 from exchange.sources.base import check_columns, localise
-from exchange.types import source_times
+from exchange.types import logical_of, source_times
 
 # pyarrow names the column by number in conversion errors (the message also quotes the value,
 # which must never reach a log, so only the number is taken from it).
@@ -19,6 +19,34 @@ _COLUMN_NUMBER = re.compile(r"CSV column #(\d+)")
 # A row of the wrong width: pyarrow quotes the row after the counts, only the counts are kept.
 _WIDTH = re.compile(r"Expected (\d+) columns, got (\d+)")
 _NAIVE = pa.timestamp("us")
+
+
+def plain_type(kind: pa.DataType) -> str:
+    """An Arrow type in the contract's words (date, timestamp, integer, number, string, boolean).
+
+    A contract's own types read as its logicalType ("date", not "date32[day]"); another type a
+    file may store is named by its kind, with the file's own name for it in brackets."""
+    logical = logical_of(kind)
+    if logical is not None:
+        return logical
+    if pa.types.is_dictionary(kind):
+        return plain_type(kind.value_type)
+    kinds = [
+        (pa.types.is_integer, "integer"),
+        (lambda t: pa.types.is_floating(t) or pa.types.is_decimal(t), "number"),
+        (lambda t: pa.types.is_string(t) or pa.types.is_large_string(t), "string"),
+        (pa.types.is_boolean, "boolean"),
+        (pa.types.is_date, "date"),
+        (lambda t: pa.types.is_timestamp(t) and t.tz is None, "timestamp without a zone"),
+        (pa.types.is_timestamp, "timestamp"),
+    ]
+    name = next((plain for test, plain in kinds if test(kind)), None)
+    return f"{name} ({kind})" if name else str(kind)
+
+
+def _a(name: str) -> str:
+    """'a date', 'an integer'."""
+    return f"an {name}" if name[:1] in "aeiou" else f"a {name}"
 
 
 class CsvSource:
@@ -129,6 +157,6 @@ class CsvSource:
         if column is not None and column in types:
             return (
                 f"source {self.name}: column {column!r} has a value that is not "
-                f"{types[column]} (values are not shown)"
+                f"{_a(plain_type(types[column]))} (values are not shown)"
             )
         return f"source {self.name} is not readable as CSV (rows do not match the header)"

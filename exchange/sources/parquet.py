@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from exchange.errors import SourceError
 from exchange.sources.base import check_columns, localise
+from exchange.sources.csv import plain_type
 from exchange.types import PHYSICAL_TYPES, logical_of, readable_as
 
 
@@ -51,10 +52,11 @@ class ParquetSource:
             actual = stored.field(field.name).type
             if not readable_as(actual, field.type):
                 logical = logical_of(field.type)
-                takes = PHYSICAL_TYPES[logical][0] if logical else str(field.type)
+                takes = PHYSICAL_TYPES[logical][0] if logical else plain_type(field.type)
                 raise SourceError(
-                    f"source {self.name}: column {field.name!r} is stored as {actual}, which is "
-                    f"not read as {logical or field.type} (that takes {takes}); the gateway "
+                    f"source {self.name}: column {field.name!r} is stored as "
+                    f"{plain_type(actual)}, which is not read as {plain_type(field.type)} (that "
+                    f"takes {takes}); the gateway "
                     "converts no type: export the column as its declared type or correct the "
                     "contract's logicalType"
                 )
@@ -72,7 +74,8 @@ class ParquetSource:
                 arrays.append(column if column.type == field.type else column.cast(field.type))
             except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
                 raise SourceError(
-                    f"source {self.name}: column {field.name!r} of type {column.type} "
-                    f"cannot be read as {field.type} (values are not shown)"
+                    f"source {self.name}: column {field.name!r} of type "
+                    f"{plain_type(column.type)} cannot be read as {plain_type(field.type)} "
+                    "(values are not shown)"
                 ) from None
         return pa.RecordBatch.from_arrays(arrays, schema=target)
