@@ -7,6 +7,7 @@ and checkpoint signing use this walk; an export is checked by `exchange.audit.ex
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -14,8 +15,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange.audit.anchor import Anchor
 from exchange.audit.chain import ChainCheck, Stored, from_checkpoints, held_checkpoints
+from exchange.audit.checkpoint import Checkpoint, open_note
 from exchange.audit.entry import GENESIS, Entry
 from exchange.audit.storage import Store
+from exchange.errors import LedgerError
+
+_GATEWAY_ORIGIN = "exchange-gateway/"
 
 
 @dataclass(frozen=True)
@@ -67,3 +72,33 @@ def check(
         if visit is not None:
             visit(entry)
     return walk
+
+
+def signed_by_another_key(
+    store: Store, anchor: Anchor | None, public_key: Ed25519PublicKey
+) -> str | None:
+    """When checkpoints exist and not one of them (stored or handed out) carries a signature
+    by `public_key`: the id of the key they name (from a gateway origin), or "" if unknown.
+
+    None when the key signed any of them, or a signature by it fails (that is tampering, not a
+    wrong key), or there are none: the failure is then the ledger's, not the key's.
+    """
+    notes = [row.note for row in store.checkpoint_rows()]
+    if anchor is not None:
+        with contextlib.suppress(LedgerError):  # an unreadable anchor is reported by the walk
+            notes += [a.checkpoint.note for a in anchor.all(None, None)]
+    origins: set[str] = set()
+    for note in notes:
+        try:
+            origin = Checkpoint.parse(note).origin
+            open_note(note, origin, public_key)
+        except LedgerError as exc:
+            if not str(exc).startswith("no signature by "):
+                return None
+            origins.add(origin)
+            continue
+        return None
+    if not origins:
+        return None
+    named = {o.removeprefix(_GATEWAY_ORIGIN) for o in origins if o.startswith(_GATEWAY_ORIGIN)}
+    return f"ed25519:{named.pop()}" if len(named) == 1 and len(origins) == 1 else ""

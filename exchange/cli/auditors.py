@@ -39,20 +39,65 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         origin=_audit_origin(args, settings, public),
         held=held,
     )
+    where = ledger_name(getattr(args, "url", None) or settings.audit_url)
     if not result.ok:
         from exchange.incidents import Incident, notifiers_from_settings, raise_incident
 
+        wrong = _wrong_key(ledger, public, result.broken_at)
+        if wrong is not None:
+            # Signatures aside, are the entries intact? Tampering is reported as tampering.
+            unchecked = ledger.verify(args.from_seq, args.to_seq, held=held)
+            if unchecked.ok:
+                error("wrong public key?", f"{wrong} (ledger {where})")
+                return NOT_VERIFIED
+            result = unchecked
         if args.record_incident:
             incident = Incident("ledger-broken", result.message)
             raise_incident(ledger, incident, notifiers_from_settings(settings))
-        error("ledger broken", result.message)
+        error("ledger broken", f"{result.message} (ledger {where})")
         return NOT_VERIFIED
-    say(f"OK: {result.message}")
+    say(f"OK: {result.message} (ledger {where})")
     if public is None:
         error("warning", NO_KEY_WARNING)
     if ledger.anchor is None:
         error("warning", "no checkpoints kept outside the database were found to check against")
     return OK
+
+
+def ledger_name(url: str) -> str:
+    """The ledger as a person can find it: a SQLite file's path, else its URL with any password
+    masked."""
+    import sqlalchemy as sa
+
+    try:
+        parsed = sa.engine.make_url(url)
+    except (sa.exc.ArgumentError, ValueError):
+        return "at an unreadable URL"
+    if parsed.get_backend_name() == "sqlite" and parsed.database:
+        return str(Path(parsed.database).absolute())
+    return parsed.render_as_string(hide_password=True)
+
+
+def _wrong_key(
+    ledger: Ledger, public: Ed25519PublicKey | None, broken_at: int | None
+) -> str | None:
+    """What to say when the checkpoints are signed, but none by the key given: the key is
+    likely not the gateway's (no entry failed). None when the failure is the ledger's."""
+    from exchange.audit.verify import signed_by_another_key
+    from exchange.crypto.signing import key_id
+
+    if public is None or broken_at is not None:
+        return None
+    theirs = signed_by_another_key(ledger.store, ledger.anchor, public)
+    if theirs is None:
+        return None
+    named = f"The signing key's id is {theirs}" if theirs else "The checkpoints name another key"
+    return (
+        f"checkpoint signatures do not verify under the key given ({key_id(public)}): is it "
+        f"the gateway's public key? {named} (the gateway's public key is the .pub file beside "
+        "its signing key, EXCHANGE_SIGNING_KEY). If the key given is the gateway's, the "
+        "checkpoints were replaced: treat the ledger as broken"
+    )
 
 
 def _audit_ledger(settings: Settings, args: argparse.Namespace | None = None) -> Ledger:

@@ -33,7 +33,8 @@ def policy_problems(document: dict[str, Any], file: str) -> Iterator[Problem]:
                 file,
                 f"{basis_at}.statutes[{i}]",
                 f"unknown legal basis {statute.get('act')} {statute.get('section')}: use a power "
-                "from the list in docs/contracts.md (exact Act name and section, e.g. 's.47'), "
+                "from the table 'Statutory powers' in docs/contracts.md (the Act's name and the "
+                "section exactly as there, e.g. 'Children Act 1989' 's.47'), "
                 "or ask for it to be added",
             )
         else:
@@ -98,7 +99,7 @@ def _condition_problems(file: str, basis_at: str, basis: dict[str, Any]) -> Iter
                 file,
                 basis_at,
                 f"Article {code} needs a DPA 2018 Schedule 1 condition: add dpa2018Schedule1, "
-                f"e.g. '{example}'",
+                f"{'a Part 2 condition, e.g. ' if code == '9(2)(g)' else ''}'{example}'",
             )
         elif known and not any(legal.pairs(code, found) for _, found in known):
             yield Problem(

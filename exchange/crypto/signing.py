@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -22,17 +23,45 @@ def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519Priv
         raise CryptoError(str(exc)) from None
     except OSError as exc:
         raise CryptoError(f"cannot read signing key {path.name}: {exc.strerror}") from exc
+    load = (
+        serialization.load_ssh_private_key
+        if data.startswith(b"-----BEGIN OPENSSH")
+        else serialization.load_pem_private_key
+    )
     key: object
     try:
-        if data.startswith(b"-----BEGIN OPENSSH"):
-            key = serialization.load_ssh_private_key(data, passphrase)
-        else:
-            key = serialization.load_pem_private_key(data, passphrase)
+        key = load(data, passphrase)
     except (ValueError, TypeError):
-        raise CryptoError(f"signing key {path.name} is unreadable or needs a passphrase") from None
+        raise CryptoError(_unloadable(path, load, data, passphrase)) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise CryptoError(f"signing key {path.name} is not an Ed25519 key")
     return key
+
+
+def _unloadable(path: Path, load: Any, data: bytes, passphrase: bytes | None) -> str:
+    """Why a private key did not load: encrypted with no passphrase, a wrong passphrase, a
+    passphrase for a key that has none, or not a private key at all."""
+    try:
+        load(data, None)
+        encrypted = False
+    except TypeError:  # the key is encrypted and no passphrase was given
+        encrypted = True
+    except ValueError:
+        return (
+            f"signing key {path} is unreadable: it is not a readable private key "
+            "(PEM PKCS#8 or OpenSSH, Ed25519)"
+        )
+    if encrypted and passphrase is None:
+        return (
+            f"signing key {path} is encrypted: give its passphrase "
+            "(--ask-passphrase or --passphrase-env VAR)"
+        )
+    if encrypted:
+        return f"signing key {path}: the passphrase is wrong"
+    return (
+        f"signing key {path} is not encrypted, and a passphrase was given: "
+        "leave out --ask-passphrase and --passphrase-env"
+    )
 
 
 def load_public_key(path: Path) -> Ed25519PublicKey:

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from exchange.contract.legal import STATUTES
 from exchange.contract.vocabulary.schemas import (
     field_terms_text,
     manifest_schema_text,
@@ -55,7 +56,22 @@ def units_line() -> str:
     return f"Retention units ({spelled}). No unit means days; a month is a twelfth of a year."
 
 
+def powers_table() -> str:
+    """The statutory powers table of docs/contracts.md."""
+    rows = [
+        f"| {_cell(p.act)} | {_cell(p.section)} | {_cell(p.description)} | "
+        f"{'yes' if p.overrides_objection else 'no'} |"
+        for p in STATUTES
+    ]
+    header = [
+        "| act | section | what it permits | overrides an objection |",
+        "| --- | --- | --- | --- |",
+    ]
+    return "\n".join([*header, *rows])
+
+
 BLOCKS: dict[str, Callable[[], str]] = {
+    "powers": powers_table,
     "terms": terms_table,
     "transforms": transforms_table,
     "units": units_line,
