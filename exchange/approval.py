@@ -40,6 +40,14 @@ SUSPENDED, RESUMED = Event.CONTRACT_SUSPENDED, Event.CONTRACT_RESUMED
 REVIEW_YEARS = 2  # the protocol reviews every agreement at least every two years
 
 
+class Suspended(NotRunnable):
+    """The agreement is suspended; `on` is the verified suspension's date, if one verifies."""
+
+    def __init__(self, message: str, *, on: str | None = None) -> None:
+        super().__init__(message, reason="suspended")
+        self.on = on
+
+
 class ApprovalError(InvalidRequest):
     """An approval or suspension cannot be made as asked (exit code 2)."""
 
@@ -54,6 +62,7 @@ class Status:
     approver: str | None = None
     approved_at: str | None = None
     review_by: str | None = None
+    suspended_on: str | None = None  # the date of a verified suspension (for public pages)
 
 
 def approval_path(contract_path: Path) -> Path:
@@ -194,15 +203,15 @@ class Governance:
             statement = data["statement"]
             if statement.get("contract_id") != contract_id:
                 continue
-            return NotRunnable(
-                f"contract {contract_id} was suspended by {who.name} on "
-                f"{str(statement.get('at'))[:10]}: {statement.get('reason')}",
-                reason="suspended",
+            on = str(statement.get("at"))[:10]
+            return Suspended(
+                f"contract {contract_id} was suspended by {who.name} on {on}: "
+                f"{statement.get('reason')}",
+                on=on,
             )
-        return NotRunnable(  # the safe side: an unverifiable suspension still stops
+        return Suspended(  # the safe side: an unverifiable suspension still stops
             f"contract {contract_id} has a suspension that does not verify; "
-            "it stays stopped until a trusted officer resumes it",
-            reason="suspended",
+            "it stays stopped until a trusted officer resumes it"
         )
 
     # -- the gate ---------------------------------------------------------------------------
@@ -255,6 +264,8 @@ class Governance:
         """Like check, but returns the refusal as a Status instead of raising."""
         try:
             return self.check(contract, today)
+        except Suspended as exc:
+            return Status(False, exc.reason, str(exc), suspended_on=exc.on)
         except NotRunnable as exc:
             return Status(False, exc.reason, str(exc))
 

@@ -75,7 +75,6 @@ PUBLIC_STATUS: Final[dict[str, str]] = {
     "not-approved": "not yet approved",
     "review-overdue": "review overdue",
 }
-_SUSPENDED_ON: Final = re.compile(r" was suspended by .* on (\d{4}-\d{2}-\d{2}):")
 
 
 def public_status(reason: str, contract_status: str = "active") -> str:
@@ -87,11 +86,12 @@ def public_status(reason: str, contract_status: str = "active") -> str:
     return PUBLIC_STATUS.get(reason, "not running")
 
 
-def public_message(reason: str, message: str, contract_status: str = "active") -> str:
+def public_message(
+    reason: str, contract_status: str = "active", *, suspended_on: str | None = None
+) -> str:
     """One plain sentence for the public per state, from STATES: never the internal message."""
     if reason == "suspended":
-        found = _SUSPENDED_ON.search(message)
-        when = f" on {found.group(1)}" if found else ""
+        when = f" on {suspended_on}" if suspended_on else ""
         return f"Suspended by the information governance officer{when}."
     if contract_status in ("retired", "deprecated"):
         return "The agreement has been withdrawn: it does not run."
@@ -225,7 +225,9 @@ def approval_summary(
         "meaning": meaning,
         "message": state.message,  # internal (officers' tools only): never rendered publicly
         "public_status": public_status(state.reason, contract.status),
-        "public_message": public_message(state.reason, state.message, contract.status),
+        "public_message": public_message(
+            state.reason, contract.status, suspended_on=state.suspended_on
+        ),
         "approved_by": state.approver,
         "approved_at": state.approved_at,
         "review_by": state.review_by,
