@@ -212,6 +212,41 @@ def gateway_env(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> Worksp
     return workspace
 
 
+@pytest.fixture(scope="module")
+def airflow_db() -> None:
+    """A fresh Airflow metadata database in the test AIRFLOW_HOME (set in conftest)."""
+    from airflow.utils.db import resetdb
+
+    resetdb(skip_init=False)
+
+
+@pytest.fixture
+def airflow_env(
+    workspace: Workspace, partner: PartnerSftpServer, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Workspace]:
+    """The workspace's settings, with the SFTP connection and key as Airflow sees them."""
+    for name, value in workspace.env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("EXCHANGE_SECRETS")  # in Airflow, secrets come from Airflow
+    connection = {
+        "conn_type": "sftp",
+        "host": partner.host,
+        "port": partner.port,
+        "login": partner.username,
+        "extra": {
+            "key_file": str(partner.client_key_path),
+            "known_hosts": str(partner.known_hosts_path),
+        },
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_EARLY_HELP_SFTP", json.dumps(connection))
+    monkeypatch.setenv(
+        "AIRFLOW_VAR_EARLY_HELP_PSEUDONYM_KEY", base64.b64encode(PSEUDONYM_KEY).decode()
+    )
+    monkeypatch.setenv("AIRFLOW_VAR_DISCLOSURE_KEY", base64.b64encode(DISCLOSURE_KEY).decode())
+    workspace.source(1000)  # found by the contract's physicalName in EXCHANGE_SOURCE_DIR
+    yield workspace
+
+
 @pytest.fixture
 def partner(tmp_path: Path, workspace: Workspace) -> Iterator[PartnerSftpServer]:
     """A real sshd for the partner, wired into the workspace as the contract's connection."""

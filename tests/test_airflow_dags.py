@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import (
-    DISCLOSURE_KEY,
     FOLDER,
-    PSEUDONYM_KEY,
     Workspace,
     inbox_entries,
     last_record,
@@ -27,41 +22,6 @@ REPO = Path(__file__).resolve().parents[1]
 DAG_ID = "exchange__school-attendance-to-early-help"
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    """A fresh Airflow metadata database in the test AIRFLOW_HOME (set in conftest)."""
-    from airflow.utils.db import resetdb
-
-    resetdb(skip_init=False)
-
-
-@pytest.fixture
-def airflow_env(
-    workspace: Workspace, partner: PartnerSftpServer, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Workspace]:
-    """The workspace's settings, with the SFTP connection and key as Airflow sees them."""
-    for name, value in workspace.env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("EXCHANGE_SECRETS")  # in Airflow, secrets come from Airflow
-    connection = {
-        "conn_type": "sftp",
-        "host": partner.host,
-        "port": partner.port,
-        "login": partner.username,
-        "extra": {
-            "key_file": str(partner.client_key_path),
-            "known_hosts": str(partner.known_hosts_path),
-        },
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_EARLY_HELP_SFTP", json.dumps(connection))
-    monkeypatch.setenv(
-        "AIRFLOW_VAR_EARLY_HELP_PSEUDONYM_KEY", base64.b64encode(PSEUDONYM_KEY).decode()
-    )
-    monkeypatch.setenv("AIRFLOW_VAR_DISCLOSURE_KEY", base64.b64encode(DISCLOSURE_KEY).decode())
-    workspace.source(1000)  # found by the contract's physicalName in EXCHANGE_SOURCE_DIR
-    yield workspace
 
 
 def load_dags(folder: Path) -> dict[str, Any]:

@@ -6,7 +6,6 @@ the gateway keeps is 0600 in a 0700 folder."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import stat
 import subprocess
@@ -114,38 +113,11 @@ def test_no_personal_value_or_secret_is_left_anywhere(
             assert mode == 0o600, f"{path.relative_to(home.parent)} is {oct(mode)}"
 
 
-@pytest.fixture(scope="module")
-def airflow_db() -> None:
-    from airflow.utils.db import resetdb
-
-    resetdb(skip_init=False)
-
-
 def test_an_airflow_run_leaves_no_personal_value_or_secret_in_xcom_logs_or_its_database(
-    airflow_db: None,
-    workspace: Workspace,
-    partner: PartnerSftpServer,
-    monkeypatch: pytest.MonkeyPatch,
+    airflow_db: None, airflow_env: Workspace, partner: PartnerSftpServer
 ) -> None:
-    for name, value in workspace.env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("EXCHANGE_SECRETS")
-    connection = {
-        "conn_type": "sftp",
-        "host": partner.host,
-        "port": partner.port,
-        "login": partner.username,
-        "extra": {
-            "key_file": str(partner.client_key_path),
-            "known_hosts": str(partner.known_hosts_path),
-        },
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_EARLY_HELP_SFTP", json.dumps(connection))
-    monkeypatch.setenv(
-        "AIRFLOW_VAR_EARLY_HELP_PSEUDONYM_KEY", base64.b64encode(PSEUDONYM_KEY).decode()
-    )
-    monkeypatch.setenv("AIRFLOW_VAR_DISCLOSURE_KEY", base64.b64encode(DISCLOSURE_KEY).decode())
-    source = workspace.source(300)
+    workspace = airflow_env
+    source = workspace.root / "sources" / "attendance_export.csv"  # the fixture's 1,000 rows
     from airflow.dag_processing.dagbag import DagBag
 
     dag = DagBag(dag_folder=str(REPO / "dags")).dags[DAG_ID]
@@ -153,7 +125,7 @@ def test_an_airflow_run_leaves_no_personal_value_or_secret_in_xcom_logs_or_its_d
     assert str(run.state) == "success"
     prepared = next(ti for ti in run.get_task_instances() if ti.task_id == "prepare")
     xcom = prepared.xcom_pull(task_ids="prepare")
-    assert xcom == {"rows_read": 300, "rows_sent": xcom["rows_sent"]}  # counts, never a path
+    assert xcom == {"rows_read": 1000, "rows_sent": xcom["rows_sent"]}  # counts, never a path
     airflow_home = Path(os.environ["AIRFLOW_HOME"])
     values = personal_values(source)
     secrets = secrets_of(workspace, partner)
