@@ -72,12 +72,16 @@ def _validator() -> jsonschema.protocols.Validator:
     return cls(schema())
 
 
+class _DuplicateKey(ManifestError):
+    """Raised inside the parser; `strict_json` names the document it was in."""
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # A duplicated key would let the signed text say one thing and the parser read another.
     seen: dict[str, Any] = {}
     for key, value in pairs:
         if key in seen:
-            raise ManifestError("duplicate key in manifest JSON")
+            raise _DuplicateKey("duplicate key")
         seen[key] = value
     return seen
 
@@ -96,6 +100,8 @@ def strict_json(data: bytes, *, limit: int, what: str) -> Any:
             object_pairs_hook=_unique_keys,
             parse_constant=_no_constant,
         )
+    except _DuplicateKey:
+        raise ManifestError(f"duplicate key in {what} JSON") from None
     except ManifestError:
         raise
     except RecursionError:

@@ -13,11 +13,9 @@ another user than the gateway's (e.g. root, mode 0644), so the gateway cannot ch
 
 from __future__ import annotations
 
-import json
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -25,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange.crypto import signing
 from exchange.errors import NotRunnable
+from exchange.manifest import strict_json
 
 MAX_BYTES = 1 << 20
 NAME_MAX = 120
@@ -63,14 +62,6 @@ class Trust:
     def approver(self, key_id: str) -> Approver | None:
         """The trusted approver with this key id, if any."""
         return None if key_id in self.revoked else self.approvers.get(key_id)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    keys = [k for k, _ in pairs]
-    duplicated = sorted({k for k in keys if keys.count(k) > 1})
-    if duplicated:
-        raise ValueError(f"duplicate key {duplicated[0]!r}")
-    return dict(pairs)
 
 
 def _public_key(text: str) -> Ed25519PublicKey:
@@ -113,10 +104,8 @@ def load_trust(path: Path, *, contracts: Path | None = None) -> Trust:
         )
     _check_placement(path, contracts)
     try:
-        raw = path.read_bytes()
-        if len(raw) > MAX_BYTES:
-            raise ValueError(f"larger than {MAX_BYTES} bytes")
-        document = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates)
+        # Strict JSON as for manifests: no duplicate keys, no NaN, a size cap, bounded depth.
+        document = strict_json(path.read_bytes(), limit=MAX_BYTES, what="trusted approvers")
         if not isinstance(document, dict) or set(document) - {"approvers", "revoked"}:
             raise ValueError("expected an object with 'approvers' and 'revoked' only")
         entries = document.get("approvers") or []

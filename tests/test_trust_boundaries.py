@@ -139,6 +139,27 @@ def test_an_unsafe_trust_file_stops_every_run(workspace: Workspace, where: str) 
     assert last_record(workspace).data["reason"] == "trust-config-invalid"
 
 
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ('{"approvers": [], "approvers": []}', "duplicate key"),
+        ('{"approvers": [{"name": "Ivy", "key": "ssh-rsa AAAA"}]}', "approvers[0].key"),
+        ('{"approvers": [{"name": "Iv\\u001by", "key": "x"}]}', "printable"),
+        ('{"approvers": [], "extra": 1}', "'approvers' and 'revoked' only"),
+        ('{"approvers": NaN}', "NaN is not JSON"),
+        ("[" * 100_000, "nested too deeply"),
+        ("x" * (2 << 20), "larger than"),
+    ],
+)
+def test_a_malformed_trust_file_stops_every_run_with_a_clear_error(
+    workspace: Workspace, text: str, words: str
+) -> None:
+    Path(workspace.env["EXCHANGE_APPROVERS"]).write_text(text)
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(workspace.source(5)))
+    one_line_refusal(done, REFUSED, words)
+    assert last_record(workspace).data["reason"] == "trust-config-invalid"
+
+
 def test_a_suspension_holds_under_any_file_name(
     workspace: Workspace, partner: PartnerSftpServer
 ) -> None:
