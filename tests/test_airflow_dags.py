@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 from typing import Any
 
@@ -170,3 +171,19 @@ def test_an_unacknowledged_drop_fails_the_last_task_and_raises_an_incident(
     assert states["await_acknowledgement"] == "failed"
     assert str(run.state) == "failed"
     assert incidents(airflow_env)[-1]["kind"] == "unacknowledged-drop"
+
+
+@pytest.mark.parametrize(
+    "source", ["/etc/passwd", "../secrets.json", "postgresql://u:pw@db.example/x"]
+)
+def test_a_hostile_source_param_is_refused_and_nothing_sent(
+    airflow_db: None, airflow_env: Workspace, partner: PartnerSftpServer, source: str
+) -> None:
+    """DAG params are editable by Airflow users: only the configured sources may be read."""
+    run = load_dags(REPO / "dags")[DAG_ID].test(run_conf={"source": source})
+    assert str(run.state) == "failed"
+    assert task_states(run)["prepare"] == "failed"
+    assert inbox_entries(partner) == []
+    last = last_record(airflow_env)
+    assert last.event == "run.failed" and last.data["error"] == "SourceError"
+    assert "pw@" not in json.dumps(last.data)
