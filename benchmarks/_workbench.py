@@ -19,6 +19,7 @@ from exchange.crypto.signing import load_private_key
 from exchange.gateway import Gateway
 from exchange.sandbox import PartnerSftpServer
 from exchange.settings import Settings
+from exchange.trust import trust_entry
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "contracts" / "school-attendance-to-early-help.yaml"
@@ -41,7 +42,6 @@ class Bench:
         """Synthetic source data, generated once per size and kept for the run."""
         path = self.root / "sources" / f"attendance_{rows}.{fmt}"
         if not path.exists():
-            path.parent.mkdir(exist_ok=True)
             synth.write(path, rows, seed=1)
         return path
 
@@ -65,14 +65,27 @@ def workbench(root: Path | None = None) -> Bench:
         {"property": "hostKeys", "value": [server.host_public_key]}
     ]
     contracts = root / "contracts"
+    (root / "sources").mkdir(exist_ok=True)
     (contracts / "approvers").mkdir(parents=True, exist_ok=True)
     officer = root / "officer.key"
     if not officer.exists():
         keys.generate("signing", officer, comment="Benchmark Officer")
     shutil.copy(root / "officer.key.pub", contracts / "approvers" / "officer.pub")
+    # The trusted approvers are operator configuration, outside the contracts folder.
+    trust_file = root / "operator" / "approvers.json"
+    trust_file.parent.mkdir(parents=True, exist_ok=True)
+    entry = trust_entry("Benchmark Officer", (root / "officer.key.pub").read_text())
+    trust_file.write_text(json.dumps({"approvers": [entry], "revoked": []}))
     contract = contracts / SAMPLE.name
     contract.write_text(yaml.safe_dump(document, sort_keys=False))
-    approval.approve(
+    env = {
+        "EXCHANGE_HOME": str(home),
+        "EXCHANGE_SECRETS": str(root / "secrets.json"),
+        "EXCHANGE_CONTRACTS": str(contracts),
+        "EXCHANGE_APPROVERS": str(trust_file),
+        "EXCHANGE_SOURCE_DIR": str(root / "sources"),
+    }
+    approval.Governance.from_settings(Settings.from_env(env)).approve(
         load_contract(contract), load_private_key(officer), now=dt.datetime.now(dt.UTC)
     )
     secrets_file = root / "secrets.json"
@@ -96,5 +109,4 @@ def workbench(root: Path | None = None) -> Bench:
         )
     )
     secrets_file.chmod(0o600)
-    env = {"EXCHANGE_HOME": str(home), "EXCHANGE_SECRETS": str(secrets_file)}
     return Bench(root, server, contract, env)
