@@ -4,6 +4,10 @@ An approval is a small signed JSON file beside the contract (`NAME.approval.json
 approver's key, the time, the review date and the SHA-256 of the contract's canonical form. Only
 keys in the operator's trust configuration (`exchange.trust`) count, whatever folder the file is in.
 
+Each approval also keeps the approved contract's exact bytes in `approved/ID/SHA256.yaml` beside
+the contract (`approved_copy_path`), so the next approval, and `exchange contract diff`, can show
+what changed since the last approved version without git.
+
 Suspensions and resumes are signed statements keyed by contract id: a suspension holds whatever
 file the contract is copied to, and only a trusted officer's signed resume naming that very
 suspension lifts it. A suspension is kept twice, in the audit ledger and in the contracts
@@ -23,10 +27,13 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange.audit.events import Event
-from exchange.contract import Contract
+from exchange.contract import Contract, canonical_sha256
 from exchange.contract.canonical import canonical_bytes
+from exchange.contract.diff import Change, classify, diff_documents
+from exchange.contract.load import parse_text, read_document
 from exchange.crypto import signing
-from exchange.errors import CryptoError, InvalidRequest, NotRunnable
+from exchange.errors import ContractError, CryptoError, InvalidRequest, NotRunnable
+from exchange.files import write_public
 from exchange.trust import Approver, Trust, load_trust
 
 if TYPE_CHECKING:
@@ -38,6 +45,7 @@ SUSPENSION_TYPE = "exchange-suspension/2"
 RESUME_TYPE = "exchange-resume/1"
 SUSPENDED, RESUMED = Event.CONTRACT_SUSPENDED, Event.CONTRACT_RESUMED
 REVIEW_YEARS = 2  # the protocol reviews every agreement at least every two years
+APPROVED_DIR = "approved"  # beside the contracts; its subfolders are never read as contracts
 
 
 class Suspended(NotRunnable):
@@ -68,6 +76,104 @@ class Status:
 def approval_path(contract_path: Path) -> Path:
     """The approval file beside a contract."""
     return contract_path.with_name(f"{contract_path.stem}.approval.json")
+
+
+def approved_copy_path(contract_path: Path, contract_id: str, sha256: str) -> Path:
+    """Where the exact bytes of an approved version of a contract are kept."""
+    return contract_path.parent / APPROVED_DIR / contract_id / f"{sha256}.yaml"
+
+
+@dataclass(frozen=True)
+class LastApproval:
+    """The approval file beside a contract, as a base to compare a new version with."""
+
+    sha256: str
+    version: str
+    approver: str
+    at: str
+    verified: bool  # signed by a key the trust anchor lists now
+    copy: Path | None  # the approved bytes, kept and matching `sha256`; None if not kept
+
+
+@dataclass(frozen=True)
+class Preview:
+    """What an approval would sign, shown to the officer before signing."""
+
+    contract: Contract
+    review_by: dt.date
+    last: LastApproval | None
+    changes: tuple[Change, ...] | None  # since the last approved copy; None without one
+    same_version: tuple[str, ...]  # digests of other approved contents with this version
+
+    @property
+    def verdict(self) -> str | None:
+        """identical, editorial or needs-re-approval; None when there is nothing to compare."""
+        if self.changes is None or self.last is None:
+            return None
+        verdict = classify(self.changes)
+        if verdict == "identical" and self.last.sha256 != self.contract.sha256:
+            return "needs-re-approval"  # the same terms, the fields in another order
+        return verdict
+
+
+def _copy_matches(path: Path, sha256: str) -> bool:
+    """Whether a kept copy parses to exactly the approved content (not edited since)."""
+    try:
+        return path.is_file() and canonical_sha256(read_document(path)) == sha256
+    except (ContractError, OSError):
+        return False
+
+
+def last_approval(
+    contract_path: Path, contract_id: str, trust: Trust | None
+) -> LastApproval | None:
+    """The approval beside a contract file and its kept copy; None if there is no such file.
+
+    With `trust`, `verified` says whether a trusted key signed it; an approval of another
+    contract id is no base for this one."""
+    path = approval_path(contract_path)
+    try:
+        envelope = json.loads(path.read_text("utf-8"))
+        body, signature = envelope["body"], envelope["signature"]
+        sha256, version = str(body["contract_sha256"]), str(body["contract_version"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if body.get("contract_id") != contract_id or len(sha256) != 64:
+        return None
+    approver, verified = str(body.get("approver")), False
+    if trust is not None:
+        try:
+            approver = _verified(body, signature, APPROVAL_TYPE, trust, path.name).label
+            verified = True
+        except NotRunnable:
+            pass
+    copy = approved_copy_path(contract_path, contract_id, sha256)
+    return LastApproval(
+        sha256,
+        version,
+        approver,
+        str(body.get("at")),
+        verified,
+        copy if _copy_matches(copy, sha256) else None,
+    )
+
+
+def _same_version(contract: Contract, last: LastApproval | None) -> tuple[str, ...]:
+    """Digests of approved contents, other than this one, that carry this contract's version."""
+    found: set[str] = set()
+    if last is not None and last.version == contract.version and last.sha256 != contract.sha256:
+        found.add(last.sha256)
+    folder = contract.path.parent / APPROVED_DIR / contract.id
+    for copy in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
+        if copy.stem == contract.sha256 or copy.stem in found:
+            continue
+        try:
+            version = str(read_document(copy).get("version"))
+        except (ContractError, OSError):
+            continue
+        if version == contract.version:
+            found.add(copy.stem)
+    return tuple(sorted(found))
 
 
 def review_limit(day: dt.date) -> dt.date:
@@ -282,21 +388,16 @@ class Governance:
             )
         return approver
 
-    def approve(
-        self,
-        contract: Contract,
-        key: Ed25519PrivateKey,
-        *,
-        now: dt.datetime,
-        review_by: dt.date | None = None,
-    ) -> Path:
-        """Sign an approval of the contract as it is now; return the approval file."""
+    def review_date(
+        self, contract: Contract, *, now: dt.datetime, review_by: dt.date | None = None
+    ) -> dt.date:
+        """The review date an approval given now would set; ApprovalError if it cannot be
+        given: the contract is not active, or the review date asked for is not allowed."""
         if contract.status != "active":
             raise ApprovalError(
                 f"contract {contract.id} is {contract.status!r}: "
                 "set status to 'active' to approve it"
             )
-        approver = self.signer(key)
         limit = review_limit(now.date())
         if review_by is not None and review_by > limit:
             raise ApprovalError(
@@ -308,6 +409,33 @@ class Governance:
         due = min(review_by or limit, contract.review_date, limit)
         if due <= now.date():
             raise ApprovalError(f"the contract's reviewDate {contract.review_date} has passed")
+        return due
+
+    def preview(
+        self, contract: Contract, *, now: dt.datetime, review_by: dt.date | None = None
+    ) -> Preview:
+        """What approving the contract now would sign, and what changed since the last
+        approved version; ApprovalError as `review_date`."""
+        due = self.review_date(contract, now=now, review_by=review_by)
+        last = last_approval(contract.path, contract.id, self.trust)
+        changes = None
+        if last is not None and last.copy is not None:
+            changes = tuple(diff_documents(read_document(last.copy), dict(contract.document)))
+        return Preview(contract, due, last, changes, _same_version(contract, last))
+
+    def approve(
+        self,
+        contract: Contract,
+        key: Ed25519PrivateKey,
+        *,
+        now: dt.datetime,
+        review_by: dt.date | None = None,
+    ) -> Path:
+        """Sign an approval of the contract as it is now and keep a copy of the approved
+        bytes; return the approval file. ApprovalError if it cannot be given."""
+        due = self.review_date(contract, now=now, review_by=review_by)
+        approver = self.signer(key)
+        self._keep_copy(contract)
         body = {
             "type": APPROVAL_TYPE,
             "contract_id": contract.id,
@@ -322,6 +450,25 @@ class Governance:
         envelope = {"body": body, "signature": _signature(body, key)}
         path.write_text(json.dumps(envelope, indent=2) + "\n")
         return path
+
+    def _keep_copy(self, contract: Contract) -> Path:
+        """Keep the exact bytes being approved, read once and checked against the hash signed."""
+        data = contract.path.read_bytes()
+        try:
+            same = canonical_sha256(parse_text(data.decode("utf-8"), str(contract.path)))
+        except (ContractError, UnicodeDecodeError):
+            same = ""
+        if same != contract.sha256:
+            raise ApprovalError(
+                f"{contract.path} changed while it was being approved: nothing was signed; "
+                "review it and approve again"
+            )
+        copy = approved_copy_path(contract.path, contract.id, contract.sha256)
+        copy.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
+        if not _copy_matches(copy, contract.sha256):
+            copy.unlink(missing_ok=True)  # an edited copy is no record of what was approved
+            write_public(copy, data)
+        return copy
 
     def suspend(
         self, contract: Contract, key: Ed25519PrivateKey, *, reason: str, now: dt.datetime

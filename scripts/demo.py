@@ -103,6 +103,7 @@ def main() -> None:
                 contract_file,
                 "--key",
                 str(officer_key),
+                "--yes",
             ],
             env,
         )
@@ -218,8 +219,8 @@ def run_nhs_agreement(
         ).decode(),
     }
     print("   " + run([str(BIN / "exchange"), "contract", "lint", str(contract)], nhs_env).strip())
-    approve = [str(BIN / "exchange"), "contract", "approve", str(contract), "--key"]
-    print("   " + run([*approve, str(officer_key)], nhs_env).strip().splitlines()[0])
+    approve = [str(BIN / "exchange"), "contract", "approve", str(contract), "--yes", "--key"]
+    print("   " + run([*approve, str(officer_key)], nhs_env).strip().splitlines()[-2])
     payloads = []
     for suffix in ("csv", "parquet"):
         source = DEMO / "source" / f"ed_attendances.{suffix}"

@@ -117,7 +117,13 @@ def test_names_come_from_the_operators_configuration_not_the_key_comment(
     workspace.trust(("Pat Jones (IG)", pair.public_path))
     approval.approval_path(workspace.contract).unlink()
     done = exchange(
-        workspace, "contract", "approve", str(workspace.contract), "--key", str(pair.private_path)
+        workspace,
+        "contract",
+        "approve",
+        str(workspace.contract),
+        "--yes",
+        "--key",
+        str(pair.private_path),
     )
     assert done.returncode == 0, done.stderr
     assert "Pat Jones (IG)" in done.stdout and "Caldicott" not in done.stdout

@@ -16,7 +16,7 @@ from exchange.cli._common import (
     passphrase_options,
     say,
 )
-from exchange.errors import ContractError
+from exchange.errors import ContractError, ExchangeError, InvalidRequest
 from exchange.settings import Settings
 
 if TYPE_CHECKING:
@@ -52,18 +52,70 @@ def cmd_diff(args: argparse.Namespace) -> int:
     from exchange.contract import canonical_sha256
     from exchange.contract.diff import classify, diff_documents, read_revision
 
-    old_label, old = read_revision(args.old)
-    new_label, new = read_revision(args.new)
+    if args.new is None:  # one version given: compare it with its last approved version
+        old_label, old = _approved_base(args.old)
+        new_label, new = read_revision(args.old)
+    else:
+        old_label, old = read_revision(args.old)
+        new_label, new = read_revision(args.new)
     changes = diff_documents(old, new)
     for change in changes:
-        tag = "needs re-approval" if change.reapproval else "editorial"
-        say(f"[{tag}] {change.kind} at {change.path}: {change.summary}")
+        say(_change_line(change))
     verdict = classify(changes)
     if verdict == "identical" and canonical_sha256(old) != canonical_sha256(new):
         say("same terms, but the fields are in another order (the payload's column order)")
         verdict = "needs-re-approval"
     say(f"{old_label} -> {new_label}: {verdict} ({len(changes)} change(s))")
     return DIFF_EXIT_CODES[verdict]
+
+
+def _change_line(change: Any) -> str:
+    tag = "needs re-approval" if change.reapproval else "editorial"
+    return f"[{tag}] {change.kind} at {change.path}: {change.summary}"
+
+
+def _approved_base(spec: str) -> tuple[str, dict[str, Any]]:
+    """The last approved version of the contract file `spec`, from the copy approve keeps."""
+    from exchange.approval import approval_path, last_approval
+    from exchange.contract.load import read_document
+
+    path = Path(spec)
+    if not path.is_file():
+        raise InvalidRequest(
+            f"{spec} is not a contract file: give two versions, OLD and NEW (files or REV:path)"
+        )
+    contract_id = str(read_document(path).get("id"))
+    trust, why = _trust_or_why()
+    last = last_approval(path, contract_id, trust)
+    if last is None:
+        raise InvalidRequest(
+            f"{path} has no approval beside it ({approval_path(path).name}) to compare with: "
+            f"give the old version too, e.g. exchange contract diff HEAD:{spec} {spec}"
+        )
+    if last.copy is None:
+        raise InvalidRequest(
+            f"the approved version of {contract_id} ({last.sha256[:16]}) was not kept (it was "
+            "approved before approve kept copies, or the copy was changed): give the old "
+            f"version too, e.g. exchange contract diff HEAD:{spec} {spec}"
+        )
+    if not last.verified:
+        say(
+            f"note: the approval of {last.copy.name[:16]} was not checked against the trusted "
+            f"approvers ({why})"
+        )
+    return f"approved {last.version} ({last.copy}, by {last.approver})", read_document(last.copy)
+
+
+def _trust_or_why() -> tuple[Any, str]:
+    """The trusted approvers if they can be read here, else None and why not."""
+    from exchange.trust import load_trust
+
+    try:
+        settings = Settings.from_env()
+        trust = load_trust(settings.approvers, contracts=settings.contracts)
+    except ExchangeError as exc:
+        return None, str(exc)
+    return trust, "not signed by a trusted approver's key"
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -103,7 +155,7 @@ def _governance() -> Any:
 
 
 def cmd_approve(args: argparse.Namespace) -> int:
-    """Sign an approval of a contract."""
+    """Show what is being signed, ask to confirm, then sign an approval of a contract."""
     from exchange.contract import load_contract
     from exchange.quality import compile_rules
 
@@ -111,10 +163,16 @@ def cmd_approve(args: argparse.Namespace) -> int:
     compile_rules(contract)  # a contract whose rules cannot be enforced cannot be approved
     review_by = dt.date.fromisoformat(args.review_by) if args.review_by else None
     governance = _governance()
-    path = governance.approve(
-        contract, _officer_key(args), now=dt.datetime.now(dt.UTC), review_by=review_by
-    )
-    state = governance.check(contract, dt.date.today())
+    now = dt.datetime.now(dt.UTC)
+    governance.review_date(contract, now=now, review_by=review_by)  # a draft fails here
+    key = _officer_key(args)
+    signer = governance.signer(key)  # an untrusted key fails before anything is shown
+    preview = governance.preview(contract, now=now, review_by=review_by)
+    for line in _preview_lines(preview, signer.label):
+        say(line)
+    _confirm(args)
+    path = governance.approve(contract, key, now=now, review_by=review_by)
+    state = governance.check(contract, now.date())
     governance.ledger.append(
         "contract.approved",
         {
@@ -130,6 +188,71 @@ def cmd_approve(args: argparse.Namespace) -> int:
         f"{state.review_by}\napproval: {path}"
     )
     return OK
+
+
+def _preview_lines(preview: Any, signer: str) -> list[str]:
+    """What the officer is about to sign, and what changed since the last approved version."""
+    contract, last = preview.contract, preview.last
+    lines = [
+        f"You are about to approve {contract.id}",
+        f"  version:   {contract.version}",
+        f"  digest:    sha256:{contract.sha256}",
+        f"  file:      {contract.path}",
+        f"  signed by: {signer}; review by {preview.review_by.isoformat()}",
+    ]
+    if last is None:
+        lines.append(
+            "No earlier approval beside it: review the whole agreement "
+            f"(exchange contract render {contract.path})."
+        )
+    else:
+        trusted = "" if last.verified else " (that approval does not verify now)"
+        lines.append(
+            f"Last approved: version {last.version}, sha256:{last.sha256[:16]}..., by "
+            f"{last.approver} at {last.at}{trusted}"
+        )
+        if last.sha256 == contract.sha256:
+            lines.append(
+                "The content is the same as the last approved version: signing renews the approval."
+            )
+        elif preview.changes is None:
+            lines.append(
+                "The approved version was not kept, so the changes cannot be shown: "
+                f"compare with git (exchange contract diff HEAD:{contract.path} "
+                f"{contract.path})."
+            )
+        else:
+            lines.append(
+                f"Changes since then: {preview.verdict} ({len(preview.changes)} change(s))"
+            )
+            lines.extend(f"  {_change_line(change)}" for change in preview.changes)
+    if preview.same_version:
+        shown = ", ".join(d[:16] for d in preview.same_version)
+        lines.append(
+            f"warning: version {contract.version} was already approved with other content "
+            f"({shown}): the content changed but `version` did not; set a new version so "
+            "partners and auditors can tell the agreements apart"
+        )
+    return lines
+
+
+def _confirm(args: argparse.Namespace) -> None:
+    """Ask the officer to confirm at a terminal; --yes stands for the answer in a script."""
+    from exchange.approval import ApprovalError
+
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise ApprovalError(
+            "nothing signed: approve asks for confirmation at a terminal; in a script, read "
+            "the summary above and add --yes"
+        )
+    try:
+        answer = input("Sign this approval? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in {"y", "yes"}:
+        raise ApprovalError("nothing signed: you did not confirm")
 
 
 def cmd_suspend(args: argparse.Namespace) -> int:
@@ -167,8 +290,12 @@ def add_contract(sub: Subcommands) -> None:
     lint.set_defaults(func=cmd_lint)
 
     diff = contract.add_parser("diff", help="what changed, and does it need re-approval?")
-    diff.add_argument("old", help="a contract file, or REV:path for a git revision")
-    diff.add_argument("new", help="a contract file, or REV:path for a git revision")
+    diff.add_argument(
+        "old",
+        help="a contract file, or REV:path for a git revision; given alone, the new version, "
+        "compared with the copy its last approval kept",
+    )
+    diff.add_argument("new", nargs="?", help="a contract file, or REV:path for a git revision")
     diff.set_defaults(func=cmd_diff)
 
     render = contract.add_parser("render", help="human-readable summary (HTML and Markdown)")
@@ -185,6 +312,9 @@ def add_contract(sub: Subcommands) -> None:
     approve.add_argument("contract", type=Path)
     approve.add_argument("--key", type=Path, required=True, help="your Ed25519 signing key")
     approve.add_argument("--review-by", help="review date, YYYY-MM-DD (at most two years ahead)")
+    approve.add_argument(
+        "--yes", action="store_true", help="sign without asking (scripts); the summary is shown"
+    )
     passphrase_options(approve)
     approve.set_defaults(func=cmd_approve)
 
