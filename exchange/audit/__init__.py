@@ -9,17 +9,42 @@
 - `Disclosures`: per transfer, a keyed hash of each subject sent, to answer "who has my data?".
 """
 
-from exchange.audit.checkpoint import Checkpoint, verifier_key
-from exchange.audit.disclosures import Disclosure, Disclosures, Recorded
-from exchange.audit.events import Event
-from exchange.audit.export import verify_export
-from exchange.audit.ledger import Entry, Ledger, Verification
-from exchange.audit.proofs import (
-    InclusionProof,
-    verify_checkpoint_consistency,
-    verify_consistency,
-    verify_inclusion,
-)
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from exchange.audit.checkpoint import Checkpoint, verifier_key
+    from exchange.audit.disclosures import Disclosure, Disclosures, Recorded
+    from exchange.audit.events import Event
+    from exchange.audit.export import verify_export
+    from exchange.audit.ledger import Entry, Ledger, Verification
+    from exchange.audit.proofs import (
+        InclusionProof,
+        verify_checkpoint_consistency,
+        verify_consistency,
+        verify_inclusion,
+    )
+
+# Public name -> the module that defines it, imported on first use (PEP 562): reaching
+# `exchange.audit.events` (as approvals do) must not load the disclosures' numpy and pyarrow.
+_LAZY = {
+    "Checkpoint": "exchange.audit.checkpoint",
+    "verifier_key": "exchange.audit.checkpoint",
+    "Disclosure": "exchange.audit.disclosures",
+    "Disclosures": "exchange.audit.disclosures",
+    "Recorded": "exchange.audit.disclosures",
+    "Event": "exchange.audit.events",
+    "verify_export": "exchange.audit.export",
+    "Entry": "exchange.audit.ledger",
+    "Ledger": "exchange.audit.ledger",
+    "Verification": "exchange.audit.ledger",
+    "InclusionProof": "exchange.audit.proofs",
+    "verify_checkpoint_consistency": "exchange.audit.proofs",
+    "verify_consistency": "exchange.audit.proofs",
+    "verify_inclusion": "exchange.audit.proofs",
+}
 
 __all__ = [
     "Checkpoint",
@@ -49,3 +74,18 @@ __all__ = [
 #   4  signer                                  checkpoints that extend the last handed out
 #   5  ledger                                  the facade
 #   6  disclosures                             who received whose data, checked against it
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'exchange.audit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy ones included."""
+    return sorted(set(globals()) | set(__all__))

@@ -1,8 +1,32 @@
-"""Data contracts: ODCS v3.1 documents carrying the gateway's sharing terms."""
+"""Data contracts: ODCS v3.1 documents carrying the gateway's sharing terms.
 
-from exchange.contract.canonical import canonical_sha256
-from exchange.contract.load import check_document, load_contract, read_document
-from exchange.contract.model import Contract, Endpoint, Field, LegalBasis, Objections, Party
+The names below are imported on first use (PEP 562): `exchange contract diff` and the ledger's
+approval checks reach a submodule without paying for the loader's JSON Schema and pyarrow.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from exchange.contract.canonical import canonical_sha256
+    from exchange.contract.load import check_document, load_contract, read_document
+    from exchange.contract.model import Contract, Endpoint, Field, LegalBasis, Objections, Party
+
+# Public name -> the submodule that defines it.
+_LAZY = {
+    "Contract": "exchange.contract.model",
+    "Endpoint": "exchange.contract.model",
+    "Field": "exchange.contract.model",
+    "LegalBasis": "exchange.contract.model",
+    "Objections": "exchange.contract.model",
+    "Party": "exchange.contract.model",
+    "canonical_sha256": "exchange.contract.canonical",
+    "check_document": "exchange.contract.load",
+    "load_contract": "exchange.contract.load",
+    "read_document": "exchange.contract.load",
+}
 
 __all__ = [
     "Contract",
@@ -16,3 +40,18 @@ __all__ = [
     "load_contract",
     "read_document",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use (PEP 562)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'exchange.contract' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy ones included."""
+    return sorted(set(globals()) | set(__all__))
