@@ -93,6 +93,9 @@ REFUSALS: dict[str, tuple[Callable[[Workspace], None], str, str]] = {
     "past review date": (review_overdue, "review-overdue", "due for review"),
 }
 
+# Refusals of an agreement still being set up: audited, without a high-severity incident.
+SETTING_UP = ("not approved", "not active")
+
 
 @pytest.mark.parametrize("case", REFUSALS)
 def test_run_refuses_a_contract_that_may_not_run(workspace: Workspace, case: str) -> None:
@@ -104,7 +107,11 @@ def test_run_refuses_a_contract_that_may_not_run(workspace: Workspace, case: str
     assert words in done.stderr and done.stderr.startswith("exchange: refused:")
     event, body = last_event(workspace)
     assert event == "run.refused" and body["reason"] == reason
-    assert incidents(workspace)[-1]["kind"] == "policy-refusal"
+    if case in SETTING_UP:  # audited as a refusal, but nobody is woken for a draft
+        assert incidents(workspace) == [] and body["setting_up"] is True
+    else:
+        assert incidents(workspace)[-1]["kind"] == "policy-refusal"
+        assert "setting_up" not in body
     assert not any(workspace.settings.staging.glob("*/*"))  # nothing was prepared
 
 

@@ -78,12 +78,39 @@ def exchange(workspace: Workspace, *args: str, **env: str) -> subprocess.Complet
     return subprocess.run([EXCHANGE, *args], env=full, capture_output=True, text=True, check=False)
 
 
+def edit_after_approval(workspace: Workspace) -> None:
+    """A refusal that is still an incident: the contract changed after its approval."""
+    text = workspace.contract.read_text()
+    workspace.contract.write_text(text.replace("Early Help team identify", "Early Help team find"))
+
+
+def test_a_draft_or_unapproved_contract_is_refused_without_an_incident(
+    workspace: Workspace, smtp: tuple[Inbox, int]
+) -> None:
+    inbox, port = smtp
+    approval.approval_path(workspace.contract).unlink()
+    source = str(workspace.source(20))
+    notify = {"EXCHANGE_INCIDENT_SMTP": f"127.0.0.1:{port}", "EXCHANGE_INCIDENT_TO": "ig@x.example"}
+    done = exchange(workspace, "run", str(workspace.contract), "--source", source, **notify)
+    assert done.returncode == REFUSED and "has not been approved" in done.stderr
+    workspace.write_contract(lambda d: d.update(status="draft"), approve=False)
+    done = exchange(workspace, "run", str(workspace.contract), "--source", source, **notify)
+    assert done.returncode == REFUSED and "'draft', not 'active'" in done.stderr
+    from exchange.audit import Ledger
+
+    entries = list(Ledger(workspace.settings.audit_url).entries())
+    refused = [e.data for e in entries if e.event == "run.refused"]
+    assert [r["reason"] for r in refused] == ["not-approved", "not-active"]
+    assert all(r["setting_up"] for r in refused)
+    assert incidents(workspace) == [] and inbox.messages == []
+
+
 def test_a_policy_refusal_is_emailed_and_posted(
     workspace: Workspace, smtp: tuple[Inbox, int], webhook: tuple[list[dict[str, Any]], str]
 ) -> None:
     inbox, port = smtp
     posted, url = webhook
-    approval.approval_path(workspace.contract).unlink()
+    edit_after_approval(workspace)
     source = workspace.source(60)
     done = exchange(
         workspace,
@@ -104,7 +131,7 @@ def test_a_policy_refusal_is_emailed_and_posted(
         "policy-refusal" in mail["Subject"] and "school-attendance-to-early-help" in mail["Subject"]
     )
     text = mail.get_payload()
-    assert "has not been approved" in text
+    assert "needs re-approval" in text
     assert posted and posted[0]["kind"] == "policy-refusal"
     recorded = incidents(workspace)
     assert recorded[-1]["notified"] == ["smtp", "webhook"]
@@ -119,7 +146,7 @@ def test_a_policy_refusal_is_emailed_and_posted(
 def test_a_notifier_that_fails_is_recorded_and_the_refusal_still_stands(
     workspace: Workspace,
 ) -> None:
-    approval.approval_path(workspace.contract).unlink()
+    edit_after_approval(workspace)
     done = exchange(
         workspace,
         "run",
@@ -129,7 +156,7 @@ def test_a_notifier_that_fails_is_recorded_and_the_refusal_still_stands(
         EXCHANGE_INCIDENT_SMTP=f"127.0.0.1:{free_port()}",
         EXCHANGE_INCIDENT_TO="ig@x.example",
     )
-    assert done.returncode == REFUSED and "has not been approved" in done.stderr
+    assert done.returncode == REFUSED and "needs re-approval" in done.stderr
     from exchange.audit import Ledger
 
     events = [e.event for e in Ledger(workspace.settings.audit_url).entries()]

@@ -15,7 +15,6 @@ import pytest
 from browser import browse, needs_chromium
 from conftest import Workspace
 
-from exchange import approval
 from exchange.sandbox import PartnerSftpServer
 
 EXCHANGE = str(Path(sys.executable).with_name("exchange"))
@@ -36,7 +35,8 @@ def history(workspace: Workspace, partner: PartnerSftpServer) -> Workspace:
             exchange(workspace, "run", str(workspace.contract), "--source", str(source)).returncode
             == 0
         )
-    approval.approval_path(workspace.contract).unlink()
+    text = workspace.contract.read_text()  # edited after approval: a refusal with an incident
+    workspace.contract.write_text(text.replace("Early Help team identify", "Early Help team find"))
     assert exchange(workspace, "run", str(workspace.contract)).returncode != 0
     return workspace
 
@@ -53,7 +53,7 @@ def test_json_report_counts_transfers_rows_and_refusals(history: Workspace) -> N
     assert agreement["rows_read"] == 900
     assert agreement["rows_sent"] == sum(t["rows_sent"] for t in report["transfers"])
     assert "person_ref" in agreement["fields_shared"]
-    assert report["refusals_by_reason"] == {"not-approved": 1}
+    assert report["refusals_by_reason"] == {"changed-since-approval": 1}
     assert report["incidents"] and report["incidents"][0]["kind"] == "policy-refusal"
     counts = {e["event"]: e["count"] for e in report["events"]}
     assert counts["transfer.sent"] == 2 and counts["run.refused"] == 1
@@ -94,7 +94,7 @@ def test_html_report_opens_in_a_real_browser(history: Workspace, tmp_path: Path)
     assert done.returncode == 0 and "2 transfer(s)" in done.stdout
     dom = browse(page, tmp_path / "profile", "--dump-dom").stdout
     assert "Rows sent per partner" in dom and "Refusals by reason" in dom
-    assert dom.count("<svg") == 4 and "not-approved" in dom
+    assert dom.count("<svg") == 4 and "changed-since-approval" in dom
     shot = tmp_path / "report.png"
     browse(page, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1200,1400")
     assert shot.stat().st_size > 10_000

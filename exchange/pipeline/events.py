@@ -18,6 +18,9 @@ from exchange.transport.retry import Attempt
 
 Incidence = tuple[str, str] | None  # (kind, summary) of the incident a failure raises, if any
 
+# Contract statuses of an agreement still being written: refusing to run one is expected.
+SETTING_UP_STATUSES = frozenset({"draft", "proposed"})
+
 
 def when(moment: dt.datetime) -> str:
     """A time as the ledger writes it."""
@@ -61,7 +64,7 @@ def invalid_contract(file: str | None, exc: ContractError) -> tuple[str, dict[st
 def refusal(
     stage: str, exc: ExchangeError, contract: Contract | None, file: str | None
 ) -> tuple[str, dict[str, Any], Incidence]:
-    """run.refused (a policy refusal, with an incident) or run.failed (any other error)."""
+    """run.refused (a policy refusal, with an incident unless `setting_up`) or run.failed."""
     body: dict[str, Any] = {
         "stage": stage,
         "outcome": outcome(exc),
@@ -74,8 +77,22 @@ def refusal(
         if getattr(exc, attr, None):
             body[attr] = list(getattr(exc, attr))
     if isinstance(exc, Refused):
+        if setting_up(exc, contract):  # audited, but nobody needs waking for it
+            return "run.refused", {**body, "setting_up": True}, None
         return "run.refused", body, ("policy-refusal", f"{stage}: {exc}")
     return "run.failed", body, None
+
+
+def setting_up(exc: Refused, contract: Contract | None) -> bool:
+    """Whether a refusal is the expected one of an agreement still being set up: a draft (or
+    proposed) contract, or one never approved. An approval that no longer holds (edited since,
+    untrusted or revoked key, suspended, past review) is still an incident."""
+    reason = getattr(exc, "reason", None)
+    if reason == "not-approved":
+        return True
+    return (
+        reason == "not-active" and contract is not None and contract.status in SETTING_UP_STATUSES
+    )
 
 
 def transfer_base(contract: Contract, drop_id: str) -> dict[str, Any]:
