@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Install the system tools the gateway's demo and tests need, if missing:
-# OpenSSH's sshd (the partner SFTP server) and the standard `age` tool (partner-side checks).
+# OpenSSH's sshd (the partner SFTP server), the standard `age` tool (partner-side checks),
+# Chromium (the register's browser test) and docker-compose 1.29, which checks docker/compose.yaml
+# offline (`docker-compose config`; no Docker engine is needed or started).
 set -euo pipefail
 missing=()
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v age >/dev/null 2>&1 || missing+=(age)
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi

@@ -1,0 +1,382 @@
+"""docker/: what can be checked without a Docker engine.
+
+No engine runs on the project's machines, so no image is built and no container started here.
+What is checked: Debian's docker-compose validates and resolves the compose file offline; the
+resolved services, health checks, read-only mounts and settings; that neither the compose file
+nor .env.example holds a secret; the Dockerfile's install command, user and copies; the
+configuration script run for real (modes, JSON, every mounted path made); the partner server's
+sshd_config accepted by OpenSSH's own checker; the PostgreSQL init script on a real server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+import yaml
+from pg import PrivatePostgres, bin_dir
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKER = REPO / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+ENV_EXAMPLE = DOCKER / ".env.example"
+DOCKERFILE = DOCKER / "Dockerfile"
+SSHD = Path("/usr/sbin/sshd")
+
+AIRFLOW_SERVICES = {
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker-1",
+    "airflow-worker-2",
+}
+LONG_RUNNING = AIRFLOW_SERVICES - {"airflow-init"} | {"postgres", "redis", "partner-sftp"}
+# Host paths the gateway's containers read: never writable from inside.
+READ_ONLY_TARGETS = {
+    "/etc/exchange/contracts",
+    "/etc/exchange/approvers.json",
+    "/etc/exchange/keys",
+    "/etc/exchange/secrets",
+    "/srv/exchange/sources",
+}
+
+needs_compose = pytest.mark.skipif(
+    shutil.which("docker-compose") is None,
+    reason="docker-compose is not installed (make system installs Debian's docker-compose 1.29)",
+)
+
+
+def compose_config(env_file: Path = ENV_EXAMPLE) -> dict[str, Any]:
+    """The compose file as docker-compose 1.29 resolves it, offline."""
+    result = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "--env-file", str(env_file), "config"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    config: dict[str, Any] = yaml.safe_load(result.stdout)
+    return config
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed (make system installs it)")
+    return compose_config()
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    return {k: str(v) for k, v in env.items()}
+
+
+def test_compose_has_the_whole_topology(config: dict[str, Any]) -> None:
+    services = config["services"]
+    assert set(services) == AIRFLOW_SERVICES | {"postgres", "redis", "partner-sftp", "volume-init"}
+    commands = {name: services[name].get("command") for name in AIRFLOW_SERVICES}
+    assert commands["airflow-scheduler"] == "scheduler"
+    assert commands["airflow-dag-processor"] == "dag-processor"
+    assert commands["airflow-triggerer"] == "triggerer"
+    assert commands["airflow-apiserver"] == "api-server"
+    assert commands["airflow-worker-1"] == commands["airflow-worker-2"] == "celery worker"
+    # Two workers a task instance can tell apart.
+    assert services["airflow-worker-1"]["hostname"] != services["airflow-worker-2"]["hostname"]
+    assert set(config["volumes"]) >= {"postgres-data", "exchange-state", "partner-inbox"}
+    # The UI and API are published on loopback only.
+    (port,) = services["airflow-apiserver"]["ports"]
+    assert str(port).startswith("127.0.0.1:")
+    assert "ports" not in services["postgres"] and "ports" not in services["redis"]
+
+
+def test_every_long_running_service_has_a_health_check(config: dict[str, Any]) -> None:
+    for name in LONG_RUNNING:
+        check = config["services"][name].get("healthcheck")
+        assert check and check["test"], f"{name} has no health check"
+    # Airflow waits for a healthy database and broker, and for the migration to finish.
+    depends = config["services"]["airflow-scheduler"]["depends_on"]
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["redis"]["condition"] == "service_healthy"
+    assert depends["airflow-init"]["condition"] == "service_completed_successfully"
+
+
+def test_every_airflow_service_has_the_gateway_settings(config: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES:
+        env = env_of(config["services"][name])
+        # Without it a task reads the contracts beside the DAG file, not the mounted ones.
+        assert env["EXCHANGE_CONTRACTS"] == "/etc/exchange/contracts", name
+        assert env["EXCHANGE_APPROVERS"] == "/etc/exchange/approvers.json", name
+        assert env["EXCHANGE_SIGNING_KEY"] == "/etc/exchange/keys/gateway.key", name
+        assert env["EXCHANGE_AUDIT_URL"].startswith("postgresql+psycopg://exchange@"), name
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
+            "http://airflow-apiserver:8080/execution/"
+        )
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "True"
+        assert env["AIRFLOW__SCHEDULER__CATCHUP_BY_DEFAULT"] == "False"
+        # Sized for a small host, not Airflow's 32 task processes.
+        assert int(env["AIRFLOW__CORE__PARALLELISM"]) <= 8
+        assert int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) <= 4
+        assert config["services"][name]["user"] != "0:0", name
+
+
+def test_configuration_is_mounted_read_only(config: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES:
+        mounts = {}
+        for volume in config["services"][name]["volumes"]:
+            parts = volume.split(":")
+            mounts[parts[1]] = parts[2] if len(parts) > 2 else "rw"
+        for target in READ_ONLY_TARGETS:
+            assert mounts.get(target) == "ro", f"{name}: {target} is {mounts.get(target)}"
+    for volume in config["services"]["partner-sftp"]["volumes"]:
+        if volume.split(":")[1] == "/etc/partner-sftp/keys":
+            assert volume.endswith(":ro")
+    # Both workers share the state folder (staging), so deliver may run on either.
+    worker_state = [
+        {v for v in config["services"][w]["volumes"] if ":/var/lib/exchange:" in v}
+        for w in ("airflow-worker-1", "airflow-worker-2")
+    ]
+    assert worker_state[0] == worker_state[1] == {"exchange-state:/var/lib/exchange:rw"}
+
+
+SECRET_NAMES = re.compile(r"(PASSWORD|SECRET|FERNET|TOKEN|_KEY)\b|PRIVATE", re.IGNORECASE)
+
+
+def test_no_secret_in_the_compose_file_or_env_example(config: dict[str, Any]) -> None:
+    for path in (COMPOSE, ENV_EXAMPLE):
+        text = path.read_text()
+        assert "PRIVATE KEY" not in text, path
+        # A login in a URL (user:password@host).
+        assert not re.search(r"://[^/\s:@]+:[^/\s@]+@", text), path
+        # A long run of mixed-case letters and digits, as a key or a generated password is.
+        for token in re.findall(r"[A-Za-z0-9+/_=-]{24,}", text):
+            mixed = all(re.search(c, token) for c in ("[a-z]", "[A-Z]", "[0-9]"))
+            assert not mixed, f"{path}: {token[:6]}... looks like a key"
+    for name, service in config["services"].items():
+        for key, value in env_of(service).items():
+            if key.endswith("_CMD") or key.endswith("_FILE") or not SECRET_NAMES.search(key):
+                continue
+            # A setting named like a secret may only point at a file, never hold the value.
+            assert value.startswith("/"), f"{name}: {key} holds a value, not a file path"
+    example_keys = {
+        line.split("=", 1)[0]
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)", COMPOSE.read_text()))
+    assert used <= example_keys, f"not in .env.example: {sorted(used - example_keys)}"
+
+
+def test_dockerfile_installs_from_the_lock_and_runs_unprivileged() -> None:
+    text = DOCKERFILE.read_text()
+    lines = [line.strip() for line in text.splitlines()]
+    assert "ARG AIRFLOW_IMAGE=apache/airflow:3.3.2-python3.11" in lines
+    # The same two pip steps as `make install`: the bootstrap pins, then -c requirements.lock.
+    makefile = (REPO / "Makefile").read_text()
+    bootstrap = re.search(r"^BOOTSTRAP := (.+)$", makefile, re.MULTILINE)
+    assert (
+        bootstrap
+        and f"pip install -q --no-cache-dir --disable-pip-version-check {bootstrap[1]}" in (text)
+    )
+    install = re.search(r"-c requirements\.lock '\.\[([a-z0-9,]+)\]'", text)
+    assert install, "the project must be installed with -c requirements.lock"
+    extras = set(install[1].split(","))
+    declared = set(
+        tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
+    assert extras <= declared, f"extras not in pyproject.toml: {sorted(extras - declared)}"
+    assert {"quality", "airflow", "postgres", "celery"} <= extras
+    assert "dev" not in extras
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users[-1] == "airflow", "the image must end as the unprivileged airflow user"
+    # What is copied in: the package, the lock and the DAGs; never contracts, keys or state.
+    copied = [
+        part
+        for line in lines
+        if line.startswith("COPY ")
+        for part in line.split()[1:-1]
+        if not part.startswith("--")
+    ]
+    assert set(copied) == {
+        "pyproject.toml",
+        "requirements.lock",
+        "README.md",
+        "exchange",
+        "validators",
+        "dags/",
+    }
+    assert re.search(r"apt-get install -y --no-install-recommends age openssh-client", text)
+    for variable in ("EXCHANGE_CONTRACTS", "EXCHANGE_APPROVERS", "EXCHANGE_SIGNING_KEY"):
+        assert f"{variable}=/etc/exchange/" in text
+    # The build context: only what the image copies (no .demo/, .venv/, keys).
+    for ignore in (REPO / ".dockerignore", DOCKER / "Dockerfile.dockerignore"):
+        rules = [r for r in ignore.read_text().splitlines() if r and not r.startswith("#")]
+        assert rules[0] == "**"
+        assert {r.lstrip("!").split("/")[0] for r in rules[1:] if r.startswith("!")} == {
+            "pyproject.toml",
+            "requirements.lock",
+            "README.md",
+            "exchange",
+            "validators",
+            "dags",
+        }
+
+
+def test_system_deps_installs_docker_compose_without_recommends() -> None:
+    script = (REPO / "scripts" / "system-deps.sh").read_text()
+    assert "missing+=(docker-compose)" in script
+    assert "apt-get install -y -qq --no-install-recommends" in script
+
+
+def run_init_config(target: Path, env_file: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EXCHANGE_ENV_FILE": str(env_file)}
+    return subprocess.run(
+        ["bash", str(DOCKER / "init-config.sh"), str(target)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=120,
+    )
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("compose-config")
+    target, env_file = base / "local", base / "compose.env"
+    result = run_init_config(target, env_file)
+    assert result.returncode == 0, result.stderr
+    return target, env_file
+
+
+def test_init_config_makes_private_files_and_runs_again_safely(
+    generated: tuple[Path, Path],
+) -> None:
+    target, env_file = generated
+    before = {p: p.read_bytes() for p in target.rglob("*") if p.is_file()}
+    for name in ("secrets", "keys", "postgres", "redis", "partner-sftp"):
+        assert stat.S_IMODE((target / name).stat().st_mode) == 0o700, name
+    for path in [*(target / "secrets").iterdir(), target / "keys" / "gateway.key"]:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    for name in ("airflow-connections.json", "airflow-variables.json", "exchange-secrets.json"):
+        json.loads((target / "secrets" / name).read_text())
+    assert json.loads((target / "approvers.json").read_text()) == {"approvers": []}
+    host_key = (target / "partner-sftp" / "ssh_host_ed25519_key.pub").read_text().split()[:2]
+    assert (target / "keys" / "known_hosts").read_text().split() == [
+        "[partner-sftp]:2222",
+        *host_key,
+    ]
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    assert env["AIRFLOW_UID"] != "0"
+    assert env["EXCHANGE_CONFIG_DIR"] == str(target)
+    # A second run fills in only what is missing: no password or key changes under a deployment.
+    result = run_init_config(target, env_file)
+    assert result.returncode == 0, result.stderr
+    assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+
+
+@needs_compose
+def test_every_host_path_the_compose_file_mounts_is_made_by_init_config(
+    generated: tuple[Path, Path],
+) -> None:
+    target, env_file = generated
+    config = compose_config(env_file)
+    sources = set()
+    for service in config["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("/"):
+                sources.add(Path(source))
+    assert sources, "no host mounts resolved"
+    for source in sources:
+        assert source.exists(), f"mounted but not made: {source}"
+    assert Path(target / "secrets" / "airflow_db_url") in set((target / "secrets").iterdir())
+    env = env_of(config["services"]["airflow-worker-1"])
+    # Every file an Airflow *_CMD setting reads is made.
+    for key, value in env.items():
+        if key.endswith("_CMD"):
+            name = value.removeprefix("cat /etc/exchange/secrets/")
+            assert (target / "secrets" / name).is_file(), key
+
+
+@pytest.mark.skipif(not SSHD.exists(), reason="OpenSSH server not installed (make system)")
+def test_partner_sshd_config_passes_openssh_own_check(
+    generated: tuple[Path, Path], tmp_path: Path
+) -> None:
+    target, _ = generated
+    text = (DOCKER / "partner-sftp" / "sshd_config").read_text()
+    text = text.replace("/etc/partner-sftp/keys", str(target / "partner-sftp"))
+    text = text.replace("AllowUsers partner", f"AllowUsers {os.environ.get('USER', 'root')}")
+    config = tmp_path / "sshd_config"
+    config.write_text(text)
+    result = subprocess.run(
+        [str(SSHD), "-t", "-f", str(config)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert "ForceCommand internal-sftp" in text and "PasswordAuthentication no" in text
+
+
+def test_postgres_init_script_makes_two_separate_databases(
+    postgres: PrivatePostgres, generated: tuple[Path, Path]
+) -> None:
+    target, _ = generated
+    folder = bin_dir()
+    assert folder is not None
+    env = {
+        **os.environ,
+        "PATH": f"{folder}{os.pathsep}{os.environ['PATH']}",
+        "PG_SECRETS_DIR": str(target / "postgres"),
+        "POSTGRES_USER": postgres.superuser,
+        "PGHOST": postgres.host,
+        "PGPORT": str(postgres.port),
+    }
+    result = subprocess.run(
+        ["bash", str(DOCKER / "postgres" / "init-databases.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=60,
+    )
+    try:
+        assert result.returncode == 0, result.stderr
+        # The ledger's URL carries no password: libpq finds it in the generated pgpass file.
+        pgpass = target / "secrets" / "ledger.pgpass"
+        url = f"postgresql+psycopg://exchange@{postgres.host}:{postgres.port}/exchange"
+        engine = sqlalchemy.create_engine(url, connect_args={"passfile": str(pgpass)})
+        with engine.connect() as connection:
+            assert connection.execute(sqlalchemy.text("select current_user")).scalar() == "exchange"
+        engine.dispose()
+        # The gateway's role cannot enter Airflow's database, even with its password.
+        other = sqlalchemy.create_engine(
+            f"postgresql+psycopg://exchange@{postgres.host}:{postgres.port}/airflow",
+            connect_args={
+                "password": (target / "postgres" / "ledger_db_password").read_text().strip()
+            },
+        )
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="permission denied"):
+            other.connect()
+        other.dispose()
+        airflow_url = (target / "secrets" / "airflow_db_url").read_text().strip()
+        airflow_url = airflow_url.replace("@postgres:5432/", f"@{postgres.host}:{postgres.port}/")
+        engine = sqlalchemy.create_engine(airflow_url)
+        with engine.connect() as connection:
+            assert connection.execute(sqlalchemy.text("select current_user")).scalar() == "airflow"
+        engine.dispose()
+    finally:
+        postgres.psql("DROP DATABASE IF EXISTS airflow", database="postgres")
+        postgres.psql("DROP DATABASE IF EXISTS exchange", database="postgres")
+        postgres.psql("DROP ROLE IF EXISTS airflow", database="postgres")
+        postgres.psql("DROP ROLE IF EXISTS exchange", database="postgres")
