@@ -12,11 +12,14 @@ from exchange.settings import Settings
 
 if TYPE_CHECKING:
     from exchange.cli._common import Subcommands
+    from exchange.pipeline.dryrun import DryRun
     from exchange.pipeline.results import RunResult
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run one exchange without Airflow."""
+    """Run one exchange without Airflow (or, with --dry-run, try it and send nothing)."""
+    if args.dry_run:
+        return cmd_dry_run(args)
     from exchange.cli import _failed
     from exchange.errors import TransferError
     from exchange.gateway import Gateway
@@ -42,6 +45,51 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"{result.remote_path}"
     )
     return OK
+
+
+def cmd_dry_run(args: argparse.Namespace) -> int:
+    """Minimise, guard and validate the source as the contract says; send and record nothing."""
+    from exchange.pipeline.dryrun import dry_run
+
+    result = dry_run(Settings.from_env(), args.contract, args.source)
+    for line in dry_run_report(result):
+        say(line)
+    if result.passed:
+        say(f"would pass: a real run would send {result.rows_sent} rows")
+        return OK
+    why = result.refusal or (
+        f"{len(result.failures) + bool(result.row_count)} quality rule(s) would fail"
+    )
+    error("refused", f"a real run would be refused: {why}; nothing was sent")
+    return REFUSED
+
+
+def dry_run_report(result: DryRun) -> list[str]:
+    """The dry run's findings: counts, unknown columns, failing rules and where (no values)."""
+    lines = [
+        f"dry run of {result.contract.id} on {result.source}: nothing was sent, written or "
+        "recorded, and no approval or secret was needed"
+    ]
+    lines += [f"note: {note}" for note in result.notes]
+    excluded = ", ".join(f"{n} {why}" for why, n in result.excluded.items()) or "none"
+    if result.objections_overridden:
+        excluded += f" ({result.objections_overridden} objections overridden by the legal basis)"
+    lines.append(
+        f"read {result.rows_read} rows, would send {result.rows_sent}, excluded {excluded}"
+    )
+    unknown = ", ".join(result.unknown_columns) or "none"
+    lines.append(f"source columns the contract does not know (not read): {unknown}")
+    if result.refusal:
+        lines.append(f"stopped: {result.refusal}")
+        return lines
+    for outcome in result.failures:
+        where = result.where(outcome)
+        lines.append(f"would fail: {outcome.describe()}" + (f"; {where}" if where else ""))
+    if result.row_count:
+        lines.append(f"would fail: {result.row_count}")
+    if result.passed:
+        lines.append("quality: every rule passed")
+    return lines
 
 
 def retry_command(args: argparse.Namespace, run_id: str) -> str:
@@ -138,6 +186,12 @@ def add_run(sub: Subcommands) -> None:
         "--full-refresh",
         action="store_true",
         help="for an incremental contract, send every record, not only new or changed ones",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="read, minimise, guard and validate only: counts, unknown columns and failing rules "
+        "with line numbers; needs no approval or secret, sends and records nothing",
     )
     run.set_defaults(func=cmd_run)
 
