@@ -114,6 +114,10 @@ class Ledger:
         """The latest entry of an event for a run, if any."""
         return self.store.find(event, run_id=run_id, contract_id=contract_id)
 
+    def newest(self, event: Event | str, *, contract_id: str) -> Iterator[Entry]:
+        """A contract's entries of one event, newest first (indexed: cost is not history's)."""
+        return self.store.newest(str(event), contract_id=contract_id)
+
     def head(self) -> tuple[int, str]:
         """The sequence number and hash of the newest entry ((0, GENESIS) if empty)."""
         return self.store.head()

@@ -38,6 +38,11 @@ entries = sa.Table(
     sa.Column("body", sa.Text, nullable=False),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("entry_hash", sa.String(64), nullable=False, unique=True),
+    # A run looks entries up by run id (has this run been checked, prepared, sent?), and by
+    # contract and event (suspensions, the incremental watermark): indexed, so a run's ledger
+    # work does not grow with the history before it.
+    sa.Index("ix_audit_ledger_run", "run_id", "contract_id", "event", "seq"),
+    sa.Index("ix_audit_ledger_contract_event", "contract_id", "event", "seq"),
 )
 checkpoints = sa.Table(
     "audit_checkpoints",
@@ -103,11 +108,15 @@ def writer(engine: sa.Engine) -> sa.Engine:
 
 
 def create_tables(engine: sa.Engine, tables: sa.MetaData) -> None:
-    """Create missing tables; another process creating them at the same moment is fine."""
+    """Create missing tables and indexes (a ledger made before an index was declared gets it,
+    once); another process creating them at the same moment is fine."""
     for attempt in range(3):
         try:
             with writer(engine).begin() as conn:
                 tables.create_all(conn)
+                for table in tables.sorted_tables:
+                    for index in table.indexes:
+                        index.create(conn, checkfirst=True)
             return
         except (IntegrityError, ProgrammingError, OperationalError):
             if attempt == 2:
@@ -193,6 +202,18 @@ class Store:
                 .limit(1)
             ).first()
         return Entry(**row._mapping) if row else None
+
+    def newest(self, event: str, *, contract_id: str) -> Iterator[Entry]:
+        """A contract's entries of one event, newest first; streamed from an index."""
+        query = (
+            sa.select(entries)
+            .where(entries.c.contract_id == contract_id, entries.c.event == str(event))
+            .order_by(entries.c.seq.desc())
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=100).execute(query)
+            for row in rows:
+                yield Entry(**row._mapping)
 
     def head(self) -> tuple[int, str]:
         """The sequence number and hash of the newest entry ((0, GENESIS) if empty)."""

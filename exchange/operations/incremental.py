@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 
-from exchange.audit import Ledger
+from exchange.audit.events import Event
+from exchange.audit.ledger import Ledger
 from exchange.contract import Contract
 
 
 def watermark(ledger: Ledger, contract: Contract) -> dt.datetime | None:
-    """The newest last-updated time of the last delivered run (None: send everything)."""
-    latest = None
-    for entry in ledger.entries():
-        if entry.event == "transfer.sent" and entry.contract_id == contract.id:
-            latest = entry.data.get("watermark") or latest
-    return dt.datetime.fromisoformat(latest) if latest else None
+    """The newest last-updated time of the last delivered run (None: send everything).
+
+    Read newest first from an index, stopping at the first delivery that set one (correction
+    notices do not), so it costs the same with a long history as with none.
+    """
+    for entry in ledger.newest(Event.TRANSFER_SENT, contract_id=contract.id):
+        latest = entry.data.get("watermark")
+        if latest:
+            return dt.datetime.fromisoformat(latest)
+    return None
