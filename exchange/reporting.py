@@ -1,11 +1,12 @@
 """Audit reports: what was shared, refused and went wrong in a period, from the ledger alone.
 
-`build(entries, since, until)` turns ledger entries into a plain report; `to_json`, `to_csv`
-and `to_html` render it. Which events are refusals, failures and security events, and how
-severe each is, comes from the event registry (`exchange.audit.events`); every event in the
-period is counted, including ones the report has no section for. The HTML page is
-self-contained (inline CSS and SVG charts, no script, no external resource) so an auditor can
-keep it with the evidence.
+`build(entries, since, until)` turns ledger entries into a plain report; `attest` adds what
+makes it evidence (the ledger checked, its head, its latest signed checkpoint, the entries
+covered); `to_text`, `to_json`, `to_csv` and `to_html` render it. Which events are
+refusals, failures and security events, and how severe each is, comes from the event
+registry (`exchange.audit.events`); every event in the period is counted, including ones the
+report has no section for. The HTML page is self-contained (inline CSS and SVG charts, no
+script, no external resource) so an auditor can keep it with the evidence.
 """
 
 from __future__ import annotations
@@ -18,10 +19,18 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from html import escape
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from exchange.audit import Entry
 from exchange.audit.events import RANK, Event, Outcome, Severity, lookup, with_outcome
+from exchange.contract import legal
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from exchange.audit import Ledger, Verification
+
+FORMAT = "exchange-audit-report/2"  # the JSON form's `format`: raised when its shape changes
 
 REFUSALS = with_outcome(Outcome.REFUSAL)
 PROBLEMS = REFUSALS | with_outcome(Outcome.FAILURE)  # the "Refusals and failures" section
@@ -39,6 +48,15 @@ class AgreementTotals:
     fields_shared: list[str] = field(default_factory=list)
     refusals: int = 0
     failures: int = 0
+    objections_overridden: int = 0
+    override_powers: list[str] = field(default_factory=list)  # "Act s.N (what it provides)"
+    drops: list[dict[str, Any]] = field(default_factory=list)  # delivered, with their ack
+    refused: list[dict[str, Any]] = field(default_factory=list)  # each refusal and its reason
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    acknowledged: int = 0  # drops of this period acknowledged (verified) by the partner
+    unacknowledged: list[str] = field(default_factory=list)  # their drop ids
+    acks_overdue: int = 0
+    governance: list[dict[str, Any]] = field(default_factory=list)  # approved, suspended, resumed
 
 
 @dataclass
@@ -55,6 +73,10 @@ class Report:
     rows_by_day: dict[str, dict[str, int]]  # day -> recipient -> rows sent
     security: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # per event: count, severity
+    agreement: str | None = None  # the one agreement asked for, if any
+    covered: dict[str, Any] = field(default_factory=dict)  # the entries read: first, last
+    evidence: dict[str, Any] = field(default_factory=dict)  # set by `attest`
+    format: str = FORMAT
 
 
 def _security(entry: Entry, body: dict[str, Any]) -> bool:
@@ -74,6 +96,42 @@ def _counts(seen: Counter[str]) -> list[dict[str, Any]]:
     return sorted(out, key=lambda e: (-RANK[Severity(e["severity"])], e["event"]))
 
 
+GOVERNANCE = {
+    Event.CONTRACT_APPROVED.value: "approved",
+    Event.CONTRACT_SUSPENDED.value: "suspended",
+    Event.CONTRACT_RESUMED.value: "resumed",
+}
+ACKS = frozenset({Event.ACK_RECEIVED.value, Event.ACK_OVERDUE.value})
+
+
+def override_powers(legal_basis: str) -> list[str]:
+    """The powers in a one-line legal basis (as the ledger records it) that can override a
+    person's objection, with what each provides: "Care Act 2014 s.42 (Enquiry by ...)"."""
+    named = {part.strip() for part in str(legal_basis).split(";")}
+    return [
+        f"{p.act} {p.section} ({p.description})"
+        for p in legal.STATUTES
+        if p.overrides_objection and f"{p.act} {p.section}" in named
+    ]
+
+
+def _governance(entry: Entry, body: dict[str, Any]) -> dict[str, Any]:
+    """An approval, suspension or resume: who, when, and what it says."""
+    given = body.get("statement")
+    statement: dict[str, Any] = given if isinstance(given, dict) else {}
+    item = {
+        "seq": entry.seq,
+        "at": entry.recorded_at,
+        "action": GOVERNANCE[entry.event],
+        "by": body.get("approver") or "",
+    }
+    if entry.event == Event.CONTRACT_APPROVED:
+        item |= {"version": body.get("version"), "review_by": body.get("review_by")}
+    elif entry.event == Event.CONTRACT_SUSPENDED:
+        item["reason"] = statement.get("reason") or body.get("reason") or ""
+    return item
+
+
 def build(
     entries: Iterable[Entry], since: dt.date, until: dt.date, agreement: str | None = None
 ) -> Report:
@@ -84,10 +142,17 @@ def build(
     seen: Counter[str] = Counter()
     by_day: dict[str, Counter[str]] = defaultdict(Counter)
     recipients: dict[str, str] = {}
+    governance: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    acked: dict[str, dict[str, Any]] = {}  # drop -> its newest ack.received
+    overdue: set[str] = set()
+    first: Entry | None = None
+    last: Entry | None = None
     for entry in entries:
         day = entry.recorded_at[:10]
         if not since.isoformat() <= day <= until.isoformat():
             continue
+        first = first or entry
+        last = entry
         if agreement and entry.contract_id != agreement:
             continue
         body = entry.data
@@ -107,11 +172,31 @@ def build(
             recipient = body.get("recipient", "?")
             recipients[contract] = recipient
             item = totals.setdefault((contract, recipient), AgreementTotals(contract, recipient))
+            rows = body["rows"]
+            overridden = int(rows.get("objections_overridden") or 0)
             item.transfers += 1
-            item.rows_sent += body["rows"]["sent"]
-            item.rows_read += body["rows"]["read"]
+            item.rows_sent += rows["sent"]
+            item.rows_read += rows["read"]
+            item.objections_overridden += overridden
+            if overridden:
+                powers = override_powers(body.get("legal_basis", ""))
+                item.override_powers = sorted(set(item.override_powers) | set(powers))
             item.fields_shared = sorted(set(item.fields_shared) | set(body["fields_sent"]))
-            by_day[day][recipient] += body["rows"]["sent"]
+            item.drops.append(
+                {
+                    "seq": entry.seq,
+                    "at": entry.recorded_at,
+                    "drop_id": body["drop_id"],
+                    "run_id": entry.run_id,
+                    "version": body.get("version"),
+                    "contract_sha256": body.get("sha256"),
+                    "rows_read": rows["read"],
+                    "rows_sent": rows["sent"],
+                    "objections_overridden": overridden,
+                    "acknowledged": False,
+                }
+            )
+            by_day[day][recipient] += rows["sent"]
             transfers.append(
                 {
                     "at": entry.recorded_at,
@@ -119,8 +204,9 @@ def build(
                     "recipient": recipient,
                     "run_id": entry.run_id,
                     "drop_id": body["drop_id"],
-                    "rows_sent": body["rows"]["sent"],
-                    "excluded": body["rows"]["excluded"],
+                    "rows_sent": rows["sent"],
+                    "excluded": rows["excluded"],
+                    "objections_overridden": overridden,
                     "purposes": body.get("purposes", []),
                     "legal_basis": body.get("legal_basis"),
                     "fields": body["fields_sent"],
@@ -133,6 +219,7 @@ def build(
                 reasons[reason] += 1
             problems.append(
                 {
+                    "seq": entry.seq,
                     "at": entry.recorded_at,
                     "event": entry.event,
                     "agreement": contract,
@@ -150,15 +237,45 @@ def build(
                     "summary": body.get("summary"),
                 }
             )
+        elif entry.event in GOVERNANCE:
+            governance[contract].append(_governance(entry, body))
+        elif entry.event == Event.ACK_RECEIVED:
+            acked[str(body.get("drop_id"))] = {"at": entry.recorded_at, "seq": entry.seq, **body}
+        elif entry.event == Event.ACK_OVERDUE:
+            overdue.add(str(body.get("drop_id")))
+
+    def row(contract: str) -> AgreementTotals:
+        recipient = recipients.get(contract, "")
+        return totals.setdefault((contract, recipient), AgreementTotals(contract, recipient))
+
     for problem in problems:
-        recipient = recipients.get(problem["agreement"], "")
-        item = totals.setdefault(
-            (problem["agreement"], recipient), AgreementTotals(problem["agreement"], recipient)
-        )
+        item = row(problem["agreement"])
+        shown = {k: problem[k] for k in ("seq", "at", "run_id", "reason", "message")}
         if problem["event"] in REFUSALS:
             item.refusals += 1
+            item.refused.append(shown)
         else:
             item.failures += 1
+            item.failed.append({**shown, "event": problem["event"]})
+    for contract, acts in governance.items():
+        row(contract).governance = acts
+    for item in totals.values():
+        for drop in item.drops:
+            ack = acked.get(drop["drop_id"])
+            if ack is not None:
+                drop["acknowledged"] = True
+                drop["ack_rows_match"] = bool(ack.get("rows_match"))
+                item.acknowledged += 1
+            else:
+                item.unacknowledged.append(drop["drop_id"])
+            item.acks_overdue += drop["drop_id"] in overdue
+    covered: dict[str, Any] = {"entries": 0}
+    if first is not None and last is not None:
+        covered = {
+            "entries": last.seq - first.seq + 1,
+            "first": {"seq": first.seq, "at": first.recorded_at},
+            "last": {"seq": last.seq, "at": last.recorded_at},
+        }
     return Report(
         since.isoformat(),
         until.isoformat(),
@@ -170,7 +287,167 @@ def build(
         {day: dict(rows) for day, rows in sorted(by_day.items())},
         security,
         _counts(seen),
+        agreement=agreement,
+        covered=covered,
     )
+
+
+def attest(
+    report: Report,
+    ledger: Ledger,
+    verified: Verification,
+    *,
+    where: str,
+    head: tuple[int, str],
+    public_key: Ed25519PublicKey | None = None,
+    made_by: str = "",
+    made_at: dt.datetime | None = None,
+    problem: str = "",
+) -> None:
+    """Add what makes the report evidence: which ledger, whether it verified (`verified`, the
+    result of `Ledger.verify` run for this report; `problem`, a diagnosis that replaces its
+    message), its head when the report was made and its newest signed checkpoint."""
+    if public_key is not None:
+        newest = ledger.latest_checkpoint(public_key)
+        signature = "verified with the gateway's public key" if newest else ""
+    else:
+        stored = ledger.checkpoints()
+        newest = max(stored, key=lambda c: c.size) if stored else None
+        signature = "NOT checked (no public key given)"
+    report.evidence = {
+        "ledger": where,
+        "made_at": (made_at or dt.datetime.now(dt.UTC)).isoformat(timespec="seconds"),
+        "made_by": made_by,
+        "head": {"seq": head[0], "hash": head[1]},
+        "verification": {
+            "ok": verified.ok and not problem,
+            "message": problem or verified.message,
+            "entries_verified": verified.entries,
+            "signed_size": verified.signed_size,
+            "signatures_checked": verified.signatures_checked,
+        },
+        "checkpoint": (
+            {
+                "size": newest.size,
+                "root": newest.root_hex,
+                "origin": newest.origin,
+                "signed_at": newest.created_at,
+                "signature": signature,
+                "note": newest.note,
+            }
+            if newest
+            else None
+        ),
+    }
+
+
+def _heading(text: str, underline: str = "-") -> list[str]:
+    return ["", text, underline * len(text)]
+
+
+def _evidence_lines(report: Report) -> list[str]:
+    e = report.evidence
+    out = [f"Ledger: {e.get('ledger', 'not named')}"]
+    if e:
+        out.append(f"Made at {e['made_at']} by {e['made_by'] or 'unknown'}")
+    out += _heading("Does the ledger verify?")
+    if not e:
+        out.append("Not checked: this report was built from entries alone.")
+    else:
+        v = e["verification"]
+        out.append(("OK: " if v["ok"] else "FAILED: ") + v["message"])
+        if not v["signatures_checked"]:
+            out.append("Checkpoint signatures were NOT checked: give --public-key.")
+    out += _heading("Entries this report covers")
+    c = report.covered
+    if c.get("entries"):
+        out.append(
+            f"Entries {c['first']['seq']} to {c['last']['seq']} ({c['entries']} entries), "
+            f"recorded from {c['first']['at']} to {c['last']['at']}"
+        )
+    else:
+        out.append("No entry was recorded in the period.")
+    if e:
+        out += _heading("Ledger head when the report was made")
+        out.append(f"Entry {e['head']['seq']}, hash {e['head']['hash']}")
+        out += _heading("Latest signed checkpoint")
+        cp = e["checkpoint"]
+        if cp is None:
+            out.append("None found (none stored, or none whose signature verifies).")
+        else:
+            out.append(
+                f"Entries 1 to {cp['size']}, root {cp['root']}, log {cp['origin']}, "
+                f"signed {cp['signed_at'] or 'at an unrecorded time'}; signature {cp['signature']}"
+            )
+            out += ["", *("    " + line for line in cp["note"].rstrip("\n").splitlines())]
+    return out
+
+
+def _agreement_lines(a: AgreementTotals) -> list[str]:
+    to = f", to {a.recipient}" if a.recipient else ""
+    out = _heading(f"Agreement {a.agreement}{to}")
+    out.append(
+        f"Drops delivered: {a.transfers} ({a.rows_sent:,} rows sent of {a.rows_read:,} read)"
+    )
+    for d in a.drops:
+        ack = "acknowledged" if d["acknowledged"] else "not acknowledged"
+        out.append(
+            f"  {d['at']}  drop {d['drop_id']}  run {d['run_id']}  version {d['version']} "
+            f"(contract {str(d['contract_sha256'])[:12]})  "
+            f"{d['rows_sent']:,} rows sent  {d['objections_overridden']:,} objections "
+            f"overridden  {ack}  (entry {d['seq']})"
+        )
+    out.append(f"Refusals: {a.refusals}")
+    out += [
+        f"  {r['at']}  run {r['run_id']}  {r['reason']}: {r['message'] or '-'}  (entry {r['seq']})"
+        for r in a.refused
+    ]
+    out.append(f"Failures: {a.failures}")
+    out += [
+        f"  {f['at']}  run {f['run_id']}  {f['event']} {f['reason']}: {f['message'] or '-'}  "
+        f"(entry {f['seq']})"
+        for f in a.failed
+    ]
+    out.append(
+        f"Acknowledgements: {a.acknowledged} of {a.transfers} drops acknowledged by the "
+        f"partner; {a.acks_overdue} past their deadline"
+    )
+    if a.unacknowledged:
+        out.append(f"  not acknowledged: {', '.join(a.unacknowledged)}")
+    out.append(f"Objections overridden: {a.objections_overridden:,}")
+    if a.objections_overridden:
+        powers = "; ".join(a.override_powers) or "no listed power found in the legal basis"
+        out.append(f"  under {powers}")
+    out.append(f"Approvals, suspensions and resumes: {len(a.governance)}")
+    for g in a.governance:
+        detail = ""
+        if g["action"] == "approved":
+            detail = f" version {g['version']}, review by {g['review_by']}"
+        elif g["action"] == "suspended":
+            detail = f"; reason: {g['reason']}"
+        out.append(f"  {g['at']}  {g['action']} by {g['by'] or '?'}{detail}  (entry {g['seq']})")
+    return out
+
+
+def to_text(report: Report) -> str:
+    """The report as plain text, stable enough to file: one section per agreement."""
+    scope = f"agreement {report.agreement}" if report.agreement else "every agreement"
+    out = ["Data sharing audit report", "=" * 25]
+    out.append(f"Period: {report.since} to {report.until} (UTC days), {scope}")
+    out += _evidence_lines(report)
+    for agreement in report.agreements:
+        out += _agreement_lines(agreement)
+    if not report.agreements:
+        out += [*_heading("Agreements"), "No agreement had activity in the period."]
+    out += _heading(f"Incidents: {len(report.incidents)}")
+    out += [f"  {i['at']}  {i['agreement']}  {i['kind']}: {i['summary']}" for i in report.incidents]
+    out += _heading(f"Security events: {len(report.security)}")
+    out += [f"  {e['at']}  {e['agreement']}  {e['event']}: {e['detail']}" for e in report.security]
+    out += _heading("Every event in the period")
+    out += [
+        f"  {e['count']:>6}  {e['event']} ({e['severity']}): {e['meaning']}" for e in report.events
+    ]
+    return "\n".join(out) + "\n"
 
 
 def to_json(report: Report) -> str:
@@ -179,7 +456,8 @@ def to_json(report: Report) -> str:
 
 
 def to_csv(report: Report) -> str:
-    """One row per transfer, refusal, failure, incident and other security event."""
+    """One row per transfer, refusal, failure, incident, approval, suspension, resume and other
+    security event."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow(["at", "event", "agreement", "recipient", "run_id", "rows_sent", "detail"])
@@ -199,6 +477,11 @@ def to_csv(report: Report) -> str:
         writer.writerow([p["at"], p["event"], p["agreement"], "", p["run_id"], "", p["reason"]])
     for i in report.incidents:
         writer.writerow([i["at"], "incident", i["agreement"], "", "", "", i["kind"]])
+    names = {action: event for event, action in GOVERNANCE.items()}
+    for a in report.agreements:
+        for g in a.governance:
+            detail = g.get("reason") or g.get("version") or ""
+            writer.writerow([g["at"], names[g["action"]], a.agreement, "", "", "", detail])
     for e in report.security:
         if e["event"] not in PROBLEMS:  # a security failure already has its row
             writer.writerow([e["at"], e["event"], e["agreement"], "", e["run_id"], "", e["detail"]])
@@ -253,6 +536,8 @@ def to_html(report: Report) -> str:
     sections = [
         f"<h1>Data sharing audit report</h1><p>Period: {escape(report.since)} to "
         f"{escape(report.until)}. Built from the hash-chained audit ledger.</p>",
+        "<h2>The ledger this report is built from</h2>",
+        f"<pre>{escape(chr(10).join(_evidence_lines(report)))}</pre>",
         "<h2>Agreements and partners</h2>",
         _table(
             [
@@ -278,6 +563,11 @@ def to_html(report: Report) -> str:
                 ]
                 for a in report.agreements
             ],
+        ),
+        "<h2>Each agreement in detail</h2>",
+        *(
+            f"<pre>{escape(chr(10).join(_agreement_lines(a)).strip())}</pre>"
+            for a in report.agreements
         ),
         "<h2>Charts</h2>",
         _bars("Transfers per partner", dict(per_partner_transfers), "#1d70b8"),
@@ -332,6 +622,7 @@ def to_html(report: Report) -> str:
         "table{border-collapse:collapse;margin:1rem 0;width:100%}"
         "th,td{border:1px solid #b1b4b6;padding:.3rem .5rem;text-align:left;font-size:.9rem}"
         "th{background:#f3f2f1}figure{margin:1rem 0}figcaption{font-weight:bold}"
+        "pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#f3f2f1;padding:.5rem}"
     )
     return (
         '<!DOCTYPE html><html lang="en-GB"><head><meta charset="utf-8">'

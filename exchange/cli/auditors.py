@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime as dt
 import getpass
 import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exchange.cli._common import BAD_INPUT, NOT_VERIFIED, OK, error, say, subject_id
-from exchange.errors import LedgerError
+from exchange.errors import ExchangeError, InvalidRequest, LedgerError
 from exchange.settings import Settings
 
 if TYPE_CHECKING:
@@ -183,25 +182,36 @@ def cmd_audit_verify_export(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_subject(args: argparse.Namespace) -> int:
-    """Every disclosure about one person: when, which agreement, to whom, why, which fields.
+    """Every disclosure about one person, as an answer fit to send them: to whom (and their
+    contact), why, under which law, which fields, when, how long they keep it, and what became
+    of an objection.
 
     The rows answered from are checked against the audit ledger first, and the lookup itself
     is audited (a keyed hash of the id, who asked and why; never the id)."""
+    from exchange import subject_access
     from exchange.audit.disclosures import key_id, lookup_hash
     from exchange.gateway import Gateway
 
     subject = subject_id(args)
     if subject is None:
         return BAD_INPUT
+    if not (args.reason or "").strip():
+        error(
+            "warning",
+            "no --reason: the lookup is recorded without one (give the request's reference, "
+            "e.g. --reason SAR-2026-017)",
+        )
     settings = Settings.from_env()
     disclosures = Gateway(settings).disclosures()
     ledger = _audit_ledger(settings)
     public = _gateway_public_key(args, settings)
+    who = _audit_who()
     asked = {
         "subject_hash": lookup_hash(disclosures.key, subject),
         "key_id": key_id(disclosures.key),
-        "requested_by": _audit_who(),
-        "reason": args.reason,
+        # Who the answer is for may be another person than who ran it: keep both.
+        "requested_by": f"{args.requested_by} (run by {who})" if args.requested_by else who,
+        "reason": (args.reason or "").strip() or None,
     }
     try:
         found, verified = disclosures.verified_lookup(
@@ -210,27 +220,37 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
     except LedgerError as exc:
         ledger.append("subject.looked_up", {**asked, "outcome": "refused", "problem": str(exc)})
         raise
-    ledger.append("subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)})
+    today = dt.date.today()
+    answers = subject_access.describe(
+        found, ledger, settings.contracts, today=today, governance=_quiet_governance(settings)
+    )
+    recorded = ledger.append(
+        "subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)}
+    )
     if public is None:
         error("warning", NO_KEY_WARNING)
+    record = (
+        f"checked against the audit ledger: {verified.message}; this lookup is ledger entry "
+        f"{recorded.seq}"
+    )
     if args.format == "json":
-        rows = [
-            {**dataclasses.asdict(d), "sent_at": d.sent_at.isoformat() if d.sent_at else None}
-            for d in found
-        ]
-        sys.stdout.write(json.dumps(rows, indent=2, default=str) + "\n")
+        sys.stdout.write(json.dumps(answers, indent=2, default=str) + "\n")
+        error("note", record)
         return OK
-    if not found:
-        say("no recorded disclosure about this subject")
-    for d in found:
-        when = d.sent_at.isoformat(timespec="seconds") if d.sent_at else "not delivered"
-        say(
-            f"{when}  {d.contract_id} {d.contract_version} -> {d.recipient}; purposes: "
-            f"{', '.join(d.purposes)}; basis: {d.legal_basis}; fields: {', '.join(d.fields)}; "
-            f"drop {d.drop_id}"
-        )
-    say(f"checked against the audit ledger: {verified.message}")
+    sys.stdout.write(subject_access.to_text(answers, today=today))
+    say(f"\n(For the file, not the letter: these records were {record}.)")
     return OK
+
+
+def _quiet_governance(settings: Settings) -> Any:
+    """The trust anchor for agreements' summaries; None when it cannot be read (the summary
+    then says the approval cannot be checked, which a subject access answer does not show)."""
+    from exchange.approval import Governance
+
+    try:
+        return Governance.from_settings(settings)
+    except ExchangeError:
+        return None
 
 
 def _audit_who() -> str:
@@ -241,17 +261,51 @@ def _audit_who() -> str:
         return f"uid {os.getuid()}"
 
 
-def cmd_audit_report(args: argparse.Namespace) -> int:
-    """Write the period's transfers, refusals and incidents as HTML, CSV or JSON."""
-    from exchange import reporting
-    from exchange.audit import Ledger
+REPORT_SUFFIXES = {".html": "html", ".htm": "html", ".csv": "csv", ".json": "json"}
 
-    url = args.url or Settings.from_env().audit_url
-    until = dt.date.fromisoformat(args.until) if args.until else dt.date.today()
-    since = dt.date.fromisoformat(args.since) if args.since else until - dt.timedelta(days=30)
-    report = reporting.build(Ledger(url, create=False).entries(), since, until, args.agreement)
-    render = {"html": reporting.to_html, "csv": reporting.to_csv, "json": reporting.to_json}
-    text = render[args.format](report)
+
+def cmd_audit_report(args: argparse.Namespace) -> int:
+    """The period's drops, refusals, failures, acknowledgements, overridden objections and
+    governance per agreement, with the ledger verified, its head and its latest checkpoint."""
+    from exchange import reporting
+
+    settings = Settings.from_env()
+    until = _day(args.until, "--until") if args.until else dt.date.today()
+    since = _day(args.since, "--since") if args.since else until - dt.timedelta(days=30)
+    if since > until:
+        raise InvalidRequest(f"--since {since} is after --until {until}: swap them")
+    ledger = _audit_ledger(settings, args)
+    public = _gateway_public_key(args, settings)
+    head = ledger.head()  # the report reads up to here, so its figures and head agree
+    verified = ledger.verify(public_key=public, origin=_audit_origin(args, settings, public))
+    problem = "" if verified.ok else (_wrong_key(ledger, public, verified.broken_at) or "")
+    if problem:  # signatures aside, are the entries intact? Tampering is reported as such
+        unchecked = ledger.verify()
+        if not unchecked.ok:
+            verified, problem = unchecked, ""
+    entries = ledger.entries(until=head[0]) if head[0] else iter(())
+    report = reporting.build(entries, since, until, args.agreement)
+    where = ledger_name(getattr(args, "url", None) or settings.audit_url)
+    reporting.attest(
+        report,
+        ledger,
+        verified,
+        where=where,
+        head=head,
+        public_key=public,
+        made_by=_audit_who(),
+        problem=problem,
+    )
+    fmt = "json" if args.json else args.format
+    if fmt is None:
+        fmt = REPORT_SUFFIXES.get(args.out.suffix.lower(), "text") if args.out else "text"
+    render = {
+        "text": reporting.to_text,
+        "html": reporting.to_html,
+        "csv": reporting.to_csv,
+        "json": reporting.to_json,
+    }
+    text = render[fmt](report)
     if args.out:
         args.out.write_text(text, "utf-8")
         say(
@@ -260,7 +314,24 @@ def cmd_audit_report(args: argparse.Namespace) -> int:
         )
     else:
         sys.stdout.write(text)
+    if not report.evidence["verification"]["ok"]:
+        error(
+            "ledger broken" if not problem else "wrong public key?",
+            f"{report.evidence['verification']['message']} (ledger {where}): the report says "
+            "so; do not rely on its figures until this is explained",
+        )
+        return NOT_VERIFIED
+    if public is None:
+        error("warning", NO_KEY_WARNING)
     return OK
+
+
+def _day(text: str, option: str) -> dt.date:
+    """A YYYY-MM-DD date given to an option; InvalidRequest naming it otherwise."""
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"{option} {text!r} is not a date: write YYYY-MM-DD") from None
 
 
 def add_audit(sub: Subcommands) -> None:
@@ -291,13 +362,29 @@ def add_audit(sub: Subcommands) -> None:
     )
     verify.set_defaults(func=cmd_audit_verify)
 
-    report = audit.add_parser("report", help="transfers, refusals and incidents of a period")
+    report = audit.add_parser(
+        "report", help="evidence of a period: drops, refusals, acks, overrides, governance"
+    )
     report.add_argument("--since", help="first day, YYYY-MM-DD (default: 30 days before --until)")
     report.add_argument("--until", help="last day, YYYY-MM-DD (default: today)")
     report.add_argument("--agreement", help="only this contract id")
-    report.add_argument("--format", choices=("html", "csv", "json"), default="html")
+    report.add_argument(
+        "--format",
+        choices=("text", "html", "csv", "json"),
+        help="default: from --out's suffix (.html, .csv, .json), else text",
+    )
+    report.add_argument("--json", action="store_true", help="the same as --format json")
     report.add_argument("--out", type=Path, help="file to write (default: standard output)")
     report.add_argument("--url", help="ledger URL (default: EXCHANGE_AUDIT_URL)")
+    report.add_argument(
+        "--public-key", type=Path, help="the gateway's public key (checks checkpoint signatures)"
+    )
+    report.add_argument("--origin", help="the log's expected checkpoint origin (default: ours)")
+    report.add_argument(
+        "--checkpoints",
+        type=Path,
+        help="folder of checkpoints handed out (default: EXCHANGE_HOME/checkpoints)",
+    )
     report.set_defaults(func=cmd_audit_report)
 
     checkpoint = audit.add_parser("checkpoint", help="sign and print the ledger's head")
@@ -325,7 +412,13 @@ def add_audit(sub: Subcommands) -> None:
     subject.add_argument(
         "--id-file", help="a file holding the person's id in the source, or - for standard input"
     )
-    subject.add_argument("--reason", help="why (recorded in the audit ledger, with who asked)")
+    subject.add_argument(
+        "--reason", help="why: the request's reference (recorded in the audit ledger)"
+    )
+    subject.add_argument(
+        "--requested-by",
+        help="who the lookup is for, if not you (recorded with your login name)",
+    )
     subject.add_argument("--public-key", type=Path, help="the gateway's public key")
     subject.add_argument("--origin", help="the log's expected checkpoint origin")
     subject.add_argument("--format", choices=("text", "json"), default="text")
