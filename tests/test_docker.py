@@ -83,6 +83,7 @@ def env_of(service: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in env.items()}
 
 
+@pytest.mark.integration  # runs docker-compose, bash or sshd
 def test_compose_has_the_whole_topology(config: dict[str, Any]) -> None:
     services = config["services"]
     assert set(services) == AIRFLOW_SERVICES | {"postgres", "redis", "partner-sftp", "volume-init"}
@@ -101,6 +102,7 @@ def test_compose_has_the_whole_topology(config: dict[str, Any]) -> None:
     assert "ports" not in services["postgres"] and "ports" not in services["redis"]
 
 
+@pytest.mark.integration  # runs docker-compose, bash or sshd
 def test_every_long_running_service_has_a_health_check(config: dict[str, Any]) -> None:
     for name in LONG_RUNNING:
         check = config["services"][name].get("healthcheck")
@@ -112,6 +114,7 @@ def test_every_long_running_service_has_a_health_check(config: dict[str, Any]) -
     assert depends["airflow-init"]["condition"] == "service_completed_successfully"
 
 
+@pytest.mark.integration  # runs docker-compose, bash or sshd
 def test_every_airflow_service_has_the_gateway_settings(config: dict[str, Any]) -> None:
     for name in AIRFLOW_SERVICES:
         env = env_of(config["services"][name])
@@ -132,6 +135,7 @@ def test_every_airflow_service_has_the_gateway_settings(config: dict[str, Any]) 
         assert config["services"][name]["user"] != "0:0", name
 
 
+@pytest.mark.integration  # runs docker-compose, bash or sshd
 def test_configuration_is_mounted_read_only(config: dict[str, Any]) -> None:
     for name in AIRFLOW_SERVICES:
         mounts = {}
@@ -154,6 +158,7 @@ def test_configuration_is_mounted_read_only(config: dict[str, Any]) -> None:
 SECRET_NAMES = re.compile(r"(PASSWORD|SECRET|FERNET|TOKEN|_KEY)\b|PRIVATE", re.IGNORECASE)
 
 
+@pytest.mark.integration  # runs docker-compose, bash or sshd
 def test_no_secret_in_the_compose_file_or_env_example(config: dict[str, Any]) -> None:
     for path in (COMPOSE, ENV_EXAMPLE):
         text = path.read_text()
@@ -261,6 +266,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     return target, env_file
 
 
+@pytest.mark.integration  # runs docker-compose, bash or sshd
 def test_init_config_makes_private_files_and_runs_again_safely(
     generated: tuple[Path, Path],
 ) -> None:
@@ -287,6 +293,7 @@ def test_init_config_makes_private_files_and_runs_again_safely(
     assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.integration  # runs docker-compose, bash or sshd
 @needs_compose
 def test_every_host_path_the_compose_file_mounts_is_made_by_init_config(
     generated: tuple[Path, Path],
@@ -311,6 +318,7 @@ def test_every_host_path_the_compose_file_mounts_is_made_by_init_config(
             assert (target / "secrets" / name).is_file(), key
 
 
+@pytest.mark.integration  # runs docker-compose, bash or sshd
 @pytest.mark.skipif(not SSHD.exists(), reason="OpenSSH server not installed (make system)")
 def test_partner_sshd_config_passes_openssh_own_check(
     generated: tuple[Path, Path], tmp_path: Path
