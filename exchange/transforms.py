@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from exchange.crypto.keyed import KeyedHash
 from exchange.errors import Refused
 from exchange.types import arrow_type
 
@@ -44,7 +45,6 @@ def scoped_key(key: bytes, contract_id: str, scope: str | None) -> bytes:
 
 PSEUDONYM_HEX_CHARS = 32  # 128 bits: collision-free in practice at any realistic scale
 
-_BLOCK = 64  # SHA-256 block size, for the HMAC construction (RFC 2104)
 _CHUNK_ROWS = 1 << 20  # keeps the hex output's 32-bit offsets far from overflowing
 # A UK postcode once upper-cased and without spaces (and GIR 0AA, the one exception).
 _POSTCODE = r"^(?:[A-Z]{1,2}[0-9][0-9A-Z]?[0-9][A-Z]{2}|GIR0AA)$"
@@ -101,16 +101,6 @@ def keep() -> Transform:
     return lambda values: values
 
 
-def _hmac_pads(key: bytes) -> tuple[Any, Any]:
-    """SHA-256 states after absorbing the HMAC inner and outer padded keys."""
-    if len(key) > _BLOCK:
-        key = sha256(key).digest()
-    key = key.ljust(_BLOCK, b"\0")
-    inner = sha256(bytes(b ^ 0x36 for b in key))
-    outer = sha256(bytes(b ^ 0x5C for b in key))
-    return inner, outer
-
-
 def _as_binary(values: pa.Array) -> pa.Array:
     """The UTF-8 bytes of a text column, nulls as empty (they are masked again afterwards)."""
     target = pa.large_binary() if pa.types.is_large_string(values.type) else pa.binary()
@@ -144,23 +134,9 @@ def pseudonymise(key: bytes) -> Transform:
     """Keyed HMAC-SHA256 of the value: stable across runs, not reversible without the key."""
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"a pseudonymisation key needs at least {MIN_KEY_BYTES} bytes")
-    inner, outer = _hmac_pads(key)
     width = PSEUDONYM_HEX_CHARS // 2
-
-    def digests(items: list[bytes]) -> list[bytes]:
-        # HMAC by hand from pre-keyed SHA-256 states: copying a hashlib state is about twice
-        # as fast as copying an hmac object, and the result is the same HMAC-SHA256.
-        inner_copy, outer_copy = inner.copy, outer.copy
-        out: list[bytes] = []
-        append = out.append
-        for item in items:
-            i = inner_copy()
-            i.update(item)
-            o = outer_copy()
-            o.update(i.digest())
-            append(o.digest()[:width])
-        return out
-
+    # HMAC from pre-keyed SHA-256 states (exchange.crypto.keyed): the same HMAC-SHA256.
+    digests = KeyedHash(key, width).digests
     return lambda values: _per_value(values, digests, width)
 
 

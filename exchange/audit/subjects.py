@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from exchange.crypto.keyed import KeyedHash
 from exchange.errors import LedgerError
 
 HASH_BYTES = 16
@@ -67,15 +68,11 @@ def sorted_hashes(
     text = _as_text(subjects)
     nulls = text.null_count
     distinct = pc.unique(text.drop_null() if nulls else text)
-    out = bytearray(len(distinct) * HASH_BYTES)
-    view = memoryview(out)
-    for start in range(0, len(distinct), HASH_CHUNK):
-        values = distinct.slice(start, HASH_CHUNK).to_pylist()
-        at = start * HASH_BYTES
-        for value in values:
-            view[at : at + HASH_BYTES] = hmac.digest(key, value.encode("utf-8"), "sha256")[
-                :HASH_BYTES
-            ]
-            at += HASH_BYTES
-    words = np.frombuffer(bytes(out), dtype=">u8").reshape(-1, 2)
+    mac = KeyedHash(key, HASH_BYTES)  # the same HMAC-SHA256 as subject_hash, about 2x faster
+    data = pc.cast(distinct, pa.large_binary())
+    out = b"".join(
+        mac.joined(data.slice(start, HASH_CHUNK).to_pylist())
+        for start in range(0, len(data), HASH_CHUNK)
+    )
+    words = np.frombuffer(out, dtype=">u8").reshape(-1, 2)
     return words[np.lexsort((words[:, 1], words[:, 0]))], nulls
