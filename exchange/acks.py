@@ -10,6 +10,11 @@ witnesses the sender's audit log.
 The file is JSON: {"body": {...}, "signature": "<base64>"}, the signature being a raw Ed25519
 signature over the body's canonical form (sorted keys, no spaces, UTF-8). Like a manifest it
 carries ids, counts and hashes only.
+
+A partner without this package may instead put the body alone in `<drop id>.ack.json`, in any
+JSON layout, and beside it `<drop id>.ack.json.sig`: an OpenSSH signature of that file's exact
+bytes, as `ssh-keygen -Y sign -n exchange-ack@exchange-gateway` writes it (SSH_NAMESPACE). The
+same checks apply to both forms.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from exchange.crypto import signing
+from exchange.crypto import signing, sshsig
 from exchange.errors import ConnectionLost, CryptoError, TransferError
 from exchange.manifest import ManifestError, is_safe_id, strict_json
 from exchange.transport.base import Delivery, OnAttempt, Remote, Transport
@@ -34,6 +39,8 @@ log = logging.getLogger(__name__)
 
 ACK_VERSION = "exchange-ack/1"
 ACK_SUFFIX = ".ack.json"
+SSH_SIGNATURE_SUFFIX = ".sig"  # the name `ssh-keygen -Y sign FILE` gives its signature
+SSH_NAMESPACE = "exchange-ack@exchange-gateway"
 MAX_ACK_BYTES = 64 << 10
 _KEY_ID = re.compile(r"ed25519:[0-9a-f]{16}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -129,14 +136,34 @@ def sign(body: Mapping[str, Any], key: Ed25519PrivateKey) -> bytes:
     return (json.dumps({"body": body, "signature": signature}, indent=2) + "\n").encode()
 
 
-def verify(name: str, data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Ack | RejectedAck:
-    """Check one acknowledgement file against the partner's keys (by key id)."""
+def needs_ssh_signature(data: bytes) -> bool:
+    """Whether an acknowledgement file is a bare body, signed by an OpenSSH signature beside it."""
+    try:
+        envelope = strict_json(data, limit=MAX_ACK_BYTES, what="acknowledgement")
+    except ManifestError:
+        return False
+    return isinstance(envelope, dict) and "signature" not in envelope and "type" in envelope
+
+
+def verify(
+    name: str,
+    data: bytes,
+    keys: Mapping[str, Ed25519PublicKey],
+    ssh_signature: bytes | None = None,
+) -> Ack | RejectedAck:
+    """Check one acknowledgement file against the partner's keys (by key id).
+
+    The file is an envelope with its signature, or a bare body with `ssh_signature`, the
+    OpenSSH signature of the file's exact bytes (`<name>.sig`)."""
     if len(data) > MAX_ACK_BYTES:
         return RejectedAck(name, f"larger than {MAX_ACK_BYTES} bytes")
     try:
         envelope = strict_json(data, limit=MAX_ACK_BYTES, what="acknowledgement")
-        body, signature = envelope["body"], envelope["signature"]
-        if not isinstance(body, dict) or not isinstance(signature, str):
+        if not isinstance(envelope, dict):
+            raise TypeError
+        bare = "signature" not in envelope and "type" in envelope
+        body, signature = (envelope, None) if bare else (envelope["body"], envelope["signature"])
+        if not isinstance(body, dict) or not (bare or isinstance(signature, str)):
             raise TypeError
     except (ManifestError, KeyError, TypeError):
         return RejectedAck(name, "not an acknowledgement file (unreadable JSON or no signature)")
@@ -147,10 +174,26 @@ def verify(name: str, data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Ack 
         return RejectedAck(name, f"not an {ACK_VERSION} acknowledgement", key_id)
     if key_id is None or key_id not in keys:
         return RejectedAck(name, f"signed by a key the partner has not published ({key_id})")
+    if bare and ssh_signature is None:
+        return RejectedAck(
+            name,
+            f"no signature: neither a signed envelope nor an OpenSSH signature "
+            f"{name}{SSH_SIGNATURE_SUFFIX} beside it",
+            key_id,
+        )
     try:
-        signing.verify(keys[key_id], canonical(body), signature.encode())
+        if bare:
+            sshsig.verify(keys[key_id], data, ssh_signature or b"", SSH_NAMESPACE)
+        else:
+            signing.verify(keys[key_id], canonical(body), str(signature).encode())
     except (CryptoError, ValueError, RecursionError):  # lone surrogates do not encode
-        return RejectedAck(name, f"signature does not verify with partner key {key_id}", key_id)
+        form = f"OpenSSH signature ({SSH_NAMESPACE})" if bare else "signature"
+        return RejectedAck(name, f"{form} does not verify with partner key {key_id}", key_id)
+    return _checked(name, body, key_id)
+
+
+def _checked(name: str, body: dict[str, Any], key_id: str) -> Ack | RejectedAck:
+    """What a verified acknowledgement must state, whichever form signed it."""
     drop_id, rows = body.get("drop_id"), body.get("rows")
     if not isinstance(drop_id, str) or not is_safe_id(drop_id) or name != ack_name(drop_id):
         return RejectedAck(
@@ -237,14 +280,23 @@ def collect_acks(
 def _read_ack(
     remote: Remote, folder: str, name: str, keys: Mapping[str, Ed25519PublicKey]
 ) -> Ack | RejectedAck:
-    """Read and verify one acknowledgement file; a lost connection still raises."""
+    """Read and verify one acknowledgement file (and its OpenSSH signature, for a bare body);
+    a lost connection still raises."""
     try:
         data = remote.read(f"{folder}/{name}", MAX_ACK_BYTES)
     except ConnectionLost:
         raise
     except TransferError:
         return RejectedAck(name, "unreadable on the server")
-    return verify(name, data, keys)
+    armored = None
+    if needs_ssh_signature(data):
+        try:
+            armored = remote.read(f"{folder}/{name}{SSH_SIGNATURE_SUFFIX}", sshsig.MAX_BYTES)
+        except ConnectionLost:
+            raise
+        except TransferError:
+            armored = None  # verify names the missing file
+    return verify(name, data, keys, armored)
 
 
 def _log_rejected(rejected: RejectedAck) -> None:

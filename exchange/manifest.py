@@ -201,6 +201,23 @@ def field_facts(contract: Contract) -> list[dict[str, Any]]:
     ]
 
 
+def extract_facts(since: dt.datetime | None) -> dict[str, Any]:
+    """Whether a drop is a full extract or a delta, and since which watermark."""
+    if since is None:
+        return {"kind": "full"}
+    return {"kind": "delta", "since": since.isoformat()}
+
+
+def describe_extract(body: Mapping[str, Any]) -> str:
+    """The manifest's `extract` in words, for a partner."""
+    extract = body.get("extract")
+    if not isinstance(extract, Mapping):
+        return "extent not stated (a gateway older than the manifest's extract field)"
+    if extract.get("kind") == "delta":
+        return f"a delta: rows added or changed after {extract.get('since')}"
+    return "a full extract"
+
+
 def build_manifest(
     contract: Contract,
     *,
@@ -213,11 +230,13 @@ def build_manifest(
     ledger: Mapping[str, Any],
     pseudonym_key_id: str | None = None,
     extra: Mapping[str, Any] | None = None,
+    since: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """The manifest of one drop, ready for `to_bytes` and signing.
 
     `ledger` is the sender's ledger position and checkpoint; `extra` adds top-level keys (a
-    correction notice's `correction`)."""
+    correction notice's `correction`); `since` is the watermark a delta starts after (None:
+    the payload is a full extract)."""
     return {
         "manifest_version": MANIFEST_VERSION,
         "drop_id": drop_id,
@@ -226,6 +245,7 @@ def build_manifest(
         "contract": contract_facts(contract),
         "fields": field_facts(contract),
         "rows": dict(rows),
+        "extract": extract_facts(since),
         "payload": payload.as_dict(),
         "sender": {"key_id": sender_key_id},
         **({"pseudonymisation": {"key_id": pseudonym_key_id}} if pseudonym_key_id else {}),

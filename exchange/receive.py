@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange import acks, manifest
 from exchange.crypto import age, signing, sshsig
-from exchange.errors import CryptoError, DropRejected, TransferError
+from exchange.errors import CryptoError, DropRejected, InvalidRequest, TransferError
 
 READ_CHUNK = 1 << 20
 RECORD_NAME = ".received.json"
@@ -470,6 +470,102 @@ def receive(
             ack_path=out_path / ack_file,
         ) from exc
     return replace(got, ack_remote=sent.remote_path)
+
+
+@dataclass(frozen=True)
+class Acknowledged:
+    """A signed acknowledgement of a received drop, and where it was uploaded."""
+
+    drop_id: str
+    ack_path: Path
+    reused: bool  # the acknowledgement `receive` had already signed, sent again unchanged
+    remote: str | None = None
+
+
+def acknowledge(
+    drop: Path,
+    *,
+    sender_key: Path,
+    out_dir: Path,
+    ack_key: Path,
+    ack_key_passphrase: bytes | None = None,
+    outbox: acks.AckOutbox | None = None,
+) -> Acknowledged:
+    """Sign and upload the acknowledgement of a drop already received into `out_dir`.
+
+    The drop's manifest and payload are verified again, and the acknowledgement states what
+    `receive` recorded (its time and row count). The partner's own earlier acknowledgement of
+    the same manifest is sent as it is. Raises DropRejected (the drop does not verify, or an
+    ack file that is not the partner's is in the way), InvalidRequest (not received into
+    `out_dir`), TransferError (the upload)."""
+    label = _label(drop)
+    with ExitStack() as stack:
+        drop_fd = stack.enter_context(_drop_folder(drop, label))
+        body, manifest_sha256 = _read_manifest(drop_fd, label, sender_key)
+        _open_payload(drop_fd, label, body["payload"]).close()
+        signer = signing.load_private_key(ack_key, ack_key_passphrase)
+        drop_id = body["drop_id"]
+        _, _, ack_file = _output_names(drop_id, body["payload"]["format"])
+        out_path = out_dir.resolve()
+        if not out_path.is_dir():
+            raise InvalidRequest(_not_received(drop_id, out_dir, drop))
+        out_fd = stack.enter_context(_folder(out_path))
+        with _exclusive(out_fd):
+            record = _recorded(out_fd, out_path / RECORD_NAME).get(drop_id)
+            rows = record.get("rows") if isinstance(record, dict) else None
+            received_at = record.get("received_at") if isinstance(record, dict) else None
+            if (
+                not isinstance(record, dict)
+                or record.get("manifest_sha256") != manifest_sha256
+                or type(rows) is not int
+                or not isinstance(received_at, str)
+            ):
+                raise InvalidRequest(_not_received(drop_id, out_dir, drop))
+            data = _own_ack_of(out_fd, ack_file, signer, drop_id, manifest_sha256)
+            reused = data is not None
+            if data is None:
+                if _plain_target(out_fd, drop_id, ack_file):
+                    raise _refuse_overwrite(drop_id, ack_file, " and is not your ack of it")
+                ack = acks.build(
+                    body,
+                    manifest_sha256,
+                    rows=rows,
+                    received_at=received_at,
+                    key_id=signing.key_id(signer.public_key()),
+                )
+                data = acks.sign(ack, signer)
+                _write_new(out_fd, ack_file, data, replace_existing=False)
+    done = Acknowledged(drop_id, out_path / ack_file, reused)
+    if outbox is None:
+        return done
+    sent = acks.send_ack(outbox, drop_id, data)
+    return replace(done, remote=sent.remote_path)
+
+
+def _not_received(drop_id: str, out_dir: Path, drop: Path) -> str:
+    return (
+        f"drop {drop_id} was not received into {out_dir}: receive it first "
+        f"(exchange receive {drop} --out {out_dir} ...), then acknowledge it"
+    )
+
+
+def _own_ack_of(
+    out_fd: int, name: str, signer: Any, drop_id: str, manifest_sha256: str
+) -> bytes | None:
+    """The bytes of this partner's own acknowledgement of exactly this manifest, if kept."""
+    try:
+        with _open_file(out_fd, name) as handle:
+            data = handle.read(acks.MAX_ACK_BYTES + 1)
+    except (_NotRegular, OSError):
+        return None
+    public = signer.public_key()
+    found = acks.verify(name, data, {signing.key_id(public): public})
+    if isinstance(found, acks.Ack) and (found.drop_id, found.manifest_sha256) == (
+        drop_id,
+        manifest_sha256,
+    ):
+        return data
+    return None
 
 
 def _decrypt_into(

@@ -1,10 +1,11 @@
-"""Partners' command: `receive` (verify and decrypt a drop, optionally acknowledge it)."""
+"""Partners' commands: `receive` (verify and decrypt a drop, optionally acknowledge it) and
+`ack send` (sign and upload the acknowledgement of a drop received before)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from exchange.cli._common import BAD_INPUT, OK, error, passphrase, passphrase_options, say
 from exchange.errors import CryptoError
@@ -16,20 +17,14 @@ if TYPE_CHECKING:
 
 def cmd_receive(args: argparse.Namespace) -> int:
     """Verify and decrypt a drop (partner side)."""
+    from exchange.manifest import describe_extract
     from exchange.receive import receive
 
     outbox = None
     if args.ack_connection:
         if not (args.ack_folder and args.ack_key):
             raise CryptoError("--ack-connection needs --ack-folder and --ack-key")
-        from exchange.acks import AckOutbox
-        from exchange.secrets import LocalSecrets
-        from exchange.transport import SftpTransport
-
-        secrets = LocalSecrets.from_settings(Settings.from_env())
-        outbox = AckOutbox(
-            SftpTransport(secrets.sftp_connection(args.ack_connection)), args.ack_folder
-        )
+        outbox = _outbox(args.ack_connection, args.ack_folder)
     try:
         got = receive(
             args.drop,
@@ -49,11 +44,42 @@ def cmd_receive(args: argparse.Namespace) -> int:
         f"drop {got.drop_id} verified (signature, checksum, {got.rows} rows) under contract "
         f"{got.contract_id}; data written to {got.output}"
     )
+    say(f"it is {describe_extract(got.manifest)}")
+    return OK
+
+
+def _outbox(connection: str, folder: str) -> Any:
+    """The sender's acknowledgement folder, over the named SFTP connection."""
+    from exchange.acks import AckOutbox
+    from exchange.secrets import LocalSecrets
+    from exchange.transport import SftpTransport
+
+    secrets = LocalSecrets.from_settings(Settings.from_env())
+    return AckOutbox(SftpTransport(secrets.sftp_connection(connection)), folder)
+
+
+def cmd_ack_send(args: argparse.Namespace) -> int:
+    """Sign the acknowledgement of a received drop and upload it to the sender's folder."""
+    from exchange.receive import acknowledge
+
+    done = acknowledge(
+        args.drop,
+        sender_key=args.sender_key,
+        out_dir=args.out,
+        ack_key=args.key,
+        ack_key_passphrase=passphrase(args),
+        outbox=_outbox(args.connection, args.folder),
+    )
+    how = "sent again as signed before" if done.reused else "signed"
+    say(
+        f"acknowledgement of drop {done.drop_id} {how} ({done.ack_path}) and uploaded to "
+        f"{done.remote}"
+    )
     return OK
 
 
 def add_receive(sub: Subcommands) -> None:
-    """`exchange receive`."""
+    """`exchange receive` and `exchange ack send`: the partner's commands."""
     rec = sub.add_parser("receive", help="verify and decrypt a drop (partner side)")
     rec.add_argument("drop", type=Path, help="the drop folder")
     rec.add_argument("--identity", type=Path, required=True, help="your age identity file")
@@ -68,3 +94,19 @@ def add_receive(sub: Subcommands) -> None:
     )
     passphrase_options(rec)
     rec.set_defaults(func=cmd_receive)
+
+    ack = sub.add_parser("ack", help="acknowledge a received drop (partner side)")
+    actions = ack.add_subparsers(dest="action", required=True)
+    send = actions.add_parser(
+        "send", help="sign the acknowledgement of a received drop and upload it to the sender"
+    )
+    send.add_argument("drop", type=Path, help="the drop folder, as received")
+    send.add_argument("--sender-key", type=Path, required=True, help="the sender's public key")
+    send.add_argument(
+        "--out", type=Path, default=Path("."), help="the folder `receive` wrote the drop to"
+    )
+    send.add_argument("--key", type=Path, required=True, help="your Ed25519 acknowledgement key")
+    send.add_argument("--connection", required=True, help="the SFTP connection to upload over")
+    send.add_argument("--folder", required=True, help="the agreed acknowledgement folder")
+    passphrase_options(send)
+    send.set_defaults(func=cmd_ack_send)

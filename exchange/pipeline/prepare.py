@@ -113,6 +113,7 @@ def prepare_drop(
                 ledger={"seq": head_seq, "hash": head_hash, "checkpoint": checkpoint.note},
                 pseudonym_key_id=transforms.key_id(key) if key else None,
                 extra=options.extra,
+                since=read.changed.since if read.changed else None,
             )
         )
         write_private(staging / manifest.MANIFEST_NAME, document)
