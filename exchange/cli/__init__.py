@@ -1,8 +1,8 @@
 """The `exchange` command: one entry point, subcommands by role.
 
-One module per role builds its commands: `officers` (contract ...), `data` (run, acks, drops,
-rectify, synth), `partners` (receive), `auditors` (audit ...) and `keys`. Each command imports
-what it needs when it runs, so `exchange --help` loads none of the heavy libraries.
+One module per role builds its commands: `officers` (contract ...), `data` (run, doctor, acks,
+drops, rectify, synth), `partners` (receive), `auditors` (audit ...) and `keys`. Each command
+imports what it needs when it runs, so `exchange --help` loads none of the heavy libraries.
 
 Exit codes are carried by the exception types (`exchange.errors`): 0 done; 1 unexpected failure;
 2 bad input (contract, source, request); 3 refused by policy (not runnable, guard, quality);
@@ -49,6 +49,7 @@ __all__ = [
 COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     officers.add_contract,
     data.add_run,
+    data.add_doctor,
     partners.add_receive,
     auditors.add_audit,
     data.add_acks,

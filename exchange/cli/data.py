@@ -1,9 +1,10 @@
-"""Data teams' commands: `run`, `acks collect`, `drops expire`, `rectify`, `synth`."""
+"""Data teams' commands: `run`, `doctor`, `acks collect`, `drops expire`, `rectify`, `synth`."""
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,16 +22,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dry_run:
         return cmd_dry_run(args)
     from exchange.cli import _failed
+    from exchange.doctor import NotReady
     from exchange.errors import TransferError
     from exchange.gateway import Gateway
     from exchange.pipeline.naming import new_run_id
+    from exchange.pipeline.run import run_exchange
 
     gateway = Gateway.from_env()
     run_id = args.run_id or new_run_id(gateway.clock())  # known here, to name in a retry
     try:
-        result = gateway.run(
-            args.contract, args.source, run_id=run_id, full_refresh=args.full_refresh
+        result = run_exchange(
+            gateway.context,
+            args.contract,
+            args.source,
+            run_id=run_id,
+            full_refresh=args.full_refresh,
+            preflight=True,
         )
+    except NotReady as exc:  # every missing prerequisite at once, not one per attempt
+        for finding in exc.findings:
+            print(f"missing: {finding}", file=sys.stderr)
+        error(exc.label, f"{len(exc.findings)} prerequisite(s) missing; nothing was read or sent")
+        return exc.exit_code
     except TransferError as exc:  # the drop is staged: the same run id delivers it, once
         code = _failed(exc)
         error("retry with", retry_command(args, run_id))
@@ -90,6 +103,23 @@ def dry_run_report(result: DryRun) -> list[str]:
     if result.passed:
         lines.append("quality: every rule passed")
     return lines
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """List every missing prerequisite of a run, each with its full path and its fix."""
+    from exchange.doctor import NotReady, doctor
+
+    settings = Settings.from_env()
+    findings = doctor(settings, args.contract, source_arg=args.source, connect=args.connect)
+    checked = f"contract {args.contract}" if args.contract else "the gateway"
+    if not findings:
+        dialled = ", and the partner's server answered" if args.connect else ""
+        say(f"ready: every prerequisite of {checked} is in place{dialled}")
+        return OK
+    for finding in findings:
+        say(f"missing: {finding}")
+    error("not ready", f"{len(findings)} prerequisite(s) of {checked} missing")
+    return NotReady.exit_code
 
 
 def retry_command(args: argparse.Namespace, run_id: str) -> str:
@@ -194,6 +224,22 @@ def add_run(sub: Subcommands) -> None:
         "with line numbers; needs no approval or secret, sends and records nothing",
     )
     run.set_defaults(func=cmd_run)
+
+
+def add_doctor(sub: Subcommands) -> None:
+    """`exchange doctor`."""
+    doc = sub.add_parser(
+        "doctor",
+        help="list every missing prerequisite of a run at once, with the command that fixes it",
+    )
+    doc.add_argument("contract", nargs="?", help="a contract file or id (else the gateway only)")
+    doc.add_argument("--source", help="the source a run would be given (as for run)")
+    doc.add_argument(
+        "--connect",
+        action="store_true",
+        help="also dial the partner's server: host key, login and drop folder (else local only)",
+    )
+    doc.set_defaults(func=cmd_doctor)
 
 
 def add_acks(sub: Subcommands) -> None:

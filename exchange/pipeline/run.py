@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exchange import doctor
+from exchange.contract import Contract
+from exchange.pipeline.boundary import stage
 from exchange.pipeline.check import check_contract
 from exchange.pipeline.context import Context
 from exchange.pipeline.deliver import deliver_drop
@@ -19,8 +22,12 @@ def run_exchange(
     *,
     run_id: str | None = None,
     full_refresh: bool = False,
+    preflight: bool = False,
 ) -> RunResult:
-    """Check, prepare and deliver; a run already delivered is reported, not redone."""
+    """Check, prepare and deliver; a run already delivered is reported, not redone.
+
+    With `preflight` (the CLI), every missing local prerequisite (keys, secrets, the partner's
+    host key, the source) is found before any data is read and reported at once (NotReady)."""
     run_id = run_id or new_run_id(ctx.clock())
     contract = check_contract(ctx, contract_path, run_id=run_id)
     earlier = ctx.ledger.find("transfer.sent", run_id=run_id, contract_id=contract.id)
@@ -40,6 +47,8 @@ def run_exchange(
             rows_unchanged=int(incremental.get("rows_unchanged", 0)),
             since=incremental.get("since"),
         )
+    if preflight:
+        _preflight(ctx, contract, source, run_id)
     prepared = prepare_drop(ctx, contract, source, run_id, Options(full_refresh=full_refresh))
     delivery = deliver_drop(ctx, contract, run_id)
     return RunResult(
@@ -54,3 +63,18 @@ def run_exchange(
         prepared.rows_unchanged,
         prepared.since,
     )
+
+
+def _preflight(ctx: Context, contract: Contract, source: str | Path | None, run_id: str) -> None:
+    """Raise NotReady listing every missing prerequisite; audited like any failed stage."""
+    with stage(ctx, "preflight", run_id, contract=contract):
+        given = None if source is None or not isinstance(source, str | Path) else str(source)
+        missing = doctor.preflight(
+            ctx.settings,
+            contract,
+            given,
+            store=ctx.secrets,
+            check_source=source is None or isinstance(source, str | Path),
+        )
+        if missing:
+            raise doctor.NotReady(missing)
