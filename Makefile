@@ -16,7 +16,7 @@ PIP_AUDIT := pip-audit==2.10.1
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(BOOTSTRAP)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[quality,airflow,postgres,dev]'
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[quality,airflow,postgres,celery,s3,dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
