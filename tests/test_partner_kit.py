@@ -342,6 +342,8 @@ def test_keys_generate_creates_a_missing_folder_as_documented(
     workspace: Workspace, tmp_path: Path
 ) -> None:
     assert "a missing folder is created (mode 0700)" in PARTNERS_MD.read_text()
+    operators = " ".join((REPO / "docs" / "operators.md").read_text().split())
+    assert "A missing folder is created (mode 0700)." in operators
     target = tmp_path / "new" / "keys" / "early-help.age"
     done = exchange(workspace, "keys", "generate", "--kind", "age", "--out", str(target))
     assert done.returncode == OK, done.stderr
