@@ -18,11 +18,12 @@ from typing import Any
 import pandas as pd
 import pytest
 from conftest import FOLDER, REPO, Workspace
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange import keys, manifest
+from exchange import acks, keys, manifest
 from exchange.audit import Ledger
 from exchange.cli import BAD_INPUT, OK
-from exchange.crypto import signing
+from exchange.crypto import signing, sshsig
 from exchange.gateway import Gateway
 from exchange.sandbox import PartnerSftpServer
 from exchange.transport.memory import MemoryServer, MemoryTransport
@@ -349,3 +350,54 @@ def test_keys_generate_creates_a_missing_folder_as_documented(
     assert done.returncode == OK, done.stderr
     assert target.parent.stat().st_mode & 0o777 == 0o700
     assert target.stat().st_mode & 0o777 == 0o600
+
+
+# -- the OpenSSH-signed form, attacked (no server needed) ------------------------------------------
+
+
+def bare_ack(drop_id: str, key_id: str) -> bytes:
+    body = {
+        "type": "exchange-ack/1",
+        "drop_id": drop_id,
+        "manifest_sha256": "a" * 64,
+        "received_at": "2026-11-28T09:00:00+00:00",
+        "rows": 5,
+        "verified": True,
+        "key_id": key_id,
+    }
+    return json.dumps(body, indent=1).encode()
+
+
+def collect(files: dict[str, bytes], published: list[Any]) -> tuple[list[Any], list[Any]]:
+    server = MemoryServer()
+    server.makedirs(ACK_FOLDER)
+    for name, data in files.items():
+        server.put(f"{ACK_FOLDER}/{name}", data)
+    rejected: list[Any] = []
+    with MemoryTransport(server).connect() as remote:
+        found = acks.collect_acks(remote, ACK_FOLDER, published, on_rejected=rejected.append)
+    return found, rejected
+
+
+def test_an_openssh_signed_ack_must_be_signed_by_the_key_it_names() -> None:
+    partner = Ed25519PrivateKey.generate()
+    other = Ed25519PrivateKey.generate()
+    kid = signing.key_id(partner.public_key())
+    data = bare_ack("d-1", kid)
+    good = sshsig.sign(partner, data, acks.SSH_NAMESPACE)
+    found, rejected = collect(
+        {"d-1.ack.json": data, "d-1.ack.json.sig": good}, [partner.public_key()]
+    )
+    assert [a.drop_id for a in found] == ["d-1"] and rejected == []
+
+    forged = sshsig.sign(other, data, acks.SSH_NAMESPACE)  # names the partner's key id
+    manifest_ns = sshsig.sign(partner, data)  # a manifest signature is no acknowledgement
+    huge = good + b"\n" * sshsig.MAX_BYTES
+    for signature in (forged, manifest_ns, huge, b"not armor"):
+        found, rejected = collect(
+            {"d-1.ack.json": data, "d-1.ack.json.sig": signature}, [partner.public_key()]
+        )
+        assert found == []
+        (why,) = rejected
+        assert why.name == "d-1.ack.json" and why.key_id == kid
+        assert "OpenSSH signature (exchange-ack@exchange-gateway) does not verify" in why.reason
