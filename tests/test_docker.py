@@ -16,6 +16,7 @@ import re
 import shutil
 import stat
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ import pytest
 import sqlalchemy
 import yaml
 from pg import PrivatePostgres, bin_dir
+
+from exchange import keys
+from exchange.trust import trust_entry
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
@@ -107,6 +111,9 @@ def test_every_long_running_service_has_a_health_check(config: dict[str, Any]) -
     for name in LONG_RUNNING:
         check = config["services"][name].get("healthcheck")
         assert check and check["test"], f"{name} has no health check"
+    # A worker is healthy only when the gateway's own preflight passes too.
+    for worker in ("airflow-worker-1", "airflow-worker-2"):
+        assert "exchange doctor" in " ".join(config["services"][worker]["healthcheck"]["test"])
     # Airflow waits for a healthy database and broker, and for the migration to finish.
     depends = config["services"]["airflow-scheduler"]["depends_on"]
     assert depends["postgres"]["condition"] == "service_healthy"
@@ -291,6 +298,38 @@ def test_init_config_makes_private_files_and_runs_again_safely(
     result = run_init_config(target, env_file)
     assert result.returncode == 0, result.stderr
     assert {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.integration  # runs docker-compose, bash or sshd
+def test_init_config_passes_exchange_doctor_once_approvers_are_listed(
+    generated: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """What init-config makes is what the workers' health check (exchange doctor) asks for; the
+    one thing it leaves to the operator is whom to trust."""
+    target, _ = generated
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("EXCHANGE_")},
+        "EXCHANGE_HOME": str(tmp_path / "home"),
+        "EXCHANGE_SIGNING_KEY": str(target / "keys" / "gateway.key"),
+        "EXCHANGE_SECRETS": str(target / "secrets" / "exchange-secrets.json"),
+        "EXCHANGE_APPROVERS": str(tmp_path / "etc" / "approvers.json"),
+        "EXCHANGE_CONTRACTS": str(target / "contracts"),
+        "EXCHANGE_SOURCE_DIR": str(target / "sources"),
+    }
+    (tmp_path / "etc").mkdir(mode=0o755)
+    (tmp_path / "etc").chmod(0o755)
+    shutil.copy(target / "approvers.json", tmp_path / "etc" / "approvers.json")
+    doctor = [str(Path(sys.executable).parent / "exchange"), "doctor"]
+    first = subprocess.run(doctor, env=env, capture_output=True, text=True, check=False)
+    assert first.returncode == 1 and "approvers" in first.stdout
+    assert first.stdout.strip().splitlines() == [
+        line for line in first.stdout.strip().splitlines() if "approvers" in line
+    ]
+    keys.generate("signing", tmp_path / "officer.key", comment="Officer")
+    entry = trust_entry("Ivy Officer", (tmp_path / "officer.key.pub").read_text())
+    (tmp_path / "etc" / "approvers.json").write_text(json.dumps({"approvers": [entry]}))
+    ready = subprocess.run(doctor, env=env, capture_output=True, text=True, check=False)
+    assert ready.returncode == 0, ready.stdout + ready.stderr
 
 
 @pytest.mark.integration  # runs docker-compose, bash or sshd
