@@ -205,11 +205,20 @@ def test_dockerfile_installs_from_the_lock_and_runs_unprivileged() -> None:
     install = re.search(r"-c requirements\.lock '\.\[([a-z0-9,]+)\]'", text)
     assert install, "the project must be installed with -c requirements.lock"
     extras = set(install[1].split(","))
-    declared = set(
-        tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    )
+    optional = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    declared = set(optional["optional-dependencies"])
     assert extras <= declared, f"extras not in pyproject.toml: {sorted(extras - declared)}"
     assert {"quality", "airflow", "postgres", "celery"} <= extras
+    # Every package those extras name is pinned by the lock, so the image gets tested versions.
+    pinned = {
+        re.split(r"[=<>\[ ]", line, maxsplit=1)[0].lower().replace("_", "-")
+        for line in (REPO / "requirements.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
+    for extra in extras:
+        for requirement in optional["optional-dependencies"][extra]:
+            name = re.split(r"[=<>\[ ;]", requirement, maxsplit=1)[0].lower().replace("_", "-")
+            assert name in pinned, f"{name} (extra {extra}) is not pinned in requirements.lock"
     assert "dev" not in extras
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users[-1] == "airflow", "the image must end as the unprivileged airflow user"
