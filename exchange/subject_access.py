@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -230,6 +231,21 @@ def _when(iso: str | None) -> str:
     return f"{at.day} {at:%B %Y} at {at:%H:%M} UTC"
 
 
+WIDTH = 88  # a letter's lines; ids and addresses are never broken
+
+
+def _para(text: str, indent: str = "   ", hang: str = "     ") -> list[str]:
+    """One paragraph, wrapped, its later lines indented under the first's words."""
+    return textwrap.wrap(
+        text,
+        WIDTH,
+        initial_indent=indent,
+        subsequent_indent=hang,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
 def to_text(answers: Sequence[dict[str, Any]], *, today: dt.date) -> str:
     """The answer as a letter: one numbered block per disclosure, oldest first."""
     title = "Your personal data shared through the data exchange gateway"
@@ -237,8 +253,12 @@ def to_text(answers: Sequence[dict[str, Any]], *, today: dt.date) -> str:
     if not answers:
         out += [
             "",
-            "There is no recorded disclosure about this person: no delivery made through the "
-            "gateway carried information about you.",
+            *_para(
+                "There is no recorded disclosure about this person: no delivery made through "
+                "the gateway carried information about you.",
+                "",
+                "",
+            ),
         ]
         return "\n".join(out) + "\n"
     times = "once" if len(answers) == 1 else f"{len(answers)} times"
@@ -250,29 +270,35 @@ def to_text(answers: Sequence[dict[str, Any]], *, today: dt.date) -> str:
         )
         contact = a["recipient_contact"] or "not recorded"
         out += ["", f"{n}. Sent on {_when(a['sent_at'])}"]
-        out.append(f"   To: {to} (contact: {contact})")
+        out += _para(f"To: {to} (contact: {contact})")
         if a["provider"]:
-            out.append(f"   By: {a['provider']}")
+            out += _para(f"By: {a['provider']}")
         if a["purpose"]:
-            out.append(f"   Why: {a['purpose']}")
-        out.append(f"   Purposes: {'; '.join(a['purpose_labels'])}")
-        out.append(f"   Legal basis: {'; '.join(a['legal_basis_words'])}")
+            out += _para(f"Why: {a['purpose']}")
+        out += _para(f"Purposes: {'; '.join(a['purpose_labels'])}")
+        out += _para(f"Legal basis: {'; '.join(a['legal_basis_words'])}")
         out.append("   Information sent:")
-        out += [
-            f"     - {f['name']}" + (f": {f['done']}" if f["done"] else "")
-            for f in a["fields_described"]
-        ]
+        for f in a["fields_described"]:
+            out += _para(
+                f"- {f['name']}" + (f": {f['done']}" if f["done"] else ""), "     ", "       "
+            )
         retention = a["retention"] or "not recorded here: ask the contact below"
-        out.append(f"   How long they keep it: {retention}")
-        out.append(f"   Your objection: {a['objection']['words']}")
+        out += _para(f"How long they keep it: {retention}")
+        out += _para(f"Your objection: {a['objection']['words']}")
+        # Unwrapped: the reference is what a reader quotes back, and is searched for.
         out.append(
             f"   Agreement {a['contract_id']}, version {a['contract_version']}; "
             f"reference: drop {a['drop_id']}"
         )
         if a["terms_note"]:
-            out.append(f"   Note: {a['terms_note']}.")
+            out += _para(f"Note: {a['terms_note']}.")
         if a["rights_contact"] and a["rights_contact"] not in contacts:
             contacts.append(a["rights_contact"])
     if contacts:
-        out += ["", f"To ask about this answer or use your other rights: {', '.join(contacts)}."]
+        out += [
+            "",
+            *_para(
+                f"To ask about this answer or use your other rights: {', '.join(contacts)}.", "", ""
+            ),
+        ]
     return "\n".join(out) + "\n"

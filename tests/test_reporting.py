@@ -33,7 +33,7 @@ AGREEMENT = "school-attendance-to-early-help"
 
 @pytest.fixture
 def history(workspace: Workspace, partner: PartnerSftpServer) -> History:
-    return make_history(workspace)
+    return make_history(workspace, partner)
 
 
 def entries(workspace: Workspace) -> list[tuple[int, str, str]]:
@@ -83,8 +83,11 @@ def test_the_report_is_evidence_of_each_agreement(history: History) -> None:
     assert agreement["override_powers"] == [
         f"{OVERRIDING_POWER} (Enquiries where a child may be suffering significant harm)"
     ]
-    # Nothing acknowledged yet: both drops named.
-    assert agreement["acknowledged"] == 0 and agreement["unacknowledged"] == history.drops
+    # The first drop acknowledged; the second not, and past its deadline.
+    assert [d["acknowledged"] for d in agreement["drops"]] == [True, False]
+    assert agreement["drops"][0]["ack_rows_match"] is True
+    assert agreement["acknowledged"] == 1 and agreement["unacknowledged"] == history.drops[1:]
+    assert agreement["acks_overdue"] == 1
     # Governance: the suspension (with its reason), the resume, the re-approval.
     acts = [(g["action"], g["by"].split(" (")[0]) for g in agreement["governance"]]
     assert acts == [
@@ -97,6 +100,7 @@ def test_the_report_is_evidence_of_each_agreement(history: History) -> None:
     counts = {e["event"]: e["count"] for e in report["events"]}
     assert counts["transfer.sent"] == 2 and counts["run.refused"] == 1
     assert counts["contract.suspended"] == counts["contract.resumed"] == 1
+    assert counts["ack.received"] == counts["ack.overdue"] == 1
 
     # The text form: plain headings, the same figures, identical when made again.
     text = ok_text(ws)
@@ -114,7 +118,11 @@ def test_the_report_is_evidence_of_each_agreement(history: History) -> None:
     assert all(f"drop {d}" in text for d in history.drops)
     assert "Refusals: 1\n" in text and f"suspended: contract {AGREEMENT} was suspended" in text
     assert f"Objections overridden: {history.overridden}\n  under {OVERRIDING_POWER}" in text
-    assert "Acknowledgements: 0 of 2 drops acknowledged" in text
+    assert (
+        "Acknowledgements: 1 of 2 drops acknowledged by the partner; 1 past their deadline\n"
+        in text
+    )
+    assert f"  not acknowledged: {history.drops[1]}\n" in text
     assert "suspended by Ivy Officer (IG)" in text and f"reason: {SUSPENSION_REASON}" in text
     assert strip_made(text) == strip_made(ok_text(ws))
 

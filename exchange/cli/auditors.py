@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -238,7 +239,8 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
         error("note", record)
         return OK
     sys.stdout.write(subject_access.to_text(answers, today=today))
-    say(f"\n(For the file, not the letter: these records were {record}.)")
+    footer = f"(For the file, not the letter: these records were {record}.)"
+    say("\n" + textwrap.fill(footer, subject_access.WIDTH, break_long_words=False))
     return OK
 
 
