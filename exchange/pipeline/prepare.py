@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from exchange import guard, manifest, payload, transforms
 from exchange.audit import Disclosure, Disclosures
+from exchange.audit.disclosures import SubjectHashes
 from exchange.contract import Contract
 from exchange.crypto import age, signing, sshsig
 from exchange.crypto.streams import HashingWriter
@@ -31,6 +32,7 @@ from exchange.pipeline import events
 from exchange.pipeline.boundary import Stage, stage
 from exchange.pipeline.context import Context
 from exchange.pipeline.naming import drop_id_for
+from exchange.pipeline.overlap import background
 from exchange.pipeline.results import Prepared
 from exchange.pipeline.source import Provenance, resolve
 from exchange.pipeline.staging import staging_for
@@ -39,6 +41,8 @@ from exchange.secrets import SecretMissing
 from exchange.sources import Source, check_columns
 from exchange.sources.subset import ChangedSince
 from exchange.types import arrow_type
+
+QUEUE_BATCHES = 8  # minimised batches (one CSV block each, ~1 MiB) waiting to be validated
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,7 @@ def prepare_drop(
             objecting_ids=_objecting(ctx, contract),
         )
         quality = QualityGate(contract)
-        subjects: list[pa.Array] = []
+        subjects = disclosures.hashes()  # filled batch by batch, as the rows go out
         written = _encrypt(contract, read, minimise, quality, subjects, staging)
         tally = minimise.tally
         rows = {
@@ -213,25 +217,37 @@ def _encrypt(
     read: Extract,
     minimise: Minimiser,
     quality: QualityGate,
-    subjects: list[pa.Array],
+    subjects: SubjectHashes,
     staging: Path,
 ) -> manifest.Payload:
-    """Minimise, guard and validate each batch, and stream it encrypted into the staging folder."""
+    """Minimise, guard and validate each batch, and stream it encrypted into the staging folder.
+
+    Two stages overlap: a background thread reads, minimises, guards and hashes the subjects
+    of each batch; this thread validates, encodes and encrypts. A bounded queue between them
+    keeps memory flat. Nothing reaches the encoder before the guard and the quality gate."""
     schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])
     fmt = contract.endpoint.format
 
-    def validated() -> Iterator[pa.RecordBatch]:
+    def minimised() -> Iterator[pa.RecordBatch]:
         for batch in read.source.batches(read.types):
             out = minimise(batch)
             guard.check(out.schema, contract)  # before anything is encoded or written
-            subjects.append(minimise.last_subjects)
-            yield from quality.add(out.cast(schema))
+            subjects.add(minimise.last_subjects)
+            yield out.cast(schema)
+
+    def validated(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            yield from quality.add(batch)
         yield from quality.finish()
 
     name = manifest.payload_name(fmt)
-    with open_private(staging / name) as handle:
+    with (
+        background(minimised, depth=QUEUE_BATCHES) as batches,
+        open_private(staging / name) as handle,
+    ):
         sink = HashingWriter(handle)
-        age.encrypt_chunks(payload.encode(validated(), fmt, schema), sink, contract.recipient_keys)
+        chunks = payload.encode(validated(batches), fmt, schema)
+        age.encrypt_chunks(chunks, sink, contract.recipient_keys)
     return manifest.Payload(
         name=name,
         format=fmt,
@@ -247,7 +263,7 @@ def _record_disclosures(
     contract: Contract,
     run_id: str,
     drop_id: str,
-    subjects: list[pa.Array],
+    subjects: SubjectHashes,
 ) -> Any:
     """A keyed hash of each subject in the drop, in the disclosure ledger (not yet sent)."""
     return disclosures.record(

@@ -1,0 +1,69 @@
+"""The pipeline's two overlapping stages: a producer thread behind a bounded queue."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pytest
+
+from exchange.audit.disclosures import SubjectHashes
+from exchange.audit.subjects import sorted_hashes
+from exchange.errors import SourceError
+from exchange.pipeline.overlap import background
+
+
+def test_items_arrive_in_order_from_another_thread() -> None:
+    threads: set[int] = set()
+
+    def produce() -> Iterator[int]:
+        for i in range(1000):
+            threads.add(threading.get_ident())
+            yield i
+
+    with background(produce, depth=4) as items:
+        assert list(items) == list(range(1000))
+    assert threads and threading.get_ident() not in threads
+
+
+def test_a_producer_error_is_raised_unchanged_in_the_consumer() -> None:
+    def produce() -> Iterator[int]:
+        yield 1
+        raise SourceError("source x: row 2 is not a date")
+
+    with background(produce) as items, pytest.raises(SourceError, match="row 2 is not a date"):
+        assert next(items) == 1
+        next(items)
+
+
+def test_the_queue_bounds_how_far_the_producer_runs_ahead_and_stops_it_early() -> None:
+    made: list[int] = []
+    closed = threading.Event()
+
+    def produce() -> Iterator[int]:
+        try:
+            for i in range(10_000):
+                made.append(i)
+                yield i
+        finally:
+            closed.set()  # a source's clean-up runs when the consumer gives up
+
+    with background(produce, depth=3) as items:
+        assert next(items) == 0
+        threading.Event().wait(0.3)  # give the producer time to fill the queue
+        assert len(made) <= 1 + 3 + 1  # taken, queued, and one waiting to be queued
+    assert closed.is_set()
+    assert len(made) < 10
+
+
+def test_subject_hashes_by_batch_equal_the_whole_drop_hashed_at_once() -> None:
+    key = bytes(range(32))
+    batches = [pa.array(["a", "b", None]), pa.array(["b", "c"]), pa.array([None, "a", "d"])]
+    taken = SubjectHashes(key)
+    for batch in batches:
+        taken.add(batch)
+    whole, nulls = sorted_hashes(key, pa.chunked_array(batches))
+    assert taken.nulls == nulls == 2
+    assert taken.distinct().tobytes() == whole.tobytes()
+    assert len(whole) == 4
