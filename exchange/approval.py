@@ -27,10 +27,8 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange.audit.events import Event
-from exchange.contract import Contract, canonical_sha256
-from exchange.contract.canonical import canonical_bytes
-from exchange.contract.diff import Change, classify, diff_documents
-from exchange.contract.load import parse_text, read_document
+from exchange.contract import Contract
+from exchange.contract.canonical import canonical_bytes, canonical_sha256
 from exchange.crypto import signing
 from exchange.errors import ContractError, CryptoError, InvalidRequest, NotRunnable
 from exchange.files import write_public
@@ -38,6 +36,7 @@ from exchange.trust import Approver, Trust, load_trust
 
 if TYPE_CHECKING:
     from exchange.audit import Entry, Ledger
+    from exchange.contract.diff import Change
     from exchange.settings import Settings
 
 APPROVAL_TYPE = "exchange-approval/1"
@@ -108,6 +107,8 @@ class Preview:
     @property
     def verdict(self) -> str | None:
         """identical, editorial or needs-re-approval; None when there is nothing to compare."""
+        from exchange.contract.diff import classify
+
         if self.changes is None or self.last is None:
             return None
         verdict = classify(self.changes)
@@ -118,6 +119,8 @@ class Preview:
 
 def _copy_matches(path: Path, sha256: str) -> bool:
     """Whether a kept copy parses to exactly the approved content (not edited since)."""
+    from exchange.contract.load import read_document  # the loader pulls in pyarrow: not at import
+
     try:
         return path.is_file() and canonical_sha256(read_document(path)) == sha256
     except (ContractError, OSError):
@@ -160,6 +163,8 @@ def last_approval(
 
 def _same_version(contract: Contract, last: LastApproval | None) -> tuple[str, ...]:
     """Digests of approved contents, other than this one, that carry this contract's version."""
+    from exchange.contract.load import read_document
+
     found: set[str] = set()
     if last is not None and last.version == contract.version and last.sha256 != contract.sha256:
         found.add(last.sha256)
@@ -416,6 +421,9 @@ class Governance:
     ) -> Preview:
         """What approving the contract now would sign, and what changed since the last
         approved version; ApprovalError as `review_date`."""
+        from exchange.contract.diff import diff_documents  # only officers' commands need it
+        from exchange.contract.load import read_document
+
         due = self.review_date(contract, now=now, review_by=review_by)
         last = last_approval(contract.path, contract.id, self.trust)
         changes = None
@@ -453,6 +461,8 @@ class Governance:
 
     def _keep_copy(self, contract: Contract) -> Path:
         """Keep the exact bytes being approved, read once and checked against the hash signed."""
+        from exchange.contract.load import parse_text
+
         data = contract.path.read_bytes()
         try:
             same = canonical_sha256(parse_text(data.decode("utf-8"), str(contract.path)))
