@@ -24,10 +24,12 @@ from exchange.files import private_dir
 from exchange.incidents import Notifier, notifiers_from_settings
 from exchange.operations import acks, incremental, rectify, retention
 from exchange.pipeline import check, deliver, prepare, run, staging
+from exchange.pipeline.boundary import stage
 from exchange.pipeline.context import DISCLOSURE_KEY, Context, open_disclosures
 from exchange.pipeline.naming import drop_id_for, new_run_id
 from exchange.pipeline.results import Prepared, RunResult
 from exchange.pipeline.source import resolve
+from exchange.pipeline.store import StagingStore
 from exchange.secrets import LocalSecrets, SecretStore
 from exchange.settings import Settings
 from exchange.sources import Source
@@ -133,13 +135,29 @@ class Gateway:
         triggered_by: str | None = None,
         advance_watermark: bool = True,
     ) -> Prepared:
-        """Extract, minimise, guard, validate, encrypt and sign into a staged drop."""
+        """Extract, minimise, guard, validate, encrypt and sign into a staged drop.
+
+        With a shared staging store (EXCHANGE_STAGING) the verified drop is then moved there,
+        so another worker can deliver it; a failure to publish is audited (stage `publish`)."""
         options = prepare.Options(extra, full_refresh, triggered_by, advance_watermark)
-        return prepare.prepare_drop(self.context, contract, source, run_id, options)
+        prepared = prepare.prepare_drop(self.context, contract, source, run_id, options)
+        if self.settings.staging_url:
+            with stage(self.context, "publish", run_id, contract=contract):
+                staging.publish(self.context, contract, run_id)
+        return prepared
 
     def staging_for(self, drop_id: str) -> Path:
         """Where a drop is staged: derived from the run alone, never from task state."""
         return staging.staging_for(self.settings, drop_id)
+
+    def staging_store(self) -> StagingStore | None:
+        """The shared staging store (EXCHANGE_STAGING); None when drops stay in a local folder."""
+        return staging.store_for(self.settings)
+
+    def purge_staging(self, contract: Contract | None = None) -> list[str]:
+        """Delete the staged drops of abandoned runs (EXCHANGE_STAGING_MAX_AGE_HOURS); drop ids."""
+        contract_id = contract.id if contract is not None else None
+        return staging.purge_expired(self.settings, self.clock(), contract_id=contract_id)
 
     # -- deliver ------------------------------------------------------------------------------
 

@@ -27,6 +27,19 @@ def _block_size(text: str | None) -> int:
     return value
 
 
+def _hours(name: str, text: str | None, default: float) -> float:
+    """A positive number of hours from a variable; `default` if unset."""
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a number of hours") from None
+    if not 0 < value <= 24 * 366:
+        raise InvalidRequest(f"{name} must be more than 0 and at most 8784 hours (a year)")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Where the gateway keeps its state, finds its keys and sends incident notices.
@@ -41,6 +54,9 @@ class Settings:
     EXCHANGE_APPROVERS     the trusted approvers (operator configuration, outside the contracts
                            folder); /etc/exchange/approvers.json
     EXCHANGE_CSV_BLOCK_SIZE  bytes the CSV reader takes at a time (a field must fit); 1 MiB
+    EXCHANGE_STAGING       a staging store shared by several workers: s3://bucket/prefix or
+                           file:///shared/path (exchange.pipeline.store); unset: the local folder
+    EXCHANGE_STAGING_MAX_AGE_HOURS  a staged drop of an abandoned run expires after; 168 (a week)
     EXCHANGE_INCIDENT_*    incident notices: SMTP, SMTP_TLS, FROM, TO, WEBHOOK (exchange.incidents)
     EXCHANGE_SECRET_*, EXCHANGE_CONN_*  secrets and connections by name (`secret_env`)
     """
@@ -54,6 +70,8 @@ class Settings:
     contracts: Path = Path("contracts")
     approvers: Path = DEFAULT_APPROVERS
     csv_block_size: int = 1 << 20
+    staging_url: str | None = None
+    staging_max_age_hours: float = 168.0
     incident_smtp: str | None = None
     incident_smtp_tls: str | None = None
     incident_from: str = "exchange-gateway@localhost"
@@ -79,6 +97,10 @@ class Settings:
             contracts=Path(env.get("EXCHANGE_CONTRACTS") or "contracts").absolute(),
             approvers=Path(env.get("EXCHANGE_APPROVERS") or DEFAULT_APPROVERS).absolute(),
             csv_block_size=_block_size(env.get("EXCHANGE_CSV_BLOCK_SIZE")),
+            staging_url=env.get("EXCHANGE_STAGING") or None,
+            staging_max_age_hours=_hours(
+                "EXCHANGE_STAGING_MAX_AGE_HOURS", env.get("EXCHANGE_STAGING_MAX_AGE_HOURS"), 168.0
+            ),
             incident_smtp=env.get("EXCHANGE_INCIDENT_SMTP") or None,
             incident_smtp_tls=env.get("EXCHANGE_INCIDENT_SMTP_TLS") or None,
             incident_from=env.get("EXCHANGE_INCIDENT_FROM", "exchange-gateway@localhost"),

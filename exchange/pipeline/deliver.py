@@ -1,5 +1,9 @@
 """Stage 3, deliver: verify the run's staged drop, re-check the agreement, send, purge, record.
 
+With a shared staging store the drop is first fetched into this worker's run-derived local
+folder (and the store's abandoned drops of this agreement expire); it is verified there like
+any staged drop, and after delivery both copies are deleted.
+
 The agreement is checked again right before upload. While the partner's server is being
 talked to, a failure is recorded as `transfer.failed` (with an incident: a changed host key is
 a security event); transient faults were already retried by the transport.
@@ -16,7 +20,8 @@ from exchange.pipeline import events
 from exchange.pipeline.boundary import stage
 from exchange.pipeline.check import runnable
 from exchange.pipeline.context import Context
-from exchange.pipeline.staging import staged, staging_for
+from exchange.pipeline.naming import drop_id_for
+from exchange.pipeline.staging import discard, fetch, purge_expired, staged, staging_for
 from exchange.transport.base import Delivery
 from exchange.transport.retry import Attempt
 
@@ -24,6 +29,11 @@ from exchange.transport.retry import Attempt
 def deliver_drop(ctx: Context, contract: Contract, run_id: str) -> Delivery:
     """Send the run's staged drop to the partner, once. Raises NotRunnable, TransferError."""
     with stage(ctx, "deliver", run_id, contract=contract) as current:
+        drop_id = drop_id_for(contract.id, run_id)
+        purge_expired(ctx.settings, ctx.clock(), contract_id=contract.id, keep=drop_id)
+        if fetch(ctx, contract, run_id):  # the store keeps its copy until the drop has arrived
+            local = staging_for(ctx.settings, drop_id)
+            current.undo.append(lambda _: shutil.rmtree(local, ignore_errors=True))
         prepared = staged(ctx, contract, run_id)
         runnable(ctx, contract)  # right before upload
         staging = staging_for(ctx.settings, prepared.drop_id)
@@ -41,7 +51,7 @@ def deliver_drop(ctx: Context, contract: Contract, run_id: str) -> Delivery:
         )
         current.transfer = None  # it has arrived: a failure from here on is not the transfer's
         document = (staging / manifest.MANIFEST_NAME).read_bytes()
-        shutil.rmtree(staging, ignore_errors=True)  # the ciphertext has arrived: purge it
+        discard(ctx, contract, prepared.drop_id)  # the ciphertext has arrived: purge it
         finished = ctx.clock()
         ctx.disclosures().mark_sent(prepared.drop_id, finished)
         body = events.transfer_sent(

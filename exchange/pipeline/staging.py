@@ -6,11 +6,19 @@ two signatures (raw Ed25519 and OpenSSH SSHSIG) and the payload, the manifest si
 gateway's own key in both, naming this contract
 version, run and drop, matching the ledger's record of this run's prepare, and giving the
 payload's exact size and SHA-256.
+
+With a shared store (EXCHANGE_STAGING, `pipeline.store`) the drop is still prepared into the
+local folder; `publish` then copies the verified drop to the store and removes the local copy,
+and `fetch` brings it back into the same run-derived local folder on the delivering worker,
+where it is verified again before anything of it is sent.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
 import hashlib
+import shutil
 import stat
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,7 @@ from exchange.pipeline.context import Context
 from exchange.pipeline.naming import drop_id_for
 from exchange.pipeline.results import Prepared
 from exchange.pipeline.source import file_sha256
+from exchange.pipeline.store import StagingStore, StagingUnavailable, purge_local
 from exchange.settings import Settings
 
 
@@ -33,6 +42,91 @@ def staging_for(settings: Settings, drop_id: str) -> Path:
     if root.is_symlink():
         raise NotRunnable(f"staging folder {root} is a symbolic link", reason="unsafe-path")
     return root / drop_id
+
+
+def store_for(settings: Settings) -> StagingStore | None:
+    """The shared staging store EXCHANGE_STAGING names; None for the local folder alone."""
+    return StagingStore.open(settings.staging_url) if settings.staging_url else None
+
+
+def _names(contract: Contract) -> set[str]:
+    """The only objects a staged drop may hold."""
+    payload = manifest.payload_name(contract.endpoint.format)
+    return {manifest.MANIFEST_NAME, manifest.SIGNATURE_NAME, manifest.SSH_SIGNATURE_NAME, payload}
+
+
+def publish(ctx: Context, contract: Contract, run_id: str) -> bool:
+    """Verify the run's local staged drop and move it to the shared store, if one is set.
+
+    False (and nothing done) without a store. Raises NotRunnable (staging-invalid),
+    StagingUnavailable (the local copy is then kept, and nothing of it left in the store)."""
+    store = store_for(ctx.settings)
+    if store is None:
+        return False
+    prepared = staged(ctx, contract, run_id)  # only a drop that verifies leaves this worker
+    folder = staging_for(ctx.settings, prepared.drop_id)
+    try:
+        store.publish(contract.id, prepared.drop_id, folder, _names(contract))
+    except BaseException:
+        with contextlib.suppress(StagingUnavailable):  # never leave half a drop behind
+            store.remove(contract.id, prepared.drop_id)
+        raise
+    shutil.rmtree(folder, ignore_errors=True)  # the store holds it now
+    return True
+
+
+def fetch(ctx: Context, contract: Contract, run_id: str) -> bool:
+    """Bring the run's drop from the shared store into its local folder, fresh.
+
+    False if no store is set or it holds no drop for this run (then a drop staged locally, by
+    a run prepared and delivered in one process, is used). Raises NotRunnable, StagingUnavailable.
+    """
+    store = store_for(ctx.settings)
+    if store is None:
+        return False
+    drop_id = drop_id_for(contract.id, run_id)
+    if not store.names(contract.id, drop_id):
+        return False
+    folder = staging_for(ctx.settings, drop_id)
+    shutil.rmtree(folder, ignore_errors=True)  # whatever an earlier attempt left is not used
+    private_dir(folder)
+    payload = manifest.payload_name(contract.endpoint.format)
+    try:
+        store.fetch(contract.id, drop_id, folder, _names(contract), payload)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return True
+
+
+def discard(ctx: Context, contract: Contract, drop_id: str) -> None:
+    """Delete a delivered drop: its local folder and its objects in the shared store."""
+    shutil.rmtree(staging_for(ctx.settings, drop_id), ignore_errors=True)
+    store = store_for(ctx.settings)
+    if store is not None:
+        # The drop has arrived: a store that fails to delete now must not fail the delivery;
+        # its copy (ciphertext) expires with the abandoned drops.
+        with contextlib.suppress(StagingUnavailable):
+            store.remove(contract.id, drop_id)
+
+
+def purge_expired(
+    settings: Settings,
+    now: dt.datetime,
+    *,
+    contract_id: str | None = None,
+    keep: str | None = None,
+) -> list[str]:
+    """Delete staged drops of abandoned runs (older than EXCHANGE_STAGING_MAX_AGE_HOURS).
+
+    Both the local staging folder and the shared store; `keep` spares the drop under way.
+    Returns the drop ids removed. Raises StagingUnavailable."""
+    max_age = dt.timedelta(hours=settings.staging_max_age_hours)
+    removed = purge_local(settings.staging, max_age, now, contract_id=contract_id, keep=keep)
+    store = store_for(settings)
+    if store is not None:
+        removed += store.purge_expired(max_age, now, contract_id=contract_id, keep=keep)
+    return sorted(set(removed))
 
 
 class _Refusal:

@@ -1,0 +1,336 @@
+"""The shared staging store: prepare on one worker, deliver from another, through a real store.
+
+The S3 store is moto's standalone server on loopback (a real HTTP S3 endpoint, reached through
+s3fs as in production); the partner is the real sshd fixture. Each "worker" has its own
+EXCHANGE_HOME, so only the store and the shared ledger connect them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import FOLDER, Workspace, inbox_entries
+
+from exchange.audit import Ledger
+from exchange.errors import InvalidRequest, NotRunnable
+from exchange.gateway import Gateway
+from exchange.pipeline.naming import drop_id_for
+from exchange.pipeline.store import StagingStore, StagingUnavailable, parse_url
+from exchange.receive import receive
+from exchange.sandbox import PartnerSftpServer
+from exchange.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "exchange-staging"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "test-key-id", "AWS_SECRET_ACCESS_KEY": "test-secret-value"}
+
+
+# -- configuration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("/var/staging", "s3://bucket/prefix or file:///shared/path"),
+        ("gs://bucket/x", "s3://bucket/prefix or file:///shared/path"),
+        ("s3://key:secret@bucket/x", "must not carry credentials"),
+        ("s3://bucket/x?endpoint_url=http://h", "must not carry credentials"),
+        ("s3:///x", "needs a bucket"),
+        ("file://host/x", "absolute folder"),
+        ("file:///", "absolute folder"),
+    ],
+)
+def test_a_bad_staging_url_is_refused_without_echoing_it(url: str, words: str) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        parse_url(url)
+    assert words in str(caught.value)
+    assert "secret" not in str(caught.value).replace("AWS_SECRET_ACCESS_KEY", "")
+
+
+def test_staging_urls_name_their_root() -> None:
+    assert parse_url("s3://bucket/a/b/") == ("s3", "bucket/a/b")
+    assert parse_url("s3://bucket") == ("s3", "bucket")
+    assert parse_url("file:///shared/staging/") == ("file", "/shared/staging")
+
+
+def test_staging_settings_are_read_and_checked() -> None:
+    settings = Settings.from_env({"EXCHANGE_STAGING": "s3://b/p", "HOME": "/tmp"})
+    assert settings.staging_url == "s3://b/p" and settings.staging_max_age_hours == 168
+    settings = Settings.from_env({"EXCHANGE_STAGING_MAX_AGE_HOURS": "2.5", "HOME": "/tmp"})
+    assert settings.staging_url is None and settings.staging_max_age_hours == 2.5
+    for bad in ("soon", "0", "-1", "1e9", "nan"):
+        with pytest.raises(InvalidRequest, match="EXCHANGE_STAGING_MAX_AGE_HOURS"):
+            Settings.from_env({"EXCHANGE_STAGING_MAX_AGE_HOURS": bad, "HOME": "/tmp"})
+
+
+# -- a real S3 server on loopback ------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> Iterator[str]:
+    """moto's standalone S3 server on a free loopback port, with the staging bucket."""
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise RuntimeError("moto_server did not start") from None
+                time.sleep(0.1)
+        import boto3
+
+        client = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1", **_boto(CREDENTIALS)
+        )
+        client.create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _boto(credentials: dict[str, str]) -> dict[str, str]:
+    return {
+        "aws_access_key_id": credentials["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": credentials["AWS_SECRET_ACCESS_KEY"],
+    }
+
+
+@pytest.fixture
+def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """The store's endpoint and credentials in the environment, as a worker would have them."""
+    env = {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_endpoint, "AWS_DEFAULT_REGION": "us-east-1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+def worker(workspace: Workspace, name: str, staging: str, tmp_path: Path) -> dict[str, str]:
+    """One worker's settings: its own home, the shared ledger, keys, secrets and store."""
+    home = tmp_path / name
+    home.mkdir(mode=0o700)
+    return {
+        **workspace.env,
+        "EXCHANGE_HOME": str(home),
+        "EXCHANGE_AUDIT_URL": f"sqlite:///{tmp_path / 'shared-ledger.db'}",
+        "EXCHANGE_SIGNING_KEY": str(Path(workspace.env["EXCHANGE_HOME"]) / "keys/gateway.key"),
+        "EXCHANGE_STAGING": staging,
+    }
+
+
+PREPARE = """
+import json, sys
+from exchange.gateway import Gateway
+gateway = Gateway.from_env()
+contract = gateway.check(sys.argv[1], run_id=sys.argv[2])
+prepared = gateway.prepare(contract, None, run_id=sys.argv[2])
+print(json.dumps({"drop_id": prepared.drop_id, "rows_sent": prepared.rows_sent}))
+"""
+
+
+def prepare_elsewhere(env: dict[str, str], workspace: Workspace, run_id: str) -> dict[str, object]:
+    """Check and prepare the run in a separate process, as the `prepare` worker would."""
+    done = subprocess.run(
+        [sys.executable, "-c", PREPARE, str(workspace.contract), run_id],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for secret in CREDENTIALS.values():
+        assert secret not in done.stdout + done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def two_workers(
+    workspace: Workspace, partner: PartnerSftpServer, s3_env: dict[str, str], tmp_path: Path
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Worker A prepares, worker B delivers; the staging store is `s3://BUCKET/<test>`."""
+    workspace.source(500)
+    staging = f"s3://{BUCKET}/{tmp_path.name}"
+    return (
+        worker(workspace, "worker-a", staging, tmp_path),
+        worker(workspace, "worker-b", staging, tmp_path),
+    )
+
+
+def test_a_drop_prepared_on_one_worker_is_delivered_from_another_through_s3(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    two_workers: tuple[dict[str, str], dict[str, str]],
+    tmp_path: Path,
+) -> None:
+    env_a, env_b = two_workers
+    prepared = prepare_elsewhere(env_a, workspace, "run-1")
+    drop_id = str(prepared["drop_id"])
+    # Worker A keeps nothing: the verified drop is in the store, and only there.
+    assert list((Path(env_a["EXCHANGE_HOME"]) / "staging").iterdir()) == []
+    gateway_b = Gateway(Settings.from_env(env_b))
+    store = gateway_b.staging_store()
+    assert store is not None
+    assert sorted(store.names(workspace_contract_id(workspace), drop_id)) == [
+        "data.csv.age",
+        "manifest.json",
+        "manifest.json.sig",
+        "manifest.json.sshsig",
+    ]
+    contract = gateway_b.recheck(workspace.contract, run_id="run-1")
+    delivery = gateway_b.deliver(contract, "run-1")
+    assert inbox_entries(partner) == [drop_id]
+    assert delivery.remote_path == f"{FOLDER}/{drop_id}"
+    got = receive(
+        partner.root / FOLDER / drop_id,
+        identity=workspace.identity,
+        sender_key=workspace.sender_key,
+        out_dir=tmp_path / "received",
+    )
+    assert got.rows == prepared["rows_sent"] > 0
+    # After delivery the store and both workers' staging folders are empty.
+    assert store.drops() == {}
+    assert list((Path(env_b["EXCHANGE_HOME"]) / "staging").iterdir()) == []
+    events = [e.event for e in Ledger(env_b["EXCHANGE_AUDIT_URL"]).entries()]
+    assert events == ["contract.checked", "run.prepared", "transfer.sent"]
+
+
+def workspace_contract_id(workspace: Workspace) -> str:
+    from exchange.contract import load_contract
+
+    return load_contract(workspace.contract).id
+
+
+@pytest.mark.parametrize("tamper", ["payload", "manifest", "extra object"])
+def test_a_tampered_drop_in_the_store_is_refused_and_nothing_is_sent(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    two_workers: tuple[dict[str, str], dict[str, str]],
+    tamper: str,
+) -> None:
+    env_a, env_b = two_workers
+    drop_id = str(prepare_elsewhere(env_a, workspace, "run-t")["drop_id"])
+    gateway_b = Gateway(Settings.from_env(env_b))
+    store = gateway_b.staging_store()
+    assert store is not None
+    contract_id = workspace_contract_id(workspace)
+    key = f"{store.root}/{contract_id}/{drop_id}"
+    if tamper == "payload":  # same size, one byte changed
+        data = bytearray(store.fs.cat_file(f"{key}/data.csv.age"))
+        data[len(data) // 2] ^= 0x01
+        store.fs.pipe_file(f"{key}/data.csv.age", bytes(data))
+    elif tamper == "manifest":
+        document = store.fs.cat_file(f"{key}/manifest.json").replace(b'"read"', b'"reed"')
+        store.fs.pipe_file(f"{key}/manifest.json", document)
+    else:
+        store.fs.pipe_file(f"{key}/notes.txt", b"not part of a drop")
+    contract = gateway_b.recheck(workspace.contract, run_id="run-t")
+    with pytest.raises(NotRunnable) as caught:
+        gateway_b.deliver(contract, "run-t")
+    assert caught.value.reason == "staging-invalid"
+    assert inbox_entries(partner) == []
+    # The refused copy is not left on worker B; the store keeps it until it expires.
+    assert not (Path(env_b["EXCHANGE_HOME"]) / "staging" / drop_id).exists()
+    assert (contract_id, drop_id) in store.drops()
+    last = list(Ledger(env_b["EXCHANGE_AUDIT_URL"]).entries())
+    refused = [e for e in last if e.event == "run.refused"]
+    assert refused and refused[-1].data["reason"] == "staging-invalid"
+
+
+def test_an_abandoned_drop_expires_from_the_store_and_the_local_folder(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    two_workers: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    env_a, env_b = two_workers
+    abandoned = str(prepare_elsewhere(env_a, workspace, "run-old")["drop_id"])
+    contract_id = workspace_contract_id(workspace)
+    # An abandoned local folder on worker B, as a crashed delivery might leave.
+    local = Path(env_b["EXCHANGE_HOME"]) / "staging" / drop_id_for(contract_id, "run-gone")
+    local.mkdir(parents=True)
+    (local / "manifest.json").write_bytes(b"{}")
+    stranger = Path(env_b["EXCHANGE_HOME"]) / "staging" / "not-a-drop"
+    stranger.mkdir()
+    now = dt.datetime.now(dt.UTC)
+    young = Gateway(Settings.from_env(env_b), clock=lambda: now + dt.timedelta(hours=167))
+    assert young.purge_staging() == []
+    old = Gateway(Settings.from_env(env_b), clock=lambda: now + dt.timedelta(hours=169))
+    assert old.purge_staging() == sorted([abandoned, local.name])
+    store = old.staging_store()
+    assert store is not None and store.drops() == {}
+    assert not local.exists() and stranger.is_dir()  # only drop-shaped folders are touched
+    # Delivery purges this agreement's expired drops (never its own) before it starts.
+    env_b_short = {**env_b, "EXCHANGE_STAGING_MAX_AGE_HOURS": "1"}
+    stale = str(prepare_elsewhere(env_a, workspace, "run-stale")["drop_id"])
+    fresh = str(prepare_elsewhere(env_a, workspace, "run-now")["drop_id"])
+    later = Gateway(Settings.from_env(env_b_short), clock=lambda: now + dt.timedelta(hours=2))
+    contract = later.recheck(workspace.contract, run_id="run-now")
+    later.deliver(contract, "run-now")
+    assert inbox_entries(partner) == [fresh]
+    assert store.drops() == {}, stale
+
+
+def test_an_unreachable_store_is_a_retryable_error_naming_the_store_not_its_secrets(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    store = StagingStore.open(f"s3://{BUCKET}/x")
+    with pytest.raises(StagingUnavailable) as caught:
+        store.names("c", "c-0123456789abcdef")
+    message = str(caught.value)
+    assert f"s3://{BUCKET}/x" in message and "127.0.0.1" not in message
+    assert all(secret not in message for secret in CREDENTIALS.values())
+
+
+# -- a shared filesystem ---------------------------------------------------------------------
+
+
+def test_a_shared_folder_store_carries_the_drop_with_private_modes(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    workspace.source(200)
+    shared = tmp_path / "shared"
+    env_a = worker(workspace, "worker-a", f"file://{shared}", tmp_path)
+    env_b = worker(workspace, "worker-b", f"file://{shared}", tmp_path)
+    drop_id = str(prepare_elsewhere(env_a, workspace, "run-f")["drop_id"])
+    contract_id = workspace_contract_id(workspace)
+    folder = shared / contract_id / drop_id
+    assert {p.name for p in folder.iterdir()} == {
+        "data.csv.age",
+        "manifest.json",
+        "manifest.json.sig",
+        "manifest.json.sshsig",
+    }
+    assert {oct(p.stat().st_mode & 0o777) for p in folder.iterdir()} == {"0o600"}
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    gateway_b = Gateway(Settings.from_env(env_b))
+    gateway_b.deliver(gateway_b.recheck(workspace.contract, run_id="run-f"), "run-f")
+    assert inbox_entries(partner) == [drop_id]
+    assert not folder.exists()
