@@ -199,6 +199,7 @@ def test_approve_with_a_passphrase_protected_key(workspace: Workspace) -> None:
         str(pair),
         "--passphrase-env",
         "PASS",
+        "--yes",
         PASS="correct horse",
     )
     assert right.returncode == 0, right.stderr

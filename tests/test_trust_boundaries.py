@@ -76,6 +76,24 @@ def test_a_self_approved_copy_outside_the_contracts_folder_does_not_run(
     assert event == "run.refused" and body["reason"] == "outside-contracts-folder"
 
 
+def test_an_approved_copy_in_a_subfolder_of_the_contracts_does_not_run(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    """`approved/` holds approved copies: a copy there with its approval beside it is not a
+    contract to run, nor is one in any other subfolder."""
+    nested = workspace.contract.parent / "approved" / "nested"
+    nested.mkdir(parents=True)
+    copy = nested / workspace.contract.name
+    shutil.copy(workspace.contract, copy)
+    shutil.copy(approval.approval_path(workspace.contract), approval.approval_path(copy))
+    done = exchange(workspace, "run", str(copy), "--source", str(workspace.source(30)))
+    one_line_refusal(done, REFUSED, "not in the configured contracts folder")
+    assert inbox_entries(partner) == []
+    assert ("run.refused", "outside-contracts-folder") in [
+        (event, body.get("reason")) for event, body in events(workspace)
+    ]
+
+
 def test_an_approvers_folder_beside_the_contracts_is_not_trusted(
     workspace: Workspace, partner: PartnerSftpServer
 ) -> None:

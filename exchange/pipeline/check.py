@@ -22,17 +22,20 @@ from exchange.settings import Settings
 def contract_file(settings: Settings, contract: str | Path) -> Path:
     """A contract file inside the configured contracts folder, by path or by id.
 
-    Contracts run only from that folder: a copy elsewhere, however approved, does not run.
+    Contracts run only from that folder's top level: a copy elsewhere, however approved, does
+    not run.
     Raises NotRunnable for a file elsewhere, ContractError for a missing one."""
     folder = settings.contracts.resolve()
     given = Path(contract)
     if given.suffix not in (".yaml", ".yml") and SAFE_ID.fullmatch(str(contract)):
         given = folder / f"{contract}.yaml"
     path = (given if given.is_absolute() else Path.cwd() / given).resolve()
-    if not path.is_relative_to(folder):
+    # Only the folder's top level: `approved/` keeps approved copies and `suspensions/` signed
+    # statements, and neither is a contract to run.
+    if path.parent != folder:
         raise NotRunnable(
             f"contract {given.name} is not in the configured contracts folder {folder} "
-            "(EXCHANGE_CONTRACTS): contracts run only from there",
+            "(EXCHANGE_CONTRACTS): contracts run only from its top level",
             reason="outside-contracts-folder",
         )
     if not path.is_file():
