@@ -83,6 +83,16 @@ def _sent_entry(ledger: Ledger, found: Disclosure) -> dict[str, Any]:
     return body if body.get("drop_id") == found.drop_id else {}
 
 
+def _acknowledged(ledger: Ledger, found: Disclosure) -> str | None:
+    """When the recipient's signed acknowledgement of the drop was recorded, if it was."""
+    if not found.run_id:
+        return None
+    entry = ledger.find(Event.ACK_RECEIVED, run_id=found.run_id, contract_id=found.contract_id)
+    if entry is None or entry.data.get("drop_id") != found.drop_id:
+        return None
+    return entry.recorded_at
+
+
 def _party(party: dict[str, Any]) -> str:
     return party["organisation"] + (f", {party['department']}" if party["department"] else "")
 
@@ -133,11 +143,12 @@ def _objection(
         )
     else:
         yours = "overridden-if-recorded"
-        counted = (
-            f"{count} {'person' if count == 1 else 'people'}'s objections were"
-            if count
-            else "objections may have been"
-        )
+        if count is None:
+            counted = "objections may have been"
+        elif count == 1:
+            counted = "1 person's objection was"
+        else:
+            counted = f"{count} people's objections were"
         text = (
             f"If you had objected and your objection was recorded when this was sent, it was "
             f"overridden: this agreement allows that under {under}, and {counted} overridden in "
@@ -173,14 +184,17 @@ def describe(
 
     `governance` only spares the agreement's summary from loading the trust anchor again."""
     answers = []
+    cache: dict[tuple[str, str, str | None], Terms] = {}  # most drops share a few versions
     for d in found:
         sent = _sent_entry(ledger, d)
-        terms = find_terms(contracts, d.contract_id, d.contract_version, sent.get("sha256"))
+        known = (d.contract_id, d.contract_version, sent.get("sha256"))
+        terms = cache.get(known) or cache.setdefault(known, find_terms(contracts, *known))
         count = _rows(sent)
         base = {
             **dataclasses.asdict(d),
             "sent_at": d.sent_at.isoformat() if d.sent_at else None,
             "contract_sha256": sent.get("sha256"),
+            "acknowledged_at": _acknowledged(ledger, d),
             "terms_as_sent": terms.exact,
             "terms_note": terms.note,
         }

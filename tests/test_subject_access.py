@@ -18,7 +18,9 @@ import yaml
 from audit_history import OVERRIDING_POWER, History, exchange, make_history
 from conftest import Workspace
 
+from exchange.reporting import override_powers
 from exchange.sandbox import PartnerSftpServer
+from exchange.subject_access import _objection
 
 S47 = f"{OVERRIDING_POWER} (Enquiries where a child may be suffering significant harm)"
 RECIPIENT = "Anyshire County Council, Early Help Service (contact: earlyhelp.ig@anyshire.example)"
@@ -98,6 +100,7 @@ def test_the_answer_says_who_why_what_how_long_and_what_became_of_an_objection(
         assert d["retention"] == "The recipient keeps each drop for 2 years, then deletes it."
         assert [f["name"] for f in d["fields_described"]] == d["fields"]
         assert d["terms_as_sent"] and d["sent_at"]
+    assert first["acknowledged_at"] and second["acknowledged_at"] is None  # as the partner did
     assert first["objection"]["agreement_overrides"] is False
     assert first["objection"]["yours"] == "not-overridden"
     assert second["objection"] | {"words": ""} == {
@@ -159,3 +162,17 @@ def test_words_come_from_the_agreement_as_sent_not_as_edited_since(history: Hist
     assert [d["terms_as_sent"] for d in bare] == [False, False]
     assert bare[1]["objection"]["powers"] == [S47] and bare[1]["retention"] is None
     assert "Safeguarding children and adults at risk" in bare[0]["purpose_labels"]
+
+
+def test_the_powers_that_override_are_read_from_the_recorded_legal_basis() -> None:
+    basis = "Care Act 2014 s.42; Health and Social Care Act 2012 s.251B; UK GDPR Art 6(1)(e)"
+    assert override_powers(basis) == ["Care Act 2014 s.42 (Enquiry by local authority "
+                                      "(safeguarding adults))"]  # fmt: skip
+    assert override_powers("Children Act 2004 s.10; UK GDPR Art 6(1)(e)") == []
+    # A drop with no transfer.sent entry to count from says what it cannot know.
+    unknown = _objection(True, ["Care Act 2014 s.42"], None, None)
+    assert unknown["yours"] == "overridden-if-recorded"
+    assert "objections may have been overridden" in unknown["words"]
+    one = _objection(True, ["Care Act 2014 s.42"], "Why.", 1)
+    assert "1 person's objection was overridden in this delivery" in one["words"]
+    assert one["words"].endswith("The agreement's reason: Why.")

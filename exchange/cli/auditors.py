@@ -221,12 +221,14 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
     except LedgerError as exc:
         ledger.append("subject.looked_up", {**asked, "outcome": "refused", "problem": str(exc)})
         raise
+    # Recorded before the answer is worded: a lookup that was made is on the record even if
+    # wording it fails.
+    recorded = ledger.append(
+        "subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)}
+    )
     today = dt.date.today()
     answers = subject_access.describe(
         found, ledger, settings.contracts, today=today, governance=_quiet_governance(settings)
-    )
-    recorded = ledger.append(
-        "subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)}
     )
     if public is None:
         error("warning", NO_KEY_WARNING)
