@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import re
 import shlex
@@ -15,9 +16,12 @@ from conftest import Workspace, connect, inbox_entries
 
 from exchange import cli
 from exchange.audit import Ledger
-from exchange.cli.data import retry_command, unchanged_note
+from exchange.cli.data import progress, retry_command, unchanged_note
+from exchange.gateway import Gateway
 from exchange.pipeline.results import RunResult
+from exchange.pipeline.run import run_exchange
 from exchange.sandbox import PartnerSftpServer
+from exchange.transport.memory import MemoryServer, MemoryTransport
 
 EXCHANGE = str(Path(sys.executable).with_name("exchange"))
 
@@ -56,6 +60,7 @@ def test_a_failed_delivery_prints_the_command_that_retries_it(
     connect(workspace, partner)
     retried = exchange(workspace, *command[1:])
     assert retried.returncode == 0, retried.stderr
+    assert retried.stderr == ""  # no progress drawn when standard error is not a terminal
     assert retried.stdout.startswith(f"run {run_id}: read 100 rows, ")
     again = exchange(workspace, *command[1:])
     assert again.returncode == 0 and "already delivered" in again.stdout
@@ -133,3 +138,40 @@ def test_the_retry_command_never_prints_a_source_url() -> None:
     )
     args.source = None
     assert retry_command(args, "cli-1").startswith("exchange run 'contracts/my agreement.yaml' ")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_is_drawn_on_a_terminal_only() -> None:
+    piped = io.StringIO()
+    with progress(piped) as show:
+        show("run r: reading, minimising, validating and encrypting")
+    assert piped.getvalue() == ""
+    terminal = Terminal()
+    with progress(terminal) as show:
+        show("run r: reading, minimising, validating and encrypting")
+    assert "reading, minimising, validating and encrypting" in terminal.getvalue()
+
+
+def test_a_run_reports_each_stage_with_counts_only(workspace: Workspace) -> None:
+    server = MemoryServer()
+    server.makedirs("inbox/attendance")
+    transport = MemoryTransport(server)
+    gateway = Gateway(workspace.settings, transports={"sftp": lambda endpoint, secrets: transport})
+    shown: list[str] = []
+    result = run_exchange(
+        gateway.context,
+        workspace.contract,
+        str(workspace.source(40)),
+        run_id="r-progress",
+        preflight=False,
+        progress=shown.append,
+    )
+    assert shown == [
+        "run r-progress: checking the contract and its approval",
+        "run r-progress: reading, minimising, validating and encrypting",
+        f"run r-progress: read 40 rows; delivering {result.rows_sent} to Anyshire County Council",
+    ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 from exchange.cli._common import BAD_INPUT, OK, REFUSED, error, say, subject_id
 from exchange.settings import Settings
@@ -31,14 +33,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     gateway = Gateway.from_env()
     run_id = args.run_id or new_run_id(gateway.clock())  # known here, to name in a retry
     try:
-        result = run_exchange(
-            gateway.context,
-            args.contract,
-            args.source,
-            run_id=run_id,
-            full_refresh=args.full_refresh,
-            preflight=True,
-        )
+        with progress() as show:  # gone before any message below is printed
+            result = run_exchange(
+                gateway.context,
+                args.contract,
+                args.source,
+                run_id=run_id,
+                full_refresh=args.full_refresh,
+                preflight=True,
+                progress=show,
+            )
     except NotReady as exc:  # every missing prerequisite at once, not one per attempt
         for finding in exc.findings:
             print(f"missing: {finding}", file=sys.stderr)
@@ -60,11 +64,36 @@ def cmd_run(args: argparse.Namespace) -> int:
     return OK
 
 
+@contextmanager
+def progress(stream: TextIO | None = None) -> Iterator[Callable[[str], None]]:
+    """A one-line status of long work on a terminal, cleared when done; silent otherwise.
+
+    Drawn with rich when it is installed (it comes with the pinned set); without it, or when
+    the output is not a terminal (a pipe, a log, Airflow), nothing is shown."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        yield _quiet
+        return
+    try:
+        from rich.console import Console
+    except ImportError:
+        yield _quiet
+        return
+    console = Console(file=stream, force_terminal=True)
+    with console.status("exchange: starting", spinner="line") as status:
+        yield lambda text: status.update(text)
+
+
+def _quiet(_: str) -> None:
+    """Progress that shows nothing."""
+
+
 def cmd_dry_run(args: argparse.Namespace) -> int:
     """Minimise, guard and validate the source as the contract says; send and record nothing."""
     from exchange.pipeline.dryrun import dry_run
 
-    result = dry_run(Settings.from_env(), args.contract, args.source)
+    with progress() as show:
+        result = dry_run(Settings.from_env(), args.contract, args.source, progress=show)
     for line in dry_run_report(result):
         say(line)
     if result.passed:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -114,6 +114,7 @@ def dry_run(
     *,
     today: dt.date | None = None,
     window_rows: int = WINDOW_ROWS,
+    progress: Callable[[str], None] | None = None,
 ) -> DryRun:
     """Minimise, guard and validate the source as the contract says; write and send nothing.
 
@@ -128,9 +129,13 @@ def dry_run(
     key = os.urandom(32) if loaded.pseudonymisation_key else None  # throwaway: never the real one
     today = today or dt.datetime.now(dt.UTC).date()
     minimise = Minimiser(loaded, pseudonym_key=key, today=today)
+    if progress is not None:
+        progress(f"dry run: loading the quality rules of {loaded.id}")
     window = _Windows(loaded, rules, window_rows)
     try:
         for offset, batch in _numbered(opened.batches(types)):
+            if progress is not None:
+                progress(f"dry run: {offset + batch.num_rows:,} rows read from {opened.name}")
             out = minimise(batch)
             guard.check(out.schema, loaded)
             window.add(out, partial(_kept_rows, loaded, today, batch, offset))

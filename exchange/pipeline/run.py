@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from exchange import doctor
@@ -23,12 +24,16 @@ def run_exchange(
     run_id: str | None = None,
     full_refresh: bool = False,
     preflight: bool = False,
+    progress: Callable[[str], None] | None = None,
 ) -> RunResult:
     """Check, prepare and deliver; a run already delivered is reported, not redone.
 
-    With `preflight` (the CLI), every missing local prerequisite (keys, secrets, the partner's
-    host key, the source) is found before any data is read and reported at once (NotReady)."""
+    With `preflight` (the CLI), every missing local prerequisite (keys, secrets, the SFTP
+    connection, the source) is found before any data is read and reported at once (NotReady).
+    `progress` is told each stage as it starts (ids and counts only)."""
+    say = progress or (lambda _: None)
     run_id = run_id or new_run_id(ctx.clock())
+    say(f"run {run_id}: checking the contract and its approval")
     contract = check_contract(ctx, contract_path, run_id=run_id)
     earlier = ctx.ledger.find("transfer.sent", run_id=run_id, contract_id=contract.id)
     if earlier is not None:
@@ -48,8 +53,14 @@ def run_exchange(
             since=incremental.get("since"),
         )
     if preflight:
+        say(f"run {run_id}: checking keys, secrets, the connection and the source")
         _preflight(ctx, contract, source, run_id)
+    say(f"run {run_id}: reading, minimising, validating and encrypting")
     prepared = prepare_drop(ctx, contract, source, run_id, Options(full_refresh=full_refresh))
+    say(
+        f"run {run_id}: read {prepared.rows_read:,} rows; delivering {prepared.rows_sent:,} to "
+        f"{contract.recipient.organisation}"
+    )
     delivery = deliver_drop(ctx, contract, run_id)
     return RunResult(
         run_id,
