@@ -16,7 +16,6 @@ from urllib.parse import urlsplit
 import jsonschema
 from croniter import croniter
 
-from exchange import filters
 from exchange.contract import names, safe_yaml
 from exchange.contract.canonical import _plain, canonical_sha256
 from exchange.contract.legal import identifies_directly
@@ -354,6 +353,8 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
             "a field is pseudonymised: name the key's secret in 'pseudonymisationKey'",
         )
     if "filters" in custom:
+        from exchange import filters  # pyarrow.compute, only for contracts with filters
+
         index, specs = custom["filters"]
         objections = custom.get("objections", (0, None))[1]
         column = objections.get("column") if isinstance(objections, dict) else None
