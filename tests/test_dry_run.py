@@ -132,6 +132,35 @@ def test_failing_rules_give_counts_and_source_lines_never_values(
     assert files(fresh) == before
 
 
+def test_rows_are_not_located_when_a_filter_reads_the_subject_column(
+    fresh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Locating rows leans on the subject column; a filter on it makes that unsafe, so the
+    count is given without lines rather than with wrong ones."""
+    source = fresh / "sources" / "attendance_export.csv"
+    synth.write(source, 60, seed=4)
+    with source.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    first_id = rows[1][rows[0].index("person_id")]
+
+    def edit(document: dict[str, Any]) -> None:
+        document["customProperties"].append(
+            {
+                "property": "filters",
+                "value": [{"column": "person_id", "op": "!=", "value": first_id, "name": "x"}],
+            }
+        )
+
+    write_contract(fresh / "contracts" / "attendance.yaml", RECIPIENT, edit)
+    rewrite(source, lambda rows: rows[6].__setitem__(rows[0].index("gender"), ODD))
+    code, out, _ = run(capsys, "run", "attendance", "--dry-run")
+    assert code == cli.REFUSED
+    assert "excluded" in out and "filter:x" in out, out
+    assert "gender: in_set failed for 1 of" in out
+    assert "its rows could not be located" in out and "source line" not in out
+    assert first_id not in out and ODD not in out
+
+
 def test_the_line_numbers_are_the_lines_in_the_file(fresh: Path) -> None:
     path = fresh / "lines.csv"
     path.write_text('a,b\n1,x\n2,"two\nlines"\n\n3,z\n4,"y"\n')

@@ -138,7 +138,7 @@ def dry_run(
                 progress(f"dry run: {offset + batch.num_rows:,} rows read from {opened.name}")
             out = minimise(batch)
             guard.check(out.schema, loaded)
-            window.add(out, partial(_kept_rows, loaded, today, batch, offset))
+            window.add(out, partial(_kept_rows, loaded, today, batch, offset, out.num_rows))
         window.flush()
     except (GuardRefused, Refused) as exc:  # the guard, or a map that meets an unknown code
         result.refusal = str(exc)
@@ -183,7 +183,7 @@ def _numbered(batches: Iterator[pa.RecordBatch]) -> Iterator[tuple[int, pa.Recor
 
 
 def _kept_rows(
-    contract: Contract, today: dt.date, batch: pa.RecordBatch, offset: int
+    contract: Contract, today: dt.date, batch: pa.RecordBatch, offset: int, sent: int
 ) -> np.ndarray | None:
     """The source row index of each row minimise keeps from `batch`, or None if unknowable.
 
@@ -201,8 +201,8 @@ def _kept_rows(
         kept = probe.last_subjects.cast(pa.int64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, Refused):
         return None
-    if len(kept) != out.num_rows or kept.null_count:
-        return None
+    if len(kept) != sent or out.num_rows != sent or kept.null_count:
+        return None  # not the rows the real minimiser kept: better no line than a wrong one
     return np.asarray(kept.to_numpy(zero_copy_only=False), dtype=np.int64)
 
 
