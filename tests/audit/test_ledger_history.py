@@ -95,8 +95,8 @@ def test_a_runs_ledger_work_does_not_grow_with_history(
     assert long <= short * 1.2, f"{short} -> {long} (x100 SQLite steps)"
 
 
-def test_the_watermark_is_the_newest_delivery_that_set_one(tmp_path: Path) -> None:
-    ledger = Ledger(f"sqlite:///{tmp_path / 'audit.db'}")
+def test_the_watermark_is_the_newest_delivery_that_set_one(backend_url: str) -> None:
+    ledger = Ledger(backend_url)
     assert watermark(ledger, agreement()) is None
     ledger.append(
         Event.TRANSFER_SENT, {"watermark": "2026-01-01T00:00:00+00:00"}, contract_id=CONTRACT
@@ -112,6 +112,7 @@ def test_the_watermark_is_the_newest_delivery_that_set_one(tmp_path: Path) -> No
         Event.RUN_PREPARED, {"watermark": "2031-01-01T00:00:00+00:00"}, contract_id=CONTRACT
     )
     assert watermark(ledger, agreement()) == dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    ledger.close()
 
 
 def test_a_ledger_made_before_the_indexes_gets_them_when_opened(tmp_path: Path) -> None:
