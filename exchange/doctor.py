@@ -296,7 +296,14 @@ def contract_secrets(settings: Settings, store: SecretStore, contract: Contract)
 def home(settings: Settings) -> Iterator[Finding]:
     """The state folder: creatable, or a folder this user can write."""
     path = settings.home
-    if path.exists() and not path.is_dir():
+    if path.is_symlink():  # the gateway refuses to write through one
+        yield Finding(
+            "home (EXCHANGE_HOME)",
+            str(path),
+            "is a symbolic link",
+            f"point EXCHANGE_HOME at the real folder ({path.resolve()})",
+        )
+    elif path.exists() and not path.is_dir():
         yield Finding("home (EXCHANGE_HOME)", str(path), "is not a folder", f"rm {path}")
     elif path.exists() and not os.access(path, os.W_OK | os.X_OK):
         yield Finding(

@@ -217,3 +217,27 @@ def test_a_ready_gateway_says_so_and_connect_dials_the_partner(
     ) in out
     code, out, _ = run(capsys, "doctor")  # the gateway alone: never dials anyone
     assert code == cli.OK and out.startswith("ready: every prerequisite of the gateway")
+
+
+def test_doctor_refuses_a_home_that_is_a_link_and_an_approvers_file_others_can_change(
+    fresh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = fresh / "real-home"
+    real.mkdir()
+    (fresh / "home").symlink_to(real)
+    officer = keys.generate("signing", fresh / "officer.key", comment="Ivy Officer (IG)")
+    approvers = write_trust(
+        fresh / "operator" / "approvers.json", [("Ivy Officer (IG)", officer.public_path)]
+    )
+    approvers.chmod(0o666)
+    code, out, _ = run(capsys, "doctor")
+    assert code == cli.FAILED
+    found = missing(out)
+    assert (
+        f"home (EXCHANGE_HOME) {fresh / 'home'}: is a symbolic link; "
+        f"fix: point EXCHANGE_HOME at the real folder ({real})"
+    ) in found
+    assert (
+        f"trusted approvers file (EXCHANGE_APPROVERS) {approvers}: {approvers} is writable by "
+        f"group or others; fix: chmod go-w {approvers}"
+    ) in found, found
