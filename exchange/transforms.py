@@ -107,23 +107,22 @@ def _as_binary(values: pa.Array) -> pa.Array:
     return pc.cast(pc.fill_null(values, ""), target)
 
 
-def _hex_column(digests: list[bytes], width: int) -> pa.Array:
+def _hex_column(joined: bytes, count: int, width: int) -> pa.Array:
     """One string of `2 * width` hex characters per digest, built in one pass, not per row."""
-    text = b"".join(digests).hex().encode("ascii")
+    text = joined.hex().encode("ascii")
     chars = 2 * width
-    offsets = np.arange(0, chars * (len(digests) + 1), chars, dtype=np.int32)
-    return pa.StringArray.from_buffers(len(digests), pa.py_buffer(offsets), pa.py_buffer(text))
+    offsets = np.arange(0, chars * (count + 1), chars, dtype=np.int32)
+    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(text))
 
 
-def _per_value(
-    values: pa.Array, digest: Callable[[list[bytes]], list[bytes]], width: int
-) -> pa.Array:
-    """Apply a bytes-to-digest function over a text column, keeping nulls null."""
+def _per_value(values: pa.Array, digest: Callable[[pa.Array], bytes], width: int) -> pa.Array:
+    """Apply a digest function (binary array in, joined digests out) over a text column,
+    keeping nulls null."""
     data = _as_binary(values)
-    parts = [
-        _hex_column(digest(data.slice(start, _CHUNK_ROWS).to_pylist()), width)
-        for start in range(0, max(len(data), 1), _CHUNK_ROWS)
-    ]
+    parts = []
+    for start in range(0, max(len(data), 1), _CHUNK_ROWS):
+        chunk = data.slice(start, _CHUNK_ROWS)
+        parts.append(_hex_column(digest(chunk), len(chunk), width))
     out = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
     if values.null_count:
         out = pc.if_else(pc.is_valid(values), out, pa.scalar(None, pa.string()))
@@ -135,8 +134,9 @@ def pseudonymise(key: bytes) -> Transform:
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"a pseudonymisation key needs at least {MIN_KEY_BYTES} bytes")
     width = PSEUDONYM_HEX_CHARS // 2
-    # HMAC from pre-keyed SHA-256 states (exchange.crypto.keyed): the same HMAC-SHA256.
-    digests = KeyedHash(key, width).digests
+    # HMAC from pre-keyed SHA-256 states, on another core for large columns
+    # (exchange.crypto.keyed): the same HMAC-SHA256.
+    digests = KeyedHash(key, width).array
     return lambda values: _per_value(values, digests, width)
 
 
@@ -151,15 +151,15 @@ def hash_() -> Transform:
     """Unkeyed SHA-256 of the value, 64 hex characters. Not a pseudonym: anyone can recompute it."""
     empty = sha256()
 
-    def digests(items: list[bytes]) -> list[bytes]:
+    def digests(values: pa.Array) -> bytes:
         copy = empty.copy
         out: list[bytes] = []
         append = out.append
-        for item in items:
+        for item in values.to_pylist():
             h = copy()
             h.update(item)
             append(h.digest())
-        return out
+        return b"".join(out)
 
     return lambda values: _per_value(values, digests, 32)
 

@@ -3,10 +3,13 @@ must never change, or a partner's records stop matching and "who has my data?" m
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 
 from exchange import transforms
 from exchange.audit.subjects import sorted_hashes
+from exchange.crypto import keyed
 
 KEY = bytes(range(32))
 LONG_KEY = bytes(range(100))  # longer than a SHA-256 block: HMAC hashes it first
@@ -59,3 +62,27 @@ def test_disclosure_hashes_are_pinned() -> None:
     assert numbers.tobytes().hex() == (
         "7761b1cc25227dfca0bd6d972acc52abdd5c602eeb31d60c7c0d662c897231dd"
     )
+
+
+def test_the_helper_process_and_the_in_process_path_agree(monkeypatch: Any) -> None:
+    """Large columns are hashed by a helper process, small ones here: the same HMAC."""
+    values = pa.array([f"P{i:08d}" for i in range(5000)] + ["Zoë Ådams", ""])
+    on_helper = transforms.pseudonymise(KEY)(values).to_pylist()
+    monkeypatch.setattr(keyed, "WORKER_MIN_ITEMS", 10**9)
+    in_process = transforms.pseudonymise(KEY)(values).to_pylist()
+    assert on_helper == in_process
+    assert on_helper[1] == "fa44fc0c01626a90eb117fd6b24d1aac"  # P00000001, as pinned above
+    assert keyed._helper()._process is not None  # the helper did the first run
+
+
+def test_a_helper_that_dies_falls_back_to_hashing_here(monkeypatch: Any) -> None:
+    helper = keyed._Helper()
+    monkeypatch.setattr(keyed, "_HELPER", helper)
+    process = helper._start()
+    assert process is not None
+    process.kill()
+    process.wait()
+    values = pa.array([f"P{i:08d}" for i in range(5000)])
+    out = transforms.pseudonymise(KEY)(values).to_pylist()
+    assert out[1] == "fa44fc0c01626a90eb117fd6b24d1aac"
+    assert helper._broken

@@ -68,11 +68,10 @@ def sorted_hashes(
     text = _as_text(subjects)
     nulls = text.null_count
     distinct = pc.unique(text.drop_null() if nulls else text)
-    mac = KeyedHash(key, HASH_BYTES)  # the same HMAC-SHA256 as subject_hash, about 2x faster
+    mac = KeyedHash(key, HASH_BYTES)  # subject_hash's HMAC, faster (exchange.crypto.keyed)
     data = pc.cast(distinct, pa.large_binary())
     out = b"".join(
-        mac.joined(data.slice(start, HASH_CHUNK).to_pylist())
-        for start in range(0, len(data), HASH_CHUNK)
+        mac.array(data.slice(start, HASH_CHUNK)) for start in range(0, len(data), HASH_CHUNK)
     )
     words = np.frombuffer(out, dtype=">u8").reshape(-1, 2)
     return words[np.lexsort((words[:, 1], words[:, 0]))], nulls
