@@ -24,6 +24,7 @@ from audit_history import (
 from browser import browse, needs_chromium
 from conftest import Workspace
 
+from exchange import keys
 from exchange.reporting import FORMAT
 from exchange.sandbox import PartnerSftpServer
 
@@ -137,8 +138,17 @@ def strip_made(text: str) -> str:
     return "\n".join(line for line in text.splitlines() if not line.startswith("Made at "))
 
 
-def test_a_tampered_ledger_is_reported_as_such_and_exits_5(history: History) -> None:
+def test_a_tampered_ledger_is_reported_as_such_and_exits_5(
+    history: History, tmp_path: Path
+) -> None:
     ws = history.workspace
+    # A key that is not the gateway's is told apart from tampering.
+    other = keys.generate("signing", tmp_path / "other.key")
+    wrong = exchange(ws, "audit", "report", "--json", "--public-key", str(other.public_path))
+    assert wrong.returncode == 5 and "exchange: wrong public key?:" in wrong.stderr
+    verification = json.loads(wrong.stdout)["evidence"]["verification"]
+    assert not verification["ok"]
+    assert verification["message"].startswith("checkpoint signatures do not verify under the key")
     db = ws.settings.home / "audit.db"
     with sqlite3.connect(db) as conn:
         conn.execute(
