@@ -28,7 +28,7 @@ from exchange.contract import Contract, Field
 from exchange.errors import ContractError, Problem, QualityFailed
 from validators.rules import Rule, compound_label
 
-WINDOW_ROWS = 100_000
+WINDOW_ROWS = 250_000
 ENFORCED_OPTIONS = frozenset({"pattern", "minimum", "maximum", "format"})
 
 
