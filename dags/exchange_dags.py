@@ -3,33 +3,75 @@
 Orchestration only: every task calls the `exchange` library, and passes nothing but the
 contract's hash and counts through XCom. XCom and params are editable by Airflow users, so no
 task takes a path from them: the staged drop is found from the run id, and every task checks
-again that the agreement may run. Parsing this file reads each contract's id and
-schedule with the safe YAML loader and nothing else: no connection, no database, no data.
+again that the agreement may run. Parsing this file reads each contract's id, schedule and
+the few terms its page shows with the safe YAML loader and nothing else (`contract_outline`):
+no connection, no database, no data.
+
+Each DAG is created paused, runs one at a time (`max_active_runs=1`), and skips a first
+scheduled run that starts late, as the one Airflow creates at once on unpausing does (the
+interval before the DAG was switched on is not a disclosure anyone expected); a run triggered
+by hand always runs. Two contract files with one id get no DAG at all (see
+`exchange_contract_ids.py`, which reports them). Each task logs one line of what the gateway
+did: ids and counts only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
+import json
+import logging
 import os
-import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import DAG, Param, PokeReturnValue, get_current_context, task
-from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+# Airflow puts a DAG bundle's folder on sys.path, a bare DagBag does not: find the siblings.
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from contract_outline import (
+    Outline,
+    contract_yaml,
+    contracts_folder,
+    outline,
+    outlines,
+)
 
 if TYPE_CHECKING:
     from exchange.gateway import Gateway
 
-CONTRACTS = Path(
-    os.environ.get("EXCHANGE_CONTRACTS") or Path(__file__).resolve().parents[1] / "contracts"
-)
+CONTRACTS = contracts_folder()
 START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+# A scheduled run that starts more than this after its time is late (see `_late_first_run`).
+LATE_AFTER = dt.timedelta(minutes=10)
+NOISY_LIBRARIES = ("great_expectations",)  # hundreds of INFO lines per import ("Skipping ...")
+
+log = logging.getLogger("exchange.dags")
+
+
+def _quiet_libraries() -> None:
+    """Keep library chatter out of task logs; their warnings and errors still show."""
+    for name in NOISY_LIBRARIES:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+_quiet_libraries()
 
 
 def _gateway() -> Gateway:
+    """The gateway for a task. Fails the task at once if EXCHANGE_CONTRACTS is not set."""
+    if not os.environ.get("EXCHANGE_CONTRACTS"):
+        # Without it the task would read the repository's sample folder and report a
+        # confusing "not approved" for a contract that is approved where it really lives.
+        raise AirflowFailException(
+            "EXCHANGE_CONTRACTS is not set in this task's environment: set it to the folder "
+            "of approved contracts for the scheduler, the dag-processor and every worker "
+            "(e.g. in the deployment's environment file), then clear the task"
+        )
+    _quiet_libraries()
     # The library is imported at run time, so parsing the DAG file stays fast.
     from airflow_secrets import AirflowSecrets
 
@@ -37,6 +79,21 @@ def _gateway() -> Gateway:
     from exchange.settings import Settings
 
     return Gateway(Settings.from_env(), secrets=AirflowSecrets())
+
+
+def _late_first_run(context: Any) -> bool:
+    """Whether this is the DAG's first run, scheduled, and started well after its time.
+
+    Airflow creates such a run at once when a DAG is unpaused (for the interval that had
+    just passed); skipping it means unpausing sends nothing until the next scheduled time."""
+    run = context.get("dag_run")
+    if str(getattr(run, "run_type", "")) not in ("scheduled", "DagRunType.SCHEDULED"):
+        return False
+    due = getattr(run, "run_after", None) or getattr(run, "logical_date", None)
+    started = getattr(run, "start_date", None) or dt.datetime.now(dt.UTC)
+    if due is None or started - due <= LATE_AFTER:
+        return False
+    return context["ti"].get_previous_dagrun() is None
 
 
 def _triggered_by(context: Any) -> str:
@@ -53,55 +110,14 @@ def _terminal(exc: Exception) -> AirflowFailException:
 
 
 def _contract_yaml() -> Any:
-    """The gateway's contract YAML loader, loaded on its own.
-
-    Importing the `exchange` package costs over a second (it imports the whole library), and the
-    scheduler parses this file often; `safe_yaml` needs only PyYAML, so it is loaded by path.
-    """
-    name = "exchange.contract.safe_yaml"
-    if name in sys.modules:
-        return sys.modules[name]
-    package = importlib.util.find_spec("exchange")  # locates the package without running it
-    assert package is not None and package.submodule_search_locations
-    location = Path(package.submodule_search_locations[0]) / "contract" / "safe_yaml.py"
-    spec = importlib.util.spec_from_file_location("_exchange_dag_safe_yaml", location)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The gateway's contract YAML loader, loaded without the `exchange` package."""
+    return contract_yaml()
 
 
 def _outline(path: Path) -> tuple[str, str | None, float | None]:
-    """The DAG id, cron and acknowledgement deadline (hours) of a contract, read cheaply.
-
-    Never raises: a broken file still gets a DAG (id from the file name, no schedule), whose
-    first task reports exactly what is wrong. The contract loader's YAML rules apply here too.
-    """
-    from croniter import croniter  # already imported by Airflow's cron timetables
-
-    slug = re.sub(r"[^A-Za-z0-9_.-]", "_", path.stem)
-    safe_yaml = _contract_yaml()
-    try:
-        document = safe_yaml.load_file(path)
-    except safe_yaml.YamlRefused:
-        return f"exchange__{slug}", None, None
-    items = document.get("customProperties")
-    terms = {
-        c["property"]: c.get("value")
-        for c in (items if isinstance(items, list) else [])
-        if isinstance(c, dict) and isinstance(c.get("property"), str)
-    }
-    contract_id = document.get("id")
-    dag_id = contract_id if safe_yaml.is_contract_id(contract_id) else slug
-    schedule = terms.get("schedule")
-    if not (isinstance(schedule, str) and croniter.is_valid(schedule)):
-        schedule = None  # an invalid cron would fail this whole file in the DagBag
-    acks = terms.get("acknowledgements")
-    deadline = acks.get("deadlineHours") if isinstance(acks, dict) else None
-    if not isinstance(deadline, int | float) or isinstance(deadline, bool):
-        return f"exchange__{dag_id}", schedule, None
-    # NaN, infinity or a huge number would fail building the sensor, and with it every DAG.
-    return f"exchange__{dag_id}", schedule, float(deadline) if 0 <= deadline <= 24 * 366 else None
+    """The DAG id, cron and acknowledgement deadline (hours) of a contract, read cheaply."""
+    found = outline(path)
+    return found.dag_id, found.schedule, found.ack_deadline_hours
 
 
 def _acknowledgement_sensor(contract_file: str, deadline_hours: float) -> Any:
@@ -118,25 +134,34 @@ def _acknowledgement_sensor(contract_file: str, deadline_hours: float) -> Any:
         run_id = get_current_context()["run_id"]
         gateway = _gateway()
         contract = gateway.recheck(contract_file, run_id=run_id)
-        gateway.collect_acks(contract)
+        received, overdue = gateway.collect_acks(contract)
         acked = gateway.ledger.find("ack.received", run_id=run_id, contract_id=contract.id)
+        log.info(
+            "exchange: acknowledgements collected %d, overdue %d; this run's drop %s",
+            received,
+            overdue,
+            "acknowledged" if acked is not None else "not yet acknowledged",
+        )
         return PokeReturnValue(is_done=acked is not None)
 
     return await_acknowledgement
 
 
-def build_dag(contract_path: Path) -> DAG:
+def build_dag(contract_path: Path, found: Outline | None = None) -> DAG:
     """The exchange DAG of one contract: check -> prepare -> deliver."""
-    dag_id, schedule, ack_deadline = _outline(contract_path)
+    found = found or outline(contract_path)
+    dag_id, schedule, ack_deadline = found.dag_id, found.schedule, found.ack_deadline_hours
     contract_file = str(contract_path)
 
     with DAG(
         dag_id=dag_id,
         description=f"Data exchange under {contract_path.name}",
+        doc_md=found.doc_md,
         schedule=schedule,
         start_date=START,
         catchup=False,
-        max_active_runs=1,
+        max_active_runs=1,  # one agreement never runs twice at once
+        is_paused_upon_creation=True,
         tags=["exchange"],
         params={
             "source": Param(
@@ -155,11 +180,24 @@ def build_dag(contract_path: Path) -> DAG:
             """Load the contract and confirm it may run (approved, active, in review)."""
             from exchange.errors import ExchangeError
 
-            run_id = get_current_context()["run_id"]
+            context = get_current_context()
+            if _late_first_run(context):
+                log.info(
+                    "exchange: skipped: the first scheduled run started after its time (as on "
+                    "unpausing); nothing read or sent. Trigger a run to send before the next one"
+                )
+                raise AirflowSkipException("late first scheduled run")
             try:
-                return _gateway().check(contract_file, run_id=run_id).sha256
+                contract = _gateway().check(contract_file, run_id=context["run_id"])
             except ExchangeError as exc:
                 raise _terminal(exc) from exc
+            log.info(
+                "exchange: contract %s version %s may run (approved; SHA-256 %s)",
+                contract.id,
+                contract.version,
+                contract.sha256,
+            )
+            return contract.sha256
 
         @task(show_return_value_in_logs=False, multiple_outputs=False)
         def prepare(contract_sha256: str) -> dict[str, Any]:
@@ -180,6 +218,13 @@ def build_dag(contract_path: Path) -> DAG:
                 )
             except ExchangeError as exc:
                 raise _terminal(exc) from exc
+            log.info(
+                "exchange: prepared drop %s: rows read %d, sent %d, excluded %s",
+                prepared.drop_id,
+                prepared.rows_read,
+                prepared.rows_sent,
+                json.dumps(prepared.excluded, sort_keys=True),
+            )
             return {"rows_read": prepared.rows_read, "rows_sent": prepared.rows_sent}
 
         @task(
@@ -205,6 +250,14 @@ def build_dag(contract_path: Path) -> DAG:
                 if isinstance(exc, Retryable):
                     raise
                 raise _terminal(exc) from exc
+            log.info(
+                "exchange: delivered drop %s: %d files, %d bytes, %s after %d attempt(s)",
+                delivery.remote_path.rsplit("/", 1)[-1],
+                len(delivery.files),
+                delivery.bytes,
+                "already there" if delivery.already_delivered else "sent",
+                max(1, len(delivery.attempts)),
+            )
             return {"bytes": delivery.bytes}
 
         checked = check_contract()
@@ -214,6 +267,8 @@ def build_dag(contract_path: Path) -> DAG:
     return dag
 
 
-for _path in sorted(CONTRACTS.glob("*.yaml")):
-    _dag = build_dag(_path)
+# Files that share an id get no DAG (exchange_contract_ids.py reports them as an import error).
+_unique, _clashes = outlines(CONTRACTS)
+for _path, _found in _unique.items():
+    _dag = build_dag(_path, _found)
     globals()[_dag.dag_id] = _dag

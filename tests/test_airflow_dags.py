@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -65,8 +66,12 @@ def test_one_dag_per_contract_with_the_contracts_schedule(
 
 
 def test_dag_run_delivers_the_drop_and_audits_it(
-    airflow_db: None, airflow_env: Workspace, partner: PartnerSftpServer
+    airflow_db: None,
+    airflow_env: Workspace,
+    partner: PartnerSftpServer,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO)
     dag = load_dags(REPO / "dags")[DAG_ID]
     run = dag.test()
     assert str(run.state) == "success", task_states(run)
@@ -82,6 +87,37 @@ def test_dag_run_delivers_the_drop_and_audits_it(
     xcom = prepared.xcom_pull(task_ids="prepare")
     assert set(xcom) == {"rows_read", "rows_sent"} and xcom["rows_read"] == 1000
     assert events[1].data["triggered_by"].startswith("airflow:")
+    # Each task says in one line what the gateway did: ids and counts, never a row's values.
+    lines = [r.getMessage() for r in caplog.records if r.name == "exchange.dags"]
+    rows = events[1].data["rows"]
+    assert lines == [
+        f"exchange: contract {events[0].data['id']} version "
+        f"{events[0].data['version']} may run (approved; SHA-256 {events[0].data['sha256']})",
+        f"exchange: prepared drop {drops[0]}: rows read 1000, sent {rows['sent']}, "
+        f"excluded {json.dumps(rows['excluded'], sort_keys=True)}",
+        f"exchange: delivered drop {drops[0]}: 4 files, {sent['bytes']} bytes, sent after "
+        "1 attempt(s)",
+    ]
+
+
+def test_a_task_without_exchange_contracts_fails_at_once_saying_how_to_set_it(
+    airflow_db: None,
+    airflow_env: Workspace,
+    partner: PartnerSftpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Without it a task would read the sample folder and call the agreement unapproved."""
+    dag = load_dags(REPO / "dags")[DAG_ID]
+    monkeypatch.delenv("EXCHANGE_CONTRACTS")  # the scheduler's environment, not the parser's
+    run = dag.test()
+    assert str(run.state) == "failed"
+    check = next(ti for ti in run.get_task_instances() if ti.task_id == "check_contract")
+    assert str(check.state) == "failed" and check.max_tries == 0
+    out, err = capfd.readouterr()  # the task's failure, as its log shows it
+    assert "EXCHANGE_CONTRACTS is not set in this task's environment: set it" in out + err
+    assert inbox_entries(partner) == []
+    assert list(Ledger(airflow_env.settings.audit_url).entries()) == []  # no "not approved"
 
 
 def test_dag_run_of_a_refused_contract_fails_at_the_first_task_without_retry(

@@ -7,6 +7,7 @@ DagBag still loads every other contract's DAG and records no import error.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib.util
 import os
 import subprocess
@@ -133,3 +134,89 @@ def test_parsing_the_dag_file_does_not_import_the_gateway(contracts: Path) -> No
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert SECRET not in done.stdout + done.stderr
+
+
+def test_two_files_with_one_contract_id_get_no_dag_and_an_import_error_naming_both(
+    contracts: Path,
+) -> None:
+    """An approved agreement is never silently replaced by a second file with its id."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    def impostor(d: dict[str, Any]) -> None:
+        d["id"] = "good-contract"
+        d["customProperties"][5]["value"] = "*/5 * * * *"
+
+    write_contract(contracts / "zz-copy.yaml", RECIPIENT, impostor)
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert "exchange__good-contract" not in bag.dags
+    assert "exchange__bad-cron" in bag.dags  # every other contract still has its DAG
+    # The error is on the checking file alone: an import error on exchange_dags.py would
+    # make the dag-processor mark every agreement's DAG stale.
+    assert set(bag.import_errors) == {str(REPO / "dags" / "exchange_contract_ids.py")}
+    error = next(iter(bag.import_errors.values()))
+    assert "DuplicateContractId" in error and "'good-contract'" in error
+    assert str(contracts / "good.yaml") in error and str(contracts / "zz-copy.yaml") in error
+    (contracts / "zz-copy.yaml").unlink()
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {} and "exchange__good-contract" in bag.dags
+
+
+def test_a_dag_documents_its_agreement_and_is_created_paused_one_run_at_a_time(
+    contracts: Path,
+) -> None:
+    from exchange.contract import load_contract
+
+    dag = _dags_module().build_dag(contracts / "good.yaml")
+    assert dag.max_active_runs == 1 and dag.is_paused_upon_creation is True
+    doc = dag.doc_md
+    sha256 = load_contract(contracts / "good.yaml").sha256
+    for words in (
+        "**Purpose**: To let the Early Help team identify children",
+        "**Recipient**: Anyshire County Council, Early Help Service",
+        "**Owner**: Anyshire County Council, Education Service",
+        "**Legal basis**: Children Act 2004, s.10; Children Act 2004, s.11; UK GDPR Art. 6(1)(e)",
+        f"SHA-256 `{sha256}`",
+    ):
+        assert words in doc
+    broken = _dags_module().build_dag(contracts / "secret.yaml").doc_md
+    assert SECRET not in broken
+
+
+def test_a_late_first_scheduled_run_is_skipped_and_no_other_run_is() -> None:
+    """The run Airflow creates at once on unpausing (for the interval just passed) is skipped."""
+    from types import SimpleNamespace
+
+    late_first_run = _dags_module()._late_first_run
+    due = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
+
+    def context(run_type: str, started: dt.datetime, previous: object = None) -> dict[str, Any]:
+        run = SimpleNamespace(run_type=run_type, run_after=due, start_date=started)
+        return {"dag_run": run, "ti": SimpleNamespace(get_previous_dagrun=lambda: previous)}
+
+    unpaused = due + dt.timedelta(hours=9)
+    assert late_first_run(context("scheduled", unpaused)) is True
+    assert late_first_run(context("scheduled", due + dt.timedelta(minutes=2))) is False
+    assert late_first_run(context("scheduled", unpaused, previous=object())) is False
+    assert late_first_run(context("manual", unpaused)) is False
+
+
+def test_great_expectations_registration_noise_stays_out_of_task_logs(contracts: Path) -> None:
+    """Importing GE logs hundreds of INFO "Skipping registering" lines; the DAG file quiets it."""
+    code = (
+        "import importlib.util, logging, sys\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "if sys.argv[1] == 'dag':\n"
+        f"    path = {str(REPO / 'dags' / 'exchange_dags.py')!r}\n"
+        "    spec = importlib.util.spec_from_file_location('d', path)\n"
+        "    spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "import great_expectations\n"
+    )
+    env = {**os.environ, "EXCHANGE_CONTRACTS": str(contracts)}
+    counts = {}
+    for mode in ("bare", "dag"):
+        done = subprocess.run(
+            [sys.executable, "-c", code, mode], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        counts[mode] = done.stderr.count("Skipping registering")
+    assert counts["bare"] > 10 and counts["dag"] == 0
