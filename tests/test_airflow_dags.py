@@ -223,3 +223,21 @@ def test_a_hostile_source_param_is_refused_and_nothing_sent(
     last = last_record(airflow_env)
     assert last.event == "run.failed" and last.data["error"] == "SourceError"
     assert "pw@" not in json.dumps(last.data)
+
+
+def test_dag_run_through_a_shared_staging_store_leaves_nothing_staged(
+    airflow_db: None,
+    airflow_env: Workspace,
+    partner: PartnerSftpServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    """With EXCHANGE_STAGING the drop goes through the store, and is deleted after delivery."""
+    shared = tmp_path / "shared-staging"
+    monkeypatch.setenv("EXCHANGE_STAGING", f"file://{shared}")
+    run = load_dags(REPO / "dags")[DAG_ID].test()
+    assert str(run.state) == "success", task_states(run)
+    (drop,) = inbox_entries(partner)
+    assert [p.name for p in shared.iterdir()] == [drop.rsplit("-", 1)[0]]  # the contract's key
+    assert list(shared.joinpath(drop.rsplit("-", 1)[0]).iterdir()) == []
+    assert list(airflow_env.settings.staging.iterdir()) == []

@@ -302,11 +302,20 @@ def test_an_unreachable_store_is_a_retryable_error_naming_the_store_not_its_secr
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
     store = StagingStore.open(f"s3://{BUCKET}/x")
-    with pytest.raises(StagingUnavailable) as caught:
-        store.names("c", "c-0123456789abcdef")
-    message = str(caught.value)
-    assert f"s3://{BUCKET}/x" in message and "127.0.0.1" not in message
-    assert all(secret not in message for secret in CREDENTIALS.values())
+    for reach in (store.check, lambda: store.names("c", "c-0123456789abcdef")):
+        with pytest.raises(StagingUnavailable) as caught:
+            reach()
+        message = str(caught.value)
+        assert f"s3://{BUCKET}/x" in message and "127.0.0.1" not in message
+        assert all(secret not in message for secret in CREDENTIALS.values())
+
+
+def test_a_reachable_store_checks_clean_and_a_missing_bucket_does_not(
+    s3_env: dict[str, str],
+) -> None:
+    StagingStore.open(f"s3://{BUCKET}/not-yet-used").check()
+    with pytest.raises(StagingUnavailable, match="s3://no-such-bucket/x"):
+        StagingStore.open("s3://no-such-bucket/x").check()
 
 
 # -- a shared filesystem ---------------------------------------------------------------------

@@ -120,6 +120,13 @@ class StagingStore:
                 "EXCHANGE_STAGING, the store's credentials and that it is reachable"
             ) from None
 
+    def check(self) -> None:
+        """Reach the store and list its root (for `exchange doctor`). Raises StagingUnavailable."""
+        with self._edge("listing its root"):
+            self.fs.invalidate_cache()
+            if not self.fs.exists(self.root) and not self.local:
+                self.fs.ls(self.root.split("/", 1)[0])  # an empty prefix is fine; a bucket not
+
     def names(self, contract_id: str, drop_id: str) -> dict[str, int]:
         """The objects staged for a drop, by name, with their sizes (empty: nothing staged)."""
         key = self._key(contract_id, drop_id)
