@@ -1,6 +1,6 @@
 """Does history slow a run? A run's ledger work on an empty ledger beside a large one.
 
-    python benchmarks/ledger_history.py [--entries 1000000] [--repeat 5] [--url sqlite-file]
+    python benchmarks/ledger_history.py [--entries 1000000] [--repeat 5] [--run ROWS]
 
 Builds a ledger of N valid entries quickly (entries sealed in Python, inserted in bulk through
 the database driver, the Merkle tree's right edge kept on the way) with a signed checkpoint of it
@@ -8,12 +8,16 @@ handed out, as a gateway that has run for years would have. Then, alternately on
 and on an empty one, times what one run does to the ledger: open it, look its run up by id,
 check for suspensions, find the incremental watermark, append its entries, read the head and
 sign a checkpoint. Prints the medians and their ratio (target: within 10%).
+
+With `--run ROWS`, two gateways instead (one with each ledger) deliver ROWS rows to a real
+sshd with `exchange run`, alternately, and the whole runs' wall and CPU times are compared.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import shutil
 import statistics
 import tempfile
@@ -33,9 +37,12 @@ from exchange.audit.merkle import RootBuilder
 from exchange.audit.storage import Store
 from exchange.contract import Contract, load_contract
 from exchange.operations.incremental import watermark
+from exchange.sandbox import PartnerSftpServer
+from exchange.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "contracts" / "school-attendance-to-early-help.yaml"
+SAMPLE_ID = "school-attendance-to-early-help"
 ORIGIN = "exchange-gateway/benchmark"
 CHUNK = 50_000
 INSERT = (
@@ -85,7 +92,14 @@ def history(entries: int, contracts: list[str]) -> Iterator[tuple]:
         yield entry
 
 
-def build(url: str, anchor: Anchor, entries: int, key: Ed25519PrivateKey, contract: str) -> float:
+def build(
+    url: str,
+    anchor: Anchor,
+    entries: int,
+    key: Ed25519PrivateKey,
+    contract: str,
+    origin: str = ORIGIN,
+) -> float:
     """A ledger of `entries` entries and a checkpoint of it handed out; seconds taken."""
     started = time.perf_counter()
     store = Store(url)  # the tables and their indexes, as the gateway makes them
@@ -109,7 +123,7 @@ def build(url: str, anchor: Anchor, entries: int, key: Ed25519PrivateKey, contra
     finally:
         raw.close()
     if entries:
-        made = sign_checkpoint(ORIGIN, builder.size, builder.root(), key)
+        made = sign_checkpoint(origin, builder.size, builder.root(), key)
         now = dt.datetime.now(dt.UTC)
         anchor.record(Anchored(made, head, tuple(builder.edge)), at=now)
         store.add_checkpoint(made, now.isoformat(timespec="microseconds"))
@@ -162,10 +176,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument(
+        "--run",
+        type=int,
+        metavar="ROWS",
+        help="time whole `exchange run`s of ROWS rows instead (a gateway per ledger, real sshd)",
+    )
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="exchange-ledger-history-"))
     try:
-        measure(root, args.entries, args.repeat)
+        if args.run:
+            measure_runs(root, args.entries, args.repeat, args.run)
+        else:
+            measure(root, args.entries, args.repeat)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -192,6 +215,52 @@ def measure(root: Path, entries: int, repeat: int) -> None:
     print(f"  empty ledger            {empty * 1000:8.1f} ms")
     print(f"  {entries:>9,} entries     {large * 1000:8.1f} ms")
     print(f"  ratio                   {large / empty:8.2f}x (target <= 1.10)")
+
+
+def measure_runs(root: Path, entries: int, repeat: int, rows: int) -> None:
+    """Whole runs, as a user types them, by a gateway with an empty and with a long ledger."""
+    from startup import EXCHANGE, FOLDER, gateway_home, timed
+
+    from exchange import synth
+    from exchange.audit.anchor import anchor_folder
+    from exchange.crypto.signing import key_id, load_private_key
+
+    server = PartnerSftpServer(root / "partner").start()
+    try:
+        (server.root / FOLDER).mkdir(parents=True)
+        commands = {}
+        for name, size in (("empty", 0), ("large", entries)):
+
+            def history(settings: Settings, size: int = size, name: str = name) -> None:
+                key = load_private_key(settings.signing_key)
+                origin = settings.checkpoint_origin(key_id(key.public_key()))
+                anchor = Anchor(anchor_folder(settings.home))
+                seconds = build(settings.audit_url, anchor, size, key, SAMPLE_ID, origin)
+                print(f"{name} ledger: {size:,} entries built by bulk insert in {seconds:.1f} s")
+
+            env, contract, _ = gateway_home(root / name, server, history)
+            source = synth.write(root / name / "sources" / "attendance_export.csv", rows, seed=1)
+            commands[name] = ([EXCHANGE, "run", str(contract), "--source", str(source)], env)
+
+        def clear_inbox() -> None:
+            for drop in (server.root / FOLDER).iterdir():
+                shutil.rmtree(drop)
+
+        results: dict[str, list[tuple[float, float]]] = {"empty": [], "large": []}
+        for _ in range(repeat):  # alternately, so machine noise hits both
+            for name, (argv, env) in commands.items():
+                results[name].append(timed(argv, {**os.environ, **env}, 1, clear_inbox))
+        print(f"`exchange run` of {rows:,} rows, median of {repeat} (wall / CPU seconds)")
+        medians = {
+            n: tuple(statistics.median(r[i] for r in results[n]) for i in (0, 1)) for n in results
+        }
+        for name, label in (("empty", "empty ledger"), ("large", f"{entries:,} entries")):
+            print(f"  {label:<22}{medians[name][0]:8.2f}{medians[name][1]:8.2f}")
+        wall_ratio = medians["large"][0] / medians["empty"][0]
+        cpu_ratio = medians["large"][1] / medians["empty"][1]
+        print(f"  ratio {wall_ratio:.2f}x wall, {cpu_ratio:.2f}x CPU (target <= 1.10)")
+    finally:
+        server.stop()
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import yaml
@@ -44,8 +44,12 @@ FOLDER = "inbox/attendance"
 EXCHANGE = str(Path(sys.executable).with_name("exchange"))
 
 
-def gateway_home(root: Path, server: PartnerSftpServer) -> tuple[dict[str, str], Path, Path]:
-    """A gateway delivering to `server`: its environment, approved contract and officer key."""
+def gateway_home(
+    root: Path, server: PartnerSftpServer, history: Callable[[Settings], object] | None = None
+) -> tuple[dict[str, str], Path, Path]:
+    """A gateway delivering to `server`: its environment, approved contract and officer key.
+
+    `history` fills the new gateway's ledger before the contract is approved."""
     home = root / "gateway"
     (home / "keys").mkdir(parents=True, mode=0o700)
     home.chmod(0o700)
@@ -94,6 +98,8 @@ def gateway_home(root: Path, server: PartnerSftpServer) -> tuple[dict[str, str],
         "EXCHANGE_SOURCE_DIR": str(root / "sources"),
         "EXCHANGE_APPROVERS": str(trust),
     }
+    if history is not None:
+        history(Settings.from_env(env))
     governance = approval.Governance.from_settings(Settings.from_env(env))
     governance.approve(
         load_contract(contract), load_private_key(officer.private_path), now=dt.datetime.now(dt.UTC)
