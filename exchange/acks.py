@@ -108,8 +108,12 @@ def build(
     rows: int,
     received_at: str,
     key_id: str,
+    cosignature: str | None = None,
 ) -> dict[str, Any]:
-    """The body of an acknowledgement of a verified, decrypted drop."""
+    """The body of an acknowledgement of a verified, decrypted drop.
+
+    `cosignature`: the partner's tlog-cosignature line over the manifest's checkpoint, which
+    the partner verified extends every checkpoint of the log it saw before."""
     contract = manifest.get("contract", {})
     body: dict[str, Any] = {
         "type": ACK_VERSION,
@@ -127,6 +131,10 @@ def build(
     for witnessed in ("ledger", "checkpoint"):
         if witnessed in manifest:
             body[witnessed] = manifest[witnessed]
+    if isinstance(body.get("ledger"), Mapping):  # the proofs were for the partner alone
+        body["ledger"] = {k: v for k, v in body["ledger"].items() if k != "consistency"}
+    if cosignature is not None:
+        body["cosignature"] = cosignature
     return body
 
 

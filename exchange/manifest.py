@@ -30,6 +30,8 @@ SSH_SIGNATURE_NAME = "manifest.json.sshsig"  # the same bytes signed for `ssh-ke
 SCHEMA_NAME = "manifest.schema.json"
 MAX_BYTES = 1 << 20  # real manifests are a few kB; a cap bounds parsing and validation
 FORMATS = ("csv", "parquet")
+# Days after retention ends before a drop with no destruction receipt is an incident.
+DESTRUCTION_GRACE_DAYS = 7.0
 
 # Names a partner writes files under. fullmatch, unlike a JSON Schema pattern's `$` in Python,
 # does not let a trailing newline through.
@@ -218,6 +220,18 @@ def describe_extract(body: Mapping[str, Any]) -> str:
     return "a full extract"
 
 
+def retention_facts(contract: Contract) -> dict[str, Any] | None:
+    """The agreement's retention as the partner's `expire` reads it (None if unknown)."""
+    if contract.retention_days is None:
+        return None
+    return {
+        "period": contract.retention,
+        "days": contract.retention_days,
+        "action": contract.retention_action,
+        "grace_days": DESTRUCTION_GRACE_DAYS,
+    }
+
+
 def build_manifest(
     contract: Contract,
     *,
@@ -237,6 +251,7 @@ def build_manifest(
     `ledger` is the sender's ledger position and checkpoint; `extra` adds top-level keys (a
     correction notice's `correction`); `since` is the watermark a delta starts after (None:
     the payload is a full extract)."""
+    retention = retention_facts(contract)
     return {
         "manifest_version": MANIFEST_VERSION,
         "drop_id": drop_id,
@@ -249,6 +264,7 @@ def build_manifest(
         "payload": payload.as_dict(),
         "sender": {"key_id": sender_key_id},
         **({"pseudonymisation": {"key_id": pseudonym_key_id}} if pseudonym_key_id else {}),
+        **({"retention": retention} if retention else {}),
         **dict(extra or {}),
         "ledger": dict(ledger),
     }

@@ -16,6 +16,7 @@ that folder without following symbolic links; an existing file is replaced only 
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import fcntl
 import hashlib
@@ -34,11 +35,14 @@ import pyarrow.parquet as pq
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from exchange import acks, manifest
+from exchange.audit import witness
+from exchange.audit.checkpoint import Checkpoint
 from exchange.crypto import age, signing, sshsig
-from exchange.errors import CryptoError, DropRejected, InvalidRequest, TransferError
+from exchange.errors import CryptoError, DropRejected, InvalidRequest, LedgerError, TransferError
 
 READ_CHUNK = 1 << 20
 RECORD_NAME = ".received.json"
+EVIDENCE_FOLDER = ".witness-evidence"  # a refused log's manifest and what was held against it
 LOCK_NAME = ".received.lock"
 MAX_SIGNATURE_BYTES = 4096
 
@@ -162,8 +166,25 @@ def _read_small(drop_fd: int, label: str, name: str, limit: int) -> bytes:
     return data
 
 
+@dataclass(frozen=True)
+class _Signed:
+    """A verified manifest: its body, the SHA-256 of its bytes, the bytes and signature."""
+
+    body: dict[str, Any]
+    sha256: str
+    document: bytes
+    signature: bytes
+    key: Ed25519PublicKey
+
+
 def _read_manifest(drop_fd: int, label: str, sender_key: Path) -> tuple[dict[str, Any], str]:
     """The verified, schema-valid manifest and the SHA-256 of its exact bytes."""
+    signed = _read_signed(drop_fd, label, sender_key)
+    return signed.body, signed.sha256
+
+
+def _read_signed(drop_fd: int, label: str, sender_key: Path) -> _Signed:
+    """The verified, schema-valid manifest with its bytes and signature."""
     document = _read_small(drop_fd, label, manifest.MANIFEST_NAME, manifest.MAX_BYTES)
     signature = _read_small(drop_fd, label, manifest.SIGNATURE_NAME, MAX_SIGNATURE_BYTES)
     key = signing.load_public_key(sender_key)  # an unreadable key is the receiver's problem
@@ -176,7 +197,7 @@ def _read_manifest(drop_fd: int, label: str, sender_key: Path) -> tuple[dict[str
         body = manifest.from_bytes(document)
     except manifest.ManifestError as exc:
         raise DropRejected(f"drop {label}: {exc}") from None
-    return body, hashlib.sha256(document).hexdigest()
+    return _Signed(body, hashlib.sha256(document).hexdigest(), document, signature, key)
 
 
 def _check_ssh_signature(drop_fd: int, label: str, key: Ed25519PublicKey, document: bytes) -> None:
@@ -275,18 +296,45 @@ def _exclusive(out_fd: int) -> Iterator[None]:
         os.close(fd)
 
 
-def _recorded(out_fd: int, where: Path) -> dict[str, dict[str, Any]]:
+def _record(out_fd: int, where: Path) -> dict[str, Any]:
+    """The whole record: `drops` (drop id -> facts) and `witness` (log origin -> Seen)."""
     try:
         with _open_file(out_fd, RECORD_NAME) as handle:
             record = json.loads(handle.read())
     except FileNotFoundError:
-        return {}
+        return {"drops": {}, "witness": {}}
     except (_NotRegular, OSError, ValueError, RecursionError):
         raise DropRejected(f"the record of received drops {where} is damaged") from None
     drops = record.get("drops") if isinstance(record, dict) else None
-    if not isinstance(drops, dict):
+    seen = record.get("witness", {}) if isinstance(record, dict) else None
+    if not isinstance(drops, dict) or not isinstance(seen, dict):
         raise DropRejected(f"the record of received drops {where} is damaged")
+    return {"drops": drops, "witness": seen}
+
+
+def _recorded(out_fd: int, where: Path) -> dict[str, dict[str, Any]]:
+    drops: dict[str, dict[str, Any]] = _record(out_fd, where)["drops"]
     return drops
+
+
+def _held(out_fd: int, where: Path, origin: str) -> witness.Seen | None:
+    """The newest checkpoint of this log the partner verified, if any."""
+    value = _record(out_fd, where)["witness"].get(origin)
+    if value is None:
+        return None
+    try:
+        return witness.Seen.from_dict(value)
+    except LedgerError:
+        raise DropRejected(f"the record of received drops {where} is damaged") from None
+
+
+def witnessed(out_dir: Path) -> dict[str, witness.Seen]:
+    """The newest verified checkpoint per sender log, as kept in `out_dir`'s record."""
+    if not out_dir.is_dir():
+        return {}
+    with _folder(out_dir) as out_fd:
+        seen = _record(out_fd, out_dir / RECORD_NAME)["witness"]
+    return {origin: witness.Seen.from_dict(value) for origin, value in seen.items()}
 
 
 def received_drops(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -319,11 +367,82 @@ def _write_new(out_fd: int, name: str, data: bytes, *, replace_existing: bool) -
         _unlink(out_fd, temp)
 
 
-def _remember(out_fd: int, where: Path, drop_id: str, facts: dict[str, Any]) -> None:
-    drops = _recorded(out_fd, where)
-    drops[drop_id] = facts
-    data = (json.dumps({"drops": drops}, indent=2, sort_keys=True) + "\n").encode()
+def _remember(
+    out_fd: int,
+    where: Path,
+    drop_id: str,
+    facts: dict[str, Any],
+    seen: witness.Seen | None = None,
+) -> None:
+    _save(out_fd, where, lambda record: record["drops"].__setitem__(drop_id, facts), seen)
+
+
+def _save(
+    out_fd: int,
+    where: Path,
+    change: Callable[[dict[str, Any]], None],
+    seen: witness.Seen | None = None,
+) -> None:
+    """Rewrite the record (0600, atomically) after `change`, with `seen` as its log's newest."""
+    record = _record(out_fd, where)
+    change(record)
+    if seen is not None:
+        record["witness"][seen.origin] = seen.as_dict()
+    data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     _write_new(out_fd, RECORD_NAME, data, replace_existing=True)
+
+
+def _witness(
+    out_fd: int, where: Path, signed: _Signed, *, at: str
+) -> tuple[Checkpoint, witness.Seen]:
+    """Check the drop's checkpoint extends the newest one this partner verified of the log.
+
+    A log that does not is refused, and the evidence (the signed manifest and the checkpoint
+    held) is kept in EVIDENCE_FOLDER for the partner to show the sender or an auditor."""
+    body, drop_id = signed.body, signed.body["drop_id"]
+    held, origin = None, "?"
+    try:
+        origin = Checkpoint.parse(body["ledger"]["checkpoint"]).origin
+        held = _held(out_fd, where, origin)
+        return witness.check(held, body["ledger"], signed.key, drop_id=drop_id, at=at)
+    except witness.ForkedLog as exc:
+        kept = _keep_evidence(out_fd, signed, held, str(exc), at)
+        raise DropRejected(
+            f"drop {drop_id} refused: the sender's audit log ({origin}) is not an extension of "
+            f"the one you witnessed: {exc}; evidence kept in {where.parent / kept}: send it to "
+            "the sender's information governance lead and your own"
+        ) from None
+    except LedgerError as exc:
+        raise DropRejected(f"drop {drop_id}: the manifest's ledger checkpoint: {exc}") from None
+
+
+def _keep_evidence(
+    out_fd: int, signed: _Signed, held: witness.Seen | None, reason: str, at: str
+) -> str:
+    """Write the refused manifest, its signature and the held checkpoint to a 0600 file."""
+    with suppress(FileExistsError):
+        os.mkdir(EVIDENCE_FOLDER, 0o700, dir_fd=out_fd)
+    found = _lstat(out_fd, EVIDENCE_FOLDER)
+    if found is None or not stat.S_ISDIR(found.st_mode):
+        raise DropRejected(f"{EVIDENCE_FOLDER} in the output folder is not a folder")
+    evidence = {
+        "refused_at": at,
+        "drop_id": signed.body["drop_id"],
+        "reason": reason,
+        "held": held.as_dict() if held else None,
+        "manifest_sha256": signed.sha256,
+        "manifest": base64.b64encode(signed.document).decode(),
+        "manifest_signature": signed.signature.decode("ascii", "replace").strip(),
+    }
+    stamp = at.replace(":", "").replace("+0000", "Z")
+    name = f"{signed.body['drop_id']}.{stamp}.json"
+    dir_fd = os.open(EVIDENCE_FOLDER, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=out_fd)
+    try:
+        data = (json.dumps(evidence, indent=2, sort_keys=True) + "\n").encode()
+        _write_new(dir_fd, name, data, replace_existing=True)
+    finally:
+        os.close(dir_fd)
+    return f"{EVIDENCE_FOLDER}/{name}"
 
 
 def _plain_target(out_fd: int, drop_id: str, name: str) -> bool:
@@ -406,7 +525,8 @@ def receive(
     label = _label(drop)
     with ExitStack() as stack:
         drop_fd = stack.enter_context(_drop_folder(drop, label))
-        body, manifest_sha256 = _read_manifest(drop_fd, label, sender_key)
+        signed = _read_signed(drop_fd, label, sender_key)
+        body, manifest_sha256 = signed.body, signed.sha256
         info = body["payload"]
         payload = stack.enter_context(_open_payload(drop_fd, label, info))
         identities = _check_addressed(label, body, identity)
@@ -432,17 +552,24 @@ def receive(
                 replace_ack = overwrite or _own_ack(out_fd, ack_file, signer, drop_id)
                 if not replace_ack:
                     raise _refuse_overwrite(drop_id, ack_file, " and is not your ack of it")
+            now = clock()
+            received_at = now.isoformat(timespec="seconds")
+            checkpoint, seen = _witness(out_fd, where, signed, at=received_at)
             rows = _decrypt_into(
                 out_fd, partial, final, payload, body, identities, exists, overwrite
             )
-            received_at = clock().isoformat(timespec="seconds")
             facts = {
                 "received_at": received_at,
                 "manifest_sha256": manifest_sha256,
                 "rows": rows,
                 "output": final,
+                "created_at": body["created_at"],
+                "contract_id": body["contract"]["id"],
+                "sender_key_id": body["sender"]["key_id"],
+                "checkpoint_size": checkpoint.size,
+                **({"retention": body["retention"]} if "retention" in body else {}),
             }
-            _remember(out_fd, where, drop_id, facts)
+            _remember(out_fd, where, drop_id, facts, seen)
         got = Received(
             drop_id, body["contract"]["id"], rows, out_path / final, body, manifest_sha256
         )
@@ -454,6 +581,7 @@ def receive(
             rows=rows,
             received_at=received_at,
             key_id=signing.key_id(signer.public_key()),
+            cosignature=_cosign(checkpoint, seen, signer, now),
         )
         data = acks.sign(ack, signer)
         _write_new(out_fd, ack_file, data, replace_existing=replace_ack)
@@ -526,12 +654,15 @@ def acknowledge(
             if data is None:
                 if _plain_target(out_fd, drop_id, ack_file):
                     raise _refuse_overwrite(drop_id, ack_file, " and is not your ack of it")
+                checkpoint = Checkpoint.parse(body["ledger"]["checkpoint"])
+                held = _held(out_fd, out_path / RECORD_NAME, checkpoint.origin)
                 ack = acks.build(
                     body,
                     manifest_sha256,
                     rows=rows,
                     received_at=received_at,
                     key_id=signing.key_id(signer.public_key()),
+                    cosignature=_cosign(checkpoint, held, signer, dt.datetime.now(dt.UTC)),
                 )
                 data = acks.sign(ack, signer)
                 _write_new(out_fd, ack_file, data, replace_existing=False)
@@ -540,6 +671,17 @@ def acknowledge(
         return done
     sent = acks.send_ack(outbox, drop_id, data)
     return replace(done, remote=sent.remote_path)
+
+
+def _cosign(
+    checkpoint: Checkpoint, held: witness.Seen | None, signer: Any, when: dt.datetime
+) -> str | None:
+    """A tlog-cosignature of the drop's checkpoint when it is the newest one witnessed: a
+    cosignature says "the largest tree I have seen", so an older drop's is not cosigned."""
+    if held is None or (held.size, held.root) != (checkpoint.size, checkpoint.root_hex):
+        return None
+    name = witness.witness_name(signing.key_id(signer.public_key()))
+    return witness.cosign(checkpoint.text, name, signer, when)
 
 
 def _not_received(drop_id: str, out_dir: Path, drop: Path) -> str:

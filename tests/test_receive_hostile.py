@@ -25,6 +25,7 @@ import pyrage
 import pytest
 
 from exchange import acks, cli, keys, manifest
+from exchange.audit.checkpoint import sign_checkpoint
 from exchange.crypto import signing, sshsig
 
 # The module, not the `receive` function that `exchange` re-exports under the same name.
@@ -89,6 +90,11 @@ def encrypt(data: bytes, recipient: str) -> bytes:
     return pyrage.encrypt(data, [pyrage.x25519.Recipient.from_str(recipient)])
 
 
+def signed_checkpoint(key: Any) -> str:
+    """A checkpoint the sender signed: the partner witnesses it (exchange.audit.witness)."""
+    return sign_checkpoint(CHECKPOINT.split("\n")[0], 4, b"\xcd" * 32, key).note
+
+
 def manifest_for(parties: Parties, ciphertext: bytes, *, fmt: str, rows: int) -> dict[str, Any]:
     """A manifest as the gateway writes it (docs/manifest.schema.json)."""
     key = signing.load_private_key(parties.sender_key)
@@ -120,7 +126,7 @@ def manifest_for(parties: Parties, ciphertext: bytes, *, fmt: str, rows: int) ->
             recipients=(parties.recipient,),
         ).as_dict(),
         "sender": {"key_id": signing.key_id(key.public_key())},
-        "ledger": {"seq": 4, "hash": "cd" * 32, "checkpoint": CHECKPOINT},
+        "ledger": {"seq": 4, "hash": "cd" * 32, "checkpoint": signed_checkpoint(key)},
     }
 
 

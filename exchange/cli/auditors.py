@@ -427,3 +427,7 @@ def add_audit(sub: Subcommands) -> None:
     subject.add_argument("--origin", help="the log's expected checkpoint origin")
     subject.add_argument("--format", choices=("text", "json"), default="text")
     subject.set_defaults(func=cmd_audit_subject)
+
+    from exchange.cli.witnesses import add_witness_commands  # witnesses, bundle (issue 15)
+
+    add_witness_commands(audit)

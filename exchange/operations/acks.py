@@ -14,9 +14,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from exchange.acks import Ack, RejectedAck, collect_acks
-from exchange.audit import Entry, Ledger
+from exchange.audit import Entry, Ledger, witness
+from exchange.audit.checkpoint import Checkpoint
 from exchange.contract import Contract
-from exchange.errors import NotRunnable
+from exchange.crypto import signing
+from exchange.errors import LedgerError, NotRunnable
 from exchange.pipeline.boundary import stage
 from exchange.pipeline.context import Context
 
@@ -74,8 +76,11 @@ def record_acks(ctx: Context, contract: Contract) -> tuple[int, int]:
             found = collect_acks(
                 remote, terms["folder"], _ed25519(keys), expected=expected, on_rejected=rejected
             )
+        partner = {signing.key_id(key): key for key in _ed25519(keys)}
+        gateway = signing.load_private_key(ctx.settings.signing_key).public_key()
         for ack in found:
-            _received(ctx, contract, state.sent[ack.drop_id], ack)
+            cosigned = cosignature(ack, partner, gateway)
+            _received(ctx, contract, state.sent[ack.drop_id], ack, cosigned)
             expected.pop(ack.drop_id, None)
         overdue = _flag_overdue(ctx, contract, state, expected, float(terms["deadlineHours"]))
     return len(found), overdue
@@ -86,7 +91,46 @@ def _ed25519(keys: list[Any]) -> list[Ed25519PublicKey]:
     return [key for key in keys if isinstance(key, Ed25519PublicKey)]
 
 
-def _received(ctx: Context, contract: Contract, sent: Entry, ack: Ack) -> None:
+def cosignature(
+    ack: Ack, partner: dict[str, Ed25519PublicKey], gateway: Ed25519PublicKey
+) -> dict[str, Any] | None:
+    """The acknowledgement's tlog-cosignature, checked: over a checkpoint the gateway signed,
+    by the partner key that signed the acknowledgement. None when the ack carries none."""
+    line = ack.body.get("cosignature")
+    if line is None:
+        return None
+    name = witness.witness_name(ack.key_id)
+    ledger = ack.body.get("ledger")
+    note = ledger.get("checkpoint") if isinstance(ledger, dict) else None
+    try:
+        if not isinstance(line, str) or not isinstance(note, str):
+            raise LedgerError("the cosignature or its checkpoint is missing")
+        checkpoint = Checkpoint.open(note, gateway)
+        timestamp = witness.open_cosignature(line, checkpoint.text, name, partner[ack.key_id])
+    except LedgerError as exc:
+        return {"verified": False, "witness": name, "reason": str(exc)[:200]}
+    return {
+        "verified": True,
+        "witness": name,
+        "origin": checkpoint.origin,
+        "size": checkpoint.size,
+        "root": checkpoint.root_hex,
+        "timestamp": timestamp,
+        "at": dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds"),
+        "note": witness.cosigned_note(checkpoint.note, line),
+    }
+
+
+def _received(
+    ctx: Context, contract: Contract, sent: Entry, ack: Ack, cosigned: dict[str, Any] | None
+) -> None:
+    if cosigned is not None and not cosigned["verified"]:
+        ctx.incident(
+            "cosignature-rejected",
+            f"drop {ack.drop_id}: the partner's cosignature does not verify",
+            contract.id,
+            sent.run_id or "",
+        )
     ctx.ledger.append(
         "ack.received",
         {
@@ -97,6 +141,7 @@ def _received(ctx: Context, contract: Contract, sent: Entry, ack: Ack) -> None:
             "received_at": ack.received_at,
             "key_id": ack.key_id,
             "ledger": ack.body.get("ledger"),
+            **({"cosignature": cosigned} if cosigned is not None else {}),
         },
         run_id=sent.run_id,
         contract_id=contract.id,

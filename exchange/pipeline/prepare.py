@@ -19,7 +19,7 @@ from typing import Any
 import pyarrow as pa
 
 from exchange import guard, manifest, payload, transforms
-from exchange.audit import Disclosure, Disclosures
+from exchange.audit import Disclosure, Disclosures, witness
 from exchange.audit.disclosures import SubjectHashes
 from exchange.contract import Contract
 from exchange.crypto import age, signing, sshsig
@@ -114,7 +114,15 @@ def prepare_drop(
                 rows=rows,
                 payload=written,
                 sender_key_id=sender,
-                ledger={"seq": head_seq, "hash": head_hash, "checkpoint": checkpoint.note},
+                ledger=witness.manifest_ledger(
+                    ctx.ledger,
+                    contract_id=contract.id,
+                    recipient=contract.recipient.organisation,
+                    drop_id=drop_id,
+                    run_id=run_id,
+                    head=(head_seq, head_hash),
+                    checkpoint=checkpoint,
+                ),
                 pseudonym_key_id=transforms.key_id(key) if key else None,
                 extra=options.extra,
                 since=read.changed.since if read.changed else None,

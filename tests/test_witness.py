@@ -1,0 +1,222 @@
+"""Partners witness the gateway's ledger: every drop's checkpoint must extend the last one seen.
+
+Drops are made by the real gateway and delivered to a real sshd. A dishonest operator holds
+the gateway's signing key, so the attacks re-sign manifests with it (or wipe the ledger and
+its anchor): the partner's `receive` must still refuse a log that is not an extension of what
+it verified before, keep the evidence, and write nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import FOLDER, Workspace
+
+from exchange import acks, cli, keys
+from exchange.audit import Ledger, witness
+from exchange.audit.checkpoint import Checkpoint, sign_checkpoint
+from exchange.crypto import signing, sshsig
+from exchange.errors import DropRejected, LedgerError
+from exchange.manifest import MANIFEST_NAME, SIGNATURE_NAME, SSH_SIGNATURE_NAME
+from exchange.receive import EVIDENCE_FOLDER, receive, received_drops, witnessed
+from exchange.sandbox import PartnerSftpServer
+from exchange.secrets import SftpConnection
+from exchange.transport.sftp import SftpTransport
+
+pytestmark = pytest.mark.integration
+
+ACK_FOLDER = "outbox/acks"
+WHEN = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+def ack_key(tmp_path: Path, workspace: Workspace, partner: PartnerSftpServer) -> keys.KeyPair:
+    """The partner's Ed25519 key, published in the contract's acknowledgement terms."""
+    pair = keys.generate("signing", tmp_path / "partner-ack.key", comment="Early Help")
+
+    def acknowledged(doc: dict[str, Any]) -> None:
+        terms = {"folder": ACK_FOLDER, "partnerKeys": [pair.public], "deadlineHours": 24}
+        doc["customProperties"].append({"property": "acknowledgements", "value": terms})
+
+    workspace.write_contract(acknowledged)
+    (partner.root / ACK_FOLDER).mkdir(parents=True)
+    return pair
+
+
+def outbox(server: PartnerSftpServer) -> acks.AckOutbox:
+    conn = SftpConnection(
+        server.host, server.port, server.username, server.client_key_path, server.known_hosts_path
+    )
+    return acks.AckOutbox(SftpTransport(conn, [server.host_public_key]), ACK_FOLDER)
+
+
+def deliver(workspace: Workspace, server: PartnerSftpServer) -> Path:
+    result = workspace.gateway().run(workspace.contract, workspace.source(60))
+    return server.root / FOLDER / result.drop_id
+
+
+def take(workspace: Workspace, drop: Path, out: Path, **options: Any):
+    return receive(
+        drop,
+        identity=workspace.identity,
+        sender_key=workspace.sender_key,
+        out_dir=out,
+        clock=lambda: WHEN,
+        **options,
+    )
+
+
+def manifest_of(drop: Path) -> dict[str, Any]:
+    return json.loads((drop / MANIFEST_NAME).read_text())
+
+
+def resign(workspace: Workspace, drop: Path, body: dict[str, Any]) -> None:
+    """Write a manifest signed with the gateway's own key: what a dishonest operator can do."""
+    document = (json.dumps(body, sort_keys=True, indent=2) + "\n").encode()
+    (drop / MANIFEST_NAME).write_bytes(document)
+    key = signing.load_private_key(workspace.settings.signing_key)
+    (drop / SIGNATURE_NAME).write_bytes(signing.sign(key, document))
+    (drop / SSH_SIGNATURE_NAME).write_bytes(sshsig.sign(key, document))
+
+
+def forged_checkpoint(workspace: Workspace, like: Checkpoint, size: int, seed: bytes) -> str:
+    key = signing.load_private_key(workspace.settings.signing_key)
+    return sign_checkpoint(like.origin, size, hashlib.sha256(seed).digest(), key).note
+
+
+def test_partner_verifies_each_extension_and_cosigns_and_the_gateway_stores_it(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    ack_key: keys.KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "received"
+    first = deliver(workspace, partner)
+    assert "consistency" not in manifest_of(first)["ledger"]  # nothing handed to them before
+    got = take(workspace, first, out, ack_key=ack_key.private_path, ack_outbox=outbox(partner))
+    held = Checkpoint.parse(manifest_of(first)["ledger"]["checkpoint"])
+    ((origin, seen),) = witnessed(out).items()
+    assert (origin, seen.size, seen.root) == (held.origin, held.size, held.root_hex)
+    assert (out / ".received.json").stat().st_mode & 0o777 == 0o600
+    assert got.ack is not None and "consistency" not in got.ack["ledger"]
+
+    # The cosignature is a C2SP tlog-cosignature/v1 line over the checkpoint's text.
+    partner_public = signing.load_public_key(ack_key.public_path)
+    name = witness.witness_name(signing.key_id(partner_public))
+    line = got.ack["cosignature"]
+    assert line.startswith(f"\u2014 {name} ")
+    stamp = witness.open_cosignature(line, held.text, name, partner_public)
+    assert stamp == int(WHEN.timestamp())
+    with pytest.raises(LedgerError, match="does not verify"):
+        witness.open_cosignature(line, held.text.replace("\n", "\n\n", 1), name, partner_public)
+
+    second = deliver(workspace, partner)
+    body = manifest_of(second)
+    newer = Checkpoint.parse(body["ledger"]["checkpoint"])
+    assert [p["from_size"] for p in body["ledger"]["consistency"]] == [held.size]
+    take(workspace, second, out, ack_key=ack_key.private_path, ack_outbox=outbox(partner))
+    assert witnessed(out)[origin].size == newer.size > held.size
+    assert received_drops(out)[second.name]["checkpoint_size"] == newer.size
+
+    # The gateway collects both acks, checks each cosignature against its own checkpoint.
+    gw = workspace.gateway()
+    contract = gw.check(workspace.contract, run_id="acks")
+    assert gw.collect_acks(contract) == (2, 0)
+    ledger = Ledger(workspace.settings.audit_url)
+    cosigned = [e.data["cosignature"] for e in ledger.entries() if e.event == "ack.received"]
+    assert [c["verified"] for c in cosigned] == [True, True]
+    assert sorted(c["size"] for c in cosigned) == [held.size, newer.size]
+    assert all(c["note"].startswith(c["note"].split("\n\n")[0]) for c in cosigned)
+    summary = witness.largest_cosigned(ledger.entries())
+    assert [(w.witness, w.size, w.contract_id) for w in summary] == [
+        (name, newer.size, contract.id)
+    ]
+    for key, value in workspace.env.items():
+        monkeypatch.setenv(key, value)
+    capsys.readouterr()
+    assert cli.main(["audit", "witnesses", "--json"]) == cli.OK
+    (listed,) = json.loads(capsys.readouterr().out)["witnesses"]
+    assert (listed["witness"], listed["size"]) == (name, newer.size)
+    assert listed["at"] == WHEN.isoformat()
+    assert cli.main(["audit", "witnesses"]) == cli.OK
+    assert f"{name}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("attack", ["forked", "rewritten", "truncated", "unproven"])
+def test_a_log_that_does_not_extend_what_the_partner_saw_is_refused(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path, attack: str
+) -> None:
+    out = tmp_path / "received"
+    first = deliver(workspace, partner)
+    take(workspace, first, out)
+    held = Checkpoint.parse(manifest_of(first)["ledger"]["checkpoint"])
+    second = deliver(workspace, partner)
+    body = manifest_of(second)
+    newer = Checkpoint.parse(body["ledger"]["checkpoint"])
+    if attack == "forked":  # the same size with another root: a split view
+        body["ledger"]["checkpoint"] = forged_checkpoint(workspace, held, held.size, b"fork")
+        expected = f"forked: its checkpoint of size {held.size} has another root"
+    elif attack == "rewritten":  # a longer tree whose first entries differ
+        body["ledger"]["checkpoint"] = forged_checkpoint(workspace, held, newer.size, b"x")
+        expected = f"rewritten: entries 1..{held.size} you verified \\(drop {first.name}\\)"
+    elif attack == "truncated":  # fewer entries than the partner saw
+        body["ledger"]["checkpoint"] = forged_checkpoint(workspace, held, held.size - 1, b"t")
+        expected = f"truncated or rewritten: this checkpoint has {held.size - 1} entries"
+    else:  # a longer tree with its proof left out
+        del body["ledger"]["consistency"]
+        expected = f"no consistency proof from the checkpoint of size {held.size}"
+    resign(workspace, second, body)
+    before = (out / ".received.json").read_bytes()
+
+    with pytest.raises(DropRejected, match=expected) as refused:
+        take(workspace, second, out)
+    assert f"drop {second.name} refused" in str(refused.value)
+    assert "evidence kept in" in str(refused.value)
+    assert not list(out.glob(f"{second.name}*"))  # no data, no ack
+    assert (out / ".received.json").read_bytes() == before  # the witness did not move
+    (evidence,) = (out / EVIDENCE_FOLDER).iterdir()
+    assert evidence.stat().st_mode & 0o777 == 0o600
+    kept = json.loads(evidence.read_text())
+    assert kept["held"]["size"] == held.size and kept["drop_id"] == second.name
+    # The evidence holds the exact manifest and the gateway's signature of it.
+    document = base64.b64decode(kept["manifest"])
+    public = signing.load_public_key(workspace.sender_key)
+    signing.verify(public, document, kept["manifest_signature"].encode())
+    assert hashlib.sha256(document).hexdigest() == kept["manifest_sha256"]
+
+
+def test_a_replaced_ledger_is_refused_at_the_next_receive(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """The operator deletes the ledger and the checkpoints it handed out, and starts again."""
+    out = tmp_path / "received"
+    take(workspace, deliver(workspace, partner), out)
+    home = Path(workspace.env["EXCHANGE_HOME"])
+    (home / "audit.db").unlink()
+    shutil.rmtree(home / "checkpoints")
+    second = deliver(workspace, partner)  # the gateway signs its new, shorter history
+    with pytest.raises(DropRejected, match="is not an extension of the one you witnessed"):
+        take(workspace, second, out)
+    assert (out / EVIDENCE_FOLDER).is_dir()
+
+
+def test_an_older_drop_received_late_is_known_from_a_later_proof_and_not_cosigned(
+    workspace: Workspace, partner: PartnerSftpServer, ack_key: keys.KeyPair, tmp_path: Path
+) -> None:
+    out = tmp_path / "received"
+    take(workspace, deliver(workspace, partner), out)
+    late, newest = deliver(workspace, partner), deliver(workspace, partner)
+    take(workspace, newest, out)  # carries proofs from both earlier checkpoints
+    got = take(workspace, late, out, ack_key=ack_key.private_path)
+    assert got.ack is not None and "cosignature" not in got.ack  # not the largest it saw
+    newer = Checkpoint.parse(manifest_of(newest)["ledger"]["checkpoint"])
+    assert next(iter(witnessed(out).values())).size == newer.size
