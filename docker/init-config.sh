@@ -28,14 +28,16 @@ command -v ssh-keygen >/dev/null || { echo "init-config: ssh-keygen is missing (
 
 umask 077
 random() { head -c "${1:-24}" /dev/urandom | base64 | tr -d '\n=' | tr '+/' '-_'; }
-# write FILE MODE CONTENT: only if FILE is missing.
+# write FILE MODE CONTENT: only if FILE is missing. A value Airflow reads through a *_CMD
+# setting (`cat FILE`) is taken with its trailing newline, so those are written without one.
 write() {
   if [ ! -e "$1" ]; then
-    printf '%s\n' "$3" > "$1"
+    printf "${4:-%s\n}" "$3" > "$1"
     chmod "$2" "$1"
     echo "  wrote $1"
   fi
 }
+value() { write "$1" 0600 "$2" '%s'; }
 
 install -d -m 0700 "$config" "$config/secrets" "$config/keys" "$config/postgres" \
   "$config/redis" "$config/partner-sftp"
@@ -53,12 +55,13 @@ ledger_pw="$(cat "$config/postgres/ledger_db_password")"
 redis_pw="$(sed -n 's/^requirepass //p' "$config/redis/redis.conf")"
 
 # Airflow's own secrets, read through its *_CMD settings.
-write "$config/secrets/airflow_db_url" 0600 "postgresql+psycopg://airflow:${airflow_pw}@postgres:5432/airflow"
-write "$config/secrets/celery_result_backend" 0600 "db+postgresql+psycopg://airflow:${airflow_pw}@postgres:5432/airflow"
-write "$config/secrets/celery_broker_url" 0600 "redis://:${redis_pw}@redis:6379/0"
-write "$config/secrets/airflow_fernet_key" 0600 "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_')"
-write "$config/secrets/airflow_jwt_secret" 0600 "$(random 32)"
-write "$config/secrets/airflow_api_secret_key" 0600 "$(random 32)"
+value "$config/secrets/airflow_db_url" "postgresql+psycopg://airflow:${airflow_pw}@postgres:5432/airflow"
+value "$config/secrets/airflow_db_url_async" "postgresql+psycopg_async://airflow:${airflow_pw}@postgres:5432/airflow"
+value "$config/secrets/celery_result_backend" "db+postgresql+psycopg://airflow:${airflow_pw}@postgres:5432/airflow"
+value "$config/secrets/celery_broker_url" "redis://:${redis_pw}@redis:6379/0"
+value "$config/secrets/airflow_fernet_key" "$(head -c 32 /dev/urandom | base64 | tr '+/' '-_')"
+value "$config/secrets/airflow_jwt_secret" "$(random 32)"
+value "$config/secrets/airflow_api_secret_key" "$(random 32)"
 # Any host and port: the same file works from a test or an operator's shell.
 write "$config/secrets/ledger.pgpass" 0600 "*:*:exchange:exchange:${ledger_pw}"
 

@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -384,9 +385,9 @@ def test_partner_sshd_config_passes_openssh_own_check(
     assert "ForceCommand internal-sftp" in text and "PasswordAuthentication no" in text
 
 
-def test_postgres_init_script_makes_two_separate_databases(
-    postgres: PrivatePostgres, generated: tuple[Path, Path]
-) -> None:
+@pytest.fixture()
+def databases(postgres: PrivatePostgres, generated: tuple[Path, Path]) -> Iterator[PrivatePostgres]:
+    """The compose file's two databases, made by its init script on a real PostgreSQL server."""
     target, _ = generated
     folder = bin_dir()
     assert folder is not None
@@ -408,31 +409,89 @@ def test_postgres_init_script_makes_two_separate_databases(
     )
     try:
         assert result.returncode == 0, result.stderr
-        # The ledger's URL carries no password: libpq finds it in the generated pgpass file.
-        pgpass = target / "secrets" / "ledger.pgpass"
-        url = f"postgresql+psycopg://exchange@{postgres.host}:{postgres.port}/exchange"
-        engine = sqlalchemy.create_engine(url, connect_args={"passfile": str(pgpass)})
-        with engine.connect() as connection:
-            assert connection.execute(sqlalchemy.text("select current_user")).scalar() == "exchange"
-        engine.dispose()
-        # The gateway's role cannot enter Airflow's database, even with its password.
-        other = sqlalchemy.create_engine(
-            f"postgresql+psycopg://exchange@{postgres.host}:{postgres.port}/airflow",
-            connect_args={
-                "password": (target / "postgres" / "ledger_db_password").read_text().strip()
-            },
-        )
-        with pytest.raises(sqlalchemy.exc.OperationalError, match="permission denied"):
-            other.connect()
-        other.dispose()
-        airflow_url = (target / "secrets" / "airflow_db_url").read_text().strip()
-        airflow_url = airflow_url.replace("@postgres:5432/", f"@{postgres.host}:{postgres.port}/")
-        engine = sqlalchemy.create_engine(airflow_url)
-        with engine.connect() as connection:
-            assert connection.execute(sqlalchemy.text("select current_user")).scalar() == "airflow"
-        engine.dispose()
+        yield postgres
     finally:
-        postgres.psql("DROP DATABASE IF EXISTS airflow", database="postgres")
-        postgres.psql("DROP DATABASE IF EXISTS exchange", database="postgres")
-        postgres.psql("DROP ROLE IF EXISTS airflow", database="postgres")
-        postgres.psql("DROP ROLE IF EXISTS exchange", database="postgres")
+        for sql in (
+            "DROP DATABASE IF EXISTS airflow WITH (FORCE)",
+            "DROP DATABASE IF EXISTS exchange WITH (FORCE)",
+            "DROP ROLE IF EXISTS airflow",
+            "DROP ROLE IF EXISTS exchange",
+        ):
+            postgres.psql(sql, database="postgres")
+
+
+def test_postgres_init_script_makes_two_separate_databases(
+    databases: PrivatePostgres, generated: tuple[Path, Path]
+) -> None:
+    target, _ = generated
+    postgres = databases
+    # The ledger's URL carries no password: libpq finds it in the generated pgpass file.
+    pgpass = target / "secrets" / "ledger.pgpass"
+    url = f"postgresql+psycopg://exchange@{postgres.host}:{postgres.port}/exchange"
+    engine = sqlalchemy.create_engine(url, connect_args={"passfile": str(pgpass)})
+    with engine.connect() as connection:
+        assert connection.execute(sqlalchemy.text("select current_user")).scalar() == "exchange"
+    engine.dispose()
+    # The gateway's role cannot enter Airflow's database, even with its password.
+    other = sqlalchemy.create_engine(
+        f"postgresql+psycopg://exchange@{postgres.host}:{postgres.port}/airflow",
+        connect_args={"password": (target / "postgres" / "ledger_db_password").read_text().strip()},
+    )
+    with pytest.raises(sqlalchemy.exc.OperationalError, match="permission denied"):
+        other.connect()
+    other.dispose()
+
+
+@pytest.mark.integration  # runs Airflow against a real PostgreSQL server
+@needs_compose
+def test_airflow_reads_the_compose_settings_and_migrates_its_database(
+    databases: PrivatePostgres, generated: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A worker's environment as the compose file resolves it, with the secrets folder that
+    init-config made (its database host pointed at the test server), under Airflow 3.3."""
+    target, env_file = generated
+    postgres = databases
+    secrets = tmp_path / "secrets"
+    shutil.copytree(target / "secrets", secrets)
+    for name in ("airflow_db_url", "airflow_db_url_async", "celery_result_backend"):
+        text = (secrets / name).read_text()
+        assert not text.endswith("\n"), f"{name}: Airflow's *_CMD would keep the newline"
+        (secrets / name).write_text(
+            text.replace("@postgres:5432/", f"@{postgres.host}:{postgres.port}/")
+        )
+    resolved = env_of(compose_config(env_file)["services"]["airflow-worker-1"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "EXCHANGE"))}
+    env.update({k: v.replace("/etc/exchange/secrets", str(secrets)) for k, v in resolved.items()})
+    env["AIRFLOW_HOME"] = str(tmp_path / "airflow")
+    script = (
+        "import json\n"
+        "from airflow.configuration import conf\n"
+        "from airflow.models import Connection, Variable\n"
+        "names = ['database:sql_alchemy_conn', 'database:sql_alchemy_conn_async',\n"
+        "         'celery:broker_url', 'core:fernet_key', 'api_auth:jwt_secret']\n"
+        "out = {n: conf.get(*n.split(':')) for n in names}\n"
+        "c = Connection.get_connection_from_secrets('early_help_sftp')\n"
+        "out['sftp'] = [c.host, c.port, c.login, c.extra_dejson['known_hosts']]\n"
+        "out['disclosure'] = Variable.get('disclosure_key_secret')\n"
+        "print(json.dumps(out))\n"
+    )
+    python = str(Path(sys.executable).parent / "python")
+    shown = subprocess.run([python, "-c", script], env=env, capture_output=True, text=True)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    values = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert values["database:sql_alchemy_conn"] == (secrets / "airflow_db_url").read_text()
+    assert values["database:sql_alchemy_conn_async"].startswith("postgresql+psycopg_async://")
+    assert values["celery:broker_url"] == (secrets / "celery_broker_url").read_text()
+    assert values["sftp"] == ["partner-sftp", 2222, "partner", "/etc/exchange/keys/known_hosts"]
+    variables = json.loads((secrets / "airflow-variables.json").read_text())
+    assert values["disclosure"] == variables["disclosure_key_secret"]
+    airflow = str(Path(sys.executable).parent / "airflow")
+    migrated = subprocess.run(
+        [airflow, "db", "migrate"], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert migrated.returncode == 0, migrated.stderr[-2000:]
+    tables = postgres.psql(
+        "select count(*) from information_schema.tables where table_name = 'dag_run'",
+        database="airflow",
+    )
+    assert tables.strip() == "1"
