@@ -87,7 +87,8 @@ def _late_first_run(context: Any) -> bool:
     Airflow creates such a run at once when a DAG is unpaused (for the interval that had
     just passed); skipping it means unpausing sends nothing until the next scheduled time."""
     run = context.get("dag_run")
-    if str(getattr(run, "run_type", "")) not in ("scheduled", "DagRunType.SCHEDULED"):
+    run_type = getattr(run, "run_type", None)
+    if getattr(run_type, "value", run_type) != "scheduled":  # an enum, or its text
         return False
     due = getattr(run, "run_after", None) or getattr(run, "logical_date", None)
     started = getattr(run, "start_date", None) or dt.datetime.now(dt.UTC)

@@ -189,7 +189,7 @@ def test_a_late_first_scheduled_run_is_skipped_and_no_other_run_is() -> None:
     late_first_run = _dags_module()._late_first_run
     due = dt.datetime(2026, 11, 28, 2, 0, tzinfo=dt.UTC)
 
-    def context(run_type: str, started: dt.datetime, previous: object = None) -> dict[str, Any]:
+    def context(run_type: object, started: dt.datetime, previous: object = None) -> dict[str, Any]:
         run = SimpleNamespace(run_type=run_type, run_after=due, start_date=started)
         return {"dag_run": run, "ti": SimpleNamespace(get_previous_dagrun=lambda: previous)}
 
@@ -198,6 +198,10 @@ def test_a_late_first_scheduled_run_is_skipped_and_no_other_run_is() -> None:
     assert late_first_run(context("scheduled", due + dt.timedelta(minutes=2))) is False
     assert late_first_run(context("scheduled", unpaused, previous=object())) is False
     assert late_first_run(context("manual", unpaused)) is False
+    from airflow.utils.types import DagRunType
+
+    assert late_first_run(context(DagRunType.SCHEDULED, unpaused)) is True  # as Airflow passes it
+    assert late_first_run(context(DagRunType.MANUAL, unpaused)) is False
 
 
 def test_great_expectations_registration_noise_stays_out_of_task_logs(contracts: Path) -> None:
