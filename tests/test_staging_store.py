@@ -343,3 +343,39 @@ def test_a_shared_folder_store_carries_the_drop_with_private_modes(
     gateway_b.deliver(gateway_b.recheck(workspace.contract, run_id="run-f"), "run-f")
     assert inbox_entries(partner) == [drop_id]
     assert not folder.exists()
+
+
+def test_a_run_in_one_process_with_a_store_configured_delivers_and_leaves_nothing(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """`exchange run` prepares and delivers in one process: the local drop goes straight out."""
+    shared = tmp_path / "shared"
+    env = worker(workspace, "one-machine", f"file://{shared}", tmp_path)
+    gateway = Gateway(Settings.from_env(env))
+    result = gateway.run(workspace.contract, workspace.source(100), run_id="run-cli")
+    assert inbox_entries(partner) == [result.drop_id]
+    assert list((Path(env["EXCHANGE_HOME"]) / "staging").iterdir()) == []
+    assert not shared.exists() or gateway.staging_store().drops() == {}  # type: ignore[union-attr]
+
+
+def test_only_a_drop_that_verifies_is_published_and_nothing_else_with_it(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    from exchange.contract import load_contract
+    from exchange.pipeline import prepare, staging
+
+    shared = tmp_path / "shared"
+    env = worker(workspace, "worker-a", f"file://{shared}", tmp_path)
+    gateway = Gateway(Settings.from_env(env))
+    contract = gateway.check(workspace.contract, run_id="run-x")
+    source = workspace.source(100)
+    prepared = prepare.prepare_drop(gateway.context, contract, source, "run-x")  # not published
+    local = gateway.staging_for(prepared.drop_id)
+    (local / "plaintext.csv").write_text("id,name\n1,someone\n")
+    with pytest.raises(NotRunnable, match="holds other files"):
+        staging.publish(gateway.context, load_contract(workspace.contract), "run-x")
+    assert not shared.exists() or gateway.staging_store().drops() == {}  # type: ignore[union-attr]
+    (local / "plaintext.csv").unlink()
+    assert staging.publish(gateway.context, contract, "run-x") is True
+    assert set(gateway.staging_store().drops()) == {(contract.id, prepared.drop_id)}  # type: ignore[union-attr]
+    assert not local.exists()  # published: the worker keeps no copy
