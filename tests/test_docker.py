@@ -10,18 +10,24 @@ sshd_config accepted by OpenSSH's own checker; the PostgreSQL init script on a r
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import pwd
 import re
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import tempfile
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import paramiko
 import pytest
 import sqlalchemy
 import yaml
@@ -383,6 +389,103 @@ def test_partner_sshd_config_passes_openssh_own_check(
     )
     assert result.returncode == 0, result.stderr
     assert "ForceCommand internal-sftp" in text and "PasswordAuthentication no" in text
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.integration  # runs sshd
+@pytest.mark.skipif(
+    not SSHD.exists() or os.geteuid() != 0,
+    reason="needs the OpenSSH server (make system) and root, to start it as another user",
+)
+def test_partner_server_serves_sftp_only_as_an_unprivileged_user(
+    generated: tuple[Path, Path],
+) -> None:
+    """The partner image's sshd_config and init-config's keys, with sshd run as an unprivileged
+    user (as the image runs it as `partner`): the gateway's login key gets SFTP, any other key
+    is refused. The user is PostgreSQL's, made by Debian's useradd like the image's `partner`
+    (Debian's sshd refuses an account whose password field is `*`, as `nobody`'s is)."""
+    target, _ = generated
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no unprivileged `postgres` OS user to run sshd as")
+    # Not pytest's tmp_path: that lives under a 0700 folder the user cannot enter.
+    base = Path(tempfile.mkdtemp(prefix="exchange-test-partner-"))
+    try:
+        base.chmod(0o755)
+        (base / "root" / "inbox").mkdir(parents=True)
+        for key in (target / "partner-sftp").iterdir():
+            shutil.copy(key, base / key.name)
+        port = _free_port()
+        config = (DOCKER / "partner-sftp" / "sshd_config").read_text()
+        for old, new in (
+            ("/etc/partner-sftp/keys", str(base)),
+            ("/srv/sftp", str(base / "root")),
+            ("AllowUsers partner", f"AllowUsers {user.pw_name}"),
+            ("Port 2222", f"Port {port}"),
+            ("ListenAddress 0.0.0.0", "ListenAddress 127.0.0.1"),
+        ):
+            assert old in config
+            config = config.replace(old, new)
+        (base / "sshd_config").write_text(config)
+        for path in [base, *base.rglob("*")]:
+            os.chown(path, user.pw_uid, user.pw_gid)
+        with (base / "sshd.log").open("wb") as log:
+            server = subprocess.Popen(
+                [str(SSHD), "-D", "-e", "-f", str(base / "sshd_config")],
+                user=user.pw_uid,
+                group=user.pw_gid,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            host_key = (base / "ssh_host_ed25519_key.pub").read_text().split()
+            known = base / "known_hosts"
+            known.write_text(f"[127.0.0.1]:{port} {host_key[0]} {host_key[1]}\n")
+
+            def client(key_file: Path) -> paramiko.SSHClient:
+                ssh = paramiko.SSHClient()
+                ssh.load_host_keys(str(known))
+                ssh.set_missing_host_key_policy(paramiko.RejectPolicy())
+                ssh.connect(
+                    "127.0.0.1",
+                    port,
+                    username=user.pw_name,
+                    key_filename=str(key_file),
+                    look_for_keys=False,
+                    allow_agent=False,
+                    timeout=10,
+                )
+                return ssh
+
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", port)) == 0:
+                        break
+                time.sleep(0.05)
+            try:
+                ssh = client(target / "keys" / "early-help-sftp")
+            except paramiko.SSHException:
+                pytest.fail((base / "sshd.log").read_text()[-2000:])
+            with ssh.open_sftp() as sftp:
+                sftp.putfo(io.BytesIO(b"probe"), "inbox/probe.txt")
+            ssh.close()
+            assert (base / "root" / "inbox" / "probe.txt").stat().st_uid == user.pw_uid
+            stranger = base / "stranger"
+            keys.generate("ssh", stranger, comment="not authorised")
+            with pytest.raises(paramiko.AuthenticationException):
+                client(stranger)
+        finally:
+            server.terminate()
+            server.wait(timeout=10)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture()
