@@ -19,12 +19,13 @@ same checks apply to both forms.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,9 @@ class Ack:
     rows: int
     key_id: str
     body: dict[str, Any]
+    # How it was signed, so an auditor can check it again offline: {"signature": base64} for
+    # an envelope, {"file": base64 of the bare body's bytes, "sshsig": armored} for OpenSSH.
+    proof: dict[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,15 @@ def verify(
     except (CryptoError, ValueError, RecursionError):  # lone surrogates do not encode
         form = f"OpenSSH signature ({SSH_NAMESPACE})" if bare else "signature"
         return RejectedAck(name, f"{form} does not verify with partner key {key_id}", key_id)
-    return _checked(name, body, key_id)
+    if bare:
+        proof = {
+            "file": base64.b64encode(data).decode(),
+            "sshsig": (ssh_signature or b"").decode("ascii", "replace"),
+        }
+    else:
+        proof = {"signature": str(signature)}
+    checked = _checked(name, body, key_id)
+    return replace(checked, proof=proof) if isinstance(checked, Ack) else checked
 
 
 def _checked(name: str, body: dict[str, Any], key_id: str) -> Ack | RejectedAck:

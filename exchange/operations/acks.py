@@ -142,6 +142,8 @@ def _received(
             "key_id": ack.key_id,
             "ledger": ack.body.get("ledger"),
             **({"cosignature": cosigned} if cosigned is not None else {}),
+            # The partner's signed statement itself, so a bundle's reader can check it offline.
+            **({"ack": {"body": ack.body, **ack.proof}} if ack.proof else {}),
         },
         run_id=sent.run_id,
         contract_id=contract.id,
