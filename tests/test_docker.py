@@ -29,6 +29,7 @@ from typing import Any
 
 import paramiko
 import pytest
+import redis
 import sqlalchemy
 import yaml
 from pg import PrivatePostgres, bin_dir
@@ -486,6 +487,55 @@ def test_partner_server_serves_sftp_only_as_an_unprivileged_user(
             server.wait(timeout=10)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.integration  # runs redis-server
+@needs_compose
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None, reason="redis-server missing (make system)"
+)
+def test_redis_health_check_and_broker_url_work_with_the_generated_password(
+    generated: tuple[Path, Path], tmp_path: Path
+) -> None:
+    target, env_file = generated
+    port = _free_port()
+    conf = target / "redis" / "redis.conf"
+    with (tmp_path / "redis.log").open("wb") as log:
+        server = subprocess.Popen(
+            [
+                *("redis-server", str(conf), "--port", str(port), "--bind", "127.0.0.1"),
+                *("--dir", str(tmp_path), "--save", ""),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        check = compose_config(env_file)["services"]["redis"]["healthcheck"]["test"]
+        assert check[0] == "CMD-SHELL"
+        # `config` prints the file back with `$$` kept; the container's shell gets `$`.
+        command = check[1].replace("$$", "$").replace("/usr/local/etc/redis/redis.conf", str(conf))
+        command = command.replace("redis-cli ping", f"redis-cli -p {port} ping")
+
+        def healthy(script: str) -> bool:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if subprocess.run(["sh", "-c", script], capture_output=True).returncode == 0:
+                    return True
+                time.sleep(0.1)
+            return False
+
+        assert healthy(command), (tmp_path / "redis.log").read_text()[-1000:]
+        # Without the password the same check fails: the broker is not open.
+        assert subprocess.run(
+            ["sh", "-c", f"redis-cli -p {port} ping | grep -q PONG"], capture_output=True
+        ).returncode
+        broker = (target / "secrets" / "celery_broker_url").read_text()
+        client = redis.Redis.from_url(broker.replace("@redis:6379/", f"@127.0.0.1:{port}/"))
+        assert client.ping() is True
+        client.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
 
 
 @pytest.fixture()
