@@ -266,6 +266,7 @@ def test_dockerfile_installs_from_the_lock_and_runs_unprivileged() -> None:
 def test_system_deps_installs_docker_compose_without_recommends() -> None:
     script = (REPO / "scripts" / "system-deps.sh").read_text()
     assert "missing+=(docker-compose)" in script
+    assert "missing+=(redis-server)" in script
     assert "apt-get install -y -qq --no-install-recommends" in script
 
 
