@@ -3,6 +3,9 @@ must never change, or a partner's records stop matching and "who has my data?" m
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -85,4 +88,23 @@ def test_a_helper_that_dies_falls_back_to_hashing_here(monkeypatch: Any) -> None
     values = pa.array([f"P{i:08d}" for i in range(5000)])
     out = transforms.pseudonymise(KEY)(values).to_pylist()
     assert out[1] == "fa44fc0c01626a90eb117fd6b24d1aac"
+    assert helper._broken
+
+
+def test_a_helper_that_stops_answering_costs_a_fallback_not_a_hang(monkeypatch: Any) -> None:
+    helper = keyed._Helper()
+    monkeypatch.setattr(keyed, "_HELPER", helper)
+    monkeypatch.setattr(keyed, "_DEADLINE_SECONDS", 0.5)
+    monkeypatch.setattr(keyed, "_SECONDS_PER_VALUE", 0.0)
+    process = helper._start()
+    assert process is not None
+    os.kill(process.pid, signal.SIGSTOP)  # alive, holding its pipes, never answering
+    try:
+        started = time.monotonic()
+        out = transforms.pseudonymise(KEY)(pa.array([f"P{i:08d}" for i in range(5000)]))
+        assert time.monotonic() - started < 10
+    finally:
+        process.kill()
+        process.wait()
+    assert out[1].as_py() == "fa44fc0c01626a90eb117fd6b24d1aac"
     assert helper._broken

@@ -18,18 +18,25 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import os
+import select
 import struct
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterable
 from hashlib import sha256
 from typing import IO, Any
 
 BLOCK = 64  # SHA-256 block size
 WORKER_MIN_ITEMS = 4096  # fewer values than this are hashed in-process (a round trip costs more)
-_HEADER = struct.Struct("<IIQQ")  # key length, width, values, data bytes
+_HEADER = struct.Struct("<QIIQQ")  # request number, key length, width, values, data bytes
+_REPLY = struct.Struct("<QQ")  # request number, values: checked before the digests are used
+# A helper that has not answered by then is treated as dead (the values are hashed here).
+_DEADLINE_SECONDS = 60.0
+_SECONDS_PER_VALUE = 50e-6
 
 
 def pads(key: bytes) -> tuple[Any, Any]:
@@ -95,6 +102,7 @@ class _Helper:
         self._process: subprocess.Popen[bytes] | None = None
         self._pid = 0
         self._broken = False
+        self._sequence = 0
 
     def _start(self) -> subprocess.Popen[bytes] | None:
         if self._process is not None and self._pid == os.getpid():
@@ -111,10 +119,16 @@ class _Helper:
             self._broken = True
             return None
         self._pid = os.getpid()
+        assert self._process.stdin is not None and self._process.stdout is not None
+        for pipe in (self._process.stdin, self._process.stdout):
+            os.set_blocking(pipe.fileno(), False)  # so a deadline holds mid-write too
         return self._process
 
     def run(self, key: bytes, width: int, offsets: Any, data: Any, count: int) -> bytes | None:
-        """The joined MACs, or None if the helper is not available (hash in-process then)."""
+        """The joined MACs, or None if the helper is not available (hash in-process then).
+
+        Every exchange has a deadline and its reply must echo the request's number and size,
+        so a stuck or confused helper costs a fallback, never a hang or a wrong digest."""
         if self._broken:
             return None
         with self._lock:
@@ -122,16 +136,24 @@ class _Helper:
             if process is None:
                 return None
             assert process.stdin is not None and process.stdout is not None
+            self._sequence += 1
+            deadline = time.monotonic() + _DEADLINE_SECONDS + count * _SECONDS_PER_VALUE
+            request = [
+                _HEADER.pack(self._sequence, len(key), width, count, len(data)),
+                key,
+                memoryview(offsets.astype("<i8", copy=False)).cast("B"),
+                data,
+            ]
+            result = None
             try:
-                process.stdin.write(_HEADER.pack(len(key), width, count, len(data)))
-                process.stdin.write(key)
-                process.stdin.write(memoryview(offsets.astype("<i8", copy=False)).cast("B"))
-                process.stdin.write(data)
-                process.stdin.flush()
-                result = _read_exactly(process.stdout, count * width)
+                for part in request:
+                    _send(process.stdin.fileno(), part, deadline)
+                reply = _receive(process.stdout.fileno(), _REPLY.size, deadline)
+                if reply is not None and _REPLY.unpack(reply) == (self._sequence, count):
+                    result = _receive(process.stdout.fileno(), count * width, deadline)
             except OSError:
                 result = None
-            if result is None:  # it died: never trust it again in this process
+            if result is None:  # dead, stuck or confused: never trust it again in this process
                 self._broken = True
                 self.close()
             return result
@@ -144,10 +166,43 @@ class _Helper:
                     with contextlib.suppress(OSError):  # unsent bytes to a helper that died
                         pipe.close()
             try:
-                process.wait(timeout=5)
+                process.wait(timeout=2)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+def _send(fd: int, data: Any, deadline: float) -> None:
+    """Write all of `data` to a pipe by `deadline`; TimeoutError (an OSError) if not."""
+    view = memoryview(data).cast("B")
+    while view:
+        _wait(fd, deadline, write=True)
+        view = view[os.write(fd, view) :]
+
+
+def _receive(fd: int, size: int, deadline: float) -> bytes | None:
+    """Read exactly `size` bytes from a pipe by `deadline`; None at end of input."""
+    parts: list[bytes] = []
+    left = size
+    while left:
+        _wait(fd, deadline, write=False)
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _wait(fd: int, deadline: float, *, write: bool) -> None:
+    remaining = deadline - time.monotonic()
+    ready = (
+        select.select([], [fd], [], max(remaining, 0))[1]
+        if write
+        else (select.select([fd], [], [], max(remaining, 0))[0])
+    )
+    if not ready:
+        raise TimeoutError("the hashing helper did not answer in time")
 
 
 def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
@@ -181,14 +236,15 @@ def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
         header = _read_exactly(source, _HEADER.size)
         if header is None:
             return
-        key_length, width, count, size = _HEADER.unpack(header)
+        number, key_length, width, count, size = _HEADER.unpack(header)
         key = _read_exactly(source, key_length) if key_length else b""
         offsets_bytes = _read_exactly(source, 8 * (count + 1))
         data = _read_exactly(source, size) if size else b""
         if key is None or offsets_bytes is None or data is None:
             return
-        offsets = memoryview(offsets_bytes).cast("q")
-        items = (data[offsets[i] : offsets[i + 1]] for i in range(count))
+        bounds = memoryview(offsets_bytes).cast("q").tolist()
+        items = [data[start:end] for start, end in itertools.pairwise(bounds)]
+        sink.write(_REPLY.pack(number, count))
         sink.write(KeyedHash(key, width).joined(items))
         sink.flush()
 
