@@ -392,6 +392,28 @@ def _save(
     _write_new(out_fd, RECORD_NAME, data, replace_existing=True)
 
 
+@contextmanager
+def record_lock(
+    out_dir: Path,
+) -> Iterator[tuple[int, dict[str, dict[str, Any]], Callable[[dict[str, Any]], None]]]:
+    """The output folder held open and locked, its record of drops, and a function that
+    saves a changed record (for `exchange.destruction`)."""
+    out_path = out_dir.resolve(strict=True)
+    where = out_path / RECORD_NAME
+    with _folder(out_path) as out_fd, _exclusive(out_fd):
+        drops = _recorded(out_fd, where)
+
+        def save(changed: dict[str, Any]) -> None:
+            _save(out_fd, where, lambda record: record.__setitem__("drops", changed))
+
+        yield out_fd, drops, save
+
+
+def write_file(out_fd: int, name: str, data: bytes) -> None:
+    """Write a 0600 file in the output folder, replacing one of that name (never a link)."""
+    _write_new(out_fd, name, data, replace_existing=True)
+
+
 def _witness(
     out_fd: int, where: Path, signed: _Signed, *, at: str
 ) -> tuple[Checkpoint, witness.Seen]:
@@ -567,6 +589,9 @@ def receive(
                 "contract_id": body["contract"]["id"],
                 "sender_key_id": body["sender"]["key_id"],
                 "checkpoint_size": checkpoint.size,
+                # What `exchange partner expire` deletes when the retention ends.
+                "drop_folder": str(drop.absolute()),
+                "payload": info["name"],
                 **({"retention": body["retention"]} if "retention" in body else {}),
             }
             _remember(out_fd, where, drop_id, facts, seen)

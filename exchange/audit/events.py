@@ -28,6 +28,9 @@ class Event(StrEnum):
     ACK_RECEIVED = "ack.received"
     ACK_REJECTED = "ack.rejected"
     ACK_OVERDUE = "ack.overdue"
+    DESTRUCTION_RECEIVED = "destruction.received"
+    DESTRUCTION_REJECTED = "destruction.rejected"
+    DESTRUCTION_OVERDUE = "destruction.overdue"
     RETENTION_REMOVED = "retention.removed"
     SUBJECT_LOOKED_UP = "subject.looked_up"
     CONTRACT_APPROVED = "contract.approved"
@@ -91,6 +94,9 @@ _KINDS: tuple[tuple[Event, Severity, Outcome, str], ...] = (
     (Event.ACK_RECEIVED, INFO, DONE, "a partner's acknowledgement of a drop verified"),
     (Event.ACK_REJECTED, HIGH, DONE, "a file in the acknowledgement folder did not verify"),
     (Event.ACK_OVERDUE, WARNING, DONE, "a drop was still unacknowledged at its deadline"),
+    (Event.DESTRUCTION_RECEIVED, INFO, DONE, "a partner's signed destruction receipt verified"),
+    (Event.DESTRUCTION_REJECTED, HIGH, DONE, "a destruction receipt file did not verify"),
+    (Event.DESTRUCTION_OVERDUE, HIGH, DONE, "no destruction receipt by retention plus grace"),
     (Event.RETENTION_REMOVED, INFO, DONE, "a drop past its retention was removed from the partner"),
     (Event.SUBJECT_LOOKED_UP, NOTICE, DONE, "a subject access lookup was answered or refused"),
     (Event.CONTRACT_APPROVED, NOTICE, DONE, "an IG officer approved a contract version"),
@@ -104,7 +110,7 @@ _KINDS: tuple[tuple[Event, Severity, Outcome, str], ...] = (
 
 # Events that record a security event (transfer.failed: when its body's `security_event` is
 # true, a host key not as pinned).
-_SECURITY = frozenset({Event.TRANSFER_FAILED, Event.ACK_REJECTED})
+_SECURITY = frozenset({Event.TRANSFER_FAILED, Event.ACK_REJECTED, Event.DESTRUCTION_REJECTED})
 
 _CONTRACT = "id version sha256 purposes legal_basis provider recipient"
 _REFUSAL = "stage outcome reason error message contract_sha256"
@@ -124,9 +130,13 @@ _FIELDS: Mapping[Event, str] = {
     Event.TRANSFER_SENT: f"drop_id server {_CONTRACT} fields_sent rows validation payload_sha256 "
     "manifest_sha256 watermark remote_path bytes already_delivered attempts rename outcome "
     "started_at finished_at",
-    Event.ACK_RECEIVED: "drop_id manifest_sha256 rows rows_match received_at key_id ledger",
+    Event.ACK_RECEIVED: "drop_id manifest_sha256 rows rows_match received_at key_id ledger "
+    "cosignature ack",
     Event.ACK_REJECTED: "file reason key_id security_event",
     Event.ACK_OVERDUE: "drop_id",
+    Event.DESTRUCTION_RECEIVED: "drop_id manifest_sha256 destroyed_at key_id deleted receipt",
+    Event.DESTRUCTION_REJECTED: "file reason key_id security_event",
+    Event.DESTRUCTION_OVERDUE: "drop_id due",
     Event.RETENTION_REMOVED: "drop_id retention older_than",
     Event.SUBJECT_LOOKED_UP: "subject_hash key_id requested_by reason outcome drops problem",
     Event.CONTRACT_APPROVED: "contract_sha256 version approver review_by",

@@ -78,6 +78,33 @@ def cmd_ack_send(args: argparse.Namespace) -> int:
     return OK
 
 
+def cmd_partner_expire(args: argparse.Namespace) -> int:
+    """Delete received drops past their retention; sign and send destruction receipts."""
+    import datetime as dt
+
+    from exchange.crypto.signing import load_private_key
+    from exchange.destruction import expire
+    from exchange.errors import InvalidRequest
+
+    if bool(args.connection) != bool(args.folder):
+        raise InvalidRequest("--connection and --folder go together (where receipts are sent)")
+    try:
+        now = dt.datetime.fromisoformat(args.at) if args.at else dt.datetime.now(dt.UTC)
+    except ValueError:
+        raise InvalidRequest(f"--at {args.at!r} is not an ISO 8601 time") from None
+    if now.tzinfo is None:
+        raise InvalidRequest("--at needs a time zone, e.g. 2027-01-01T00:00:00+00:00")
+    key = load_private_key(args.key, passphrase(args))
+    outbox = _outbox(args.connection, args.folder) if args.connection else None
+    done = expire(args.out, key=key, outbox=outbox, now=now)
+    for item in done:
+        where = f"sent to {item.remote}" if item.remote else "kept to send (no --connection)"
+        say(f"drop {item.drop_id} destroyed; signed receipt {item.receipt.name} {where}")
+    if not done:
+        say("no received drop has reached the end of its retention")
+    return OK
+
+
 def add_receive(sub: Subcommands) -> None:
     """`exchange receive` and `exchange ack send`: the partner's commands."""
     rec = sub.add_parser("receive", help="verify and decrypt a drop (partner side)")
@@ -110,3 +137,19 @@ def add_receive(sub: Subcommands) -> None:
     send.add_argument("--folder", required=True, help="the agreed acknowledgement folder")
     passphrase_options(send)
     send.set_defaults(func=cmd_ack_send)
+
+    partner = sub.add_parser("partner", help="a partner's housekeeping (partner side)")
+    chores = partner.add_subparsers(dest="action", required=True)
+    expire = chores.add_parser(
+        "expire",
+        help="delete received drops past their retention and send signed destruction receipts",
+    )
+    expire.add_argument(
+        "--out", type=Path, default=Path("."), help="the folder `receive` wrote the drops to"
+    )
+    expire.add_argument("--key", type=Path, required=True, help="your Ed25519 acknowledgement key")
+    expire.add_argument("--connection", help="the SFTP connection to send receipts over")
+    expire.add_argument("--folder", help="the agreed acknowledgement folder")
+    expire.add_argument("--at", help="act as if it were this time (ISO 8601, with zone)")
+    passphrase_options(expire)
+    expire.set_defaults(func=cmd_partner_expire)

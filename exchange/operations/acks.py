@@ -7,17 +7,20 @@ the ledger's side: which drops wait, what arrived, what is overdue.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
+from exchange import destruction, manifest
 from exchange.acks import Ack, RejectedAck, collect_acks
 from exchange.audit import Entry, Ledger, witness
 from exchange.audit.checkpoint import Checkpoint
 from exchange.contract import Contract
 from exchange.crypto import signing
+from exchange.destruction import Receipt
 from exchange.errors import LedgerError, NotRunnable
 from exchange.pipeline.boundary import stage
 from exchange.pipeline.context import Context
@@ -30,6 +33,8 @@ class Waiting:
     sent: dict[str, Entry] = field(default_factory=dict)  # drop id -> its transfer.sent
     acked: set[str] = field(default_factory=set)
     overdue_noted: set[str] = field(default_factory=set)
+    destroyed: set[str] = field(default_factory=set)
+    destruction_overdue_noted: set[str] = field(default_factory=set)
 
     def expected(self) -> dict[str, str]:
         """Drop id -> manifest SHA-256 of every drop not acknowledged yet."""
@@ -52,6 +57,10 @@ def waiting(ledger: Ledger, contract_id: str) -> Waiting:
             state.acked.add(entry.data["drop_id"])
         elif entry.event == "ack.overdue":
             state.overdue_noted.add(entry.data["drop_id"])
+        elif entry.event == "destruction.received":
+            state.destroyed.add(entry.data["drop_id"])
+        elif entry.event == "destruction.overdue":
+            state.destruction_overdue_noted.add(entry.data["drop_id"])
     return state
 
 
@@ -72,18 +81,92 @@ def record_acks(ctx: Context, contract: Contract) -> tuple[int, int]:
                 "ack.rejected", {**body, "security_event": True}, contract_id=contract.id
             )
 
+        partner = {signing.key_id(key): key for key in _ed25519(keys)}
         with ctx.transport_for(contract).connect() as remote:
             found = collect_acks(
                 remote, terms["folder"], _ed25519(keys), expected=expected, on_rejected=rejected
             )
-        partner = {signing.key_id(key): key for key in _ed25519(keys)}
+            unreceipted = {
+                drop_id: entry.data["manifest_sha256"]
+                for drop_id, entry in state.sent.items()
+                if drop_id not in state.destroyed
+            }
+            receipts = destruction.collect(
+                remote, terms["folder"], partner, unreceipted, _rejected_receipt(ctx, contract)
+            )
         gateway = signing.load_private_key(ctx.settings.signing_key).public_key()
         for ack in found:
             cosigned = cosignature(ack, partner, gateway)
             _received(ctx, contract, state.sent[ack.drop_id], ack, cosigned)
             expected.pop(ack.drop_id, None)
         overdue = _flag_overdue(ctx, contract, state, expected, float(terms["deadlineHours"]))
+        for receipt in receipts:
+            _destroyed(ctx, contract, state.sent[receipt.drop_id], receipt)
+            unreceipted.pop(receipt.drop_id, None)
+        _flag_destruction_overdue(ctx, contract, state, unreceipted)
     return len(found), overdue
+
+
+def _rejected_receipt(ctx: Context, contract: Contract) -> Callable[[RejectedAck], None]:
+    def rejected(receipt: RejectedAck) -> None:
+        body = {"file": receipt.name, "reason": receipt.reason, "key_id": receipt.key_id}
+        ctx.ledger.append(
+            "destruction.rejected", {**body, "security_event": True}, contract_id=contract.id
+        )
+
+    return rejected
+
+
+def _destroyed(ctx: Context, contract: Contract, sent: Entry, receipt: Receipt) -> None:
+    """Record a verified destruction receipt, with the partner's signed statement itself."""
+    ctx.ledger.append(
+        "destruction.received",
+        {
+            "drop_id": receipt.drop_id,
+            "manifest_sha256": receipt.manifest_sha256,
+            "destroyed_at": receipt.destroyed_at,
+            "key_id": receipt.key_id,
+            "deleted": receipt.body.get("deleted"),
+            "receipt": {"body": receipt.body, "signature": receipt.signature},
+        },
+        run_id=sent.run_id,
+        contract_id=contract.id,
+    )
+
+
+def destruction_due(contract: Contract, sent: Entry) -> dt.datetime | None:
+    """When a drop's destruction receipt is due: sent + retention + grace (None: not due)."""
+    if contract.retention_days is None or contract.retention_action != "delete":
+        return None
+    days = contract.retention_days + manifest.DESTRUCTION_GRACE_DAYS
+    return dt.datetime.fromisoformat(sent.recorded_at) + dt.timedelta(days=days)
+
+
+def _flag_destruction_overdue(
+    ctx: Context, contract: Contract, state: Waiting, unreceipted: dict[str, str]
+) -> int:
+    """An incident, once per drop, for each drop past retention and grace with no receipt."""
+    now, overdue = ctx.clock(), 0
+    for drop_id in unreceipted:
+        entry = state.sent[drop_id]
+        due = destruction_due(contract, entry)
+        if drop_id in state.destruction_overdue_noted or due is None or due > now:
+            continue
+        overdue += 1
+        ctx.ledger.append(
+            "destruction.overdue",
+            {"drop_id": drop_id, "due": due.isoformat(timespec="seconds")},
+            run_id=entry.run_id,
+            contract_id=contract.id,
+        )
+        ctx.incident(
+            "destruction-overdue",
+            f"drop {drop_id}: no destruction receipt from the partner by {due.date()} "
+            "(retention plus grace)",
+            contract.id,
+            entry.run_id or "",
+        )
+    return overdue
 
 
 def _ed25519(keys: list[Any]) -> list[Ed25519PublicKey]:

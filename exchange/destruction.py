@@ -1,0 +1,284 @@
+"""Destruction receipts: the partner's signed statement that a drop was deleted when its
+retention ended, and the sender's check of it.
+
+`exchange receive` records each drop's retention (the manifest's `retention`) and where it read
+the drop from. `expire` deletes, once `created_at` + `retention.days` has passed, the plaintext
+the partner wrote and the drop's files it read (manifest, signatures, ciphertext), then signs a
+receipt with the partner's acknowledgement key and puts it beside the acknowledgements on the
+sender's server as `<drop id>.destroyed.json`. The file is an envelope like an acknowledgement's:
+{"body": {...}, "signature": base64 Ed25519 over the body's canonical JSON}; docs/formats.md.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from exchange import manifest
+from exchange.acks import AckOutbox, RejectedAck, canonical
+from exchange.crypto import signing
+from exchange.errors import ConnectionLost, CryptoError, InvalidRequest, TransferError
+from exchange.manifest import ManifestError, is_safe_id, strict_json
+from exchange.transport.base import Remote
+
+RECEIPT_VERSION = "exchange-destruction/1"
+RECEIPT_SUFFIX = ".destroyed.json"
+MAX_RECEIPT_BYTES = 64 << 10
+_KEY_ID = re.compile(r"ed25519:[0-9a-f]{16}")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_DROP_FILES = (manifest.MANIFEST_NAME, manifest.SIGNATURE_NAME, manifest.SSH_SIGNATURE_NAME)
+
+
+def receipt_name(drop_id: str) -> str:
+    """The receipt's file name for a drop; ValueError for an unsafe id."""
+    if not is_safe_id(drop_id):
+        raise ValueError("a drop id that is not a safe file name")
+    return f"{drop_id}{RECEIPT_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """A verified destruction receipt."""
+
+    drop_id: str
+    manifest_sha256: str
+    destroyed_at: str
+    key_id: str
+    body: dict[str, Any]
+    signature: str
+
+
+@dataclass(frozen=True)
+class Destroyed:
+    """One drop deleted at the partner, and where its receipt went."""
+
+    drop_id: str
+    receipt: Path
+    remote: str | None
+
+
+def _due(facts: Mapping[str, Any], now: dt.datetime) -> bool:
+    retention = facts.get("retention")
+    if not isinstance(retention, dict) or facts.get("destroyed_at"):
+        return False
+    if retention.get("action") != "delete":
+        return False  # archiving is the partner's own business; nothing to prove
+    created = dt.datetime.fromisoformat(str(facts["created_at"]))
+    return created + dt.timedelta(days=float(retention["days"])) <= now
+
+
+def _unlink_plain(dir_fd: int, name: str) -> str:
+    """Delete a plain file (never through a link): deleted, absent or refused."""
+    if not name or "/" in name or name in {".", ".."}:
+        return "refused: not a file name"
+    try:
+        found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return "absent"
+    if not stat.S_ISREG(found.st_mode):
+        return "refused: not a plain file"
+    os.unlink(name, dir_fd=dir_fd)
+    return "deleted"
+
+
+@contextmanager
+def _opened(folder: Path) -> Iterator[int | None]:
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _delete_drop(folder: Path, facts: Mapping[str, Any]) -> list[dict[str, str]]:
+    """Delete the drop's files the partner read, if its manifest is still the one received."""
+    payload = str(facts.get("payload") or "")
+    names = [*_DROP_FILES, *([payload] if payload in _payload_names() else [])]
+    with _opened(folder) as fd:
+        if fd is None:
+            return [{"what": "ciphertext", "name": payload, "status": "absent"}]
+        try:
+            with open(
+                os.open(manifest.MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb"
+            ) as h:
+                same = hashlib.sha256(h.read(manifest.MAX_BYTES + 1)).hexdigest()
+        except OSError:
+            same = ""
+        if same and same != facts.get("manifest_sha256"):
+            return [{"what": "ciphertext", "name": payload, "status": "refused: another drop"}]
+        done = [
+            {
+                "what": "ciphertext" if n == payload else "manifest",
+                "name": n,
+                "status": _unlink_plain(fd, n),
+            }
+            for n in names
+        ]
+    with suppress(OSError):
+        folder.rmdir()  # only if nothing else is left in it
+    return done
+
+
+def _payload_names() -> set[str]:
+    return {manifest.payload_name(f) for f in manifest.FORMATS}
+
+
+def build(
+    drop_id: str,
+    facts: Mapping[str, Any],
+    deleted: Sequence[Mapping[str, str]],
+    *,
+    destroyed_at: str,
+    key_id: str,
+) -> dict[str, Any]:
+    """The body of a destruction receipt."""
+    return {
+        "type": RECEIPT_VERSION,
+        "drop_id": drop_id,
+        "contract_id": facts.get("contract_id"),
+        "manifest_sha256": facts.get("manifest_sha256"),
+        "received_at": facts.get("received_at"),
+        "retention": facts.get("retention"),
+        "destroyed_at": destroyed_at,
+        "deleted": [dict(d) for d in deleted],
+        "key_id": key_id,
+    }
+
+
+def sign(body: Mapping[str, Any], key: Ed25519PrivateKey) -> bytes:
+    """The receipt file's bytes."""
+    signature = signing.sign(key, canonical(body)).decode().strip()
+    return (json.dumps({"body": body, "signature": signature}, indent=2) + "\n").encode()
+
+
+def verify(name: str, data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Receipt | RejectedAck:
+    """Check one receipt file against the partner's keys (by key id)."""
+    try:
+        envelope = strict_json(data, limit=MAX_RECEIPT_BYTES, what="destruction receipt")
+        body, signature = envelope["body"], envelope["signature"]
+        if not isinstance(body, dict) or not isinstance(signature, str):
+            raise TypeError
+    except (ManifestError, KeyError, TypeError):
+        return RejectedAck(name, "not a destruction receipt (unreadable JSON or no signature)")
+    key_id = body.get("key_id")
+    key_id = key_id if isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) else None
+    if body.get("type") != RECEIPT_VERSION:
+        return RejectedAck(name, f"not an {RECEIPT_VERSION} receipt", key_id)
+    if key_id is None or key_id not in keys:
+        return RejectedAck(name, f"signed by a key the partner has not published ({key_id})")
+    try:
+        signing.verify(keys[key_id], canonical(body), signature.encode())
+    except (CryptoError, ValueError, RecursionError):
+        return RejectedAck(name, f"signature does not verify with partner key {key_id}", key_id)
+    drop_id, sha, at = body.get("drop_id"), body.get("manifest_sha256"), body.get("destroyed_at")
+    if not isinstance(drop_id, str) or not is_safe_id(drop_id) or name != receipt_name(drop_id):
+        return RejectedAck(name, "names another drop than its file name says", key_id)
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        return RejectedAck(name, "does not name the manifest by its SHA-256", key_id)
+    try:
+        if not isinstance(at, str) or dt.datetime.fromisoformat(at).tzinfo is None:
+            raise ValueError
+    except ValueError:
+        return RejectedAck(name, "does not state when the drop was destroyed", key_id)
+    return Receipt(drop_id, sha, at, key_id, body, signature)
+
+
+def collect(
+    remote: Remote,
+    folder: str,
+    keys: Mapping[str, Ed25519PublicKey],
+    expected: Mapping[str, str],
+    on_rejected: Callable[[RejectedAck], None],
+) -> list[Receipt]:
+    """The receipts in `folder` for the drops `expected` (drop id -> manifest SHA-256)."""
+    found = []
+    for entry in remote.list(folder):
+        name = entry.name
+        if entry.is_folder or not name.endswith(RECEIPT_SUFFIX) or name.startswith("."):
+            continue
+        drop_id = name[: -len(RECEIPT_SUFFIX)]
+        if drop_id not in expected:
+            continue
+        if entry.size > MAX_RECEIPT_BYTES:
+            on_rejected(RejectedAck(name, f"larger than {MAX_RECEIPT_BYTES} bytes"))
+            continue
+        try:
+            data = remote.read(f"{folder}/{name}", MAX_RECEIPT_BYTES)
+        except ConnectionLost:
+            raise
+        except TransferError:
+            on_rejected(RejectedAck(name, "unreadable on the server"))
+            continue
+        result = verify(name, data, keys)
+        if isinstance(result, Receipt) and result.manifest_sha256 != expected[drop_id]:
+            result = RejectedAck(name, "is for another manifest than the one sent", result.key_id)
+        if isinstance(result, Receipt):
+            found.append(result)
+        else:
+            on_rejected(result)
+    return found
+
+
+def expire(
+    out_dir: Path,
+    *,
+    key: Ed25519PrivateKey,
+    outbox: AckOutbox | None,
+    now: dt.datetime,
+) -> list[Destroyed]:
+    """Delete every drop received into `out_dir` whose retention has ended; sign and send a
+    receipt for each (and send again any receipt not sent before). Raises InvalidRequest if
+    `out_dir` holds no record, TransferError if an upload fails (the receipt stays to resend)."""
+    from exchange.receive import RECORD_NAME, record_lock, write_file
+
+    if not (out_dir / RECORD_NAME).is_file():
+        raise InvalidRequest(f"{out_dir} holds no record of received drops: give receive's --out")
+    key_id = signing.key_id(key.public_key())
+    made: list[Destroyed] = []
+    with record_lock(out_dir) as (out_fd, drops, save):
+        for drop_id, facts in sorted(drops.items()):
+            if not is_safe_id(drop_id) or not _due(facts, now):
+                continue
+            output = str(facts["output"])
+            deleted = [
+                {"what": "plaintext", "name": output, "status": _unlink_plain(out_fd, output)}
+            ]
+            if facts.get("drop_folder"):
+                deleted += _delete_drop(Path(facts["drop_folder"]), facts)
+            at = now.isoformat(timespec="seconds")
+            data = sign(build(drop_id, facts, deleted, destroyed_at=at, key_id=key_id), key)
+            write_file(out_fd, receipt_name(drop_id), data)
+            facts["destroyed_at"] = at
+            save(drops)
+        pending = [
+            d
+            for d, f in sorted(drops.items())
+            if f.get("destroyed_at") and not f.get("receipt_sent")
+        ]
+        for drop_id in pending:
+            path = out_dir / receipt_name(drop_id)
+            remote = None
+            if outbox is not None:
+                sent = outbox.transport.put_bytes(
+                    outbox.folder, receipt_name(drop_id), path.read_bytes()
+                )
+                remote = sent.remote_path
+                drops[drop_id]["receipt_sent"] = remote
+                save(drops)
+            made.append(Destroyed(drop_id, path, remote))
+    return made
