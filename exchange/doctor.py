@@ -354,6 +354,25 @@ def ledger(settings: Settings) -> Iterator[Finding]:
         )
 
 
+def staging_store(settings: Settings) -> Iterator[Finding]:
+    """The shared staging store, if EXCHANGE_STAGING names one: usable here and reachable."""
+    if settings.staging_url is None:
+        return
+    from exchange.pipeline.store import StagingStore
+
+    try:
+        StagingStore.open(settings.staging_url).check()
+    except ExchangeError as exc:  # InvalidRequest or StagingUnavailable, naming no secret
+        said = str(exc)
+        fix = said.split(": ", 1)[1] if said.startswith("staging store ") else said
+        yield Finding(
+            "staging store (EXCHANGE_STAGING)",
+            settings.staging_url,
+            "cannot be used",
+            fix,
+        )
+
+
 def approvers(settings: Settings) -> Iterator[Finding]:
     """The trusted approvers file: present, safe and well formed, naming someone."""
     from exchange.trust import TrustError, load_trust
@@ -521,6 +540,7 @@ def doctor(
     found = [
         *home(settings),
         *ledger(settings),
+        *staging_store(settings),
         *signing_key(settings),
         *secrets_file(settings),
         *approvers(settings),

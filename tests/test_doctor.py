@@ -241,3 +241,19 @@ def test_doctor_refuses_a_home_that_is_a_link_and_an_approvers_file_others_can_c
         f"trusted approvers file (EXCHANGE_APPROVERS) {approvers}: {approvers} is writable by "
         f"group or others; fix: chmod go-w {approvers}"
     ) in found, found
+
+
+def test_doctor_checks_the_shared_staging_store_when_one_is_named(
+    fresh: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EXCHANGE_STAGING", "ftp://store.example/drops")
+    code, out, _ = run(capsys, "doctor")
+    assert code == cli.FAILED
+    (staging,) = [f for f in missing(out) if f.startswith("staging store")]
+    assert staging.startswith(
+        "staging store (EXCHANGE_STAGING) ftp://store.example/drops: cannot be used; fix: "
+    )
+    assert "s3://bucket/prefix or file:///shared/path" in staging
+    monkeypatch.setenv("EXCHANGE_STAGING", f"file://{fresh / 'shared'}")
+    code, out, _ = run(capsys, "doctor")
+    assert not [f for f in missing(out) if f.startswith("staging store")]
