@@ -73,8 +73,8 @@ __all__ = [
 #   3  verify, export                          the database walk; the offline export
 #   4  signer                                  checkpoints that extend the last handed out
 #   5  ledger                                  the facade
-#   6  disclosures, witness                    who received whose data, checked against it;
-#                                              partners witnessing checkpoints
+#   6  disclosures, witness, bundle            who received whose data, checked against it;
+#                                              partners witnessing checkpoints; audit bundles
 
 
 def __getattr__(name: str) -> Any:

@@ -170,6 +170,23 @@ class Ledger:
             seq, entry.entry_hash, size, tuple(merkle.inclusion_proof(seq - 1, leaves))
         )
 
+    def consistency(self, old_size: int, new_size: int) -> tuple[bytes, list[bytes]]:
+        """The root at `old_size` and an RFC 9162 proof that its tree is a prefix of `new_size`'s.
+
+        From a checkpoint handed out at `old_size` (the anchor keeps its right edge), only the
+        entries since are read, so the cost is theirs and not the whole history's; otherwise
+        from every leaf. LedgerError if the ledger is shorter than `new_size`.
+        """
+        if not 0 <= old_size <= new_size:
+            raise LedgerError(f"size {old_size} is beyond the tree of size {new_size}")
+        handed = self.anchor.handed_at(old_size) if self.anchor and old_size else None
+        if handed is not None:
+            new = self.store.leaves(new_size, since=old_size + 1)
+            proof = merkle.consistency_proof_from_edge(old_size, handed.edge, new)
+            return handed.checkpoint.root, proof
+        leaves = self.leaves(new_size)
+        return merkle.root(leaves[:old_size]), merkle.consistency_proof(old_size, leaves)
+
     def prove_consistency(self, old_size: int, new_size: int | None = None) -> list[bytes]:
         """An RFC 9162 proof that the tree of `old_size` entries is a prefix of `new_size`'s."""
         leaves = self.leaves(new_size)

@@ -220,20 +220,24 @@ class Store:
         with self.engine.connect() as conn:
             return _head(conn)
 
-    def leaves(self, size: int | None = None) -> list[bytes]:
-        """The Merkle leaf hashes of entries 1..size (default: all), in order."""
-        query = sa.select(entries.c.seq, entries.c.entry_hash).order_by(entries.c.seq)
+    def leaves(self, size: int | None = None, *, since: int = 1) -> list[bytes]:
+        """The Merkle leaf hashes of entries since..size (default: all), in order."""
+        query = (
+            sa.select(entries.c.seq, entries.c.entry_hash)
+            .where(entries.c.seq >= since)
+            .order_by(entries.c.seq)
+        )
         if size is not None:
             query = query.where(entries.c.seq <= size)
         out: list[bytes] = []
         with self.engine.connect() as conn:
             rows = conn.execution_options(stream_results=True, yield_per=10 * STREAM_ROWS)
             for seq, entry_hash in rows.execute(query):
-                if seq != len(out) + 1:
-                    raise LedgerError(f"entry {len(out) + 1} is missing")
+                if seq != since + len(out):
+                    raise LedgerError(f"entry {since + len(out)} is missing")
                 out.append(merkle.leaf_hash(bytes.fromhex(entry_hash)))
-        if size is not None and len(out) < size:
-            raise LedgerError(f"the ledger holds {len(out)} entries, fewer than {size}")
+        if size is not None and since + len(out) <= size:
+            raise LedgerError(f"the ledger holds {since + len(out) - 1} entries, fewer than {size}")
         return out
 
     # -- checkpoints ------------------------------------------------------------------------

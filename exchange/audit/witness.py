@@ -176,14 +176,11 @@ def manifest_ledger(
     facts: dict[str, Any] = {"seq": head[0], "hash": head[1], "checkpoint": checkpoint.note}
     bases = handed_sizes(ledger, recipient, checkpoint.size)
     if bases:
-        leaves = ledger.leaves(checkpoint.size)
+        # From each base's edge, kept by the anchor: only the entries since are read (issue 13).
+        proofs = [(m, *ledger.consistency(m, checkpoint.size)) for m in bases]
         facts["consistency"] = [
-            {
-                "from_size": m,
-                "from_root": merkle.root(leaves[:m]).hex(),
-                "proof": [h.hex() for h in merkle.consistency_proof(m, leaves)],
-            }
-            for m in bases
+            {"from_size": m, "from_root": root.hex(), "proof": [h.hex() for h in proof]}
+            for m, root, proof in proofs
         ]
     path = _handed_path(ledger)
     if path is not None:

@@ -9,15 +9,18 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import pytest
 import sqlalchemy as sa
 from audit_fixtures import ORIGIN
 from conftest import SAMPLE
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from exchange.audit import merkle
 from exchange.audit.anchor import Anchor
 from exchange.audit.events import Event
 from exchange.audit.ledger import Ledger
 from exchange.contract import Contract, load_contract
+from exchange.errors import LedgerError
 from exchange.operations.incremental import watermark
 
 CONTRACT = "school-attendance-to-early-help"
@@ -136,3 +139,56 @@ def test_a_postgres_ledger_has_the_indexes(pg_url: str) -> None:
     names = {ix["name"] for ix in sa.inspect(ledger.engine).get_indexes("audit_ledger")}
     assert names >= INDEXES
     ledger.close()
+
+
+def test_consistency_from_a_handed_checkpoint_is_the_whole_trees_proof(
+    tmp_path: Path, gateway_key: Ed25519PrivateKey
+) -> None:
+    ledger = Ledger(f"sqlite:///{tmp_path / 'audit.db'}", anchor=Anchor(tmp_path / "checkpoints"))
+    handed = []
+    for runs in (3, 1, 4, 2):
+        past_runs(ledger, runs)
+        handed.append(ledger.checkpoint(gateway_key, ORIGIN))
+    past_runs(ledger, 2)
+    size = ledger.head()[0]
+    leaves = ledger.leaves()
+    for old_size in [c.size for c in handed] + [5, 0, size]:  # 5, 0: never handed out
+        expected = (merkle.root(leaves[:old_size]), merkle.consistency_proof(old_size, leaves))
+        assert ledger.consistency(old_size, size) == expected, old_size
+        root, proof = expected
+        assert merkle.verify_consistency(old_size, size, root, merkle.root(leaves), proof)
+    with pytest.raises(LedgerError, match="fewer than"):
+        ledger.consistency(handed[0].size, size + 1)
+
+
+def test_a_consistency_proof_from_a_handed_checkpoint_reads_only_the_entries_since(
+    tmp_path: Path, gateway_key: Ed25519PrivateKey
+) -> None:
+    def steps(history: int) -> int:
+        folder = tmp_path / f"history-{history}"
+        url = f"sqlite:///{folder / 'audit.db'}"
+        ledger = Ledger(url, anchor=Anchor(folder / "checkpoints"))
+        past_runs(ledger, history)
+        old = ledger.checkpoint(gateway_key, ORIGIN).size
+        past_runs(ledger, 2)
+        new = ledger.checkpoint(gateway_key, ORIGIN).size
+        ledger.close()
+        ledger = Ledger(url, anchor=Anchor(folder / "checkpoints"))
+        ledger.engine.dispose()
+        count = [0]
+
+        def tick() -> int:
+            count[0] += 1
+            return 0
+
+        @sa.event.listens_for(ledger.engine, "connect")
+        def _count(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.set_progress_handler(tick, 1)
+
+        ledger.consistency(old, new)
+        ledger.close()
+        return count[0]
+
+    short, long = steps(20), steps(400)
+    assert short > 0
+    assert long <= short * 1.2, f"{short} -> {long} (SQLite steps)"
