@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FOLDER, Workspace, incidents
+from test_bundle import verify
 from test_witness import ACK_FOLDER, ack_key, deliver, manifest_of, outbox, take  # noqa: F401
 
 from exchange import cli, destruction, keys
@@ -93,6 +94,13 @@ def test_an_expired_drop_is_destroyed_and_its_receipt_verifies_at_the_gateway(
     assert isinstance(checked, destruction.Receipt)
     assert entries(workspace, "destruction.overdue") == []
     assert not [i for i in incidents(workspace) if i["kind"] == "destruction-overdue"]
+
+    # The auditor's bundle carries the receipt, and the standalone verifier checks it.
+    bundle = tmp_path / "bundle.json"
+    assert cli.main(["audit", "bundle", "--agreement", contract.id, "--out", str(bundle)]) == 0
+    done = verify(bundle, "--gateway-key", str(workspace.sender_key))
+    assert done.returncode == 0, done.stdout
+    assert f"1 destruction receipts: {drop.name} destroyed at {body['destroyed_at']}" in done.stdout
 
 
 def test_a_missing_receipt_raises_the_incident_once(
