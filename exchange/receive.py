@@ -66,6 +66,15 @@ class Received:
     ack_remote: str | None = None
 
 
+class LogRefused(DropRejected):
+    """A drop refused because the sender's log does not extend the one the partner witnessed."""
+
+    def __init__(self, message: str, *, reason: str, held: witness.Seen | None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.held = held
+
+
 class _NotRegular(Exception):
     """A name that should be a plain file is a link, a folder, a FIFO or a device."""
 
@@ -414,6 +423,26 @@ def write_file(out_fd: int, name: str, data: bytes) -> None:
     _write_new(out_fd, name, data, replace_existing=True)
 
 
+def _report_refusal(
+    outbox: acks.AckOutbox, signer: Any, signed: _Signed, exc: LogRefused, at: str
+) -> None:
+    """Tell the sender, signed, beside the acknowledgements: its IG lead sees an incident."""
+    body = witness.refusal(
+        signed.body["drop_id"],
+        signed.sha256,
+        exc.reason,
+        exc.held,
+        signed.body["ledger"]["checkpoint"],
+        at=at,
+        key_id=signing.key_id(signer.public_key()),
+    )
+    data = acks.sign(body, signer)  # the same envelope as an acknowledgement
+    try:
+        outbox.transport.put_bytes(outbox.folder, witness.refusal_name(body["drop_id"]), data)
+    except TransferError as upload:
+        exc.args = (f"{exc.args[0]}; the signed report to the sender was not uploaded ({upload})",)
+
+
 def _witness(
     out_fd: int, where: Path, signed: _Signed, *, at: str
 ) -> tuple[Checkpoint, witness.Seen]:
@@ -429,10 +458,12 @@ def _witness(
         return witness.check(held, body["ledger"], signed.key, drop_id=drop_id, at=at)
     except witness.ForkedLog as exc:
         kept = _keep_evidence(out_fd, signed, held, str(exc), at)
-        raise DropRejected(
+        raise LogRefused(
             f"drop {drop_id} refused: the sender's audit log ({origin}) is not an extension of "
             f"the one you witnessed: {exc}; evidence kept in {where.parent / kept}: send it to "
-            "the sender's information governance lead and your own"
+            "the sender's information governance lead and your own",
+            reason=str(exc),
+            held=held,
         ) from None
     except LedgerError as exc:
         raise DropRejected(f"drop {drop_id}: the manifest's ledger checkpoint: {exc}") from None
@@ -576,7 +607,12 @@ def receive(
                     raise _refuse_overwrite(drop_id, ack_file, " and is not your ack of it")
             now = clock()
             received_at = now.isoformat(timespec="seconds")
-            checkpoint, seen = _witness(out_fd, where, signed, at=received_at)
+            try:
+                checkpoint, seen = _witness(out_fd, where, signed, at=received_at)
+            except LogRefused as exc:
+                if signer is not None and ack_outbox is not None:
+                    _report_refusal(ack_outbox, signer, signed, exc, received_at)
+                raise
             rows = _decrypt_into(
                 out_fd, partial, final, payload, body, identities, exists, overwrite
             )

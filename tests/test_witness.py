@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FOLDER, Workspace
+from conftest import FOLDER, Workspace, incidents
 
 from exchange import acks, cli, keys
 from exchange.audit import Ledger, witness
@@ -194,19 +194,36 @@ def test_a_log_that_does_not_extend_what_the_partner_saw_is_refused(
     assert hashlib.sha256(document).hexdigest() == kept["manifest_sha256"]
 
 
-def test_a_replaced_ledger_is_refused_at_the_next_receive(
-    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+def test_a_replaced_ledger_is_refused_at_the_next_receive_and_reported_to_the_sender(
+    workspace: Workspace, partner: PartnerSftpServer, ack_key: keys.KeyPair, tmp_path: Path
 ) -> None:
     """The operator deletes the ledger and the checkpoints it handed out, and starts again."""
     out = tmp_path / "received"
-    take(workspace, deliver(workspace, partner), out)
+    first = deliver(workspace, partner)
+    take(workspace, first, out)
+    held = Checkpoint.parse(manifest_of(first)["ledger"]["checkpoint"])
     home = Path(workspace.env["EXCHANGE_HOME"])
     (home / "audit.db").unlink()
     shutil.rmtree(home / "checkpoints")
     second = deliver(workspace, partner)  # the gateway signs its new, shorter history
+    offered = Checkpoint.parse(manifest_of(second)["ledger"]["checkpoint"])
     with pytest.raises(DropRejected, match="is not an extension of the one you witnessed"):
-        take(workspace, second, out)
+        take(workspace, second, out, ack_key=ack_key.private_path, ack_outbox=outbox(partner))
     assert (out / EVIDENCE_FOLDER).is_dir()
+    assert not (partner.root / ACK_FOLDER / acks.ack_name(second.name)).exists()
+
+    # The partner's signed report reaches the sender's IG lead as a security incident.
+    gw = workspace.gateway()
+    gw.collect_acks(gw.check(workspace.contract, run_id="acks"))
+    gw.collect_acks(gw.check(workspace.contract, run_id="acks"))  # recorded once
+    ledger = Ledger(workspace.settings.audit_url)
+    (refused,) = [e.data for e in ledger.entries() if e.event == "witness.refused"]
+    partner_id = signing.key_id(signing.load_public_key(ack_key.public_path))
+    assert (refused["drop_id"], refused["key_id"]) == (second.name, partner_id)
+    assert (refused["held_size"], refused["offered_size"]) == (held.size, offered.size)
+    assert refused["security_event"] is True
+    (incident,) = [i for i in incidents(workspace) if i["kind"] == "log-not-extended"]
+    assert partner_id in incident["summary"] and f"size {held.size}" in incident["summary"]
 
 
 def test_an_older_drop_received_late_is_known_from_a_later_proof_and_not_cosigned(

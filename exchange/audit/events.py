@@ -31,6 +31,7 @@ class Event(StrEnum):
     DESTRUCTION_RECEIVED = "destruction.received"
     DESTRUCTION_REJECTED = "destruction.rejected"
     DESTRUCTION_OVERDUE = "destruction.overdue"
+    WITNESS_REFUSED = "witness.refused"
     RETENTION_REMOVED = "retention.removed"
     SUBJECT_LOOKED_UP = "subject.looked_up"
     CONTRACT_APPROVED = "contract.approved"
@@ -97,6 +98,7 @@ _KINDS: tuple[tuple[Event, Severity, Outcome, str], ...] = (
     (Event.DESTRUCTION_RECEIVED, INFO, DONE, "a partner's signed destruction receipt verified"),
     (Event.DESTRUCTION_REJECTED, HIGH, DONE, "a destruction receipt file did not verify"),
     (Event.DESTRUCTION_OVERDUE, HIGH, DONE, "no destruction receipt by retention plus grace"),
+    (Event.WITNESS_REFUSED, HIGH, DONE, "a partner refused a drop: the ledger did not extend"),
     (Event.RETENTION_REMOVED, INFO, DONE, "a drop past its retention was removed from the partner"),
     (Event.SUBJECT_LOOKED_UP, NOTICE, DONE, "a subject access lookup was answered or refused"),
     (Event.CONTRACT_APPROVED, NOTICE, DONE, "an IG officer approved a contract version"),
@@ -110,7 +112,9 @@ _KINDS: tuple[tuple[Event, Severity, Outcome, str], ...] = (
 
 # Events that record a security event (transfer.failed: when its body's `security_event` is
 # true, a host key not as pinned).
-_SECURITY = frozenset({Event.TRANSFER_FAILED, Event.ACK_REJECTED, Event.DESTRUCTION_REJECTED})
+_SECURITY = frozenset(
+    {Event.TRANSFER_FAILED, Event.ACK_REJECTED, Event.DESTRUCTION_REJECTED, Event.WITNESS_REFUSED}
+)
 
 _CONTRACT = "id version sha256 purposes legal_basis provider recipient"
 _REFUSAL = "stage outcome reason error message contract_sha256"
@@ -137,6 +141,7 @@ _FIELDS: Mapping[Event, str] = {
     Event.DESTRUCTION_RECEIVED: "drop_id manifest_sha256 destroyed_at key_id deleted receipt",
     Event.DESTRUCTION_REJECTED: "file reason key_id security_event",
     Event.DESTRUCTION_OVERDUE: "drop_id due",
+    Event.WITNESS_REFUSED: "drop_id key_id held_size offered_size report security_event",
     Event.RETENTION_REMOVED: "drop_id retention older_than",
     Event.SUBJECT_LOOKED_UP: "subject_hash key_id requested_by reason outcome drops problem",
     Event.CONTRACT_APPROVED: "contract_sha256 version approver review_by",

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -373,3 +373,87 @@ def largest_cosigned(entries: Iterable[Entry]) -> list[Cosigned]:
         if kept is None or (cosigned.size, cosigned.at) >= (kept.size, kept.at):
             best[cosigned.witness] = cosigned
     return sorted(best.values(), key=lambda c: (c.contract_id, c.witness))
+
+
+# -- a partner's refusal, reported back to the sender -----------------------------------------
+
+REFUSAL_VERSION = "exchange-witness-refusal/1"
+REFUSAL_SUFFIX = ".refused.json"
+MAX_REFUSAL_BYTES = 64 << 10
+
+
+def refusal_name(drop_id: str) -> str:
+    """The refusal report's file name, beside the acknowledgements."""
+    return f"{drop_id}{REFUSAL_SUFFIX}"
+
+
+def refusal(
+    drop_id: str,
+    manifest_sha256: str,
+    reason: str,
+    held: Seen | None,
+    offered: str,
+    *,
+    at: str,
+    key_id: str,
+) -> dict[str, Any]:
+    """The body of a partner's signed report that it refused a drop's log."""
+    return {
+        "type": REFUSAL_VERSION,
+        "drop_id": drop_id,
+        "manifest_sha256": manifest_sha256,
+        "reason": reason,
+        "held": {"size": held.size, "root": held.root, "note": held.note} if held else None,
+        "offered": offered,
+        "refused_at": at,
+        "key_id": key_id,
+    }
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A partner's verified report of a refused log."""
+
+    drop_id: str
+    key_id: str
+    held_size: int | None
+    offered_size: int | None
+    body: dict[str, Any]
+    signature: str
+
+
+def open_refusal(
+    data: bytes, keys: Mapping[str, Ed25519PublicKey], canonical: Callable[[Any], bytes]
+) -> Refusal:
+    """Check a refusal report's signature by a partner key; LedgerError says why not."""
+    from exchange.manifest import ManifestError, strict_json
+
+    try:
+        envelope = strict_json(data, limit=MAX_REFUSAL_BYTES, what="refusal report")
+        body, signature = envelope["body"], envelope["signature"]
+        if not isinstance(body, dict) or not isinstance(signature, str):
+            raise TypeError
+        key = keys[body["key_id"]]
+        key.verify(base64.b64decode(signature), canonical(body))
+    except (ManifestError, KeyError, TypeError, ValueError, binascii.Error):
+        raise LedgerError("not a refusal report signed by a partner key") from None
+    except InvalidSignature:
+        raise LedgerError("the refusal report's signature does not verify") from None
+    if body.get("type") != REFUSAL_VERSION or not isinstance(body.get("drop_id"), str):
+        raise LedgerError(f"not an {REFUSAL_VERSION} report")
+
+    def size(note: Any) -> int | None:
+        try:
+            return Checkpoint.parse(str(note)).size
+        except LedgerError:
+            return None
+
+    held = body.get("held")
+    return Refusal(
+        body["drop_id"],
+        str(body["key_id"]),
+        size(held.get("note")) if isinstance(held, dict) else None,
+        size(body.get("offered")),
+        body,
+        signature,
+    )

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_ssh_public_key
 
 from exchange import destruction, manifest
-from exchange.acks import Ack, RejectedAck, collect_acks
+from exchange.acks import Ack, RejectedAck, canonical, collect_acks
 from exchange.audit import Entry, Ledger, witness
 from exchange.audit.checkpoint import Checkpoint
 from exchange.contract import Contract
@@ -24,6 +24,7 @@ from exchange.destruction import Receipt
 from exchange.errors import LedgerError, NotRunnable
 from exchange.pipeline.boundary import stage
 from exchange.pipeline.context import Context
+from exchange.transport.base import Remote
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Waiting:
     acked: set[str] = field(default_factory=set)
     overdue_noted: set[str] = field(default_factory=set)
     destroyed: set[str] = field(default_factory=set)
+    refused: set[str] = field(default_factory=set)  # drops a partner reported refusing
     destruction_overdue_noted: set[str] = field(default_factory=set)
 
     def expected(self) -> dict[str, str]:
@@ -59,6 +61,8 @@ def waiting(ledger: Ledger, contract_id: str) -> Waiting:
             state.overdue_noted.add(entry.data["drop_id"])
         elif entry.event == "destruction.received":
             state.destroyed.add(entry.data["drop_id"])
+        elif entry.event == "witness.refused":
+            state.refused.add(entry.data["drop_id"])
         elif entry.event == "destruction.overdue":
             state.destruction_overdue_noted.add(entry.data["drop_id"])
     return state
@@ -94,6 +98,7 @@ def record_acks(ctx: Context, contract: Contract) -> tuple[int, int]:
             receipts = destruction.collect(
                 remote, terms["folder"], partner, unreceipted, _rejected_receipt(ctx, contract)
             )
+            _record_refusals(ctx, contract, remote, terms["folder"], partner, state)
         gateway = signing.load_private_key(ctx.settings.signing_key).public_key()
         for ack in found:
             cosigned = cosignature(ack, partner, gateway)
@@ -105,6 +110,59 @@ def record_acks(ctx: Context, contract: Contract) -> tuple[int, int]:
             unreceipted.pop(receipt.drop_id, None)
         _flag_destruction_overdue(ctx, contract, state, unreceipted)
     return len(found), overdue
+
+
+def _record_refusals(
+    ctx: Context,
+    contract: Contract,
+    remote: Remote,
+    folder: str,
+    partner: dict[str, Ed25519PublicKey],
+    state: Waiting,
+) -> None:
+    """A partner's signed report that it refused a drop because the ledger it was shown does
+    not extend the one it witnessed: recorded once per drop, with an incident."""
+    for found in remote.list(folder):
+        name = found.name
+        if found.is_folder or name.startswith(".") or not name.endswith(witness.REFUSAL_SUFFIX):
+            continue
+        drop_id = name[: -len(witness.REFUSAL_SUFFIX)]
+        if drop_id not in state.sent or drop_id in state.refused:
+            continue
+        if found.size > witness.MAX_REFUSAL_BYTES:
+            continue
+        try:
+            data = remote.read(f"{folder}/{name}", witness.MAX_REFUSAL_BYTES)
+            report = witness.open_refusal(data, partner, canonical)
+            if report.drop_id != drop_id:
+                raise LedgerError("names another drop than its file name says")
+        except LedgerError as exc:
+            body = {"file": name, "reason": str(exc), "key_id": None, "security_event": True}
+            ctx.ledger.append("ack.rejected", body, contract_id=contract.id)
+            continue
+        sent = state.sent[drop_id]
+        ctx.ledger.append(
+            "witness.refused",
+            {
+                "drop_id": drop_id,
+                "key_id": report.key_id,
+                "held_size": report.held_size,
+                "offered_size": report.offered_size,
+                "report": {"body": report.body, "signature": report.signature},
+                "security_event": True,
+            },
+            run_id=sent.run_id,
+            contract_id=contract.id,
+        )
+        state.refused.add(drop_id)
+        ctx.incident(
+            "log-not-extended",
+            f"partner key {report.key_id} refused drop {drop_id}: the ledger checkpoint it was "
+            f"sent (size {report.offered_size}) does not extend the one it witnessed (size "
+            f"{report.held_size})",
+            contract.id,
+            sent.run_id or "",
+        )
 
 
 def _rejected_receipt(ctx: Context, contract: Contract) -> Callable[[RejectedAck], None]:
