@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import FOLDER, Workspace, incidents
+from conftest import FOLDER, Workspace, incidents, write_contract
 
 from exchange import acks, cli, keys
 from exchange.audit import Ledger, witness
 from exchange.audit.checkpoint import Checkpoint, sign_checkpoint
+from exchange.contract import load_contract
 from exchange.crypto import signing, sshsig
 from exchange.errors import DropRejected, LedgerError
 from exchange.manifest import MANIFEST_NAME, SIGNATURE_NAME, SSH_SIGNATURE_NAME
@@ -237,3 +238,64 @@ def test_an_older_drop_received_late_is_known_from_a_later_proof_and_not_cosigne
     assert got.ack is not None and "cosignature" not in got.ack  # not the largest it saw
     newer = Checkpoint.parse(manifest_of(newest)["ledger"]["checkpoint"])
     assert next(iter(witnessed(out).values())).size == newer.size
+
+
+def test_two_partners_each_witness_their_own_view_and_both_refuse_a_replaced_ledger(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """A second agreement with another recipient on its own sshd: each recipient's proofs start
+    from the checkpoint that recipient last received, and both catch the same rewrite."""
+    second_server = PartnerSftpServer(tmp_path / "partner-b").start()
+    try:
+        (second_server.root / FOLDER).mkdir(parents=True)
+        secrets_file = Path(workspace.env["EXCHANGE_SECRETS"])
+        secrets = json.loads(secrets_file.read_text())
+        secrets["connections"]["youth-sftp"] = {
+            "host": second_server.host,
+            "port": second_server.port,
+            "username": second_server.username,
+            "key_file": str(second_server.client_key_path),
+            "known_hosts": str(second_server.known_hosts_path),
+        }
+        secrets_file.write_text(json.dumps(secrets))
+
+        def youth(doc: dict[str, Any]) -> None:
+            doc["id"] = "attendance-to-youth-trust"
+            doc["servers"][0]["customProperties"][0]["value"] = [second_server.host_public_key]
+            for prop in doc["customProperties"]:
+                if prop["property"] == "recipient":
+                    prop["value"]["organisation"] = "Anyshire Youth Trust"
+                if prop["property"] == "sftpConnection":
+                    prop["value"] = "youth-sftp"
+
+        other = workspace.contract.with_name("attendance-to-youth-trust.yaml")
+        write_contract(other, workspace.recipient, youth)
+        officer = signing.load_private_key(workspace.officer_key)
+        workspace.governance().approve(load_contract(other), officer, now=dt.datetime.now(dt.UTC))
+
+        def run(contract: Path, server: PartnerSftpServer) -> Path:
+            result = workspace.gateway().run(contract, workspace.source(40))
+            return server.root / FOLDER / result.drop_id
+
+        out_a, out_b = tmp_path / "a", tmp_path / "b"
+        a1 = run(workspace.contract, partner)
+        b1 = run(other, second_server)
+        a2 = run(workspace.contract, partner)
+        b2 = run(other, second_server)
+        for drop, out in ((a1, out_a), (b1, out_b), (a2, out_a), (b2, out_b)):
+            take(workspace, drop, out)
+        size = {d: Checkpoint.parse(manifest_of(d)["ledger"]["checkpoint"]).size for d in (a1, b1)}
+        # Each recipient's proofs start where that recipient's last drop left it.
+        assert [p["from_size"] for p in manifest_of(a2)["ledger"]["consistency"]] == [size[a1]]
+        assert [p["from_size"] for p in manifest_of(b2)["ledger"]["consistency"]] == [size[b1]]
+        assert size[a1] < size[b1]
+
+        home = Path(workspace.env["EXCHANGE_HOME"])
+        (home / "audit.db").unlink()
+        shutil.rmtree(home / "checkpoints")
+        a3, b3 = run(workspace.contract, partner), run(other, second_server)
+        for drop, out, held in ((a3, out_a, a2), (b3, out_b, b2)):
+            with pytest.raises(DropRejected, match=f"not an extension.* drop {held.name}\\)"):
+                take(workspace, drop, out)
+    finally:
+        second_server.stop()

@@ -289,7 +289,8 @@ def check(
             if known is not None:
                 raise ForkedLog(
                     f"the log is forked: its checkpoint of size {new.size} has another root "
-                    "than the one you verified"
+                    f"than the one you verified (you hold size {held.size}, from drop "
+                    f"{held.drop_id})"
                 )
             raise ForkedLog(
                 f"the log was truncated or rewritten: this checkpoint has {new.size} "
