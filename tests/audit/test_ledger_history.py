@@ -15,7 +15,7 @@ from audit_fixtures import ORIGIN
 from conftest import SAMPLE
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange.audit import merkle
+from exchange.audit import anchor, merkle
 from exchange.audit.anchor import Anchor
 from exchange.audit.events import Event
 from exchange.audit.ledger import Ledger
@@ -192,3 +192,12 @@ def test_a_consistency_proof_from_a_handed_checkpoint_reads_only_the_entries_sin
     short, long = steps(20), steps(400)
     assert short > 0
     assert long <= short * 1.2, f"{short} -> {long} (SQLite steps)"
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 1 << 16])
+def test_the_log_is_read_newest_line_first_across_blocks(tmp_path: Path, block: int) -> None:
+    lines = [b'{"size": %d, "pad": "%s"}' % (n, b"x" * (n * 3 % 17)) for n in range(40)]
+    path = tmp_path / "log.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n\n")
+    with path.open("rb") as handle:
+        assert list(anchor._lines_backwards(handle, block)) == lines[::-1]
