@@ -162,7 +162,7 @@ class Anchor:
         except OSError as exc:
             raise LedgerError(f"cannot read the checkpoints handed out: {exc.strerror}") from None
         with os.fdopen(fd, "rb") as handle:
-            for line in _lines_backwards(handle):
+            for line in lines_newest_first(handle):
                 try:
                     value = json.loads(line)
                 except ValueError:
@@ -244,8 +244,9 @@ class Anchor:
             os.close(fd)
 
 
-def _lines_backwards(handle: BinaryIO, block: int = 1 << 16) -> Iterator[bytes]:
-    """The non-empty lines of a file, last first, read a block at a time from the end."""
+def lines_newest_first(handle: BinaryIO, block: int = 1 << 16) -> Iterator[bytes]:
+    """The non-empty lines of a file, last first, read a block at a time from the end (for
+    append-only logs whose newest lines are the ones wanted)."""
     position = handle.seek(0, os.SEEK_END)
     rest = b""
     while position > 0:

@@ -200,4 +200,4 @@ def test_the_log_is_read_newest_line_first_across_blocks(tmp_path: Path, block: 
     path = tmp_path / "log.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n\n")
     with path.open("rb") as handle:
-        assert list(anchor._lines_backwards(handle, block)) == lines[::-1]
+        assert list(anchor.lines_newest_first(handle, block)) == lines[::-1]
