@@ -1,0 +1,193 @@
+"""What each page shows, from the same library calls (and CLI helpers) the `exchange` command
+uses: this module maps a request to them and returns plain dicts for the templates."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+from pathlib import Path
+from typing import Any
+
+from exchange import reporting, subject_access
+from exchange.approval import ApprovalError, Governance
+from exchange.cli import auditors  # the CLI's own ledger, key and origin look-ups
+from exchange.contract import load_contract
+from exchange.contract.render import approval_summary, describe_cron, summary
+from exchange.errors import ContractError, ExchangeError
+from exchange.settings import Settings
+
+REVIEW_WARNING_DAYS = 60  # a review due this soon is highlighted in the register
+# The arguments `exchange audit report` / `audit subject` get when none is typed.
+NO_OPTIONS = argparse.Namespace(public_key=None, origin=None, checkpoints=None, url=None)
+
+
+def _governance(settings: Settings) -> Governance | None:
+    try:
+        return Governance.from_settings(settings)
+    except ExchangeError:
+        return None  # each agreement then says its approval cannot be checked
+
+
+def report(settings: Settings, since: dt.date, until: dt.date) -> reporting.Report:
+    """`exchange audit report --json` for the period: the ledger verified, its head and newest
+    checkpoint attested (the same calls as the command, with its default options)."""
+    ledger = auditors._audit_ledger(settings)
+    public = auditors._gateway_public_key(NO_OPTIONS, settings)
+    head = ledger.head()
+    verified = ledger.verify(
+        public_key=public, origin=auditors._audit_origin(NO_OPTIONS, settings, public)
+    )
+    problem = "" if verified.ok else (auditors._wrong_key(ledger, public, verified.broken_at) or "")
+    if problem:
+        unchecked = ledger.verify()
+        if not unchecked.ok:
+            verified, problem = unchecked, ""
+    entries = ledger.entries(until=head[0]) if head[0] else iter(())
+    built = reporting.build(entries, since, until)
+    reporting.attest(
+        built,
+        ledger,
+        verified,
+        where=auditors.ledger_name(settings.audit_url),
+        head=head,
+        public_key=public,
+        made_by="the Exchanges view",
+        problem=problem,
+    )
+    return built
+
+
+def _review(review_by: str | None, today: dt.date) -> str:
+    """'overdue', 'due' (within REVIEW_WARNING_DAYS) or '' for a review date."""
+    if not review_by:
+        return ""
+    day = dt.date.fromisoformat(review_by[:10])
+    if day < today:
+        return "overdue"
+    return "due" if (day - today).days <= REVIEW_WARNING_DAYS else ""
+
+
+def _last_drops(built: reporting.Report) -> dict[str, dict[str, Any]]:
+    last: dict[str, dict[str, Any]] = {}
+    for totals in built.agreements:
+        for drop in totals.drops:
+            if drop["at"] > last.get(totals.agreement, {}).get("at", ""):
+                last[totals.agreement] = drop
+    return last
+
+
+def register(settings: Settings, today: dt.date, built: reporting.Report) -> list[dict[str, Any]]:
+    """Every contract file in the contracts folder (drafts included: this view is internal)."""
+    governance = _governance(settings)
+    last = _last_drops(built)
+    rows: list[dict[str, Any]] = []
+    for path in sorted(settings.contracts.glob("*.yaml")):
+        try:
+            contract = load_contract(path)
+        except (ContractError, UnicodeDecodeError):
+            rows.append({"file": path.name, "invalid": True})
+            continue
+        state = approval_summary(contract, today, governance)
+        rows.append(
+            {
+                "file": path.name,
+                "invalid": False,
+                "id": contract.id,
+                "name": contract.name,
+                "version": contract.version,
+                "status": contract.status,
+                "approval": state,
+                "review": _review(state["review_by"] or contract.review_date.isoformat(), today),
+                "review_by": state["review_by"] or contract.review_date.isoformat(),
+                "recipient": contract.recipient.organisation,
+                "purposes": list(contract.purposes),
+                "legal_basis": contract.legal_basis.summary(),
+                "schedule": describe_cron(contract.schedule),
+                "last_drop": last.get(contract.id),
+            }
+        )
+    return rows
+
+
+def find_contract(settings: Settings, contract_id: str) -> Path | None:
+    """The contract file with this id in the contracts folder, or None."""
+    for path in sorted(settings.contracts.glob("*.yaml")):
+        try:
+            if load_contract(path).id == contract_id:
+                return path
+        except (ContractError, UnicodeDecodeError):
+            continue
+    return None
+
+
+def agreement(
+    settings: Settings, path: Path, today: dt.date, built: reporting.Report
+) -> dict[str, Any]:
+    """The agreement's summary (as `contract render`), its changes since the last approved
+    copy (as `contract approve` previews them), its runs, acknowledgements and incidents."""
+    contract = load_contract(path)
+    governance = _governance(settings)
+    shown = summary(contract, today=today, governance=governance)
+    changes: dict[str, Any] = {"verdict": None, "changes": [], "last": None, "problem": ""}
+    if governance is not None:
+        try:
+            preview = governance.preview(contract, now=dt.datetime.now(dt.UTC))
+        except ApprovalError as exc:
+            changes["problem"] = str(exc)
+        else:
+            changes.update(
+                verdict=preview.verdict,
+                changes=list(preview.changes or ()),
+                last=preview.last,
+            )
+    totals = [t for t in built.agreements if t.agreement == contract.id]
+    return {
+        "contract": contract,
+        "path": path,
+        "summary": shown,
+        "diff": changes,
+        "totals": totals,
+        "incidents": [i for i in built.incidents if i["agreement"] == contract.id],
+        "suspensions": governance.outstanding(contract.id) if governance else {},
+        "review": _review(shown["approval"]["review_by"] or shown["review_date"], today),
+    }
+
+
+def subject_lookup(settings: Settings, subject: str, reason: str, who: str) -> dict[str, Any]:
+    """`exchange audit subject` for one id: the rows checked against the ledger first, and the
+    lookup itself audited (a keyed hash of the id, who asked and why; never the id)."""
+    from exchange.audit.disclosures import key_id, lookup_hash
+    from exchange.gateway import Gateway
+
+    disclosures = Gateway(settings).disclosures()
+    ledger = auditors._audit_ledger(settings)
+    public = auditors._gateway_public_key(NO_OPTIONS, settings)
+    asked = {
+        "subject_hash": lookup_hash(disclosures.key, subject),
+        "key_id": key_id(disclosures.key),
+        "requested_by": who,
+        "reason": reason,
+    }
+    try:
+        found, verified = disclosures.verified_lookup(
+            subject,
+            ledger,
+            public_key=public,
+            origin=auditors._audit_origin(NO_OPTIONS, settings, public),
+        )
+    except ExchangeError as exc:
+        ledger.append("subject.looked_up", {**asked, "outcome": "refused", "problem": str(exc)})
+        raise
+    recorded = ledger.append(
+        "subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)}
+    )
+    today = dt.date.today()
+    answers = subject_access.describe(
+        found, ledger, settings.contracts, today=today, governance=_governance(settings)
+    )
+    return {
+        "answers": answers,
+        "text": subject_access.to_text(answers, today=today),
+        "verified": verified.message,
+        "seq": recorded.seq,
+    }

@@ -1,0 +1,360 @@
+"""The Exchanges view (exchange_airflow): a real Airflow 3 api-server on loopback with the
+plugin loaded, over a ledger made through the `exchange` command (tests/audit_history.py: two
+drops, a refusal while suspended, an acknowledgement and an overdue one, a re-approval).
+
+Each page's figures are checked against the command's own JSON; every endpoint refuses a
+request without an Airflow token, and the subject lookup refuses a user who is not an auditor.
+The browser test drives Debian's Chromium through Playwright, runs axe-core in each page and
+keeps a screenshot of each under build/test-output/exchanges-view."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from audit_history import History, exchange, make_history
+from browser import CHROMIUM
+from conftest import Workspace
+
+from exchange.contract import load_contract
+from exchange.sandbox import PartnerSftpServer
+
+ROOT = Path(__file__).resolve().parents[1]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+AGREEMENT = "school-attendance-to-early-help"
+USERS = {"auditor": "auditor-pass-1", "clerk": "clerk-pass-1"}
+ARTEFACTS = ROOT / "build" / "test-output" / "exchanges-view"
+AXE = ROOT / "build" / "vendor" / "axe-core" / "axe.min.js"
+GOVUK_CSS = ROOT / "exchange_airflow" / "static" / "govuk" / "govuk-frontend.min.css"
+PAGES = {  # path -> screenshot name
+    "/exchanges/": "register",
+    f"/exchanges/agreements/{AGREEMENT}": "agreement",
+    "/exchanges/ledger": "ledger",
+    "/exchanges/subject": "subject",
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def vendored() -> None:
+    """GOV.UK Frontend and axe-core, fetched and checked against their pins (cached)."""
+    if not (GOVUK_CSS.exists() and AXE.exists()):
+        done = subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "vendor_frontend.py")],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Served:
+    url: str
+    history: History
+    log: Path
+
+    @property
+    def workspace(self) -> Workspace:
+        return self.history.workspace
+
+    def token(self, user: str) -> str:
+        body = json.dumps({"username": user, "password": USERS[user]}).encode()
+        request = urllib.request.Request(  # noqa: S310 (loopback)
+            f"{self.url}/auth/token", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310 (loopback)
+            return str(json.load(response)["access_token"])
+
+    def fetch(
+        self,
+        path: str,
+        token: str | None = None,
+        form: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], str]:
+        sent = dict(headers or {})
+        if token:
+            sent["Authorization"] = f"Bearer {token}"
+        data = urllib.parse.urlencode(form).encode() if form is not None else None
+        request = urllib.request.Request(self.url + path, data, sent)  # noqa: S310
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:  # noqa: S310
+                return response.status, dict(response.headers), response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, dict(exc.headers), exc.read().decode()
+
+
+@pytest.fixture
+def history(workspace: Workspace, partner: PartnerSftpServer) -> History:
+    return make_history(workspace, partner)
+
+
+@pytest.fixture
+def served(history: History, tmp_path: Path) -> Iterator[Served]:
+    """`airflow api-server` on a free loopback port, the plugin in its plugins folder."""
+    home = Path(tempfile.mkdtemp(prefix="exchange-view-airflow-", dir=tmp_path))
+    (home / "plugins").mkdir()
+    (home / "dags").mkdir()
+    (home / "plugins" / "exchanges.py").write_text(
+        "from exchange_airflow.plugin import ExchangesPlugin  # noqa: F401\n"
+    )
+    passwords = home / "passwords.json"
+    passwords.write_text(json.dumps(USERS))
+    passwords.chmod(0o600)
+    port = free_port()
+    env = {
+        **os.environ,
+        **history.workspace.env,
+        "PYTHONPATH": str(ROOT),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "auditor:viewer,clerk:viewer",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+        "AIRFLOW__API_AUTH__JWT_SECRET": "exchange-view-test-jwt-secret-0123456789",
+        "AIRFLOW__EXCHANGE_VIEW__AUDITORS": "auditor",
+    }
+    migrate = subprocess.run(
+        [AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, check=False
+    )
+    assert migrate.returncode == 0, migrate.stderr[-2000:]
+    log = home / "api-server.log"
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, log.read_text()[-3000:]
+            try:
+                with urllib.request.urlopen(f"{url}/api/v2/monitor/health", timeout=5):  # noqa: S310
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "api-server did not answer in 120 s"
+                time.sleep(0.5)
+        yield Served(url, history, log)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def figures(html: str) -> dict[str, list[str]]:
+    """The numbers a page marks with data-figure, by name, in page order."""
+    found: dict[str, list[str]] = {}
+    for name, value in re.findall(r'data-figure="([a-z_]+)">([^<]*)<', html):
+        found.setdefault(name, []).append(value)
+    return found
+
+
+def cli_report(ws: Workspace) -> dict[str, Any]:
+    done = exchange(ws, "audit", "report", "--json")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def last_entry(ws: Workspace) -> tuple[int, str, dict[str, Any]]:
+    with sqlite3.connect(ws.settings.home / "audit.db") as db:
+        seq, event, body = db.execute(
+            "SELECT seq, event, body FROM audit_ledger ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+    return seq, event, json.loads(body)
+
+
+def test_every_endpoint_needs_an_airflow_user_and_the_lookup_an_auditor(served: Served) -> None:
+    for path in [*PAGES, "/exchanges/static/exchanges.css"]:
+        status, _, _ = served.fetch(path)
+        assert status == 401, path
+        status, _, _ = served.fetch(path, token="not-a-jwt")
+        assert status in (401, 403), path
+    status, _, _ = served.fetch("/exchanges/subject", form={"subject": "x", "reason": "y"})
+    assert status == 401
+
+    clerk = served.token("clerk")
+    for path in list(PAGES)[:3]:
+        status, headers, _ = served.fetch(path, clerk)
+        assert status == 200, path
+        assert "default-src 'none'" in headers["content-security-policy"]
+        assert "script-src" not in headers["content-security-policy"]  # none: default-src
+    before = last_entry(served.workspace)[0]
+    assert served.fetch("/exchanges/subject", clerk)[0] == 403
+    refused = served.fetch("/exchanges/subject", clerk, form={"subject": "1", "reason": "SAR-1"})
+    assert refused[0] == 403
+    assert last_entry(served.workspace)[0] == before  # nothing looked up, nothing recorded
+
+
+def test_pages_show_what_the_command_reports(served: Served) -> None:
+    ws, history = served.workspace, served.history
+    token = served.token("clerk")
+    report = cli_report(ws)
+    (totals,) = report["agreements"]
+
+    status, _, ledger = served.fetch("/exchanges/ledger", token)
+    assert status == 200
+    shown = figures(ledger)
+    evidence = report["evidence"]
+    assert evidence["verification"]["ok"] and "Verified" in ledger
+    assert shown["entries_verified"] == [str(evidence["verification"]["entries_verified"])]
+    assert shown["head_seq"] == [str(evidence["head"]["seq"])]
+    assert shown["checkpoint_size"] == [str(evidence["checkpoint"]["size"])]
+    assert evidence["checkpoint"]["root"] in ledger
+    row = re.search(
+        r"<tr[^>]*>\s*(<td[^>]*>[^<]*</td>\s*){8}</tr>", ledger.split('id="partners"')[1]
+    )
+    assert row is not None
+    cells = re.findall(r"<td[^>]*>([^<]*)</td>", row.group(0))
+    assert cells == [
+        AGREEMENT,
+        totals["recipient"],
+        str(totals["transfers"]),
+        str(totals["rows_sent"]),
+        str(totals["refusals"]),
+        str(totals["failures"]),
+        str(totals["acknowledged"]),
+        str(totals["acks_overdue"]),
+    ]
+
+    status, _, page = served.fetch(f"/exchanges/agreements/{AGREEMENT}", token)
+    assert status == 200
+    shown = figures(page)
+    for name in ("transfers", "rows_sent", "refusals", "failures", "acknowledged", "acks_overdue"):
+        assert shown[name] == [str(totals[name])], name
+    assert (totals["transfers"], totals["refusals"], totals["acks_overdue"]) == (2, 1, 1)
+    for drop in history.drops:
+        assert drop in page
+    assert all(d in page.split('id="unacknowledged"')[1] for d in totals["unacknowledged"])
+    assert "suspended" in page.split('id="refused"')[1]
+    for incident in [i for i in report["incidents"] if i["agreement"] == AGREEMENT]:
+        assert str(incident["kind"]) in page.split('id="incidents"')[1]
+    contract = load_contract(ws.contract)
+    digest = re.search(r'<code id="digest">([0-9a-f]{64})</code>', page)
+    assert digest is not None and digest.group(1) == contract.sha256
+    assert contract.name in page and contract.legal_basis.summary() in page
+    assert f"exchange contract approve {ws.contract.name} --key" in page
+    assert "identical" in page.split('id="diff-verdict"')[1][:400]  # approved as it stands
+
+    status, _, register = served.fetch("/exchanges/", token)
+    assert status == 200
+    row_html = register.split(f'data-agreement="{AGREEMENT}"')[1].split("</tr>")[0]
+    assert "Approved" in row_html and "Ivy Officer (IG)" in row_html
+    assert history.drops[-1] in row_html  # the last drop
+    assert "Anyshire County Council" in row_html
+
+
+def test_an_auditor_looks_a_person_up_with_a_reason_and_it_is_audited(served: Served) -> None:
+    ws, history = served.workspace, served.history
+    token = served.token("auditor")
+    before = last_entry(ws)[0]
+    status, _, page = served.fetch(
+        "/exchanges/subject", token, form={"subject": history.objector, "reason": " "}
+    )
+    assert status == 200 and "Enter why you are looking this person up" in page
+    assert last_entry(ws)[0] == before  # no reason, no lookup
+
+    cross_site = {"Origin": "https://elsewhere.example", "Sec-Fetch-Site": "cross-site"}
+    form = {"subject": history.objector, "reason": "SAR-2026-042"}
+    assert served.fetch("/exchanges/subject", token, form=form, headers=cross_site)[0] == 403
+
+    status, _, page = served.fetch("/exchanges/subject", token, form=form)
+    assert status == 200, page
+    seq, event, body = last_entry(ws)
+    assert event == "subject.looked_up" and figures(page)["seq"] == [str(seq)]
+    assert body["reason"] == "SAR-2026-042" and body["outcome"] == "answered"
+    assert body["requested_by"].startswith("auditor ")
+    assert history.objector not in json.dumps(body)
+    assert history.objector not in served.log.read_text()  # nor in the server's log
+    done = exchange(
+        ws,
+        "audit",
+        "subject",
+        "--id-file",
+        "-",
+        "--format",
+        "json",
+        "--reason",
+        "cmp",
+        stdin=history.objector + "\n",
+    )
+    assert done.returncode == 0, done.stderr
+    answers = json.loads(done.stdout)
+    assert figures(page)["disclosures"] == [str(len(answers))] and len(answers) == 2
+
+
+@pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)"
+)
+def test_pages_in_chromium_are_accessible_and_load_nothing_from_elsewhere(served: Served) -> None:
+    sync_api = pytest.importorskip("playwright.sync_api")
+    ARTEFACTS.mkdir(parents=True, exist_ok=True)
+    axe = AXE.read_text("utf-8")
+    token = served.token("auditor")
+    requested: list[str] = []
+    problems: list[str] = []
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
+        context = browser.new_context()
+        context.add_cookies([{"name": "_token", "value": token, "url": served.url}])
+        page = context.new_page()
+        page.on("request", lambda r: requested.append(r.url))
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        for path, name in PAGES.items():
+            response = page.goto(served.url + path)
+            assert response is not None and response.status == 200, path
+            if name == "subject":
+                page.fill("#subject", served.history.objector)
+                page.fill("#reason", "SAR-2026-043")
+                page.click("button[type=submit]")
+                assert page.locator("#answer").count() == 1
+            # Evaluated over DevTools, not as a page script: the page's CSP stays in force.
+            page.evaluate(axe)
+            result = page.evaluate(
+                "axe.run(document, {runOnly: {type: 'tag', values: "
+                "['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa', 'wcag22aa']}})"
+            )
+            violations = [(v["id"], len(v["nodes"])) for v in result["violations"]]
+            assert not violations, (path, violations)
+            assert result["passes"], path  # axe did check something
+            page.screenshot(path=str(ARTEFACTS / f"{name}.png"), full_page=True)
+        browser.close()
+    assert requested and all(u.startswith(served.url + "/") for u in requested), requested
+    assert any(u.endswith("govuk-frontend.min.css") for u in requested)
+    assert not problems, problems
+    for name in PAGES.values():
+        assert (ARTEFACTS / f"{name}.png").stat().st_size > 1000
