@@ -64,6 +64,8 @@ class Received:
     ack: dict[str, Any] | None = None
     ack_path: Path | None = None
     ack_remote: str | None = None
+    log_size: int = 0  # the sender's ledger checkpoint this drop carried, verified
+    log_held: int | None = None  # the size witnessed before it (None: first sight of the log)
 
 
 class LogRefused(DropRejected):
@@ -445,7 +447,7 @@ def _report_refusal(
 
 def _witness(
     out_fd: int, where: Path, signed: _Signed, *, at: str
-) -> tuple[Checkpoint, witness.Seen]:
+) -> tuple[Checkpoint, witness.Seen, witness.Seen | None]:
     """Check the drop's checkpoint extends the newest one this partner verified of the log.
 
     A log that does not is refused, and the evidence (the signed manifest and the checkpoint
@@ -455,7 +457,8 @@ def _witness(
     try:
         origin = Checkpoint.parse(body["ledger"]["checkpoint"]).origin
         held = _held(out_fd, where, origin)
-        return witness.check(held, body["ledger"], signed.key, drop_id=drop_id, at=at)
+        checkpoint, seen = witness.check(held, body["ledger"], signed.key, drop_id=drop_id, at=at)
+        return checkpoint, seen, held
     except witness.ForkedLog as exc:
         kept = _keep_evidence(out_fd, signed, held, str(exc), at)
         raise LogRefused(
@@ -608,7 +611,7 @@ def receive(
             now = clock()
             received_at = now.isoformat(timespec="seconds")
             try:
-                checkpoint, seen = _witness(out_fd, where, signed, at=received_at)
+                checkpoint, seen, held = _witness(out_fd, where, signed, at=received_at)
             except LogRefused as exc:
                 if signer is not None and ack_outbox is not None:
                     _report_refusal(ack_outbox, signer, signed, exc, received_at)
@@ -632,7 +635,14 @@ def receive(
             }
             _remember(out_fd, where, drop_id, facts, seen)
         got = Received(
-            drop_id, body["contract"]["id"], rows, out_path / final, body, manifest_sha256
+            drop_id,
+            body["contract"]["id"],
+            rows,
+            out_path / final,
+            body,
+            manifest_sha256,
+            log_size=checkpoint.size,
+            log_held=held.size if held else None,
         )
         if signer is None:
             return got

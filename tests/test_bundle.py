@@ -60,7 +60,7 @@ def bundle(
 
 
 def test_a_genuine_bundle_verifies_offline_and_says_what_it_proves(
-    bundle: Path, workspace: Workspace
+    bundle: Path, workspace: Workspace, capsys: pytest.CaptureFixture[str]
 ) -> None:
     done = verify(bundle, "--gateway-key", str(workspace.sender_key))
     assert done.returncode == 0, done.stdout + done.stderr
@@ -71,6 +71,13 @@ def test_a_genuine_bundle_verifies_offline_and_says_what_it_proves(
     assert out.count("cosigned the log at") == 2
     assert "approved by: Ivy Officer (IG) on" in out
     assert "text included" in out
+    # --since past every entry: nothing to bundle, said plainly.
+    later = ["audit", "bundle", "--agreement", "school-attendance-to-early-help"]
+    assert cli.main([*later, "--since", "2999-01-01", "--out", str(bundle)]) != cli.OK
+    assert cli.main([*later, "--since", "soon", "--out", str(bundle)]) != cli.OK
+    err = capsys.readouterr().err
+    assert "no entries of agreement" in err and "since 2999-01-01" in err
+    assert "is not a date: use YYYY-MM-DD" in err
     # The verifier is standalone: it never imports the gateway's code.
     source = SCRIPT.read_text()
     assert "import exchange" not in source and "from exchange" not in source

@@ -116,9 +116,12 @@ def test_the_manifest_says_full_or_delta_and_receive_prints_it(
     took = receive(workspace, delta_drop, tmp_path / "in")
     assert took.returncode == OK, took.stderr
     assert f"it is a delta: rows added or changed after {watermark}" in took.stdout
+    assert "the sender's audit log: first checkpoint kept" in took.stdout  # trust on first use
     took = receive(workspace, first_drop, tmp_path / "in")
     assert took.returncode == OK, took.stderr
     assert "it is a full extract" in took.stdout
+    # Older than the one held, but proven by the later drop's consistency proofs.
+    assert "is one you had verified" in took.stdout
 
 
 # -- exchange ack send ---------------------------------------------------------------------------

@@ -45,6 +45,18 @@ def cmd_receive(args: argparse.Namespace) -> int:
         f"{got.contract_id}; data written to {got.output}"
     )
     say(f"it is {describe_extract(got.manifest)}")
+    if got.log_held is None:
+        say(f"the sender's audit log: first checkpoint kept ({got.log_size} entries) as a witness")
+    elif got.log_size <= got.log_held:
+        say(
+            f"the sender's audit log: its checkpoint of {got.log_size} entries is one you had "
+            f"verified (you hold {got.log_held})"
+        )
+    else:
+        say(
+            f"the sender's audit log: its checkpoint of {got.log_size} entries is proven to "
+            f"extend the {got.log_held} you witnessed before"
+        )
     return OK
 
 
