@@ -262,3 +262,11 @@ def test_docs_document_every_term_and_transform() -> None:
     docs = (REPO / "docs" / "contracts.md").read_text("utf-8")
     for name in [*TERMS, *TRANSFORMS]:
         assert re.search(rf"\| `{re.escape(name)}` \|", docs), name
+
+
+def test_the_contract_loaders_logical_types_are_the_arrow_mappings() -> None:
+    """The loader checks logicalTypes against a pyarrow-free copy of the names."""
+    from exchange.contract.model import LOGICAL_TYPES
+    from exchange.types import ARROW_TYPES
+
+    assert set(LOGICAL_TYPES) == set(ARROW_TYPES)

@@ -20,6 +20,7 @@ from exchange.contract import names, safe_yaml
 from exchange.contract.canonical import _plain, canonical_sha256
 from exchange.contract.legal import identifies_directly
 from exchange.contract.model import (
+    LOGICAL_TYPES,
     Condition,
     Contract,
     Endpoint,
@@ -37,7 +38,6 @@ from exchange.contract.vocabulary.schemas import field_terms_schema
 from exchange.contract.vocabulary.terms import source_time_zone
 from exchange.contract.vocabulary.transforms import option_problems
 from exchange.errors import ContractError, Problem
-from exchange.types import ARROW_TYPES
 
 API_VERSION = "v3.1.0"
 PAYLOAD_FORMATS = ("csv", "parquet")
@@ -319,11 +319,12 @@ def _check_schema(document: dict[str, Any], file: str) -> Iterator[Problem]:
         names.add(name)
         if "logicalType" not in prop:
             yield Problem(file, format_path(at), "logicalType is required for every field")
-        elif prop["logicalType"] not in ARROW_TYPES:
+        elif prop["logicalType"] not in LOGICAL_TYPES:
             yield Problem(
                 file,
                 format_path([*at, "logicalType"]),
-                f"{prop['logicalType']!r} cannot be exchanged: use one of {', '.join(ARROW_TYPES)}",
+                f"{prop['logicalType']!r} cannot be exchanged: "
+                f"use one of {', '.join(LOGICAL_TYPES)}",
             )
         transform = terms.get("transform")
         options = terms.get("transformOptions")
@@ -381,7 +382,7 @@ def _transform_problems(
     name, source = prop.get("name"), prop.get("physicalName", prop.get("name"))
     if isinstance(name, str) and isinstance(source, str) and name != source:
         renamed[name] = source
-    if prop.get("logicalType") in ARROW_TYPES:
+    if prop.get("logicalType") in LOGICAL_TYPES:
         logical = prop["logicalType"]
     spec = TRANSFORMS.get(transform) if isinstance(transform, str) else None
     if spec is None or logical is None:

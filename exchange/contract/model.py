@@ -6,7 +6,11 @@ import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
+
+# The ODCS logicalTypes a contract's fields may have for exchange. `exchange.types` maps each to
+# its Arrow type; this copy of the names lets contract commands skip loading pyarrow.
+LOGICAL_TYPES: Final = ("string", "integer", "number", "boolean", "date", "timestamp")
 
 
 @dataclass(frozen=True)
