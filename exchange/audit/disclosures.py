@@ -176,8 +176,8 @@ class SubjectHashes:
     def distinct(self) -> np.ndarray:
         """Every distinct hash so far in ascending byte order, as `sorted_hashes` gives them."""
         parts, self._parts = self._parts, []
-        # concatenate would give native byte order: the hashes' bytes must stay big-endian.
-        words = np.concatenate(parts).astype(">u8") if parts else np.empty((0, 2), dtype=">u8")
+        # Big-endian, as sorted_hashes gives them (concatenate would otherwise go native).
+        words = np.concatenate(parts, dtype=">u8") if parts else np.empty((0, 2), dtype=">u8")
         if len(parts) > 1:  # each part is sorted and distinct already
             words = words[np.lexsort((words[:, 1], words[:, 0]))]
             repeat = np.all(words[1:] == words[:-1], axis=1)

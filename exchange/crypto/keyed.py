@@ -108,6 +108,9 @@ class _Helper:
         if self._process is not None and self._pid == os.getpid():
             return self._process
         self._process = None  # a forked child must not share its parent's pipes
+        if not sys.executable:  # an embedded interpreter: nothing to start
+            self._broken = True
+            return None
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "exchange.crypto.keyed"],
