@@ -379,3 +379,149 @@ def test_only_a_drop_that_verifies_is_published_and_nothing_else_with_it(
     assert staging.publish(gateway.context, contract, "run-x") is True
     assert set(gateway.staging_store().drops()) == {(contract.id, prepared.drop_id)}  # type: ignore[union-attr]
     assert not local.exists()  # published: the worker keeps no copy
+
+
+# -- attacks on a shared folder (docs/security.md: shared staging store) -------------------
+
+
+def _old_tree(folder: Path) -> Path:
+    """A folder of the gateway's with a 30-day-old file in a subfolder, as a home holds keys."""
+    (folder / "keys").mkdir(parents=True)
+    key = folder / "keys" / "signing.key"
+    key.write_text("not to be deleted")
+    old = time.time() - 30 * 86400
+    os.utime(key, (old, old))
+    return key
+
+
+def test_a_planted_contract_link_in_a_shared_folder_is_never_followed_by_deliver(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """Whoever can write the shared root swaps `<root>/<contract>` for a link to a folder of
+    the gateway's: delivery's purge of expired drops must not delete through it."""
+    workspace.source(50)
+    shared = tmp_path / "shared"
+    env_a = worker(workspace, "worker-a", f"file://{shared}", tmp_path)
+    env_b = worker(workspace, "worker-b", f"file://{shared}", tmp_path)
+    prepare_elsewhere(env_a, workspace, "run-l")
+    contract_id = workspace_contract_id(workspace)
+    (shared / contract_id).rename(tmp_path / "moved-away")
+    victim = tmp_path / "gateway-home"
+    key = _old_tree(victim)
+    (shared / contract_id).symlink_to(victim)
+    later = dt.datetime.now(dt.UTC) + dt.timedelta(days=60)
+    gateway_b = Gateway(Settings.from_env(env_b), clock=lambda: later)
+    contract = gateway_b.recheck(workspace.contract, run_id="run-l")
+    with pytest.raises(NotRunnable, match="symbolic link, not a folder, or not owned") as caught:
+        gateway_b.deliver(contract, "run-l")
+    assert caught.value.reason == "staging-invalid"
+    assert key.read_text() == "not to be deleted"
+    assert inbox_entries(partner) == []
+    store = gateway_b.staging_store()
+    assert store is not None
+    assert store.drops() == {} and store.purge_expired(dt.timedelta(hours=1), later) == []
+    assert key.exists()
+
+
+def test_a_shared_folder_owned_by_another_user_is_neither_listed_nor_deleted(
+    tmp_path: Path,
+) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to give a folder to another user")
+    shared = tmp_path / "shared"
+    drop = shared / "c" / "c-0123456789abcdef"
+    key = _old_tree(drop)
+    os.utime(drop / "keys", (time.time() - 30 * 86400,) * 2)
+    (drop / "x").write_text("old")
+    os.utime(drop / "x", (time.time() - 30 * 86400,) * 2)
+    os.chown(shared / "c", 1, 1)
+    store = StagingStore.open(f"file://{shared}")
+    now = dt.datetime.now(dt.UTC)
+    assert store.purge_expired(dt.timedelta(hours=1), now, contract_id="c") == []
+    store.remove("c", "c-0123456789abcdef")
+    assert key.exists() and (drop / "x").exists()
+    with pytest.raises(NotRunnable, match="c is a symbolic link, not a folder, or not owned"):
+        store.names("c", "c-0123456789abcdef")
+
+
+def test_publish_refuses_a_planted_object_link_and_writes_nothing_through_it(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    from exchange.pipeline import prepare, staging
+
+    shared = tmp_path / "shared"
+    env = worker(workspace, "worker-a", f"file://{shared}", tmp_path)
+    gateway = Gateway(Settings.from_env(env))
+    contract = gateway.check(workspace.contract, run_id="run-p")
+    prepared = prepare.prepare_drop(gateway.context, contract, workspace.source(20), "run-p")
+    target = tmp_path / "ledger-of-the-gateway"
+    target.write_text("LEDGER")
+    target.chmod(0o640)
+    drop = shared / contract.id / prepared.drop_id
+    drop.mkdir(parents=True)
+    (drop / "manifest.json").symlink_to(target)
+    with pytest.raises(NotRunnable, match=r"manifest\.json is a symbolic link"):
+        staging.publish(gateway.context, contract, "run-p")
+    assert target.read_text() == "LEDGER" and oct(target.stat().st_mode & 0o777) == "0o640"
+    assert gateway.staging_for(prepared.drop_id).is_dir()  # the local drop is kept
+    # A contract folder that is a link to a folder of the gateway's is not chmodded either.
+    other = tmp_path / "other-home"
+    other.mkdir(mode=0o755)
+    shutil_rm(shared / contract.id)
+    (shared / contract.id).symlink_to(other)
+    with pytest.raises(NotRunnable, match="symbolic link"):
+        staging.publish(gateway.context, contract, "run-p")
+    assert oct(other.stat().st_mode & 0o777) == "0o755" and list(other.iterdir()) == []
+
+
+def shutil_rm(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+def test_a_staged_payload_larger_than_its_manifest_is_refused_before_it_is_copied(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """A planted huge payload must not fill the delivering worker's disk: its listed size is
+    compared with the signed manifest's before a byte of it is copied."""
+    workspace.source(50)
+    shared = tmp_path / "shared"
+    env_a = worker(workspace, "worker-a", f"file://{shared}", tmp_path)
+    env_b = worker(workspace, "worker-b", f"file://{shared}", tmp_path)
+    drop_id = str(prepare_elsewhere(env_a, workspace, "run-h")["drop_id"])
+    contract_id = workspace_contract_id(workspace)
+    with (shared / contract_id / drop_id / "data.csv.age").open("ab") as payload:
+        payload.truncate(64 << 20)  # sparse: 64 MiB listed, nothing really written
+    gateway_b = Gateway(Settings.from_env(env_b))
+    contract = gateway_b.recheck(workspace.contract, run_id="run-h")
+    with pytest.raises(NotRunnable, match="payload whose size differs from its manifest"):
+        gateway_b.deliver(contract, "run-h")
+    assert inbox_entries(partner) == []
+    assert not (Path(env_b["EXCHANGE_HOME"]) / "staging" / drop_id).exists()
+
+
+def test_a_payload_growing_after_it_was_listed_is_copied_no_further_than_its_size(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    drop = shared / "c" / "c-0123456789abcdef"
+    drop.mkdir(parents=True)
+    (drop / "manifest.json").write_bytes(b"{}")
+    (drop / "data.csv.age").write_bytes(b"x" * 100)
+    local = tmp_path / "local"
+    local.mkdir()
+    store = StagingStore.open(f"file://{shared}")
+    seen: list[set[str]] = []
+
+    def payload_size() -> int:
+        seen.append({p.name for p in local.iterdir()})  # the manifest came first, alone
+        with (drop / "data.csv.age").open("ab") as grow:
+            grow.write(b"y" * (3 << 20))
+        return 100
+
+    allowed = {"manifest.json", "data.csv.age"}
+    with pytest.raises(NotRunnable, match="larger than listed or stated"):
+        store.fetch("c", "c-0123456789abcdef", local, allowed, "data.csv.age", payload_size)
+    assert seen == [{"manifest.json"}]
+    assert (local / "data.csv.age").stat().st_size <= 100

@@ -91,8 +91,17 @@ def fetch(ctx: Context, contract: Contract, run_id: str) -> bool:
     shutil.rmtree(folder, ignore_errors=True)  # whatever an earlier attempt left is not used
     private_dir(folder)
     payload = manifest.payload_name(contract.endpoint.format)
+
+    def payload_size() -> int:
+        """The payload's size from the fetched manifest, once its signatures verify."""
+        _, body = _signed_manifest(ctx, folder, _Refusal(drop_id))
+        stated = body["payload"]
+        if stated.get("name") != payload or not isinstance(stated.get("size"), int):
+            raise _Refusal(drop_id)("belongs to another run, contract version or format")
+        return int(stated["size"])
+
     try:
-        store.fetch(contract.id, drop_id, folder, _names(contract), payload)
+        store.fetch(contract.id, drop_id, folder, _names(contract), payload, payload_size)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

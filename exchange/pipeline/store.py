@@ -17,11 +17,14 @@ other usual sources), never from the URL, a contract or a log line.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import logging
+import os
 import re
 import shutil
 import stat
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +38,9 @@ SCHEMES = ("s3", "file")
 SMALL_OBJECT = 1 << 20  # a manifest or signature is a few KiB; anything larger is refused
 _CHUNK = 1 << 20
 _DROP = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*-[0-9a-f]{16}")  # `naming.drop_id_for`
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+log = logging.getLogger(__name__)
 
 
 class StagingUnavailable(ExchangeError, Retryable):
@@ -103,6 +109,51 @@ class StagingStore:
             ) from None
         return cls(url, fs, root, scheme == "file")
 
+    def _unsafe(self, where: str) -> NotRunnable:
+        return NotRunnable(
+            f"staging store {self.url}: {where} is a symbolic link, not a folder, or not owned "
+            "by this user: remove it from the shared folder and prepare the run again",
+            reason="staging-invalid",
+        )
+
+    def _open_dir(self, names: list[str], *, create: bool = False) -> int | None:
+        """A descriptor on `<root>/<names...>` (shared folder only); None if it does not exist.
+
+        Each level below the root is opened relative to its parent without following a link
+        and must be a folder owned by this user: anyone who can write the shared root could
+        otherwise point `<root>/<contract>` at a folder of the gateway's (its keys, its home),
+        and listing, writing or deleting would go through. Raises NotRunnable (staging-invalid)."""
+        if create:
+            os.makedirs(self.root, mode=0o700, exist_ok=True)
+        try:
+            fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        except FileNotFoundError:
+            return None
+        try:
+            for depth, name in enumerate(names, 1):
+                if create:
+                    with suppress(FileExistsError):
+                        os.mkdir(name, 0o700, dir_fd=fd)
+                try:
+                    child = os.open(name, _DIR, dir_fd=fd)
+                except FileNotFoundError:
+                    os.close(fd)
+                    return None
+                except OSError as exc:
+                    if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                        raise self._unsafe("/".join(names[:depth])) from None
+                    raise
+                os.close(fd)
+                fd = child
+                if os.fstat(fd).st_uid != os.geteuid():
+                    raise self._unsafe("/".join(names[:depth]))
+                if create:
+                    os.fchmod(fd, 0o700)
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
     def _key(self, contract_id: str, drop_id: str, name: str = "") -> str:
         base = f"{self.root}/{contract_id}/{drop_id}"
         return f"{base}/{name}" if name else base
@@ -129,6 +180,8 @@ class StagingStore:
 
     def names(self, contract_id: str, drop_id: str) -> dict[str, int]:
         """The objects staged for a drop, by name, with their sizes (empty: nothing staged)."""
+        if self.local:
+            return self._local_names(contract_id, drop_id)
         key = self._key(contract_id, drop_id)
         with self._edge("listing a drop"):
             self.fs.invalidate_cache()
@@ -142,28 +195,70 @@ class StagingStore:
             found[name] = -1 if entry.get("type") != "file" else int(entry.get("size") or 0)
         return found
 
+    def _local_names(self, contract_id: str, drop_id: str) -> dict[str, int]:
+        with self._edge("listing a drop"):
+            fd = self._open_dir([contract_id, drop_id])
+            if fd is None:
+                return {}
+            try:
+                found: dict[str, int] = {}
+                for name in os.listdir(fd):
+                    info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    found[name] = info.st_size if stat.S_ISREG(info.st_mode) else -1
+                return found
+            finally:
+                os.close(fd)
+
     def publish(self, contract_id: str, drop_id: str, folder: Path, names: Collection[str]) -> None:
         """Copy exactly `names` from the local staged folder into the store, payload first."""
         key = self._key(contract_id, drop_id)
+        # The manifest goes last: a drop without one is never taken for a whole one.
+        ordered = sorted(names, key=lambda n: n == MANIFEST_NAME)
         with self._edge("publishing a drop"):
-            self.fs.makedirs(key, exist_ok=True)
             if self.local:
-                self._private(self.root, key)
-            # The manifest goes last: a drop without one is never taken for a whole one.
-            for name in sorted(names, key=lambda n: n == MANIFEST_NAME):
+                fd = self._open_dir([contract_id, drop_id], create=True)
+                assert fd is not None  # created above
+                try:
+                    for name in ordered:
+                        # Never through a planted link; 0600 from the first byte.
+                        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                        try:
+                            out = os.open(name, flags, 0o600, dir_fd=fd)
+                        except OSError as exc:
+                            if exc.errno == errno.ELOOP:
+                                raise self._unsafe(f"{contract_id}/{drop_id}/{name}") from None
+                            raise
+                        os.fchmod(out, 0o600)
+                        with (folder / name).open("rb") as source, open(out, "wb") as sink:
+                            shutil.copyfileobj(source, sink, _CHUNK)
+                finally:
+                    os.close(fd)
+                return
+            self.fs.makedirs(key, exist_ok=True)
+            for name in ordered:
                 target = f"{key}/{name}"
                 with (folder / name).open("rb") as source, self.fs.open(target, "wb") as sink:
                     shutil.copyfileobj(source, sink, _CHUNK)
-                if self.local:
-                    Path(target).chmod(0o600)
 
     def fetch(
-        self, contract_id: str, drop_id: str, folder: Path, allowed: Collection[str], payload: str
+        self,
+        contract_id: str,
+        drop_id: str,
+        folder: Path,
+        allowed: Collection[str],
+        payload: str,
+        payload_size: Callable[[], int],
     ) -> bool:
         """Copy a staged drop into the empty local `folder`; False if the store has none.
 
+        The manifest and signatures come first; `payload_size` then verifies them and gives
+        the payload's size from the signed manifest, and the payload is copied only if the
+        store lists exactly that size, and never more than it: a planted huge payload cannot
+        fill this worker's disk before anything is checked.
+
         Raises NotRunnable (reason staging-invalid) if the drop holds anything but `allowed`
-        regular objects, or a manifest or signature over 1 MiB; StagingUnavailable."""
+        regular objects, a manifest or signature over 1 MiB, or a payload of another size
+        than its manifest's; StagingUnavailable."""
         found = self.names(contract_id, drop_id)
         if not found:
             return False
@@ -179,23 +274,110 @@ class StagingStore:
                 f"{refuse} has an oversized manifest or signature: prepare the run again",
                 reason="staging-invalid",
             )
+        small = [name for name in found if name != payload]
         with self._edge("fetching a drop"):
-            for name in found:
-                source_key = self._key(contract_id, drop_id, name)
-                with self.fs.open(source_key, "rb") as source, open_private(folder / name) as sink:
-                    shutil.copyfileobj(source, sink, _CHUNK)
+            for name in small:
+                self._copy(contract_id, drop_id, name, folder, SMALL_OBJECT, refuse)
+        size = payload_size()  # raises unless the manifest verifies
+        if payload not in found:
+            return True  # the verification of the whole drop names what is missing
+        if found[payload] != size:
+            raise NotRunnable(
+                f"{refuse} has a payload whose size differs from its manifest: "
+                "prepare the run again",
+                reason="staging-invalid",
+            )
+        with self._edge("fetching a drop"):
+            self._copy(contract_id, drop_id, payload, folder, size, refuse)
         return True
+
+    def _copy(
+        self, contract_id: str, drop_id: str, name: str, folder: Path, limit: int, refuse: str
+    ) -> None:
+        """Copy one object into `folder`, refusing it once it grows past `limit` bytes."""
+        with (
+            self._source(contract_id, drop_id, name) as source,
+            open_private(folder / name) as sink,
+        ):
+            copied = 0
+            while chunk := source.read(min(_CHUNK, limit + 1 - copied)):
+                copied += len(chunk)
+                if copied > limit:
+                    raise NotRunnable(
+                        f"{refuse} has an object larger than listed or stated: "
+                        "prepare the run again",
+                        reason="staging-invalid",
+                    )
+                sink.write(chunk)
+
+    @contextmanager
+    def _source(self, contract_id: str, drop_id: str, name: str) -> Iterator[Any]:
+        if not self.local:
+            with self.fs.open(self._key(contract_id, drop_id, name), "rb") as source:
+                yield source
+            return
+        fd = self._open_dir([contract_id, drop_id])
+        if fd is None:
+            raise FileNotFoundError(name)
+        try:
+            try:
+                handle = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    raise self._unsafe(f"{contract_id}/{drop_id}/{name}") from None
+                raise
+        finally:
+            os.close(fd)
+        with open(handle, "rb") as source:
+            if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+                raise self._unsafe(f"{contract_id}/{drop_id}/{name}")
+            yield source
 
     def remove(self, contract_id: str, drop_id: str) -> None:
         """Delete a drop's objects (after delivery, or when it expires)."""
         key = self._key(contract_id, drop_id)
         with self._edge("deleting a drop"):
+            if self.local:
+                self._local_remove(contract_id, drop_id)
+                return
             self.fs.invalidate_cache()
             if self.fs.exists(key):
                 self.fs.rm(key, recursive=True)
 
+    def _local_remove(self, contract_id: str, drop_id: str) -> None:
+        """Delete a drop folder, never through a link nor one that is not this user's."""
+        try:
+            parent = self._open_dir([contract_id])
+            if parent is None:
+                return
+        except NotRunnable:
+            log.warning("staging store: not deleting through an unsafe contract folder")
+            return
+        try:
+            try:
+                child = os.open(drop_id, _DIR, dir_fd=parent)
+            except FileNotFoundError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    log.warning("staging store: not deleting an unsafe drop entry")
+                    return
+                raise
+            try:
+                mine = os.fstat(child).st_uid == os.geteuid()
+            finally:
+                os.close(child)
+            if not mine:
+                log.warning("staging store: not deleting a drop folder owned by another user")
+                return
+            shutil.rmtree(drop_id, dir_fd=parent)  # fd-based: never follows a link inside
+        finally:
+            os.close(parent)
+
     def drops(self, contract_id: str | None = None) -> dict[tuple[str, str], dt.datetime]:
         """Every staged drop (contract id, drop id) with its newest object's time."""
+        if self.local:
+            return self._local_drops(contract_id)
         base = self.root if contract_id is None else f"{self.root}/{contract_id}"
         with self._edge("listing drops"):
             self.fs.invalidate_cache()
@@ -214,6 +396,60 @@ class StagingStore:
             newest[key] = max(newest.get(key, when), when)
         return newest
 
+    def _local_drops(self, contract_id: str | None) -> dict[tuple[str, str], dt.datetime]:
+        """`drops` in a shared folder: a link or a folder not this user's is skipped, warned."""
+        newest: dict[tuple[str, str], dt.datetime] = {}
+        with self._edge("listing drops"):
+            if contract_id is None:
+                root = self._open_dir([])
+                if root is None:
+                    return {}
+                try:
+                    contracts = sorted(os.listdir(root))
+                finally:
+                    os.close(root)
+            else:
+                contracts = [contract_id]
+            for contract in contracts:
+                for drop, when in self._local_contract_drops(contract).items():
+                    newest[(contract, drop)] = when
+        return newest
+
+    def _local_contract_drops(self, contract: str) -> dict[str, dt.datetime]:
+        try:
+            parent = self._open_dir([contract])
+        except NotRunnable:
+            log.warning("staging store: skipped a contract folder that is a link or not ours")
+            return {}
+        if parent is None:
+            return {}
+        found: dict[str, dt.datetime] = {}
+        try:
+            for drop in sorted(os.listdir(parent)):
+                try:
+                    child = os.open(drop, _DIR, dir_fd=parent)
+                except OSError:
+                    log.warning("staging store: skipped a drop entry that is a link or a file")
+                    continue
+                try:
+                    if os.fstat(child).st_uid != os.geteuid():
+                        log.warning("staging store: skipped a drop folder owned by another user")
+                        continue
+                    times = [
+                        info.st_mtime
+                        for name in os.listdir(child)
+                        if stat.S_ISREG(
+                            (info := os.stat(name, dir_fd=child, follow_symlinks=False)).st_mode
+                        )
+                    ]
+                finally:
+                    os.close(child)
+                if times:
+                    found[drop] = dt.datetime.fromtimestamp(max(times), dt.UTC)
+        finally:
+            os.close(parent)
+        return found
+
     def purge_expired(
         self,
         max_age: dt.timedelta,
@@ -229,13 +465,6 @@ class StagingStore:
                 self.remove(contract, drop)
                 removed.append(drop)
         return removed
-
-    def _private(self, root: str, key: str) -> None:
-        """A shared folder's drop folders are 0700, like the local staging folder."""
-        path = Path(key)
-        while str(path) != root and len(str(path)) > len(root):
-            path.chmod(0o700)
-            path = path.parent
 
 
 def _modified(info: dict[str, Any]) -> dt.datetime:
