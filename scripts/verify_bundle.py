@@ -301,6 +301,11 @@ class Check:
                     receipts.append(got)
         if receipts:
             self.proven.append(f"{len(receipts)} destruction receipts: {', '.join(receipts)}")
+        for e, body in bodies:
+            if e["event"] == "witness.refused" and "report" in body:
+                got = self.run(f"refusal in entry {e['seq']}", lambda b=body: self.refusal(b))
+                if got is not None:
+                    self.proven.append(got)
         for c in self.b.get("cosigned", []):
             got = self.run("cosigned checkpoint", lambda c=c: self.cosigned(c, size, root))
             if got is not None:
@@ -321,6 +326,28 @@ class Check:
                     f"contract version {v['sha256'][:12]} ({text}) approved by: "
                     + ("; ".join(by) or "no approval in the bundle")
                 )
+
+    def refusal(self, body: dict[str, Any]) -> str:
+        """A partner's signed report that the log it was shown did not extend what it saw."""
+        kept = body["report"]
+        key = self.partners.get(kept["body"]["key_id"])
+        if key is None:
+            raise Bad("signed by a key that is not among the bundle's partner keys")
+        try:
+            key.verify(base64.b64decode(kept["signature"]), canonical(kept["body"]))
+        except InvalidSignature:
+            raise Bad("the partner's signature does not verify") from None
+        report, sizes = kept["body"], []
+        for note in ((report.get("held") or {}).get("note"), report.get("offered")):
+            try:  # both checkpoints carry the gateway's own signature: evidence against it
+                sizes.append(str(open_checkpoint(note, self.gateway)[1]))
+            except (Bad, AttributeError, ValueError, TypeError):
+                sizes.append("?")
+        return (
+            f"WARNING: partner {report['key_id']} refused drop {report['drop_id']}: the gateway "
+            f"signed a checkpoint of {sizes[1]} entries that does not extend the one of "
+            f"{sizes[0]} entries it had signed for that partner"
+        )
 
     def receipt(self, body: dict[str, Any]) -> str:
         kept = body["receipt"]

@@ -13,6 +13,8 @@ import datetime as dt
 import hashlib
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ from exchange.transport.sftp import SftpTransport
 pytestmark = pytest.mark.integration
 
 ACK_FOLDER = "outbox/acks"
+VERIFIER = Path(__file__).resolve().parents[1] / "scripts" / "verify_bundle.py"
 WHEN = dt.datetime(2026, 11, 24, 9, 30, tzinfo=dt.UTC)
 
 
@@ -196,7 +199,11 @@ def test_a_log_that_does_not_extend_what_the_partner_saw_is_refused(
 
 
 def test_a_replaced_ledger_is_refused_at_the_next_receive_and_reported_to_the_sender(
-    workspace: Workspace, partner: PartnerSftpServer, ack_key: keys.KeyPair, tmp_path: Path
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    ack_key: keys.KeyPair,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The operator deletes the ledger and the checkpoints it handed out, and starts again."""
     out = tmp_path / "received"
@@ -225,6 +232,21 @@ def test_a_replaced_ledger_is_refused_at_the_next_receive_and_reported_to_the_se
     assert refused["security_event"] is True
     (incident,) = [i for i in incidents(workspace) if i["kind"] == "log-not-extended"]
     assert partner_id in incident["summary"] and f"size {held.size}" in incident["summary"]
+
+    # An auditor's bundle carries the partner's signed report; the verifier checks and shows it.
+    for key, value in workspace.env.items():
+        monkeypatch.setenv(key, value)
+    bundle = tmp_path / "bundle.json"
+    agreement = gw.check(workspace.contract, run_id="id").id
+    assert cli.main(["audit", "bundle", "--agreement", agreement, "--out", str(bundle)]) == 0
+    done = subprocess.run(
+        [sys.executable, "-I", str(VERIFIER), str(bundle)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout
+    assert (
+        f"WARNING: partner {partner_id} refused drop {second.name}: the gateway signed a "
+        f"checkpoint of {offered.size} entries that does not extend the one of {held.size}"
+    ) in done.stdout
 
 
 def test_an_older_drop_received_late_is_known_from_a_later_proof_and_not_cosigned(
