@@ -133,7 +133,7 @@ def last_approval(
     """The approval beside a contract file and its kept copy; None if there is no such file.
 
     With `trust`, `verified` says whether a trusted key signed it; an approval of another
-    contract id is no base for this one."""
+    contract id is no base for this one, and one that does not verify names no kept copy."""
     path = approval_path(contract_path)
     try:
         envelope = json.loads(path.read_text("utf-8"))
@@ -151,13 +151,15 @@ def last_approval(
         except NotRunnable:
             pass
     copy = approved_copy_path(contract_path, contract_id, sha256)
+    # Only a verified approval names a kept copy: a committer can write an unsigned approval
+    # of new content plus a matching copy, and a widened contract would compare as identical.
     return LastApproval(
         sha256,
         version,
         approver,
         str(body.get("at")),
         verified,
-        copy if _copy_matches(copy, sha256) else None,
+        copy if verified and _copy_matches(copy, sha256) else None,
     )
 
 

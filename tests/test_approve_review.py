@@ -183,3 +183,39 @@ def test_a_drafts_approval_exits_as_the_docs_say(workspace: Workspace) -> None:
     assert done.returncode == int(documented.group(1)) == BAD_INPUT
     assert "is 'draft': set status to 'active' to approve it" in done.stderr
     assert "You are about to approve" not in done.stdout  # refused before anything is shown
+
+
+def test_a_forged_approval_and_a_planted_copy_do_not_make_a_widening_look_like_a_renewal(
+    workspace: Workspace,
+) -> None:
+    """A committer widens the sharing and writes an unsigned approval of the new content, in a
+    real officer's name, with a matching "approved copy": neither command may take it as a base."""
+    before = approval.approval_path(workspace.contract).read_bytes()
+    edit(workspace, add_purpose)
+    widened = load_contract(workspace.contract)
+    body = {
+        "type": json.loads(before)["body"]["type"],
+        "contract_id": widened.id,
+        "contract_version": widened.version,
+        "contract_sha256": widened.sha256,
+        "approver": "Ivy Officer (IG)",
+        "at": "2026-11-01T09:00:00+00:00",
+    }
+    forged = json.dumps({"body": body, "signature": "AAAA"})
+    approval.approval_path(workspace.contract).write_text(forged)
+    copy = approval.approved_copy_path(workspace.contract, widened.id, widened.sha256)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_bytes(workspace.contract.read_bytes())
+
+    shown = approve(workspace)  # no terminal, no --yes: shows what would be signed, signs nothing
+    assert "You are about to approve" in shown.stdout
+    assert "signing renews" not in shown.stdout and "Last approved" not in shown.stdout
+    assert "No verified approved version" in shown.stdout
+    assert "Review the whole agreement" in shown.stdout
+    assert approval.approval_path(workspace.contract).read_text() == forged
+
+    diff = exchange(workspace, "contract", "diff", str(workspace.contract))
+    assert diff.returncode == BAD_INPUT, diff.stdout
+    assert "identical" not in diff.stdout
+    assert "does not verify against the trusted approvers" in diff.stderr
+    assert "exchange contract diff HEAD:" in diff.stderr

@@ -92,17 +92,19 @@ def _approved_base(spec: str) -> tuple[str, dict[str, Any]]:
             f"{path} has no approval beside it ({approval_path(path).name}) to compare with: "
             f"give the old version too, e.g. exchange contract diff HEAD:{spec} {spec}"
         )
+    if not last.verified:
+        raise InvalidRequest(
+            f"the approval beside {path} does not verify against the trusted approvers ({why}): "
+            "it is no base to compare with; give the old version too, e.g. "
+            f"exchange contract diff HEAD:{spec} {spec}"
+        )
     if last.copy is None:
         raise InvalidRequest(
             f"the approved version of {contract_id} ({last.sha256[:16]}) was not kept (it was "
             "approved before approve kept copies, or the copy was changed): give the old "
             f"version too, e.g. exchange contract diff HEAD:{spec} {spec}"
         )
-    if not last.verified:
-        say(
-            f"note: the approval of {last.copy.name[:16]} was not checked against the trusted "
-            f"approvers ({why})"
-        )
+    assert last.copy is not None
     return f"approved {last.version} ({last.copy}, by {last.approver})", read_document(last.copy)
 
 
@@ -205,11 +207,17 @@ def _preview_lines(preview: Any, signer: str) -> list[str]:
             "No earlier approval beside it: review the whole agreement "
             f"(exchange contract render {contract.path})."
         )
+    elif not last.verified:
+        # A forged or unsigned approval file says nothing: never "renews" or "no changes".
+        lines.append(
+            "No verified approved version: the approval file beside it does not verify "
+            "against the trusted approvers. Review the whole agreement "
+            f"(exchange contract render {contract.path})."
+        )
     else:
-        trusted = "" if last.verified else " (that approval does not verify now)"
         lines.append(
             f"Last approved: version {last.version}, sha256:{last.sha256[:16]}..., by "
-            f"{last.approver} at {last.at}{trusted}"
+            f"{last.approver} at {last.at}"
         )
         if last.sha256 == contract.sha256:
             lines.append(
