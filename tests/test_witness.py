@@ -321,3 +321,23 @@ def test_two_partners_each_witness_their_own_view_and_both_refuse_a_replaced_led
                 take(workspace, drop, out)
     finally:
         second_server.stop()
+
+
+def test_a_drop_whose_delivery_was_retried_after_a_later_one_is_still_known(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """Prepared, not delivered (a failed try), then a later run goes first: the later manifest
+    proves the pending checkpoint too, so the partner recognises it when it does arrive."""
+    out = tmp_path / "received"
+    take(workspace, deliver(workspace, partner), out)
+    gw = workspace.gateway()
+    contract = gw.check(workspace.contract, run_id="retried")
+    pending = gw.prepare(contract, workspace.source(60), run_id="retried")
+    later = deliver(workspace, partner)
+    sizes = [p["from_size"] for p in manifest_of(later)["ledger"]["consistency"]]
+    assert len(sizes) == 2  # the delivered checkpoint and the pending one
+    gw.deliver(contract, "retried")
+    retried = partner.root / FOLDER / pending.drop_id
+    newer = take(workspace, later, out)
+    got = take(workspace, retried, out)
+    assert got.log_held == newer.log_size > got.log_size

@@ -140,25 +140,30 @@ def _note_handed(path: Path, row: Mapping[str, Any]) -> None:
 
 
 def handed_sizes(ledger: Ledger, recipient: str, below: int) -> list[int]:
-    """Tree sizes of the checkpoints most recently delivered to `recipient` (newest first)."""
+    """Tree sizes to prove consistency from (newest first): the checkpoints of the last
+    MAX_BASES drops delivered to `recipient`, and of up to MAX_BASES newer ones prepared but not
+    yet known delivered (a retried delivery can reach the partner after a later drop: the
+    later drop's proof from it makes it known there)."""
     path = _handed_path(ledger)
     if path is None:
         return []
     rows = [r for r in _handed(path) if r.get("recipient") == recipient]
-    sizes: list[int] = []
+    delivered: list[int] = []
+    pending: list[int] = []
     for row in reversed(rows):
         size = row.get("size")
-        if type(size) is not int or not 0 < size < below or size in sizes:
+        if type(size) is not int or not 0 < size < below or size in delivered + pending:
             continue
         run_id, contract_id = row.get("run_id"), row.get("contract_id")
         if not isinstance(run_id, str) or not isinstance(contract_id, str):
             continue
-        if ledger.find("transfer.sent", run_id=run_id, contract_id=contract_id) is None:
-            continue  # prepared but never delivered: the partner never saw it
-        sizes.append(size)
-        if len(sizes) == MAX_BASES:
+        if ledger.find("transfer.sent", run_id=run_id, contract_id=contract_id) is not None:
+            delivered.append(size)
+        elif not delivered and len(pending) < MAX_BASES:
+            pending.append(size)  # newer than every delivered one: it may still arrive
+        if len(delivered) == MAX_BASES:
             break
-    return sizes
+    return sorted(delivered + pending, reverse=True)
 
 
 def manifest_ledger(
