@@ -340,8 +340,9 @@ def test_pages_in_chromium_are_accessible_and_load_nothing_from_elsewhere(served
             if name == "subject":
                 page.fill("#subject", served.history.objector)
                 page.fill("#reason", "SAR-2026-043")
-                page.click("button[type=submit]")
-                assert page.locator("#answer").count() == 1
+                with page.expect_navigation():
+                    page.click("button[type=submit]")
+                assert page.locator("#answer").count() == 1, page.content()[-3000:]
             # Evaluated over DevTools, not as a page script: the page's CSP stays in force.
             page.evaluate(axe)
             result = page.evaluate(
