@@ -54,6 +54,17 @@ AIRFLOW_SERVICES = {
     "airflow-worker-2",
 }
 LONG_RUNNING = AIRFLOW_SERVICES - {"airflow-init"} | {"postgres", "redis", "partner-sftp"}
+WORKERS = {"airflow-worker-1", "airflow-worker-2"}
+# Airflow's own secrets, which every Airflow service reads through its *_CMD settings.
+AIRFLOW_SECRET_FILES = {
+    "airflow_db_url",
+    "airflow_db_url_async",
+    "celery_broker_url",
+    "celery_result_backend",
+    "airflow_fernet_key",
+    "airflow_jwt_secret",
+    "airflow_api_secret_key",
+}
 # Host paths the gateway's containers read: never writable from inside.
 READ_ONLY_TARGETS = {
     "/etc/exchange/contracts",
@@ -135,9 +146,12 @@ def test_every_airflow_service_has_the_gateway_settings(config: dict[str, Any]) 
         env = env_of(config["services"][name])
         # Without it a task reads the contracts beside the DAG file, not the mounted ones.
         assert env["EXCHANGE_CONTRACTS"] == "/etc/exchange/contracts", name
-        assert env["EXCHANGE_APPROVERS"] == "/etc/exchange/approvers.json", name
-        assert env["EXCHANGE_SIGNING_KEY"] == "/etc/exchange/keys/gateway.key", name
-        assert env["EXCHANGE_AUDIT_URL"].startswith("postgresql+psycopg://exchange@"), name
+        if name in WORKERS:
+            assert env["EXCHANGE_APPROVERS"] == "/etc/exchange/approvers.json", name
+            assert env["EXCHANGE_SIGNING_KEY"] == "/etc/exchange/keys/gateway.key", name
+            assert env["EXCHANGE_AUDIT_URL"].startswith("postgresql+psycopg://exchange@"), name
+            assert env["EXCHANGE_SECRETS"] == "/etc/exchange/secrets/exchange-secrets.json"
+            assert "LocalFilesystemBackend" in env["AIRFLOW__SECRETS__BACKEND"], name
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == (
             "http://airflow-apiserver:8080/execution/"
         )
@@ -151,14 +165,22 @@ def test_every_airflow_service_has_the_gateway_settings(config: dict[str, Any]) 
 
 
 @pytest.mark.integration  # runs docker-compose, bash or sshd
+def mounts_of(service: dict[str, Any]) -> dict[str, str]:
+    """Each mount's target in the container, with its mode (ro or rw)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        parts = volume.split(":")
+        mounts[parts[1]] = parts[2] if len(parts) > 2 else "rw"
+    return mounts
+
+
 def test_configuration_is_mounted_read_only(config: dict[str, Any]) -> None:
     for name in AIRFLOW_SERVICES:
-        mounts = {}
-        for volume in config["services"][name]["volumes"]:
-            parts = volume.split(":")
-            mounts[parts[1]] = parts[2] if len(parts) > 2 else "rw"
-        for target in READ_ONLY_TARGETS:
+        mounts = mounts_of(config["services"][name])
+        targets = READ_ONLY_TARGETS if name in WORKERS else {"/etc/exchange/contracts"}
+        for target in targets:
             assert mounts.get(target) == "ro", f"{name}: {target} is {mounts.get(target)}"
+        assert all(mode == "ro" for target, mode in mounts.items() if target.startswith("/etc"))
     for volume in config["services"]["partner-sftp"]["volumes"]:
         if volume.split(":")[1] == "/etc/partner-sftp/keys":
             assert volume.endswith(":ro")
@@ -168,6 +190,35 @@ def test_configuration_is_mounted_read_only(config: dict[str, Any]) -> None:
         for w in ("airflow-worker-1", "airflow-worker-2")
     ]
     assert worker_state[0] == worker_state[1] == {"exchange-state:/var/lib/exchange:rw"}
+
+
+@pytest.mark.integration  # runs docker-compose, bash or sshd
+def test_only_the_workers_hold_the_gateways_keys_secrets_and_sources(
+    config: dict[str, Any],
+) -> None:
+    """The api-server, scheduler, dag-processor and triggerer run no task: a flaw in any of them
+    must not reach the signing key, the SFTP login key, the secrets or the source data."""
+    secrets = {f"/etc/exchange/secrets/{name}" for name in AIRFLOW_SECRET_FILES}
+    for name in AIRFLOW_SERVICES - WORKERS:
+        service = config["services"][name]
+        mounts = mounts_of(service)
+        others = {t for t in mounts if t.startswith(("/etc/", "/srv/", "/var/lib/exchange"))}
+        assert others == {"/etc/exchange/contracts", *secrets}, f"{name}: {sorted(others)}"
+        env = env_of(service)
+        for setting in (
+            "EXCHANGE_SECRETS",
+            "EXCHANGE_SOURCE_DIR",
+            "EXCHANGE_AUDIT_URL",
+            "PGPASSFILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+            "AIRFLOW__SECRETS__BACKEND",
+        ):
+            assert setting not in env, f"{name} has {setting}"
+    for name in WORKERS:
+        mounts = mounts_of(config["services"][name])
+        assert {"/etc/exchange/keys", "/etc/exchange/secrets", "/srv/exchange/sources"} <= set(
+            mounts
+        )
 
 
 SECRET_NAMES = re.compile(r"(PASSWORD|SECRET|FERNET|TOKEN|_KEY)\b|PRIVATE", re.IGNORECASE)
