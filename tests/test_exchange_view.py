@@ -9,6 +9,7 @@ keeps a screenshot of each under build/test-output/exchanges-view."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -359,3 +360,37 @@ def test_pages_in_chromium_are_accessible_and_load_nothing_from_elsewhere(served
     assert not problems, problems
     for name in PAGES.values():
         assert (ARTEFACTS / f"{name}.png").stat().st_size > 1000
+
+
+def review_in(days: int) -> Any:
+    """An edit setting the contract's review date `days` from today."""
+
+    def edit(document: dict[str, Any]) -> None:
+        for prop in document["customProperties"]:
+            if prop["property"] == "reviewDate":
+                prop["value"] = (dt.date.today() + dt.timedelta(days=days)).isoformat()
+
+    return edit
+
+
+@pytest.mark.parametrize(("days", "shown"), [(30, "due"), (60, "due"), (61, ""), (400, "")])
+def test_the_register_highlights_a_review_due_within_60_days(
+    workspace: Workspace, days: int, shown: str
+) -> None:
+    from exchange_airflow import data
+
+    workspace.write_contract(review_in(days))
+    today = dt.date.today()
+    report = data.report(workspace.settings, today, today)  # an empty ledger
+    (row,) = data.register(workspace.settings, today, report)
+    assert row["approval"]["runnable"] and row["review"] == shown
+    assert row["last_drop"] is None
+
+
+def test_a_review_date_passed_is_overdue() -> None:
+    from exchange_airflow import data
+
+    today = dt.date(2026, 11, 28)
+    assert data._review("2026-11-27", today) == "overdue"
+    assert data._review("2026-11-28", today) == "due"
+    assert data._review(None, today) == ""
