@@ -281,6 +281,18 @@ def test_dockerfile_installs_from_the_lock_and_runs_unprivileged() -> None:
     assert "dev" not in extras
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users[-1] == "airflow", "the image must end as the unprivileged airflow user"
+    # The code is installed as root into the interpreter's site-packages, never into the
+    # runtime user's own (which it could edit, or add a .pth file to).
+    install_at = next(i for i, line in enumerate(lines) if "-c requirements.lock" in line)
+    user_then = [line.split()[1] for line in lines[:install_at] if line.startswith("USER ")]
+    assert user_then[-1] == "root", "pip must run as root"
+    assert "ENV PIP_USER=false" in lines[:install_at]
+    assert "--user" not in text
+    assert 'chown -R root:root "$site" && chmod -R go-w "$site"' in text
+    assert "rm -rf /home/airflow/.local" in text and "PYTHONNOUSERSITE=1" in text
+    for line in lines:
+        if line.startswith("COPY "):
+            assert "--chown=root:root" in line, line
     # What is copied in: the package, the lock and the DAGs; never contracts, keys or state.
     copied = [
         part
