@@ -5,9 +5,12 @@ then a file's permissions, then the partner's host key). `exchange doctor [CONTR
 them all and lists every problem; `exchange run` runs the local, fast part of the same checks
 (`preflight`) after the contract's approval is checked and before any data is read.
 
-Only local checks, unless `connect` is asked for: then the partner's server is dialled, its
-host key checked against the pins and the drop folder listed. Secrets are looked up by name;
-no value is ever printed.
+Always checked, and so always contacted when configured: the ledger database
+(EXCHANGE_AUDIT_URL, when it is not a SQLite file: a connection is opened and closed) and the
+shared staging store (EXCHANGE_STAGING, when it is s3://: its bucket is listed); a container's
+health check relies on both. Only with `connect` is the partner's server dialled, its host key
+checked against the pins and the drop folder listed. Secrets are looked up by name; no value
+is ever printed.
 """
 
 from __future__ import annotations

@@ -257,3 +257,35 @@ def test_doctor_checks_the_shared_staging_store_when_one_is_named(
     monkeypatch.setenv("EXCHANGE_STAGING", f"file://{fresh / 'shared'}")
     code, out, _ = run(capsys, "doctor")
     assert not [f for f in missing(out) if f.startswith("staging store")]
+
+
+def test_doctor_reaches_the_ledger_database_without_connect_and_says_so(
+    fresh: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The documented behaviour: the ledger database (and a staging store) are always reached;
+    only the partner's server waits for --connect. The docs and help must say the same."""
+    import socket
+
+    from exchange import doctor
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("EXCHANGE_AUDIT_URL", f"postgresql+psycopg://exchange@127.0.0.1:{port}/x")
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "2")
+    code, out, _ = run(capsys, "doctor")
+    assert code == cli.FAILED
+    (found,) = [f for f in missing(out) if f.startswith("audit ledger (EXCHANGE_AUDIT_URL)")]
+    assert "cannot be reached (OperationalError)" in found and str(port) not in found.split(":")[0]
+    said = " ".join((doctor.__doc__ or "").split())
+    assert "Always checked, and so always contacted when configured: the ledger database" in said
+    assert "Only with `connect` is the partner's server dialled" in said
+    guide = " ".join((Path(__file__).parents[1] / "docs" / "data-teams.md").read_text().split())
+    assert "Every call reaches the ledger database (`EXCHANGE_AUDIT_URL`" in guide
+    assert "nothing leaves the machine" not in guide
+    with pytest.raises(SystemExit):
+        run(capsys, "doctor", "--help")
+    out = capsys.readouterr().out
+    assert "the ledger database and the staging store are reached without it" in " ".join(
+        out.split()
+    )

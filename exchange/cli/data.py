@@ -266,7 +266,10 @@ def add_doctor(sub: Subcommands) -> None:
     doc.add_argument(
         "--connect",
         action="store_true",
-        help="also dial the partner's server: host key, login and drop folder (else local only)",
+        help=(
+            "also dial the partner's server: host key, login and drop folder (the ledger "
+            "database and the staging store are reached without it)"
+        ),
     )
     doc.set_defaults(func=cmd_doctor)
 
