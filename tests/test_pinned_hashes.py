@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -108,3 +111,28 @@ def test_a_helper_that_stops_answering_costs_a_fallback_not_a_hang(monkeypatch: 
         process.wait()
     assert out[1].as_py() == "fa44fc0c01626a90eb117fd6b24d1aac"
     assert helper._broken
+
+
+def test_the_hashing_helper_ignores_code_planted_in_the_working_folder(tmp_path: Path) -> None:
+    """A planted exchange/crypto/keyed.py where the command is started never runs: it would be
+    handed the key and every subject id."""
+    planted = tmp_path / "exchange" / "crypto"
+    planted.mkdir(parents=True)
+    (tmp_path / "exchange" / "__init__.py").write_text("")
+    (planted / "__init__.py").write_text("")
+    stolen = tmp_path / "stolen"
+    (planted / "keyed.py").write_text(f"open({str(stolen)!r}, 'w').write('key')\n")
+    script = (
+        "import pyarrow as pa\n"
+        "from exchange.crypto import keyed\n"
+        f"values = pa.array([b'%d' % i for i in range({keyed.WORKER_MIN_ITEMS})], pa.binary())\n"
+        "h = keyed.KeyedHash(bytes(range(32)))\n"
+        "print(h.array(values) == h.joined(values.to_pylist()))\n"
+    )
+    # -P for the parent only, as the `exchange` command has: its own path is the venv's bin.
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", script], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
+    assert not stolen.exists()

@@ -112,8 +112,11 @@ class _Helper:
             self._broken = True
             return None
         try:
+            # -P: `-m` would otherwise put the working folder first on sys.path, and a planted
+            # exchange/crypto/keyed.py there would be handed the key and the subject ids.
             self._process = subprocess.Popen(
-                [sys.executable, "-m", "exchange.crypto.keyed"],
+                [sys.executable, "-P", "-m", "exchange.crypto.keyed"],
+                cwd="/",
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,
