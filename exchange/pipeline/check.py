@@ -15,7 +15,7 @@ from exchange.pipeline import events
 from exchange.pipeline.boundary import stage
 from exchange.pipeline.context import Context
 from exchange.pipeline.naming import SAFE_ID
-from exchange.quality import compile_rules
+from exchange.quality_rules import compile_rules
 from exchange.settings import Settings
 
 
