@@ -43,8 +43,12 @@ lint: install
 	$(BIN)/python -m exchange.contract.vocabulary.generate --check
 
 bench: install system
+	$(BIN)/python benchmarks/exchange_vs_raw.py
 	$(BIN)/python benchmarks/exchange_throughput.py
 	$(BIN)/python benchmarks/memory_peak.py
+	$(BIN)/python benchmarks/startup.py
+	$(BIN)/python benchmarks/ledger_history.py
+	$(BIN)/python benchmarks/sftp_throughput.py
 
 lock: install
 	{ grep '^#' requirements.lock; $(BIN)/python -m pip freeze --exclude-editable | grep -v exchange-gateway; } > requirements.lock.new
