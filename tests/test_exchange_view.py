@@ -10,6 +10,7 @@ keeps a screenshot of each under build/test-output/exchanges-view."""
 from __future__ import annotations
 
 import datetime as dt
+import html
 import json
 import os
 import re
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from audit_history import History, exchange, make_history
 from browser import CHROMIUM
 from conftest import Workspace
@@ -266,6 +268,25 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
     assert "Approved" in row_html and "Ivy Officer (IG)" in row_html
     assert history.drops[-1] in row_html  # the last drop
     assert "Anyshire County Council" in row_html
+
+    # Edited since its approval (not re-approved): the page gives the changes and the verdict
+    # `exchange contract diff` gives, and the register the status and the review tag.
+    document = yaml.safe_load(ws.contract.read_text("utf-8"))
+    review_in(30)(document)
+    ws.contract.write_text(yaml.safe_dump(document, sort_keys=False), "utf-8")
+    done = exchange(ws, "contract", "diff", str(ws.contract))
+    lines = done.stdout.splitlines()
+    changes = [re.match(r"\[[a-z -]+\] (\S+) at (\S+): (.*)$", line) for line in lines[:-1]]
+    verdict = re.search(r": ([a-z-]+) \((\d+) change", lines[-1])
+    assert verdict is not None and all(changes) and len(changes) == int(verdict.group(2)) > 0
+    page = html.unescape(served.fetch(f"/exchanges/agreements/{AGREEMENT}", token)[2])
+    assert f"<strong>{verdict.group(1)}</strong>" in page
+    for change in changes:
+        assert change is not None and all(part in page for part in change.groups()), change
+    register = served.fetch("/exchanges/", token)[2]
+    row_html = register.split(f'data-agreement="{AGREEMENT}"')[1].split("</tr>")[0]
+    assert "Review due within 60 days" in row_html and "exchanges-review-due" in register
+    assert ">Approved<" not in row_html
 
 
 def test_an_auditor_looks_a_person_up_with_a_reason_and_it_is_audited(served: Served) -> None:
