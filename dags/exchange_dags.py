@@ -10,9 +10,9 @@ no connection, no database, no data.
 Each DAG is created paused, runs one at a time (`max_active_runs=1`), and skips a first
 scheduled run that starts late, as the one Airflow creates at once on unpausing does (the
 interval before the DAG was switched on is not a disclosure anyone expected); a run triggered
-by hand always runs. Two contract files with one id get no DAG at all (see
-`exchange_contract_ids.py`, which reports them). Each task logs one line of what the gateway
-did: ids and counts only.
+by hand always runs. A skipped run is recorded in the ledger (`run.skipped`). Two contract
+files with one id get no DAG at all (see `exchange_contract_ids.py`, which reports them).
+Each task logs one line of what the gateway did: ids and counts only.
 """
 
 from __future__ import annotations
@@ -95,6 +95,23 @@ def _late_first_run(context: Any) -> bool:
     if due is None or started - due <= LATE_AFTER:
         return False
     return context["ti"].get_previous_dagrun() is None
+
+
+def _record_late_skip(contract_file: str, context: Any) -> None:
+    """Put the skip in the ledger (`run.skipped`), so an auditor sees it was not lost."""
+    from exchange.pipeline.skipped import record_late_first_run
+
+    run = context.get("dag_run")
+    started = getattr(run, "start_date", None) or dt.datetime.now(dt.UTC)
+    due = getattr(run, "run_after", None) or getattr(run, "logical_date", None) or started
+    record_late_first_run(
+        _gateway().ledger,
+        Path(contract_file),
+        context["run_id"],
+        due=due,
+        started=started,
+        triggered_by=_triggered_by(context),
+    )
 
 
 def _triggered_by(context: Any) -> str:
@@ -183,6 +200,7 @@ def build_dag(contract_path: Path, found: Outline | None = None) -> DAG:
 
             context = get_current_context()
             if _late_first_run(context):
+                _record_late_skip(contract_file, context)
                 log.info(
                     "exchange: skipped: the first scheduled run started after its time (as on "
                     "unpausing); nothing read or sent. Trigger a run to send before the next one"

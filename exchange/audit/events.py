@@ -21,6 +21,7 @@ class Event(StrEnum):
     CONTRACT_CHECKED = "contract.checked"
     RUN_REFUSED = "run.refused"
     RUN_FAILED = "run.failed"
+    RUN_SKIPPED = "run.skipped"
     RUN_PREPARED = "run.prepared"
     TRANSFER_ATTEMPT = "transfer.attempt"
     TRANSFER_FAILED = "transfer.failed"
@@ -88,6 +89,7 @@ _KINDS: tuple[tuple[Event, Severity, Outcome, str], ...] = (
     (Event.CONTRACT_CHECKED, INFO, DONE, "the contract loaded, is approved and may run"),
     (Event.RUN_REFUSED, WARNING, REFUSAL, "policy said no (invalid, not runnable, guard, quality)"),
     (Event.RUN_FAILED, WARNING, FAILURE, "preparing failed for another reason; nothing was sent"),
+    (Event.RUN_SKIPPED, INFO, DONE, "a late first scheduled run was skipped; nothing read or sent"),
     (Event.RUN_PREPARED, INFO, DONE, "the drop is encrypted, signed and staged"),
     (Event.TRANSFER_ATTEMPT, NOTICE, DONE, "one delivery attempt failed; another may follow"),
     (Event.TRANSFER_FAILED, HIGH, FAILURE, "delivery failed after the transport's attempts"),
@@ -125,6 +127,7 @@ _FIELDS: Mapping[Event, str] = {
     Event.CONTRACT_CHECKED: f"{_CONTRACT} approval",
     Event.RUN_REFUSED: f"{_REFUSAL} file problems unexpected missing failures",
     Event.RUN_FAILED: _REFUSAL,
+    Event.RUN_SKIPPED: "stage reason file due started_at triggered_by",
     Event.RUN_PREPARED: "drop_id source triggered_by source_columns_not_read rows disclosures "
     "incremental validation payload manifest_sha256 started_at",
     Event.TRANSFER_ATTEMPT: "drop_id recipient server attempt ok error message retryable "
