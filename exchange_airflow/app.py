@@ -37,6 +37,7 @@ HEADERS = {
 
 templates = Jinja2Templates(directory=HERE / "templates")
 templates.env.filters["zip"] = lambda first, *rest: list(zip(first, *rest, strict=True))
+templates.env.filters["yesno"] = lambda values: ["Yes" if v else "No" for v in values]
 
 
 def viewer(request: Request, user: Annotated[Any, Depends(get_user)]) -> Any:
@@ -148,7 +149,35 @@ def ledger_page(
         for day, partners in sorted(built.rows_by_day.items())
         for partner, rows in sorted(partners.items())
     ]
-    return _page(request, "ledger.html", user, report=built, days_rows=days, since=start, until=end)
+    return _page(
+        request,
+        "ledger.html",
+        user,
+        report=built,
+        days_rows=days,
+        bars=_bars(days),
+        since=start,
+        until=end,
+    )
+
+
+def _bars(days: list[tuple[str, str, int]], width: int = 600, height: int = 160) -> list[Any]:
+    """Geometry of an SVG bar per day and partner (rows sent); the table beside it is the
+    text alternative. Drawn on the server: the page runs no script."""
+    if not days:
+        return []
+    top = max(rows for _, _, rows in days) or 1
+    step = width / len(days)
+    return [
+        {
+            "x": round(i * step + 2, 1),
+            "w": round(max(step - 4, 1), 1),
+            "h": round(rows / top * height, 1),
+            "y": round(height - rows / top * height, 1),
+            "label": f"{day}, {partner}: {rows} rows",
+        }
+        for i, (day, partner, rows) in enumerate(days)
+    ]
 
 
 @app.get("/subject", response_class=HTMLResponse, name="subject")

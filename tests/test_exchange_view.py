@@ -243,6 +243,15 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
         str(totals["acks_overdue"]),
     ]
 
+    bars = re.findall(r"<rect [^>]*><title>([^<]*)</title>", ledger)
+    by_day = report["rows_by_day"]
+    assert bars == [
+        f"{day}, {partner}: {rows} rows"
+        for day in sorted(by_day)
+        for partner, rows in sorted(by_day[day].items())
+    ]
+    assert sum(int(b.rsplit(": ", 1)[1].split()[0]) for b in bars) == totals["rows_sent"]
+
     status, _, page = served.fetch(f"/exchanges/agreements/{AGREEMENT}", token)
     assert status == 200
     shown = figures(page)
