@@ -32,7 +32,7 @@ DIFF_EXIT_CODES: Final = {"identical": 0, "editorial": 10, "needs-re-approval": 
 def cmd_lint(args: argparse.Namespace) -> int:
     """Check contract files and list every problem."""
     from exchange.contract import load_contract
-    from exchange.quality import compile_rules
+    from exchange.quality_rules import compile_rules
 
     status = OK
     for path in args.files:
@@ -159,7 +159,7 @@ def _governance() -> Any:
 def cmd_approve(args: argparse.Namespace) -> int:
     """Show what is being signed, ask to confirm, then sign an approval of a contract."""
     from exchange.contract import load_contract
-    from exchange.quality import compile_rules
+    from exchange.quality_rules import compile_rules
 
     contract = load_contract(args.contract)
     compile_rules(contract)  # a contract whose rules cannot be enforced cannot be approved
