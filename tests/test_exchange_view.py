@@ -297,6 +297,13 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
     assert "Review due within 60 days" in row_html and "exchanges-review-due" in register
     assert ">Approved<" not in row_html
 
+    # A ledger edited behind the gateway's back: the page says so, as the command does.
+    with sqlite3.connect(ws.settings.home / "audit.db") as db:
+        db.execute("UPDATE audit_ledger SET body = replace(body, '300', '301') WHERE seq = 2")
+    assert exchange(ws, "audit", "report", "--json").returncode != 0
+    ledger = served.fetch("/exchanges/ledger", token)[2]
+    assert "Not verified" in ledger and "do not rely on these figures" in ledger
+
 
 def test_an_auditor_looks_a_person_up_with_a_reason_and_it_is_audited(served: Served) -> None:
     ws, history = served.workspace, served.history
