@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import io
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
@@ -205,6 +207,9 @@ def test_every_endpoint_needs_an_airflow_user_and_the_lookup_an_auditor(served: 
         assert status == 200, path
         assert "default-src 'none'" in headers["content-security-policy"]
         assert "script-src" not in headers["content-security-policy"]  # none: default-src
+    assert served.fetch("/exchanges/static/exchanges.css", clerk)[0] == 200
+    for escape in ("..%2fapp.py", "%2e%2e/app.py", "%2e%2e%2fapp.py", "govuk/..%2f..%2fapp.py"):
+        assert served.fetch(f"/exchanges/static/{escape}", clerk)[0] == 404, escape
     before = last_entry(served.workspace)[0]
     assert served.fetch("/exchanges/subject", clerk)[0] == 403
     refused = served.fetch("/exchanges/subject", clerk, form={"subject": "1", "reason": "SAR-1"})
@@ -431,3 +436,24 @@ def test_a_review_date_passed_is_overdue() -> None:
     assert data._review("2026-11-27", today) == "overdue"
     assert data._review("2026-11-28", today) == "due"
     assert data._review(None, today) == ""
+
+
+def test_a_tarball_that_is_not_the_pinned_one_is_refused_before_unpacking(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import vendor_frontend
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    version = vendor_frontend.PINS["govuk-frontend"][0]
+    forged = tmp_path / f"govuk-frontend-{version}.tgz"
+    with tarfile.open(forged, "w:gz") as tar:
+        body = b"body { background: url(https://cdn.example/x.png) }"
+        member = tarfile.TarInfo("package/dist/govuk/govuk-frontend.min.css")
+        member.size = len(body)
+        tar.addfile(member, io.BytesIO(body))
+    monkeypatch.setattr(vendor_frontend, "CACHE", tmp_path)
+    with pytest.raises(vendor_frontend.VendorError, match="is not the pinned"):
+        vendor_frontend.tarball("govuk-frontend", offline=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [forged.name]  # nothing unpacked
