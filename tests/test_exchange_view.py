@@ -54,7 +54,7 @@ PAGES = {  # path -> screenshot name
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def vendored() -> None:
     """GOV.UK Frontend and axe-core, fetched and checked against their pins (cached)."""
     if not (GOVUK_CSS.exists() and AXE.exists()):
@@ -116,7 +116,7 @@ def history(workspace: Workspace, partner: PartnerSftpServer) -> History:
 
 
 @pytest.fixture
-def served(history: History, tmp_path: Path) -> Iterator[Served]:
+def served(history: History, tmp_path: Path, vendored: None) -> Iterator[Served]:
     """`airflow api-server` on a free loopback port, the plugin in its plugins folder."""
     home = Path(tempfile.mkdtemp(prefix="exchange-view-airflow-", dir=tmp_path))
     (home / "plugins").mkdir()
