@@ -34,6 +34,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from exchange.audit import merkle
+from exchange.audit.anchor import lines_newest_first
 from exchange.audit.checkpoint import DASH, Checkpoint
 from exchange.errors import LedgerError
 
@@ -116,12 +117,13 @@ def _handed_path(ledger: Ledger) -> Path | None:
 
 
 def _handed(path: Path) -> Iterator[dict[str, Any]]:
+    """The rows of handed.jsonl, newest first (read from the end: the newest are wanted)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
-    with os.fdopen(fd, "r", encoding="utf-8") as handle:
-        for line in handle:
+    with os.fdopen(fd, "rb") as handle:
+        for line in lines_newest_first(handle):
             with contextlib.suppress(ValueError):
                 row = json.loads(line)
                 if isinstance(row, dict):
@@ -147,10 +149,11 @@ def handed_sizes(ledger: Ledger, recipient: str, below: int) -> list[int]:
     path = _handed_path(ledger)
     if path is None:
         return []
-    rows = [r for r in _handed(path) if r.get("recipient") == recipient]
     delivered: list[int] = []
     pending: list[int] = []
-    for row in reversed(rows):
+    for row in _handed(path):
+        if row.get("recipient") != recipient:
+            continue
         size = row.get("size")
         if type(size) is not int or not 0 < size < below or size in delivered + pending:
             continue
