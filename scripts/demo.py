@@ -179,8 +179,8 @@ def main() -> None:
         convert_options=pacsv.ConvertOptions(include_columns=["person_id", "objection"]),
     ).read_next_batch()
     person = next(p for p, o in zip(*first.to_pydict().values(), strict=True) if not o)
-    print(f"   exchange audit subject {person}")
-    found = run([str(BIN / "exchange"), "audit", "subject", person], env)
+    print(f"   exchange audit subject {person} --reason demo-SAR-1")
+    found = run([str(BIN / "exchange"), "audit", "subject", person, "--reason", "demo-SAR-1"], env)
     for line in found.strip().splitlines():
         print(f"     {line}")
 

@@ -462,14 +462,16 @@ def test_who_received_data_about_this_person(
     raw = pd.read_csv(source, dtype=str, keep_default_na=False)
     sent = raw[raw["objection"] == "false"]["person_id"].iloc[0]
     withheld = raw[raw["objection"] == "true"]["person_id"].iloc[0]
-    found = exchange(workspace, "audit", "subject", sent, "--format", "json")
+    found = exchange(
+        workspace, "audit", "subject", sent, "--format", "json", "--reason", "SAR-test"
+    )
     assert found.returncode == 0, found.stderr
     (disclosure,) = json.loads(found.stdout)
     assert disclosure["contract_id"] == "school-attendance-to-early-help"
     assert disclosure["recipient"] == "Anyshire County Council"
     assert "safeguarding" in disclosure["purposes"] and disclosure["sent_at"]
     assert "person_ref" in disclosure["fields"]
-    nothing = exchange(workspace, "audit", "subject", withheld)
+    nothing = exchange(workspace, "audit", "subject", withheld, "--reason", "SAR-test")
     assert "no recorded disclosure" in nothing.stdout
     # The subject id is never stored in clear.
     assert sent.encode() not in (workspace.settings.home / "audit.db").read_bytes()
@@ -665,7 +667,11 @@ def test_rectify_sends_a_correction_notice_to_every_recipient(
     )
     assert received.returncode == 0, received.stderr
     assert ledger(workspace)[-1][0] == "rectification.sent"
-    seen = json.loads(exchange(workspace, "audit", "subject", person, "--format", "json").stdout)
+    seen = json.loads(
+        exchange(
+            workspace, "audit", "subject", person, "--format", "json", "--reason", "SAR-test"
+        ).stdout
+    )
     assert len(seen) == 2
     nobody = exchange(
         workspace,
@@ -756,5 +762,9 @@ def test_disclosures_stay_answerable_after_the_disclosure_key_rotates(
     person = raw[raw["objection"] == "false"]["person_id"].iloc[0]
     rotated = exchange(workspace, "keys", "rotate", "disclosure-key", "--reason", "test")
     assert rotated.returncode == 0, rotated.stderr
-    found = json.loads(exchange(workspace, "audit", "subject", person, "--format", "json").stdout)
+    found = json.loads(
+        exchange(
+            workspace, "audit", "subject", person, "--format", "json", "--reason", "SAR-test"
+        ).stdout
+    )
     assert len(found) == 1

@@ -33,7 +33,17 @@ def history(workspace: Workspace, partner: PartnerSftpServer) -> History:
 
 
 def ask(ws: Workspace, person: str, *extra: str) -> Any:
-    done = exchange(ws, "audit", "subject", "--id-file", "-", *extra, stdin=person + "\n")
+    done = exchange(
+        ws,
+        "audit",
+        "subject",
+        "--id-file",
+        "-",
+        "--reason",
+        "SAR-test",
+        *extra,
+        stdin=person + "\n",
+    )
     assert done.returncode == 0, done.stderr
     return done
 
@@ -116,13 +126,18 @@ def test_the_answer_says_who_why_what_how_long_and_what_became_of_an_objection(
     event, body, _ = last_entry(ws)
     assert (body["reason"], body["requested_by"]) == ("SAR-2026-043", getpass.getuser())
 
-    # Nobody: said plainly; a lookup without a reason is warned about and still recorded.
-    nobody = exchange(ws, "audit", "subject", "--id-file", "-", stdin="P99999999\n")
-    assert nobody.returncode == 0
+    # Nobody: said plainly, and the lookup recorded.
+    nobody = ask(ws, "P99999999", "--reason", "SAR-2026-044")
     assert "There is no recorded disclosure about this person" in flat(nobody.stdout)
-    assert "no --reason: the lookup is recorded without one" in nobody.stderr
     event, body, _ = last_entry(ws)
-    assert (event, body["reason"], body["drops"]) == ("subject.looked_up", None, 0)
+    assert (event, body["reason"], body["drops"]) == ("subject.looked_up", "SAR-2026-044", 0)
+
+    # No reason (or a blank one): refused before the id is read, and nothing looked up.
+    for blank in ([], ["--reason", "  "]):
+        refused = exchange(ws, "audit", "subject", "--id-file", "-", *blank, stdin="P99999999\n")
+        assert refused.returncode == 2, refused.stderr
+        assert "--reason is required" in refused.stderr and "SAR-" in refused.stderr
+        assert refused.stdout == "" and last_entry(ws)[:2] == (event, body)
 
 
 def test_words_come_from_the_agreement_as_sent_not_as_edited_since(history: History) -> None:

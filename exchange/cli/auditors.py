@@ -193,15 +193,17 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
     from exchange.audit.disclosures import key_id, lookup_hash
     from exchange.gateway import Gateway
 
+    reason = (args.reason or "").strip()
+    if not reason:  # refused before the id is read: a lookup is processing of personal data
+        error(
+            "usage",
+            "--reason is required: a subject lookup is recorded with who asked and why; give "
+            "the request's reference, e.g. --reason SAR-2026-017",
+        )
+        return BAD_INPUT
     subject = subject_id(args)
     if subject is None:
         return BAD_INPUT
-    if not (args.reason or "").strip():
-        error(
-            "warning",
-            "no --reason: the lookup is recorded without one (give the request's reference, "
-            "e.g. --reason SAR-2026-017)",
-        )
     settings = Settings.from_env()
     disclosures = Gateway(settings).disclosures()
     ledger = _audit_ledger(settings)
@@ -212,7 +214,7 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
         "key_id": key_id(disclosures.key),
         # Who the answer is for may be another person than who ran it: keep both.
         "requested_by": f"{args.requested_by} (run by {who})" if args.requested_by else who,
-        "reason": (args.reason or "").strip() or None,
+        "reason": reason,
     }
     try:
         found, verified = disclosures.verified_lookup(
@@ -417,7 +419,8 @@ def add_audit(sub: Subcommands) -> None:
         "--id-file", help="a file holding the person's id in the source, or - for standard input"
     )
     subject.add_argument(
-        "--reason", help="why: the request's reference (recorded in the audit ledger)"
+        "--reason",
+        help="required: why, the request's reference (recorded in the audit ledger)",
     )
     subject.add_argument(
         "--requested-by",

@@ -328,7 +328,7 @@ def ask(
 ) -> tuple[int, str, str]:
     """`exchange audit subject --id-file -` with the id typed on standard input."""
     monkeypatch.setattr("sys.stdin", __import__("io").StringIO(subject + "\n"))
-    return exchange(capsys, "audit", "subject", "--id-file", "-", *extra)
+    return exchange(capsys, "audit", "subject", "--id-file", "-", "--reason", "SAR-test", *extra)
 
 
 def transfer_id(url: str, drop: str) -> int:
@@ -366,10 +366,12 @@ def test_a_subject_lookup_is_answered_after_checking_and_is_audited(
     assert last.data["requested_by"]
     assert "P00025" not in last.body
     # The positional form still works, with a warning; neither form is a usage error.
-    code, out, err = exchange(capsys, "audit", "subject", "P00001", "--format", "json")
+    code, out, err = exchange(
+        capsys, "audit", "subject", "P00001", "--format", "json", "--reason", "SAR-test"
+    )
     assert code == cli.OK and [d["drop_id"] for d in json.loads(out)] == ["drop-a"]
     assert "visible in ps and shell history" in err
-    code, _, err = exchange(capsys, "audit", "subject")
+    code, _, err = exchange(capsys, "audit", "subject", "--reason", "SAR-test")
     assert code == cli.BAD_INPUT and "--id-file" in err
 
 
