@@ -22,6 +22,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
@@ -44,6 +45,7 @@ READ_CHUNK = 1 << 20
 RECORD_NAME = ".received.json"
 EVIDENCE_FOLDER = ".witness-evidence"  # a refused log's manifest and what was held against it
 LOCK_NAME = ".received.lock"
+SENDER_PREFIX = "ed25519:"  # the witness state is kept per sender key id (signing.key_id)
 MAX_SIGNATURE_BYTES = 4096
 
 # Never follow a symbolic link; never block on a FIFO planted where a file is expected.
@@ -308,7 +310,7 @@ def _exclusive(out_fd: int) -> Iterator[None]:
 
 
 def _record(out_fd: int, where: Path) -> dict[str, Any]:
-    """The whole record: `drops` (drop id -> facts) and `witness` (log origin -> Seen)."""
+    """The whole record: `drops` (drop id -> facts) and `witness` (sender key id -> Seen)."""
     try:
         with _open_file(out_fd, RECORD_NAME) as handle:
             record = json.loads(handle.read())
@@ -320,7 +322,37 @@ def _record(out_fd: int, where: Path) -> dict[str, Any]:
     seen = record.get("witness", {}) if isinstance(record, dict) else None
     if not isinstance(drops, dict) or not isinstance(seen, dict):
         raise DropRejected(f"the record of received drops {where} is damaged")
-    return {"drops": drops, "witness": seen}
+    return {"drops": drops, "witness": _by_sender_key(seen, drops, where)}
+
+
+def _by_sender_key(seen: dict[str, Any], drops: dict[str, Any], where: Path) -> dict[str, Any]:
+    """The witness state keyed by sender key id; a record written when it was keyed by log
+    origin is moved over, each entry to the key that signed the drop it was taken from.
+
+    Keyed by origin, a log renamed by whoever holds the sender's key was a log never seen
+    before, so the origin check could not fire (issue 15, finding 1)."""
+    moved: dict[str, Any] = {}
+    for name, value in seen.items():
+        if name.startswith(SENDER_PREFIX):
+            moved.setdefault(name, value)
+            continue
+        drop = value.get("drop_id") if isinstance(value, dict) else None
+        facts = drops.get(drop) if isinstance(drop, str) else None
+        sender = facts.get("sender_key_id") if isinstance(facts, dict) else None
+        if not isinstance(sender, str) or not re.fullmatch(r"ed25519:[0-9a-f]{16}", sender):
+            raise DropRejected(
+                f"the record of received drops {where} keeps a witnessed log ({name[:80]!r}) "
+                "that cannot be tied to a sender key: move its `witness` entry under the "
+                "sender's key id (ed25519:...) by hand, then receive again"
+            )
+        key = sender
+        if key in moved or key in seen:
+            raise DropRejected(
+                f"the record of received drops {where} keeps two witnessed logs for sender key "
+                f"{key}: keep the one you trust under that key, then receive again"
+            )
+        moved[key] = value
+    return moved
 
 
 def _recorded(out_fd: int, where: Path) -> dict[str, dict[str, Any]]:
@@ -328,9 +360,9 @@ def _recorded(out_fd: int, where: Path) -> dict[str, dict[str, Any]]:
     return drops
 
 
-def _held(out_fd: int, where: Path, origin: str) -> witness.Seen | None:
-    """The newest checkpoint of this log the partner verified, if any."""
-    value = _record(out_fd, where)["witness"].get(origin)
+def _held(out_fd: int, where: Path, sender: str) -> witness.Seen | None:
+    """The newest checkpoint the partner verified of the log signed by this sender key id."""
+    value = _record(out_fd, where)["witness"].get(sender)
     if value is None:
         return None
     try:
@@ -340,12 +372,12 @@ def _held(out_fd: int, where: Path, origin: str) -> witness.Seen | None:
 
 
 def witnessed(out_dir: Path) -> dict[str, witness.Seen]:
-    """The newest verified checkpoint per sender log, as kept in `out_dir`'s record."""
+    """The newest verified checkpoint per sender key id, as kept in `out_dir`'s record."""
     if not out_dir.is_dir():
         return {}
     with _folder(out_dir) as out_fd:
         seen = _record(out_fd, out_dir / RECORD_NAME)["witness"]
-    return {origin: witness.Seen.from_dict(value) for origin, value in seen.items()}
+    return {sender: witness.Seen.from_dict(value) for sender, value in seen.items()}
 
 
 def received_drops(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -383,7 +415,7 @@ def _remember(
     where: Path,
     drop_id: str,
     facts: dict[str, Any],
-    seen: witness.Seen | None = None,
+    seen: tuple[str, witness.Seen] | None = None,
 ) -> None:
     _save(out_fd, where, lambda record: record["drops"].__setitem__(drop_id, facts), seen)
 
@@ -392,13 +424,14 @@ def _save(
     out_fd: int,
     where: Path,
     change: Callable[[dict[str, Any]], None],
-    seen: witness.Seen | None = None,
+    seen: tuple[str, witness.Seen] | None = None,
 ) -> None:
-    """Rewrite the record (0600, atomically) after `change`, with `seen` as its log's newest."""
+    """Rewrite the record (0600, atomically) after `change`, with `seen` (sender key id, its
+    log's newest checkpoint) kept."""
     record = _record(out_fd, where)
     change(record)
     if seen is not None:
-        record["witness"][seen.origin] = seen.as_dict()
+        record["witness"][seen[0]] = seen[1].as_dict()
     data = (json.dumps(record, indent=2, sort_keys=True) + "\n").encode()
     _write_new(out_fd, RECORD_NAME, data, replace_existing=True)
 
@@ -456,7 +489,9 @@ def _witness(
     held, origin = None, "?"
     try:
         origin = Checkpoint.parse(body["ledger"]["checkpoint"]).origin
-        held = _held(out_fd, where, origin)
+        # Held per sender key, never per the origin the checkpoint names: else a log renamed
+        # by whoever holds the key would be "first seen" and trusted afresh.
+        held = _held(out_fd, where, signing.key_id(signed.key))
         checkpoint, seen = witness.check(held, body["ledger"], signed.key, drop_id=drop_id, at=at)
         return checkpoint, seen, held
     except witness.ForkedLog as exc:
@@ -633,7 +668,7 @@ def receive(
                 "payload": info["name"],
                 **({"retention": body["retention"]} if "retention" in body else {}),
             }
-            _remember(out_fd, where, drop_id, facts, seen)
+            _remember(out_fd, where, drop_id, facts, (signing.key_id(signed.key), seen))
         got = Received(
             drop_id,
             body["contract"]["id"],
@@ -700,7 +735,8 @@ def acknowledge(
     label = _label(drop)
     with ExitStack() as stack:
         drop_fd = stack.enter_context(_drop_folder(drop, label))
-        body, manifest_sha256 = _read_manifest(drop_fd, label, sender_key)
+        signed = _read_signed(drop_fd, label, sender_key)
+        body, manifest_sha256 = signed.body, signed.sha256
         _open_payload(drop_fd, label, body["payload"]).close()
         signer = signing.load_private_key(ack_key, ack_key_passphrase)
         drop_id = body["drop_id"]
@@ -726,7 +762,7 @@ def acknowledge(
                 if _plain_target(out_fd, drop_id, ack_file):
                     raise _refuse_overwrite(drop_id, ack_file, " and is not your ack of it")
                 checkpoint = Checkpoint.parse(body["ledger"]["checkpoint"])
-                held = _held(out_fd, out_path / RECORD_NAME, checkpoint.origin)
+                held = _held(out_fd, out_path / RECORD_NAME, signing.key_id(signed.key))
                 ack = acks.build(
                     body,
                     manifest_sha256,
@@ -749,7 +785,11 @@ def _cosign(
 ) -> str | None:
     """A tlog-cosignature of the drop's checkpoint when it is the newest one witnessed: a
     cosignature says "the largest tree I have seen", so an older drop's is not cosigned."""
-    if held is None or (held.size, held.root) != (checkpoint.size, checkpoint.root_hex):
+    if held is None or (held.origin, held.size, held.root) != (
+        checkpoint.origin,
+        checkpoint.size,
+        checkpoint.root_hex,
+    ):
         return None
     name = witness.witness_name(signing.key_id(signer.public_key()))
     return witness.cosign(checkpoint.text, name, signer, when)

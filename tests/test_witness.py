@@ -108,8 +108,9 @@ def test_partner_verifies_each_extension_and_cosigns_and_the_gateway_stores_it(
     assert "consistency" not in manifest_of(first)["ledger"]  # nothing handed to them before
     got = take(workspace, first, out, ack_key=ack_key.private_path, ack_outbox=outbox(partner))
     held = Checkpoint.parse(manifest_of(first)["ledger"]["checkpoint"])
-    ((origin, seen),) = witnessed(out).items()
-    assert (origin, seen.size, seen.root) == (held.origin, held.size, held.root_hex)
+    ((sender, seen),) = witnessed(out).items()
+    assert sender == signing.key_id(signing.load_public_key(workspace.sender_key))
+    assert (seen.origin, seen.size, seen.root) == (held.origin, held.size, held.root_hex)
     assert (out / ".received.json").stat().st_mode & 0o777 == 0o600
     assert got.ack is not None and "consistency" not in got.ack["ledger"]
 
@@ -128,7 +129,7 @@ def test_partner_verifies_each_extension_and_cosigns_and_the_gateway_stores_it(
     newer = Checkpoint.parse(body["ledger"]["checkpoint"])
     assert [p["from_size"] for p in body["ledger"]["consistency"]] == [held.size]
     take(workspace, second, out, ack_key=ack_key.private_path, ack_outbox=outbox(partner))
-    assert witnessed(out)[origin].size == newer.size > held.size
+    assert witnessed(out)[sender].size == newer.size > held.size
     assert received_drops(out)[second.name]["checkpoint_size"] == newer.size
 
     # The gateway collects both acks, checks each cosignature against its own checkpoint.
@@ -196,6 +197,72 @@ def test_a_log_that_does_not_extend_what_the_partner_saw_is_refused(
     public = signing.load_public_key(workspace.sender_key)
     signing.verify(public, document, kept["manifest_signature"].encode())
     assert hashlib.sha256(document).hexdigest() == kept["manifest_sha256"]
+
+
+def test_a_log_renamed_under_a_new_origin_is_refused_reported_and_not_cosigned(
+    workspace: Workspace, partner: PartnerSftpServer, ack_key: keys.KeyPair, tmp_path: Path
+) -> None:
+    """Issue 15 finding 1: whoever holds the gateway key starts a whole new history (size 1,
+    any root, no proof) under `<origin>-v2`. Held by origin, it was a log never seen before."""
+    out = tmp_path / "received"
+    first = deliver(workspace, partner)
+    take(workspace, first, out)
+    held = Checkpoint.parse(manifest_of(first)["ledger"]["checkpoint"])
+    before = (out / ".received.json").read_bytes()
+    second = deliver(workspace, partner)
+    body = manifest_of(second)
+    key = signing.load_private_key(workspace.settings.signing_key)
+    renamed = sign_checkpoint(held.origin + "-v2", 1, hashlib.sha256(b"new history").digest(), key)
+    body["ledger"]["checkpoint"] = renamed.note
+    body["ledger"].pop("consistency", None)
+    resign(workspace, second, body)
+
+    with pytest.raises(DropRejected, match="a renamed log is a new history") as refused:
+        take(workspace, second, out, ack_key=ack_key.private_path, ack_outbox=outbox(partner))
+    assert f"{held.origin}-v2" in str(refused.value) and f"drop {first.name}" in str(refused.value)
+    assert not list(out.glob(f"{second.name}*"))  # no data, no ack, so no cosignature
+    assert not (partner.root / ACK_FOLDER / acks.ack_name(second.name)).exists()
+    assert (out / ".received.json").read_bytes() == before  # the witness did not move
+    (evidence,) = (out / EVIDENCE_FOLDER).iterdir()
+    assert json.loads(evidence.read_text())["held"]["origin"] == held.origin
+    report = partner.root / ACK_FOLDER / witness.refusal_name(second.name)
+    body_sent = json.loads(report.read_text())["body"]
+    assert (body_sent["held"]["size"], body_sent["offered"]) == (held.size, renamed.note)
+
+
+def test_a_record_keyed_by_origin_is_moved_to_the_sender_key_and_still_guards(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """A `.received.json` written before the fix (witness state keyed by log origin) is moved
+    under the sender key of the drop it came from, so the rename attack is refused there too."""
+    out = tmp_path / "received"
+    first = deliver(workspace, partner)
+    take(workspace, first, out)
+    record = json.loads((out / ".received.json").read_text())
+    ((sender, seen),) = record["witness"].items()
+    record["witness"] = {seen["origin"]: seen}  # the old layout
+    (out / ".received.json").write_text(json.dumps(record))
+    second = deliver(workspace, partner)
+    body = manifest_of(second)
+    key = signing.load_private_key(workspace.settings.signing_key)
+    body["ledger"]["checkpoint"] = sign_checkpoint(
+        seen["origin"] + "-v2", 1, hashlib.sha256(b"new").digest(), key
+    ).note
+    body["ledger"].pop("consistency", None)
+    resign(workspace, second, body)
+    with pytest.raises(DropRejected, match="a renamed log is a new history"):
+        take(workspace, second, out)
+    assert list(witnessed(out)) == [sender]
+    third = deliver(workspace, partner)  # the genuine log goes on, proven from the held size
+    take(workspace, third, out)
+    assert json.loads((out / ".received.json").read_text())["witness"].keys() == {sender}
+
+    # An old entry whose drop is not on record cannot be tied to a key: a clear refusal.
+    record = json.loads((out / ".received.json").read_text())
+    record["witness"] = {"some.log": dict(seen, drop_id="unknown-drop")}
+    (out / ".received.json").write_text(json.dumps(record))
+    with pytest.raises(DropRejected, match="cannot be tied to a sender key"):
+        take(workspace, deliver(workspace, partner), out)
 
 
 def test_a_replaced_ledger_is_refused_at_the_next_receive_and_reported_to_the_sender(

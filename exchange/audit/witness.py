@@ -6,10 +6,11 @@ checkpoint went with which drop is kept outside the database, in ``handed.jsonl`
 anchor's own files (one JSON line per manifest: drop, run, contract, recipient, tree size);
 a drop counts as handed once the ledger records its `transfer.sent`.
 
-Partner side: `Witness` keeps the newest checkpoint verified per log (its origin) and checks
-that every new one extends it, refusing a log that was rewritten, truncated or forked. A partner
-that accepted a checkpoint cosigns it in the C2SP tlog-cosignature/v1 form (Ed25519): the note
-signature line ``— <name> base64(key hash || u64 timestamp || signature)`` over
+Partner side: the partner keeps the newest checkpoint verified per sender key (never per the
+origin a checkpoint names, which the key's holder chooses) and checks that every new one is of
+the same log and extends it, refusing a log that was renamed, rewritten, truncated or forked.
+A partner that accepted a checkpoint cosigns it in the C2SP tlog-cosignature/v1 form
+(Ed25519): the note signature line ``— <name> base64(key hash || u64 timestamp || signature)`` over
 ``cosignature/v1\\ntime <timestamp>\\n`` followed by the checkpoint text, the key hash being
 SHA-256(name || 0x0A || 0x04 || public key)[:4].
 """
@@ -275,7 +276,8 @@ def check(
     drop_id: str,
     at: str,
 ) -> tuple[Checkpoint, Seen]:
-    """Check a drop's checkpoint against the one held; the checkpoint and the state to keep.
+    """Check a drop's checkpoint against the one held for its sender key; the checkpoint and
+    the state to keep (`held` must be looked up by the key, not by the checkpoint's origin).
 
     Every consistency proof the manifest carries must verify against the new root; the trees
     they start from are then proven prefixes, remembered so that an older drop received late
@@ -288,7 +290,12 @@ def check(
     history = dict(held.history) if held else {}
     if held is not None:
         if new.origin != held.origin:
-            raise ForkedLog(f"the checkpoint is of log {new.origin!r}, not {held.origin!r}")
+            raise ForkedLog(
+                f"the checkpoint is of a log named {new.origin!r}, but the sender's key signed "
+                f"log {held.origin!r} of {held.size} entries you verified (drop "
+                f"{held.drop_id}): a renamed log is a new history that cannot be shown to "
+                "extend what you saw"
+            )
         history[held.size] = held.root
         if new.size <= held.size:
             known = history.get(new.size)
