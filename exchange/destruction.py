@@ -68,14 +68,23 @@ class Destroyed:
     remote: str | None
 
 
+class _NoEndDate(ValueError):
+    """A drop's recorded retention gives no end date (hostile or damaged)."""
+
+
 def _due(facts: Mapping[str, Any], now: dt.datetime) -> bool:
+    """Whether the drop's retention has ended; _NoEndDate if its facts give no end date."""
     retention = facts.get("retention")
     if not isinstance(retention, dict) or facts.get("destroyed_at"):
         return False
     if retention.get("action") != "delete":
         return False  # archiving is the partner's own business; nothing to prove
-    created = dt.datetime.fromisoformat(str(facts["created_at"]))
-    return created + dt.timedelta(days=float(retention["days"])) <= now
+    try:
+        created = dt.datetime.fromisoformat(str(facts["created_at"]))
+        # The sender chose `days`: 1e10 overflows timedelta, nan and inf do not compare.
+        return created + dt.timedelta(days=float(retention["days"])) <= now
+    except (OverflowError, ValueError, TypeError, KeyError):
+        raise _NoEndDate() from None
 
 
 def _unlink_plain(dir_fd: int, name: str) -> str:
@@ -240,10 +249,13 @@ def expire(
     key: Ed25519PrivateKey,
     outbox: AckOutbox | None,
     now: dt.datetime,
+    on_skipped: Callable[[str], None] | None = None,
 ) -> list[Destroyed]:
     """Delete every drop received into `out_dir` whose retention has ended; sign and send a
-    receipt for each (and send again any receipt not sent before). Raises InvalidRequest if
-    `out_dir` holds no record, TransferError if an upload fails (the receipt stays to resend)."""
+    receipt for each (and send again any receipt not sent before). A drop whose recorded
+    retention gives no end date is kept, and `on_skipped` told why, so one hostile manifest
+    cannot stop every other drop being destroyed. Raises InvalidRequest if `out_dir` holds
+    no record, TransferError if an upload fails (the receipt stays to resend)."""
     from exchange.receive import RECORD_NAME, record_lock, write_file
 
     if not (out_dir / RECORD_NAME).is_file():
@@ -252,7 +264,18 @@ def expire(
     made: list[Destroyed] = []
     with record_lock(out_dir) as (out_fd, drops, save):
         for drop_id, facts in sorted(drops.items()):
-            if not is_safe_id(drop_id) or not _due(facts, now):
+            if not is_safe_id(drop_id):
+                continue
+            try:
+                if not _due(facts, now):
+                    continue
+            except _NoEndDate:
+                if on_skipped is not None:
+                    on_skipped(
+                        f"drop {drop_id} kept: its recorded retention gives no end date "
+                        "(days out of range or created_at unreadable); delete it by hand "
+                        "when the agreement says, and tell the sender"
+                    )
                 continue
             output = str(facts["output"])
             deleted = [

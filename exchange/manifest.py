@@ -32,6 +32,7 @@ MAX_BYTES = 1 << 20  # real manifests are a few kB; a cap bounds parsing and val
 FORMATS = ("csv", "parquet")
 # Days after retention ends before a drop with no destruction receipt is an incident.
 DESTRUCTION_GRACE_DAYS = 7.0
+MAX_RETENTION_DAYS = 36500  # 100 years: the schema's `retention.days` maximum
 
 # Names a partner writes files under. fullmatch, unlike a JSON Schema pattern's `$` in Python,
 # does not let a trailing newline through.
@@ -224,6 +225,12 @@ def retention_facts(contract: Contract) -> dict[str, Any] | None:
     """The agreement's retention as the partner's `expire` reads it (None if unknown)."""
     if contract.retention_days is None:
         return None
+    if contract.retention_days > MAX_RETENTION_DAYS:
+        # The partner's schema refuses more (a sender-chosen 1e10 once stopped `expire`).
+        raise ManifestError(
+            f"the agreement's retention ({contract.retention}) is longer than "
+            f"{MAX_RETENTION_DAYS} days, the most a manifest states: shorten it in the contract"
+        )
     return {
         "period": contract.retention,
         "days": contract.retention_days,

@@ -4,6 +4,7 @@ grace raises an incident; a forged receipt is a security event."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
@@ -11,13 +12,28 @@ from pathlib import Path
 import pytest
 from conftest import FOLDER, Workspace, incidents
 from test_bundle import verify
-from test_witness import ACK_FOLDER, ack_key, deliver, manifest_of, outbox, take  # noqa: F401
+from test_witness import (  # noqa: F401
+    ACK_FOLDER,
+    ack_key,
+    deliver,
+    manifest_of,
+    outbox,
+    resign,
+    take,
+)
 
 from exchange import cli, destruction, keys
 from exchange.audit import Ledger
+from exchange.contract import load_contract
 from exchange.crypto import signing
+from exchange.errors import DropRejected
 from exchange.gateway import Gateway
-from exchange.manifest import DESTRUCTION_GRACE_DAYS
+from exchange.manifest import (
+    DESTRUCTION_GRACE_DAYS,
+    MAX_RETENTION_DAYS,
+    ManifestError,
+    retention_facts,
+)
 from exchange.receive import received_drops
 from exchange.sandbox import PartnerSftpServer
 
@@ -152,3 +168,68 @@ def test_a_forged_receipt_is_rejected_as_a_security_event(
     (rejected,) = entries(workspace, "destruction.rejected")
     assert rejected["security_event"] is True and "does not verify" in rejected["reason"]
     assert (partner.root / FOLDER / drop.name).is_dir()
+
+
+def test_a_retention_with_no_end_date_does_not_stop_other_drops_being_destroyed(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    ack_key: keys.KeyPair,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 15 finding 2: `retention.days: 1e10`, recorded from a signed manifest before the
+    schema capped it, made every `partner expire` die with OverflowError."""
+    out = tmp_path / "received"
+    hostile, honest = deliver(workspace, partner), deliver(workspace, partner)
+    take(workspace, hostile, out)
+    take(workspace, honest, out)
+    record = json.loads((out / ".received.json").read_text())
+    record["drops"][hostile.name]["retention"]["days"] = 1e10
+    (out / ".received.json").write_text(json.dumps(record))
+    facts = manifest_of(honest)
+    late = dt.datetime.fromisoformat(facts["created_at"]) + dt.timedelta(
+        days=facts["retention"]["days"] + 1
+    )
+
+    assert expire_at(out, ack_key.private_path, late) == cli.OK
+    said = capsys.readouterr()
+    assert f"drop {honest.name} destroyed" in said.out
+    assert f"drop {hostile.name} kept: its recorded retention gives no end date" in said.err
+    drops = received_drops(out)
+    assert drops[honest.name]["destroyed_at"] == late.isoformat(timespec="seconds")
+    assert "destroyed_at" not in drops[hostile.name]
+    assert (out / drops[hostile.name]["output"]).is_file() and hostile.is_dir()
+    assert not (out / drops[honest.name]["output"]).exists() and not honest.exists()
+
+
+@pytest.mark.parametrize("days", [1e10, 36500.5, -1])
+def test_a_manifest_whose_retention_no_date_can_hold_is_refused_at_receive(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path, days: float
+) -> None:
+    """The gateway key's holder re-signs a manifest with an absurd retention: refused, with
+    the place named, before anything is recorded; 100 years (36500 days) is the cap."""
+    drop = deliver(workspace, partner)
+    body = manifest_of(drop)
+    body["retention"]["days"] = days
+    resign(workspace, drop, body)
+    with pytest.raises(DropRejected, match=r"schema at /retention/days \((maximum|minimum)\)"):
+        take(workspace, drop, tmp_path / "received")
+    assert received_drops(tmp_path / "received") == {}
+
+
+def test_the_retention_cap_is_one_number_in_both_schemas_and_the_sender(
+    workspace: Workspace,
+) -> None:
+    """Both schema copies cap `retention.days` at the same number the sender refuses above."""
+    root = Path(__file__).resolve().parents[1]
+    for path in (
+        root / "exchange" / "manifest.schema.json",
+        root / "docs" / "manifest.schema.json",
+    ):
+        days = json.loads(path.read_text())["properties"]["retention"]["properties"]["days"]
+        assert days["maximum"] == MAX_RETENTION_DAYS == 36500, path
+    contract = load_contract(workspace.contract)
+    too_long = dataclasses.replace(contract, retention_days=MAX_RETENTION_DAYS + 1.0)
+    with pytest.raises(ManifestError, match="longer than 36500 days"):
+        retention_facts(too_long)
+    assert retention_facts(dataclasses.replace(contract, retention_days=365.0))["days"] == 365.0

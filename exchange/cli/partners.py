@@ -108,7 +108,9 @@ def cmd_partner_expire(args: argparse.Namespace) -> int:
         raise InvalidRequest("--at needs a time zone, e.g. 2027-01-01T00:00:00+00:00")
     key = load_private_key(args.key, passphrase(args))
     outbox = _outbox(args.connection, args.folder) if args.connection else None
-    done = expire(args.out, key=key, outbox=outbox, now=now)
+    done = expire(
+        args.out, key=key, outbox=outbox, now=now, on_skipped=lambda why: error("warning", why)
+    )
     for item in done:
         where = f"sent to {item.remote}" if item.remote else "kept to send (no --connection)"
         say(f"drop {item.drop_id} destroyed; signed receipt {item.receipt.name} {where}")
