@@ -109,6 +109,27 @@ def _period(since: str | None, until: str | None) -> tuple[dt.date, dt.date]:
     return start, end
 
 
+def dag_id(contract_id: str) -> str:
+    """The DAG dags/ makes for a (loadable, so safely named) contract."""
+    return f"exchange__{contract_id}"
+
+
+def _airflow_schedule(contract_ids: list[str]) -> dict[str, str]:
+    """Per contract id, what Airflow's metadata database says of its DAG's next run."""
+    from airflow.models.dag import DagModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    names = {dag_id(c): c for c in contract_ids}
+    found = {c: "No DAG in Airflow yet" for c in contract_ids}
+    with create_session() as session:
+        for dag in session.scalars(select(DagModel).where(DagModel.dag_id.in_(names))):
+            when = dag.next_dagrun_create_after
+            nxt = f"next run {when:%Y-%m-%d %H:%M} UTC" if when else "no next run"
+            found[names[dag.dag_id]] = f"Paused in Airflow ({nxt})" if dag.is_paused else nxt
+    return found
+
+
 @app.get("/", response_class=HTMLResponse, name="register")
 def register_page(
     request: Request, user: Viewer, since: str | None = None, until: str | None = None
@@ -117,6 +138,9 @@ def register_page(
     start, end = _period(since, until)
     built = data.report(settings, start, end)
     rows = data.register(settings, dt.date.today(), built)
+    runs = _airflow_schedule([row["id"] for row in rows if not row["invalid"]])
+    for row in rows:
+        row["next_run"] = runs.get(row.get("id", ""), "")
     return _page(request, "register.html", user, rows=rows, since=start, until=end)
 
 

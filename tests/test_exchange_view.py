@@ -134,7 +134,7 @@ def served(history: History, tmp_path: Path, vendored: None) -> Iterator[Served]
         "PYTHONPATH": str(ROOT),
         "AIRFLOW_HOME": str(home),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(home / "plugins"),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "auditor:viewer,clerk:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
@@ -145,6 +145,11 @@ def served(history: History, tmp_path: Path, vendored: None) -> Iterator[Served]
         [AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, check=False
     )
     assert migrate.returncode == 0, migrate.stderr[-2000:]
+    # The agreements' DAGs in the metadata database, as the DAG processor would leave them.
+    parsed = subprocess.run(
+        [AIRFLOW, "dags", "reserialize"], env=env, capture_output=True, text=True, check=False
+    )
+    assert parsed.returncode == 0, parsed.stderr[-2000:]
     log = home / "api-server.log"
     with log.open("w") as out:
         server = subprocess.Popen(
@@ -282,6 +287,8 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
     assert "Approved" in row_html and "Ivy Officer (IG)" in row_html
     assert history.drops[-1] in row_html  # the last drop
     assert "Anyshire County Council" in row_html
+    assert "every day at 02:00 UTC" in row_html
+    assert re.search(r"Paused in Airflow \(next run \d{4}-\d\d-\d\d 02:00 UTC\)", row_html)
 
     # Edited since its approval (not re-approved): the page gives the changes and the verdict
     # `exchange contract diff` gives, and the register the status and the review tag.
@@ -457,3 +464,15 @@ def test_a_tarball_that_is_not_the_pinned_one_is_refused_before_unpacking(
     with pytest.raises(vendor_frontend.VendorError, match="is not the pinned"):
         vendor_frontend.tarball("govuk-frontend", offline=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == [forged.name]  # nothing unpacked
+
+
+def test_the_register_names_the_dag_that_dags_makes_for_an_agreement(workspace: Workspace) -> None:
+    from exchange_airflow.app import dag_id
+
+    sys.path.insert(0, str(ROOT / "dags"))
+    try:
+        import contract_outline
+    finally:
+        sys.path.remove(str(ROOT / "dags"))
+    contract = load_contract(workspace.contract)
+    assert contract_outline.outline(workspace.contract).dag_id == dag_id(contract.id)
