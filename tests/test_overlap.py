@@ -57,6 +57,23 @@ def test_the_queue_bounds_how_far_the_producer_runs_ahead_and_stops_it_early() -
     assert len(made) < 10
 
 
+def test_the_bytes_bound_holds_back_the_producer_but_always_lets_one_item_through() -> None:
+    made: list[int] = []
+
+    def produce() -> Iterator[int]:
+        for size in (40, 40, 40, 500, 10):
+            made.append(size)
+            yield size
+
+    with background(produce, depth=100, weigh=lambda size: size, max_bytes=100) as items:
+        assert next(items) == 40
+        threading.Event().wait(0.3)
+        # queued: 40 + 40; the 500 waits, as it would take the queue past 100 bytes
+        assert made == [40, 40, 40, 500]
+        rest = list(items)
+    assert rest == [40, 40, 500, 10]  # the 500-byte item alone is over the bound, yet passes
+
+
 def test_subject_hashes_by_batch_equal_the_whole_drop_hashed_at_once() -> None:
     key = bytes(range(32))
     batches = [pa.array(["a", "b", None]), pa.array(["b", "c"]), pa.array([None, "a", "d"])]
@@ -67,3 +84,18 @@ def test_subject_hashes_by_batch_equal_the_whole_drop_hashed_at_once() -> None:
     assert taken.nulls == nulls == 2
     assert taken.distinct().tobytes() == whole.tobytes()
     assert len(whole) == 4
+
+
+def test_subject_hashes_in_pieces_are_the_sorted_distinct_hashes_of_the_whole_drop() -> None:
+    """Many batches, repeats across them: the pieces (one per leading byte) join up in order."""
+    key = bytes(range(32, 64))
+    batches = [pa.array([f"id{(i * 7919 + j) % 5000}" for j in range(700)]) for i in range(12)]
+    taken = SubjectHashes(key)
+    for batch in batches:
+        taken.add(batch)
+    pieces = list(taken.ordered())
+    whole, _ = sorted_hashes(key, pa.chunked_array(batches))
+    assert 100 < len(pieces) <= 256  # sorted a leading byte at a time
+    assert all(len(piece) for piece in pieces)
+    assert b"".join(piece.tobytes() for piece in pieces) == whole.tobytes()
+    assert len(whole) == len(set(pa.chunked_array(batches).to_pylist()))

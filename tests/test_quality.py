@@ -203,6 +203,22 @@ def test_gate_passes_clean_minimised_data(contract: Contract, clean: pa.Table) -
     assert gate.failures == []
 
 
+def test_gate_windows_close_at_their_byte_bound(contract: Contract, clean: pa.Table) -> None:
+    """Wide rows close a window before its row count: memory follows bytes, not rows."""
+    batches = clean.to_batches(max_chunksize=40)
+    gate = QualityGate(contract, window_rows=10_000, window_bytes=batches[0].nbytes + 1)
+    first = gate.add(batches[0])
+    assert first == []  # under both bounds
+    second = gate.add(batches[1])
+    assert sum(b.num_rows for b in second) == batches[0].num_rows + batches[1].num_rows
+    released = second
+    for batch in batches[2:]:
+        released += gate.add(batch)
+    released += gate.finish()
+    assert pa.Table.from_batches(released).equals(clean)
+    assert gate.rows == ROWS
+
+
 @pytest.mark.parametrize(
     ("column", "value", "kind", "secret"),
     [

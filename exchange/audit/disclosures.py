@@ -20,8 +20,8 @@ only after checking every delivered drop's rows against those entries: a forged,
 deleted row anywhere (which could hide or invent a recipient) refuses the answer.
 
 Bulk insertion uses COPY (binary) on PostgreSQL and, on SQLite (where the table is WITHOUT
-ROWID so the primary key is the table), one INSERT per million hashes that cuts a bound blob
-into rows inside SQLite.
+ROWID so the primary key is the table), one INSERT per piece of sorted hashes (a leading
+byte's worth, at most a million) that cuts a bound blob into rows inside SQLite.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +68,8 @@ __all__ = [
 
 MIN_KEY_BYTES = 32
 SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large index
+_BUCKET_BITS = 8  # SubjectHashes.ordered sorts the hashes one leading byte at a time
+_BUCKETS = 1 << _BUCKET_BITS
 _PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _PG_TRAILER = b"\xff\xff"
 _PG_ROW = np.dtype(
@@ -175,16 +177,35 @@ class SubjectHashes:
 
     def distinct(self) -> np.ndarray:
         """Every distinct hash so far in ascending byte order, as `sorted_hashes` gives them."""
-        parts, self._parts = self._parts, []
-        # Big-endian, as sorted_hashes gives them (concatenate would otherwise go native).
-        words = np.concatenate(parts, dtype=">u8") if parts else np.empty((0, 2), dtype=">u8")
-        if len(parts) > 1:  # each part is sorted and distinct already
+        words = np.concatenate([*self.ordered(), np.empty((0, 2), dtype=">u8")], dtype=">u8")
+        self._parts = [words]
+        return words
+
+    def ordered(self) -> Iterator[np.ndarray]:
+        """The distinct hashes in ascending byte order, in pieces (one per leading byte).
+
+        Each batch's part is sorted already; sorting the run's hashes one leading byte at a
+        time needs 1/256 of them in extra memory, where one sort of all would need three times
+        them (an index, a gathered copy and the concatenation)."""
+        parts = [part for part in self._parts if len(part)]
+        if len(parts) <= 1:  # sorted and distinct already
+            yield from parts
+            return
+        edges = np.arange(1, _BUCKETS, dtype=np.uint64) << np.uint64(64 - _BUCKET_BITS)
+        cuts = [
+            np.concatenate(([0], np.searchsorted(part[:, 0], edges), [len(part)])) for part in parts
+        ]
+        for bucket in range(_BUCKETS):
+            pieces = [part[c[bucket] : c[bucket + 1]] for part, c in zip(parts, cuts, strict=True)]
+            # Big-endian, as sorted_hashes gives them (concatenate would otherwise go native).
+            words = np.concatenate(pieces, dtype=">u8")
+            if not len(words):
+                continue
             words = words[np.lexsort((words[:, 1], words[:, 0]))]
             repeat = np.all(words[1:] == words[:-1], axis=1)
             if repeat.any():  # a subject in two batches is recorded once
                 words = words[np.concatenate(([True], ~repeat))]
-        self._parts = [words]
-        return words
+            yield words
 
 
 class Disclosures:
@@ -235,13 +256,14 @@ class Disclosures:
         again replaces its earlier record while it is not yet marked sent (a retried prepare);
         LedgerError once it has been sent, or if the hashes were taken under another key.
         """
+        pieces: Iterable[np.ndarray]
         if isinstance(subjects, SubjectHashes):
             if subjects.key != self.key:
                 raise LedgerError("subject hashes were taken under another disclosure key")
-            hashes, nulls = subjects.distinct(), subjects.nulls
+            pieces, nulls = subjects.ordered(), subjects.nulls
         else:
             hashes, nulls = sorted_hashes(self.key, subjects)
-        digest = hashlib.sha256(hashes.tobytes()).hexdigest()
+            pieces = [hashes]
         values = {
             "drop_id": disclosure.drop_id,
             "run_id": disclosure.run_id,
@@ -253,8 +275,8 @@ class Disclosures:
             "fields": json.dumps(list(disclosure.fields), ensure_ascii=False),
             "sent_at": _iso(disclosure.sent_at),
             "recorded_at": _iso(self.clock()),
-            "subjects": len(hashes),
-            "digest": digest,
+            "subjects": 0,  # set below, in the same transaction, once the hashes are in
+            "digest": "",
             "key_id": key_id(self.key),
         }
         with writer(self.engine).begin() as conn:
@@ -271,12 +293,30 @@ class Disclosures:
             transfer_id = conn.execute(
                 transfers.insert().values(**values).returning(transfers.c.id)
             ).scalar_one()
+            # The digest and count are taken from the pieces as they are inserted, in order.
+            sha = hashlib.sha256()
+            count = 0
+
+            def taken() -> Iterator[np.ndarray]:
+                nonlocal count
+                for piece in pieces:
+                    sha.update(piece.tobytes())
+                    count += len(piece)
+                    yield piece
+
             raw = conn.connection.driver_connection
             if self._postgres:
-                _copy_postgres(raw, hashes, transfer_id)
+                _copy_postgres(raw, taken(), transfer_id)
             else:
-                _insert_sqlite(raw, hashes, transfer_id)
-        return Recorded(disclosure.drop_id, len(hashes), nulls, digest, key_id(self.key))
+                for piece in taken():
+                    _insert_sqlite(raw, piece, transfer_id)
+            digest = sha.hexdigest()
+            conn.execute(
+                transfers.update()
+                .where(transfers.c.id == transfer_id)
+                .values(subjects=count, digest=digest)
+            )
+        return Recorded(disclosure.drop_id, count, nulls, digest, key_id(self.key))
 
     def mark_sent(self, drop_id: str, sent_at: dt.datetime) -> None:
         """Record that a prepared drop was delivered; LedgerError if the drop is unknown."""
@@ -465,16 +505,17 @@ def _insert_sqlite(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:
         )
 
 
-def _copy_postgres(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:
+def _copy_postgres(raw: Any, pieces: Iterable[np.ndarray], transfer_id: int) -> None:
     with raw.cursor() as cursor:
         statement = "COPY disclosures (subject_hash, transfer_id) FROM STDIN (FORMAT BINARY)"
         with cursor.copy(statement) as copy:
             copy.write(_PG_SIGNATURE)
-            for start in range(0, len(hashes), HASH_CHUNK):
-                chunk = hashes[start : start + HASH_CHUNK]
-                rows = np.empty(len(chunk), dtype=_PG_ROW)
-                rows["fields"], rows["hash_len"], rows["id_len"] = 2, HASH_BYTES, 4
-                rows["hash"] = np.ascontiguousarray(chunk).view("V16").reshape(-1)
-                rows["id"] = transfer_id
-                copy.write(rows.tobytes())
+            for hashes in pieces:
+                for start in range(0, len(hashes), HASH_CHUNK):
+                    chunk = hashes[start : start + HASH_CHUNK]
+                    rows = np.empty(len(chunk), dtype=_PG_ROW)
+                    rows["fields"], rows["hash_len"], rows["id_len"] = 2, HASH_BYTES, 4
+                    rows["hash"] = np.ascontiguousarray(chunk).view("V16").reshape(-1)
+                    rows["id"] = transfer_id
+                    copy.write(rows.tobytes())
             copy.write(_PG_TRAILER)

@@ -4,7 +4,8 @@ Reading and minimising (pyarrow's reader and compute kernels release the GIL) th
 with validating, encoding and encrypting, so a run uses a second core. The queue is bounded,
 so memory stays at `depth` items however large the input. An exception in the producer is
 raised again, unchanged, in the consumer; a consumer that stops early (a quality failure, a
-cancelled run) stops the producer at its next item.
+cancelled run) stops the producer at its next item. With `weigh`, the items waiting are also
+bounded in bytes (Arrow batches differ in size with the source's rows), one item always passes.
 """
 
 from __future__ import annotations
@@ -32,16 +33,37 @@ class _Failed:
 
 
 class _Handover(Generic[T]):
-    def __init__(self, produce: Callable[[], Iterable[T]], depth: int) -> None:
-        self._queue: queue.Queue[T | _End | _Failed] = queue.Queue(maxsize=depth)
+    def __init__(
+        self,
+        produce: Callable[[], Iterable[T]],
+        depth: int,
+        weigh: Callable[[T], int] | None = None,
+        max_bytes: int = 0,
+    ) -> None:
+        self._queue: queue.Queue[tuple[T | _End | _Failed, int]] = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
         self._produce = produce
+        self._weigh = weigh
+        self._max_bytes = max_bytes
+        self._waiting_bytes = 0  # bytes of the items queued, guarded by _room
+        self._room = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="exchange-producer", daemon=True)
 
     def _put(self, item: T | _End | _Failed) -> bool:
+        size = 0
+        if self._weigh is not None and not isinstance(item, (_End, _Failed)):
+            size = self._weigh(item)
+            with self._room:
+                while (
+                    self._waiting_bytes
+                    and self._waiting_bytes + size > self._max_bytes
+                    and not self._stop.is_set()
+                ):
+                    self._room.wait(_POLL_SECONDS)
+                self._waiting_bytes += size
         while not self._stop.is_set():
             try:
-                self._queue.put(item, timeout=_POLL_SECONDS)
+                self._queue.put((item, size), timeout=_POLL_SECONDS)
                 return True
             except queue.Full:
                 continue
@@ -65,7 +87,11 @@ class _Handover(Generic[T]):
 
     def items(self) -> Iterator[T]:
         while True:
-            item = self._queue.get()
+            item, size = self._queue.get()
+            if size:
+                with self._room:
+                    self._waiting_bytes -= size
+                    self._room.notify()
             if isinstance(item, _End):
                 return
             if isinstance(item, _Failed):
@@ -78,11 +104,18 @@ class _Handover(Generic[T]):
 
 
 @contextmanager
-def background(produce: Callable[[], Iterable[T]], *, depth: int = 8) -> Iterator[Iterator[T]]:
-    """Iterate over `produce()` run in a thread, at most `depth` items ahead of the consumer.
+def background(
+    produce: Callable[[], Iterable[T]],
+    *,
+    depth: int = 8,
+    weigh: Callable[[T], int] | None = None,
+    max_bytes: int = 0,
+) -> Iterator[Iterator[T]]:
+    """Iterate over `produce()` run in a thread, at most `depth` items ahead of the consumer,
+    and, given `weigh` (an item's size), at most `max_bytes` of them (or one bigger item).
 
     On leaving the block the producer is stopped and joined, so nothing runs on after it."""
-    handover = _Handover(produce, depth)
+    handover = _Handover(produce, depth, weigh, max_bytes)
     handover._thread.start()
     try:
         yield handover.items()

@@ -43,8 +43,10 @@ from exchange.sources.subset import ChangedSince
 from exchange.types import arrow_type
 
 # Minimised batches (one CSV block of the source each, ~0.5 MB minimised) waiting to be
-# validated: enough to keep reading while Great Expectations is imported, and no more.
+# validated: enough to keep reading while Great Expectations is imported, and no more. The
+# bytes bound holds memory flat when a source's rows (so its batches) are wide.
 QUEUE_BATCHES = 32
+QUEUE_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,9 @@ def _encrypt(
 
     name = manifest.payload_name(fmt)
     with (
-        background(minimised, depth=QUEUE_BATCHES) as batches,
+        background(
+            minimised, depth=QUEUE_BATCHES, weigh=_batch_bytes, max_bytes=QUEUE_BYTES
+        ) as batches,
         open_private(staging / name) as handle,
     ):
         sink = HashingWriter(handle)
@@ -268,6 +272,10 @@ def _encrypt(
         cipher=age.NAME,
         recipients=contract.recipient_keys,
     )
+
+
+def _batch_bytes(batch: pa.RecordBatch) -> int:
+    return int(batch.nbytes)
 
 
 def _record_disclosures(
