@@ -2,12 +2,18 @@
 """Check an exchange audit bundle (exchange-audit-bundle/1) offline and say what it proves.
 
     python3 verify_bundle.py BUNDLE.json [--gateway-key gateway.key.pub]
+        [--partner-key NAME=partner.key.pub ...] [--approvers approvers.json]
 
 Needs only Python 3.11+ and the `cryptography` package; it does not import the gateway's code,
-and everything it checks is described in docs/formats.md, so anyone can write their own. Give
---gateway-key (the key the provider published) to pin the gateway's key instead of trusting
-the one inside the bundle. Exit status 0: every check passed; 1: something failed (each
-failure is printed); 2: the file is not a bundle.
+and everything it checks is described in docs/formats.md, so anyone can write their own. The
+bundle carries the keys its signatures are checked with, and whoever made it could have put
+their own there: pin them from sources you trust. --gateway-key is the key the provider
+published; --partner-key (repeatable) a partner's acknowledgement key, under a name you choose;
+--approvers a copy of the operator's approvers file ({"approvers": [{"name", "key"}],
+"revoked": [key ids]}). A key the bundle lists that differs from the ones pinned is a failure;
+keys not pinned are said to be taken from the bundle. Exit status 0: every check passed; 1:
+something failed (each failure is printed); 2: the file is not a bundle, or a key file is
+unreadable.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 FORMAT = "exchange-audit-bundle/1"
 DASH = "\u2014 "
+
+
+Pinned = dict[str, tuple[str, Ed25519PublicKey]]  # key id -> (name, key)
 
 
 class Bad(Exception):
@@ -170,14 +179,34 @@ def entry_hash(e: dict[str, Any]) -> str:
 class Check:
     """Runs every check, collecting failures and what was proven."""
 
-    def __init__(self, bundle: dict[str, Any], pinned: Ed25519PublicKey | None) -> None:
+    def __init__(
+        self,
+        bundle: dict[str, Any],
+        pinned: Ed25519PublicKey | None,
+        partner_pins: Pinned | None = None,
+        approver_pins: tuple[Pinned, set[str]] | None = None,
+    ) -> None:
         self.b = bundle
         self.failures: list[str] = []
         self.proven: list[str] = []
         self.gateway = pinned or ssh_key(bundle["gateway"]["key"])
         if pinned is not None and raw(pinned) != raw(ssh_key(bundle["gateway"]["key"])):
             self.failures.append("the bundle names another gateway key than the one pinned")
-        self.partners = {key_id(k): k for k in map(ssh_key, bundle.get("partners", []))}
+        listed = {key_id(k): k for k in map(ssh_key, bundle.get("partners", []))}
+        self.partner_names: dict[str, str] = {}
+        self.partners_from = "the bundle's partner keys"
+        self.partners = listed
+        if partner_pins is not None:
+            # Only the keys the auditor pinned are believed; the bundle's list must agree.
+            self.partners = {kid: key for kid, (_, key) in partner_pins.items()}
+            self.partner_names = {kid: name for kid, (name, _) in partner_pins.items()}
+            self.partners_from = "the partner keys you pinned"
+            for kid in sorted(set(listed) - set(self.partners)):
+                self.failures.append(
+                    f"partners: the bundle lists partner key {kid}, which you did not pin "
+                    "with --partner-key"
+                )
+        self.approver_pins = approver_pins
 
     def run(self, what: str, step: Any) -> Any:
         try:
@@ -211,7 +240,7 @@ class Check:
         kept = body["ack"]
         key = self.partners.get(kept["body"]["key_id"])
         if key is None:
-            raise Bad("signed by a key that is not among the bundle's partner keys")
+            raise Bad(f"signed by a key that is not among {self.partners_from}")
         try:
             if "signature" in kept:
                 key.verify(base64.b64decode(kept["signature"]), canonical(kept["body"]))
@@ -230,7 +259,7 @@ class Check:
         _, csize, croot, text = open_checkpoint(c["note"], self.gateway)
         key = self.partners.get(c["key_id"])
         if key is None:
-            raise Bad("cosigned by a key that is not among the bundle's partner keys")
+            raise Bad(f"cosigned by a key that is not among {self.partners_from}")
         name = "exchange-partner/" + c["key_id"].removeprefix("ed25519:")
         if c["witness"] != name:
             raise Bad("the witness name does not match its key")
@@ -238,7 +267,7 @@ class Check:
         proof = [bytes.fromhex(h) for h in c["consistency"]]
         if not consistency_ok(csize, size, croot, root, proof):
             raise Bad(f"the cosigned tree of size {csize} is not a prefix of the signed tree")
-        return name, csize, stamp
+        return self.partner_names.get(c["key_id"], name), csize, stamp
 
     def contract(self, v: dict[str, Any], approvers: dict[str, tuple[str, Any]]) -> list[str]:
         sha = v["sha256"]
@@ -251,6 +280,11 @@ class Check:
             who = approvers.get(body["key_id"])
             if who is None:
                 raise Bad(f"version {sha[:12]}: approved by a key not among the approvers")
+            if self.approver_pins is not None and body["key_id"] in self.approver_pins[1]:
+                raise Bad(
+                    f"version {sha[:12]}: approved by {who[0]}, whose key your approvers file "
+                    "revokes"
+                )
             try:
                 who[1].verify(base64.b64decode(envelope["signature"]), canonical(body))
             except InvalidSignature:
@@ -291,7 +325,8 @@ class Check:
                 if got is not None:
                     acked.append(got)
         self.proven.append(
-            f"{len(acked)} acknowledgements signed by the partner: {', '.join(acked) or 'none'}"
+            f"{len(acked)} acknowledgements signed by the partner (with {self.partners_from}): "
+            f"{', '.join(acked) or 'none'}"
         )
         receipts = []
         for e, body in bodies:
@@ -300,7 +335,10 @@ class Check:
                 if got is not None:
                     receipts.append(got)
         if receipts:
-            self.proven.append(f"{len(receipts)} destruction receipts: {', '.join(receipts)}")
+            self.proven.append(
+                f"{len(receipts)} destruction receipts: {', '.join(receipts)} (signed "
+                f"with {self.partners_from})"
+            )
         for e, body in bodies:
             if e["event"] == "witness.refused" and "report" in body:
                 got = self.run(f"refusal in entry {e['seq']}", lambda b=body: self.refusal(b))
@@ -313,17 +351,32 @@ class Check:
                     f"partner {got[0]} cosigned the log at {got[1]} entries (time {got[2]}), "
                     "a prefix of the signed log"
                 )
-        approvers = {}
+        approvers: Pinned = {}
         for a in self.b.get("approvers", []):
             key = self.run(f"approver {a.get('name')}", lambda a=a: ssh_key(a["key"]))
             if key is not None:
                 approvers[key_id(key)] = (a["name"], key)
+        source = "approvers from the bundle"
+        if self.approver_pins is not None:
+            pins = self.approver_pins[0]
+            for kid, (name, _) in sorted(approvers.items()):
+                if kid not in pins:
+                    self.failures.append(
+                        f"approvers: the bundle lists approver {name!r} with key {kid}, which "
+                        "is not in your approvers file"
+                    )
+                elif pins[kid][0] != name:
+                    self.failures.append(
+                        f"approvers: the bundle names key {kid} {name!r}; your approvers file "
+                        f"names it {pins[kid][0]!r}"
+                    )
+            approvers, source = pins, "approvers from your file"
         for v in self.b.get("contracts", []):
             by = self.run("contract", lambda v=v: self.contract(v, approvers))
             if by is not None:
                 text = "text included" if v["canonical"] else "text not included"
                 self.proven.append(
-                    f"contract version {v['sha256'][:12]} ({text}) approved by: "
+                    f"contract version {v['sha256'][:12]} ({text}, {source}) approved by: "
                     + ("; ".join(by) or "no approval in the bundle")
                 )
 
@@ -332,7 +385,7 @@ class Check:
         kept = body["report"]
         key = self.partners.get(kept["body"]["key_id"])
         if key is None:
-            raise Bad("signed by a key that is not among the bundle's partner keys")
+            raise Bad(f"signed by a key that is not among {self.partners_from}")
         try:
             key.verify(base64.b64decode(kept["signature"]), canonical(kept["body"]))
         except InvalidSignature:
@@ -353,7 +406,7 @@ class Check:
         kept = body["receipt"]
         key = self.partners.get(kept["body"]["key_id"])
         if key is None:
-            raise Bad("signed by a key that is not among the bundle's partner keys")
+            raise Bad(f"signed by a key that is not among {self.partners_from}")
         try:
             key.verify(base64.b64decode(kept["signature"]), canonical(kept["body"]))
         except InvalidSignature:
@@ -361,17 +414,63 @@ class Check:
         return f"{kept['body']['drop_id']} destroyed at {kept['body']['destroyed_at']}"
 
 
+def partner_pins(values: list[str]) -> Pinned:
+    """--partner-key NAME=FILE options: key id -> (name, key)."""
+    pins: Pinned = {}
+    for value in values:
+        name, sep, file = value.partition("=")
+        if not sep or not name or not file:
+            raise Bad(f"--partner-key {value!r}: give NAME=FILE")
+        try:
+            key = ssh_key(Path(file).read_text("utf-8"))
+        except (OSError, ValueError, UnicodeDecodeError):
+            raise Bad(
+                f"--partner-key {name}: {file} is not a readable OpenSSH public key"
+            ) from None
+        pins[key_id(key)] = (name, key)
+    return pins
+
+
+def approver_pins(path: Path) -> tuple[Pinned, set[str]]:
+    """The operator's approvers file: key id -> (name, key), and the revoked key ids."""
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+        pins = {}
+        for a in doc["approvers"]:
+            key = ssh_key(a["key"])
+            pins[key_id(key)] = (str(a["name"]), key)
+        return pins, {str(r) for r in doc.get("revoked", [])}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError, Bad):
+        raise Bad(f"--approvers {path}: not a readable approvers file") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("bundle", type=Path)
     parser.add_argument("--gateway-key", type=Path, help="the gateway's published public key")
+    parser.add_argument(
+        "--partner-key",
+        action="append",
+        default=[],
+        metavar="NAME=FILE",
+        help="a partner's public key you trust (repeat for each key)",
+    )
+    parser.add_argument(
+        "--approvers", type=Path, help="a trusted copy of the operator's approvers JSON file"
+    )
     args = parser.parse_args(argv)
+    try:
+        partners = partner_pins(args.partner_key) if args.partner_key else None
+        approvers = approver_pins(args.approvers) if args.approvers else None
+    except Bad as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
     try:
         bundle = json.loads(args.bundle.read_text("utf-8"))
         if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
             raise ValueError
         pinned = ssh_key(args.gateway_key.read_text()) if args.gateway_key else None
-        check = Check(bundle, pinned)
+        check = Check(bundle, pinned, partners, approvers)
     except (OSError, ValueError, KeyError, TypeError, Bad):
         print(f"not an {FORMAT} file (or an unreadable key): {args.bundle}", file=sys.stderr)
         return 2
@@ -381,6 +480,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  proven: {line}")
     if not args.gateway_key:
         print("  note: the gateway key was taken from the bundle; pin it with --gateway-key")
+    if partners is None:
+        print(
+            "  note: the partner keys were taken from the bundle, so what they are said to have "
+            "signed is only as trustworthy as the bundle's maker; pin them with "
+            "--partner-key NAME=FILE"
+        )
+    if approvers is None:
+        print(
+            "  note: the approvers' keys were taken from the bundle, so the approvals are only "
+            "as trustworthy as the bundle's maker; check them with --approvers FILE (a copy of "
+            "the operator's approvers file you trust)"
+        )
     print("  note: inclusion proves each entry is in the log, not that none was left out")
     for line in check.failures:
         print(f"  FAILED: {line}")

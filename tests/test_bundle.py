@@ -205,3 +205,106 @@ def test_the_verifiers_merkle_checks_agree_with_the_gateways() -> None:
                 bad = list(proof)
                 bad[(n + m) % len(bad)] = b"\x00" * 32
                 assert not script.consistency_ok(m, n, old, root, bad)
+
+
+def _forge_with_own_keys(doc: dict[str, Any]) -> tuple[str, str]:
+    """What the bundle's maker can do without touching the signed log: list a partner key of
+    its own and cosign a genuine checkpoint with it, and list an "Ivy Officer (IG)" of its own
+    whose key signs every approval. Returns the two forged key ids."""
+    import datetime as dt
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from exchange.audit import witness
+    from exchange.crypto import signing
+
+    def line(key: Ed25519PrivateKey) -> str:
+        public = key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        return public.decode()
+
+    partner, officer = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    partner_id, officer_id = (signing.key_id(k.public_key()) for k in (partner, officer))
+    doc["partners"].append(line(partner))
+    genuine = doc["cosigned"][0]
+    kept = [s for s in genuine["note"].rstrip("\n").split("\n") if "exchange-partner/" not in s]
+    note = "\n".join(kept) + "\n"
+    text = note[: note.rfind("\n\n") + 1]
+    name = witness.witness_name(partner_id)
+    when = dt.datetime(2026, 11, 24, tzinfo=dt.UTC)
+    doc["cosigned"].append(
+        {
+            "note": witness.cosigned_note(note, witness.cosign(text, name, partner, when)),
+            "witness": name,
+            "key_id": partner_id,
+            "consistency": genuine["consistency"],
+        }
+    )
+    doc["approvers"] = [{"name": "Ivy Officer (IG)", "key": line(officer)}]
+    for version in doc["contracts"]:
+        for envelope in version["approvals"]:
+            envelope["body"]["key_id"] = officer_id
+            material = json.dumps(
+                envelope["body"], sort_keys=True, separators=(",", ":"), ensure_ascii=False
+            )
+            envelope["signature"] = base64.b64encode(officer.sign(material.encode())).decode()
+    return partner_id, officer_id
+
+
+def test_keys_taken_from_the_bundle_are_said_so_and_pinned_keys_catch_a_forgery(
+    bundle: Path,
+    workspace: Workspace,
+    ack_key: keys.KeyPair,  # noqa: F811
+) -> None:
+    """Issue 15 finding 3: the partner and approver keys came from the bundle itself, so its
+    maker could "prove" a cosignature and approvals with keys of its own."""
+    gateway = ("--gateway-key", str(workspace.sender_key))
+    pins = ("--partner-key", f"Early Help={ack_key.public_path}")
+    approvers = ("--approvers", str(workspace.settings.approvers))
+    done = verify(bundle, *gateway, *pins, *approvers)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "2 acknowledgements signed by the partner (with the partner keys you pinned)" in (
+        done.stdout
+    )
+    assert done.stdout.count("partner Early Help cosigned the log at") == 2
+    assert "approvers from your file) approved by: Ivy Officer (IG) on" in done.stdout
+    assert "taken from the bundle" not in done.stdout
+
+    doc = json.loads(bundle.read_text())
+    partner_id, officer_id = _forge_with_own_keys(doc)
+    bundle.write_text(json.dumps(doc))
+    # Unpinned, the forgery cannot be told from the truth, and the verifier says so.
+    trusting = verify(bundle, *gateway)
+    assert trusting.returncode == 0, trusting.stdout
+    assert "partner keys were taken from the bundle" in trusting.stdout
+    assert "approvers' keys were taken from the bundle" in trusting.stdout
+    # Pinned, each forged key is named and the bundle fails.
+    pinned = verify(bundle, *gateway, *pins, *approvers)
+    assert pinned.returncode == 1, pinned.stdout
+    assert f"bundle lists partner key {partner_id}, which you did not pin" in pinned.stdout
+    assert "cosigned by a key that is not among the partner keys you pinned" in pinned.stdout
+    assert f"approver 'Ivy Officer (IG)' with key {officer_id}, which is not in your" in (
+        pinned.stdout
+    )
+    assert "approved by a key not among the approvers" in pinned.stdout
+
+
+def test_a_revoked_approver_and_an_unreadable_pin_are_refused(
+    bundle: Path, workspace: Workspace, tmp_path: Path
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from exchange.crypto import signing
+
+    trust = json.loads(workspace.settings.approvers.read_text())
+    officer = serialization.load_ssh_public_key(trust["approvers"][0]["key"].encode())
+    trust["revoked"] = [signing.key_id(officer)]  # type: ignore[arg-type]
+    revoked = tmp_path / "approvers-revoked.json"
+    revoked.write_text(json.dumps(trust))
+    done = verify(bundle, "--approvers", str(revoked))
+    assert done.returncode == 1 and "whose key your approvers file revokes" in done.stdout
+    bad = verify(bundle, "--partner-key", f"x={tmp_path / 'missing.pub'}")
+    assert bad.returncode == 2 and "is not a readable OpenSSH public key" in bad.stderr
+    assert verify(bundle, "--partner-key", "no-equals-sign").returncode == 2
