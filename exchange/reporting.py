@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from html import escape
 from typing import TYPE_CHECKING, Any
 
-from exchange.audit import Entry
+from exchange.audit import Entry, witness
 from exchange.audit.events import RANK, Event, Outcome, Severity, lookup, with_outcome
 from exchange.contract import legal
 
@@ -57,6 +57,10 @@ class AgreementTotals:
     unacknowledged: list[str] = field(default_factory=list)  # their drop ids
     acks_overdue: int = 0
     governance: list[dict[str, Any]] = field(default_factory=list)  # approved, suspended, resumed
+    destroyed: list[dict[str, Any]] = field(default_factory=list)  # verified receipts, per drop
+    destruction_overdue: list[dict[str, Any]] = field(default_factory=list)  # no receipt by due
+    # Counts and drop ids: sent, acknowledged, destroyed, overdue (no destruction receipt).
+    lifecycle: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -73,6 +77,8 @@ class Report:
     rows_by_day: dict[str, dict[str, int]]  # day -> recipient -> rows sent
     security: list[dict[str, Any]] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # per event: count, severity
+    witnesses: list[dict[str, Any]] = field(default_factory=list)  # largest cosigned, per key
+    witness_refusals: list[dict[str, Any]] = field(default_factory=list)  # witness.refused
     agreement: str | None = None  # the one agreement asked for, if any
     covered: dict[str, Any] = field(default_factory=dict)  # the entries read: first, last
     evidence: dict[str, Any] = field(default_factory=dict)  # set by `attest`
@@ -102,6 +108,16 @@ GOVERNANCE = {
     Event.CONTRACT_RESUMED.value: "resumed",
 }
 ACKS = frozenset({Event.ACK_RECEIVED.value, Event.ACK_OVERDUE.value})
+# A drop's fate at the partner is read up to the report's head, not only in the period: a drop
+# sent in the period may be acknowledged, destroyed or become overdue long after it.
+FATE = frozenset(
+    {
+        Event.ACK_RECEIVED.value,
+        Event.ACK_OVERDUE.value,
+        Event.DESTRUCTION_RECEIVED.value,
+        Event.DESTRUCTION_OVERDUE.value,
+    }
+)
 
 
 def override_powers(legal_basis: str) -> list[str]:
@@ -145,10 +161,16 @@ def build(
     governance: dict[str, list[dict[str, Any]]] = defaultdict(list)
     acked: dict[str, dict[str, Any]] = {}  # drop -> its newest ack.received
     overdue: set[str] = set()
+    destroyed: dict[str, dict[str, Any]] = {}  # drop -> its verified destruction receipt
+    destruction_due: dict[str, dict[str, Any]] = {}  # drop -> its destruction.overdue
+    cosigning: list[Entry] = []  # ack.received entries, for the witnesses' state
+    refusals: list[dict[str, Any]] = []
     first: Entry | None = None
     last: Entry | None = None
     for entry in entries:
         day = entry.recorded_at[:10]
+        if entry.event in FATE and not (agreement and entry.contract_id != agreement):
+            _fate(entry, acked, overdue, destroyed, destruction_due, cosigning)
         if not since.isoformat() <= day <= until.isoformat():
             continue
         first = first or entry
@@ -239,10 +261,18 @@ def build(
             )
         elif entry.event in GOVERNANCE:
             governance[contract].append(_governance(entry, body))
-        elif entry.event == Event.ACK_RECEIVED:
-            acked[str(body.get("drop_id"))] = {"at": entry.recorded_at, "seq": entry.seq, **body}
-        elif entry.event == Event.ACK_OVERDUE:
-            overdue.add(str(body.get("drop_id")))
+        elif entry.event == Event.WITNESS_REFUSED:
+            refusals.append(
+                {
+                    "seq": entry.seq,
+                    "at": entry.recorded_at,
+                    "agreement": contract,
+                    "drop_id": body.get("drop_id"),
+                    "key_id": body.get("key_id"),
+                    "held_size": body.get("held_size"),
+                    "offered_size": body.get("offered_size"),
+                }
+            )
 
     def row(contract: str) -> AgreementTotals:
         recipient = recipients.get(contract, "")
@@ -269,6 +299,8 @@ def build(
             else:
                 item.unacknowledged.append(drop["drop_id"])
             item.acks_overdue += drop["drop_id"] in overdue
+            _destruction(item, drop, destroyed, destruction_due)
+        item.lifecycle = _lifecycle(item)
     covered: dict[str, Any] = {"entries": 0}
     if first is not None and last is not None:
         covered = {
@@ -287,9 +319,73 @@ def build(
         {day: dict(rows) for day, rows in sorted(by_day.items())},
         security,
         _counts(seen),
+        witnesses=[asdict(c) for c in witness.largest_cosigned(cosigning)],
+        witness_refusals=refusals,
         agreement=agreement,
         covered=covered,
     )
+
+
+def _fate(
+    entry: Entry,
+    acked: dict[str, dict[str, Any]],
+    overdue: set[str],
+    destroyed: dict[str, dict[str, Any]],
+    due: dict[str, dict[str, Any]],
+    cosigning: list[Entry],
+) -> None:
+    """Note an acknowledgement (and its cosignature), a destruction receipt or an overdue
+    flag."""
+    body = entry.data
+    drop_id = str(body.get("drop_id"))
+    if entry.event == Event.ACK_RECEIVED:
+        acked[drop_id] = {"at": entry.recorded_at, "seq": entry.seq, **body}
+        cosigning.append(entry)
+    elif entry.event == Event.ACK_OVERDUE:
+        overdue.add(drop_id)
+    elif entry.event == Event.DESTRUCTION_RECEIVED:  # recorded only once its signature verified
+        destroyed[drop_id] = {
+            "drop_id": drop_id,
+            "destroyed_at": body.get("destroyed_at"),
+            "key_id": body.get("key_id"),
+            "deleted": [
+                f"{d.get('what')} {d.get('status')}"
+                for d in body.get("deleted") or []
+                if isinstance(d, dict)
+            ],
+            "recorded_at": entry.recorded_at,
+            "seq": entry.seq,
+        }
+    elif entry.event == Event.DESTRUCTION_OVERDUE:
+        due[drop_id] = {"drop_id": drop_id, "due": body.get("due"), "seq": entry.seq}
+
+
+def _destruction(
+    item: AgreementTotals,
+    drop: dict[str, Any],
+    destroyed: dict[str, dict[str, Any]],
+    due: dict[str, dict[str, Any]],
+) -> None:
+    """Mark a drop destroyed (its receipt verified) or overdue (flagged, and still no receipt:
+    a receipt that arrives late settles it)."""
+    receipt = destroyed.get(drop["drop_id"])
+    drop["destroyed_at"] = receipt["destroyed_at"] if receipt else None
+    drop["destruction_overdue"] = receipt is None and drop["drop_id"] in due
+    if receipt is not None:
+        item.destroyed.append(receipt)
+    elif drop["drop_id"] in due:
+        item.destruction_overdue.append(due[drop["drop_id"]])
+
+
+def _lifecycle(item: AgreementTotals) -> dict[str, dict[str, Any]]:
+    """Counts and drop ids of the drops sent, acknowledged, destroyed and overdue."""
+    ids = {
+        "sent": [d["drop_id"] for d in item.drops],
+        "acknowledged": [d["drop_id"] for d in item.drops if d["acknowledged"]],
+        "destroyed": [d["drop_id"] for d in item.destroyed],
+        "overdue": [d["drop_id"] for d in item.destruction_overdue],
+    }
+    return {name: {"count": len(drops), "drops": drops} for name, drops in ids.items()}
 
 
 def attest(
@@ -391,6 +487,10 @@ def _agreement_lines(a: AgreementTotals) -> list[str]:
     )
     for d in a.drops:
         ack = "acknowledged" if d["acknowledged"] else "not acknowledged"
+        if d.get("destroyed_at"):
+            ack += ", destroyed"
+        elif d.get("destruction_overdue"):
+            ack += ", destruction overdue"
         out.append(
             f"  {d['at']}  drop {d['drop_id']}  run {d['run_id']}  version {d['version']} "
             f"(contract {str(d['contract_sha256'])[:12]})  "
@@ -414,6 +514,20 @@ def _agreement_lines(a: AgreementTotals) -> list[str]:
     )
     if a.unacknowledged:
         out.append(f"  not acknowledged: {', '.join(a.unacknowledged)}")
+    out.append(
+        f"Destroyed at the partner: {len(a.destroyed)} of {a.transfers} drops (a verified "
+        f"destruction receipt); {len(a.destruction_overdue)} overdue (past retention plus "
+        "grace with no receipt)"
+    )
+    out += [
+        f"  drop {r['drop_id']} destroyed at {r['destroyed_at']} by key {r['key_id']} "
+        f"({', '.join(r['deleted']) or 'nothing listed'}; entry {r['seq']})"
+        for r in a.destroyed
+    ]
+    out += [
+        f"  drop {o['drop_id']} overdue: no receipt by {o['due']} (entry {o['seq']})"
+        for o in a.destruction_overdue
+    ]
     out.append(f"Objections overridden: {a.objections_overridden:,}")
     if a.objections_overridden:
         powers = "; ".join(a.override_powers) or "no listed power found in the legal basis"
@@ -429,6 +543,22 @@ def _agreement_lines(a: AgreementTotals) -> list[str]:
     return out
 
 
+def _witness_lines(report: Report) -> list[str]:
+    out = _heading("Partners as witnesses (largest ledger size each has cosigned)")
+    out += [
+        f"  {w['witness']} (key {w['key_id']}, {w['contract_id']}): {w['size']} entries, "
+        f"cosigned {w['at']}"
+        for w in report.witnesses
+    ] or ["  No partner has cosigned a checkpoint."]
+    out += _heading(f"Drops refused by a partner as witness: {len(report.witness_refusals)}")
+    out += [
+        f"  {r['at']}  {r['agreement']}  drop {r['drop_id']} by key {r['key_id']}: it had "
+        f"seen {r['held_size']} entries, was offered {r['offered_size']} (entry {r['seq']})"
+        for r in report.witness_refusals
+    ]
+    return out
+
+
 def to_text(report: Report) -> str:
     """The report as plain text, stable enough to file: one section per agreement."""
     scope = f"agreement {report.agreement}" if report.agreement else "every agreement"
@@ -439,6 +569,7 @@ def to_text(report: Report) -> str:
         out += _agreement_lines(agreement)
     if not report.agreements:
         out += [*_heading("Agreements"), "No agreement had activity in the period."]
+    out += _witness_lines(report)
     out += _heading(f"Incidents: {len(report.incidents)}")
     out += [f"  {i['at']}  {i['agreement']}  {i['kind']}: {i['summary']}" for i in report.incidents]
     out += _heading(f"Security events: {len(report.security)}")
@@ -569,6 +700,8 @@ def to_html(report: Report) -> str:
             f"<pre>{escape(chr(10).join(_agreement_lines(a)).strip())}</pre>"
             for a in report.agreements
         ),
+        "<h2>Partners as witnesses</h2>",
+        f"<pre>{escape(chr(10).join(_witness_lines(report)).strip())}</pre>",
         "<h2>Charts</h2>",
         _bars("Transfers per partner", dict(per_partner_transfers), "#1d70b8"),
         _bars("Rows sent per partner", dict(per_partner_rows), "#00703c"),

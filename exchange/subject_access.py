@@ -21,12 +21,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exchange.audit import Disclosure, Ledger
+from exchange.audit import Disclosure, Entry, Ledger
 from exchange.audit.events import Event
 from exchange.contract import Contract, load_contract
 from exchange.contract import render as words
 from exchange.contract.vocabulary import PURPOSES
 from exchange.errors import ExchangeError
+from exchange.manifest import DESTRUCTION_GRACE_DAYS
 from exchange.reporting import override_powers
 
 if TYPE_CHECKING:
@@ -85,12 +86,68 @@ def _sent_entry(ledger: Ledger, found: Disclosure) -> dict[str, Any]:
 
 def _acknowledged(ledger: Ledger, found: Disclosure) -> str | None:
     """When the recipient's signed acknowledgement of the drop was recorded, if it was."""
+    entry = _found(ledger, Event.ACK_RECEIVED, found)
+    return entry.recorded_at if entry is not None else None
+
+
+def _found(ledger: Ledger, event: Event, found: Disclosure) -> Entry | None:
+    """The drop's newest entry of an event (recorded under its run), if any."""
     if not found.run_id:
         return None
-    entry = ledger.find(Event.ACK_RECEIVED, run_id=found.run_id, contract_id=found.contract_id)
-    if entry is None or entry.data.get("drop_id") != found.drop_id:
-        return None
-    return entry.recorded_at
+    entry = ledger.find(event, run_id=found.run_id, contract_id=found.contract_id)
+    return entry if entry is not None and entry.data.get("drop_id") == found.drop_id else None
+
+
+def _deletion(
+    ledger: Ledger, found: Disclosure, contract: Contract | None, now: dt.datetime
+) -> dict[str, Any]:
+    """Whether the recipient has confirmed deleting the drop (a verified destruction receipt
+    in the ledger), or when it must, as the gateway reckons it: sent + retention + grace."""
+    receipt = _found(ledger, Event.DESTRUCTION_RECEIVED, found)
+    flagged = _found(ledger, Event.DESTRUCTION_OVERDUE, found)
+    due: dt.datetime | None = None
+    if (
+        contract is not None
+        and found.sent_at
+        and contract.retention_action == "delete"
+        and contract.retention_days is not None
+    ):
+        days = contract.retention_days + DESTRUCTION_GRACE_DAYS
+        due = found.sent_at.astimezone(dt.UTC) + dt.timedelta(days=days)
+    if flagged is not None and flagged.data.get("due"):
+        due = dt.datetime.fromisoformat(str(flagged.data["due"]))
+    out: dict[str, Any] = {
+        "confirmed_at": None,
+        "receipt_entry": None,
+        "due": due.isoformat(timespec="seconds") if due else None,
+    }
+    if receipt is not None:
+        when = str(receipt.data.get("destroyed_at"))
+        return out | {
+            "status": "confirmed",
+            "confirmed_at": when,
+            "receipt_entry": receipt.seq,
+            "words": f"The recipient confirmed deleting it on {_when(when)} (a signed "
+            "confirmation, checked by the gateway).",
+        }
+    if flagged is not None or (due is not None and due <= now):
+        return out | {
+            "status": "overdue",
+            "words": "The recipient should have confirmed deleting it"
+            + (f" by {_when(out['due'])}" if out["due"] else "")
+            + " and has not: this is recorded as overdue.",
+        }
+    if due is not None:
+        return out | {
+            "status": "due",
+            "words": f"Not deleted yet; the recipient must delete it when its retention ends "
+            f"and confirm by {_when(out['due'])}.",
+        }
+    return out | {
+        "status": "not-tracked",
+        "words": "The agreement does not ask the recipient to confirm deletion: ask the "
+        "contact below.",
+    }
 
 
 def _party(party: dict[str, Any]) -> str:
@@ -179,10 +236,13 @@ def describe(
     *,
     today: dt.date,
     governance: Governance | None = None,
+    now: dt.datetime | None = None,
 ) -> list[dict[str, Any]]:
     """Each disclosure with what a subject access response says about it (JSON-ready).
 
-    `governance` only spares the agreement's summary from loading the trust anchor again."""
+    `governance` only spares the agreement's summary from loading the trust anchor again;
+    `now` (default: the current time) decides whether a deletion is overdue."""
+    now = now or dt.datetime.now(dt.UTC)
     answers = []
     cache: dict[tuple[str, str, str | None], Terms] = {}  # most drops share a few versions
     for d in found:
@@ -201,6 +261,7 @@ def describe(
         if terms.contract is None:
             powers = override_powers(d.legal_basis)
             base |= {
+                "deletion": _deletion(ledger, d, None, now),
                 "recipient_department": None,
                 "recipient_contact": None,
                 "provider": sent.get("provider"),
@@ -219,6 +280,7 @@ def describe(
         recipient, provider = s["parties"]["recipient"], s["parties"]["provider"]
         powers = [_statute(st) for st in s["legal_basis"]["statutes"] if st["overrides_objection"]]
         base |= {
+            "deletion": _deletion(ledger, d, contract, now),
             "recipient_department": recipient["department"],
             "recipient_contact": recipient["contact"],
             "provider": _party(provider),
@@ -298,6 +360,8 @@ def to_text(answers: Sequence[dict[str, Any]], *, today: dt.date) -> str:
             )
         retention = a["retention"] or "not recorded here: ask the contact below"
         out += _para(f"How long they keep it: {retention}")
+        if a.get("deletion"):
+            out += _para(f"Deleted: {a['deletion']['words']}")
         out += _para(f"Your objection: {a['objection']['words']}")
         # Unwrapped: the reference is what a reader quotes back, and is searched for.
         out.append(
