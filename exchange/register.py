@@ -42,6 +42,7 @@ from exchange.settings import Settings
 REGISTER_TYPE: Final = "exchange-register/1"
 INDEX: Final = "index.html"
 REGISTER: Final = "register.json"
+GATEWAY_KEY: Final = "gateway.key.pub"
 _RESERVED: Final = frozenset({"index", "register"})
 PUBLISHER: Final = "the organisation sharing the data (the provider) named on each agreement"
 
@@ -167,12 +168,15 @@ def build_register(
     today: dt.date,
     governance: Governance | None = None,
     publisher: str | None = None,
+    gateway_key: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Write the register of every *.yaml contract in `folder` into `out`; return its entries.
 
     Drafts are left out (no entry, no page, no count). Approvals are judged by `governance`,
     by default the gateway's configured trust anchor. `publisher` names who publishes the
-    register; by default, the provider named on each agreement."""
+    register; by default, the provider named on each agreement. `gateway_key`, the gateway's
+    public signing key, is published with its id so anyone can check a drop's or a checkpoint's
+    signature against the key the register names. Raises CryptoError for an unusable key."""
     if not folder.is_dir():
         raise FileNotFoundError(errno.ENOENT, "no such contracts folder", str(folder))
     if governance is None:
@@ -180,6 +184,7 @@ def build_register(
             governance = Governance.from_settings(Settings.from_env())
         except ExchangeError:
             governance = None  # each entry then says why its approval cannot be checked
+    signer = _gateway_key(gateway_key) if gateway_key is not None else None
     out.mkdir(parents=True, exist_ok=True)
     generated_at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     previous = _previous_pages(out)
@@ -214,12 +219,28 @@ def build_register(
         "as_of": today.isoformat(),
         "publisher": publisher or PUBLISHER,
         "counts": _counts(entries),
+        "gateway_key": signer,
         "agreements": entries,
     }
+    if signer is not None:
+        write_public(out / GATEWAY_KEY, signer["openssh"] + "\n")
     write_public(out / REGISTER, json.dumps(register, indent=2, ensure_ascii=False) + "\n")
-    index = index_html(entries, today=today, generated_at=generated_at, publisher=publisher)
+    index = index_html(
+        entries, today=today, generated_at=generated_at, publisher=publisher, gateway_key=signer
+    )
     write_public(out / INDEX, index)
     return entries
+
+
+def _gateway_key(path: Path) -> dict[str, str]:
+    """The gateway's public signing key as published: its id and its OpenSSH line."""
+    from cryptography.hazmat.primitives import serialization
+
+    from exchange.crypto.signing import key_id, load_public_key
+
+    key = load_public_key(path)
+    line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    return {"id": key_id(key), "openssh": line.decode("ascii"), "file": GATEWAY_KEY}
 
 
 def _counts(entries: list[dict[str, Any]]) -> dict[str, int]:
@@ -255,6 +276,7 @@ def index_html(
     today: dt.date,
     generated_at: str,
     publisher: str | None = None,
+    gateway_key: dict[str, str] | None = None,
 ) -> str:
     """The register's index page: one row per agreement, invalid files included.
 
@@ -311,6 +333,14 @@ def index_html(
         "is the same index for machines. Draft agreements are not listed; a suspension is shown "
         "with its date only, not the internal reason. To exercise your data protection rights, "
         "use the agreement's rights-requests contact.</p>"
+        + (
+            f"<p>Every drop's manifest and the audit log's checkpoints are signed by the gateway's "
+            f"key {code_html(gateway_key['id'])}, published here as "
+            f'<a href="{escape(gateway_key["file"])}">{escape(gateway_key["file"])}</a>: '
+            f"{code_html(gateway_key['openssh'])}</p>"
+            if gateway_key
+            else ""
+        )
         + table(
             "Data sharing agreements",
             [
@@ -325,6 +355,7 @@ def index_html(
             ],
             rows,
             anchor="t-register",
+            stack=True,
         )
     )
     return page(

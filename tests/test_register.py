@@ -278,3 +278,66 @@ def test_the_browser_check_catches_page_errors(tmp_path: Path, body: str) -> Non
     )
     with pytest.raises(AssertionError):
         browse(page, tmp_path / "profile", "--dump-dom")
+
+
+def test_the_register_publishes_the_gateways_public_key(
+    workspace: Workspace, folder: Path, tmp_path: Path
+) -> None:
+    """Anyone can check a drop's or checkpoint's signature against the key the register names."""
+    from exchange.crypto.signing import key_id, load_public_key
+
+    out = tmp_path / "register"
+    build_register(folder, out, today=TODAY, gateway_key=workspace.sender_key)
+    published = out / "gateway.key.pub"
+    assert published.read_text().startswith("ssh-ed25519 ")
+    expected = key_id(load_public_key(workspace.sender_key))
+    assert key_id(load_public_key(published)) == expected
+    register = json.loads((out / "register.json").read_text())
+    assert register["gateway_key"]["id"] == expected
+    index = (out / "index.html").read_text()
+    assert expected in index and 'href="gateway.key.pub"' in index
+    # Without a key nothing claims one.
+    bare = tmp_path / "bare"
+    build_register(folder, bare, today=TODAY)
+    assert json.loads((bare / "register.json").read_text())["gateway_key"] is None
+    assert not (bare / "gateway.key.pub").exists()
+
+
+@needs_chromium
+@pytest.mark.parametrize(("width", "height"), [(390, 844), (1280, 900)])
+def test_the_register_reads_at_phone_and_desktop_widths(
+    folder: Path, tmp_path: Path, width: int, height: int
+) -> None:
+    """Laid out by a real Chromium: the page never scrolls sideways (only the table's own scroll
+    box may), and each agreement's name and status are on screen without scrolling sideways."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    from browser import CHROMIUM
+
+    out = tmp_path / "register"
+    build_register(folder, out, today=TODAY)
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.goto((out / "index.html").as_uri())
+            assert page.evaluate("document.documentElement.scrollWidth") <= width
+            rows = page.locator("table:has(#t-register) tbody tr")
+            assert rows.count() == 3  # two agreements and the broken file, no draft
+            for i in range(rows.count()):
+                for cell in (
+                    rows.nth(i).locator("th, td").nth(0),
+                    rows.nth(i).locator("td").nth(0),
+                ):
+                    box = cell.bounding_box()
+                    assert box is not None and box["x"] >= 0
+                    assert box["x"] + box["width"] <= width, (width, cell.inner_text())
+            status = rows.nth(0).locator("td").nth(0).inner_text()
+            assert status.split()[0] in {"Approved", "Not", "Suspended", "Invalid", "Review"}, (
+                status
+            )
+        finally:
+            browser.close()

@@ -134,9 +134,16 @@ def cmd_register(args: argparse.Namespace) -> int:
     """Publish the register of all agreements in a folder."""
     from exchange.register import build_register
 
-    entries = build_register(args.folder, args.out, today=dt.date.today())
+    key = args.gateway_key
+    if key is None:
+        signing_key = Settings.from_env().signing_key
+        default = signing_key.with_name(signing_key.name + ".pub")
+        key = default if default.is_file() else None
+    entries = build_register(args.folder, args.out, today=dt.date.today(), gateway_key=key)
     invalid = sum(1 for e in entries if e.get("status") == "invalid")
     say(f"{len(entries)} agreement(s), {invalid} invalid: {args.out / 'index.html'}")
+    if key is None:
+        say("the gateway's public key is not published: give --gateway-key gateway.key.pub")
     return OK
 
 
@@ -314,6 +321,12 @@ def add_contract(sub: Subcommands) -> None:
     register = contract.add_parser("register", help="publish the register of agreements")
     register.add_argument("folder", type=Path, help="the contracts folder")
     register.add_argument("--out", type=Path, required=True, help="folder for the register")
+    register.add_argument(
+        "--gateway-key",
+        type=Path,
+        help="the gateway's public signing key to publish (default: EXCHANGE_SIGNING_KEY + .pub, "
+        "if it exists)",
+    )
     register.set_defaults(func=cmd_register)
 
     approve = contract.add_parser("approve", help="sign an approval (IG officers)")

@@ -747,6 +747,13 @@ ul.plain { list-style: none; margin: 0; padding: 0; }
 footer { color: #505a5f; font-size: .9rem; border-top: 1px solid #b1b4b6; margin-top: 2rem;
   padding-top: .5rem; }
 @media print { .skip { display: none; } header { color: #000; background: none; } }
+@media (max-width: 40rem) {
+  table.stack thead { position: absolute; left: -9999px; }
+  table.stack tr { display: block; border: 1px solid #b1b4b6; margin-bottom: 1rem; }
+  table.stack th, table.stack td { display: block; border: 0;
+    border-bottom: 1px solid #f3f2f1; }
+  table.stack td::before { content: attr(data-label); display: block; font-weight: 600; }
+}
 """
 
 
@@ -808,16 +815,27 @@ def table(
     *,
     anchor: str,
     row_headers: bool = True,
+    stack: bool = False,
 ) -> str:
-    """An accessible table: caption, column headers, first cell a row header; cells pre-escaped."""
+    """An accessible table: caption, column headers, first cell a row header; cells pre-escaped.
+
+    `stack`: on a narrow screen each row becomes a card, every cell labelled with its column
+    (a wide table would otherwise push all but the first columns off a phone's screen)."""
     head = "".join(f'<th scope="col">{escape(h)}</th>' for h in header)
+    labels = [f' data-label="{escape(h)}"' if stack else "" for h in header]
     body = []
     for row in rows:
         first = f'<th scope="row">{row[0]}</th>' if row_headers else f"<td>{row[0]}</td>"
-        body.append("<tr>" + first + "".join(f"<td>{c}</td>" for c in row[1:]) + "</tr>")
+        cells = "".join(
+            f"<td{labels[i] if i < len(labels) else ''}>{c}</td>"
+            for i, c in enumerate(row)
+            if i > 0
+        )
+        body.append("<tr>" + first + cells + "</tr>")
+    kind = ' class="stack"' if stack else ""
     return (
         f'<div class="scroll" role="region" aria-labelledby="{anchor}" tabindex="0">'
-        f'<table><caption id="{anchor}">{escape(caption)}</caption>'
+        f'<table{kind}><caption id="{anchor}">{escape(caption)}</caption>'
         f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
     )
 
