@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from exchange.contract.vocabulary import units
+
 if TYPE_CHECKING:
     import datetime as dt
 
@@ -32,7 +34,7 @@ MAX_BYTES = 1 << 20  # real manifests are a few kB; a cap bounds parsing and val
 FORMATS = ("csv", "parquet")
 # Days after retention ends before a drop with no destruction receipt is an incident.
 DESTRUCTION_GRACE_DAYS = 7.0
-MAX_RETENTION_DAYS = 36500  # 100 years: the schema's `retention.days` maximum
+MAX_RETENTION_DAYS = units.MAX_DAYS  # the schema's `retention.days` maximum
 
 # Names a partner writes files under. fullmatch, unlike a JSON Schema pattern's `$` in Python,
 # does not let a trailing newline through.

@@ -131,12 +131,19 @@ def check_document(document: dict[str, Any], file: str) -> Iterator[Problem]:
             "slaProperties",
             "the retention period is missing: add {property: retention, value: N, unit: y|m|d}",
         )
-    elif units.period_days(*_amount(document["slaProperties"][retention[0]])) is None:
+    elif (days := units.period_days(*_amount(document["slaProperties"][retention[0]]))) is None:
         known = ", ".join(u.spellings[0] for u in units.UNITS)
         yield Problem(
             file,
             f"slaProperties[{retention[0]}]",
             f"the retention period must be a number of a unit the gateway knows ({known})",
+        )
+    elif days > units.MAX_DAYS:
+        yield Problem(
+            file,
+            f"slaProperties[{retention[0]}]",
+            f"the retention period is longer than {units.MAX_DAYS} days (100 years), the most "
+            "a manifest states: shorten it",
         )
     if len(retention) > 1:  # per-element entries are not read: one period binds the recipient
         yield Problem(

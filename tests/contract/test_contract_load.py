@@ -231,6 +231,27 @@ def test_invalid_cron(tmp_path: Path) -> None:
     assert "not a valid cron" in problems[0].message
 
 
+@pytest.mark.parametrize(("value", "unit", "refused"), [(100, "y", False), (101, "y", True)])
+def test_retention_is_at_most_what_a_manifest_states(
+    tmp_path: Path, value: int, unit: str, refused: bool
+) -> None:
+    """A partner must be able to compute the end date: 100 years at most, as manifests cap it."""
+
+    def edit(d: dict[str, Any]) -> None:
+        period = next(s for s in d["slaProperties"] if s["property"] == "retention")
+        period["value"], period["unit"] = value, unit
+
+    path = edited(tmp_path, edit)
+    if not refused:
+        assert load_contract(path).retention_days == 36500
+        return
+    problems = problems_of(path)
+    assert [p.path for p in problems if "retention" in p.message] == [
+        next(p.path for p in problems if p.path.startswith("slaProperties["))
+    ]
+    assert any("longer than 36500 days" in p.message for p in problems)
+
+
 def test_invalid_age_recipient(tmp_path: Path) -> None:
     """A recipient key with a bad checksum is refused at its index."""
     path = write_contract(tmp_path / "bad-key.yaml", BAD_RECIPIENT)

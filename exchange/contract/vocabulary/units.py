@@ -25,6 +25,9 @@ UNITS: Final = (
 )
 RETENTION_UNITS: Final[dict[str, Unit]] = {s: u for u in UNITS for s in u.spellings}
 DEFAULT_UNIT: Final = "d"  # ODCS leaves the unit optional; a bare number is days
+# The longest retention a contract may set, in days: 100 years, the most a manifest states
+# (its schema's `retention.days` maximum), so a partner can always compute the end date.
+MAX_DAYS: Final = 36500
 
 
 def unit_of(unit: Any) -> Unit | None:
