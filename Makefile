@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --disable-pip-version-check $(BOOTSTRAP)
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[quality,airflow,postgres,celery,s3,dev]'
+	$(BIN)/python scripts/vendor_frontend.py
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -37,9 +38,9 @@ test-fast: install
 	$(BIN)/python -m pytest -m "not integration"
 
 lint: install
-	$(BIN)/ruff check exchange validators dags tests benchmarks scripts
-	$(BIN)/ruff format --check exchange validators dags tests benchmarks scripts
-	$(BIN)/mypy exchange validators
+	$(BIN)/ruff check exchange exchange_airflow validators dags tests benchmarks scripts
+	$(BIN)/ruff format --check exchange exchange_airflow validators dags tests benchmarks scripts
+	$(BIN)/mypy exchange exchange_airflow validators
 	$(BIN)/python -m exchange.contract.vocabulary.generate --check
 
 bench: install system
