@@ -7,8 +7,7 @@ SQLAlchemy, paramiko ...) only when first used (PEP 562), so the command starts 
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from exchange.errors import (
     ConnectionLost,
@@ -28,6 +27,7 @@ from exchange.errors import (
     SourceError,
     TransferError,
 )
+from exchange.lazy import lazy_names
 from exchange.settings import Settings
 
 if TYPE_CHECKING:
@@ -93,16 +93,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import a lazily exported name on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'exchange' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # later lookups skip this function
-    return value
-
-
-def __dir__() -> list[str]:
-    """The module's names, the lazy ones included."""
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(__name__, _LAZY, globals())
