@@ -99,3 +99,22 @@ def test_subject_hashes_in_pieces_are_the_sorted_distinct_hashes_of_the_whole_dr
     assert all(len(piece) for piece in pieces)
     assert b"".join(piece.tobytes() for piece in pieces) == whole.tobytes()
     assert len(whole) == len(set(pa.chunked_array(batches).to_pylist()))
+
+
+def test_subject_hashes_written_out_past_their_memory_bound_read_back_the_same() -> None:
+    """Past memory_bytes the parts go to a temporary file; the pieces and digest are the same."""
+    key = bytes(range(64, 96))
+    batches = [pa.array([f"p{(i * 104729 + j) % 9000}" for j in range(900)]) for i in range(10)]
+    spilled = SubjectHashes(key, memory_bytes=3 * 900 * 16)  # written out every few batches
+    held = SubjectHashes(key, memory_bytes=1 << 30)
+    for batch in batches:
+        spilled.add(batch)
+        held.add(batch)
+    assert spilled._file is not None and spilled._written  # it did write out
+    assert len(spilled._parts) < 4  # and holds at most the last few parts
+    one = b"".join(piece.tobytes() for piece in spilled.ordered())
+    assert one == b"".join(piece.tobytes() for piece in held.ordered())
+    whole, _ = sorted_hashes(key, pa.chunked_array(batches))
+    assert one == whole.tobytes()
+    spilled.close()
+    assert spilled._file is None

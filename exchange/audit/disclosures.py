@@ -30,9 +30,11 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import os
+import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +70,7 @@ __all__ = [
 
 MIN_KEY_BYTES = 32
 SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large index
+SUBJECTS_IN_MEMORY = 8 << 20  # a drop's subject hashes held in memory before a temporary file
 _BUCKET_BITS = 8  # SubjectHashes.ordered sorts the hashes one leading byte at a time
 _BUCKETS = 1 << _BUCKET_BITS
 _PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -161,24 +164,55 @@ class SubjectHashes:
     """The keyed hashes of a drop's subjects, taken batch by batch as the drop is made.
 
     Hashing as the rows flow (in the pipeline's producer thread) leaves only a sort and the
-    insert for `Disclosures.record`; 16 bytes are kept per subject, not the ids themselves.
+    insert for `Disclosures.record`; 16 bytes are taken per subject, not the ids themselves.
+    Past `memory_bytes` they go to an unnamed temporary file (0600, gone when closed), so a
+    run's memory does not grow with its subjects; each batch's part is written sorted, with
+    where each leading byte starts, so `ordered` reads back one leading byte at a time.
     """
 
-    def __init__(self, key: bytes) -> None:
+    def __init__(self, key: bytes, *, memory_bytes: int = SUBJECTS_IN_MEMORY) -> None:
         self.key = key
         self.nulls = 0
-        self._parts: list[np.ndarray] = []
+        self._memory_bytes = memory_bytes
+        self._parts: list[np.ndarray] = []  # sorted and distinct, each; not yet written out
+        self._held = 0
+        self._file: IO[bytes] | None = None
+        self._written: list[tuple[int, np.ndarray]] = []  # (offset, leading-byte cuts) per part
 
     def add(self, subjects: pa.Array | pa.ChunkedArray) -> None:
         """Hash one batch's subject ids (nulls counted, not hashed)."""
         hashes, nulls = sorted_hashes(self.key, subjects)
-        self._parts.append(hashes)
         self.nulls += nulls
+        if not len(hashes):
+            return
+        self._parts.append(hashes)
+        self._held += hashes.nbytes
+        if self._held > self._memory_bytes:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        if self._file is None:
+            # Kept open across batches; close() (or collection) removes it.
+            self._file = tempfile.TemporaryFile(prefix="exchange-subjects-")  # noqa: SIM115
+        for part in self._parts:
+            offset = self._file.seek(0, os.SEEK_END)
+            self._file.write(np.ascontiguousarray(part).tobytes())
+            self._written.append((offset, _cuts(part)))
+        self._file.flush()
+        self._parts, self._held = [], 0
+
+    def close(self) -> None:
+        """Remove the temporary file, if any (the hashes taken are then gone)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._written = []
 
     def distinct(self) -> np.ndarray:
         """Every distinct hash so far in ascending byte order, as `sorted_hashes` gives them."""
         words = np.concatenate([*self.ordered(), np.empty((0, 2), dtype=">u8")], dtype=">u8")
-        self._parts = [words]
+        self.close()
+        self._parts, self._held = [words], words.nbytes
         return words
 
     def ordered(self) -> Iterator[np.ndarray]:
@@ -188,15 +222,13 @@ class SubjectHashes:
         time needs 1/256 of them in extra memory, where one sort of all would need three times
         them (an index, a gathered copy and the concatenation)."""
         parts = [part for part in self._parts if len(part)]
-        if len(parts) <= 1:  # sorted and distinct already
+        if len(parts) <= 1 and not self._written:  # sorted and distinct already
             yield from parts
             return
-        edges = np.arange(1, _BUCKETS, dtype=np.uint64) << np.uint64(64 - _BUCKET_BITS)
-        cuts = [
-            np.concatenate(([0], np.searchsorted(part[:, 0], edges), [len(part)])) for part in parts
-        ]
+        cuts = [_cuts(part) for part in parts]
         for bucket in range(_BUCKETS):
             pieces = [part[c[bucket] : c[bucket + 1]] for part, c in zip(parts, cuts, strict=True)]
+            pieces += [self._read(offset, c[bucket], c[bucket + 1]) for offset, c in self._written]
             # Big-endian, as sorted_hashes gives them (concatenate would otherwise go native).
             words = np.concatenate(pieces, dtype=">u8")
             if not len(words):
@@ -206,6 +238,20 @@ class SubjectHashes:
             if repeat.any():  # a subject in two batches is recorded once
                 words = words[np.concatenate(([True], ~repeat))]
             yield words
+
+    def _read(self, offset: int, start: int, stop: int) -> np.ndarray:
+        assert self._file is not None  # parts are only written out to an open file
+        size = int(stop - start) * HASH_BYTES
+        data = os.pread(self._file.fileno(), size, offset + int(start) * HASH_BYTES)
+        if len(data) != size:
+            raise LedgerError("the drop's subject hashes could not be read back in full")
+        return np.frombuffer(data, dtype=">u8").reshape(-1, 2)
+
+
+def _cuts(part: np.ndarray) -> np.ndarray:
+    """Where each leading byte's hashes start in a sorted part, and its end (257 offsets)."""
+    edges = np.arange(1, _BUCKETS, dtype=np.uint64) << np.uint64(64 - _BUCKET_BITS)
+    return np.concatenate(([0], np.searchsorted(part[:, 0], edges), [len(part)]))
 
 
 class Disclosures:

@@ -106,6 +106,7 @@ def prepare_drop(
             "sent": tally.sent,
         }
         recorded = _record_disclosures(disclosures, contract, run_id, drop_id, subjects)
+        subjects.close()  # its temporary file of hashes, if the drop had that many subjects
         head_seq, head_hash = ctx.ledger.head()
         sender = signing.key_id(signing_key.public_key())
         checkpoint = ctx.ledger.checkpoint(signing_key, ctx.settings.checkpoint_origin(sender))

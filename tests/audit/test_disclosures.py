@@ -188,3 +188,23 @@ def test_no_subject_id_is_stored_in_clear_in_postgres(
         assert SENTINEL.encode() not in data and b"9990001234" not in data, path.name
     # The hashes are there: the lookup works from the stored bytes alone.
     assert postgres.psql("SELECT count(*) FROM disclosures", database=name).strip() == "2001"
+
+
+def test_hashes_taken_by_batch_and_written_out_record_the_same_drop(
+    disclosures: Disclosures,
+) -> None:
+    """A drop's hashes taken batch by batch, most of them in a temporary file: same rows,
+    count and digest as the ids given at once, inserted one leading byte at a time."""
+    ids = [f"pupil-{n % 3000}" for n in range(4000)]  # 3000 people, some in two batches
+    taken = disclosures.hashes()
+    taken._memory_bytes = 16 * 500  # write out every batch or so
+    for start in range(0, len(ids), 400):
+        taken.add(pa.array(ids[start : start + 400]))
+    assert taken._written
+    recorded = disclosures.record(facts("drop-batched"), taken)
+    taken.close()
+    assert (recorded.subjects, recorded.nulls) == (3000, 0)
+    assert recorded.digest == expected_digest(KEY, ids)
+    assert disclosures.verify_digest("drop-batched", recorded.digest)
+    assert [d.drop_id for d in disclosures.lookup("pupil-2999")] == ["drop-batched"]
+    assert disclosures.transfer("drop-batched")[1:] == (3000, recorded.digest)  # type: ignore[index]
