@@ -31,7 +31,10 @@ from exchange.manifest import DESTRUCTION_GRACE_DAYS
 from exchange.reporting import override_powers
 
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     from exchange.approval import Governance
+    from exchange.settings import Settings
 
 APPROVED_DIR = "approved"  # where approvals keep each approved version (exchange.approval)
 
@@ -380,3 +383,56 @@ def to_text(answers: Sequence[dict[str, Any]], *, today: dt.date) -> str:
             ),
         ]
     return "\n".join(out) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookup:
+    """One audited subject lookup: the answer per disclosure, the ledger check, and the
+    ledger entry that records the lookup."""
+
+    answers: list[dict[str, Any]]
+    verified: str
+    seq: int
+
+
+def look_up(
+    settings: Settings,
+    subject: str,
+    ledger: Ledger,
+    *,
+    requested_by: str,
+    reason: str,
+    public_key: Ed25519PublicKey | None = None,
+    origin: str | None = None,
+    governance: Governance | None = None,
+    today: dt.date | None = None,
+) -> Lookup:
+    """Who received data about `subject`, checked against the ledger first; the lookup itself is
+    recorded (a keyed hash of the id, who asked and why; never the id) before the answer is
+    worded, so a lookup that was made is on the record even if wording it fails.
+
+    Raises ExchangeError (after recording a refused lookup) when the ledger does not verify."""
+    from exchange.audit.disclosures import key_id, lookup_hash
+    from exchange.gateway import Gateway
+
+    disclosures = Gateway(settings).disclosures()
+    asked = {
+        "subject_hash": lookup_hash(disclosures.key, subject),
+        "key_id": key_id(disclosures.key),
+        "requested_by": requested_by,
+        "reason": reason,
+    }
+    try:
+        found, verified = disclosures.verified_lookup(
+            subject, ledger, public_key=public_key, origin=origin
+        )
+    except ExchangeError as exc:
+        ledger.append("subject.looked_up", {**asked, "outcome": "refused", "problem": str(exc)})
+        raise
+    recorded = ledger.append(
+        "subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)}
+    )
+    answers = describe(
+        found, ledger, settings.contracts, today=today or dt.date.today(), governance=governance
+    )
+    return Lookup(answers, verified.message, recorded.seq)

@@ -156,38 +156,23 @@ def agreement(
 def subject_lookup(settings: Settings, subject: str, reason: str, who: str) -> dict[str, Any]:
     """`exchange audit subject` for one id: the rows checked against the ledger first, and the
     lookup itself audited (a keyed hash of the id, who asked and why; never the id)."""
-    from exchange.audit.disclosures import key_id, lookup_hash
-    from exchange.gateway import Gateway
-
-    disclosures = Gateway(settings).disclosures()
     ledger = auditors._audit_ledger(settings)
     public = auditors._gateway_public_key(NO_OPTIONS, settings)
-    asked = {
-        "subject_hash": lookup_hash(disclosures.key, subject),
-        "key_id": key_id(disclosures.key),
-        "requested_by": who,
-        "reason": reason,
-    }
-    try:
-        found, verified = disclosures.verified_lookup(
-            subject,
-            ledger,
-            public_key=public,
-            origin=auditors._audit_origin(NO_OPTIONS, settings, public),
-        )
-    except ExchangeError as exc:
-        ledger.append("subject.looked_up", {**asked, "outcome": "refused", "problem": str(exc)})
-        raise
-    recorded = ledger.append(
-        "subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)}
-    )
     today = dt.date.today()
-    answers = subject_access.describe(
-        found, ledger, settings.contracts, today=today, governance=_governance(settings)
+    lookup = subject_access.look_up(
+        settings,
+        subject,
+        ledger,
+        requested_by=who,
+        reason=reason,
+        public_key=public,
+        origin=auditors._audit_origin(NO_OPTIONS, settings, public),
+        governance=_governance(settings),
+        today=today,
     )
     return {
-        "answers": answers,
-        "text": subject_access.to_text(answers, today=today),
-        "verified": verified.message,
-        "seq": recorded.seq,
+        "answers": lookup.answers,
+        "text": subject_access.to_text(lookup.answers, today=today),
+        "verified": lookup.verified,
+        "seq": lookup.seq,
     }

@@ -190,8 +190,6 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
     The rows answered from are checked against the audit ledger first, and the lookup itself
     is audited (a keyed hash of the id, who asked and why; never the id)."""
     from exchange import subject_access
-    from exchange.audit.disclosures import key_id, lookup_hash
-    from exchange.gateway import Gateway
 
     reason = (args.reason or "").strip()
     if not reason:  # refused before the id is read: a lookup is processing of personal data
@@ -205,38 +203,27 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
     if subject is None:
         return BAD_INPUT
     settings = Settings.from_env()
-    disclosures = Gateway(settings).disclosures()
-    ledger = _audit_ledger(settings)
     public = _gateway_public_key(args, settings)
     who = _audit_who()
-    asked = {
-        "subject_hash": lookup_hash(disclosures.key, subject),
-        "key_id": key_id(disclosures.key),
-        # Who the answer is for may be another person than who ran it: keep both.
-        "requested_by": f"{args.requested_by} (run by {who})" if args.requested_by else who,
-        "reason": reason,
-    }
-    try:
-        found, verified = disclosures.verified_lookup(
-            subject, ledger, public_key=public, origin=_audit_origin(args, settings, public)
-        )
-    except LedgerError as exc:
-        ledger.append("subject.looked_up", {**asked, "outcome": "refused", "problem": str(exc)})
-        raise
-    # Recorded before the answer is worded: a lookup that was made is on the record even if
-    # wording it fails.
-    recorded = ledger.append(
-        "subject.looked_up", {**asked, "outcome": "answered", "drops": len(found)}
-    )
     today = dt.date.today()
-    answers = subject_access.describe(
-        found, ledger, settings.contracts, today=today, governance=_quiet_governance(settings)
+    lookup = subject_access.look_up(
+        settings,
+        subject,
+        _audit_ledger(settings),
+        # Who the answer is for may be another person than who ran it: keep both.
+        requested_by=f"{args.requested_by} (run by {who})" if args.requested_by else who,
+        reason=reason,
+        public_key=public,
+        origin=_audit_origin(args, settings, public),
+        governance=_quiet_governance(settings),
+        today=today,
     )
+    answers = lookup.answers
     if public is None:
         error("warning", NO_KEY_WARNING)
     record = (
-        f"checked against the audit ledger: {verified.message}; this lookup is ledger entry "
-        f"{recorded.seq}"
+        f"checked against the audit ledger: {lookup.verified}; this lookup is ledger entry "
+        f"{lookup.seq}"
     )
     if args.format == "json":
         sys.stdout.write(json.dumps(answers, indent=2, default=str) + "\n")
