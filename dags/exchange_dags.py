@@ -122,6 +122,23 @@ def _triggered_by(context: Any) -> str:
     return f"airflow:{user}" if user else f"airflow:{kind}"
 
 
+def _say(event: str, run_id: str, agreement: str, text: str, **fields: Any) -> None:
+    """The task's line of what the gateway did (ids and counts only): text, or a JSON object with
+    the run and agreement ids when EXCHANGE_LOG_FORMAT is json."""
+    from exchange.settings import Settings
+    from exchange.tasklog import task_line
+
+    line = task_line(
+        Settings.from_env().log_format,
+        event=event,
+        run_id=run_id,
+        agreement=agreement,
+        text=text,
+        **fields,
+    )
+    log.info("%s", line)
+
+
 def _terminal(exc: Exception) -> AirflowFailException:
     """A refusal or other terminal error: fail the task at once, never retry."""
     return AirflowFailException(f"{type(exc).__name__}: {exc}")
@@ -154,11 +171,15 @@ def _acknowledgement_sensor(contract_file: str, deadline_hours: float) -> Any:
         contract = gateway.recheck(contract_file, run_id=run_id)
         received, overdue = gateway.collect_acks(contract)
         acked = gateway.ledger.find("ack.received", run_id=run_id, contract_id=contract.id)
-        log.info(
-            "exchange: acknowledgements collected %d, overdue %d; this run's drop %s",
-            received,
-            overdue,
-            "acknowledged" if acked is not None else "not yet acknowledged",
+        _say(
+            "acknowledgements",
+            run_id,
+            contract.id,
+            f"exchange: acknowledgements collected {received}, overdue {overdue}; this run's drop "
+            + ("acknowledged" if acked is not None else "not yet acknowledged"),
+            collected=received,
+            overdue=overdue,
+            acknowledged=acked is not None,
         )
         return PokeReturnValue(is_done=acked is not None)
 
@@ -201,20 +222,27 @@ def build_dag(contract_path: Path, found: Outline | None = None) -> DAG:
             context = get_current_context()
             if _late_first_run(context):
                 _record_late_skip(contract_file, context)
-                log.info(
+                _say(
+                    "skipped",
+                    context["run_id"],
+                    dag_id.removeprefix("exchange__"),
                     "exchange: skipped: the first scheduled run started after its time (as on "
-                    "unpausing); nothing read or sent. Trigger a run to send before the next one"
+                    "unpausing); nothing read or sent. Trigger a run to send before the next one",
+                    reason="late-first-run",
                 )
                 raise AirflowSkipException("late first scheduled run")
             try:
                 contract = _gateway().check(contract_file, run_id=context["run_id"])
             except ExchangeError as exc:
                 raise _terminal(exc) from exc
-            log.info(
-                "exchange: contract %s version %s may run (approved; SHA-256 %s)",
+            _say(
+                "checked",
+                context["run_id"],
                 contract.id,
-                contract.version,
-                contract.sha256,
+                f"exchange: contract {contract.id} version {contract.version} may run "
+                f"(approved; SHA-256 {contract.sha256})",
+                version=contract.version,
+                sha256=contract.sha256,
             )
             return contract.sha256
 
@@ -237,12 +265,17 @@ def build_dag(contract_path: Path, found: Outline | None = None) -> DAG:
                 )
             except ExchangeError as exc:
                 raise _terminal(exc) from exc
-            log.info(
-                "exchange: prepared drop %s: rows read %d, sent %d, excluded %s",
-                prepared.drop_id,
-                prepared.rows_read,
-                prepared.rows_sent,
-                json.dumps(prepared.excluded, sort_keys=True),
+            _say(
+                "prepared",
+                context["run_id"],
+                contract.id,
+                f"exchange: prepared drop {prepared.drop_id}: rows read {prepared.rows_read}, "
+                f"sent {prepared.rows_sent}, excluded "
+                + json.dumps(prepared.excluded, sort_keys=True),
+                drop_id=prepared.drop_id,
+                rows_read=prepared.rows_read,
+                rows_sent=prepared.rows_sent,
+                excluded=prepared.excluded,
             )
             return {"rows_read": prepared.rows_read, "rows_sent": prepared.rows_sent}
 
@@ -269,13 +302,20 @@ def build_dag(contract_path: Path, found: Outline | None = None) -> DAG:
                 if isinstance(exc, Retryable):
                     raise
                 raise _terminal(exc) from exc
-            log.info(
-                "exchange: delivered drop %s: %d files, %d bytes, %s after %d attempt(s)",
-                delivery.remote_path.rsplit("/", 1)[-1],
-                len(delivery.files),
-                delivery.bytes,
-                "already there" if delivery.already_delivered else "sent",
-                max(1, len(delivery.attempts)),
+            drop = delivery.remote_path.rsplit("/", 1)[-1]
+            outcome = "already there" if delivery.already_delivered else "sent"
+            attempts = max(1, len(delivery.attempts))
+            _say(
+                "delivered",
+                run_id,
+                contract.id,
+                f"exchange: delivered drop {drop}: {len(delivery.files)} files, {delivery.bytes} "
+                f"bytes, {outcome} after {attempts} attempt(s)",
+                drop_id=drop,
+                files=len(delivery.files),
+                bytes=delivery.bytes,
+                outcome=outcome,
+                attempts=attempts,
             )
             return {"bytes": delivery.bytes}
 

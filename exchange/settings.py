@@ -14,6 +14,9 @@ DEFAULT_APPROVERS = Path("/etc/exchange/approvers.json")
 SECRET_PREFIXES = ("EXCHANGE_SECRET_", "EXCHANGE_CONN_")
 
 
+LOG_FORMATS = ("text", "json")
+
+
 def _block_size(text: str | None) -> int:
     """EXCHANGE_CSV_BLOCK_SIZE in bytes (1 MiB if unset); between 64 KiB and 1 GiB."""
     if not text:
@@ -24,6 +27,14 @@ def _block_size(text: str | None) -> int:
         raise InvalidRequest("EXCHANGE_CSV_BLOCK_SIZE must be a whole number of bytes") from None
     if not (1 << 16) <= value <= (1 << 30):
         raise InvalidRequest("EXCHANGE_CSV_BLOCK_SIZE must be between 65536 and 1073741824 bytes")
+    return value
+
+
+def _log_format(text: str | None) -> str:
+    """EXCHANGE_LOG_FORMAT: `text` (the default) or `json`."""
+    value = (text or "text").strip().lower()
+    if value not in LOG_FORMATS:
+        raise InvalidRequest(f"EXCHANGE_LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}")
     return value
 
 
@@ -57,6 +68,8 @@ class Settings:
     EXCHANGE_STAGING       a staging store shared by several workers: s3://bucket/prefix or
                            file:///shared/path (exchange.pipeline.store); unset: the local folder
     EXCHANGE_STAGING_MAX_AGE_HOURS  a staged drop of an abandoned run expires after; 168 (a week)
+    EXCHANGE_LOG_FORMAT    the gateway's lines in task logs: text, or json (one object per line
+                           with the run and agreement ids); text
     EXCHANGE_INCIDENT_*    incident notices: SMTP, SMTP_TLS, FROM, TO, WEBHOOK (exchange.incidents)
     EXCHANGE_SECRET_*, EXCHANGE_CONN_*  secrets and connections by name (`secret_env`)
     """
@@ -72,6 +85,7 @@ class Settings:
     csv_block_size: int = 1 << 20
     staging_url: str | None = None
     staging_max_age_hours: float = 168.0
+    log_format: str = "text"
     incident_smtp: str | None = None
     incident_smtp_tls: str | None = None
     incident_from: str = "exchange-gateway@localhost"
@@ -101,6 +115,7 @@ class Settings:
             staging_max_age_hours=_hours(
                 "EXCHANGE_STAGING_MAX_AGE_HOURS", env.get("EXCHANGE_STAGING_MAX_AGE_HOURS"), 168.0
             ),
+            log_format=_log_format(env.get("EXCHANGE_LOG_FORMAT")),
             incident_smtp=env.get("EXCHANGE_INCIDENT_SMTP") or None,
             incident_smtp_tls=env.get("EXCHANGE_INCIDENT_SMTP_TLS") or None,
             incident_from=env.get("EXCHANGE_INCIDENT_FROM", "exchange-gateway@localhost"),

@@ -100,6 +100,27 @@ def test_dag_run_delivers_the_drop_and_audits_it(
     ]
 
 
+def test_task_lines_as_json_carry_the_run_and_the_agreement(
+    airflow_db: None,
+    airflow_env: Workspace,
+    partner: PartnerSftpServer,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EXCHANGE_LOG_FORMAT=json: one JSON object per task line, for a log platform."""
+    monkeypatch.setenv("EXCHANGE_LOG_FORMAT", "json")
+    caplog.set_level(logging.INFO)
+    run = load_dags(REPO / "dags")[DAG_ID].test()
+    assert str(run.state) == "success", task_states(run)
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "exchange.dags"]
+    assert [line["event"] for line in lines] == ["checked", "prepared", "delivered"]
+    assert {line["run_id"] for line in lines} == {run.run_id}
+    assert {line["agreement"] for line in lines} == {DAG_ID.removeprefix("exchange__")}
+    drop = inbox_entries(partner)[0]
+    assert lines[1]["drop_id"] == drop == lines[2]["drop_id"]
+    assert lines[1]["rows_read"] == 1000 and lines[2]["outcome"] == "sent"
+
+
 def test_a_task_without_exchange_contracts_fails_at_once_saying_how_to_set_it(
     airflow_db: None,
     airflow_env: Workspace,
