@@ -197,6 +197,25 @@ def last_entry(ws: Workspace) -> tuple[int, str, dict[str, Any]]:
     return seq, event, json.loads(body)
 
 
+def table(page: str, table_id: str) -> list[list[str]]:
+    """The body rows of a page's table, each cell's text unescaped (["None"] when empty)."""
+    body = page.split(f'id="{table_id}"')[1].split("</table>")[0].split("<tbody")[1]
+    return [
+        [html.unescape(cell) for cell in re.findall(r"<td[^>]*>([^<]*)</td>", row)]
+        for row in re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)
+    ]
+
+
+def or_none(rows: list[list[str]]) -> list[list[str]]:
+    """What rows_table shows: the rows, or one "None" cell when there are none."""
+    return rows or [["None"]]
+
+
+def deleted(receipt: dict[str, Any]) -> str:
+    """A destruction receipt's deleted items as the agreement page lists them."""
+    return "; ".join(receipt["deleted"])
+
+
 def test_every_endpoint_needs_an_airflow_user_and_the_lookup_an_auditor(served: Served) -> None:
     for path in [*PAGES, "/exchanges/static/exchanges.css"]:
         status, _, _ = served.fetch(path)
@@ -253,6 +272,34 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
         str(totals["acks_overdue"]),
     ]
 
+    # Partners as witnesses: the report's section, equal to `exchange audit witnesses`.
+    done = exchange(ws, "audit", "witnesses", "--json")
+    assert done.returncode == 0, done.stderr
+    witnesses = json.loads(done.stdout)["witnesses"]
+    assert report["witnesses"] == witnesses
+    assert table(ledger, "witnesses") == or_none(
+        [[w["witness"], w["key_id"], w["contract_id"], str(w["size"]), w["at"]] for w in witnesses]
+    )
+    refusals = report["witness_refusals"]
+    assert shown["witness_refusals"] == [str(len(refusals))]
+    assert table(ledger, "witness-refusals") == or_none(
+        [
+            [
+                str(r[k])
+                for k in (
+                    "at",
+                    "agreement",
+                    "drop_id",
+                    "key_id",
+                    "held_size",
+                    "offered_size",
+                    "seq",
+                )
+            ]
+            for r in refusals
+        ]
+    )
+
     bars = re.findall(r"<rect [^>]*><title>([^<]*)</title>", ledger)
     by_day = report["rows_by_day"]
     assert bars == [
@@ -268,6 +315,21 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
     for name in ("transfers", "rows_sent", "refusals", "failures", "acknowledged", "acks_overdue"):
         assert shown[name] == [str(totals[name])], name
     assert (totals["transfers"], totals["refusals"], totals["acks_overdue"]) == (2, 1, 1)
+    # Destruction receipts and overdue drops: the report's lifecycle figures and drop ids.
+    life = totals["lifecycle"]
+    assert shown["sent"] == [str(life["sent"]["count"])] == [str(totals["transfers"])]
+    assert shown["destroyed"] == [str(life["destroyed"]["count"])]
+    assert shown["destruction_overdue"] == [str(life["overdue"]["count"])]
+    assert table(page, "destroyed") == or_none(
+        [
+            [r["drop_id"], str(r["destroyed_at"]), str(r["key_id"]), deleted(r), r["recorded_at"]]
+            for r in totals["destroyed"]
+        ]
+    )
+    assert [r[0] for r in table(page, "destroyed") if r != ["None"]] == life["destroyed"]["drops"]
+    assert table(page, "destruction-overdue") == or_none(
+        [[o["drop_id"], str(o["due"]), str(o["seq"])] for o in totals["destruction_overdue"]]
+    )
     for drop in history.drops:
         assert drop in page
     assert all(d in page.split('id="unacknowledged"')[1] for d in totals["unacknowledged"])
