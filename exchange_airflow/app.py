@@ -5,6 +5,7 @@ officer's machine with their key, so pages only show the command to run."""
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from fastapi import Depends, FastAPI, Form, HTTPException, Request, status
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
+from exchange import reporting
 from exchange.errors import ExchangeError
 from exchange.settings import Settings
 from exchange_airflow import data
@@ -178,11 +180,25 @@ def ledger_page(
         "ledger.html",
         user,
         report=built,
-        days_rows=days,
+        days_rows=_with_refusals(built, days),
         bars=_bars(days),
         since=start,
         until=end,
     )
+
+
+def _with_refusals(
+    built: reporting.Report, days: list[tuple[str, str, int]]
+) -> list[tuple[str, str, int, int]]:
+    """The chart's table: rows sent and runs refused per day (the report's own day: the
+    entry's recorded date) and partner, from the report's refusals; a day with refusals only
+    has a row too (no bar: nothing was sent)."""
+    refused = Counter((r["at"][:10], t.recipient) for t in built.agreements for r in t.refused)
+    sent = {(day, partner): rows for day, partner, rows in days}
+    return [
+        (day, partner, sent.get((day, partner), 0), refused[(day, partner)])
+        for day, partner in sorted(set(sent) | set(refused))
+    ]
 
 
 def _bars(days: list[tuple[str, str, int]], width: int = 600, height: int = 160) -> list[Any]:

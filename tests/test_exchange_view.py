@@ -308,6 +308,16 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
         for partner, rows in sorted(by_day[day].items())
     ]
     assert sum(int(b.rsplit(": ", 1)[1].split()[0]) for b in bars) == totals["rows_sent"]
+    # The chart's table: rows sent and runs refused per day and partner, as the report says.
+    by_day_table = table(ledger, "by-day")
+    assert {(d, p): int(r) for d, p, r, _ in by_day_table if int(r)} == {
+        (day, partner): rows for day in by_day for partner, rows in by_day[day].items() if rows
+    }
+    refused_on = sorted((r["at"][:10], totals["recipient"]) for r in totals["refused"])
+    assert (
+        sorted((d, p) for d, p, _, n in by_day_table for _ in range(int(n))) == refused_on
+        and len(refused_on) == totals["refusals"] == 1
+    )
 
     status, _, page = served.fetch(f"/exchanges/agreements/{AGREEMENT}", token)
     assert status == 200
