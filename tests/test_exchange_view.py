@@ -277,6 +277,9 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
     assert done.returncode == 0, done.stderr
     witnesses = json.loads(done.stdout)["witnesses"]
     assert report["witnesses"] == witnesses
+    # The history's acknowledgement carries the partner's cosignature; no partner refused.
+    assert len(witnesses) == 1 and witnesses[0]["contract_id"] == AGREEMENT
+    assert report["witness_refusals"] == [] and "Partners as witnesses" in ledger
     assert table(ledger, "witnesses") == or_none(
         [[w["witness"], w["key_id"], w["contract_id"], str(w["size"]), w["at"]] for w in witnesses]
     )
@@ -337,6 +340,9 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
         ]
     )
     assert [r[0] for r in table(page, "destroyed") if r != ["None"]] == life["destroyed"]["drops"]
+    # The history has no destruction receipt and nothing past retention: the empty state.
+    assert (life["destroyed"]["count"], life["overdue"]["count"]) == (0, 0)
+    assert table(page, "destroyed") == table(page, "destruction-overdue") == [["None"]]
     assert table(page, "destruction-overdue") == or_none(
         [[o["drop_id"], str(o["due"]), str(o["seq"])] for o in totals["destruction_overdue"]]
     )
