@@ -12,6 +12,7 @@ chain rewritten with every hash recomputed.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -28,7 +29,7 @@ from exchange.audit.events import Event
 from exchange.audit.export import write_export
 from exchange.audit.proofs import InclusionProof
 from exchange.audit.signer import Signer
-from exchange.audit.storage import Store, checkpoints, entries, metadata
+from exchange.audit.storage import BLOCK, NODE_LEVEL, Store, checkpoints, entries, metadata
 from exchange.errors import LedgerError
 
 # Kept importable from here: approval.py queries `entries`; tests use GENESIS and Entry.
@@ -162,37 +163,58 @@ class Ledger:
                 )
         if not 1 <= seq <= size:
             raise LedgerError(f"entry {seq} is not within a tree of size {size}")
-        leaves = self.leaves(size)
-        entry = self.store.entry(seq)
-        if entry is None:
-            raise LedgerError(f"entry {seq} is missing")
-        return InclusionProof(
-            seq, entry.entry_hash, size, tuple(merkle.inclusion_proof(seq - 1, leaves))
-        )
+        return self.inclusion_proofs([seq], size)[0]
+
+    def inclusion_proofs(self, seqs: Iterable[int], size: int) -> list[InclusionProof]:
+        """`prove_inclusion` of each entry in the tree of `size`, sharing their reads (for a
+        bundle of many entries). Each reads O(log n) stored nodes and at most two blocks of
+        entries, never the whole ledger; LedgerError if an entry is missing or beyond `size`."""
+        tree = self.subtrees(size)
+        out = []
+        for seq in seqs:
+            if not 1 <= seq <= size:
+                raise LedgerError(f"entry {seq} is not within a tree of size {size}")
+            entry = self.store.entry(seq)
+            if entry is None:
+                raise LedgerError(f"entry {seq} is missing")
+            out.append(
+                InclusionProof(seq, entry.entry_hash, size, tuple(tree.inclusion_proof(seq - 1)))
+            )
+        return out
+
+    def subtrees(self, size: int | None = None) -> merkle.Subtrees:
+        """The tree of the first `size` entries (default: all), for proofs and range hashes
+        from the stored nodes (`merkle.Subtrees`); LedgerError if the ledger is shorter.
+
+        The nodes are a cache: what is proven from them checks only against a signed root.
+        """
+        return self.store.subtrees(self.head()[0] if size is None else size)
 
     def consistency(self, old_size: int, new_size: int) -> tuple[bytes, list[bytes]]:
         """The root at `old_size` and an RFC 9162 proof that its tree is a prefix of `new_size`'s.
 
-        From a checkpoint handed out at `old_size` (the anchor keeps its right edge), only the
-        entries since are read, so the cost is theirs and not the whole history's; otherwise
-        from every leaf. LedgerError if the ledger is shorter than `new_size`.
+        From a checkpoint handed out at `old_size` (the anchor keeps its right edge) a few
+        entries ago, only the entries since are read; otherwise O(log n) stored nodes and at
+        most two blocks of entries. LedgerError if the ledger is shorter than `new_size`.
         """
         if not 0 <= old_size <= new_size:
             raise LedgerError(f"size {old_size} is beyond the tree of size {new_size}")
         handed = self.anchor.handed_at(old_size) if self.anchor and old_size else None
-        if handed is not None:
+        if handed is not None and new_size - old_size <= 2 * BLOCK:
             new = self.store.leaves(new_size, since=old_size + 1)
             proof = merkle.consistency_proof_from_edge(old_size, handed.edge, new)
             return handed.checkpoint.root, proof
-        leaves = self.leaves(new_size)
-        return merkle.root(leaves[:old_size]), merkle.consistency_proof(old_size, leaves)
+        tree = self.subtrees(new_size)
+        proof = tree.consistency_proof(old_size)
+        return (handed.checkpoint.root if handed else tree.root(old_size)), proof
 
     def prove_consistency(self, old_size: int, new_size: int | None = None) -> list[bytes]:
-        """An RFC 9162 proof that the tree of `old_size` entries is a prefix of `new_size`'s."""
-        leaves = self.leaves(new_size)
-        if old_size > len(leaves):
-            raise LedgerError(f"size {old_size} is beyond the tree of size {len(leaves)}")
-        return merkle.consistency_proof(old_size, leaves)
+        """An RFC 9162 proof that the tree of `old_size` entries is a prefix of `new_size`'s
+        (default: all entries), from the stored nodes as `consistency`."""
+        tree = self.subtrees(new_size)
+        if old_size > tree.size:
+            raise LedgerError(f"size {old_size} is beyond the tree of size {tree.size}")
+        return tree.consistency_proof(old_size)
 
     # -- verifying ----------------------------------------------------------------------------
 
@@ -217,10 +239,29 @@ class Ledger:
         the result says so. `visit` sees each entry that verified, in order.
         """
         against = verify.Against(public_key, origin, tuple(held))
-        walk = verify.check(
-            self.store, self.anchor, against, start=from_seq or 1, until=to_seq, visit=visit
+        start = from_seq or 1
+        nodes = merkle.NodeCheck(NODE_LEVEL) if start == 1 and self.store.has_nodes else None
+
+        def seen(entry: Entry) -> None:
+            if nodes is not None:
+                nodes.add(entry.leaf)
+            if visit is not None:
+                visit(entry)
+
+        walk = verify.check(self.store, self.anchor, against, start=start, until=to_seq, visit=seen)
+        result = walk.finish(complete=to_seq is None)
+        wrong = nodes.problem(self.store.stored_nodes) if nodes and result.ok else None
+        if wrong is None:
+            return result
+        first, last = merkle.node_range(*wrong)
+        return dataclasses.replace(
+            result,
+            reason=(
+                f"stored Merkle node at level {wrong[0]}, index {wrong[1]} (entries "
+                f"{first}..{last}) differs from the entries' tree: the audit_merkle_nodes "
+                "table was altered (proofs made from it fail against signed checkpoints)"
+            ),
         )
-        return walk.finish(complete=to_seq is None)
 
     # -- export -------------------------------------------------------------------------------
 

@@ -4,13 +4,19 @@ Appends are serialised by the database (``BEGIN IMMEDIATE`` on SQLite, a table l
 PostgreSQL), so concurrent writers, threads or processes, wait for each other and the chain
 never forks. The primary key on ``seq`` stays as the backstop against any other writer.
 Nothing here judges what it reads: `chain` and `verify` do.
+
+``audit_merkle_nodes`` caches the Merkle tree's interior nodes over whole blocks of
+``2**NODE_LEVEL`` entries, so proofs read O(log n) rows instead of every entry. It is written in
+the same transaction as the append that completes a block, and filled once, under the writer's
+lock, when a ledger made before it is opened for writing. It is never trusted: verify recomputes
+every node from the entries, and a proof made from a wrong node does not verify.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,11 @@ from exchange.errors import LedgerError
 
 APPEND_ATTEMPTS = 10  # each waits up to the 30 s lock timeout
 STREAM_ROWS = 2000  # rows fetched at a time when walking the ledger
+# Nodes are stored from blocks of 256 entries up: a proof then reads at most 2 x 255 leaves
+# beside its O(log n) nodes, and the table holds one row per 128 entries (docs/decisions.md).
+NODE_LEVEL = 8
+BLOCK = 1 << NODE_LEVEL
+FILL_BLOCKS = 64  # blocks of entries read per query while filling the node table
 
 metadata = sa.MetaData()
 entries = sa.Table(
@@ -52,6 +63,16 @@ checkpoints = sa.Table(
     sa.Column("root", sa.String(64), nullable=False),  # hex; the note has it in base64
     sa.Column("note", sa.Text, nullable=False),
     sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+
+nodes = sa.Table(
+    "audit_merkle_nodes",
+    metadata,
+    # MTH of entries idx * 2**level + 1 .. (idx + 1) * 2**level: an RFC 9162 interior node.
+    sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("hash", sa.String(64), nullable=False),  # hex
 )
 
 
@@ -136,6 +157,110 @@ def _checkpoint_rows(conn: sa.Connection) -> list[sa.Row[Any]]:
     return list(conn.execute(sa.select(checkpoints).order_by(checkpoints.c.id)).all())
 
 
+def _hex32(text: str) -> bytes | None:
+    """A stored hash as bytes; None if it is not 64 hex digits."""
+    try:
+        value = bytes.fromhex(text)
+    except (TypeError, ValueError):
+        return None
+    return value if len(value) == 32 else None
+
+
+def _node_frontier(conn: sa.Connection) -> int:
+    """How many blocks the node table covers: every block before the newest stored one."""
+    newest = conn.execute(
+        sa.select(sa.func.max(nodes.c.idx)).where(nodes.c.level == NODE_LEVEL)
+    ).scalar()
+    return 0 if newest is None else int(newest) + 1
+
+
+def _read_nodes(
+    conn: sa.Connection, keys: Iterable[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    """The stored, well-formed hashes of the nodes asked for."""
+    out: dict[tuple[int, int], bytes] = {}
+    by_level: dict[int, list[int]] = {}
+    for level, index in keys:
+        by_level.setdefault(level, []).append(index)
+    for level, indexes in by_level.items():
+        rows = conn.execute(
+            sa.select(nodes.c.idx, nodes.c.hash).where(
+                nodes.c.level == level, nodes.c.idx.in_(indexes)
+            )
+        )
+        for index, text in rows:
+            value = _hex32(text)
+            if value is not None:
+                out[(level, int(index))] = value
+    return out
+
+
+def _leaf_rows(conn: sa.Connection, lo: int, hi: int) -> list[bytes]:
+    """The leaf hashes of entries lo+1..hi (leaves lo..hi-1); LedgerError at a gap."""
+    rows = conn.execute(
+        sa.select(entries.c.seq, entries.c.entry_hash)
+        .where(entries.c.seq > lo, entries.c.seq <= hi)
+        .order_by(entries.c.seq)
+    )
+    out: list[bytes] = []
+    for seq, entry_hash in rows:
+        if seq != lo + len(out) + 1:
+            break
+        out.append(merkle.leaf_hash(bytes.fromhex(entry_hash)))
+    if len(out) != hi - lo:
+        raise LedgerError(f"entry {lo + len(out) + 1} is missing")
+    return out
+
+
+def _extend_nodes(conn: sa.Connection, size: int) -> int:
+    """Store the nodes of every whole block of the first `size` entries not stored yet; the
+    number of nodes written. Run inside the writer's lock. Stops, writing what it could, where
+    the nodes before it or an entry is missing (verify reports those, not the append)."""
+    done, todo = _node_frontier(conn), size >> NODE_LEVEL
+    if done >= todo:
+        return 0
+    # The nodes so far end in the perfect subtrees of its right edge: resume from them.
+    edge_keys = [
+        (NODE_LEVEL + bit, (done >> bit) - 1)
+        for bit in reversed(range(done.bit_length()))
+        if done >> bit & 1
+    ]
+    edge = _read_nodes(conn, edge_keys)
+    if len(edge) != len(edge_keys):
+        return 0
+    builder = merkle.RootBuilder.from_edge(done * BLOCK, [edge[k] for k in edge_keys])
+    written = 0
+    for first in range(done, todo, FILL_BLOCKS):
+        last = min(first + FILL_BLOCKS, todo)
+        try:
+            leaves = _leaf_rows(conn, first * BLOCK, last * BLOCK)
+        except LedgerError:
+            return written
+        made = [
+            {"level": level, "idx": index, "hash": node.hex()}
+            for leaf in leaves
+            for level, index, node in builder.append_nodes(leaf, BLOCK)
+        ]
+        conn.execute(nodes.insert(), made)
+        written += len(made)
+    return written
+
+
+class _Nodes:
+    """`merkle.NodeSource` over a connection factory: each read in its own short connection."""
+
+    def __init__(self, engine: sa.Engine) -> None:
+        self.engine = engine
+
+    def nodes(self, keys: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        with self.engine.connect() as conn:
+            return _read_nodes(conn, keys)
+
+    def leaves(self, lo: int, hi: int) -> list[bytes]:
+        with self.engine.connect() as conn:
+            return _leaf_rows(conn, lo, hi)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """The whole ledger as of one transaction: checkpoint rows, head, and a stream of entries."""
@@ -155,20 +280,29 @@ class Store:
         self._postgres = self.engine.dialect.name == "postgresql"
         if create:
             create_tables(self.engine, metadata)
+            self.has_nodes = True
+            self.fill_nodes()
+        else:  # opened to read (an auditor's copy): a ledger from before the table works too
+            self.has_nodes = sa.inspect(self.engine).has_table(nodes.name)
 
     # -- entries ----------------------------------------------------------------------------
+
+    def _lock(self, conn: sa.Connection) -> None:
+        if self._postgres:
+            # Appenders wait for each other; readers are not blocked.
+            conn.exec_driver_sql("LOCK TABLE audit_ledger IN SHARE ROW EXCLUSIVE MODE")
 
     def append(self, make: Callable[[int, str], Entry], *, event: str) -> Entry:
         """Insert `make(seq, prev_hash)` at the head; concurrent writers queue, so no fork."""
         for _ in range(APPEND_ATTEMPTS):
             try:
                 with writer(self.engine).begin() as conn:
-                    if self._postgres:
-                        # Appenders wait for each other; readers are not blocked.
-                        conn.exec_driver_sql("LOCK TABLE audit_ledger IN SHARE ROW EXCLUSIVE MODE")
+                    self._lock(conn)
                     seq, prev = _head(conn)
                     entry = make(seq + 1, prev)
                     conn.execute(entries.insert().values(**entry.columns()))
+                    if self.has_nodes and entry.seq % BLOCK == 0:
+                        _extend_nodes(conn, entry.seq)  # this block's node and those it completes
                 return entry
             except (IntegrityError, OperationalError):
                 continue  # another writer took this number, or the lock wait timed out: retry
@@ -239,6 +373,44 @@ class Store:
         if size is not None and since + len(out) <= size:
             raise LedgerError(f"the ledger holds {since + len(out) - 1} entries, fewer than {size}")
         return out
+
+    # -- stored Merkle nodes ----------------------------------------------------------------
+
+    def fill_nodes(self) -> int:
+        """Store the nodes of whole blocks the table lacks (a ledger made before it, or entries
+        appended by an older gateway), in one pass under the writer's lock; nodes written."""
+        if not self.has_nodes:
+            return 0
+        with self.engine.connect() as conn:
+            if _node_frontier(conn) >= _head(conn)[0] >> NODE_LEVEL:
+                return 0  # the usual case: two indexed look-ups
+        with writer(self.engine).begin() as conn:
+            self._lock(conn)
+            return _extend_nodes(conn, _head(conn)[0])
+
+    def subtrees(self, size: int) -> merkle.Subtrees:
+        """The tree of the first `size` entries, for proofs from stored nodes; LedgerError if
+        the ledger is shorter."""
+        with self.engine.connect() as conn:
+            held = _head(conn)[0]
+            stored = _node_frontier(conn) << NODE_LEVEL if self.has_nodes else 0
+        if size > held:
+            raise LedgerError(f"the ledger holds {held} entries, fewer than {size}")
+        return merkle.Subtrees(size, _Nodes(self.engine), level=NODE_LEVEL, stored=stored)
+
+    def stored_nodes(self, level: int, count: int) -> Iterator[tuple[int, bytes | None]]:
+        """(index, hash; None if malformed) of the stored nodes of `level` below `count`."""
+        if not self.has_nodes:
+            return
+        query = (
+            sa.select(nodes.c.idx, nodes.c.hash)
+            .where(nodes.c.level == level, nodes.c.idx < count)
+            .order_by(nodes.c.idx)
+        )
+        with self.engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=STREAM_ROWS)
+            for index, text in rows.execute(query):
+                yield int(index), _hex32(text)
 
     # -- checkpoints ------------------------------------------------------------------------
 
