@@ -375,7 +375,10 @@ class Topology:
                 "AWS_ENDPOINT_URL": endpoint,
                 "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(self.root / "logs" / name / "tasks"),
                 "AIRFLOW__CORE__HOSTNAME_CALLABLE": "topology_host.name",
-                "PYTHONPATH": str(code),
+                # Kept after the worker's own folder: a checkout run from PYTHONPATH stays in use.
+                "PYTHONPATH": os.pathsep.join(
+                    filter(None, [str(code), os.environ.get("PYTHONPATH")])
+                ),
                 "TOPOLOGY_WORKER": name,
                 "EXCHANGE_HOME": str(home),
                 "EXCHANGE_AUDIT_URL": self.ledger_url,
