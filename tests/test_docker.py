@@ -10,6 +10,7 @@ sshd_config accepted by OpenSSH's own checker; the PostgreSQL init script on a r
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import os
@@ -161,6 +162,9 @@ def test_every_airflow_service_has_the_gateway_settings(config: dict[str, Any]) 
         # Sized for a small host, not Airflow's 32 task processes.
         assert int(env["AIRFLOW__CORE__PARALLELISM"]) <= 8
         assert int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) <= 4
+        preload = env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]  # what the topology test runs
+        module, _, name = preload.rpartition(".")
+        assert name in vars(importlib.import_module(module)), preload
         assert config["services"][name]["user"] != "0:0", name
 
 

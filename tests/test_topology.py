@@ -69,6 +69,13 @@ WORKERS = ("worker-a", "worker-b")
 START_TIMEOUT = 120  # seconds for one service to answer
 RUN_TIMEOUT = 120  # seconds for one run, plus RUN_EACH for every other run of a batch
 RUN_EACH = 30
+# Workers import the gateway and Great Expectations once (docs/operators.md); TOPOLOGY_PRELOAD=0
+# leaves Airflow's default Celery settings, for comparison.
+PRELOAD = (
+    "exchange_airflow.celery_preload.CELERY_CONFIG"
+    if os.environ.get("TOPOLOGY_PRELOAD", "1") == "1"
+    else "airflow.providers.celery.executors.default_celery.DEFAULT_CELERY_CONFIG"
+)
 
 
 def celery_problem() -> str | None:
@@ -318,6 +325,7 @@ class Topology:
             "AIRFLOW__CELERY__BROKER_URL": f"redis://127.0.0.1:{redis_port}/0",
             "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + airflow_db,
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": "2",
+            "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": PRELOAD,
             "AIRFLOW__API_AUTH__JWT_SECRET": "topology-test-jwt-secret-0123456789abcdef",
             "AIRFLOW__API__SECRET_KEY": "topology-test-api-secret",
             "AIRFLOW__API__WORKERS": "1",
@@ -544,6 +552,10 @@ def check_topology(
         assert len(mine) == 1, (ident, inbox)
     used = {host for ident in ids for host in topology.hostnames(ident, runs[ident]).values()}
     assert used == set(WORKERS), used
+    if PRELOAD.startswith("exchange_airflow"):  # each worker loaded the gateway once, at start
+        for name in WORKERS:
+            log = (topology.services.logs / f"{name}.log").read_text("utf-8", "replace")
+            assert "exchange: validators.suite preloaded" in log, name
     events = [e for e in Ledger(topology.ledger_url).entries() if e.event == "transfer.sent"]
     assert len(events) == len(ids) + 1
     verified = topology.exchange("audit", "verify")
