@@ -70,6 +70,21 @@ class Received:
     log_held: int | None = None  # the size witnessed before it (None: first sight of the log)
 
 
+@dataclass(frozen=True)
+class Step:
+    """How far a receive has got, for a progress display: `done` of `total` in `unit`."""
+
+    # "verifying", "decrypting", "counting rows", "acknowledging",
+    # "uploading the acknowledgement"
+    stage: str
+    done: int = 0
+    total: int | None = None
+    unit: str = "bytes"  # "bytes" or "rows"
+
+
+Progress = Callable[[Step], None]
+
+
 class LogRefused(DropRejected):
     """A drop refused because the sender's log does not extend the one the partner witnessed."""
 
@@ -84,10 +99,12 @@ class _NotRegular(Exception):
 
 
 class _Hashing:
-    """A reader that hashes and counts exactly the bytes it hands on."""
+    """A reader that hashes and counts exactly the bytes it hands on (and tells `counted`)."""
 
-    def __init__(self, source: BinaryIO) -> None:
+    def __init__(self, source: BinaryIO, counted: Callable[[int], None] | None = None) -> None:
         self._source = source
+        self._counted = counted
+        self._next = READ_CHUNK  # age reads 8 KiB at a time: tell `counted` once a READ_CHUNK
         self.digest = hashlib.sha256()
         self.size = 0
 
@@ -96,6 +113,9 @@ class _Hashing:
         data = self._source.read(size)
         self.digest.update(data)
         self.size += len(data)
+        if self._counted is not None and (self.size >= self._next or not data):
+            self._next = self.size + READ_CHUNK
+            self._counted(self.size)
         return data
 
 
@@ -149,10 +169,14 @@ def _unlink(dir_fd: int, name: str) -> None:
         os.unlink(name, dir_fd=dir_fd)
 
 
-def _sha256(handle: BinaryIO) -> str:
+def _sha256(handle: BinaryIO, counted: Callable[[int], None] | None = None) -> str:
     digest = hashlib.sha256()
+    done = 0
     while chunk := handle.read(READ_CHUNK):
         digest.update(chunk)
+        if counted is not None:
+            done += len(chunk)
+            counted(done)
     return digest.hexdigest()
 
 
@@ -230,7 +254,9 @@ def _check_ssh_signature(drop_fd: int, label: str, key: Ed25519PublicKey, docume
         ) from None
 
 
-def _open_payload(drop_fd: int, label: str, info: dict[str, Any]) -> BinaryIO:
+def _open_payload(
+    drop_fd: int, label: str, info: dict[str, Any], progress: Progress | None = None
+) -> BinaryIO:
     """The payload, opened once, its size and SHA-256 checked; the caller closes it."""
     name = info["name"]  # one of the schema's fixed names, never a path
     try:
@@ -247,7 +273,8 @@ def _open_payload(drop_fd: int, label: str, info: dict[str, Any]) -> BinaryIO:
                 f"drop {label}: payload is {size} bytes, the manifest says {info['size']} "
                 "(truncated or altered)"
             )
-        if _sha256(handle) != info["sha256"]:
+        counted = _reporter(progress, "verifying", size)
+        if _sha256(handle, counted) != info["sha256"]:
             raise DropRejected(f"drop {label}: payload does not match the manifest's checksum")
         handle.seek(0)
         keep.pop_all()
@@ -276,11 +303,29 @@ def _drop_folder(drop: Path, label: str) -> Iterator[int]:
         os.close(fd)
 
 
-def _count_rows(handle: BinaryIO, fmt: str) -> int:
+def _reporter(
+    progress: Progress | None, stage: str, total: int | None, unit: str = "bytes"
+) -> Callable[[int], None] | None:
+    """A function told how much of `stage` is done, passing it on to `progress` (if any)."""
+    if progress is None:
+        return None
+    progress(Step(stage, 0, total, unit))
+    return lambda done: progress(Step(stage, done, total, unit))
+
+
+def _count_rows(handle: BinaryIO, fmt: str, counted: Callable[[int], None] | None = None) -> int:
     if fmt == "parquet":
-        return int(pq.ParquetFile(handle).metadata.num_rows)
+        rows = int(pq.ParquetFile(handle).metadata.num_rows)
+        if counted is not None:
+            counted(rows)
+        return rows
     reader = pacsv.open_csv(handle, parse_options=pacsv.ParseOptions(newlines_in_values=True))
-    return sum(batch.num_rows for batch in reader)
+    rows = 0
+    for batch in reader:
+        rows += batch.num_rows
+        if counted is not None:
+            counted(rows)
+    return rows
 
 
 def _check_addressed(label: str, body: dict[str, Any], identity: Path) -> list[Any]:
@@ -600,6 +645,7 @@ def receive(
     again: bool = False,
     overwrite: bool = False,
     clock: Callable[[], dt.datetime] = _utcnow,
+    progress: Progress | None = None,
 ) -> Received:
     """Verify, decrypt and write a drop's data to `out_dir`; DropRejected leaves no output.
 
@@ -609,7 +655,8 @@ def receive(
     time (after a lost output or ack) instead of refusing it as a replay; an existing output
     is then kept if it holds exactly this drop's data. `overwrite` replaces existing files of
     the output names; without it they are never replaced (except the partner's own earlier
-    acknowledgement of the same drop).
+    acknowledgement of the same drop). `progress`, if given, is told each stage and how much
+    of it is done (bytes or rows; never a value), often: it must be cheap.
     """
     if ack_outbox is not None and ack_key is None:
         raise CryptoError("an acknowledgement needs the partner's signing key (ack_key)")
@@ -619,7 +666,7 @@ def receive(
         signed = _read_signed(drop_fd, label, sender_key)
         body, manifest_sha256 = signed.body, signed.sha256
         info = body["payload"]
-        payload = stack.enter_context(_open_payload(drop_fd, label, info))
+        payload = stack.enter_context(_open_payload(drop_fd, label, info, progress))
         identities = _check_addressed(label, body, identity)
         signer = signing.load_private_key(ack_key, ack_key_passphrase) if ack_key else None
         drop_id, fmt = body["drop_id"], info["format"]
@@ -652,7 +699,7 @@ def receive(
                     _report_refusal(ack_outbox, signer, signed, exc, received_at)
                 raise
             rows = _decrypt_into(
-                out_fd, partial, final, payload, body, identities, exists, overwrite
+                out_fd, partial, final, payload, body, identities, exists, overwrite, progress
             )
             facts = {
                 "received_at": received_at,
@@ -681,6 +728,8 @@ def receive(
         )
         if signer is None:
             return got
+        if progress is not None:
+            progress(Step("acknowledging", unit=""))
         ack = acks.build(
             body,
             manifest_sha256,
@@ -694,6 +743,8 @@ def receive(
         got = replace(got, ack=ack, ack_path=out_path / ack_file)
     if ack_outbox is None:
         return got
+    if progress is not None:
+        progress(Step("uploading the acknowledgement", unit=""))
     try:
         sent = acks.send_ack(ack_outbox, drop_id, data)
     except TransferError as exc:
@@ -830,12 +881,13 @@ def _decrypt_into(
     identities: list[Any],
     exists: bool,
     overwrite: bool,
+    progress: Progress | None = None,
 ) -> int:
     """Decrypt the open payload into `final`, checking the bytes decrypted; the row count."""
     drop_id, info = body["drop_id"], body["payload"]
     _unlink(out_fd, partial)
     try:
-        reader = _Hashing(payload)
+        reader = _Hashing(payload, _reporter(progress, "decrypting", info["size"]))
         with _create(out_fd, partial) as out:
             sink = _HashingSink(out)
             try:
@@ -851,7 +903,8 @@ def _decrypt_into(
             )
         try:
             with _open_file(out_fd, partial) as decrypted:
-                rows = _count_rows(decrypted, info["format"])
+                counted = _reporter(progress, "counting rows", body["rows"]["sent"], "rows")
+                rows = _count_rows(decrypted, info["format"], counted)
         except (pa.ArrowException, OSError, _NotRegular):
             raise DropRejected(
                 f"drop {drop_id}: the decrypted data is not a readable {info['format']} file"

@@ -294,3 +294,18 @@ def incidents(workspace: Workspace) -> list[dict[str, Any]]:
 def inbox_entries(server: PartnerSftpServer) -> list[str]:
     """Everything in the partner's inbox folder, hidden temporary names included."""
     return sorted(p.name for p in (server.root / FOLDER).iterdir())
+
+
+def receive_args(drop: Path, identity: Path, sender_key: Path, out: Path, *extra: str) -> list[str]:
+    """`exchange receive` as a partner types it (the words after `exchange`)."""
+    return [
+        "receive",
+        str(drop),
+        "--identity",
+        str(identity),
+        "--sender-key",
+        str(sender_key),
+        "--out",
+        str(out),
+        *extra,
+    ]

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from exchange.cli._common import BAD_INPUT, OK, error, passphrase, passphrase_options, say
 from exchange.errors import CryptoError
@@ -13,6 +16,7 @@ from exchange.settings import Settings
 
 if TYPE_CHECKING:
     from exchange.cli._common import Subcommands
+    from exchange.receive import Step
 
 
 def cmd_receive(args: argparse.Namespace) -> int:
@@ -26,17 +30,19 @@ def cmd_receive(args: argparse.Namespace) -> int:
             raise CryptoError("--ack-connection needs --ack-folder and --ack-key")
         outbox = _outbox(args.ack_connection, args.ack_folder)
     try:
-        got = receive(
-            args.drop,
-            identity=args.identity,
-            sender_key=args.sender_key,
-            out_dir=args.out,
-            ack_key=args.ack_key,
-            ack_key_passphrase=passphrase(args) if args.ack_key else None,
-            ack_outbox=outbox,
-            again=args.again,
-            overwrite=args.overwrite,
-        )
+        with progress(sys.stderr) as show:  # erased before the lines below are printed
+            got = receive(
+                args.drop,
+                identity=args.identity,
+                sender_key=args.sender_key,
+                out_dir=args.out,
+                ack_key=args.ack_key,
+                ack_key_passphrase=passphrase(args) if args.ack_key else None,
+                ack_outbox=outbox,
+                again=args.again,
+                overwrite=args.overwrite,
+                progress=show,
+            )
     except OSError as exc:  # the output folder (not the drop): unwritable, full, a planted link
         error("file", f"{exc.strerror or exc}: {Path(exc.filename or args.out).name}")
         return BAD_INPUT
@@ -58,6 +64,24 @@ def cmd_receive(args: argparse.Namespace) -> int:
             f"extend the {got.log_held} you witnessed before"
         )
     return OK
+
+
+@contextmanager
+def progress(stream: TextIO) -> Iterator[Callable[[Step], None] | None]:
+    """The receive's stage, amount done and throughput, drawn in place on a terminal.
+
+    None when `stream` is not a terminal (a pipe, a log, a scheduler) or rich is missing:
+    then nothing is drawn and the receive pays nothing; the summary lines say what was done."""
+    if not stream.isatty():
+        yield None
+        return
+    try:
+        from exchange.cli._receive_progress import receive_progress
+    except ImportError:
+        yield None
+        return
+    with receive_progress(stream) as show:
+        yield show
 
 
 def _outbox(connection: str, folder: str) -> Any:
