@@ -1,25 +1,36 @@
 """The disclosure ledger: which recipients received data about a person, when, and why.
 
 Per transfer (a drop), one row in `transfers` holds the facts once: drop, contract and version,
-recipient, purposes, legal basis, fields sent, time. Per person sent, one row in `disclosures`
-holds a keyed hash of their subject id and the transfer's row id, 20 bytes of data::
+recipient, purposes, legal basis, fields sent, time. Per person sent, one row holds a keyed hash
+of their subject id and the transfer's row id, 20 bytes of data, in one of two tables::
 
-    disclosures(subject_hash BINARY(16), transfer_id INTEGER -> transfers.id)
-    primary key (subject_hash, transfer_id)      -- the index a lookup uses
+    disclosures(transfer_id, subject_hash)          -- recent drops, keyed by drop
+    disclosures_merged(subject_hash, transfer_id)   -- older delivered drops, keyed by subject
+
+A new drop's rows go to `disclosures`: keyed by drop first, each drop appends at the B-tree's
+right edge, at the same rate whatever the table's size (one index ordered by subject would take
+each drop's hashes all over it). When more than `MERGE_AFTER` delivered drops wait there, the
+next `record` moves them to `disclosures_merged` in one sorted pass (a bulk merge, each page of
+the subject index rewritten once per batch, not once per drop). A lookup reads the subject index
+once and probes each drop still in `disclosures` (found by a skip scan of its keys): at most
+about `MERGE_AFTER` probes, whatever the history. A ledger made before this layout (one
+`disclosures` table keyed by subject) is migrated on open: see `_migrate`.
 
 The hash is the first 128 bits of HMAC-SHA256 under a dedicated disclosure key (never the
 pseudonymisation key) of the subject id's text (integers in decimal), UTF-8. Without the key
-the table says nothing about who is in it; with it, "who has my data?" is one index lookup.
+the tables say nothing about who is in them; with it, "who has my data?" is a few index reads.
 Subject ids are never stored or logged in clear.
 
 Each transfer also records a digest of its subjects: SHA-256 of their distinct 16-byte hashes
 in ascending byte order. The gateway puts it in the drop's `run.prepared` entry, and the facts
 (recipient, agreement, purposes, legal basis, fields) in its `transfer.sent` entry, so the hash
 chain and checkpoints protect the disclosure record too. `Disclosures.verified_lookup` answers
-only after checking every delivered drop's rows against those entries: a forged, altered or
-deleted row anywhere (which could hide or invent a recipient) refuses the answer.
+only after checking every delivered drop's rows, in both tables together, against those entries:
+a forged, altered, moved or deleted row anywhere (which could hide or invent a recipient)
+refuses the answer. A lookup reads every row either table holds for the subject, so nothing the
+check passed is left out of an answer and nothing it did not see is put in.
 
-Bulk insertion uses COPY (binary) on PostgreSQL and, on SQLite (where the table is WITHOUT
+Bulk insertion uses COPY (binary) on PostgreSQL and, on SQLite (where the tables are WITHOUT
 ROWID so the primary key is the table), one INSERT per piece of sorted hashes (a leading
 byte's worth, at most a million) that cuts a bound blob into rows inside SQLite.
 """
@@ -28,10 +39,13 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import heapq
 import hmac
 import json
+import logging
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
@@ -40,6 +54,7 @@ import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from sqlalchemy.exc import IntegrityError
 
 from exchange.audit.bindings import LedgerBindings, mismatch
 from exchange.audit.chain import Verification
@@ -55,6 +70,8 @@ from exchange.audit.subjects import (
 )
 from exchange.errors import LedgerError
 
+log = logging.getLogger(__name__)
+
 # Kept importable from here: the CLI and tests use these.
 __all__ = [
     "Disclosure",
@@ -69,6 +86,7 @@ __all__ = [
 ]
 
 MIN_KEY_BYTES = 32
+MERGE_AFTER = 64  # delivered drops kept by drop before a bulk merge into the subject index
 SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large index
 SUBJECTS_IN_MEMORY = 8 << 20  # a drop's subject hashes held in memory before a temporary file
 _BUCKET_BITS = 8  # SubjectHashes.ordered sorts the hashes one leading byte at a time
@@ -98,14 +116,45 @@ transfers = sa.Table(
     sa.Column("digest", sa.String(64), nullable=False),
     sa.Column("key_id", sa.String(16), nullable=False),
 )
+# Recent drops, keyed by drop: a drop's rows append at the right edge; a drop is a range.
 disclosures = sa.Table(
     "disclosures",
     metadata,
+    sa.Column(
+        "transfer_id",
+        sa.Integer,
+        sa.ForeignKey("transfers.id", name="disclosures_transfer_id_fkey"),
+        nullable=False,
+    ),
     sa.Column("subject_hash", sa.LargeBinary(HASH_BYTES), nullable=False),
-    sa.Column("transfer_id", sa.Integer, sa.ForeignKey("transfers.id"), nullable=False),
-    sa.PrimaryKeyConstraint("subject_hash", "transfer_id"),
+    sa.PrimaryKeyConstraint("transfer_id", "subject_hash", name="disclosures_pkey"),
     sqlite_with_rowid=False,
 )
+# Older delivered drops, keyed by subject: one index read finds every such drop of a person.
+# The layout (and constraint names) a ledger from before the split has, renamed: see _migrate.
+merged = sa.Table(
+    "disclosures_merged",
+    metadata,
+    sa.Column("subject_hash", sa.LargeBinary(HASH_BYTES), nullable=False),
+    sa.Column(
+        "transfer_id",
+        sa.Integer,
+        sa.ForeignKey("transfers.id", name="disclosures_merged_transfer_id_fkey"),
+        nullable=False,
+    ),
+    sa.PrimaryKeyConstraint("subject_hash", "transfer_id", name="disclosures_merged_pkey"),
+    sqlite_with_rowid=False,
+)
+# The drops in `disclosures`, one index seek each (a skip scan: neither database has one).
+_RECENT_DROPS = sa.text(
+    "WITH RECURSIVE drops(id) AS ("
+    " SELECT min(transfer_id) FROM disclosures"
+    " UNION ALL"
+    " SELECT (SELECT min(transfer_id) FROM disclosures WHERE transfer_id > drops.id)"
+    " FROM drops WHERE drops.id IS NOT NULL"
+    ") SELECT id FROM drops WHERE id IS NOT NULL"
+)
+_MIGRATION_LOCK = 0x6578_6469_7363  # PostgreSQL advisory lock: one process migrates
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -265,14 +314,20 @@ class Disclosures:
         old_keys: Sequence[bytes] = (),
         create: bool = True,
         clock: Callable[[], dt.datetime] | None = None,
+        merge_after: int = MERGE_AFTER,
     ) -> None:
-        """`key` hashes new records; `old_keys` (retired keys) are still searched by lookup."""
+        """`key` hashes new records; `old_keys` (retired keys) are still searched by lookup.
+
+        A ledger in the layout from before `disclosures_merged` is migrated here, once; what
+        was done is logged and kept in `migration` (None when nothing was to do)."""
         for k in (key, *old_keys):
             if len(k) < MIN_KEY_BYTES:
                 raise LedgerError(f"a disclosure key must be at least {MIN_KEY_BYTES} random bytes")
         self.key = key
         self.keys = (key, *old_keys)
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
+        self.merge_after = merge_after
+        self.migration: str | None = None
         self.engine = make_engine(url, create=create)
         self._postgres = self.engine.dialect.name == "postgresql"
         if self.engine.dialect.name == "sqlite":
@@ -282,6 +337,7 @@ class Disclosures:
                 dbapi_connection.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
 
         if create:
+            self.migration = _migrate(self.engine)
             create_tables(self.engine, metadata)
 
     # -- recording ------------------------------------------------------------------------------
@@ -310,6 +366,10 @@ class Disclosures:
         else:
             hashes, nulls = sorted_hashes(self.key, subjects)
             pieces = [hashes]
+        try:  # before this drop's transaction; a failed merge leaves the rows where they were
+            self.merge()
+        except LedgerError as error:
+            log.warning("%s", error)
         values = {
             "drop_id": disclosure.drop_id,
             "run_id": disclosure.run_id,
@@ -398,23 +458,35 @@ class Disclosures:
 
     def lookup(self, subject_id: str | int, *, include_unsent: bool = False) -> list[Disclosure]:
         """Every transfer that carried this subject, oldest first: date, agreement, recipient,
-        purposes, legal basis and fields. Only delivered drops unless `include_unsent`."""
-        conditions = [
-            sa.and_(
-                disclosures.c.subject_hash == subject_hash(k, subject_id),
-                transfers.c.key_id == key_id(k),
+        purposes, legal basis and fields. Only delivered drops unless `include_unsent`.
+
+        One read of the subject index, then one probe per drop still kept by drop."""
+        with self.engine.connect() as conn, conn.begin():  # one snapshot of both tables
+            recent = list(conn.execute(_RECENT_DROPS).scalars())
+            conditions = []
+            for k in self.keys:
+                wanted = subject_hash(k, subject_id)
+                carried: sa.Select[Any] | sa.CompoundSelect[Any] = sa.select(
+                    merged.c.transfer_id
+                ).where(merged.c.subject_hash == wanted)
+                if recent:
+                    carried = sa.union_all(
+                        carried,
+                        sa.select(disclosures.c.transfer_id).where(
+                            disclosures.c.transfer_id.in_(recent),
+                            disclosures.c.subject_hash == wanted,
+                        ),
+                    )
+                conditions.append(
+                    sa.and_(transfers.c.id.in_(carried), transfers.c.key_id == key_id(k))
+                )
+            query = (
+                sa.select(transfers)
+                .where(sa.or_(*conditions))
+                .order_by(transfers.c.sent_at, transfers.c.id)
             )
-            for k in self.keys
-        ]
-        query = (
-            sa.select(transfers)
-            .join(disclosures, disclosures.c.transfer_id == transfers.c.id)
-            .where(sa.or_(*conditions))
-            .order_by(transfers.c.sent_at, transfers.c.id)
-        )
-        if not include_unsent:
-            query = query.where(transfers.c.sent_at.is_not(None))
-        with self.engine.connect() as conn:
+            if not include_unsent:
+                query = query.where(transfers.c.sent_at.is_not(None))
             return [Disclosure._from_row(row) for row in conn.execute(query)]
 
     def transfer(self, drop_id: str) -> tuple[Disclosure, int, str] | None:
@@ -426,22 +498,19 @@ class Disclosures:
     def verify_digest(self, drop_id: str, digest: str) -> bool:
         """True when the drop's stored hashes still give `digest` (from its ledger entry).
 
-        Reads the whole table (the index serves lookups by subject, not by transfer).
+        A drop kept by drop is one range of `disclosures`; the subject-ordered table is read
+        whole for rows of the drop as well (it has no index by drop, and a row forged there
+        would be in answers).
         """
-        with self.engine.connect() as conn:
+        with self.engine.connect() as conn, conn.begin():
             row = conn.execute(
                 sa.select(transfers.c.id).where(transfers.c.drop_id == drop_id)
             ).first()
             if row is None:
                 return False
-            hashes = conn.execute(
-                sa.select(disclosures.c.subject_hash)
-                .where(disclosures.c.transfer_id == row.id)
-                .order_by(disclosures.c.subject_hash)
-            ).scalars()
             sha = hashlib.sha256()
-            for value in hashes:
-                sha.update(bytes(value))
+            for value in _drop_hashes(conn, row.id):
+                sha.update(value)
         return hmac.compare_digest(sha.hexdigest(), digest)
 
     def verified_lookup(
@@ -484,7 +553,8 @@ class Disclosures:
         skipped (they are in no answer); a delivered drop the ledger knows but the table lacks
         is a problem (deleted).
         """
-        with self.engine.connect() as conn:
+        # One snapshot of all three tables, so a merge running meanwhile is not seen half done.
+        with self.engine.connect() as conn, conn.begin():
             rows = conn.execute(sa.select(transfers).where(transfers.c.sent_at.is_not(None))).all()
             counts, digests = _digests(conn)
         checked: set[str] = set()
@@ -504,19 +574,166 @@ class Disclosures:
                 )
         return checked, problems
 
+    # -- merging --------------------------------------------------------------------------------
+
+    def merge(self, *, after: int | None = None) -> int:
+        """Move the delivered drops kept by drop into `disclosures_merged`, all at once, when
+        more than `after` of them wait (default `merge_after`); returns the drops moved.
+
+        One transaction: the rows go in subject order (each page of the subject index written
+        once for the whole batch) and leave `disclosures`. Drops not yet delivered stay there,
+        so a retried or discarded drop is still a range delete. LedgerError if a row to move is
+        already in `disclosures_merged` (put there by hand): nothing moves, and checking the
+        record against the audit ledger names the drop.
+        """
+        limit = self.merge_after if after is None else after
+        with self.engine.connect() as conn:  # without the write lock while there is nothing to do
+            if len(conn.execute(_RECENT_DROPS).all()) <= limit:
+                return 0
+        began = time.perf_counter()
+        with writer(self.engine).begin() as conn:
+            recent = list(conn.execute(_RECENT_DROPS).scalars())
+            ready = list(
+                conn.execute(
+                    sa.select(transfers.c.id)
+                    .where(transfers.c.id.in_(recent), transfers.c.sent_at.is_not(None))
+                    .order_by(transfers.c.id)
+                ).scalars()
+            )
+            if len(ready) <= limit:
+                return 0
+            rows = (
+                sa.select(disclosures.c.subject_hash, disclosures.c.transfer_id)
+                .where(disclosures.c.transfer_id.in_(ready))
+                .order_by(disclosures.c.subject_hash, disclosures.c.transfer_id)
+            )
+            try:
+                conn.execute(merged.insert().from_select(["subject_hash", "transfer_id"], rows))
+            except IntegrityError:
+                raise LedgerError(
+                    f"disclosure rows of {len(ready)} delivered drops were not merged: "
+                    "disclosures_merged already holds one of them (check the record with "
+                    "exchange audit subject)"
+                ) from None
+            moved = conn.execute(
+                disclosures.delete().where(disclosures.c.transfer_id.in_(ready))
+            ).rowcount
+        log.info(
+            "merged %d delivered drops (%d disclosure rows) into disclosures_merged in %.1f s",
+            len(ready),
+            moved,
+            time.perf_counter() - began,
+        )
+        return len(ready)
+
     def close(self) -> None:
         """Release the database connections."""
         self.engine.dispose()
 
 
+def _migrate(engine: sa.Engine) -> str | None:
+    """Bring a ledger from before `disclosures_merged` (one `disclosures` table keyed by
+    subject, then drop) to this layout, once, in one transaction; what was done, or None.
+
+    That table, renamed, is `disclosures_merged` as it stands: no row is copied or changed, so
+    it takes milliseconds at any size and every drop's digest check gives what it gave before.
+    A new, empty `disclosures` takes new drops. Rows of drops not yet delivered are moved to it
+    (a retried or discarded drop is deleted by drop), reading the old table once.
+    """
+    if sa.inspect(engine).has_table(merged.name):
+        return None  # migrated or made in this layout: no write lock taken
+    postgres = engine.dialect.name == "postgresql"
+    with writer(engine).begin() as conn:
+        if postgres:  # SQLite's BEGIN IMMEDIATE serialises; here two openers wait in turn
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK})
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(disclosures.name) or inspector.has_table(merged.name):
+            return None
+        keyed = inspector.get_pk_constraint(disclosures.name)["constrained_columns"]
+        if list(keyed) != ["subject_hash", "transfer_id"]:
+            return None  # already keyed by drop: create_tables adds the missing table
+        drops, rows = conn.execute(
+            sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(transfers.c.subjects), 0))
+        ).one()
+        conn.exec_driver_sql("ALTER TABLE disclosures RENAME TO disclosures_merged")
+        if postgres:  # constraint names are per schema: free the old ones for the new table
+            names = conn.exec_driver_sql(
+                "SELECT conname FROM pg_constraint WHERE conrelid = 'disclosures_merged'::regclass"
+            ).scalars()
+            for name in list(names):
+                if name.startswith("disclosures_") and not name.startswith("disclosures_merged_"):
+                    renamed = "disclosures_merged_" + name.removeprefix("disclosures_")
+                    conn.exec_driver_sql(
+                        f'ALTER TABLE disclosures_merged RENAME CONSTRAINT "{name}" TO "{renamed}"'
+                    )
+        disclosures.create(conn)
+        unsent = list(
+            conn.execute(sa.select(transfers.c.id).where(transfers.c.sent_at.is_(None))).scalars()
+        )
+        moved = 0
+        if unsent:
+            conn.execute(
+                disclosures.insert().from_select(
+                    ["transfer_id", "subject_hash"],
+                    sa.select(merged.c.transfer_id, merged.c.subject_hash)
+                    .where(merged.c.transfer_id.in_(unsent))
+                    .order_by(merged.c.transfer_id, merged.c.subject_hash),
+                )
+            )
+            # (PostgreSQL gives no row count for INSERT ... SELECT; DELETE's is the same.)
+            moved = conn.execute(merged.delete().where(merged.c.transfer_id.in_(unsent))).rowcount
+    message = (
+        f"disclosure ledger migrated to the per-drop layout: the table of {drops:,} drops "
+        f"({rows:,} subject rows) is now disclosures_merged, renamed, not copied; "
+        f"{len(unsent)} drop(s) not yet delivered ({moved:,} rows) moved to disclosures, "
+        "where new drops go"
+    )
+    log.warning("%s", message)
+    return message
+
+
+def _drop_hashes(conn: sa.Connection, transfer_id: int) -> Iterator[bytes]:
+    """One drop's stored hashes from both tables, in ascending order (as its digest takes them)."""
+    streamed = conn.execution_options(stream_results=True, yield_per=HASH_CHUNK)
+    parts = [
+        streamed.execute(
+            sa.select(table.c.subject_hash)
+            .where(table.c.transfer_id == transfer_id)
+            .order_by(table.c.subject_hash)
+        ).scalars()
+        for table in (disclosures, merged)
+    ]
+    return heapq.merge(*((bytes(value) for value in part) for part in parts))
+
+
 def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
-    """Per transfer, its row count and digest, in one pass in primary-key order (no sort: the
-    rows come by ascending hash, so each transfer's come in the order its digest needs)."""
+    """Per transfer, its row count and digest over both tables, each read once in key order,
+    with no sort: the subject-ordered table gives each transfer's rows by ascending hash, the
+    drop-ordered one gives them drop by drop, ascending. A transfer with rows in both (a merge
+    never leaves one; a row forged or moved by hand does) is read again, both merged."""
+    counts, hashers = _stream(conn, merged.c.subject_hash, merged.c.transfer_id)
+    recent_counts, recent_hashers = _stream(
+        conn, disclosures.c.transfer_id, disclosures.c.subject_hash
+    )
+    for transfer_id in counts.keys() & recent_counts.keys():
+        sha, count = hashlib.sha256(), 0
+        for value in _drop_hashes(conn, transfer_id):
+            sha.update(value)
+            count += 1
+        counts[transfer_id], hashers[transfer_id] = count, sha
+        del recent_counts[transfer_id], recent_hashers[transfer_id]
+    counts.update(recent_counts)
+    hashers.update(recent_hashers)
+    return counts, {k: h.hexdigest() for k, h in hashers.items()}
+
+
+def _stream(conn: sa.Connection, *key: sa.Column[Any]) -> tuple[dict[int, int], dict[int, Any]]:
+    """Per transfer, its rows' count and a SHA-256 fed with them, reading one table in `key`
+    order (its primary key)."""
+    table = key[0].table
     hashers: dict[int, Any] = {}
     counts: dict[int, int] = {}
-    query = sa.select(disclosures.c.subject_hash, disclosures.c.transfer_id).order_by(
-        disclosures.c.subject_hash, disclosures.c.transfer_id
-    )
+    query = sa.select(table.c.subject_hash, table.c.transfer_id).order_by(*key)
     stream = conn.execution_options(stream_results=True, yield_per=HASH_CHUNK).execute(query)
     for value, transfer_id in stream:
         hasher = hashers.get(transfer_id)
@@ -524,7 +741,7 @@ def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
             hasher = hashers[transfer_id] = hashlib.sha256()
         hasher.update(bytes(value))
         counts[transfer_id] = counts.get(transfer_id, 0) + 1
-    return counts, {k: h.hexdigest() for k, h in hashers.items()}
+    return counts, hashers
 
 
 # One statement per chunk: SQLite cuts the bound blob of hashes into rows itself (a counting
