@@ -222,3 +222,26 @@ def test_a_dry_run_of_an_approved_contract_records_nothing(
     ledger = Ledger(workspace.settings.audit_url)
     assert ledger.head() == head
     ledger.close()
+
+
+def test_a_run_id_with_dry_run_is_refused_before_anything_is_read(
+    fresh: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A dry run records nothing, so it has no run id: given one, the user most likely meant
+    to retry that run, so the command says so instead of quietly trying the contract."""
+    synth.write(fresh / "sources" / "attendance_export.csv", 50, seed=2)
+    before = files(fresh)
+    for argv in (
+        ("run", "attendance", "--dry-run", "--run-id", "manual__retry-1"),
+        ("run", "attendance", "--run-id", "manual__retry-1", "--dry-run"),
+    ):
+        code, out, err = run(capsys, *argv)
+        assert code == cli.BAD_INPUT == 2
+        assert out == ""
+        assert err.count("\n") == 1
+        assert err.startswith("exchange: not done: --run-id 'manual__retry-1' with --dry-run")
+        assert "leave out --run-id" in err and "--dry-run to retry that run" in err
+    assert files(fresh) == before  # nothing read into, written or recorded
+    # Without --run-id the same dry run goes ahead.
+    code, out, _ = run(capsys, "run", "attendance", "--dry-run")
+    assert code == cli.OK and "read 50 rows" in out

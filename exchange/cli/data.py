@@ -20,8 +20,19 @@ if TYPE_CHECKING:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """Run one exchange without Airflow (or, with --dry-run, try it and send nothing)."""
+    """Run one exchange without Airflow (or, with --dry-run, try it and send nothing).
+
+    Raises InvalidRequest for --dry-run with --run-id: a dry run records nothing, so it has no
+    run to name, and silently ignoring the id would let a user believe run X was retried."""
     if args.dry_run:
+        if args.run_id is not None:
+            from exchange.errors import InvalidRequest
+
+            raise InvalidRequest(
+                f"--run-id {args.run_id!r} with --dry-run: a dry run sends and records "
+                "nothing, so it has no run id; leave out --run-id to try the contract, or "
+                "--dry-run to retry that run"
+            )
         return cmd_dry_run(args)
     from exchange.cli import _failed
     from exchange.doctor import NotReady
@@ -240,7 +251,10 @@ def add_run(sub: Subcommands) -> None:
         help="a CSV or Parquet file, a postgresql:// URL, or postgres:NAME (a connection in the "
         "secrets store); default: the file named by physicalName in EXCHANGE_SOURCE_DIR",
     )
-    run.add_argument("--run-id", help="reuse a run id (re-running never duplicates a drop)")
+    run.add_argument(
+        "--run-id",
+        help="reuse a run id (re-running never duplicates a drop); not with --dry-run",
+    )
     run.add_argument(
         "--full-refresh",
         action="store_true",
