@@ -179,19 +179,18 @@ def _read_nodes(
 ) -> dict[tuple[int, int], bytes]:
     """The stored, well-formed hashes of the nodes asked for."""
     out: dict[tuple[int, int], bytes] = {}
-    by_level: dict[int, list[int]] = {}
-    for level, index in keys:
-        by_level.setdefault(level, []).append(index)
-    for level, indexes in by_level.items():
-        rows = conn.execute(
-            sa.select(nodes.c.idx, nodes.c.hash).where(
-                nodes.c.level == level, nodes.c.idx.in_(indexes)
-            )
+    wanted = list(keys)
+    if not wanted:
+        return out
+    rows = conn.execute(  # one statement, compiled once: IN with an expanding list of pairs
+        sa.select(nodes.c.level, nodes.c.idx, nodes.c.hash).where(
+            sa.tuple_(nodes.c.level, nodes.c.idx).in_(wanted)
         )
-        for index, text in rows:
-            value = _hex32(text)
-            if value is not None:
-                out[(level, int(index))] = value
+    )
+    for level, index, text in rows:
+        value = _hex32(text)
+        if value is not None:
+            out[(int(level), int(index))] = value
     return out
 
 
