@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
 from exchange.audit import merkle
@@ -225,8 +226,16 @@ def _extend_nodes(conn: sa.Connection, size: int) -> int:
         if done >> bit & 1
     ]
     edge = _read_nodes(conn, edge_keys)
-    if len(edge) != len(edge_keys):
-        return 0
+    if len(edge) != len(edge_keys):  # a damaged cache: rebuild those from the nodes below
+        tree = merkle.Subtrees(done * BLOCK, _Nodes(conn), level=NODE_LEVEL, stored=done * BLOCK)
+        try:
+            lost = {k: tree.range_hash(k[1] << k[0], (k[1] + 1) << k[0]) for k in edge_keys}
+        except LedgerError:
+            return 0  # an entry is missing too: verify reports it
+        _insert_nodes(
+            conn, [{"level": k[0], "idx": k[1], "hash": v.hex()} for k, v in lost.items()]
+        )
+        edge = lost
     builder = merkle.RootBuilder.from_edge(done * BLOCK, [edge[k] for k in edge_keys])
     written = 0
     for first in range(done, todo, FILL_BLOCKS):
@@ -240,23 +249,44 @@ def _extend_nodes(conn: sa.Connection, size: int) -> int:
             for leaf in leaves
             for level, index, node in builder.append_nodes(leaf, BLOCK)
         ]
-        conn.execute(nodes.insert(), made)
+        if made:
+            _insert_nodes(conn, made)
         written += len(made)
     return written
 
 
-class _Nodes:
-    """`merkle.NodeSource` over a connection factory: each read in its own short connection."""
+def _insert_nodes(conn: sa.Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert nodes, keeping any row already there: a node deleted below stored ones (the
+    frontier then moves back) is rebuilt without the append failing on its stored parents."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(postgresql.insert(nodes).on_conflict_do_nothing(), rows)
+    elif conn.dialect.name == "sqlite":
+        conn.execute(sqlite.insert(nodes).on_conflict_do_nothing(), rows)
+    else:
+        conn.execute(nodes.insert(), rows)
 
-    def __init__(self, engine: sa.Engine) -> None:
-        self.engine = engine
+
+class _Nodes:
+    """`merkle.NodeSource` over an engine (each read in a short connection of its own) or over
+    a connection (inside its transaction)."""
+
+    def __init__(self, bind: sa.Engine | sa.Connection) -> None:
+        self.bind = bind
+
+    @contextlib.contextmanager
+    def _conn(self) -> Iterator[sa.Connection]:
+        if isinstance(self.bind, sa.Connection):
+            yield self.bind
+        else:
+            with self.bind.connect() as conn:
+                yield conn
 
     def nodes(self, keys: Collection[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        with self.engine.connect() as conn:
+        with self._conn() as conn:
             return _read_nodes(conn, keys)
 
     def leaves(self, lo: int, hi: int) -> list[bytes]:
-        with self.engine.connect() as conn:
+        with self._conn() as conn:
             return _leaf_rows(conn, lo, hi)
 
 

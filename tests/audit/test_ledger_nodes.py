@@ -349,6 +349,27 @@ def test_a_missing_node_costs_time_not_correctness(
     assert ledger.verify().ok  # a gap in a cache is not tampering with history
 
 
+@pytest.mark.parametrize(
+    "deleted",
+    [
+        "level = 8 AND idx = 3",  # the newest block's node, below stored parents: rebuilt
+        "level = 10",  # the edge node the next block pairs with: rebuilt from those below
+    ],
+)
+def test_a_damaged_node_table_never_stops_an_append(backend_url: str, deleted: str) -> None:
+    ledger = made(backend_url, 4 * BLOCK + 7)
+    sql(backend_url, f"DELETE FROM audit_merkle_nodes WHERE {deleted}")  # noqa: S608
+    fill(ledger, 5 * BLOCK - ledger.head()[0])  # completes block 5: its append writes nodes
+    assert ledger.head()[0] == 5 * BLOCK
+    assert stored_keys(backend_url) == expected_nodes(5 * BLOCK)
+    leaves = ledger.leaves()
+    for seq in (1, 3 * BLOCK + 2, 5 * BLOCK):
+        path = ledger.prove_inclusion(seq, 5 * BLOCK).path
+        assert list(path) == merkle.inclusion_proof(seq - 1, leaves)
+    assert ledger.verify().ok
+    ledger.close()
+
+
 def test_exchange_audit_verify_names_a_tampered_node(
     gateway_env: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
