@@ -32,7 +32,7 @@ from exchange.settings import Settings
 BUNDLE_VERSION = "exchange-audit-bundle/1"
 
 
-def _entry(entry: Entry, leaves: list[bytes]) -> dict[str, Any]:
+def _entry(entry: Entry, tree: merkle.Subtrees) -> dict[str, Any]:
     return {
         "seq": entry.seq,
         "recorded_at": entry.recorded_at,
@@ -42,11 +42,11 @@ def _entry(entry: Entry, leaves: list[bytes]) -> dict[str, Any]:
         "body": entry.body,
         "prev_hash": entry.prev_hash,
         "entry_hash": entry.entry_hash,
-        "inclusion": [h.hex() for h in merkle.inclusion_proof(entry.seq - 1, leaves)],
+        "inclusion": [h.hex() for h in tree.inclusion_proof(entry.seq - 1)],
     }
 
 
-def _cosigned(entries: Iterable[Entry], leaves: list[bytes]) -> list[dict[str, Any]]:
+def _cosigned(entries: Iterable[Entry], tree: merkle.Subtrees) -> list[dict[str, Any]]:
     """Each distinct cosigned checkpoint, with a consistency proof to the bundle's tree."""
     found: dict[str, dict[str, Any]] = {}
     for entry in entries:
@@ -54,13 +54,13 @@ def _cosigned(entries: Iterable[Entry], leaves: list[bytes]) -> list[dict[str, A
         if not isinstance(cosigned, dict) or cosigned.get("verified") is not True:
             continue
         size = int(cosigned["size"])
-        if size > len(leaves):
+        if size > tree.size:
             continue
         found[cosigned["note"]] = {
             "note": cosigned["note"],
             "witness": cosigned["witness"],
             "key_id": entry.data.get("key_id"),
-            "consistency": [h.hex() for h in merkle.consistency_proof(size, leaves)],
+            "consistency": [h.hex() for h in tree.consistency_proof(size)],
         }
     return list(found.values())
 
@@ -142,13 +142,14 @@ def build_bundle(
         key = signing.load_private_key(settings.signing_key)
         origin = settings.checkpoint_origin(signing.key_id(key.public_key()))
         checkpoint = ledger.checkpoint(key, origin)
-        leaves = ledger.leaves(checkpoint.size)
+        tree = ledger.subtrees(checkpoint.size)  # proofs from stored nodes: O(log n) reads
         chosen = [
             e
             for e in ledger.entries(until=checkpoint.size)
             if e.contract_id == agreement
             and (since is None or dt.datetime.fromisoformat(e.recorded_at).date() >= since)
         ]
+        proven, cosigned = [_entry(e, tree) for e in chosen], _cosigned(chosen, tree)
     finally:
         ledger.close()
     if not chosen:
@@ -172,8 +173,8 @@ def build_bundle(
             "origin": origin,
         },
         "checkpoint": checkpoint.note,
-        "entries": [_entry(e, leaves) for e in chosen],
-        "cosigned": _cosigned(chosen, leaves),
+        "entries": proven,
+        "cosigned": cosigned,
         "partners": sorted(set(partner_keys) or _partner_keys(_live_contract(settings, agreement))),
         "approvers": _approvers(settings),
         "contracts": _contracts(settings, agreement, shas - {"None"}),
