@@ -12,7 +12,10 @@ with commas, quotes and line breaks inside fields). Both sides deliver to the sa
   B, raw chain: pyarrow streams the same columns to CSV | the `age` command | OpenSSH `sftp`.
 
 Each side runs as a child process tree measured by wait4: wall time, user + system CPU, and
-the peak RSS of the largest single process. Medians and ratios (A / B) are printed.
+the peak RSS of the largest single process. The tree is also sampled from /proc while it runs
+(`_process_tree.py`): each process's own peak (the gateway's main process, its validation
+worker and hashing helper) and the largest sum of the tree's RSS seen at one instant. Medians
+and ratios (A / B) are printed.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from _process_tree import TreePeaks, TreeWatch
 from _workbench import FOLDER, Bench, workbench
 
 from exchange.contract import load_contract
@@ -41,19 +45,25 @@ EXCHANGE = Path(sys.executable).with_name("exchange")
 class Sample:
     wall: float
     cpu: float
-    rss_mb: float
+    rss_mb: float  # the largest single process (wait4)
+    tree: TreePeaks  # sampled: each process's peak, and the tree's sum at one instant
+
+    @property
+    def tree_mb(self) -> float:
+        return self.tree.tree_mb
 
 
 def measured(command: list[str], env: dict[str, str]) -> Sample:
     """Run a command to completion; its wall time, CPU (with children) and peak RSS."""
     start = time.perf_counter()
     child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(child.pid, 0)
+    with TreeWatch(child.pid) as watch:
+        _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - start
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
         raise SystemExit(f"{command[0]} failed with exit code {child.returncode}")
-    return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+    return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, watch.peaks)
 
 
 def gateway_run(bench: Bench, pristine: Path, source: Path) -> Sample:
@@ -115,19 +125,29 @@ def run(bench: Bench, rows: int, pairs: int) -> None:
         ):
             sample = go()
             runs.append(sample)
+            parts = ", ".join(f"{role} {mb:.0f}" for role, mb in sample.tree.by_role.items())
             print(
                 f"  pair {n + 1} {label}: wall {sample.wall:6.2f} s  cpu {sample.cpu:6.2f} s  "
-                f"peak RSS {sample.rss_mb:6.0f} MB",
+                f"peak RSS {sample.rss_mb:6.0f} MB  (tree at once {sample.tree_mb:.0f} MB; "
+                f"each process's peak MB: {parts})",
                 flush=True,
             )
-    print(f"\nmedians at {rows:,} rows        wall s    CPU s   peak RSS MB")
+    print(f"\nmedians at {rows:,} rows        wall s    CPU s   peak RSS MB   tree MB")
     medians = {}
+    keys = ("wall", "cpu", "rss_mb", "tree_mb")
     for label, runs in (("exchange run", gateway), ("raw chain", raw)):
-        m = [statistics.median(getattr(s, k) for s in runs) for k in ("wall", "cpu", "rss_mb")]
+        m = [statistics.median(getattr(s, k) for s in runs) for k in keys]
         medians[label] = m
-        print(f"{label:28} {m[0]:8.2f} {m[1]:8.2f} {m[2]:12.0f}")
+        print(f"{label:28} {m[0]:8.2f} {m[1]:8.2f} {m[2]:12.0f} {m[3]:9.0f}")
     a, b = medians["exchange run"], medians["raw chain"]
-    print(f"{'ratio (A / B)':28} {a[0] / b[0]:7.2f}x {a[1] / b[1]:7.2f}x {a[2] / b[2]:11.2f}x")
+    print(
+        f"{'ratio (A / B)':28} {a[0] / b[0]:7.2f}x {a[1] / b[1]:7.2f}x {a[2] / b[2]:11.2f}x "
+        f"{a[3] / b[3]:8.2f}x"
+    )
+    print(
+        "peak RSS: the largest single process (wait4); tree: the largest sum of the process "
+        "tree's RSS at one instant (sampled every 0.2 s)"
+    )
 
 
 if __name__ == "__main__":

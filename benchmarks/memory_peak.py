@@ -3,7 +3,9 @@
     python benchmarks/memory_peak.py [--rows 200000 2000000]
 
 Each size runs `exchange run` in its own process against a real partner sshd, and reports that
-process's peak resident set size (ru_maxrss) beside the source file's size.
+process's peak resident set size (ru_maxrss) beside the source file's size; and, sampled from
+/proc while it runs (`_process_tree.py`), the peak of its validation worker process, of the
+largest process of the run, and the largest sum of the run's processes at one instant.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import shutil
 import subprocess
 import sys
 
+from _process_tree import TreeWatch
 from _workbench import workbench
 
 CHILD = """
@@ -31,26 +34,45 @@ def main() -> None:
     args = parser.parse_args()
     bench = workbench()
     try:
-        print(f"{'rows':>10} {'source MB':>10} {'rows sent':>10} {'peak RSS MB':>12}")
+        print(
+            f"{'rows':>10} {'source MB':>10} {'rows sent':>10} {'main MB':>8} {'worker MB':>10} "
+            f"{'largest MB':>11} {'tree MB':>8}"
+        )
         peaks = []
         for rows in args.rows:
             source = bench.source(rows)
             env = {**os.environ, **bench.env}
-            done = subprocess.run(
-                [sys.executable, "-c", CHILD, "run", str(bench.contract), "--source", str(source)],
-                env=env,
-                capture_output=True,
-                text=True,
-                check=True,
+            command = [sys.executable, "-c", CHILD, "run", str(bench.contract), "--source"]
+            child = subprocess.Popen(
+                [*command, str(source)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
             )
-            peak_kb = int(done.stderr.split("PEAK_KB")[1].split()[0])
-            sent = done.stdout.split("sent ")[1].split(";")[0]
-            peaks.append(peak_kb / 1024)
+            with TreeWatch(child.pid) as watch:
+                out, err = child.communicate()
+            if child.returncode:
+                raise SystemExit(f"exchange run failed: {err.decode()[-2000:]}")
+            peak_kb = int(err.decode().split("PEAK_KB")[1].split()[0])
+            sent = out.decode().split("sent ")[1].split(";")[0]
+            main_mb = peak_kb / 1024
+            worker_mb = watch.peaks.by_role.get("validation worker", 0.0)
+            largest = max([main_mb, *watch.peaks.by_role.values()])
+            peaks.append(largest)
             source_mb = source.stat().st_size / 1e6
-            print(f"{rows:>10,} {source_mb:>10,.0f} {sent:>10} {peak_kb / 1024:>12,.0f}")
+            print(
+                f"{rows:>10,} {source_mb:>10,.0f} {sent:>10} {main_mb:>8,.0f} {worker_mb:>10,.0f} "
+                f"{largest:>11,.0f} {watch.peaks.tree_mb:>8,.0f}",
+                flush=True,
+            )
+        print(
+            "main: the run's process (ru_maxrss); worker: its validation worker; largest: the "
+            "largest single process; tree: the largest sum of the run's processes at one instant "
+            "(sampled every 0.2 s)"
+        )
         if len(peaks) > 1:
             growth = args.rows[-1] / args.rows[0]
-            print(f"\ninput grew {growth:.0f}x; peak memory grew {peaks[-1] / peaks[0]:.2f}x")
+            print(
+                f"\ninput grew {growth:.0f}x; the largest process's peak grew "
+                f"{peaks[-1] / peaks[0]:.2f}x"
+            )
     finally:
         bench.server.stop()
         shutil.rmtree(bench.root, ignore_errors=True)

@@ -16,7 +16,11 @@ could only fail a run, never pass a duplicate.
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 from collections.abc import Iterator
+from typing import IO, Any
 
 import numpy as np
 import pandas as pd
@@ -24,19 +28,36 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from exchange.contract import Contract
-from exchange.errors import QualityFailed
+from exchange.errors import ExchangeError, QualityFailed
 from exchange.quality_rules import compile_rules
-from validators.rules import Rule, compound_label
+from validators.rules import Failure, Rule, compound_label
+from validators.worker import Worker, WorkerFailed, WorkerUnavailable, give_back, take
 
 WINDOW_ROWS = 250_000
 # Validating a window briefly takes about four times its Arrow size (the pandas frame and GX's
 # intermediate masks): 12 MiB keeps that near 50 MB at any row width; the fixed cost per
 # window (about 0.1 s) is then paid every ~130,000 rows of a 10-column extract.
 WINDOW_BYTES = 12 << 20
+# A key's row hashes held in memory before they go to a temporary file (8 bytes a row).
+KEY_HASHES_IN_MEMORY = 4 << 20
+_BUCKETS = 256  # repeats are counted one leading byte of the hash at a time
+
+
+class ValidationWorkerFailed(ExchangeError):
+    """The process validating the windows died or stalled: the run stops and sends nothing."""
 
 
 class QualityGate:
-    """Holds outgoing rows in windows, validates each, and releases only validated rows."""
+    """Holds outgoing rows in windows, validates each, and releases only validated rows.
+
+    Great Expectations runs in a worker process (`validators.worker`), started when the gate is
+    made so its import overlaps reading, unless `worker` is False or (by default) it is already
+    imported in this process; if no worker can be started, here instead. With
+    `pipelined`, the worker validates a window while the next one is gathered, and a window's
+    batches are released when its verdict arrives: at most two windows are held. Otherwise each
+    window is released by the `add` that closes it. Use the gate as a context manager, or call
+    `finish` (or `close`), so its worker is not left running.
+    """
 
     def __init__(
         self,
@@ -44,37 +65,75 @@ class QualityGate:
         *,
         window_rows: int = WINDOW_ROWS,
         window_bytes: int = WINDOW_BYTES,
+        pipelined: bool = False,
+        worker: bool | None = None,
     ) -> None:
-        from validators.suite import BatchValidator  # Great Expectations is slow to import
-
         self.rules, self.bounds = compile_rules(contract)
+        if worker is None:
+            # Where Great Expectations is loaded already (a Celery worker preloads it for its
+            # tasks; a test session), validating here costs no import and no second copy.
+            worker = "great_expectations" not in sys.modules
         self.window_rows = window_rows
         self.window_bytes = window_bytes
         self.rows = 0
         self.failures: list[str] = []
-        self._validator = BatchValidator(contract.id, self.rules)
+        self._name = contract.id
+        self._pipelined = pipelined
+        self._worker: Worker | None = None
+        self._in_process: Any = None
+        if worker:
+            try:
+                self._worker = take()
+                self._worker.load(self._name, self.rules)
+            except (WorkerUnavailable, WorkerFailed):
+                self._worker = None  # validated here instead, with the same suite
         # One hash store per distinct key, single column or composite, however many rules ask.
         self._keys: dict[tuple[str, ...], Rule] = {}
         for rule in self.rules:
             if rule.kind in ("unique", "compound_unique"):
                 self._keys.setdefault(rule.columns, rule)
-        self._hashes: dict[tuple[str, ...], list[np.ndarray]] = {k: [] for k in self._keys}
+        self._hashes: dict[tuple[str, ...], KeyHashes] = {k: KeyHashes() for k in self._keys}
         self._window: list[pa.RecordBatch] = []
         self._window_rows = 0
         self._window_bytes = 0
+        # A window sent for validation and its rows, released when its verdict arrives.
+        self._pending: tuple[list[pa.RecordBatch], int] | None = None
+        self._verdict: list[Failure] | None = None  # an in-process verdict, not yet read
+
+    def __enter__(self) -> QualityGate:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def in_worker(self) -> bool:
+        """Whether the windows are validated by a worker process (False: in this one)."""
+        return self._worker is not None
 
     def add(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        """Take a batch; return the batches of a window once it has been validated."""
+        """Take a batch; return the batches of windows whose validation has passed."""
         self._window.append(batch)
         self._window_rows += batch.num_rows
         self._window_bytes += batch.nbytes
         full = self._window_rows >= self.window_rows or self._window_bytes >= self.window_bytes
-        return self._release() if full else []
+        released: list[pa.RecordBatch] = []
+        if self._pending is not None and self._worker is not None and self._worker.answered():
+            released = self._settle()  # its verdict is in: release it early
+        if full:
+            released += self._close_window()
+        return released
 
     def finish(self) -> list[pa.RecordBatch]:
         """Validate what is left and the whole-run rules; QualityFailed if any rule failed."""
-        released = self._release()
-        self.failures.extend(self._whole_run_failures())
+        released = self._close_window()
+        if self._pending is not None:
+            released += self._settle()
+        self._release_worker()  # before the whole-run checks: they need no worker
+        try:
+            self.failures.extend(self._whole_run_failures())
+        finally:
+            self.close()
         if self.failures:
             raise QualityFailed(
                 f"{len(self.failures)} quality rule(s) failed: {'; '.join(self.failures)}",
@@ -82,40 +141,93 @@ class QualityGate:
             )
         return released
 
-    def _release(self) -> list[pa.RecordBatch]:
+    def close(self) -> None:
+        """Stop using the worker and drop the uniqueness hashes (and their temporary files)."""
+        self._release_worker()
+        for hashes in self._hashes.values():
+            hashes.close()
+
+    def _release_worker(self) -> None:
+        """The worker goes back for the next gate if its windows all passed; else it stops."""
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            give_back(worker)
+        self._pending = None
+
+    def _close_window(self) -> list[pa.RecordBatch]:
+        """Send the gathered window for validation; return any window released meanwhile."""
         batches, self._window, self._window_rows = self._window, [], 0
         self._window_bytes = 0
         if not batches:
             return []
+        rows = sum(b.num_rows for b in batches)
+        self.rows += rows
         table = pa.Table.from_batches(batches)
-        frame = table.to_pandas()
-        self.rows += len(frame)
         for key, hashes in self._hashes.items():
-            hashes.append(key_hashes(table, key))
-        failures = self._validator.validate(frame)
+            hashes.add(key_hashes(table, key))  # while the worker validates the previous one
+        del table
+        released = self._settle() if self._pending is not None else []
+        self._submit(batches, rows)
+        if not self._pipelined:
+            released += self._settle()
+        return released
+
+    def _submit(self, batches: list[pa.RecordBatch], rows: int) -> None:
+        self._pending = (batches, rows)
+        if self._worker is not None:
+            try:
+                self._worker.greet()
+                self._worker.submit(batches)
+                return
+            except WorkerUnavailable:
+                self._worker = None  # it never started: this window and the rest are done here
+            except WorkerFailed as exc:
+                self._release_worker()
+                raise ValidationWorkerFailed(f"{exc}: nothing was sent; run it again") from None
+        if self._in_process is None:
+            from validators.suite import BatchValidator  # Great Expectations is slow to import
+
+            self._in_process = BatchValidator(self._name, self.rules)
+        self._verdict = self._in_process.validate(pa.Table.from_batches(batches).to_pandas())
+
+    def _settle(self) -> list[pa.RecordBatch]:
+        """Wait for the pending window's verdict; its batches if it passed, else QualityFailed."""
+        assert self._pending is not None
+        batches, rows = self._pending
+        if self._verdict is not None:
+            failures, self._verdict = self._verdict, None
+        else:
+            assert self._worker is not None
+            try:
+                failures = self._worker.verdict(rows)
+            except WorkerFailed as exc:
+                self._release_worker()
+                raise ValidationWorkerFailed(f"{exc}: nothing was sent; run it again") from None
+        self._pending = None
         if failures:
-            self.failures.extend(f.describe() for f in failures)
+            self._release_worker()
+            described = [f.describe() for f in failures]
+            self.failures.extend(described)
             raise QualityFailed(
-                f"{len(failures)} quality rule(s) failed: "
-                + "; ".join(f.describe() for f in failures),
-                failures=[f.describe() for f in failures],
+                f"{len(failures)} quality rule(s) failed: " + "; ".join(described),
+                failures=described,
             )
         return batches
 
     def _whole_run_failures(self) -> Iterator[str]:
         for key, rule in self._keys.items():
-            chunks = self._hashes[key]
-            hashes = np.concatenate(chunks or [np.empty(0, np.uint64)])
-            chunks.clear()  # the concatenated copy replaces them
-            duplicates = repeats(hashes)
+            hashes = self._hashes[key]
+            duplicates = hashes.repeats()
             if not duplicates:
                 continue
             if rule.kind == "unique":
-                yield f"{key[0]}: unique failed for {duplicates} of {len(hashes)} rows (whole run)"
+                yield (
+                    f"{key[0]}: unique failed for {duplicates} of {hashes.count} rows (whole run)"
+                )
             else:
                 yield (
                     f"{compound_label(key)}: compound_unique failed for {duplicates} of "
-                    f"{len(hashes)} rows (whole run; {rule.origin})"
+                    f"{hashes.count} rows (whole run; {rule.origin})"
                 )
         low, high = self.bounds
         if (low is not None and self.rows < low) or (high is not None and self.rows > high):
@@ -126,6 +238,77 @@ def repeats(hashes: np.ndarray) -> int:
     """How many entries repeat an earlier one; sorts `hashes` in place."""
     hashes.sort()
     return int(np.count_nonzero(hashes[1:] == hashes[:-1]))
+
+
+class KeyHashes:
+    """A key's 64-bit row hashes for the whole run, counted for repeats in flat memory.
+
+    Each window's hashes are kept sorted; past `memory_bytes` they go to an unnamed temporary
+    file (0600, gone when closed). Repeats are then counted one leading byte at a time, so
+    the count needs 1/256 of the run's hashes in memory, where one sort of all of them needed
+    two copies (16 bytes a row: 160 MB at 10M rows).
+    """
+
+    def __init__(self, *, memory_bytes: int | None = None) -> None:
+        self.count = 0
+        self._memory_bytes = KEY_HASHES_IN_MEMORY if memory_bytes is None else memory_bytes
+        self._parts: list[np.ndarray] = []  # sorted, each; not yet written out
+        self._held = 0
+        self._file: IO[bytes] | None = None
+        self._written: list[tuple[int, np.ndarray]] = []  # (offset, leading-byte cuts) per part
+
+    def add(self, hashes: np.ndarray) -> None:
+        """Take one window's hashes."""
+        if not len(hashes):
+            return
+        self._parts.append(np.sort(hashes.astype(np.uint64, copy=False)))
+        self.count += len(hashes)
+        self._held += hashes.nbytes
+        if self._held > self._memory_bytes:
+            self._write_out()
+
+    def _write_out(self) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="exchange-keys-")  # noqa: SIM115
+        for part in self._parts:
+            offset = self._file.seek(0, os.SEEK_END)
+            self._file.write(part.tobytes())
+            self._written.append((offset, _cuts(part)))
+        self._file.flush()
+        self._parts, self._held = [], 0
+
+    def repeats(self) -> int:
+        """How many of the hashes repeat an earlier one (the rows past each key's first)."""
+        cuts = [_cuts(part) for part in self._parts]
+        total = 0
+        for bucket in range(_BUCKETS):
+            pieces = [p[c[bucket] : c[bucket + 1]] for p, c in zip(self._parts, cuts, strict=True)]
+            pieces += [self._read(offset, c[bucket], c[bucket + 1]) for offset, c in self._written]
+            words = np.concatenate([*pieces, np.empty(0, np.uint64)])
+            if len(words) > 1:
+                total += repeats(words)
+        return total
+
+    def _read(self, offset: int, start: int, stop: int) -> np.ndarray:
+        assert self._file is not None  # parts are only written out to an open file
+        size = int(stop - start) * 8
+        data = os.pread(self._file.fileno(), size, offset + int(start) * 8)
+        if len(data) != size:
+            raise OSError("the run's key hashes could not be read back in full")
+        return np.frombuffer(data, dtype=np.uint64).copy()
+
+    def close(self) -> None:
+        """Drop the hashes and remove the temporary file, if any."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self._parts, self._written, self._held = [], [], 0
+
+
+def _cuts(part: np.ndarray) -> np.ndarray:
+    """Where each leading byte's hashes start in a sorted part, and its end (257 offsets)."""
+    edges = np.arange(1, _BUCKETS, dtype=np.uint64) << np.uint64(64 - 8)
+    return np.concatenate(([0], np.searchsorted(part, edges), [len(part)]))
 
 
 def key_hashes(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:

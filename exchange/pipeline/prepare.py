@@ -36,7 +36,7 @@ from exchange.pipeline.overlap import background
 from exchange.pipeline.results import Prepared
 from exchange.pipeline.source import Provenance, resolve
 from exchange.pipeline.staging import staging_for
-from exchange.quality import QualityGate, compile_rules
+from exchange.quality import QualityGate
 from exchange.secrets import SecretMissing
 from exchange.sources import Source, check_columns
 from exchange.sources.subset import ChangedSince
@@ -80,7 +80,12 @@ def prepare_drop(
     """Stage the run's drop as signed ciphertext; every failure is cleaned up and audited.
 
     Raises Refused (guard, quality, not runnable), SourceError, SecretMissing, CryptoError."""
-    with stage(ctx, "prepare", run_id, contract=contract) as current:
+    # The gate starts its Great Expectations worker process now, so that import overlaps the
+    # reading and minimising below; it is stopped however the stage ends.
+    with (
+        stage(ctx, "prepare", run_id, contract=contract) as current,
+        QualityGate(contract, pipelined=True) as quality,
+    ):
         started = ctx.clock()
         drop_id = drop_id_for(contract.id, run_id)
         staging = _fresh_staging(ctx, current, contract, run_id, drop_id)
@@ -95,9 +100,9 @@ def prepare_drop(
             today=started.date(),
             objecting_ids=_objecting(ctx, contract),
         )
-        rules = len(compile_rules(contract)[0])  # a rule the gateway cannot run fails here
+        rules = len(quality.rules)
         subjects = disclosures.hashes()  # filled batch by batch, as the rows go out
-        written = _encrypt(contract, read, minimise, subjects, staging)
+        written = _encrypt(contract, read, minimise, subjects, quality, staging)
         tally = minimise.tally
         rows = {
             "read": tally.read,
@@ -230,15 +235,16 @@ def _encrypt(
     read: Extract,
     minimise: Minimiser,
     subjects: SubjectHashes,
+    quality: QualityGate,
     staging: Path,
 ) -> manifest.Payload:
     """Minimise, guard and validate each batch, and stream it encrypted into the staging folder.
 
-    Two stages overlap: a background thread reads, minimises, guards and hashes the subjects
-    of each batch; this thread validates, encodes and encrypts. A bounded queue between them
-    keeps memory flat. Nothing reaches the encoder before the guard and the quality gate.
-    The gate is built (importing Great Expectations, seconds of CPU) once the producer runs,
-    so the first batches are read and minimised meanwhile."""
+    Three lines of work overlap: a background thread reads, minimises, guards and hashes
+    the subjects of each batch; the gate's worker process validates each window with Great
+    Expectations (imported there since the stage began); this thread gathers windows, encodes
+    and encrypts. A bounded queue and at most two windows held keep memory flat. Nothing
+    reaches the encoder before the guard and the quality gate's verdict on its window."""
     schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])
     fmt = contract.endpoint.format
 
@@ -250,7 +256,6 @@ def _encrypt(
             yield out.cast(schema)
 
     def validated(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        quality = QualityGate(contract)
         for batch in batches:
             yield from quality.add(batch)
         yield from quality.finish()

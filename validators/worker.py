@@ -1,0 +1,418 @@
+"""Great Expectations in a child process, so a run's windows are validated on another core.
+
+Importing Great Expectations costs seconds of CPU and about 190 MB, and validating a window
+holds the GIL: both slowed the process that reads, minimises and encrypts. A `Worker` runs
+this module as a child (`python -P -m validators.worker` from `/`: nothing from the working
+folder is importable, and its environment carries no secret), sends it the suite's rules,
+then each window as an Arrow IPC stream on its stdin. The child answers each window with the
+failed rules' positions and counts, never a value; its stderr is discarded, since a library's
+traceback may quote a cell. One idle worker is kept per process for the next suite (a test
+session or a process making several drops imports Great Expectations there once).
+
+Frames to the child: one kind byte (R rules, W window, E end of suite), a little-endian u64
+size, the payload (the rules are a pickle: the child trusts its parent, never the reverse).
+Frames from the child: a u64 size and a JSON object ({"hello": package folder} once, then
+{"ready": true} or {"error": type name} per suite, then one verdict per window).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from validators.rules import Failure, Rule
+
+_SIZE = struct.Struct("<Q")
+_RULES, _WINDOW, _END = b"R", b"W", b"E"
+# A worker that has not answered by then is treated as stuck: the run stops (never passes).
+# Generous: the first answer includes importing Great Expectations on a loaded machine.
+ANSWER_SECONDS = 900.0
+_HELLO_SECONDS = 60.0
+# What the child may see of the environment: enough to run Python and find its packages.
+_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "HOME")
+
+
+class WorkerUnavailable(Exception):
+    """The worker could not be started here; validate in this process instead."""
+
+
+class WorkerFailed(RuntimeError):
+    """The worker died, stalled or answered out of turn: the run must stop, never pass."""
+
+
+def package_folder() -> str:
+    """The folder this `validators` package was imported from."""
+    return str(Path(__file__).resolve().parent)
+
+
+def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The few variables the worker needs; absolute PYTHONPATH entries only (cwd is `/`)."""
+    environ = dict(os.environ) if environ is None else environ
+    env = {name: environ[name] for name in _PASSED_ENV if name in environ}
+    paths = [p for p in environ.get("PYTHONPATH", "").split(os.pathsep) if os.path.isabs(p)]
+    if paths:
+        env["PYTHONPATH"] = os.pathsep.join(paths)
+    env["GX_ANALYTICS_ENABLED"] = "false"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+class Worker:
+    """One child process validating windows for one suite at a time, answering in order."""
+
+    def __init__(self) -> None:
+        """Start the child. Raises WorkerUnavailable if it cannot be started."""
+        if not sys.executable:  # an embedded interpreter: nothing to start
+            raise WorkerUnavailable("no Python executable to start")
+        try:
+            # -P and cwd "/": `-m` would otherwise put the working folder first on sys.path,
+            # and a planted validators/worker.py there would be handed every row.
+            self._process = subprocess.Popen(
+                [sys.executable, "-P", "-m", "validators.worker"],
+                cwd="/",
+                env=child_environment(),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        except OSError as exc:
+            raise WorkerUnavailable(f"cannot start: {type(exc).__name__}") from None
+        self.pid = os.getpid()  # the process that owns the pipes
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._in = self._process.stdin.fileno()
+        self._out = self._process.stdout.fileno()
+        for fd in (self._in, self._out):
+            os.set_blocking(fd, False)  # so a deadline holds mid-write too
+        self._greeted = False
+        self._rules: tuple[Rule, ...] = ()
+        self._owed = 0  # suites sent whose "ready" (or error) is not read yet
+        self._windows = 0  # windows sent for the current suite
+        self._answered = 0
+        self.broken = False
+
+    # --- the parent's side ------------------------------------------------------------------
+
+    def load(self, name: str, rules: Sequence[Rule]) -> None:
+        """Send the suite's rules; the child imports Great Expectations and builds the suite."""
+        self._rules = tuple(rules)
+        self._owed += 1
+        self._windows = self._answered = 0
+        self._send(_RULES, pickle.dumps((name, self._rules)), _HELLO_SECONDS)
+
+    def greet(self) -> None:
+        """Read the child's first word. Raises WorkerUnavailable if it never started or runs
+        other code than this process (another `validators` package on its path)."""
+        if self._greeted:
+            return
+        try:
+            hello = self._receive(_HELLO_SECONDS, "its start")
+        except WorkerFailed as exc:
+            self.close(kill=True)
+            raise WorkerUnavailable(str(exc)) from None
+        if hello.get("hello") != package_folder():
+            self.close(kill=True)
+            raise WorkerUnavailable("it imports another copy of the validators package")
+        self._greeted = True
+
+    def submit(self, batches: Sequence[Any]) -> None:
+        """Send one window (Arrow record batches of one schema) to be validated."""
+        import pyarrow as pa
+
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, batches[0].schema) as writer:
+            for batch in batches:
+                writer.write_batch(batch)
+        self._windows += 1
+        self._send(_WINDOW, sink.getvalue(), ANSWER_SECONDS)
+
+    def answered(self) -> bool:
+        """Whether the oldest pending verdict can be read without waiting."""
+        return bool(select.select([self._out], [], [], 0)[0])
+
+    def verdict(self, rows: int) -> list[Failure]:
+        """The failures of the oldest window sent (of `rows` rows), in rule order.
+
+        Raises ValueError for a rule Great Expectations cannot compile (as in-process), and
+        WorkerFailed if the worker died, stalled or answered out of turn."""
+        number = self._answered + 1
+        while self._owed:  # the suite's "ready", after those of suites ended before it loaded
+            answer = self._receive(ANSWER_SECONDS, f"window {number}")
+            self._owed -= 1
+            if "error" in answer and (self._owed == 0 or answer["error"] != "ValueError"):
+                self.close(kill=True)
+                if answer["error"] == "ValueError" and isinstance(answer.get("message"), str):
+                    raise ValueError(answer["message"])
+                raise WorkerFailed(
+                    f"the validation worker could not load the rules ({answer['error']})"
+                )
+            if "error" not in answer and answer.get("ready") is not True:
+                self._confused(number)
+        answer = self._receive(ANSWER_SECONDS, f"window {number}")
+        if "error" in answer:
+            self.close(kill=True)
+            raise WorkerFailed(
+                f"the validation worker failed on window {number} ({answer['error']})"
+            )
+        if answer.get("window") != number or answer.get("rows") != rows:
+            self._confused(number)
+        self._answered = number
+        failures = []
+        for entry in answer.get("failures", []):
+            if not (
+                isinstance(entry, list)
+                and len(entry) == 3
+                and all(isinstance(n, int) for n in entry)
+                and 0 <= entry[0] < len(self._rules)
+            ):
+                self._confused(number)
+            index, unexpected, elements = entry
+            failures.append(Failure(self._rules[index], unexpected, elements))
+        return failures
+
+    def end(self) -> None:
+        """Tell the child the suite is done (it keeps Great Expectations for the next one)."""
+        self._send(_END, b"", _HELLO_SECONDS)
+        self._rules = ()
+
+    @property
+    def idle(self) -> bool:
+        """Every window sent has its verdict (the suite may still be loading)."""
+        return not self.broken and self._answered == self._windows
+
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the child: at the end of its input, or at once when `kill`."""
+        self.broken = True
+        if self.pid != os.getpid():
+            return  # a forked copy: the pipes and the child are the parent's
+        for pipe in (self._process.stdin, self._process.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):  # unsent bytes to a child that died
+                    pipe.close()
+        if kill:
+            self._process.kill()
+        try:
+            self._process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+
+    def _confused(self, number: int) -> None:
+        self.close(kill=True)
+        raise WorkerFailed(f"the validation worker answered out of turn at window {number}")
+
+    def _send(self, kind: bytes, payload: Any, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        view = memoryview(payload).cast("B")
+        try:
+            for part in (kind + _SIZE.pack(view.nbytes), view):
+                _write_all(self._in, part, deadline)
+        except OSError as exc:
+            self.close(kill=True)
+            raise WorkerFailed(
+                f"the validation worker stopped taking windows ({self._ended(exc)})"
+            ) from None
+
+    def _receive(self, seconds: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + seconds
+        try:
+            head = _read_exactly(self._out, _SIZE.size, deadline)
+            body = _read_exactly(self._out, _SIZE.unpack(head)[0], deadline) if head else None
+        except OSError as exc:
+            self.close(kill=True)
+            raise WorkerFailed(
+                f"the validation worker did not answer {what} ({self._ended(exc)})"
+            ) from None
+        if body is None:
+            self.close(kill=True)
+            raise WorkerFailed(
+                f"the validation worker stopped before answering {what} ({self._ended(None)})"
+            )
+        try:
+            answer = json.loads(body)
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            self.close(kill=True)
+            raise WorkerFailed(f"the validation worker answered {what} with something unreadable")
+        return answer
+
+    def _ended(self, exc: OSError | None) -> str:
+        """How the child ended, for a message: its exit code, signal, or the pipe's error."""
+        if isinstance(exc, TimeoutError):
+            return "no answer in time"
+        try:
+            code = self._process.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            return type(exc).__name__ if exc else "still running"
+        return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+
+def _write_all(fd: int, data: Any, deadline: float) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        _wait(fd, deadline, write=True)
+        view = view[os.write(fd, view) :]
+
+
+def _read_exactly(fd: int, size: int, deadline: float) -> bytes | None:
+    """Exactly `size` bytes from a non-blocking pipe by `deadline`; None at end of input."""
+    parts: list[bytes] = []
+    left = size
+    while left:
+        _wait(fd, deadline, write=False)
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        parts.append(chunk)
+        left -= len(chunk)
+    return b"".join(parts)
+
+
+def _wait(fd: int, deadline: float, *, write: bool) -> None:
+    remaining = max(deadline - time.monotonic(), 0)
+    ready = (
+        select.select([], [fd], [], remaining)[1]
+        if write
+        else select.select([fd], [], [], remaining)[0]
+    )
+    if not ready:
+        raise TimeoutError("the validation worker did not answer in time")
+
+
+# --- one idle worker per process, for the next suite ---------------------------------------
+
+_IDLE: Worker | None = None
+_IDLE_LOCK = threading.Lock()
+
+
+def take() -> Worker:
+    """An idle worker of this process, or a new one. Raises WorkerUnavailable."""
+    global _IDLE
+    with _IDLE_LOCK:
+        worker, _IDLE = _IDLE, None
+    if worker is not None and worker.pid == os.getpid() and not worker.broken:
+        return worker
+    return Worker()
+
+
+def give_back(worker: Worker) -> None:
+    """Keep a worker whose suite ended cleanly for the next one; stop any other."""
+    global _IDLE
+    if worker.broken or not worker.idle or worker.pid != os.getpid():
+        worker.close(kill=True)
+        return
+    try:
+        worker.end()
+    except WorkerFailed:
+        return
+    with _IDLE_LOCK:
+        spare, _IDLE = _IDLE, worker
+    if spare is not None:
+        spare.close()
+
+
+def _close_idle() -> None:
+    global _IDLE
+    with _IDLE_LOCK:
+        worker, _IDLE = _IDLE, None
+    if worker is not None:
+        worker.close(kill=True)  # idle, or still importing for a suite nobody will send
+
+
+def _forget_idle() -> None:
+    """In a forked child: the idle worker belongs to the parent; leave it alone."""
+    global _IDLE
+    _IDLE = None
+
+
+atexit.register(_close_idle)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_idle)
+
+
+# --- the child's side -----------------------------------------------------------------------
+
+
+def _reply(sink: IO[bytes], answer: dict[str, Any]) -> None:
+    body = json.dumps(answer).encode()
+    sink.write(_SIZE.pack(len(body)) + body)
+    sink.flush()
+
+
+def _frame(source: IO[bytes]) -> tuple[bytes, bytes] | None:
+    head = source.read(1 + _SIZE.size)
+    if len(head) < 1 + _SIZE.size:
+        return None
+    size = _SIZE.unpack(head[1:])[0]
+    payload = source.read(size) if size else b""
+    if len(payload) != size:
+        return None
+    return head[:1], payload
+
+
+def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
+    """The worker's loop: load a suite, answer each window, until the end of input."""
+    _reply(sink, {"hello": package_folder()})
+    validator: Any = None
+    positions: dict[int, int] = {}
+    window = 0
+    while True:
+        got = _frame(source)
+        if got is None:
+            return
+        kind, payload = got
+        del got  # so the window's bytes go with `payload`
+        if kind == _RULES:
+            name, rules = pickle.loads(payload)  # noqa: S301 - from the parent that started us
+            window = 0
+            try:
+                from validators.suite import BatchValidator  # Great Expectations: seconds
+
+                validator = BatchValidator(name, rules)
+            except ValueError as exc:  # a rule GX cannot take: names the column, no values
+                _reply(sink, {"error": "ValueError", "message": str(exc)})
+                validator = None
+                continue
+            except Exception as exc:  # reported by its type only, then stop
+                _reply(sink, {"error": type(exc).__name__})
+                return
+            positions = {id(rule): i for i, rule in enumerate(validator.rules)}
+            _reply(sink, {"ready": True})
+        elif kind == _WINDOW and validator is not None:
+            window += 1
+            try:
+                import pyarrow as pa
+
+                table = pa.ipc.open_stream(pa.py_buffer(payload)).read_all()
+                del payload
+                frame = table.to_pandas()
+                del table
+                rows = len(frame)
+                failures = validator.validate(frame)
+                del frame
+            except Exception as exc:  # its message may quote a value
+                _reply(sink, {"error": type(exc).__name__})
+                return
+            found = [[positions[id(f.rule)], f.unexpected_count, f.element_count] for f in failures]
+            _reply(sink, {"window": window, "rows": rows, "failures": found})
+        elif kind == _END:
+            validator, positions = None, {}
+        else:
+            return  # out of turn: stop, and the parent reports it
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(BrokenPipeError):  # the parent has gone
+        _serve(sys.stdin.buffer, sys.stdout.buffer)
