@@ -236,7 +236,9 @@ class Ledger:
         and when it runs to the end, a ledger shorter than its newest checkpoint is reported as
         deleted entries. With `public_key` each checkpoint's signature is checked as well (and
         its origin, given `origin`); without it a forged checkpoint row would go unnoticed, and
-        the result says so. `visit` sees each entry that verified, in order.
+        the result says so. `visit` sees each entry that verified, in order. From entry 1,
+        every stored Merkle node (a cache proofs read) is recomputed too, and one that differs
+        fails the verification by name.
         """
         against = verify.Against(public_key, origin, tuple(held))
         start = from_seq or 1

@@ -183,9 +183,10 @@ def _read_nodes(
     wanted = list(keys)
     if not wanted:
         return out
-    rows = conn.execute(  # one statement, compiled once: IN with an expanding list of pairs
+    # One statement; pairs OR-ed, not a row-value IN, which SQLite answers with a table scan.
+    rows = conn.execute(
         sa.select(nodes.c.level, nodes.c.idx, nodes.c.hash).where(
-            sa.tuple_(nodes.c.level, nodes.c.idx).in_(wanted)
+            sa.or_(*(sa.and_(nodes.c.level == lv, nodes.c.idx == ix) for lv, ix in wanted))
         )
     )
     for level, index, text in rows:

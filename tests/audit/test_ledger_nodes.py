@@ -419,5 +419,5 @@ def test_a_proofs_reads_grow_with_log_n_not_n(tmp_path: Path) -> None:
     large = bulk(tmp_path / "large.db", 32 * 1024)  # 8 times the entries
     a, b = proof_steps(small, 3 * 1024 + 7), proof_steps(large, 3 * 1024 + 7)
     assert a > 0
-    assert b <= a * 2, f"{a} -> {b} (x100 SQLite steps)"
+    assert b <= a * 1.3, f"{a} -> {b} (x100 SQLite steps)"  # a scan of any table would show
     assert stored_keys(large) == expected_nodes(32 * 1024)
