@@ -1,19 +1,30 @@
-"""Disclosure ledger at scale: insert rate, then "who has my data?" lookup latency.
+"""Disclosure ledger at scale: insert rate as the table grows, then "who has my data?" latency.
 
     python benchmarks/disclosure_lookup.py                    # 100 x 100,000 = 10M, SQLite
     python benchmarks/disclosure_lookup.py --transfers 10     # 1M
     python benchmarks/disclosure_lookup.py --url postgresql+psycopg://user@host/db
 
+The layout before the per-drop one (one table keyed by subject) is measured the same way from a
+copy of the commit before it, this script given to it::
+
+    git worktree add /tmp/disc-base 62cdf81~1
+    PYTHONPATH=/tmp/disc-base python benchmarks/disclosure_lookup.py
+
 Each transfer sends a random sample of a population of subject ids (10-digit numbers), so a
 person appears in several transfers, as in real partnerships. Reports the insert rate (keyed
-hashing included), the database size per disclosure, and the p50/p99 latency of `lookup` for
-random members of the population (a lookup returns every transfer that carried the person).
+hashing included) for each million disclosures as the table grows, and the first million's
+against the last's; in the per-drop layout the bulk merges are timed apart (they run before a
+drop is recorded, at most once per `MERGE_AFTER` drops). Then the database size per disclosure,
+and the p50/p99/max latency of `lookup` for random members of the population (a lookup returns
+every transfer that carried the person). The load average is printed beside the figures: the
+machine may be shared.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import os
 import secrets
 import statistics
 import tempfile
@@ -27,6 +38,7 @@ import sqlalchemy as sa
 from exchange.audit import Disclosure, Disclosures
 
 FIRST_ID = 9_990_000_000
+MILLION = 1_000_000
 
 
 def facts(n: int, at: dt.datetime) -> Disclosure:
@@ -47,12 +59,21 @@ def size_of(url: str, engine: sa.Engine) -> int:
     if engine.dialect.name == "sqlite":
         database = sa.engine.make_url(url).database or ""
         return sum(p.stat().st_size for p in Path(database).parent.glob(Path(database).name + "*"))
+    tables = [
+        t
+        for t in ("disclosures", "disclosures_merged", "transfers")
+        if sa.inspect(engine).has_table(t)
+    ]
     with engine.connect() as conn:
         return int(
             conn.exec_driver_sql(
-                "SELECT pg_total_relation_size('disclosures') + pg_total_relation_size('transfers')"
+                "SELECT " + " + ".join(f"pg_total_relation_size('{t}')" for t in tables)
             ).scalar_one()
         )
+
+
+def load() -> str:
+    return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def main() -> None:
@@ -66,30 +87,57 @@ def main() -> None:
     args = parser.parse_args()
     url = args.url or f"sqlite:///{Path(tempfile.mkdtemp(prefix='disclosures-')) / 'audit.db'}"
     store = Disclosures(url, secrets.token_bytes(32))
+    per_drop = hasattr(store, "merge")  # the layout this code has
     rng = np.random.default_rng(args.seed)
     start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
-    print(f"{store.engine.dialect.name}: {args.transfers} transfers x {args.subjects:,} subjects")
+    layout = "per-drop layout" if per_drop else "one table keyed by subject"
+    print(f"{store.engine.dialect.name}, {layout}: {args.transfers} transfers x {args.subjects:,}")
+    print(f"  start: {load()}", flush=True)
 
-    total, began, last = 0, time.perf_counter(), time.perf_counter()
+    total, inserting, merging = 0, 0.0, 0.0
+    merges: list[tuple[int, float]] = []  # (drops merged, seconds)
+    rates: list[float] = []  # disclosures per second of inserting, per million
+    mark, mark_total, mark_time = MILLION, 0, 0.0
     for n in range(args.transfers):
         chosen = rng.choice(args.population, size=args.subjects, replace=False) + FIRST_ID
+        if per_drop:  # what `record` would do first, timed apart
+            t0 = time.perf_counter()
+            moved = store.merge()
+            if moved:
+                merges.append((moved, time.perf_counter() - t0))
+                merging += merges[-1][1]
+        t0 = time.perf_counter()
         recorded = store.record(facts(n, start + dt.timedelta(days=n)), pa.array(chosen))
+        inserting += time.perf_counter() - t0
         total += recorded.subjects
-        if (n + 1) % max(1, args.transfers // 10) == 0:
-            now = time.perf_counter()
+        while total >= mark:
+            rate = (total - mark_total) / (inserting - mark_time)
+            rates.append(rate)
+            merged = sum(s for _, s in merges)
             print(
-                f"  {n + 1:4d} transfers, {total:>11,} disclosures, "
-                f"{total / (now - began):>9,.0f}/s overall, "
-                f"{args.subjects * max(1, args.transfers // 10) / (now - last):>9,.0f}/s lately",
+                f"  {mark // MILLION:3d}M: {rate:>9,.0f}/s inserting this million; "
+                f"{len(merges)} merges so far, {merged:,.1f} s",
                 flush=True,
             )
-            last = now
-    elapsed = time.perf_counter() - began
+            mark, mark_total, mark_time = mark + MILLION, total, inserting
     size = size_of(url, store.engine)
     print(
-        f"inserted {total:,} disclosures in {elapsed:,.1f} s: {total / elapsed:,.0f}/s; "
+        f"inserted {total:,} disclosures: {inserting:,.1f} s inserting ({total / inserting:,.0f}/s)"
+        f" + {merging:,.1f} s merging = {total / (inserting + merging):,.0f}/s overall; "
         f"{size / 2**20:,.0f} MiB, {size / max(total, 1):.1f} bytes per disclosure"
     )
+    if rates:
+        print(
+            f"first million {rates[0]:,.0f}/s, last million {rates[-1]:,.0f}/s "
+            f"(last/first {rates[-1] / rates[0]:.2f})"
+        )
+    if merges:
+        longest = max(merges, key=lambda m: m[1])
+        print(
+            f"{len(merges)} bulk merges, {merging:,.1f} s in all; the longest moved "
+            f"{longest[0]} drops in {longest[1]:,.1f} s"
+        )
+    print(f"  after inserting: {load()}", flush=True)
 
     people = rng.choice(args.population, size=args.lookups, replace=False) + FIRST_ID
     store.lookup(int(people[0]))  # warm the connection pool
@@ -100,10 +148,17 @@ def main() -> None:
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    recent = ""
+    if per_drop:
+        with store.engine.connect() as conn:
+            drops = conn.exec_driver_sql("SELECT count(DISTINCT transfer_id) FROM disclosures")
+            recent = f"; {drops.scalar_one()} drops probed by drop, the rest by subject"
     print(
-        f"{args.lookups} lookups: p50 {statistics.median(times):.2f} ms, p99 {p99:.2f} ms, "
-        f"max {times[-1]:.2f} ms; {found / args.lookups:.1f} transfers per person on average"
+        f"{args.lookups} lookups at {total:,} disclosures: p50 {statistics.median(times):.2f} ms, "
+        f"p99 {p99:.2f} ms, max {times[-1]:.2f} ms; {found / args.lookups:.1f} transfers per "
+        f"person on average{recent}"
     )
+    print(f"  end: {load()}")
     store.close()
 
 

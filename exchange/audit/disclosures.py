@@ -37,6 +37,7 @@ byte's worth, at most a million) that cuts a bound blob into rows inside SQLite.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import heapq
@@ -336,8 +337,8 @@ class Disclosures:
             def _bulk_cache(dbapi_connection: Any, _record: Any) -> None:
                 dbapi_connection.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
 
+        self.migration = _migrate(self.engine)  # also when opened not to create: lookups read
         if create:
-            self.migration = _migrate(self.engine)
             create_tables(self.engine, metadata)
 
     # -- recording ------------------------------------------------------------------------------
@@ -461,7 +462,7 @@ class Disclosures:
         purposes, legal basis and fields. Only delivered drops unless `include_unsent`.
 
         One read of the subject index, then one probe per drop still kept by drop."""
-        with self.engine.connect() as conn, conn.begin():  # one snapshot of both tables
+        with self._snapshot() as conn:
             recent = list(conn.execute(_RECENT_DROPS).scalars())
             conditions = []
             for k in self.keys:
@@ -502,7 +503,7 @@ class Disclosures:
         whole for rows of the drop as well (it has no index by drop, and a row forged there
         would be in answers).
         """
-        with self.engine.connect() as conn, conn.begin():
+        with self._snapshot() as conn:
             row = conn.execute(
                 sa.select(transfers.c.id).where(transfers.c.drop_id == drop_id)
             ).first()
@@ -553,8 +554,7 @@ class Disclosures:
         skipped (they are in no answer); a delivered drop the ledger knows but the table lacks
         is a problem (deleted).
         """
-        # One snapshot of all three tables, so a merge running meanwhile is not seen half done.
-        with self.engine.connect() as conn, conn.begin():
+        with self._snapshot() as conn:
             rows = conn.execute(sa.select(transfers).where(transfers.c.sent_at.is_not(None))).all()
             counts, digests = _digests(conn)
         checked: set[str] = set()
@@ -573,6 +573,17 @@ class Disclosures:
                     "record is missing (deleted)"
                 )
         return checked, problems
+
+    @contextlib.contextmanager
+    def _snapshot(self) -> Iterator[sa.Connection]:
+        """A read transaction that sees every table as of one moment: a merge committed while
+        it reads must not show a drop's rows in both tables, or in neither. (SQLite's read
+        transactions are snapshots; PostgreSQL's default takes one per statement.)"""
+        with self.engine.connect() as conn:
+            if self._postgres:
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            with conn.begin():
+                yield conn
 
     # -- merging --------------------------------------------------------------------------------
 

@@ -301,6 +301,29 @@ def test_a_merge_that_meets_a_forged_row_moves_nothing(
     assert "drop drop-005: its 21 subject rows differ from the 20" in refused(store, ledger)
 
 
+def test_a_merge_committed_while_checking_is_not_seen_half_done(
+    delivered: tuple[Disclosures, Ledger], backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check reads the subject-ordered table, then the one by drop: a merge committed in
+    between would show the merged drops in neither, unless both are read as of one moment."""
+    store, ledger = delivered
+    other = Disclosures(backend_url, KEY)
+    streamed = layout._stream
+    merged_meanwhile: list[int] = []
+
+    def stream_then_merge(conn: sa.Connection, *key: sa.Column[object]) -> object:
+        found = streamed(conn, *key)
+        if not merged_meanwhile:
+            merged_meanwhile.append(other.merge(after=0))
+        return found
+
+    monkeypatch.setattr(layout, "_stream", stream_then_merge)
+    found, verified = store.verified_lookup(sample(5)[0], ledger)
+    assert merged_meanwhile == [2] and rows(backend_url, "disclosures") == 0
+    assert verified.ok and "drop-005" in [d.drop_id for d in found]
+    other.close()
+
+
 # -- migrating a ledger written in the layout before ---------------------------------------------
 
 
