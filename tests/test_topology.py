@@ -494,6 +494,15 @@ def topology(
         started.stop()
 
 
+def late_first_runs(topology: Topology) -> dict[str, str]:
+    """Each agreement whose late first scheduled run the ledger records as skipped, and its run."""
+    return {
+        str(e.contract_id): str(e.run_id)
+        for e in Ledger(topology.ledger_url).entries()
+        if e.event == "run.skipped" and json.loads(e.body).get("reason") == "late-first-run"
+    }
+
+
 def drops_in_inbox(partner: PartnerSftpServer) -> list[str]:
     return sorted(p.name for p in (partner.root / FOLDER).iterdir())
 
@@ -561,6 +570,23 @@ def check_topology(
     verified = topology.exchange("audit", "verify")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert topology.s3.list_objects_v2(Bucket=BUCKET).get("KeyCount", 0) == 0
+
+    # Unpausing made each DAG's late first scheduled run at once: the real scheduler ran it, and
+    # the DAG skipped it, on the record, without sending (every drop above is a manual run's).
+    agreements = {SAMPLE_ID, *ids}
+    wait_for(
+        "every late first run skipped",
+        lambda: set(late_first_runs(topology)) == agreements,
+        RUN_TIMEOUT,
+        topology.services,
+    )
+    for ident, run_id in late_first_runs(topology).items():
+        assert run_id.startswith("scheduled__"), (ident, run_id)
+        assert topology.api.run_state(dag_id(ident), run_id) == "success", ident
+    sent = [
+        e.run_id or "" for e in Ledger(topology.ledger_url).entries() if e.event == "transfer.sent"
+    ]
+    assert not [r for r in sent if r.startswith("scheduled__")], "a scheduled run sent a drop"
 
     # 3. Optionally the batch again on two workers, then on one, for the wall-time comparison
     # (again, as the first batch also ran each DAG's skipped late first scheduled run).
