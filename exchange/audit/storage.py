@@ -311,7 +311,8 @@ class Store:
         if create:
             create_tables(self.engine, metadata)
             self.has_nodes = True
-            self.fill_nodes()
+            with contextlib.suppress(OperationalError):  # locked too long: a later writer fills
+                self.fill_nodes()
         else:  # opened to read (an auditor's copy): a ledger from before the table works too
             self.has_nodes = sa.inspect(self.engine).has_table(nodes.name)
 
