@@ -10,10 +10,11 @@ of their subject id and the transfer's row id, 20 bytes of data, in one of two t
 A new drop's rows go to `disclosures`: keyed by drop first, each drop appends at the B-tree's
 right edge, at the same rate whatever the table's size (one index ordered by subject would take
 each drop's hashes all over it). When more than `MERGE_AFTER` delivered drops wait there, the
-next `record` moves them to `disclosures_merged` in one sorted pass (a bulk merge, each page of
-the subject index rewritten once per batch, not once per drop). A lookup reads the subject index
-once and probes each drop still in `disclosures` (found by a skip scan of its keys): at most
-about `MERGE_AFTER` probes, whatever the history. A ledger made before this layout (one
+next `record` moves them to `disclosures_merged` in subject order (a bulk merge, each page of
+the subject index rewritten once per batch, not once per drop; in pieces by hash range, one
+transaction each). A lookup is one statement: it reads the subject index once and probes each
+drop still in `disclosures` (found by a skip scan of its keys): at most about `MERGE_AFTER`
+probes, whatever the history. A ledger made before this layout (one
 `disclosures` table keyed by subject) is migrated on open: see `_migrate`.
 
 The hash is the first 128 bits of HMAC-SHA256 under a dedicated disclosure key (never the
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import heapq
 import hmac
@@ -88,6 +90,7 @@ __all__ = [
 
 MIN_KEY_BYTES = 32
 MERGE_AFTER = 64  # delivered drops kept by drop before a bulk merge into the subject index
+MERGE_PIECE_ROWS = 65_536  # rows moved per merge transaction, about (a power of two pieces)
 SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large index
 SUBJECTS_IN_MEMORY = 8 << 20  # a drop's subject hashes held in memory before a temporary file
 _BUCKET_BITS = 8  # SubjectHashes.ordered sorts the hashes one leading byte at a time
@@ -147,14 +150,14 @@ merged = sa.Table(
     sqlite_with_rowid=False,
 )
 # The drops in `disclosures`, one index seek each (a skip scan: neither database has one).
-_RECENT_DROPS = sa.text(
+_DROPS = (
     "WITH RECURSIVE drops(id) AS ("
     " SELECT min(transfer_id) FROM disclosures"
     " UNION ALL"
     " SELECT (SELECT min(transfer_id) FROM disclosures WHERE transfer_id > drops.id)"
-    " FROM drops WHERE drops.id IS NOT NULL"
-    ") SELECT id FROM drops WHERE id IS NOT NULL"
+    " FROM drops WHERE drops.id IS NOT NULL)"
 )
+_RECENT_DROPS = sa.text(_DROPS + " SELECT id FROM drops WHERE id IS NOT NULL")  # noqa: S608
 _MIGRATION_LOCK = 0x6578_6469_7363  # PostgreSQL advisory lock: one process migrates
 
 
@@ -461,34 +464,13 @@ class Disclosures:
         """Every transfer that carried this subject, oldest first: date, agreement, recipient,
         purposes, legal basis and fields. Only delivered drops unless `include_unsent`.
 
-        One read of the subject index, then one probe per drop still kept by drop."""
-        with self._snapshot() as conn:
-            recent = list(conn.execute(_RECENT_DROPS).scalars())
-            conditions = []
-            for k in self.keys:
-                wanted = subject_hash(k, subject_id)
-                carried: sa.Select[Any] | sa.CompoundSelect[Any] = sa.select(
-                    merged.c.transfer_id
-                ).where(merged.c.subject_hash == wanted)
-                if recent:
-                    carried = sa.union_all(
-                        carried,
-                        sa.select(disclosures.c.transfer_id).where(
-                            disclosures.c.transfer_id.in_(recent),
-                            disclosures.c.subject_hash == wanted,
-                        ),
-                    )
-                conditions.append(
-                    sa.and_(transfers.c.id.in_(carried), transfers.c.key_id == key_id(k))
-                )
-            query = (
-                sa.select(transfers)
-                .where(sa.or_(*conditions))
-                .order_by(transfers.c.sent_at, transfers.c.id)
-            )
-            if not include_unsent:
-                query = query.where(transfers.c.sent_at.is_not(None))
-            return [Disclosure._from_row(row) for row in conn.execute(query)]
+        One statement: one read of the subject index, one probe per drop still kept by drop."""
+        params: dict[str, Any] = {}
+        for i, k in enumerate(self.keys):
+            params[f"h{i}"], params[f"k{i}"] = subject_hash(k, subject_id), key_id(k)
+        with self.engine.connect() as conn:
+            found = conn.execute(_lookup_statement(len(self.keys), include_unsent), params)
+            return [Disclosure._from_row(row) for row in found]
 
     def transfer(self, drop_id: str) -> tuple[Disclosure, int, str] | None:
         """A drop's facts, subject count and digest, if recorded."""
@@ -591,55 +573,84 @@ class Disclosures:
         """Move the delivered drops kept by drop into `disclosures_merged`, all at once, when
         more than `after` of them wait (default `merge_after`); returns the drops moved.
 
-        One transaction: the rows go in subject order (each page of the subject index written
-        once for the whole batch) and leave `disclosures`. Drops not yet delivered stay there,
-        so a retried or discarded drop is still a range delete. LedgerError if a row to move is
-        already in `disclosures_merged` (put there by hand): nothing moves, and checking the
-        record against the audit ledger names the drop.
+        The rows go in subject order, so each page of the subject index is written once for
+        the whole batch, in pieces by leading bits of the hash, lowest first, one transaction
+        each (about `MERGE_PIECE_ROWS` rows: the write lock, which ledger appends also wait
+        for, is held for seconds, not minutes). Part way, a drop's rows in
+        `disclosures_merged` all sort before those left in `disclosures`, so its digest is
+        still taken in one pass (see `_digests`); a lookup reads both tables anyway. Drops not
+        yet delivered stay, so a retried or discarded drop is still a range delete.
+        LedgerError if a row to move is already in `disclosures_merged` (put there by hand):
+        the pieces before it stay moved, and checking the record names the drop.
         """
         limit = self.merge_after if after is None else after
         with self.engine.connect() as conn:  # without the write lock while there is nothing to do
-            if len(conn.execute(_RECENT_DROPS).all()) <= limit:
-                return 0
-        began = time.perf_counter()
-        with writer(self.engine).begin() as conn:
             recent = list(conn.execute(_RECENT_DROPS).scalars())
-            ready = list(
-                conn.execute(
-                    sa.select(transfers.c.id)
-                    .where(transfers.c.id.in_(recent), transfers.c.sent_at.is_not(None))
-                    .order_by(transfers.c.id)
-                ).scalars()
-            )
-            if len(ready) <= limit:
+            if len(recent) <= limit:
                 return 0
+            ready = conn.execute(
+                sa.select(transfers.c.id, transfers.c.subjects)
+                .where(transfers.c.id.in_(recent), transfers.c.sent_at.is_not(None))
+                .order_by(transfers.c.id)
+            ).all()
+        if len(ready) <= limit:
+            return 0
+        drops = [row.id for row in ready]
+        bits = min(
+            _BUCKET_BITS, (sum(row.subjects for row in ready) // MERGE_PIECE_ROWS).bit_length()
+        )
+        began, moved = time.perf_counter(), 0
+        for piece in range(1 << bits):
+            chosen: list[sa.ColumnElement[bool]] = [disclosures.c.transfer_id.in_(drops)]
+            if piece:
+                chosen.append(disclosures.c.subject_hash >= bytes([piece << (8 - bits)]))
+            if piece + 1 < 1 << bits:
+                chosen.append(disclosures.c.subject_hash < bytes([(piece + 1) << (8 - bits)]))
             rows = (
                 sa.select(disclosures.c.subject_hash, disclosures.c.transfer_id)
-                .where(disclosures.c.transfer_id.in_(ready))
+                .where(*chosen)
                 .order_by(disclosures.c.subject_hash, disclosures.c.transfer_id)
             )
-            try:
-                conn.execute(merged.insert().from_select(["subject_hash", "transfer_id"], rows))
-            except IntegrityError:
-                raise LedgerError(
-                    f"disclosure rows of {len(ready)} delivered drops were not merged: "
-                    "disclosures_merged already holds one of them (check the record with "
-                    "exchange audit subject)"
-                ) from None
-            moved = conn.execute(
-                disclosures.delete().where(disclosures.c.transfer_id.in_(ready))
-            ).rowcount
+            with writer(self.engine).begin() as conn:  # a concurrent merge finds nothing left
+                try:
+                    conn.execute(merged.insert().from_select(["subject_hash", "transfer_id"], rows))
+                except IntegrityError:
+                    raise LedgerError(
+                        f"disclosure rows of {len(drops)} delivered drops were merged only in "
+                        "part: disclosures_merged already holds one of them (check the record "
+                        "with exchange audit subject)"
+                    ) from None
+                moved += conn.execute(disclosures.delete().where(*chosen)).rowcount
         log.info(
             "merged %d delivered drops (%d disclosure rows) into disclosures_merged in %.1f s",
-            len(ready),
+            len(drops),
             moved,
             time.perf_counter() - began,
         )
-        return len(ready)
+        return len(drops)
 
     def close(self) -> None:
         """Release the database connections."""
         self.engine.dispose()
+
+
+@functools.cache
+def _lookup_statement(keys: int, include_unsent: bool) -> sa.TextClause:
+    """The transfers whose key is key i and that carried hash i, in either table (parameters
+    h0, k0, h1, k1 ...): in one statement, so both tables are read as of one moment."""
+    carried = " OR ".join(
+        f"(key_id = :k{i} AND id IN ("  # noqa: S608 (names and numbers only, no input)
+        f"SELECT transfer_id FROM disclosures_merged WHERE subject_hash = :h{i} UNION ALL "
+        f"SELECT transfer_id FROM disclosures WHERE subject_hash = :h{i} "
+        "AND transfer_id IN (SELECT id FROM drops WHERE id IS NOT NULL)))"
+        for i in range(keys)
+    )
+    sent = "" if include_unsent else " AND sent_at IS NOT NULL"
+    columns = ", ".join(column.name for column in transfers.columns)
+    return sa.text(
+        f"{_DROPS} SELECT {columns} FROM transfers WHERE ({carried}){sent} "  # noqa: S608
+        "ORDER BY sent_at, id"
+    )
 
 
 def _migrate(engine: sa.Engine) -> str | None:
@@ -720,39 +731,51 @@ def _drop_hashes(conn: sa.Connection, transfer_id: int) -> Iterator[bytes]:
 def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
     """Per transfer, its row count and digest over both tables, each read once in key order,
     with no sort: the subject-ordered table gives each transfer's rows by ascending hash, the
-    drop-ordered one gives them drop by drop, ascending. A transfer with rows in both (a merge
-    never leaves one; a row forged or moved by hand does) is read again, both merged."""
-    counts, hashers = _stream(conn, merged.c.subject_hash, merged.c.transfer_id)
-    recent_counts, recent_hashers = _stream(
-        conn, disclosures.c.transfer_id, disclosures.c.subject_hash
+    drop-ordered one gives them drop by drop, ascending, and a drop part merged has all its
+    merged rows below its others, so one hash goes on from the first table into the second.
+    A drop whose rows in the two are not so ordered (moved or forged by hand) is read again,
+    both tables' rows merged."""
+    streamed = conn.execution_options(stream_results=True, yield_per=HASH_CHUNK)
+    hashers: dict[int, Any] = {}
+    counts: dict[int, int] = {}
+    last: dict[int, bytes] = {}  # per transfer, its greatest hash in disclosures_merged
+    query = sa.select(merged.c.subject_hash, merged.c.transfer_id).order_by(
+        merged.c.subject_hash, merged.c.transfer_id
     )
-    for transfer_id in counts.keys() & recent_counts.keys():
+    for value, transfer_id in streamed.execute(query):
+        value = bytes(value)
+        hasher = hashers.get(transfer_id)
+        if hasher is None:
+            hasher = hashers[transfer_id] = hashlib.sha256()
+        hasher.update(value)
+        counts[transfer_id] = counts.get(transfer_id, 0) + 1
+        last[transfer_id] = value
+    seen: set[int] = set()
+    again: set[int] = set()
+    query = sa.select(disclosures.c.transfer_id, disclosures.c.subject_hash).order_by(
+        disclosures.c.transfer_id, disclosures.c.subject_hash
+    )
+    for transfer_id, value in streamed.execute(query):
+        if transfer_id in again:
+            continue
+        value = bytes(value)
+        if transfer_id not in seen:
+            seen.add(transfer_id)
+            if transfer_id in last and value <= last[transfer_id]:
+                again.add(transfer_id)
+                continue
+        hasher = hashers.get(transfer_id)
+        if hasher is None:
+            hasher = hashers[transfer_id] = hashlib.sha256()
+        hasher.update(value)
+        counts[transfer_id] = counts.get(transfer_id, 0) + 1
+    for transfer_id in again:
         sha, count = hashlib.sha256(), 0
         for value in _drop_hashes(conn, transfer_id):
             sha.update(value)
             count += 1
         counts[transfer_id], hashers[transfer_id] = count, sha
-        del recent_counts[transfer_id], recent_hashers[transfer_id]
-    counts.update(recent_counts)
-    hashers.update(recent_hashers)
     return counts, {k: h.hexdigest() for k, h in hashers.items()}
-
-
-def _stream(conn: sa.Connection, *key: sa.Column[Any]) -> tuple[dict[int, int], dict[int, Any]]:
-    """Per transfer, its rows' count and a SHA-256 fed with them, reading one table in `key`
-    order (its primary key)."""
-    table = key[0].table
-    hashers: dict[int, Any] = {}
-    counts: dict[int, int] = {}
-    query = sa.select(table.c.subject_hash, table.c.transfer_id).order_by(*key)
-    stream = conn.execution_options(stream_results=True, yield_per=HASH_CHUNK).execute(query)
-    for value, transfer_id in stream:
-        hasher = hashers.get(transfer_id)
-        if hasher is None:
-            hasher = hashers[transfer_id] = hashlib.sha256()
-        hasher.update(bytes(value))
-        counts[transfer_id] = counts.get(transfer_id, 0) + 1
-    return counts, hashers
 
 
 # One statement per chunk: SQLite cuts the bound blob of hashes into rows itself (a counting

@@ -279,46 +279,65 @@ def test_a_row_moved_between_tables_changes_no_answer(
     assert store.verify_digest("drop-004", expected_digest(KEY, sample(4)))
 
 
-def test_a_merge_that_meets_a_forged_row_moves_nothing(
-    delivered: tuple[Disclosures, Ledger], backend_url: str, caplog: pytest.LogCaptureFixture
+def test_a_merge_stopped_part_way_by_a_forged_row_changes_no_other_answer(
+    delivered: tuple[Disclosures, Ledger],
+    backend_url: str,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """The merge moves its rows in pieces by leading hash bits (16 here); a row put by hand
+    in the subject-ordered table stops it at that piece. The pieces before stay moved, the
+    two recent drops are then split between the tables, and every answer is still right."""
     store, ledger = delivered
-    person, tid = sample(5)[0], transfer_id(backend_url, "drop-005")
-    sql(
-        backend_url,
-        "INSERT INTO disclosures_merged (subject_hash, transfer_id) VALUES (:h, :t)",
-        h=subject_hash(KEY, person),
-        t=tid,
-    )
-    with pytest.raises(LedgerError, match="were not merged: disclosures_merged already holds"):
+    monkeypatch.setattr(layout, "MERGE_PIECE_ROWS", 4)  # 40 rows: 16 pieces
+    person = max(sample(5), key=lambda p: subject_hash(KEY, p))  # in one of the last pieces
+    tid = transfer_id(backend_url, "drop-005")
+    forge = "INSERT INTO disclosures_merged (subject_hash, transfer_id) VALUES (:h, :t)"
+    sql(backend_url, forge, h=subject_hash(KEY, person), t=tid)
+    with pytest.raises(LedgerError, match="merged only in part: disclosures_merged already"):
         store.merge(after=0)
-    assert (rows(backend_url, "disclosures"), rows(backend_url, "disclosures_merged")) == (40, 81)
+    recent, old = rows(backend_url, "disclosures"), rows(backend_url, "disclosures_merged")
+    assert recent + old == 121 and 0 < recent < 40  # moved up to the forged row's piece
+    assert "drop drop-005: its 21 subject rows differ from the 20" in refused(store, ledger)
+    assert "more)" not in refused(store, ledger)  # drop-004, split too, checks
     store.merge_after = 0
     with caplog.at_level(logging.WARNING, logger="exchange.audit.disclosures"):
         store.record(facts(6), pa.array(sample(6)))  # the run goes on; the merge waits
-    assert "were not merged" in caplog.text and person not in caplog.text
-    assert rows(backend_url, "disclosures") == 60
-    assert "drop drop-005: its 21 subject rows differ from the 20" in refused(store, ledger)
+    assert "merged only in part" in caplog.text and person not in caplog.text
+    assert rows(backend_url, "disclosures") == recent + 20
+    bind(ledger, store, "drop-006")
+    sql(
+        backend_url,
+        "DELETE FROM disclosures_merged WHERE subject_hash = :h AND transfer_id = :t",
+        h=subject_hash(KEY, person),
+        t=tid,
+    )
+    for someone in PEOPLE:  # split drops answer as whole ones
+        wanted = [f"drop-{n:03d}" for n in range(7) if someone in sample(n)]
+        assert [d.drop_id for d in store.verified_lookup(someone, ledger)[0]] == wanted
+    assert store.verify_digest("drop-005", expected_digest(KEY, sample(5)))
+    assert store.merge(after=0) == 3 and rows(backend_url, "disclosures") == 0
+    assert [d.drop_id for d in store.verified_lookup(person, ledger)[0]][-2] == "drop-005"
 
 
 def test_a_merge_committed_while_checking_is_not_seen_half_done(
-    delivered: tuple[Disclosures, Ledger], backend_url: str, monkeypatch: pytest.MonkeyPatch
+    delivered: tuple[Disclosures, Ledger], backend_url: str
 ) -> None:
     """The check reads the subject-ordered table, then the one by drop: a merge committed in
     between would show the merged drops in neither, unless both are read as of one moment."""
     store, ledger = delivered
     other = Disclosures(backend_url, KEY)
-    streamed = layout._stream
     merged_meanwhile: list[int] = []
 
-    def stream_then_merge(conn: sa.Connection, *key: sa.Column[object]) -> object:
-        found = streamed(conn, *key)
-        if not merged_meanwhile:
+    def merge_before_the_second_table(
+        _conn: object, _cursor: object, statement: str, *_: object
+    ) -> None:
+        if "ORDER BY disclosures.transfer_id" in statement and not merged_meanwhile:
             merged_meanwhile.append(other.merge(after=0))
-        return found
 
-    monkeypatch.setattr(layout, "_stream", stream_then_merge)
+    sa.event.listen(store.engine, "before_cursor_execute", merge_before_the_second_table)
     found, verified = store.verified_lookup(sample(5)[0], ledger)
+    sa.event.remove(store.engine, "before_cursor_execute", merge_before_the_second_table)
     assert merged_meanwhile == [2] and rows(backend_url, "disclosures") == 0
     assert verified.ok and "drop-005" in [d.drop_id for d in found]
     other.close()
