@@ -54,22 +54,20 @@ def facts(n: int, at: dt.datetime) -> Disclosure:
     )
 
 
-def size_of(url: str, engine: sa.Engine) -> int:
-    """Bytes the disclosure tables take (SQLite: the files; PostgreSQL: the relations)."""
+def size_of(url: str, engine: sa.Engine) -> tuple[int, int]:
+    """Bytes the disclosure tables take, and the SQLite write-ahead log's (0 on PostgreSQL)."""
     if engine.dialect.name == "sqlite":
-        database = sa.engine.make_url(url).database or ""
-        return sum(p.stat().st_size for p in Path(database).parent.glob(Path(database).name + "*"))
-    tables = [
-        t
-        for t in ("disclosures", "disclosures_merged", "transfers")
-        if sa.inspect(engine).has_table(t)
-    ]
+        database = Path(sa.engine.make_url(url).database or "")
+        log = database.with_name(database.name + "-wal")
+        wal = log.stat().st_size if log.exists() else 0
+        with engine.connect() as conn:  # the log's pages into the file, so its size counts them
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        return database.stat().st_size, wal
+    names = ("disclosures", "disclosures_merged", "transfers")
+    tables = [t for t in names if sa.inspect(engine).has_table(t)]
+    sizes = " + ".join(f"pg_total_relation_size('{t}')" for t in tables)
     with engine.connect() as conn:
-        return int(
-            conn.exec_driver_sql(
-                "SELECT " + " + ".join(f"pg_total_relation_size('{t}')" for t in tables)
-            ).scalar_one()
-        )
+        return int(conn.exec_driver_sql(f"SELECT {sizes}").scalar_one()), 0
 
 
 def load() -> str:
@@ -120,11 +118,12 @@ def main() -> None:
                 flush=True,
             )
             mark, mark_total, mark_time = mark + MILLION, total, inserting
-    size = size_of(url, store.engine)
+    size, wal = size_of(url, store.engine)
     print(
         f"inserted {total:,} disclosures: {inserting:,.1f} s inserting ({total / inserting:,.0f}/s)"
         f" + {merging:,.1f} s merging = {total / (inserting + merging):,.0f}/s overall; "
         f"{size / 2**20:,.0f} MiB, {size / max(total, 1):.1f} bytes per disclosure"
+        + (f" (the write-ahead log had grown to {wal / 2**20:,.0f} MiB)" if wal else "")
     )
     if rates:
         print(
