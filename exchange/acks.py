@@ -157,6 +157,58 @@ def needs_ssh_signature(data: bytes) -> bool:
     return isinstance(envelope, dict) and "signature" not in envelope and "type" in envelope
 
 
+@dataclass(frozen=True)
+class Opened:
+    """A partner's signed file, parsed: its body, the key id that signed it, and the
+    envelope's signature (None for a bare body, whose OpenSSH signature is beside it)."""
+
+    body: dict[str, Any]
+    key_id: str
+    signature: str | None
+
+
+def open_signed(
+    name: str,
+    data: bytes,
+    keys: Mapping[str, Ed25519PublicKey],
+    *,
+    version: str,
+    kind: str,
+    short: str,
+    limit: int,
+    bare: bool = False,
+) -> Opened | RejectedAck:
+    """Open a partner's signed file: an envelope `{"body", "signature"}` (acknowledgements,
+    refusal reports, destruction receipts), or with `bare` also a body alone.
+
+    The body must be of `version` and name a key in `keys`; an envelope's signature is
+    verified here, a bare body's is left to the caller. `kind` ("an acknowledgement file")
+    and `short` ("acknowledgement") word the rejections."""
+    try:
+        envelope = strict_json(data, limit=limit, what=short)
+        if not isinstance(envelope, dict):
+            raise TypeError
+        alone = bare and "signature" not in envelope and "type" in envelope
+        body, signature = (envelope, None) if alone else (envelope["body"], envelope["signature"])
+        if not isinstance(body, dict) or not (alone or isinstance(signature, str)):
+            raise TypeError
+    except (ManifestError, KeyError, TypeError):
+        return RejectedAck(name, f"not {kind} (unreadable JSON or no signature)")
+    key_id = body.get("key_id")
+    # Only a well-formed key id is repeated in messages and the ledger.
+    key_id = key_id if isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) else None
+    if body.get("type") != version:
+        return RejectedAck(name, f"not an {version} {short}", key_id)
+    if key_id is None or key_id not in keys:
+        return RejectedAck(name, f"signed by a key the partner has not published ({key_id})")
+    if signature is not None:
+        try:
+            signing.verify(keys[key_id], canonical(body), signature.encode())
+        except (CryptoError, ValueError, RecursionError):  # lone surrogates do not encode
+            return RejectedAck(name, f"signature does not verify with partner key {key_id}", key_id)
+    return Opened(body, key_id, signature)
+
+
 def verify(
     name: str,
     data: bytes,
@@ -169,45 +221,41 @@ def verify(
     OpenSSH signature of the file's exact bytes (`<name>.sig`)."""
     if len(data) > MAX_ACK_BYTES:
         return RejectedAck(name, f"larger than {MAX_ACK_BYTES} bytes")
-    try:
-        envelope = strict_json(data, limit=MAX_ACK_BYTES, what="acknowledgement")
-        if not isinstance(envelope, dict):
-            raise TypeError
-        bare = "signature" not in envelope and "type" in envelope
-        body, signature = (envelope, None) if bare else (envelope["body"], envelope["signature"])
-        if not isinstance(body, dict) or not (bare or isinstance(signature, str)):
-            raise TypeError
-    except (ManifestError, KeyError, TypeError):
-        return RejectedAck(name, "not an acknowledgement file (unreadable JSON or no signature)")
-    key_id = body.get("key_id")
-    # Only a well-formed key id is repeated in messages and the ledger.
-    key_id = key_id if isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) else None
-    if body.get("type") != ACK_VERSION:
-        return RejectedAck(name, f"not an {ACK_VERSION} acknowledgement", key_id)
-    if key_id is None or key_id not in keys:
-        return RejectedAck(name, f"signed by a key the partner has not published ({key_id})")
-    if bare and ssh_signature is None:
+    opened = open_signed(
+        name,
+        data,
+        keys,
+        version=ACK_VERSION,
+        kind="an acknowledgement file",
+        short="acknowledgement",
+        limit=MAX_ACK_BYTES,
+        bare=True,
+    )
+    if isinstance(opened, RejectedAck):
+        return opened
+    body, key_id = opened.body, opened.key_id
+    if opened.signature is not None:
+        proof = {"signature": opened.signature}
+    elif ssh_signature is None:
         return RejectedAck(
             name,
             f"no signature: neither a signed envelope nor an OpenSSH signature "
             f"{name}{SSH_SIGNATURE_SUFFIX} beside it",
             key_id,
         )
-    try:
-        if bare:
-            sshsig.verify(keys[key_id], data, ssh_signature or b"", SSH_NAMESPACE)
-        else:
-            signing.verify(keys[key_id], canonical(body), str(signature).encode())
-    except (CryptoError, ValueError, RecursionError):  # lone surrogates do not encode
-        form = f"OpenSSH signature ({SSH_NAMESPACE})" if bare else "signature"
-        return RejectedAck(name, f"{form} does not verify with partner key {key_id}", key_id)
-    if bare:
+    else:
+        try:
+            sshsig.verify(keys[key_id], data, ssh_signature, SSH_NAMESPACE)
+        except (CryptoError, ValueError, RecursionError):
+            return RejectedAck(
+                name,
+                f"OpenSSH signature ({SSH_NAMESPACE}) does not verify with partner key {key_id}",
+                key_id,
+            )
         proof = {
             "file": base64.b64encode(data).decode(),
-            "sshsig": (ssh_signature or b"").decode("ascii", "replace"),
+            "sshsig": ssh_signature.decode("ascii", "replace"),
         }
-    else:
-        proof = {"signature": str(signature)}
     checked = _checked(name, body, key_id)
     return replace(checked, proof=proof) if isinstance(checked, Ack) else checked
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 import re
 import stat
@@ -25,17 +24,16 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from exchange import manifest
-from exchange.acks import AckOutbox, RejectedAck, canonical
+from exchange import acks, manifest
+from exchange.acks import AckOutbox, RejectedAck
 from exchange.crypto import signing
-from exchange.errors import ConnectionLost, CryptoError, InvalidRequest, TransferError
-from exchange.manifest import ManifestError, is_safe_id, strict_json
+from exchange.errors import ConnectionLost, InvalidRequest, TransferError
+from exchange.manifest import is_safe_id
 from exchange.transport.base import Remote
 
 RECEIPT_VERSION = "exchange-destruction/1"
 RECEIPT_SUFFIX = ".destroyed.json"
 MAX_RECEIPT_BYTES = 64 << 10
-_KEY_ID = re.compile(r"ed25519:[0-9a-f]{16}")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _DROP_FILES = (manifest.MANIFEST_NAME, manifest.SIGNATURE_NAME, manifest.SSH_SIGNATURE_NAME)
 
@@ -170,30 +168,24 @@ def build(
 
 
 def sign(body: Mapping[str, Any], key: Ed25519PrivateKey) -> bytes:
-    """The receipt file's bytes."""
-    signature = signing.sign(key, canonical(body)).decode().strip()
-    return (json.dumps({"body": body, "signature": signature}, indent=2) + "\n").encode()
+    """The receipt file's bytes: the same signed envelope as an acknowledgement."""
+    return acks.sign(body, key)
 
 
 def verify(name: str, data: bytes, keys: Mapping[str, Ed25519PublicKey]) -> Receipt | RejectedAck:
     """Check one receipt file against the partner's keys (by key id)."""
-    try:
-        envelope = strict_json(data, limit=MAX_RECEIPT_BYTES, what="destruction receipt")
-        body, signature = envelope["body"], envelope["signature"]
-        if not isinstance(body, dict) or not isinstance(signature, str):
-            raise TypeError
-    except (ManifestError, KeyError, TypeError):
-        return RejectedAck(name, "not a destruction receipt (unreadable JSON or no signature)")
-    key_id = body.get("key_id")
-    key_id = key_id if isinstance(key_id, str) and _KEY_ID.fullmatch(key_id) else None
-    if body.get("type") != RECEIPT_VERSION:
-        return RejectedAck(name, f"not an {RECEIPT_VERSION} receipt", key_id)
-    if key_id is None or key_id not in keys:
-        return RejectedAck(name, f"signed by a key the partner has not published ({key_id})")
-    try:
-        signing.verify(keys[key_id], canonical(body), signature.encode())
-    except (CryptoError, ValueError, RecursionError):
-        return RejectedAck(name, f"signature does not verify with partner key {key_id}", key_id)
+    opened = acks.open_signed(
+        name,
+        data,
+        keys,
+        version=RECEIPT_VERSION,
+        kind="a destruction receipt",
+        short="receipt",
+        limit=MAX_RECEIPT_BYTES,
+    )
+    if isinstance(opened, RejectedAck):
+        return opened
+    body, key_id, signature = opened.body, opened.key_id, str(opened.signature)
     drop_id, sha, at = body.get("drop_id"), body.get("manifest_sha256"), body.get("destroyed_at")
     if not isinstance(drop_id, str) or not is_safe_id(drop_id) or name != receipt_name(drop_id):
         return RejectedAck(name, "names another drop than its file name says", key_id)

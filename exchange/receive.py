@@ -611,16 +611,23 @@ def _same_content(out_fd: int, name: str, sha256: str) -> bool:
         return False
 
 
-def _own_ack(out_fd: int, name: str, signer: Any, drop_id: str) -> bool:
-    """Whether `name` holds this partner's own signed acknowledgement of this drop."""
+def _own_ack(
+    out_fd: int, name: str, signer: Any, drop_id: str, manifest_sha256: str | None = None
+) -> bytes | None:
+    """The bytes of `name` if it holds this partner's own signed acknowledgement of this drop
+    (and, given `manifest_sha256`, of exactly that manifest); None for anything else."""
     try:
         with _open_file(out_fd, name) as handle:
             data = handle.read(acks.MAX_ACK_BYTES + 1)
     except (_NotRegular, OSError):
-        return False
+        return None
     public = signer.public_key()
     found = acks.verify(name, data, {signing.key_id(public): public})
-    return isinstance(found, acks.Ack) and found.drop_id == drop_id
+    if not isinstance(found, acks.Ack) or found.drop_id != drop_id:
+        return None
+    if manifest_sha256 is not None and found.manifest_sha256 != manifest_sha256:
+        return None
+    return data
 
 
 def _output_names(drop_id: str, fmt: str) -> tuple[str, str, str]:
@@ -687,7 +694,7 @@ def receive(
                 raise _refuse_overwrite(drop_id, final)
             replace_ack = False
             if signer is not None and _plain_target(out_fd, drop_id, ack_file):
-                replace_ack = overwrite or _own_ack(out_fd, ack_file, signer, drop_id)
+                replace_ack = overwrite or _own_ack(out_fd, ack_file, signer, drop_id) is not None
                 if not replace_ack:
                     raise _refuse_overwrite(drop_id, ack_file, " and is not your ack of it")
             now = clock()
@@ -807,7 +814,7 @@ def acknowledge(
                 or not isinstance(received_at, str)
             ):
                 raise InvalidRequest(_not_received(drop_id, out_dir, drop))
-            data = _own_ack_of(out_fd, ack_file, signer, drop_id, manifest_sha256)
+            data = _own_ack(out_fd, ack_file, signer, drop_id, manifest_sha256)
             reused = data is not None
             if data is None:
                 if _plain_target(out_fd, drop_id, ack_file):
@@ -851,25 +858,6 @@ def _not_received(drop_id: str, out_dir: Path, drop: Path) -> str:
         f"drop {drop_id} was not received into {out_dir}: receive it first "
         f"(exchange receive {drop} --out {out_dir} ...), then acknowledge it"
     )
-
-
-def _own_ack_of(
-    out_fd: int, name: str, signer: Any, drop_id: str, manifest_sha256: str
-) -> bytes | None:
-    """The bytes of this partner's own acknowledgement of exactly this manifest, if kept."""
-    try:
-        with _open_file(out_fd, name) as handle:
-            data = handle.read(acks.MAX_ACK_BYTES + 1)
-    except (_NotRegular, OSError):
-        return None
-    public = signer.public_key()
-    found = acks.verify(name, data, {signing.key_id(public): public})
-    if isinstance(found, acks.Ack) and (found.drop_id, found.manifest_sha256) == (
-        drop_id,
-        manifest_sha256,
-    ):
-        return data
-    return None
 
 
 def _decrypt_into(

@@ -380,9 +380,8 @@ class Check:
                     + ("; ".join(by) or "no approval in the bundle")
                 )
 
-    def refusal(self, body: dict[str, Any]) -> str:
-        """A partner's signed report that the log it was shown did not extend what it saw."""
-        kept = body["report"]
+    def _partner_signed(self, kept: dict[str, Any]) -> dict[str, Any]:
+        """The body of a partner's signed file (`body` and `signature`), once it verifies."""
         key = self.partners.get(kept["body"]["key_id"])
         if key is None:
             raise Bad(f"signed by a key that is not among {self.partners_from}")
@@ -390,7 +389,12 @@ class Check:
             key.verify(base64.b64decode(kept["signature"]), canonical(kept["body"]))
         except InvalidSignature:
             raise Bad("the partner's signature does not verify") from None
-        report, sizes = kept["body"], []
+        body: dict[str, Any] = kept["body"]
+        return body
+
+    def refusal(self, body: dict[str, Any]) -> str:
+        """A partner's signed report that the log it was shown did not extend what it saw."""
+        report, sizes = self._partner_signed(body["report"]), []
         for note in ((report.get("held") or {}).get("note"), report.get("offered")):
             try:  # both checkpoints carry the gateway's own signature: evidence against it
                 sizes.append(str(open_checkpoint(note, self.gateway)[1]))
@@ -403,15 +407,9 @@ class Check:
         )
 
     def receipt(self, body: dict[str, Any]) -> str:
-        kept = body["receipt"]
-        key = self.partners.get(kept["body"]["key_id"])
-        if key is None:
-            raise Bad(f"signed by a key that is not among {self.partners_from}")
-        try:
-            key.verify(base64.b64decode(kept["signature"]), canonical(kept["body"]))
-        except InvalidSignature:
-            raise Bad("the partner's signature does not verify") from None
-        return f"{kept['body']['drop_id']} destroyed at {kept['body']['destroyed_at']}"
+        """A partner's signed destruction receipt."""
+        receipt = self._partner_signed(body["receipt"])
+        return f"{receipt['drop_id']} destroyed at {receipt['destroyed_at']}"
 
 
 def partner_pins(values: list[str]) -> Pinned:

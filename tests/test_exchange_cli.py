@@ -20,7 +20,15 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from conftest import FOLDER, PSEUDONYM_KEY, Workspace, connect, inbox_entries, write_contract
+from conftest import (
+    FOLDER,
+    PSEUDONYM_KEY,
+    Workspace,
+    connect,
+    inbox_entries,
+    receive_args,
+    write_contract,
+)
 
 from exchange import cli, keys
 from exchange.audit import Ledger
@@ -138,14 +146,7 @@ def test_partner_receive_verifies_and_writes_the_data(
     out = tmp_path / "received"
     done = exchange(
         workspace,
-        "receive",
-        str(drop),
-        "--identity",
-        str(workspace.identity),
-        "--sender-key",
-        str(workspace.sender_key),
-        "--out",
-        str(out),
+        *receive_args(drop, workspace.identity, workspace.sender_key, out),
     )
     assert done.returncode == 0, done.stderr
     written = out / f"{drop.name}.csv"
@@ -175,14 +176,7 @@ def test_receive_refuses_a_tampered_drop_and_writes_nothing(
     out = tmp_path / "received"
     done = exchange(
         workspace,
-        "receive",
-        str(drop),
-        "--identity",
-        str(workspace.identity),
-        "--sender-key",
-        str(workspace.sender_key),
-        "--out",
-        str(out),
+        *receive_args(drop, workspace.identity, workspace.sender_key, out),
     )
     assert done.returncode == cli.NOT_VERIFIED
     assert "checksum" in done.stderr
@@ -439,14 +433,7 @@ def test_parquet_source_to_parquet_payload(
     assert got.num_rows == 1200 - pc.sum(objecting).as_py()
     received = exchange(
         workspace,
-        "receive",
-        str(drop),
-        "--identity",
-        str(workspace.identity),
-        "--sender-key",
-        str(workspace.sender_key),
-        "--out",
-        str(tmp_path / "in"),
+        *receive_args(drop, workspace.identity, workspace.sender_key, tmp_path / "in"),
     )
     assert received.returncode == 0, received.stderr
     assert pq.read_table(tmp_path / "in" / f"{drop.name}.parquet").equals(got)
@@ -537,14 +524,7 @@ def test_partner_acknowledges_and_the_sender_collects(
     ]
     received = exchange(
         workspace,
-        "receive",
-        str(first),
-        "--identity",
-        str(workspace.identity),
-        "--sender-key",
-        str(workspace.sender_key),
-        "--out",
-        str(tmp_path / "in"),
+        *receive_args(first, workspace.identity, workspace.sender_key, tmp_path / "in"),
         "--ack-key",
         str(signer.private_path),
         "--ack-connection",
@@ -656,14 +636,12 @@ def test_rectify_sends_a_correction_notice_to_every_recipient(
     jsonschema.Draft202012Validator(schema).validate(manifest)
     received = exchange(
         workspace,
-        "receive",
-        str(partner.root / FOLDER / notice),
-        "--identity",
-        str(workspace.identity),
-        "--sender-key",
-        str(workspace.sender_key),
-        "--out",
-        str(tmp_path / "in"),
+        *receive_args(
+            partner.root / FOLDER / notice,
+            workspace.identity,
+            workspace.sender_key,
+            tmp_path / "in",
+        ),
     )
     assert received.returncode == 0, received.stderr
     assert ledger(workspace)[-1][0] == "rectification.sent"

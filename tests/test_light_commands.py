@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import FOLDER, Workspace, inbox_entries
+from conftest import FOLDER, Workspace, inbox_entries, receive_args
 
 from exchange.approval import approval_path
 from exchange.sandbox import PartnerSftpServer
@@ -122,14 +122,7 @@ def test_audit_verify_and_receive_load_no_validation_library(
     assert_light(
         workspace,
         tmp_path,
-        "receive",
-        str(drop),
-        "--identity",
-        str(workspace.identity),
-        "--sender-key",
-        str(workspace.sender_key),
-        "--out",
-        str(out),
+        *receive_args(drop, workspace.identity, workspace.sender_key, out),
         # receive counts the decrypted payload's rows against the manifest with pyarrow
         allow=("numpy", "pyarrow"),
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from conftest import FOLDER, REPO, Workspace
+from conftest import FOLDER, REPO, Workspace, receive_args
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from exchange import acks, keys, manifest
@@ -55,14 +55,7 @@ def events(workspace: Workspace) -> list[tuple[str, dict[str, Any]]]:
 def receive(workspace: Workspace, drop: Path, out: Path) -> subprocess.CompletedProcess[str]:
     return exchange(
         workspace,
-        "receive",
-        str(drop),
-        "--identity",
-        str(workspace.identity),
-        "--sender-key",
-        str(workspace.sender_key),
-        "--out",
-        str(out),
+        *receive_args(drop, workspace.identity, workspace.sender_key, out),
     )
 
 

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pyrage
 import pytest
+from conftest import receive_args
 
 from exchange import acks, cli, keys, manifest
 from exchange.audit.checkpoint import sign_checkpoint
@@ -164,19 +165,7 @@ def take(
 ) -> tuple[int, str]:
     """Run `exchange receive` as a partner types it; the exit code and standard error."""
     capsys.readouterr()
-    code = cli.main(
-        [
-            "receive",
-            str(drop),
-            "--identity",
-            str(parties.identity),
-            "--sender-key",
-            str(parties.sender_public),
-            "--out",
-            str(out),
-            *extra,
-        ]
-    )
+    code = cli.main(receive_args(drop, parties.identity, parties.sender_public, out, *extra))
     return code, capsys.readouterr().err
 
 
@@ -232,18 +221,7 @@ def test_a_drop_made_by_the_real_gateway_passes_the_stricter_checks(
     prepared = gateway.prepare(contract, workspace.source(40), run_id="hostile-baseline")
     drop = workspace.settings.staging / prepared.drop_id
     out = tmp_path / "out"
-    code = cli.main(
-        [
-            "receive",
-            str(drop),
-            "--identity",
-            str(workspace.identity),
-            "--sender-key",
-            str(workspace.sender_key),
-            "--out",
-            str(out),
-        ]
-    )
+    code = cli.main(receive_args(drop, workspace.identity, workspace.sender_key, out))
     assert code == cli.OK, capsys.readouterr().err
     assert data_files(out) == [f"{prepared.drop_id}.csv"]
 
