@@ -32,7 +32,7 @@ from exchange.errors import GuardRefused, Refused
 from exchange.minimise import Minimiser, source_types
 from exchange.pipeline.naming import SAFE_ID
 from exchange.pipeline.source import resolve
-from exchange.quality import WINDOW_ROWS, compile_rules, key_hashes, repeats
+from exchange.quality import WINDOW_ROWS, KeyHashes, compile_rules, key_hashes
 from exchange.secrets import LocalSecrets
 from exchange.settings import Settings
 from exchange.sources import CsvSource, Source, check_columns
@@ -220,7 +220,8 @@ class _Windows:
         self.whole = {r.columns: r for r in rules if r.kind in WHOLE_RUN}
         self.validator = BatchValidator(contract.id, self.per_row) if self.per_row else None
         self.results = {r: RuleOutcome(r) for r in rules}
-        self.hashes: dict[tuple[str, ...], list[np.ndarray]] = {k: [] for k in self.whole}
+        # Past a few MiB a key's hashes wait in a temporary file: memory stays flat.
+        self.hashes: dict[tuple[str, ...], KeyHashes] = {k: KeyHashes() for k in self.whole}
         self.sent = 0
         self._batches: list[tuple[pa.RecordBatch, Any]] = []
         self._rows = 0
@@ -239,8 +240,8 @@ class _Windows:
             return
         table = pa.Table.from_batches([b for b, _ in batches], schema=self.schema)
         self.sent += table.num_rows
-        for key, chunks in self.hashes.items():
-            chunks.append(key_hashes(table, key))
+        for key, hashes in self.hashes.items():
+            hashes.add(key_hashes(table, key))
         if self.validator is None:
             return
         frame = table.to_pandas()
@@ -278,9 +279,10 @@ class _Windows:
     def outcomes(self) -> list[RuleOutcome]:
         """Every rule's outcome, the whole-run rules decided now."""
         for key, rule in self.whole.items():
-            hashes = np.concatenate(self.hashes[key] or [np.empty(0, np.uint64)])
+            hashes = self.hashes[key]
             outcome = self.results[rule]
-            outcome.rows, outcome.failing = len(hashes), repeats(hashes)
+            outcome.rows, outcome.failing = hashes.count, hashes.repeats()
+            hashes.close()
         return list(self.results.values())
 
 
