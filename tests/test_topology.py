@@ -53,9 +53,8 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 AIRFLOW = str(BIN / "airflow")
 SAMPLE_ID = "school-attendance-to-early-help"
-# The issue asks for 20; on a shared 2-core machine 20 runs (80 task processes) take 5-6
-# minutes, so the default is fewer. TOPOLOGY_AGREEMENTS=20 runs the full number.
-AGREEMENTS = int(os.environ.get("TOPOLOGY_AGREEMENTS", "6"))
+# Twenty agreements at once, as the issue asks (about 4 minutes on a loaded 2-core machine).
+AGREEMENTS = int(os.environ.get("TOPOLOGY_AGREEMENTS", "20"))
 # With TOPOLOGY_ONE_WORKER=1 the batch runs again on two workers, then on one, timed.
 COMPARE_ONE_WORKER = os.environ.get("TOPOLOGY_ONE_WORKER") == "1"
 BUCKET = "exchange-staging"
