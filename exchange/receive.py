@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import errno
 import fcntl
 import hashlib
 import json
@@ -354,19 +355,41 @@ def _exclusive(out_fd: int) -> Iterator[None]:
         os.close(fd)
 
 
+def _damaged(where: Path, why: str) -> DropRejected:
+    """The record cannot be trusted as it is: receiving on would lose replay protection or
+    the witnessed log, so nothing is received until it is put right."""
+    return DropRejected(
+        f"the record of received drops {where} is damaged ({why}); nothing was received: "
+        "restore it from your backup, then receive again"
+    )
+
+
 def _record(out_fd: int, where: Path) -> dict[str, Any]:
-    """The whole record: `drops` (drop id -> facts) and `witness` (sender key id -> Seen)."""
+    """The whole record: `drops` (drop id -> facts) and `witness` (sender key id -> Seen).
+
+    It lives in the output folder, so it may have been edited: each drop's entry must be an
+    object under a drop id, or the record is refused (DropRejected) rather than half read."""
     try:
         with _open_file(out_fd, RECORD_NAME) as handle:
             record = json.loads(handle.read())
     except FileNotFoundError:
         return {"drops": {}, "witness": {}}
-    except (_NotRegular, OSError, ValueError, RecursionError):
-        raise DropRejected(f"the record of received drops {where} is damaged") from None
+    except _NotRegular:
+        raise _damaged(where, "not a plain file") from None
+    except OSError as exc:
+        why = "not a plain file: a link?" if exc.errno == errno.ELOOP else "unreadable"
+        raise _damaged(where, why) from None
+    except (ValueError, RecursionError):
+        raise _damaged(where, "not readable JSON") from None
     drops = record.get("drops") if isinstance(record, dict) else None
     seen = record.get("witness", {}) if isinstance(record, dict) else None
     if not isinstance(drops, dict) or not isinstance(seen, dict):
-        raise DropRejected(f"the record of received drops {where} is damaged")
+        raise _damaged(where, "no table of drops and of witnessed logs")
+    for drop_id, facts in drops.items():
+        if not manifest.is_safe_id(drop_id):
+            raise _damaged(where, "an entry is not named by a drop id")
+        if not isinstance(facts, dict):
+            raise _damaged(where, f"the entry of drop {drop_id} is not an object")
     return {"drops": drops, "witness": _by_sender_key(seen, drops, where)}
 
 
@@ -400,6 +423,18 @@ def _by_sender_key(seen: dict[str, Any], drops: dict[str, Any], where: Path) -> 
     return moved
 
 
+def _when(facts: dict[str, Any]) -> str:
+    """When the record says a drop was received, for a message: only a plain ISO 8601 time."""
+    at = facts.get("received_at")
+    try:
+        if isinstance(at, str) and len(at) <= 40 and at.isprintable():
+            dt.datetime.fromisoformat(at)
+            return f"at {at}"
+    except ValueError:
+        pass
+    return "(at a time the record does not state plainly)"
+
+
 def _recorded(out_fd: int, where: Path) -> dict[str, dict[str, Any]]:
     drops: dict[str, dict[str, Any]] = _record(out_fd, where)["drops"]
     return drops
@@ -411,9 +446,13 @@ def _held(out_fd: int, where: Path, sender: str) -> witness.Seen | None:
     if value is None:
         return None
     try:
-        return witness.Seen.from_dict(value)
+        seen = witness.Seen.from_dict(value)
     except LedgerError:
-        raise DropRejected(f"the record of received drops {where} is damaged") from None
+        seen = None
+    # Its drop id is repeated in messages: one receive wrote is always a safe id.
+    if seen is None or not manifest.is_safe_id(seen.drop_id):
+        raise _damaged(where, f"the checkpoint witnessed of sender {sender} is not one it keeps")
+    return seen
 
 
 def witnessed(out_dir: Path) -> dict[str, witness.Seen]:
@@ -686,8 +725,8 @@ def receive(
             earlier = _recorded(out_fd, where).get(drop_id)
             if earlier is not None and not again:
                 raise DropRejected(
-                    f"drop {drop_id} was already received at {earlier.get('received_at')}: "
-                    "refusing a replay"
+                    f"drop {drop_id} was already received {_when(earlier)}: refusing a replay "
+                    "(--again takes it a second time, after a lost output or acknowledgement)"
                 )
             exists = _plain_target(out_fd, drop_id, final)
             if exists and not (overwrite or again):
