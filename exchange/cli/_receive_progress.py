@@ -17,10 +17,11 @@ from rich.text import Text
 
 from exchange.receive import Step
 
-# A redraw costs about 1 ms of CPU (measured here): 4 a second keep the display under 0.5%
-# of a receive's time, and still move smoothly. Updates more often than that only cost time.
-REFRESH_PER_SECOND = 4
-MIN_INTERVAL = 0.1
+# A redraw costs 1-3 ms of CPU (measured here): once a second, and once as each stage starts,
+# keeps the display under 1% of a receive's time (benchmarks/receive_progress.py). They are
+# drawn from the receive's own updates, not by rich's timer thread, so nothing is redrawn
+# while nothing moves.
+MIN_INTERVAL = 1.0
 
 
 class _Amount(ProgressColumn):
@@ -45,7 +46,9 @@ class _Rate(ProgressColumn):
     """The stage's throughput, in its unit per second."""
 
     def render(self, task: Task) -> Text:
-        unit, speed = task.fields.get("unit", ""), task.speed
+        unit, speed, elapsed = task.fields.get("unit", ""), task.speed, task.elapsed
+        if speed is None and elapsed:  # rich needs two samples; the stage's average will do
+            speed = task.completed / elapsed
         if not unit or speed is None:
             return Text("")
         shown = f"{filesize.decimal(int(speed))}/s" if unit == "bytes" else f"{speed:,.0f} {unit}/s"
@@ -60,7 +63,7 @@ def receive_progress(stream: TextIO) -> Iterator[Callable[[Step], None]]:
     bar = Progress(
         *columns,
         console=console,
-        refresh_per_second=REFRESH_PER_SECOND,
+        auto_refresh=False,
         transient=True,
         redirect_stdout=False,
         redirect_stderr=False,
@@ -76,11 +79,13 @@ def receive_progress(stream: TextIO) -> Iterator[Callable[[Step], None]]:
                 stage = step.stage
                 bar.remove_task(task)
                 task = bar.add_task(f"receive: {stage}", total=step.total, unit=step.unit)
-            elif now - shown_at < MIN_INTERVAL and step.done != step.total:
+            elif now - shown_at < MIN_INTERVAL:
+                if (
+                    step.done == step.total
+                ):  # kept, not drawn: the last redraw, at the end, shows it
+                    bar.update(task, completed=step.done)
                 return
             shown_at = now
-            # Drawn at once when a stage starts or ends, so even a short one is seen.
-            edge = step.done in (0, step.total)
-            bar.update(task, completed=step.done, refresh=edge)
+            bar.update(task, completed=step.done, refresh=True)
 
         yield show
