@@ -253,15 +253,26 @@ class Ledger:
         walk = verify.check(self.store, self.anchor, against, start=start, until=to_seq, visit=seen)
         result = walk.finish(complete=to_seq is None)
         wrong = nodes.problem(self.store.stored_nodes) if nodes and result.ok else None
-        if wrong is None:
+        if wrong is not None:
+            first, last = merkle.node_range(*wrong)
+            return dataclasses.replace(
+                result,
+                reason=(
+                    f"stored Merkle node at level {wrong[0]}, index {wrong[1]} (entries "
+                    f"{first}..{last}) differs from the entries' tree: the audit_merkle_nodes "
+                    "table was altered (proofs made from it fail against signed checkpoints)"
+                ),
+            )
+        # Read after the walk: an append stores its nodes with its entry, so none is ahead.
+        stray = self.store.stray_node(self.store.head()[0]) if nodes and to_seq is None else None
+        if stray is None or not result.ok:
             return result
-        first, last = merkle.node_range(*wrong)
         return dataclasses.replace(
             result,
             reason=(
-                f"stored Merkle node at level {wrong[0]}, index {wrong[1]} (entries "
-                f"{first}..{last}) differs from the entries' tree: the audit_merkle_nodes "
-                "table was altered (proofs made from it fail against signed checkpoints)"
+                f"stored Merkle node at level {stray[0]}, index {stray[1]} is not one the "
+                "ledger's entries make: the audit_merkle_nodes table was altered (such a row "
+                "would stop appends storing their nodes)"
             ),
         )
 

@@ -336,6 +336,30 @@ def test_a_malformed_or_zeroed_node_is_named(
     assert f"stored Merkle node at level {named}" in ledger.verify().message
 
 
+@pytest.mark.parametrize(
+    ("level", "index"),
+    [
+        (12, 0),  # covers entries 1..4096 of a 1,031-entry ledger
+        (8, 4),  # the block being filled, not complete yet
+        (3, 0),  # below the blocks' level: no append writes it
+        (9, -1),
+    ],
+)
+def test_a_node_planted_ahead_of_the_entries_fails_verify(
+    signed: tuple[Ledger, Any], backend_url: str, level: int, index: int
+) -> None:
+    ledger, _ = signed
+    assert ledger.verify().ok
+    insert = "INSERT INTO audit_merkle_nodes (level, idx, hash) VALUES (:level, :idx, :h)"
+    sql(backend_url, insert, level=level, idx=index, h="cd" * 32)
+    result = ledger.verify()
+    assert not result.ok
+    assert f"stored Merkle node at level {level}, index {index} is not one the ledger's" in (
+        result.message
+    )
+    assert ledger.prove_inclusion(3).path  # proofs still come, from the honest nodes
+
+
 def test_a_missing_node_costs_time_not_correctness(
     signed: tuple[Ledger, Any], backend_url: str, gateway_key: Ed25519PrivateKey
 ) -> None:
