@@ -38,6 +38,14 @@ def _log_format(text: str | None) -> str:
     return value
 
 
+def _switch(name: str, text: str | None) -> bool:
+    """A yes/no variable: `1` or `0` (unset is 0)."""
+    value = (text or "0").strip()
+    if value not in ("0", "1"):
+        raise InvalidRequest(f"{name} must be 1 or 0")
+    return value == "1"
+
+
 def _hours(name: str, text: str | None, default: float) -> float:
     """A positive number of hours from a variable; `default` if unset."""
     if not text:
@@ -70,6 +78,8 @@ class Settings:
     EXCHANGE_STAGING_MAX_AGE_HOURS  a staged drop of an abandoned run expires after; 168 (a week)
     EXCHANGE_LOG_FORMAT    the gateway's lines in task logs: text, or json (one object per line
                            with the run and agreement ids); text
+    EXCHANGE_VALIDATION_WORKER  1: Great Expectations validates in a worker process of its own
+                           (validators.worker); 0 (the default): in the run's own process
     EXCHANGE_INCIDENT_*    incident notices: SMTP, SMTP_TLS, FROM, TO, WEBHOOK (exchange.incidents)
     EXCHANGE_SECRET_*, EXCHANGE_CONN_*  secrets and connections by name (`secret_env`)
     """
@@ -86,6 +96,7 @@ class Settings:
     staging_url: str | None = None
     staging_max_age_hours: float = 168.0
     log_format: str = "text"
+    validation_worker: bool = False
     incident_smtp: str | None = None
     incident_smtp_tls: str | None = None
     incident_from: str = "exchange-gateway@localhost"
@@ -116,6 +127,9 @@ class Settings:
                 "EXCHANGE_STAGING_MAX_AGE_HOURS", env.get("EXCHANGE_STAGING_MAX_AGE_HOURS"), 168.0
             ),
             log_format=_log_format(env.get("EXCHANGE_LOG_FORMAT")),
+            validation_worker=_switch(
+                "EXCHANGE_VALIDATION_WORKER", env.get("EXCHANGE_VALIDATION_WORKER")
+            ),
             incident_smtp=env.get("EXCHANGE_INCIDENT_SMTP") or None,
             incident_smtp_tls=env.get("EXCHANGE_INCIDENT_SMTP_TLS") or None,
             incident_from=env.get("EXCHANGE_INCIDENT_FROM", "exchange-gateway@localhost"),

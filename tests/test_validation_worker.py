@@ -21,9 +21,10 @@ from conftest import PSEUDONYM_KEY, SAMPLE
 
 from exchange import quality, synth
 from exchange.contract import Contract, load_contract
-from exchange.errors import QualityFailed
+from exchange.errors import InvalidRequest, QualityFailed
 from exchange.minimise import Minimiser
 from exchange.quality import KeyHashes, QualityGate, ValidationWorkerFailed, repeats
+from exchange.settings import Settings
 from validators import worker
 
 ROWS = 300
@@ -273,3 +274,17 @@ def test_gate_catches_duplicates_across_spilled_windows(
     with pytest.raises(QualityFailed) as caught:
         feed(gate, table)
     assert caught.value.failures == ("person_ref: unique failed for 1 of 300 rows (whole run)",)
+
+
+@pytest.mark.parametrize(("given", "wanted"), [(None, False), ("0", False), ("1", True)])
+def test_the_worker_is_chosen_by_exchange_validation_worker(
+    given: str | None, wanted: bool
+) -> None:
+    """Off unless asked for: on the 2-core project machine it saved no time (BENCHMARKS.md)."""
+    env = {} if given is None else {"EXCHANGE_VALIDATION_WORKER": given}
+    assert Settings.from_env(env).validation_worker is wanted
+
+
+def test_a_misspelt_validation_worker_switch_is_refused() -> None:
+    with pytest.raises(InvalidRequest, match="EXCHANGE_VALIDATION_WORKER must be 1 or 0"):
+        Settings.from_env({"EXCHANGE_VALIDATION_WORKER": "yes"})

@@ -80,11 +80,13 @@ def prepare_drop(
     """Stage the run's drop as signed ciphertext; every failure is cleaned up and audited.
 
     Raises Refused (guard, quality, not runnable), SourceError, SecretMissing, CryptoError."""
-    # The gate starts its Great Expectations worker process now, so that import overlaps the
-    # reading and minimising below; it is stopped however the stage ends.
+    # With EXCHANGE_VALIDATION_WORKER=1 the gate starts its Great Expectations worker process
+    # now, so that import overlaps the reading and minimising below; it is stopped however the
+    # stage ends. Off by default: on two cores it saved no time and cost memory (BENCHMARKS.md).
+    worker = None if ctx.settings.validation_worker else False
     with (
         stage(ctx, "prepare", run_id, contract=contract) as current,
-        QualityGate(contract, pipelined=True) as quality,
+        QualityGate(contract, pipelined=True, worker=worker) as quality,
     ):
         started = ctx.clock()
         drop_id = drop_id_for(contract.id, run_id)
