@@ -244,9 +244,11 @@ class KeyHashes:
     """A key's 64-bit row hashes for the whole run, counted for repeats in flat memory.
 
     Each window's hashes are kept sorted; past `memory_bytes` they go to an unnamed temporary
-    file (0600, gone when closed). Repeats are then counted one leading byte at a time, so
-    the count needs 1/256 of the run's hashes in memory, where one sort of all of them needed
-    two copies (16 bytes a row: 160 MB at 10M rows).
+    file (0600, gone when closed), encrypted with a key only this object holds: the hashes
+    are of a public function, so a short key (a 10-digit id) could be found from them on disk.
+    Repeats are then counted one leading byte at a time, so the count needs 1/256 of the run's
+    hashes in memory, where one sort of all of them needed two copies (16 bytes a row: 160 MB
+    at 10M rows).
     """
 
     def __init__(self, *, memory_bytes: int | None = None) -> None:
@@ -256,6 +258,7 @@ class KeyHashes:
         self._held = 0
         self._file: IO[bytes] | None = None
         self._written: list[tuple[int, np.ndarray]] = []  # (offset, leading-byte cuts) per part
+        self._file_key = os.urandom(32)  # AES-256-CTR over the file's bytes, by offset
 
     def add(self, hashes: np.ndarray) -> None:
         """Take one window's hashes."""
@@ -272,7 +275,7 @@ class KeyHashes:
             self._file = tempfile.TemporaryFile(prefix="exchange-keys-")  # noqa: SIM115
         for part in self._parts:
             offset = self._file.seek(0, os.SEEK_END)
-            self._file.write(part.tobytes())
+            self._file.write(self._crypt(part.tobytes(), offset))
             self._written.append((offset, _cuts(part)))
         self._file.flush()
         self._parts, self._held = [], 0
@@ -292,10 +295,20 @@ class KeyHashes:
     def _read(self, offset: int, start: int, stop: int) -> np.ndarray:
         assert self._file is not None  # parts are only written out to an open file
         size = int(stop - start) * 8
-        data = os.pread(self._file.fileno(), size, offset + int(start) * 8)
+        at = offset + int(start) * 8
+        data = os.pread(self._file.fileno(), size, at)
         if len(data) != size:
             raise OSError("the run's key hashes could not be read back in full")
-        return np.frombuffer(data, dtype=np.uint64).copy()
+        return np.frombuffer(self._crypt(data, at), dtype=np.uint64).copy()
+
+    def _crypt(self, data: bytes, offset: int) -> bytes:
+        """Encrypt or decrypt (CTR: the same) `data` found at byte `offset` of the file."""
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+        block, skip = divmod(offset, 16)
+        counter = modes.CTR(block.to_bytes(16, "big"))  # the key is new for every file
+        stream = Cipher(algorithms.AES(self._file_key), counter).encryptor()
+        return stream.update(bytes(skip) + data)[skip:]
 
     def close(self) -> None:
         """Drop the hashes and remove the temporary file, if any."""

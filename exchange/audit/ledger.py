@@ -263,8 +263,7 @@ class Ledger:
                     "table was altered (proofs made from it fail against signed checkpoints)"
                 ),
             )
-        # Read after the walk: an append stores its nodes with its entry, so none is ahead.
-        stray = self.store.stray_node(self.store.head()[0]) if nodes and to_seq is None else None
+        stray = self.store.stray_node() if nodes and to_seq is None else None
         if stray is None or not result.ok:
             return result
         return dataclasses.replace(

@@ -429,21 +429,24 @@ class Store:
             raise LedgerError(f"the ledger holds {held} entries, fewer than {size}")
         return merkle.Subtrees(size, _Nodes(self.engine), level=NODE_LEVEL, stored=stored)
 
-    def stray_node(self, size: int) -> tuple[int, int] | None:
-        """A stored node no append of a `size`-entry ledger writes: (level, index), or None.
+    def stray_node(self) -> tuple[int, int] | None:
+        """A stored node no append of this ledger writes: (level, index), or None.
 
-        Such a row (a level below the blocks', a negative index, or entries past `size`) would
-        make the next appends skip writing their nodes, so verify reports it."""
+        Such a row (a level below the blocks', a negative index, or entries past the head)
+        would make the next appends skip writing their nodes, so verify reports it. The head
+        is read after the nodes: an append stores its nodes with its entry, so an append
+        landing in between cannot look like a node ahead of the entries."""
         if not self.has_nodes:
             return None
         query = sa.select(
             nodes.c.level, sa.func.min(nodes.c.idx), sa.func.max(nodes.c.idx)
         ).group_by(nodes.c.level)
         with self.engine.connect() as conn:
-            for level, low, high in conn.execute(query):
-                level, low, high = int(level), int(low), int(high)
-                if not NODE_LEVEL <= level < 64 or low < 0 or (high + 1) << level > size:
-                    return level, (low if low < 0 else high)
+            levels = [(int(a), int(b), int(c)) for a, b, c in conn.execute(query)]
+            size = _head(conn)[0]
+        for level, low, high in levels:
+            if not NODE_LEVEL <= level < 64 or low < 0 or (high + 1) << level > size:
+                return level, (low if low < 0 else high)
         return None
 
     def stored_nodes(self, level: int, count: int) -> Iterator[tuple[int, bytes | None]]:
