@@ -49,7 +49,7 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -509,6 +509,8 @@ class Disclosures:
         LedgerError (one line, naming the first drop at fault) when the ledger does not verify
         or any delivered drop's rows or facts differ from its entries. Reads the whole ledger
         and disclosure table once: a rights request is rare, a wrong answer is not acceptable.
+        The answer is taken from the very rows the check read, not from a second query: rows
+        hidden after the check (or from one query only) cannot drop a recipient from it.
         """
         bound = LedgerBindings()
         verified = ledger.verify(public_key=public_key, origin=origin, visit=bound.visit)
@@ -517,16 +519,24 @@ class Disclosures:
                 f"the audit ledger does not verify ({verified.message}): "
                 "disclosures cannot be checked against it"
             )
-        checked, problems = self.check(bound)
+        wanted = {subject_hash(k, subject_id): key_id(k) for k in self.keys}
+        _, problems, found = self._check(bound, wanted)
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise LedgerError(
                 f"the disclosure record does not match the audit ledger: {problems[0]}{more}"
             )
-        found = self.lookup(subject_id)
-        late = sorted(d.drop_id for d in found if d.drop_id not in checked)
-        if late:
+        # A second reading, by the lookup's own statement, must give the same drops.
+        again = self.lookup(subject_id)
+        if {d.drop_id for d in again} - {d.drop_id for d in found}:
+            late = sorted({d.drop_id for d in again} - {d.drop_id for d in found})
             raise LedgerError(f"drop {late[0]} was delivered while checking: look up again")
+        if {d.drop_id for d in found} - {d.drop_id for d in again}:
+            raise LedgerError(
+                "the disclosure record gave different answers to two readings of one moment: "
+                "rows were hidden or removed while checking; look up again, and check the "
+                "database's views, rules and row security"
+            )
         return found, verified
 
     def check(self, bound: LedgerBindings) -> tuple[set[str], list[str]]:
@@ -536,9 +546,22 @@ class Disclosures:
         skipped (they are in no answer); a delivered drop the ledger knows but the table lacks
         is a problem (deleted).
         """
+        checked, problems, _ = self._check(bound, {})
+        return checked, problems
+
+    def _check(
+        self, bound: LedgerBindings, wanted: Mapping[bytes, str]
+    ) -> tuple[set[str], list[str], list[Disclosure]]:
+        """`check`, and the delivered drops that carried a hash in `wanted` (hash -> the id of
+        the key that made it) under that key, oldest first, from the rows the check read."""
         with self._snapshot() as conn:
             rows = conn.execute(sa.select(transfers).where(transfers.c.sent_at.is_not(None))).all()
-            counts, digests = _digests(conn)
+            counts, digests, carried = _digests(conn, wanted)
+        found = [
+            Disclosure._from_row(row)
+            for row in sorted(rows, key=lambda r: (r.sent_at, r.id))
+            if (row.id, row.key_id) in carried
+        ]
         checked: set[str] = set()
         problems: list[str] = []
         for row in rows:
@@ -554,7 +577,7 @@ class Disclosures:
                     f"drop {drop_id}: delivered per the audit ledger, but its disclosure "
                     "record is missing (deleted)"
                 )
-        return checked, problems
+        return checked, problems, found
 
     @contextlib.contextmanager
     def _snapshot(self) -> Iterator[sa.Connection]:
@@ -728,14 +751,18 @@ def _drop_hashes(conn: sa.Connection, transfer_id: int) -> Iterator[bytes]:
     return heapq.merge(*((bytes(value) for value in part) for part in parts))
 
 
-def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
+def _digests(
+    conn: sa.Connection, wanted: Mapping[bytes, str]
+) -> tuple[dict[int, int], dict[int, str], set[tuple[int, str]]]:
     """Per transfer, its row count and digest over both tables, each read once in key order,
     with no sort: the subject-ordered table gives each transfer's rows by ascending hash, the
     drop-ordered one gives them drop by drop, ascending, and a drop part merged has all its
     merged rows below its others, so one hash goes on from the first table into the second.
     A drop whose rows in the two are not so ordered (moved or forged by hand) is read again,
-    both tables' rows merged."""
+    both tables' rows merged. Also (transfer, key id) for every row whose hash is in `wanted`.
+    """
     streamed = conn.execution_options(stream_results=True, yield_per=HASH_CHUNK)
+    carried: set[tuple[int, str]] = set()
     hashers: dict[int, Any] = {}
     counts: dict[int, int] = {}
     last: dict[int, bytes] = {}  # per transfer, its greatest hash in disclosures_merged
@@ -744,6 +771,8 @@ def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
     )
     for value, transfer_id in streamed.execute(query):
         value = bytes(value)
+        if value in wanted:
+            carried.add((transfer_id, wanted[value]))
         hasher = hashers.get(transfer_id)
         if hasher is None:
             hasher = hashers[transfer_id] = hashlib.sha256()
@@ -756,9 +785,11 @@ def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
         disclosures.c.transfer_id, disclosures.c.subject_hash
     )
     for transfer_id, value in streamed.execute(query):
+        value = bytes(value)
+        if value in wanted:
+            carried.add((transfer_id, wanted[value]))
         if transfer_id in again:
             continue
-        value = bytes(value)
         if transfer_id not in seen:
             seen.add(transfer_id)
             if transfer_id in last and value <= last[transfer_id]:
@@ -775,7 +806,7 @@ def _digests(conn: sa.Connection) -> tuple[dict[int, int], dict[int, str]]:
             sha.update(value)
             count += 1
         counts[transfer_id], hashers[transfer_id] = count, sha
-    return counts, {k: h.hexdigest() for k, h in hashers.items()}
+    return counts, {k: h.hexdigest() for k, h in hashers.items()}, carried
 
 
 # One statement per chunk: SQLite cuts the bound blob of hashes into rows itself (a counting

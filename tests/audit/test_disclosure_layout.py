@@ -471,3 +471,28 @@ def test_a_failed_migration_leaves_the_ledger_as_it_was(
     assert store.migration is not None and "2 drops (40 subject rows)" in store.migration
     assert all(store.verify_digest(drop, digest) for drop, digest in digests.items())
     store.close()
+
+
+def test_rows_hidden_after_the_check_cannot_drop_a_recipient_from_a_verified_answer(
+    delivered: tuple[Disclosures, Ledger], backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Someone who can write the database waits for the check's scan to end, removes the
+    person's rows from both tables and would put them back after the answer (found by review:
+    the answer came from a second query). The answer is now the rows the check read, and a
+    second reading that differs refuses the answer instead of leaving a recipient out."""
+    store, ledger = delivered
+    person = "P00001"
+    honest = [d.drop_id for d in store.verified_lookup(person, ledger)[0]]
+    assert len(honest) >= 2
+    checking = store._check
+
+    def then_hidden(*args: object) -> object:
+        done = checking(*args)  # type: ignore[arg-type]
+        hashed = subject_hash(KEY, person)
+        for table in ("disclosures_merged", "disclosures"):
+            sql(backend_url, f"DELETE FROM {table} WHERE subject_hash = :h", h=hashed)  # noqa: S608
+        return done
+
+    monkeypatch.setattr(store, "_check", then_hidden)
+    with pytest.raises(LedgerError, match="different answers to two readings"):
+        store.verified_lookup(person, ledger)
