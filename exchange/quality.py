@@ -168,7 +168,7 @@ class QualityGate:
         del table
         released = self._settle() if self._pending is not None else []
         self._submit(batches, rows)
-        if not self._pipelined:
+        if not self._pipelined or self._worker is None:  # validated here: nothing to wait for
             released += self._settle()
         return released
 
