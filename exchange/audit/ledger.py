@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,12 @@ from exchange.audit.proofs import InclusionProof
 from exchange.audit.signer import Signer
 from exchange.audit.storage import BLOCK, NODE_LEVEL, Store, checkpoints, entries, metadata
 from exchange.errors import LedgerError
+
+_log = logging.getLogger(__name__)
+_NODES_WRONG = (
+    "audit_merkle_nodes: a proof (%s) made from stored nodes does not give the checkpoint's "
+    "root; made from the entries instead. Run `exchange audit verify` to name the node"
+)
 
 # Kept importable from here: approval.py queries `entries`; tests use GENESIS and Entry.
 __all__ = [
@@ -170,6 +177,8 @@ class Ledger:
         bundle of many entries). Each reads O(log n) stored nodes and at most two blocks of
         entries, never the whole ledger; LedgerError if an entry is missing or beyond `size`."""
         tree = self.subtrees(size)
+        root = self._handed_root(size)
+        leaves: list[bytes] | None = None
         out = []
         for seq in seqs:
             if not 1 <= seq <= size:
@@ -177,10 +186,36 @@ class Ledger:
             entry = self.store.entry(seq)
             if entry is None:
                 raise LedgerError(f"entry {seq} is missing")
-            out.append(
-                InclusionProof(seq, entry.entry_hash, size, tuple(tree.inclusion_proof(seq - 1)))
-            )
+            path = tree.inclusion_proof(seq - 1)
+            if root is not None and not merkle.verify_inclusion(
+                entry.leaf, seq - 1, size, path, root
+            ):
+                _log.warning(_NODES_WRONG, f"inclusion of entry {seq} at size {size}")
+                leaves = self.store.leaves(size) if leaves is None else leaves
+                path = merkle.inclusion_proof(seq - 1, leaves)
+            out.append(InclusionProof(seq, entry.entry_hash, size, tuple(path)))
         return out
+
+    def _handed_root(self, size: int) -> bytes | None:
+        """The root of the checkpoint made at `size`, if there is one: what a proof from the
+        stored nodes is checked against. From the anchor (outside the database) where it has
+        one; else from the stored checkpoints, whose roots were computed from the entries."""
+        handed = self.anchor.handed_at(size) if self.anchor and size else None
+        if handed is not None:
+            return handed.checkpoint.root
+        return next((c.root for c in self.checkpoints() if c.size == size and size), None)
+
+    def _checked_consistency(self, tree: merkle.Subtrees, old_size: int) -> list[bytes]:
+        """`tree`'s consistency proof from `old_size`, checked against the roots handed out at
+        both sizes where there are such; made from the entries instead if it fails."""
+        proof = tree.consistency_proof(old_size)
+        old_root, new_root = self._handed_root(old_size), self._handed_root(tree.size)
+        if old_root is None or new_root is None or old_size in (0, tree.size):
+            return proof
+        if merkle.verify_consistency(old_size, tree.size, old_root, new_root, proof):
+            return proof
+        _log.warning(_NODES_WRONG, f"consistency from size {old_size} to {tree.size}")
+        return merkle.consistency_proof(old_size, self.store.leaves(tree.size))
 
     def subtrees(self, size: int | None = None) -> merkle.Subtrees:
         """The tree of the first `size` entries (default: all), for proofs and range hashes
@@ -205,7 +240,7 @@ class Ledger:
             proof = merkle.consistency_proof_from_edge(old_size, handed.edge, new)
             return handed.checkpoint.root, proof
         tree = self.subtrees(new_size)
-        proof = tree.consistency_proof(old_size)
+        proof = self._checked_consistency(tree, old_size)
         return (handed.checkpoint.root if handed else tree.root(old_size)), proof
 
     def prove_consistency(self, old_size: int, new_size: int | None = None) -> list[bytes]:
@@ -214,7 +249,7 @@ class Ledger:
         tree = self.subtrees(new_size)
         if old_size > tree.size:
             raise LedgerError(f"size {old_size} is beyond the tree of size {tree.size}")
-        return tree.consistency_proof(old_size)
+        return self._checked_consistency(tree, old_size)
 
     # -- verifying ----------------------------------------------------------------------------
 

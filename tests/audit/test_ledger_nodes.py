@@ -3,6 +3,7 @@ before the node table gets it, and the table is a cache that verify and verifier
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Collection, Iterator
 from pathlib import Path
@@ -300,12 +301,15 @@ def test_a_tampered_node_fails_verify_by_name_and_its_proofs_fail(
     )
     assert ledger.verify(2).ok  # from a later entry no tree is built, so nodes are not judged
 
-    forged = ledger.prove_inclusion(seq)
+    # Proofs taken from the altered nodes as they are (the ledger checks its own against the
+    # checkpoints' roots first: see the test of proofs handed out, below).
+    tree = ledger.subtrees(checkpoint.size)
+    forged = dataclasses.replace(honest, path=tuple(tree.inclusion_proof(seq - 1)))
     assert forged.path != honest.path
     with pytest.raises(LedgerError, match="is not in the signed tree"):
         verify_inclusion(forged, checkpoint.note, key)
     old_note = _signed_note(ledger, gateway_key, old)
-    proof = ledger.prove_consistency(old, checkpoint.size)
+    proof = tree.consistency_proof(old)
     with pytest.raises(LedgerError, match="does not extend"):
         verify_checkpoint_consistency(old_note, checkpoint.note, proof, key)
 
@@ -445,3 +449,34 @@ def test_a_proofs_reads_grow_with_log_n_not_n(tmp_path: Path) -> None:
     assert a > 0
     assert b <= a * 1.3, f"{a} -> {b} (x100 SQLite steps)"  # a scan of any table would show
     assert stored_keys(large) == expected_nodes(32 * 1024)
+
+
+def test_proofs_handed_out_are_checked_against_the_checkpoints_roots_first(
+    backend_url: str, gateway_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Found by review: an altered node made the gateway hand out, under a correctly signed
+    checkpoint, proofs no partner or auditor could verify (a false fork alarm). A proof from
+    the stored nodes is now checked against the checkpoints' roots, and made from the entries
+    when it fails, with a warning that names the cause."""
+    key = gateway_key.public_key()
+    ledger = made(backend_url, BLOCK + 44)
+    first = ledger.checkpoint(gateway_key, ORIGIN)
+    sql(
+        backend_url,
+        "UPDATE audit_merkle_nodes SET hash = :h WHERE level = 8 AND idx = 0",
+        h="11" * 32,
+    )
+    fill(ledger, 3 * BLOCK, start=BLOCK + 45)
+    second = ledger.checkpoint(gateway_key, ORIGIN)
+    assert second.root == merkle.root(ledger.leaves(second.size))  # signed from the entries
+
+    caplog.set_level("WARNING", logger="exchange.audit.ledger")
+    _, proof = ledger.consistency(first.size, second.size)
+    assert merkle.verify_consistency(first.size, second.size, first.root, second.root, proof)
+    proof = ledger.prove_consistency(first.size, second.size)
+    verify_checkpoint_consistency(first.note, second.note, proof, key)
+    inclusion = ledger.prove_inclusion(7, second.size)
+    assert verify_inclusion(inclusion, second.note, key).size == second.size
+    assert "made from the entries instead" in caplog.text
+    assert not ledger.verify(public_key=key).ok  # and verify still names the node
+    ledger.close()
