@@ -163,8 +163,8 @@ def test_every_airflow_service_has_the_gateway_settings(config: dict[str, Any]) 
         assert int(env["AIRFLOW__CORE__PARALLELISM"]) <= 8
         assert int(env["AIRFLOW__CELERY__WORKER_CONCURRENCY"]) <= 4
         preload = env["AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS"]  # what the topology test runs
-        module, _, name = preload.rpartition(".")
-        assert name in vars(importlib.import_module(module)), preload
+        module, _, attribute = preload.rpartition(".")
+        assert attribute in vars(importlib.import_module(module)), preload
         assert config["services"][name]["user"] != "0:0", name
 
 
