@@ -3,10 +3,11 @@ retention ended, and the sender's check of it.
 
 `exchange receive` records each drop's retention (the manifest's `retention`) and where it read
 the drop from. `expire` deletes, once `created_at` + `retention.days` has passed, the plaintext
-the partner wrote and the drop's files it read (manifest, signatures, ciphertext), then signs a
-receipt with the partner's acknowledgement key and puts it beside the acknowledgements on the
-sender's server as `<drop id>.destroyed.json`. The file is an envelope like an acknowledgement's:
-{"body": {...}, "signature": base64 Ed25519 over the body's canonical JSON}; docs/formats.md.
+the partner wrote and the drop's files it read (ciphertext, signatures, the manifest last; only
+from a folder whose manifest is still the one received), then signs a receipt with the
+partner's acknowledgement key and puts it beside the acknowledgements on the sender's server
+as `<drop id>.destroyed.json`. The file is an envelope like an acknowledgement's: {"body":
+{...}, "signature": base64 Ed25519 over the body's canonical JSON}; docs/formats.md.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ RECEIPT_VERSION = "exchange-destruction/1"
 RECEIPT_SUFFIX = ".destroyed.json"
 MAX_RECEIPT_BYTES = 64 << 10
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_DROP_FILES = (manifest.MANIFEST_NAME, manifest.SIGNATURE_NAME, manifest.SSH_SIGNATURE_NAME)
+_SIGNATURES = (manifest.SIGNATURE_NAME, manifest.SSH_SIGNATURE_NAME)
 
 
 def receipt_name(drop_id: str) -> str:
@@ -112,33 +113,86 @@ def _opened(folder: Path) -> Iterator[int | None]:
         os.close(fd)
 
 
+def _manifest_sha256(dir_fd: int) -> str | None:
+    """The SHA-256 of the folder's manifest; None if it has none, "" if it is not a plain
+    readable file (a link, a pipe: never opened so that it could block)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(manifest.MANIFEST_NAME, flags, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+    with open(fd, "rb") as h:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return ""
+            return hashlib.sha256(h.read(manifest.MAX_BYTES + 1)).hexdigest()
+        except OSError:
+            return ""
+
+
 def _delete_drop(folder: Path, facts: Mapping[str, Any]) -> list[dict[str, str]]:
-    """Delete the drop's files the partner read, if its manifest is still the one received."""
+    """Delete the drop's files the partner read, only if its manifest is still the one
+    received there. The manifest goes last, so a folder without one is either done (a run
+    that stopped midway left the manifest to try again) or not the drop's, and is left alone."""
     payload = str(facts.get("payload") or "")
-    names = [*_DROP_FILES, *([payload] if payload in _payload_names() else [])]
+    names = [*([payload] if payload in _payload_names() else []), *_SIGNATURES]
+
+    def left_alone(status: str) -> list[dict[str, str]]:
+        return [{"what": "ciphertext", "name": payload, "status": status}]
+
     with _opened(folder) as fd:
         if fd is None:
-            return [{"what": "ciphertext", "name": payload, "status": "absent"}]
-        try:
-            with open(
-                os.open(manifest.MANIFEST_NAME, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd), "rb"
-            ) as h:
-                same = hashlib.sha256(h.read(manifest.MAX_BYTES + 1)).hexdigest()
-        except OSError:
-            same = ""
-        if same and same != facts.get("manifest_sha256"):
-            return [{"what": "ciphertext", "name": payload, "status": "refused: another drop"}]
+            return left_alone("absent")
+        same = _manifest_sha256(fd)
+        if same is None:
+            # None of the drop's names either: an earlier run finished here.
+            present = [n for n in names if _exists(fd, n)]
+            return left_alone("refused: no manifest" if present else "absent")
+        if not same:
+            return left_alone("refused: manifest unreadable")
+        if same != facts.get("manifest_sha256"):
+            return left_alone("refused: another drop")
         done = [
             {
                 "what": "ciphertext" if n == payload else "manifest",
                 "name": n,
                 "status": _unlink_plain(fd, n),
             }
-            for n in names
+            for n in [*names, manifest.MANIFEST_NAME]
         ]
     with suppress(OSError):
         folder.rmdir()  # only if nothing else is left in it
     return done
+
+
+def _exists(dir_fd: int, name: str) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # cannot tell: say it is there, so the folder is reported, not "absent"
+    return True
+
+
+_REFUSALS = {
+    "refused: no manifest": "holds no manifest",
+    "refused: manifest unreadable": "holds a manifest that is not a plain readable file",
+    "refused: another drop": "holds another drop's manifest",
+}
+
+
+def _refusal(drop_id: str, status: str) -> str:
+    if status in _REFUSALS:
+        left = f"the drop folder its record names {_REFUSALS[status]}, so nothing there was deleted"
+    else:
+        left = "some of its files in the drop folder were not plain files and were left"
+    return (
+        f"drop {drop_id}: its data file is deleted, but {left} (its receipt says so); "
+        "delete the drop's files by hand if they are still somewhere"
+    )
 
 
 def _payload_names() -> set[str]:
@@ -246,7 +300,9 @@ def expire(
     """Delete every drop received into `out_dir` whose retention has ended; sign and send a
     receipt for each (and send again any receipt not sent before). A drop whose recorded
     retention gives no end date is kept, and `on_skipped` told why, so one hostile manifest
-    cannot stop every other drop being destroyed. Raises InvalidRequest if `out_dir` holds
+    cannot stop every other drop being destroyed; `on_skipped` is also told of a recorded drop
+    folder left alone (no manifest, or another drop's: an edited record cannot aim the deletion
+    elsewhere). Raises InvalidRequest if `out_dir` holds
     no record, TransferError if an upload fails (the receipt stays to resend)."""
     from exchange.receive import RECORD_NAME, record_lock, write_file
 
@@ -275,6 +331,9 @@ def expire(
             ]
             if facts.get("drop_folder"):
                 deleted += _delete_drop(Path(facts["drop_folder"]), facts)
+            refused = {d["status"] for d in deleted if d["status"].startswith("refused")}
+            if refused and on_skipped is not None:
+                on_skipped(_refusal(drop_id, sorted(refused)[0]))
             at = now.isoformat(timespec="seconds")
             data = sign(build(drop_id, facts, deleted, destroyed_at=at, key_id=key_id), key)
             write_file(out_fd, receipt_name(drop_id), data)

@@ -8,10 +8,12 @@ import dataclasses
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import FOLDER, Workspace, incidents
 from test_bundle import verify
+from test_receive_hostile import snapshot
 from test_witness import (  # noqa: F401
     ACK_FOLDER,
     ack_key,
@@ -30,11 +32,14 @@ from exchange.errors import DropRejected
 from exchange.gateway import Gateway
 from exchange.manifest import (
     DESTRUCTION_GRACE_DAYS,
+    MANIFEST_NAME,
     MAX_RETENTION_DAYS,
+    SIGNATURE_NAME,
+    SSH_SIGNATURE_NAME,
     ManifestError,
     retention_facts,
 )
-from exchange.receive import received_drops
+from exchange.receive import RECORD_NAME, received_drops
 from exchange.sandbox import PartnerSftpServer
 
 pytestmark = pytest.mark.integration
@@ -83,6 +88,7 @@ def test_an_expired_drop_is_destroyed_and_its_receipt_verifies_at_the_gateway(
     assert remote.read_bytes() == local.read_bytes()
     body = json.loads(local.read_text())["body"]
     assert body["destroyed_at"] == ends.isoformat(timespec="seconds")
+    assert body["deleted"][-1]["name"] == "manifest.json"  # last: see the test of a stopped run
     assert {d["what"]: d["status"] for d in body["deleted"]} == {
         "plaintext": "deleted",
         "manifest": "deleted",
@@ -180,16 +186,9 @@ def test_a_retention_with_no_end_date_does_not_stop_other_drops_being_destroyed(
     """Issue 15 finding 2: `retention.days: 1e10`, recorded from a signed manifest before the
     schema capped it, made every `partner expire` die with OverflowError."""
     out = tmp_path / "received"
-    hostile, honest = deliver(workspace, partner), deliver(workspace, partner)
-    take(workspace, hostile, out)
-    take(workspace, honest, out)
-    record = json.loads((out / ".received.json").read_text())
-    record["drops"][hostile.name]["retention"]["days"] = 1e10
-    (out / ".received.json").write_text(json.dumps(record))
-    facts = manifest_of(honest)
-    late = dt.datetime.fromisoformat(facts["created_at"]) + dt.timedelta(
-        days=facts["retention"]["days"] + 1
-    )
+    hostile, _ = received_and_due(workspace, partner, out)
+    honest, late = received_and_due(workspace, partner, out)
+    edit_record(out, hostile.name, retention={**manifest_of(hostile)["retention"], "days": 1e10})
 
     assert expire_at(out, ack_key.private_path, late) == cli.OK
     said = capsys.readouterr()
@@ -233,3 +232,127 @@ def test_the_retention_cap_is_one_number_in_both_schemas_and_the_sender(
     with pytest.raises(ManifestError, match="longer than 36500 days"):
         retention_facts(too_long)
     assert retention_facts(dataclasses.replace(contract, retention_days=365.0))["days"] == 365.0
+
+
+def received_and_due(
+    workspace: Workspace, partner: PartnerSftpServer, out: Path
+) -> tuple[Path, dt.datetime]:
+    """A drop delivered and received into `out`, and a time after its retention ended."""
+    drop = deliver(workspace, partner)
+    take(workspace, drop, out)
+    facts = manifest_of(drop)
+    created = dt.datetime.fromisoformat(facts["created_at"])
+    return drop, created + dt.timedelta(days=facts["retention"]["days"] + 1)
+
+
+def edit_record(out: Path, drop_id: str, **changes: Any) -> None:
+    """Change one drop's entry in the partner's record, as anyone with their login can."""
+    record = json.loads((out / RECORD_NAME).read_text())
+    record["drops"][drop_id].update(changes)
+    (out / RECORD_NAME).write_text(json.dumps(record))
+
+
+def receipt_of(out: Path, drop_id: str) -> dict[str, Any]:
+    return json.loads((out / destruction.receipt_name(drop_id)).read_text())["body"]
+
+
+def test_a_record_pointing_at_a_folder_with_no_manifest_deletes_nothing_there(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    ack_key: keys.KeyPair,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Review of stop 21: an edited `drop_folder` aimed `expire` at a folder holding no
+    manifest, and it deleted the drop's file names there (signatures, a payload name)."""
+    out = tmp_path / "received"
+    drop, late = received_and_due(workspace, partner, out)
+    payload = received_drops(out)[drop.name]["payload"]
+    victim = tmp_path / "elsewhere"
+    victim.mkdir()
+    for name in (SIGNATURE_NAME, SSH_SIGNATURE_NAME, payload, "notes.txt"):
+        (victim / name).write_text(f"someone else's {name}")
+    edit_record(out, drop.name, drop_folder=str(victim))
+    before = snapshot(tmp_path)
+
+    assert expire_at(out, ack_key.private_path, late) == cli.OK
+    said = capsys.readouterr()
+    assert f"drop {drop.name} destroyed" in said.out
+    assert (
+        f"drop {drop.name}: its data file is deleted, but the drop folder its record names "
+        "holds no manifest, so nothing there was deleted"
+    ) in said.err
+    after = snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k.startswith(str(victim))} == {
+        k: v for k, v in before.items() if k.startswith(str(victim))
+    }
+    assert {k: v for k, v in after.items() if k.startswith(str(drop))} == {
+        k: v for k, v in before.items() if k.startswith(str(drop))
+    }
+    output = received_drops(out)[drop.name]["output"]
+    assert not (out / output).exists()  # the plaintext is still destroyed
+    assert receipt_of(out, drop.name)["deleted"] == [
+        {"what": "plaintext", "name": output, "status": "deleted"},
+        {"what": "ciphertext", "name": payload, "status": "refused: no manifest"},
+    ]
+
+
+def test_a_record_pointing_at_another_drops_folder_leaves_it_and_says_so(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    ack_key: keys.KeyPair,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    out = tmp_path / "received"
+    hostile, late = received_and_due(workspace, partner, out)
+    kept, _ = received_and_due(workspace, partner, out)
+    edit_record(out, hostile.name, drop_folder=str(kept))
+    edit_record(out, kept.name, retention={**manifest_of(kept)["retention"], "days": 36500})
+    before = snapshot(kept)
+
+    assert expire_at(out, ack_key.private_path, late) == cli.OK
+    assert "holds another drop's manifest, so nothing there was deleted" in capsys.readouterr().err
+    assert snapshot(kept) == before
+    statuses = [d["status"] for d in receipt_of(out, hostile.name)["deleted"]]
+    assert statuses == ["deleted", "refused: another drop"]
+
+
+def test_a_run_stopped_midway_is_finished_and_a_finished_one_is_harmless_again(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    ack_key: keys.KeyPair,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The manifest is deleted last: a run that stopped after the payload and signatures
+    leaves it, so the next run still recognises the folder and finishes it; after a run that
+    stopped before saving the record, a rerun deletes nothing more and warns of nothing."""
+    out = tmp_path / "received"
+    drop, late = received_and_due(workspace, partner, out)
+    payload = received_drops(out)[drop.name]["payload"]
+    for name in (payload, SIGNATURE_NAME, SSH_SIGNATURE_NAME):
+        (drop / name).unlink()  # as far as a run that stopped before the manifest got
+
+    assert expire_at(out, ack_key.private_path, late) == cli.OK
+    assert capsys.readouterr().err == ""
+    deleted = receipt_of(out, drop.name)["deleted"]
+    assert [(d["name"], d["status"]) for d in deleted[1:]] == [
+        (payload, "absent"),
+        (SIGNATURE_NAME, "absent"),
+        (SSH_SIGNATURE_NAME, "absent"),
+        (MANIFEST_NAME, "deleted"),
+    ]
+    assert not drop.exists()
+
+    # A run that deleted everything but stopped before saving the record: the folder is left
+    # (something else was put in it), the entry is not marked destroyed.
+    drop.mkdir()
+    (drop / "notes.txt").write_text("not the drop's")
+    edit_record(out, drop.name, destroyed_at=None, receipt_sent=None)
+    assert expire_at(out, ack_key.private_path, late) == cli.OK
+    said = capsys.readouterr()
+    assert f"drop {drop.name} destroyed" in said.out and said.err == ""
+    statuses = [d["status"] for d in receipt_of(out, drop.name)["deleted"]]
+    assert statuses == ["absent", "absent"]
+    assert [p.name for p in drop.iterdir()] == ["notes.txt"]
