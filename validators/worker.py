@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from exchange.pipes import read_exactly, write_all
 from validators.rules import Failure, Rule
 
 _SIZE = struct.Struct("<Q")
@@ -217,7 +218,7 @@ class Worker:
         view = memoryview(payload).cast("B")
         try:
             for part in (kind + _SIZE.pack(view.nbytes), view):
-                _write_all(self._in, part, deadline)
+                write_all(self._in, part, deadline)
         except OSError as exc:
             self.close(kill=True)
             raise WorkerFailed(
@@ -227,8 +228,8 @@ class Worker:
     def _receive(self, seconds: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + seconds
         try:
-            head = _read_exactly(self._out, _SIZE.size, deadline)
-            body = _read_exactly(self._out, _SIZE.unpack(head)[0], deadline) if head else None
+            head = read_exactly(self._out, _SIZE.size, deadline)
+            body = read_exactly(self._out, _SIZE.unpack(head)[0], deadline) if head else None
         except OSError as exc:
             self.close(kill=True)
             raise WorkerFailed(
@@ -257,38 +258,6 @@ class Worker:
         except subprocess.TimeoutExpired:
             return type(exc).__name__ if exc else "still running"
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-
-
-def _write_all(fd: int, data: Any, deadline: float) -> None:
-    view = memoryview(data).cast("B")
-    while view:
-        _wait(fd, deadline, write=True)
-        view = view[os.write(fd, view) :]
-
-
-def _read_exactly(fd: int, size: int, deadline: float) -> bytes | None:
-    """Exactly `size` bytes from a non-blocking pipe by `deadline`; None at end of input."""
-    parts: list[bytes] = []
-    left = size
-    while left:
-        _wait(fd, deadline, write=False)
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def _wait(fd: int, deadline: float, *, write: bool) -> None:
-    remaining = max(deadline - time.monotonic(), 0)
-    ready = (
-        select.select([], [fd], [], remaining)[1]
-        if write
-        else select.select([fd], [], [], remaining)[0]
-    )
-    if not ready:
-        raise TimeoutError("the validation worker did not answer in time")
 
 
 # --- one idle worker per process, for the next suite ---------------------------------------

@@ -20,7 +20,6 @@ import atexit
 import contextlib
 import itertools
 import os
-import select
 import struct
 import subprocess
 import sys
@@ -29,6 +28,8 @@ import time
 from collections.abc import Iterable
 from hashlib import sha256
 from typing import IO, Any
+
+from exchange.pipes import read_exactly, write_all
 
 BLOCK = 64  # SHA-256 block size
 WORKER_MIN_ITEMS = 4096  # fewer values than this are hashed in-process (a round trip costs more)
@@ -153,10 +154,10 @@ class _Helper:
             result = None
             try:
                 for part in request:
-                    _send(process.stdin.fileno(), part, deadline)
-                reply = _receive(process.stdout.fileno(), _REPLY.size, deadline)
+                    write_all(process.stdin.fileno(), part, deadline)
+                reply = read_exactly(process.stdout.fileno(), _REPLY.size, deadline)
                 if reply is not None and _REPLY.unpack(reply) == (self._sequence, count):
-                    result = _receive(process.stdout.fileno(), count * width, deadline)
+                    result = read_exactly(process.stdout.fileno(), count * width, deadline)
             except OSError:
                 result = None
             if result is None:  # dead, stuck or confused: never trust it again in this process
@@ -176,39 +177,6 @@ class _Helper:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-
-
-def _send(fd: int, data: Any, deadline: float) -> None:
-    """Write all of `data` to a pipe by `deadline`; TimeoutError (an OSError) if not."""
-    view = memoryview(data).cast("B")
-    while view:
-        _wait(fd, deadline, write=True)
-        view = view[os.write(fd, view) :]
-
-
-def _receive(fd: int, size: int, deadline: float) -> bytes | None:
-    """Read exactly `size` bytes from a pipe by `deadline`; None at end of input."""
-    parts: list[bytes] = []
-    left = size
-    while left:
-        _wait(fd, deadline, write=False)
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        parts.append(chunk)
-        left -= len(chunk)
-    return b"".join(parts)
-
-
-def _wait(fd: int, deadline: float, *, write: bool) -> None:
-    remaining = deadline - time.monotonic()
-    ready = (
-        select.select([], [fd], [], max(remaining, 0))[1]
-        if write
-        else (select.select([fd], [], [], max(remaining, 0))[0])
-    )
-    if not ready:
-        raise TimeoutError("the hashing helper did not answer in time")
 
 
 def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
