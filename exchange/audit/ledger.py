@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import hmac
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from exchange.audit import merkle, verify
@@ -30,7 +34,16 @@ from exchange.audit.events import Event
 from exchange.audit.export import write_export
 from exchange.audit.proofs import InclusionProof
 from exchange.audit.signer import Signer
-from exchange.audit.storage import BLOCK, NODE_LEVEL, Store, checkpoints, entries, metadata
+from exchange.audit.storage import (
+    BLOCK,
+    NODE_LEVEL,
+    Store,
+    checkpoints,
+    entries,
+    metadata,
+    nodes,
+)
+from exchange.audit.verify import Against
 from exchange.errors import LedgerError
 
 _log = logging.getLogger(__name__)
@@ -46,6 +59,7 @@ __all__ = [
     "InclusionProof",
     "Ledger",
     "Verification",
+    "Verified",
     "checkpoints",
     "entries",
     "metadata",
@@ -54,6 +68,50 @@ __all__ = [
 
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class Verified:
+    """What a verification of entries 1..size established: `Ledger.verify_from` resumes from it.
+
+    Kept in memory by whoever verifies often (the Exchanges view); it is not evidence and is
+    never stored. `full_at` is when the whole ledger was last read (by the ledger's clock).
+    """
+
+    size: int
+    head: str  # the hash of entry `size`
+    edge: tuple[bytes, ...]  # the Merkle tree's right edge at `size`
+    sealed: str  # digest of the checkpoint rows and handed-out files when it was made
+    nodes: str  # digest of the stored Merkle nodes within entries 1..size
+    options: tuple[bytes, str | None, tuple[str, ...]]  # key, origin, held notes
+    result: Verification
+    full_at: dt.datetime
+
+
+class _Changed(Exception):
+    """The ledger does not extend a verified prefix: the reason (a full verify says more)."""
+
+    def __init__(self, reason: str, broken_at: int | None = None, *, hostile: bool) -> None:
+        super().__init__(reason)
+        self.reason, self.broken_at, self.hostile = reason, broken_at, hostile
+
+
+def _options(against: Against) -> tuple[bytes, str | None, tuple[str, ...]]:
+    key = b""
+    if against.public_key is not None:
+        key = against.public_key.public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+    return key, against.origin, against.held
+
+
+def _node_digest(stored: Mapping[tuple[int, int], bytes | None], size: int) -> str:
+    """A digest of the stored nodes that lie within entries 1..size."""
+    digest = hashlib.sha256()
+    for (level, index), value in sorted(stored.items()):
+        if (index + 1) << level <= size:
+            digest.update(f"{level}:{index}:{value.hex() if value else '-'};".encode())
+    return digest.hexdigest()
 
 
 class Ledger:
@@ -275,7 +333,17 @@ class Ledger:
         every stored Merkle node (a cache proofs read) is recomputed too, and one that differs
         fails the verification by name.
         """
-        against = verify.Against(public_key, origin, tuple(held))
+        against = Against(public_key, origin, tuple(held))
+        return self._verify(against, from_seq, to_seq, visit)[0]
+
+    def _verify(
+        self,
+        against: Against,
+        from_seq: int | None = None,
+        to_seq: int | None = None,
+        visit: Callable[[Entry], None] | None = None,
+    ) -> tuple[Verification, merkle.RootBuilder]:
+        """`verify`, and the tree of the entries that verified (from entry 1)."""
         start = from_seq or 1
         nodes = merkle.NodeCheck(NODE_LEVEL) if start == 1 and self.store.has_nodes else None
 
@@ -297,10 +365,10 @@ class Ledger:
                     f"{first}..{last}) differs from the entries' tree: the audit_merkle_nodes "
                     "table was altered (proofs made from it fail against signed checkpoints)"
                 ),
-            )
+            ), walk.builder
         stray = self.store.stray_node() if nodes and to_seq is None else None
         if stray is None or not result.ok:
-            return result
+            return result, walk.builder
         return dataclasses.replace(
             result,
             reason=(
@@ -308,6 +376,152 @@ class Ledger:
                 "ledger's entries make: the audit_merkle_nodes table was altered (such a row "
                 "would stop appends storing their nodes)"
             ),
+        ), walk.builder
+
+    def verify_from(
+        self,
+        mark: Verified | None,
+        *,
+        public_key: Ed25519PublicKey | None = None,
+        origin: str | None = None,
+        held: Iterable[str] = (),
+    ) -> tuple[Verification, Verified | None]:
+        """`verify` of the whole ledger, cheaply when `mark` (a previous call's) is given.
+
+        Without a mark, or one made with other options, the whole ledger is verified. With
+        one, only what a verified prefix cannot vouch for is read: entry `mark.size` is
+        re-hashed and must still have the hash verified then; no entry is missing below the
+        head (a count); every entry since chains from it and hashes right; the Merkle tree
+        is extended from the mark's right edge, and stored nodes are compared with it; the
+        checkpoint rows and handed-out files are unchanged (else the whole is verified again).
+        A ledger that does not extend the verified prefix fails at once: with the full
+        verification's own result when it fails, else with the reason found here.
+
+        What a call with a mark does not catch: an entry below `mark.size` edited in place,
+        leaving the chain broken there. Only reading every entry finds that (a call without a
+        mark, `verify`, `exchange audit verify`); the caller decides how old a mark may be.
+
+        Returns the result and the mark to keep: the new one when it passed, else `mark`
+        unchanged (so later calls keep failing instead of trusting the altered ledger).
+        """
+        against = Against(public_key, origin, tuple(held))
+        if mark is None or mark.options != _options(against):
+            result, made = self._verify_whole(against)
+            return result, made if result.ok else mark
+        try:
+            return self._verify_since(mark)
+        except _Changed as changed:
+            result, made = self._verify_whole(against)
+            if not result.ok:
+                return result, mark
+            if not changed.hostile:  # a checkpoint signed, a block's node stored meanwhile
+                return result, made
+            return Verification(0, GENESIS, changed.broken_at, changed.reason), mark
+
+    def _sealed(self) -> str:
+        """A digest of the stored checkpoint rows and the handed-out checkpoint files."""
+        digest = hashlib.sha256()
+        for row in self.store.checkpoint_rows():
+            digest.update(f"{row.label}|{row.root}|{row.created_at}|{len(row.note)}|".encode())
+            digest.update(row.note.encode())
+        for path in (self.anchor.log_path, self.anchor.latest_path) if self.anchor else ():
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                data = b"\x00missing"
+            except OSError as exc:  # the full verification reports it; here it is a change
+                data = f"\x00unreadable {exc.errno}".encode()
+            digest.update(hashlib.sha256(data).digest())
+        return digest.hexdigest()
+
+    def _stored_nodes(self) -> dict[tuple[int, int], bytes | None]:
+        """Every stored Merkle node of the levels appends write (None where malformed)."""
+        out: dict[tuple[int, int], bytes | None] = {}
+        if not self.store.has_nodes:
+            return out
+        query = sa.select(nodes.c.level, nodes.c.idx, nodes.c.hash)
+        with self.engine.connect() as conn:
+            for level, index, text in conn.execute(query.where(nodes.c.level >= NODE_LEVEL)):
+                try:
+                    value: bytes | None = bytes.fromhex(text)
+                except (TypeError, ValueError):
+                    value = None
+                out[(int(level), int(index))] = value if value and len(value) == 32 else None
+        return out
+
+    def _verify_whole(self, against: Against) -> tuple[Verification, Verified]:
+        # Read before the walk: whatever changes during it differs on the next call, which
+        # then verifies the whole again, rather than being taken as verified unseen.
+        sealed, stored = self._sealed(), self._stored_nodes()
+        result, tree = self._verify(against)
+        mark = Verified(
+            size=result.entries,
+            head=result.head,
+            edge=tuple(tree.edge),
+            sealed=sealed,
+            nodes=_node_digest(stored, result.entries),
+            options=_options(against),
+            result=result,
+            full_at=self.clock(),
+        )
+        return result, mark
+
+    def _verify_since(self, mark: Verified) -> tuple[Verification, Verified]:
+        """The cheap check of `verify_from`; _Changed when the ledger does not extend `mark`."""
+        if self._sealed() != mark.sealed:
+            raise _Changed("checkpoints were added or changed", hostile=False)
+        stored = self._stored_nodes()  # the nodes before the head, as `Store.stray_node` does
+        if _node_digest(stored, mark.size) != mark.nodes or self.store.stray_node():
+            raise _Changed("stored Merkle nodes changed", hostile=False)
+        with self.engine.connect() as conn:  # one statement: one state of the table
+            count, low, size = conn.execute(
+                sa.select(sa.func.count(), sa.func.min(entries.c.seq), sa.func.max(entries.c.seq))
+            ).one()
+        size = int(size or 0)
+        if size < mark.size:
+            raise _Changed(
+                f"entry missing: the ledger ends at entry {size} but entries 1..{mark.size} "
+                "verified before (entries deleted, or the ledger replaced by an older copy)",
+                size + 1,
+                hostile=True,
+            )
+        if count != size or (size and low != 1):
+            raise _Changed("entry missing (sequence gap)", None, hostile=True)
+        tree = merkle.RootBuilder.from_edge(mark.size, mark.edge)
+        made: dict[tuple[int, int], bytes] = {}
+        prev, expected, reread = mark.head, mark.size + 1, mark.size == 0
+        for entry in self.store.entries(since=max(mark.size, 1), until=size):
+            if entry.seq == mark.size:  # the verified head, read again
+                reread = True
+                if entry.entry_hash != mark.head or entry.computed_hash() != mark.head:
+                    raise _Changed(
+                        f"differs from the entry verified at {mark.full_at.isoformat()} "
+                        "(history below the verified head rewritten)",
+                        mark.size,
+                        hostile=True,
+                    )
+                continue
+            if entry.seq != expected:
+                raise _Changed("entry missing (sequence gap)", expected, hostile=True)
+            if entry.prev_hash != prev:
+                raise _Changed("does not follow the entry before it", entry.seq, hostile=True)
+            if entry.computed_hash() != entry.entry_hash:
+                raise _Changed("content altered (hash mismatch)", entry.seq, hostile=True)
+            made.update(((lv, ix), h) for lv, ix, h in tree.append_nodes(entry.leaf, BLOCK))
+            prev, expected = entry.entry_hash, expected + 1
+        if expected != size + 1 or not reread:
+            raise _Changed("entry missing (sequence gap)", expected, hostile=True)
+        for key, value in stored.items():
+            if (key[1] + 1) << key[0] <= mark.size:
+                continue  # within the digest compared above
+            want = made.get(key)
+            if want is None or value is None or not hmac.compare_digest(value, want):
+                raise _Changed(f"stored Merkle node {key} differs", hostile=False)
+        result = dataclasses.replace(mark.result, entries=size, head=prev)
+        nodes_now = _node_digest(stored, size)
+        edge = tuple(tree.edge)
+        return result, dataclasses.replace(
+            mark, size=size, head=prev, edge=edge, nodes=nodes_now, result=result
         )
 
     # -- export -------------------------------------------------------------------------------
