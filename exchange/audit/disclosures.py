@@ -765,41 +765,39 @@ def _digests(
     carried: set[tuple[int, str]] = set()
     hashers: dict[int, Any] = {}
     counts: dict[int, int] = {}
+
+    def take(transfer_id: int, value: bytes, *, hashed: bool = True) -> None:
+        """One stored row: note it if its hash is wanted, and add it to its transfer's digest."""
+        if value in wanted:
+            carried.add((transfer_id, wanted[value]))
+        if not hashed:
+            return
+        hasher = hashers.get(transfer_id)
+        if hasher is None:
+            hasher = hashers[transfer_id] = hashlib.sha256()
+        hasher.update(value)
+        counts[transfer_id] = counts.get(transfer_id, 0) + 1
+
     last: dict[int, bytes] = {}  # per transfer, its greatest hash in disclosures_merged
     query = sa.select(merged.c.subject_hash, merged.c.transfer_id).order_by(
         merged.c.subject_hash, merged.c.transfer_id
     )
     for value, transfer_id in streamed.execute(query):
         value = bytes(value)
-        if value in wanted:
-            carried.add((transfer_id, wanted[value]))
-        hasher = hashers.get(transfer_id)
-        if hasher is None:
-            hasher = hashers[transfer_id] = hashlib.sha256()
-        hasher.update(value)
-        counts[transfer_id] = counts.get(transfer_id, 0) + 1
+        take(transfer_id, value)
         last[transfer_id] = value
     seen: set[int] = set()
-    again: set[int] = set()
+    again: set[int] = set()  # read again below, both tables merged
     query = sa.select(disclosures.c.transfer_id, disclosures.c.subject_hash).order_by(
         disclosures.c.transfer_id, disclosures.c.subject_hash
     )
     for transfer_id, value in streamed.execute(query):
         value = bytes(value)
-        if value in wanted:
-            carried.add((transfer_id, wanted[value]))
-        if transfer_id in again:
-            continue
         if transfer_id not in seen:
             seen.add(transfer_id)
             if transfer_id in last and value <= last[transfer_id]:
                 again.add(transfer_id)
-                continue
-        hasher = hashers.get(transfer_id)
-        if hasher is None:
-            hasher = hashers[transfer_id] = hashlib.sha256()
-        hasher.update(value)
-        counts[transfer_id] = counts.get(transfer_id, 0) + 1
+        take(transfer_id, value, hashed=transfer_id not in again)
     for transfer_id in again:
         sha, count = hashlib.sha256(), 0
         for value in _drop_hashes(conn, transfer_id):
