@@ -114,6 +114,34 @@ def _node_digest(stored: Mapping[tuple[int, int], bytes | None], size: int) -> s
     return digest.hexdigest()
 
 
+def _shorter(mark: Verified, size: int) -> _Changed:
+    return _Changed(
+        f"entry missing: the ledger ends at entry {size} but entries 1..{mark.size} verified "
+        "before (entries deleted, or the ledger replaced by an older copy)",
+        size + 1,
+        hostile=True,
+    )
+
+
+def _rewritten(mark: Verified) -> _Changed:
+    return _Changed(
+        f"differs from the entry verified at {mark.full_at.isoformat(timespec='seconds')} "
+        "(history below the verified head rewritten)",
+        mark.size,
+        hostile=True,
+    )
+
+
+def _extends(mark: Verified, made: Verified, entry: Entry | None) -> _Changed | None:
+    """Why a ledger verified whole (`made`, `entry` its entry `mark.size`) does not extend
+    `mark`, or None when it does."""
+    if made.size < mark.size:
+        return _shorter(mark, made.size)
+    if mark.size and (entry is None or entry.entry_hash != mark.head):
+        return _rewritten(mark)
+    return None
+
+
 class Ledger:
     """The append-only audit ledger behind a SQLAlchemy URL."""
 
@@ -382,41 +410,48 @@ class Ledger:
         self,
         mark: Verified | None,
         *,
+        whole: bool = False,
         public_key: Ed25519PublicKey | None = None,
         origin: str | None = None,
         held: Iterable[str] = (),
     ) -> tuple[Verification, Verified | None]:
         """`verify` of the whole ledger, cheaply when `mark` (a previous call's) is given.
 
-        Without a mark, or one made with other options, the whole ledger is verified. With
-        one, only what a verified prefix cannot vouch for is read: entry `mark.size` is
-        re-hashed and must still have the hash verified then; no entry is missing below the
-        head (a count); every entry since chains from it and hashes right; the Merkle tree
-        is extended from the mark's right edge, and stored nodes are compared with it; the
-        checkpoint rows and handed-out files are unchanged (else the whole is verified again).
-        A ledger that does not extend the verified prefix fails at once: with the full
-        verification's own result when it fails, else with the reason found here.
+        Without a mark, with `whole`, or with a mark made with other options, every entry is
+        read and verified. With a mark, only what the verified prefix cannot vouch for is
+        read: entry `mark.size` is re-hashed and must still have the hash verified then; no
+        entry is missing below the head (a count); every entry since chains from it and
+        hashes right; the Merkle tree is extended from the mark's right edge and the stored
+        nodes compared with it; the checkpoint rows and handed-out files are unchanged (else
+        every entry is verified again). A ledger that does not extend the verified prefix
+        (shorter, or another hash at `mark.size`) fails at once, with or without `whole`:
+        with the full verification's own result when that fails, else with the reason found
+        here, so a rewrite no checkpoint covers yet fails too.
 
-        What a call with a mark does not catch: an entry below `mark.size` edited in place,
-        leaving the chain broken there. Only reading every entry finds that (a call without a
-        mark, `verify`, `exchange audit verify`); the caller decides how old a mark may be.
+        What a call reading only the new entries does not catch: an entry below `mark.size`
+        edited in place, leaving the chain broken there. Only reading every entry finds that
+        (`whole`, `verify`, `exchange audit verify`); the caller decides how old a full read
+        may be (`Verified.full_at`).
 
         Returns the result and the mark to keep: the new one when it passed, else `mark`
         unchanged (so later calls keep failing instead of trusting the altered ledger).
         """
         against = Against(public_key, origin, tuple(held))
-        if mark is None or mark.options != _options(against):
-            result, made = self._verify_whole(against)
-            return result, made if result.ok else mark
-        try:
-            return self._verify_since(mark)
-        except _Changed as changed:
-            result, made = self._verify_whole(against)
-            if not result.ok:
-                return result, mark
-            if not changed.hostile:  # a checkpoint signed, a block's node stored meanwhile
-                return result, made
-            return Verification(0, GENESIS, changed.broken_at, changed.reason), mark
+        same = mark is not None and mark.options == _options(against)
+        found: _Changed | None = None
+        if mark is not None and same and not whole:
+            try:
+                return self._verify_since(mark)
+            except _Changed as changed:
+                found = changed
+        result, made = self._verify_whole(against)
+        if not result.ok:
+            return result, mark
+        if mark is not None and same and (found is None or not found.hostile):
+            found = _extends(mark, made, self.store.entry(mark.size) if mark.size else None)
+        if found is None or not found.hostile:
+            return result, made
+        return Verification(0, GENESIS, found.broken_at, found.reason), mark
 
     def _sealed(self) -> str:
         """A digest of the stored checkpoint rows and the handed-out checkpoint files."""
@@ -479,12 +514,7 @@ class Ledger:
             ).one()
         size = int(size or 0)
         if size < mark.size:
-            raise _Changed(
-                f"entry missing: the ledger ends at entry {size} but entries 1..{mark.size} "
-                "verified before (entries deleted, or the ledger replaced by an older copy)",
-                size + 1,
-                hostile=True,
-            )
+            raise _shorter(mark, size)
         if count != size or (size and low != 1):
             raise _Changed("entry missing (sequence gap)", None, hostile=True)
         tree = merkle.RootBuilder.from_edge(mark.size, mark.edge)
@@ -494,12 +524,7 @@ class Ledger:
             if entry.seq == mark.size:  # the verified head, read again
                 reread = True
                 if entry.entry_hash != mark.head or entry.computed_hash() != mark.head:
-                    raise _Changed(
-                        f"differs from the entry verified at {mark.full_at.isoformat()} "
-                        "(history below the verified head rewritten)",
-                        mark.size,
-                        hostile=True,
-                    )
+                    raise _rewritten(mark)
                 continue
             if entry.seq != expected:
                 raise _Changed("entry missing (sequence gap)", expected, hostile=True)
