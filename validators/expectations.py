@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
-# Opt out of GX usage analytics in builds that ship them; it must precede the first import.
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+import validators.gx_import  # noqa: F401 - must precede the first import of GX
 
+# isort: split
 import numpy as np
 import pandas as pd
 from great_expectations.execution_engine import PandasExecutionEngine

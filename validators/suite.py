@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from typing import Any
 
-# Opt out of GX usage analytics in builds that ship them; it must precede the first import.
-os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+import validators.gx_import  # noqa: F401 - must precede the first import of GX
 
+# isort: split
 import great_expectations as gx
 import great_expectations.expectations as gxe
 import numpy as np
