@@ -776,15 +776,15 @@ def receive(
             return got
         if progress is not None:
             progress(Step("acknowledging", unit=""))
-        ack = acks.build(
-            body,
-            manifest_sha256,
+        ack, data = _signed_ack(
+            signed,
+            signer,
             rows=rows,
             received_at=received_at,
-            key_id=signing.key_id(signer.public_key()),
-            cosignature=_cosign(checkpoint, seen, signer, now),
+            checkpoint=checkpoint,
+            held=seen,
+            now=now,
         )
-        data = acks.sign(ack, signer)
         _write_new(out_fd, ack_file, data, replace_existing=replace_ack)
         got = replace(got, ack=ack, ack_path=out_path / ack_file)
     if ack_outbox is None:
@@ -860,21 +860,44 @@ def acknowledge(
                     raise _refuse_overwrite(drop_id, ack_file, " and is not your ack of it")
                 checkpoint = Checkpoint.parse(body["ledger"]["checkpoint"])
                 held = _held(out_fd, out_path / RECORD_NAME, signing.key_id(signed.key))
-                ack = acks.build(
-                    body,
-                    manifest_sha256,
+                _, data = _signed_ack(
+                    signed,
+                    signer,
                     rows=rows,
                     received_at=received_at,
-                    key_id=signing.key_id(signer.public_key()),
-                    cosignature=_cosign(checkpoint, held, signer, dt.datetime.now(dt.UTC)),
+                    checkpoint=checkpoint,
+                    held=held,
+                    now=dt.datetime.now(dt.UTC),
                 )
-                data = acks.sign(ack, signer)
                 _write_new(out_fd, ack_file, data, replace_existing=False)
     done = Acknowledged(drop_id, out_path / ack_file, reused)
     if outbox is None:
         return done
     sent = acks.send_ack(outbox, drop_id, data)
     return replace(done, remote=sent.remote_path)
+
+
+def _signed_ack(
+    signed: _Signed,
+    signer: Any,
+    *,
+    rows: int,
+    received_at: str,
+    checkpoint: Checkpoint,
+    held: witness.Seen | None,
+    now: dt.datetime,
+) -> tuple[dict[str, Any], bytes]:
+    """The acknowledgement of a verified drop and its signed file's bytes (`receive` and
+    `acknowledge` both make it), cosigning the drop's checkpoint if it is `held`."""
+    ack = acks.build(
+        signed.body,
+        signed.sha256,
+        rows=rows,
+        received_at=received_at,
+        key_id=signing.key_id(signer.public_key()),
+        cosignature=_cosign(checkpoint, held, signer, now),
+    )
+    return ack, acks.sign(ack, signer)
 
 
 def _cosign(
