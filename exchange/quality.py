@@ -343,8 +343,14 @@ def key_hashes(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
     complete = pc.fill_null(complete, False)  # is_nan of a null is null: not complete
     if not pc.all(complete).as_py():
         keys = [pc.filter(values, complete) for values in keys]
-    frame = pd.DataFrame({str(i): _hashable(values) for i, values in enumerate(keys)})
-    return pd.util.hash_pandas_object(frame, index=False).to_numpy(dtype=np.uint64)
+    arrays = [_hashable(values) for values in keys]
+    # Text stays an object column hashed value by value: pandas would otherwise turn it into
+    # its Arrow string type and factorise it first, twice the time for keys that rarely repeat.
+    frame = pd.DataFrame(
+        {str(i): pd.Series(a, dtype=a.dtype, copy=False) for i, a in enumerate(arrays)}
+    )
+    hashes = pd.util.hash_pandas_object(frame, index=False, categorize=False)
+    return hashes.to_numpy(dtype=np.uint64)
 
 
 def _hashable(values: pa.ChunkedArray) -> np.ndarray:
