@@ -34,7 +34,7 @@ from exchange.pipeline.context import Context
 from exchange.pipeline.naming import drop_id_for
 from exchange.pipeline.overlap import background
 from exchange.pipeline.results import Prepared
-from exchange.pipeline.source import Provenance, resolve
+from exchange.pipeline.source import Provenance, resolve, settled
 from exchange.pipeline.staging import staging_for
 from exchange.quality import QualityGate
 from exchange.secrets import SecretMissing
@@ -160,7 +160,7 @@ def prepare_drop(
         )
         body = {
             "drop_id": drop_id,
-            "source": read.provenance,
+            "source": settled(read.provenance),
             "triggered_by": options.triggered_by or _os_user(),
             "source_columns_not_read": read.unread,
             "rows": rows,
