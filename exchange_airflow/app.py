@@ -65,6 +65,13 @@ def auditor(request: Request, user: Annotated[Any, Depends(viewer)]) -> Any:
     return user
 
 
+def _report(settings: Settings, start: dt.date, end: dt.date) -> reporting.Report:
+    """`data.report`, reading every ledger entry at most every `[exchange_view]
+    full_verify_seconds` (default 300; 0 reads them all on every page)."""
+    every = conf.getfloat("exchange_view", "full_verify_seconds", fallback=data.FULL_VERIFY_SECONDS)
+    return data.report(settings, start, end, full_every=every)
+
+
 Viewer = Annotated[Any, Depends(viewer)]
 Auditor = Annotated[Any, Depends(auditor)]
 
@@ -138,7 +145,7 @@ def register_page(
 ) -> HTMLResponse:
     settings = _settings()
     start, end = _period(since, until)
-    built = data.report(settings, start, end)
+    built = _report(settings, start, end)
     rows = data.register(settings, dt.date.today(), built)
     runs = _airflow_schedule([row["id"] for row in rows if not row["invalid"]])
     for row in rows:
@@ -159,7 +166,7 @@ def agreement_page(
     if path is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no agreement with this id")
     start, end = _period(since, until)
-    built = data.report(settings, start, end)
+    built = _report(settings, start, end)
     shown = data.agreement(settings, path, dt.date.today(), built)
     return _page(request, "agreement.html", user, since=start, until=end, **shown)
 
@@ -169,7 +176,7 @@ def ledger_page(
     request: Request, user: Viewer, since: str | None = None, until: str | None = None
 ) -> HTMLResponse:
     start, end = _period(since, until)
-    built = data.report(_settings(), start, end)
+    built = _report(_settings(), start, end)
     days = [
         (day, partner, rows)
         for day, partners in sorted(built.rows_by_day.items())

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import threading
 from pathlib import Path
 from typing import Any
 
 from exchange import reporting, subject_access
 from exchange.approval import ApprovalError, Governance
+from exchange.audit.ledger import Ledger, Verification, Verified
 from exchange.cli import auditors  # the CLI's own ledger, key and origin look-ups
 from exchange.contract import load_contract
 from exchange.contract.render import approval_summary, describe_cron, summary
@@ -17,6 +19,7 @@ from exchange.errors import ContractError, ExchangeError
 from exchange.settings import Settings
 
 REVIEW_WARNING_DAYS = 60  # a review due this soon is highlighted in the register
+FULL_VERIFY_SECONDS = 300  # `[exchange_view] full_verify_seconds`: how old a full read may be
 # The arguments `exchange audit report` / `audit subject` get when none is typed.
 NO_OPTIONS = argparse.Namespace(public_key=None, origin=None, checkpoints=None, url=None)
 
@@ -28,14 +31,59 @@ def _governance(settings: Settings) -> Governance | None:
         return None  # each agreement then says its approval cannot be checked
 
 
-def report(settings: Settings, since: dt.date, until: dt.date) -> reporting.Report:
+# What this process verified last, per ledger: pages between full reads check only what was
+# appended since (`Ledger.verify_from`). Not evidence; it dies with the process.
+_verified: dict[tuple[str, str], Verified] = {}
+_verifying = threading.Lock()  # one verification at a time: two full reads would share 2 cores
+
+
+def verify(
+    url: str,
+    ledger: Ledger,
+    public: Any,
+    origin: str | None,
+    *,
+    full_every: float = FULL_VERIFY_SECONDS,
+    now: dt.datetime | None = None,
+) -> tuple[Verification, Verified | None]:
+    """The ledger verified as `exchange audit verify` does, reading every entry only when the
+    last full read in this process is `full_every` seconds old (or there is none); otherwise
+    the entries appended since, and that the ledger still extends what was verified."""
+    key = (url, str(ledger.anchor.folder) if ledger.anchor else "")
+    with _verifying:
+        mark = _verified.get(key)
+        when = now or dt.datetime.now(dt.UTC)
+        whole = mark is None or (when - mark.full_at).total_seconds() >= full_every
+        result, kept = ledger.verify_from(mark, whole=whole, public_key=public, origin=origin)
+        if kept is not None:
+            _verified[key] = kept
+    return result, kept
+
+
+def report(
+    settings: Settings, since: dt.date, until: dt.date, *, full_every: float = FULL_VERIFY_SECONDS
+) -> reporting.Report:
     """`exchange audit report --json` for the period: the ledger verified, its head and newest
-    checkpoint attested (the same calls as the command, with its default options)."""
+    checkpoint attested (the same calls as the command, with its default options); the
+    verification read in full at most `full_every` seconds ago (`verify`)."""
     ledger = auditors._audit_ledger(settings)
+    try:
+        return _report(settings, ledger, since, until, full_every)
+    finally:
+        ledger.close()
+
+
+def _report(
+    settings: Settings, ledger: Ledger, since: dt.date, until: dt.date, full_every: float
+) -> reporting.Report:
     public = auditors._gateway_public_key(NO_OPTIONS, settings)
     head = ledger.head()
-    verified = ledger.verify(
-        public_key=public, origin=auditors._audit_origin(NO_OPTIONS, settings, public)
+    verified, mark = verify(
+        settings.audit_url,
+        ledger,
+        public,
+        auditors._audit_origin(NO_OPTIONS, settings, public),
+        full_every=full_every,
     )
     problem = "" if verified.ok else (auditors._wrong_key(ledger, public, verified.broken_at) or "")
     if problem:
@@ -54,6 +102,10 @@ def report(settings: Settings, since: dt.date, until: dt.date) -> reporting.Repo
         made_by="the Exchanges view",
         problem=problem,
     )
+    if mark is not None and verified.ok and not problem:
+        # What this page checked itself, and when every entry was last read.
+        built.evidence["verification"]["full_at"] = mark.full_at.isoformat(timespec="seconds")
+        built.evidence["verification"]["full_every"] = int(full_every)
     return built
 
 

@@ -387,12 +387,18 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
     assert "Review due within 60 days" in row_html and "exchanges-review-due" in register
     assert ">Approved<" not in row_html
 
-    # A ledger edited behind the gateway's back: the page says so, as the command does.
+    # Pages between full reads check only what was appended (and that the ledger still
+    # extends what was read): the time of the last full read stays, and the page says so.
+    first, again = (figures(served.fetch("/exchanges/ledger", token)[2]) for _ in range(2))
+    assert first["full_at"] == again["full_at"] and len(first["full_at"]) == 1
+    # A ledger edited behind the gateway's back: the next page says so, as the command does,
+    # without waiting for the next full read.
     with sqlite3.connect(ws.settings.home / "audit.db") as db:
-        db.execute("UPDATE audit_ledger SET body = replace(body, '300', '301') WHERE seq = 2")
+        db.execute("DELETE FROM audit_ledger WHERE seq = 2")
     assert exchange(ws, "audit", "report", "--json").returncode != 0
-    ledger = served.fetch("/exchanges/ledger", token)[2]
+    ledger = html.unescape(served.fetch("/exchanges/ledger", token)[2])
     assert "Not verified" in ledger and "do not rely on these figures" in ledger
+    assert "entry 2: entry missing" in ledger and 'id="full-read"' not in ledger
 
 
 def test_an_auditor_looks_a_person_up_with_a_reason_and_it_is_audited(served: Served) -> None:
