@@ -45,6 +45,7 @@ lint: install
 
 bench: install system
 	$(BIN)/python benchmarks/exchange_vs_raw.py
+	$(BIN)/python benchmarks/validation_floor.py
 	$(BIN)/python benchmarks/exchange_throughput.py
 	$(BIN)/python benchmarks/memory_peak.py
 	$(BIN)/python benchmarks/startup.py
