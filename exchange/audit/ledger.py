@@ -508,9 +508,15 @@ class Ledger:
         stored = self._stored_nodes()  # the nodes before the head, as `Store.stray_node` does
         if _node_digest(stored, mark.size) != mark.nodes or self.store.stray_node():
             raise _Changed("stored Merkle nodes changed", hostile=False)
-        with self.engine.connect() as conn:  # one statement: one state of the table
+        # One statement sees one state of the table; three subqueries, because SQLite answers
+        # each alone from the index (min, max) or its count shortcut, but scans for all three.
+        with self.engine.connect() as conn:
             count, low, size = conn.execute(
-                sa.select(sa.func.count(), sa.func.min(entries.c.seq), sa.func.max(entries.c.seq))
+                sa.select(
+                    sa.select(sa.func.count()).select_from(entries).scalar_subquery(),
+                    sa.select(sa.func.min(entries.c.seq)).scalar_subquery(),
+                    sa.select(sa.func.max(entries.c.seq)).scalar_subquery(),
+                )
             ).one()
         size = int(size or 0)
         if size < mark.size:
