@@ -268,3 +268,17 @@ def test_an_old_entry_edited_in_place_is_found_only_by_reading_every_entry(
     )
     assert (full.ok, full.broken_at, kept) == (False, 3, mark)
     assert full == ledger.verify(public_key=gateway_key.public_key(), origin=ORIGIN)
+
+
+def test_an_empty_ledger_verified_then_appended_to(
+    sqlite_ledger: tuple[Ledger, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ledger, _ = sqlite_ledger
+    result, mark = ledger.verify_from(None)
+    assert result.ok and mark is not None and (mark.size, mark.head) == (0, GENESIS)
+    fill(ledger, BLOCK + 1)
+    read = counting(ledger, monkeypatch)
+    result, after = ledger.verify_from(mark)
+    assert read == list(range(1, BLOCK + 2)) and after is not None and after.full_at == mark.full_at
+    monkeypatch.undo()
+    assert result == ledger.verify() and result.entries == BLOCK + 1
