@@ -7,6 +7,7 @@ deadline, never a hang. Standard library only: `python -P -m exchange.crypto.key
 
 from __future__ import annotations
 
+import math
 import os
 import select
 import time
@@ -41,11 +42,11 @@ def read_exactly(fd: int, size: int, deadline: float) -> bytes | None:
 
 
 def _wait(fd: int, deadline: float, *, write: bool) -> None:
+    # poll, not select: select raises ValueError for a descriptor of 1024 or more, which a
+    # process with many files open hands out, and callers catch only OSError.
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT if write else select.POLLIN)
     remaining = max(deadline - time.monotonic(), 0)
-    ready = (
-        select.select([], [fd], [], remaining)[1]
-        if write
-        else select.select([fd], [], [], remaining)[0]
-    )
-    if not ready:
+    # Rounded up, so a wait never ends just short of the deadline and spins.
+    if not poller.poll(math.ceil(remaining * 1000)):
         raise TimeoutError("the other end of the pipe did not answer in time")

@@ -61,3 +61,83 @@ def test_a_reader_that_stops_reading_costs_a_timeout_mid_write(pipe: tuple[int, 
     with pytest.raises(TimeoutError):
         write_all(write_end, bytes(8 << 20), started + 0.2)  # far more than the pipe holds
     assert 0.15 < time.monotonic() - started < 5
+
+
+# -- descriptors of 1024 and above ------------------------------------------------------------
+# select.select cannot take them (ValueError, which the callers' `except OSError` misses); a
+# process with many files open gets them for its next pipe, so the helpers' pipes must work there.
+
+HIGH = 1024
+
+
+@pytest.fixture
+def many_open_files() -> Iterator[None]:
+    """Hold enough real descriptors open that the next pipe's ends are numbered above 1024."""
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = before
+    if soft != resource.RLIM_INFINITY and soft < 4096:
+        if hard != resource.RLIM_INFINITY and hard < 4096:
+            hard = 4096  # the tests run as root, which may raise the hard limit too
+        resource.setrlimit(resource.RLIMIT_NOFILE, (4096, hard))
+    held = [os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) for _ in range(1100)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, before)
+
+
+@pytest.mark.usefixtures("many_open_files")
+def test_pipes_numbered_above_1024_carry_data_and_keep_their_deadline() -> None:
+    read_end, write_end = os.pipe()
+    try:
+        assert min(read_end, write_end) >= HIGH  # what the test is about
+        for fd in (read_end, write_end):
+            os.set_blocking(fd, False)
+        data = os.urandom(3 << 20)
+        got: list[bytes | None] = []
+        reader = threading.Thread(
+            target=lambda: got.append(read_exactly(read_end, len(data), time.monotonic() + 30))
+        )
+        reader.start()
+        write_all(write_end, data, time.monotonic() + 30)
+        reader.join()
+        assert got == [data]
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="did not answer in time"):
+            read_exactly(read_end, 1, started + 0.2)
+        assert 0.15 < time.monotonic() - started < 5
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@pytest.mark.usefixtures("many_open_files")
+def test_the_keyed_hash_helper_works_on_pipes_numbered_above_1024(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The helper process's pipes land above 1024: it still hashes, and is not marked broken."""
+    import hashlib
+    import hmac
+
+    import pyarrow as pa
+
+    from exchange.crypto import keyed
+
+    helper = keyed._Helper()  # a fresh one, so its pipes are opened now, above 1024
+    monkeypatch.setattr(keyed, "_HELPER", helper)
+    key = bytes(range(32))
+    values = [f"P{i:08d}".encode() for i in range(keyed.WORKER_MIN_ITEMS + 10)]
+    try:
+        joined = keyed.KeyedHash(key, 16).array(pa.array(values, pa.binary()))
+        process = helper._process
+        assert process is not None and process.stdin is not None and process.stdout is not None
+        assert min(process.stdin.fileno(), process.stdout.fileno()) >= HIGH
+        assert not helper._broken  # the helper answered; nothing fell back
+    finally:
+        helper.close()
+    expected = b"".join(hmac.digest(key, v, hashlib.sha256)[:16] for v in values)
+    assert joined == expected
