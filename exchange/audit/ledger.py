@@ -420,7 +420,7 @@ class Ledger:
         Without a mark, with `whole`, or with a mark made with other options, every entry is
         read and verified. With a mark, only what the verified prefix cannot vouch for is
         read: entry `mark.size` is re-hashed and must still have the hash verified then; no
-        entry is missing below the head (a count); every entry since chains from it and
+        entry is missing below the head (`_numbered`); every entry since chains from it and
         hashes right; the Merkle tree is extended from the mark's right edge and the stored
         nodes compared with it; the checkpoint rows and handed-out files are unchanged (else
         every entry is verified again). A ledger that does not extend the verified prefix
@@ -501,6 +501,38 @@ class Ledger:
         )
         return result, mark
 
+    def _numbered(self) -> int:
+        """The head's number, when the entries are numbered exactly 1..head; else _Changed.
+
+        Counting alone proves no gap only while `seq` holds distinct whole numbers, which the
+        primary key and column type ensure until someone rebuilds or retypes the table (or, on
+        SQLite, stores 4.5 beside a BIGINT key): so distinct and whole values are counted too.
+        """
+        seq = entries.c.seq
+        # One statement sees one state of the table; separate subqueries, because SQLite
+        # answers each alone from the key's index (min, max, count, distinct in index order)
+        # but sorts into a temporary tree for several aggregates in one.
+        with self.engine.connect() as conn:
+            count, distinct, odd, low, size = conn.execute(
+                sa.select(
+                    sa.select(sa.func.count()).select_from(entries).scalar_subquery(),
+                    sa.select(sa.func.count(seq.distinct())).scalar_subquery(),
+                    sa.select(sa.func.count())
+                    .where(seq != sa.cast(seq, sa.BigInteger))
+                    .select_from(entries)
+                    .scalar_subquery(),
+                    sa.select(sa.func.min(seq)).scalar_subquery(),
+                    sa.select(sa.func.max(seq)).scalar_subquery(),
+                )
+            ).one()
+        gap = _Changed("entry missing (sequence gap)", None, hostile=True)
+        if odd or count != distinct:
+            raise gap  # not whole numbers, or a number twice: the full read names the entry
+        size = int(size or 0)
+        if count != size or (size and low != 1):
+            raise gap
+        return size
+
     def _verify_since(self, mark: Verified) -> tuple[Verification, Verified]:
         """The cheap check of `verify_from`; _Changed when the ledger does not extend `mark`."""
         if self._sealed() != mark.sealed:
@@ -508,21 +540,9 @@ class Ledger:
         stored = self._stored_nodes()  # the nodes before the head, as `Store.stray_node` does
         if _node_digest(stored, mark.size) != mark.nodes or self.store.stray_node():
             raise _Changed("stored Merkle nodes changed", hostile=False)
-        # One statement sees one state of the table; three subqueries, because SQLite answers
-        # each alone from the index (min, max) or its count shortcut, but scans for all three.
-        with self.engine.connect() as conn:
-            count, low, size = conn.execute(
-                sa.select(
-                    sa.select(sa.func.count()).select_from(entries).scalar_subquery(),
-                    sa.select(sa.func.min(entries.c.seq)).scalar_subquery(),
-                    sa.select(sa.func.max(entries.c.seq)).scalar_subquery(),
-                )
-            ).one()
-        size = int(size or 0)
+        size = self._numbered()
         if size < mark.size:
             raise _shorter(mark, size)
-        if count != size or (size and low != 1):
-            raise _Changed("entry missing (sequence gap)", None, hostile=True)
         tree = merkle.RootBuilder.from_edge(mark.size, mark.edge)
         made: dict[tuple[int, int], bytes] = {}
         prev, expected, reread = mark.head, mark.size + 1, mark.size == 0

@@ -282,3 +282,53 @@ def test_an_empty_ledger_verified_then_appended_to(
     assert read == list(range(1, BLOCK + 2)) and after is not None and after.full_at == mark.full_at
     monkeypatch.undo()
     assert result == ledger.verify() and result.entries == BLOCK + 1
+
+
+# The key and column type are what make a count prove "no gap": rebuilt without them (CREATE
+# TABLE AS copies rows, not constraints), a row can stand twice where another was deleted.
+UNKEYED = (
+    "CREATE TABLE audit_copy AS SELECT * FROM audit_ledger",
+    "DROP TABLE audit_ledger",
+    "ALTER TABLE audit_copy RENAME TO audit_ledger",
+    "DELETE FROM audit_ledger WHERE seq = 5",
+)
+
+
+@pytest.mark.parametrize(
+    ("copied", "broken_at"),
+    [
+        ("INSERT INTO audit_ledger SELECT * FROM audit_ledger WHERE seq = 13", 5),  # the head
+        # below the head: the full read, in order, finds the second 3 where 4 should be
+        ("INSERT INTO audit_ledger SELECT * FROM audit_ledger WHERE seq = 3", 4),
+    ],
+)
+def test_an_entry_deleted_and_another_copied_in_a_table_without_its_key_fails(
+    ledger: Ledger,
+    backend_url: str,
+    gateway_key: Ed25519PrivateKey,
+    copied: str,
+    broken_at: int,
+) -> None:
+    mark = verified(ledger, gateway_key, 10)
+    fill(ledger, 3, start=11)
+    result, mark = ledger.verify_from(mark, public_key=gateway_key.public_key(), origin=ORIGIN)
+    assert result.ok and mark is not None
+    ledger.close()  # the table is dropped and replaced under it
+    tamper(backend_url, *UNKEYED, copied)
+    full = ledger.verify(public_key=gateway_key.public_key(), origin=ORIGIN)
+    assert full.message == f"entry {broken_at}: entry missing (sequence gap)"
+    result, kept = ledger.verify_from(mark, public_key=gateway_key.public_key(), origin=ORIGIN)
+    assert (result, kept) == (full, mark)
+
+
+def test_an_entry_renumbered_between_two_others_fails(
+    sqlite_ledger: tuple[Ledger, str], gateway_key: Ed25519PrivateKey
+) -> None:
+    """4.5 is not 5, yet SQLite keeps it in a BIGINT primary key (PostgreSQL's bigint won't)."""
+    ledger, url = sqlite_ledger
+    mark = verified(ledger, gateway_key, 10)
+    tamper(url, "UPDATE audit_ledger SET seq = 4.5 WHERE seq = 5")
+    full = ledger.verify(public_key=gateway_key.public_key(), origin=ORIGIN)
+    assert not full.ok
+    result, kept = ledger.verify_from(mark, public_key=gateway_key.public_key(), origin=ORIGIN)
+    assert (result, kept) == (full, mark)
