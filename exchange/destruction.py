@@ -13,6 +13,7 @@ as `<drop id>.destroyed.json`. The file is an envelope like an acknowledgement's
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import os
 import re
@@ -37,6 +38,7 @@ RECEIPT_SUFFIX = ".destroyed.json"
 MAX_RECEIPT_BYTES = 64 << 10
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SIGNATURES = (manifest.SIGNATURE_NAME, manifest.SSH_SIGNATURE_NAME)
+_FAILED = "failed: "  # a receipt status: the system would not delete the file
 
 
 def receipt_name(drop_id: str) -> str:
@@ -60,11 +62,13 @@ class Receipt:
 
 @dataclass(frozen=True)
 class Destroyed:
-    """One drop deleted at the partner, and where its receipt went."""
+    """One drop deleted at the partner, and where its receipt went; `failed` if a file of it
+    could not be deleted in this run (its receipt says which)."""
 
     drop_id: str
     receipt: Path
     remote: str | None
+    failed: bool = False
 
 
 class _NoEndDate(ValueError):
@@ -87,17 +91,28 @@ def _due(facts: Mapping[str, Any], now: dt.datetime) -> bool:
 
 
 def _unlink_plain(dir_fd: int, name: str) -> str:
-    """Delete a plain file (never through a link): deleted, absent or refused."""
+    """Delete a plain file (never through a link): deleted, absent, refused or failed."""
     if not name or "/" in name or name in {".", ".."}:
         return "refused: not a file name"
     try:
         found = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        if not stat.S_ISREG(found.st_mode):
+            return "refused: not a plain file"
+        os.unlink(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return "absent"
-    if not stat.S_ISREG(found.st_mode):
-        return "refused: not a plain file"
-    os.unlink(name, dir_fd=dir_fd)
+    except OSError as exc:  # an immutable file, a read-only mount: this file, not the run
+        return _failure(exc)
     return "deleted"
+
+
+def _failure(exc: OSError) -> str:
+    """A receipt status for a deletion the system refused: the cause only, never a path."""
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return f"{_FAILED}permission denied"
+    if exc.errno == errno.EROFS:
+        return f"{_FAILED}read-only file system"
+    return _FAILED + (os.strerror(exc.errno).lower() if exc.errno else "error")
 
 
 @contextmanager
@@ -184,13 +199,36 @@ _REFUSALS = {
 }
 
 
-def _refusal(drop_id: str, status: str) -> str:
-    if status in _REFUSALS:
-        left = f"the drop folder its record names {_REFUSALS[status]}, so nothing there was deleted"
-    else:
-        left = "some of its files in the drop folder were not plain files and were left"
+def _warning(drop_id: str, deleted: Sequence[Mapping[str, str]]) -> str | None:
+    """What went wrong with a drop's deletion, from its receipt's entries; None if nothing."""
+    data = [d["status"] for d in deleted if d["what"] == "plaintext"]
+    there = [d["status"] for d in deleted if d["what"] != "plaintext"]
+    wrong = []
+    for status in data:
+        if status == "refused: not a plain file":
+            wrong.append("its data file is not a plain file (a link?) and was left")
+        elif status.startswith("refused"):
+            wrong.append("its recorded data file name is not a plain file name and was left")
+        elif status.startswith(_FAILED):
+            wrong.append(f"its data file could not be deleted ({status.removeprefix(_FAILED)})")
+    folder = [s for s in there if s in _REFUSALS]
+    if folder:
+        wrong.append(
+            f"the drop folder its record names {_REFUSALS[folder[0]]}, so nothing there was deleted"
+        )
+    if any(s.startswith("refused") and s not in _REFUSALS for s in there):
+        wrong.append("some of its files in the drop folder were not plain files and were left")
+    causes = sorted({s.removeprefix(_FAILED) for s in there if s.startswith(_FAILED)})
+    if causes:
+        wrong.append(
+            f"some of its files in the drop folder could not be deleted ({', '.join(causes)})"
+        )
+    if not wrong:
+        return None
+    fine = not any(s.startswith(("refused", _FAILED)) for s in data)
+    said = ("its data file is deleted, but " if fine else "") + "; ".join(wrong)
     return (
-        f"drop {drop_id}: its data file is deleted, but {left} (its receipt says so); "
+        f"drop {drop_id}: {said} (its receipt says so); "
         "delete the drop's files by hand if they are still somewhere"
     )
 
@@ -302,14 +340,18 @@ def expire(
     retention gives no end date is kept, and `on_skipped` told why, so one hostile manifest
     cannot stop every other drop being destroyed; `on_skipped` is also told of a recorded drop
     folder left alone (no manifest, or another drop's: an edited record cannot aim the deletion
-    elsewhere). Raises InvalidRequest if `out_dir` holds
-    no record, TransferError if an upload fails (the receipt stays to resend)."""
+    elsewhere). A file the system will not let it delete (permission denied, a read-only
+    file system) is a `failed: ...` status in the receipt, `on_skipped` is told and the drop's
+    `Destroyed.failed` is set; the next drops are still destroyed. Raises InvalidRequest if
+    `out_dir` holds no record, TransferError if an upload fails (the receipt stays to
+    resend), OSError if a receipt or the record cannot be written."""
     from exchange.receive import RECORD_NAME, record_lock, write_file
 
     if not (out_dir / RECORD_NAME).is_file():
         raise InvalidRequest(f"{out_dir} holds no record of received drops: give receive's --out")
     key_id = signing.key_id(key.public_key())
     made: list[Destroyed] = []
+    failed: set[str] = set()
     with record_lock(out_dir) as (out_fd, drops, save):
         for drop_id, facts in sorted(drops.items()):
             if not is_safe_id(drop_id):
@@ -331,9 +373,11 @@ def expire(
             ]
             if facts.get("drop_folder"):
                 deleted += _delete_drop(Path(facts["drop_folder"]), facts)
-            refused = {d["status"] for d in deleted if d["status"].startswith("refused")}
-            if refused and on_skipped is not None:
-                on_skipped(_refusal(drop_id, sorted(refused)[0]))
+            if any(d["status"].startswith(_FAILED) for d in deleted):
+                failed.add(drop_id)
+            warning = _warning(drop_id, deleted)
+            if warning is not None and on_skipped is not None:
+                on_skipped(warning)
             at = now.isoformat(timespec="seconds")
             data = sign(build(drop_id, facts, deleted, destroyed_at=at, key_id=key_id), key)
             write_file(out_fd, receipt_name(drop_id), data)
@@ -354,5 +398,5 @@ def expire(
                 remote = sent.remote_path
                 drops[drop_id]["receipt_sent"] = remote
                 save(drops)
-            made.append(Destroyed(drop_id, path, remote))
+            made.append(Destroyed(drop_id, path, remote, drop_id in failed))
     return made

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from exchange.cli._common import BAD_INPUT, OK, error, passphrase, passphrase_options, say
+from exchange.cli._common import BAD_INPUT, FAILED, OK, error, passphrase, passphrase_options, say
 from exchange.errors import CryptoError
 from exchange.settings import Settings
 
@@ -132,15 +132,22 @@ def cmd_partner_expire(args: argparse.Namespace) -> int:
         raise InvalidRequest("--at needs a time zone, e.g. 2027-01-01T00:00:00+00:00")
     key = load_private_key(args.key, passphrase(args))
     outbox = _outbox(args.connection, args.folder) if args.connection else None
-    done = expire(
-        args.out, key=key, outbox=outbox, now=now, on_skipped=lambda why: error("warning", why)
-    )
+    try:
+        done = expire(
+            args.out, key=key, outbox=outbox, now=now, on_skipped=lambda why: error("warning", why)
+        )
+    except OSError as exc:  # a receipt or the record could not be written in --out
+        name = Path(exc.filename or args.out).name
+        error("file", f"{exc.strerror or exc}: {name} in --out; make it writable and run again")
+        return FAILED
     for item in done:
         where = f"sent to {item.remote}" if item.remote else "kept to send (no --connection)"
-        say(f"drop {item.drop_id} destroyed; signed receipt {item.receipt.name} {where}")
+        what = "not fully destroyed (see the warning)" if item.failed else "destroyed"
+        say(f"drop {item.drop_id} {what}; signed receipt {item.receipt.name} {where}")
     if not done:
         say("no received drop has reached the end of its retention")
-    return OK
+    # A refusal is the safe outcome and exits 0; a file the system would not delete is not.
+    return FAILED if any(item.failed for item in done) else OK
 
 
 def add_receive(sub: Subcommands) -> None:
