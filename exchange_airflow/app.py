@@ -68,7 +68,9 @@ def auditor(request: Request, user: Annotated[Any, Depends(viewer)]) -> Any:
 def _report(settings: Settings, start: dt.date, end: dt.date) -> reporting.Report:
     """`data.report`, reading every ledger entry at most every `[exchange_view]
     full_verify_seconds` (default 300; 0 reads them all on every page)."""
-    every = conf.getfloat("exchange_view", "full_verify_seconds", fallback=data.FULL_VERIFY_SECONDS)
+    every = data.full_verify_seconds(
+        conf.get("exchange_view", "full_verify_seconds", fallback=None)
+    )
     return data.report(settings, start, end, full_every=every)
 
 

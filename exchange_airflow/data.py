@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import logging
+import math
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from exchange.contract.render import approval_summary, describe_cron, summary
 from exchange.errors import ContractError, ExchangeError
 from exchange.settings import Settings
 
+_log = logging.getLogger(__name__)
 REVIEW_WARNING_DAYS = 60  # a review due this soon is highlighted in the register
 FULL_VERIFY_SECONDS = 300  # `[exchange_view] full_verify_seconds`: how old a full read may be
 # The arguments `exchange audit report` / `audit subject` get when none is typed.
@@ -34,7 +38,37 @@ def _governance(settings: Settings) -> Governance | None:
 # What this process verified last, per ledger: pages between full reads check only what was
 # appended since (`Ledger.verify_from`). Not evidence; it dies with the process.
 _verified: dict[tuple[str, str], Verified] = {}
+# When each ledger was last read whole, by `time.monotonic` (a wall clock set back must not
+# postpone the next full read), and the verdict of a full read that failed: kept as long as a
+# pass would be, so pages do not each queue a full read behind the lock while the ledger is
+# broken, which is exactly when people look.
+_read_at: dict[tuple[str, str], float] = {}
+_failed: dict[tuple[str, str], Verification] = {}
 _verifying = threading.Lock()  # one verification at a time: two full reads would share 2 cores
+_warned: set[str] = set()  # the bad `full_verify_seconds` values already logged
+
+
+def full_verify_seconds(raw: str | None) -> float:
+    """`[exchange_view] full_verify_seconds` as a number of seconds; FULL_VERIFY_SECONDS (and
+    one logged warning per bad value) when it is not a finite number >= 0."""
+    if raw is None or not raw.strip():
+        return FULL_VERIFY_SECONDS
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if math.isfinite(seconds) and seconds >= 0:
+        return seconds
+    if raw not in _warned:
+        _warned.add(raw)
+        _log.warning(
+            "[exchange_view] full_verify_seconds = %r is not a number of seconds >= 0; using "
+            "the default %d. Set it to a whole number of seconds (0 reads every entry on "
+            "every page) and restart the api-server",
+            raw[:40],
+            FULL_VERIFY_SECONDS,
+        )
+    return FULL_VERIFY_SECONDS
 
 
 def verify(
@@ -44,17 +78,31 @@ def verify(
     origin: str | None,
     *,
     full_every: float = FULL_VERIFY_SECONDS,
-    now: dt.datetime | None = None,
+    now: float | None = None,
 ) -> tuple[Verification, Verified | None]:
     """The ledger verified as `exchange audit verify` does, reading every entry only when the
     last full read in this process is `full_every` seconds old (or there is none); otherwise
-    the entries appended since, and that the ledger still extends what was verified."""
+    the entries appended since, and that the ledger still extends what was verified. A full
+    read that failed is the answer until it is as old (`now`: a `time.monotonic` reading)."""
     key = (url, str(ledger.anchor.folder) if ledger.anchor else "")
     with _verifying:
         mark = _verified.get(key)
-        when = now or dt.datetime.now(dt.UTC)
-        whole = mark is None or (when - mark.full_at).total_seconds() >= full_every
+        when = time.monotonic() if now is None else now
+        read_at = _read_at.get(key)
+        stale = read_at is None or when - read_at >= full_every
+        failed = _failed.get(key)
+        if failed is not None and not stale:
+            return failed, mark
+        whole = mark is None or stale
         result, kept = ledger.verify_from(mark, whole=whole, public_key=public, origin=origin)
+        # A failure always comes from a full read; so does a new `full_at` (a checkpoint
+        # signed since, say). A clock too coarse to tell only brings the next one sooner.
+        if whole or not result.ok or (kept and mark and kept.full_at != mark.full_at):
+            _read_at[key] = when
+        if result.ok:
+            _failed.pop(key, None)
+        else:
+            _failed[key] = result
         if kept is not None:
             _verified[key] = kept
     return result, kept

@@ -5,14 +5,17 @@ still extends what was read. A real SQLite ledger; no Airflow needed."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import sqlite3
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange.audit import Ledger
+from exchange.audit import Entry, Ledger
 from exchange_airflow import data
 
 ORIGIN = "exchange-gateway/view-test"
@@ -30,8 +33,23 @@ def fill(ledger: Ledger, count: int) -> None:
         ledger.append("step", {"n": n, "rows": 300}, run_id=f"run-{n}", contract_id="c-1")
 
 
-def later(seconds: float) -> dt.datetime:
-    return dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds)
+def later(seconds: float) -> float:
+    """A `time.monotonic` reading `seconds` from now (the view ages its reads by it)."""
+    return time.monotonic() + seconds
+
+
+def counting(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of every entry read from the database from now on."""
+    read: list[int] = []
+    original = ledger.store.entries
+
+    def entries(**kwargs: Any) -> Iterator[Entry]:
+        for entry in original(**kwargs):
+            read.append(entry.seq)
+            yield entry
+
+    monkeypatch.setattr(ledger.store, "entries", entries)
+    return read
 
 
 def test_pages_between_full_reads_check_only_what_was_appended(
@@ -79,3 +97,65 @@ def test_zero_seconds_reads_every_entry_on_every_page(ledger: Ledger) -> None:
     _, mark = data.verify(url, ledger, None, None, full_every=0)
     _, again = data.verify(url, ledger, None, None, full_every=0)
     assert mark is not None and again is not None and again.full_at > mark.full_at
+
+
+def test_a_failed_verdict_is_kept_as_long_as_a_pass_would_be(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pages of a broken ledger do not each queue a full read: the failure found by one is
+    shown until it is `full_every` old, then the next page reads every entry again."""
+    fill(ledger, 10)
+    url = str(ledger.engine.url)
+    assert data.verify(url, ledger, None, None, now=later(0))[0].ok
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        db.execute("DELETE FROM audit_ledger WHERE seq = 5")
+    read = counting(ledger, monkeypatch)
+    failed, _ = data.verify(url, ledger, None, None, now=later(1))
+    assert (failed.ok, failed.broken_at) == (False, 5) and 6 in read  # read whole to say so
+    read.clear()
+    for age in (2, 150, 300):
+        again, _ = data.verify(url, ledger, None, None, now=later(age))
+        assert again == failed and read == []
+    stale, _ = data.verify(url, ledger, None, None, now=later(302))
+    assert stale == failed and read[:5] == [1, 2, 3, 4, 6]  # read from 1 again; still failing
+
+
+def test_a_wall_clock_set_back_does_not_stop_full_reads(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full read made while the clock was a day ahead: once the clock is set right, the
+    next read is still due `full_every` seconds later, not a day later."""
+    fill(ledger, 4)
+    url, ahead = str(ledger.engine.url), dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    monkeypatch.setattr(ledger, "clock", lambda: ahead)
+    _, mark = data.verify(url, ledger, None, None, full_every=0.2)
+    monkeypatch.undo()
+    time.sleep(0.3)
+    read = counting(ledger, monkeypatch)
+    result, after = data.verify(url, ledger, None, None, full_every=0.2)
+    assert result.ok and read[:4] == [1, 2, 3, 4]  # every entry, not the appended only
+    assert mark is not None and after is not None and after.full_at < mark.full_at
+
+
+@pytest.mark.parametrize("raw", ["five minutes", "-1", "inf", "nan", "-inf", "1e999"])
+def test_a_bad_full_verify_seconds_is_refused_once_and_the_default_used(
+    raw: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    data._warned.discard(raw)
+    with caplog.at_level(logging.WARNING, logger="exchange_airflow.data"):
+        assert data.full_verify_seconds(raw) == data.FULL_VERIFY_SECONDS == 300
+        assert data.full_verify_seconds(raw) == 300
+    (record,) = caplog.records  # one message, not one per page
+    assert record.getMessage().startswith(
+        f"[exchange_view] full_verify_seconds = {raw!r} is not a number of seconds >= 0; "
+        "using the default 300."
+    )
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [(None, 300), ("", 300), ("0", 0), (" 60 ", 60)])
+def test_a_good_full_verify_seconds_is_used(
+    raw: str | None, seconds: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="exchange_airflow.data"):
+        assert data.full_verify_seconds(raw) == seconds
+    assert caplog.records == []

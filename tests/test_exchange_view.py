@@ -140,6 +140,8 @@ def served(history: History, tmp_path: Path, vendored: None) -> Iterator[Served]
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
         "AIRFLOW__API_AUTH__JWT_SECRET": "exchange-view-test-jwt-secret-0123456789",
         "AIRFLOW__EXCHANGE_VIEW__AUDITORS": "auditor",
+        # Not a number: refused with one logged warning, and every page uses the default 300.
+        "AIRFLOW__EXCHANGE_VIEW__FULL_VERIFY_SECONDS": "five minutes",
     }
     migrate = subprocess.run(
         [AIRFLOW, "db", "migrate"], env=env, capture_output=True, text=True, check=False
@@ -391,6 +393,8 @@ def test_pages_show_what_the_command_reports(served: Served) -> None:
     # extends what was read): the time of the last full read stays, and the page says so.
     first, again = (figures(served.fetch("/exchanges/ledger", token)[2]) for _ in range(2))
     assert first["full_at"] == again["full_at"] and len(first["full_at"]) == 1
+    refused = "[exchange_view] full_verify_seconds = 'five minutes' is not a number of seconds"
+    assert served.log.read_text().count(refused) == 1  # once, not on every page
     # A ledger edited behind the gateway's back: the next page says so, as the command does,
     # without waiting for the next full read.
     with sqlite3.connect(ws.settings.home / "audit.db") as db:
