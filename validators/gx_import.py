@@ -1,22 +1,26 @@
-"""Prepare this process for importing Great Expectations: opt out of analytics, defer the
-heavy modules it imports for rules the gateway never compiles.
+"""Import Great Expectations without the heavy modules it loads for rules the gateway never
+compiles; import this module before any `great_expectations` import.
 
 Importing `great_expectations` loads every expectation it ships, and one of them (the KL
 divergence expectation) imports `scipy.stats` and `altair` at module level: about 1.7 s of
-CPU of the 5 s the import costs, in every run and every Airflow task. Each of them is put in
-`sys.modules` as a stand-in module that imports the real one the first time any attribute is
-asked of it, so an expectation that does use them still works, only later. A module already
-imported is left as it is.
+CPU of the 5 s the import costs, in every run and every Airflow task. While GX is imported
+here, each of them is a stand-in in `sys.modules`; afterwards the stand-ins are taken out
+again, so they live on only where GX bound them. A stand-in imports the real module (a plain
+import, as GX's own would have been) the first time any attribute is asked of it, so that
+expectation still works, only later. Everything else in the process imports these modules
+as usual; a module already imported is left as it is.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import os
 import sys
-import threading
 import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 # GX reads it at its first import; usage analytics would otherwise be on in builds that ship them.
@@ -30,49 +34,68 @@ class _OnFirstUse(types.ModuleType):
 
     def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
         super().__init__(spec.name)
-        # Set from the spec (found without running the module) so the import system and
-        # `inspect` read them without loading it.
+        # Read by the import system while the stand-in is in sys.modules; no `__path__`, so an
+        # import of a submodule meanwhile asks for it and gets the real package loaded first.
         self.__spec__ = spec
-        self.__file__ = spec.origin
-        if spec.submodule_search_locations is not None:
-            self.__path__ = list(spec.submodule_search_locations)
+        self.__origin = spec.origin
         self.__real: types.ModuleType | None = None
-        # Re-entrant: the real module's own import may reach this stand-in again (through
-        # `scipy.stats` on its parent) before it has finished.
-        self.__lock = threading.RLock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._load(), name)
 
     def _load(self) -> types.ModuleType:
-        with self.__lock:
-            if self.__real is None:
-                name = self.__name__
-                if sys.modules.get(name) is self:
-                    del sys.modules[name]  # so the import below runs the real module
-                parent, _, child = name.rpartition(".")
-                if parent and getattr(sys.modules.get(parent), child, None) is self:
-                    delattr(sys.modules[parent], child)  # the import sets the real one there
-                self.__real = importlib.import_module(name)
-            return self.__real
+        if self.__real is None:
+            name = self.__name__
+            if name not in sys.modules:  # else imported (or being imported) by someone else
+                # What a plain import would find now must be what GX would have imported: a
+                # module planted earlier on a sys.path that grew since is refused, not run.
+                found = importlib.util.find_spec(name)
+                if found is None or found.origin != self.__origin:
+                    raise ImportError(
+                        f"{name} is no longer the module found when Great Expectations was "
+                        "imported (sys.path changed): refusing to load it"
+                    )
+            # The import system's own locks: waits for another thread's import to finish.
+            self.__real = importlib.import_module(name)
+        return self.__real
 
 
-def defer_heavy_imports(names: tuple[str, ...] = DEFERRED) -> None:
-    """Put a stand-in in `sys.modules` for each module named that is not imported yet."""
+@contextmanager
+def deferred(names: tuple[str, ...] = DEFERRED) -> Iterator[None]:
+    """Within the block, each module named that is not imported yet is a stand-in."""
+    placed: dict[str, _OnFirstUse] = {}
     for name in names:
         if name in sys.modules:
             continue
-        parent, _, child = name.rpartition(".")
         try:
             spec = importlib.util.find_spec(name)  # imports the parent package, not the module
         except (ImportError, ValueError):
             continue
         if spec is None:
-            continue  # not installed: GE's own import will say so if it needs it
-        stand_in = _OnFirstUse(spec)
-        sys.modules[name] = stand_in
-        if parent:
-            setattr(sys.modules[parent], child, stand_in)  # `from scipy import stats` finds it
+            continue  # not installed: GX's own import will say so if it needs it
+        placed[name] = sys.modules[name] = _OnFirstUse(spec)
+        _set_on_parent(name, placed[name])
+    try:
+        yield
+    finally:
+        for name, stand_in in placed.items():
+            if sys.modules.get(name) is stand_in:
+                del sys.modules[name]
+            _set_on_parent(name, None, only_if=stand_in)
 
 
-defer_heavy_imports()
+def _set_on_parent(name: str, module: Any, only_if: Any = None) -> None:
+    """`from scipy import stats` reads the parent package's attribute: point it at `module`,
+    or remove it (None) if it is still `only_if`."""
+    parent_name, _, child = name.rpartition(".")
+    parent = sys.modules.get(parent_name) if parent_name else None
+    if parent is None:
+        return
+    if module is not None:
+        setattr(parent, child, module)
+    elif getattr(parent, child, None) is only_if:
+        delattr(parent, child)
+
+
+with deferred():
+    import great_expectations  # noqa: F401
