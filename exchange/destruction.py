@@ -116,11 +116,18 @@ def _failure(exc: OSError) -> str:
 
 
 @contextmanager
-def _opened(folder: Path) -> Iterator[int | None]:
+def _opened(folder: Path) -> Iterator[int | str]:
+    """The folder held open, or the receipt status saying why it is not: "absent" only when
+    it is not there (a link or a file in its place is refused, not called absent)."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError:
-        yield None
+    except FileNotFoundError:
+        yield "absent"
+        return
+    except OSError as exc:
+        yield (
+            "refused: not a folder" if exc.errno in (errno.ELOOP, errno.ENOTDIR) else _failure(exc)
+        )
         return
     try:
         yield fd
@@ -158,8 +165,8 @@ def _delete_drop(folder: Path, facts: Mapping[str, Any]) -> list[dict[str, str]]
         return [{"what": "ciphertext", "name": payload, "status": status}]
 
     with _opened(folder) as fd:
-        if fd is None:
-            return left_alone("absent")
+        if isinstance(fd, str):
+            return left_alone(fd)
         same = _manifest_sha256(fd)
         if same is None:
             # None of the drop's names either: an earlier run finished here.
@@ -193,6 +200,7 @@ def _exists(dir_fd: int, name: str) -> bool:
 
 
 _REFUSALS = {
+    "refused: not a folder": "is a link or not a folder",
     "refused: no manifest": "holds no manifest",
     "refused: manifest unreadable": "holds a manifest that is not a plain readable file",
     "refused: another drop": "holds another drop's manifest",

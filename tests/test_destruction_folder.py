@@ -91,3 +91,26 @@ def test_another_drops_manifest_keeps_every_file(tmp_path: Path) -> None:
     done = destruction._delete_drop(folder, {**facts, "manifest_sha256": "0" * 64})
     assert [d["status"] for d in done] == ["refused: another drop"]
     assert contents(folder) == before
+
+
+def test_a_drop_folder_reached_through_a_link_is_refused_not_called_absent(
+    tmp_path: Path,
+) -> None:
+    """Before, a recorded folder that was a link (or a file) read as "absent": the receipt said
+    the drop's files were gone while they were still there, and nobody was warned."""
+    folder, facts = drop_folder(tmp_path)
+    link = tmp_path / "link-to-drop"
+    link.symlink_to(folder)
+    before = contents(folder)
+    assert [d["status"] for d in destruction._delete_drop(link, facts)] == ["refused: not a folder"]
+    assert contents(folder) == before
+    data = {"what": "plaintext", "name": "d.csv", "status": "deleted"}
+    warning = destruction._warning("d", [data, *destruction._delete_drop(link, facts)])
+    assert warning is not None and (
+        "the drop folder its record names is a link or not a folder, so nothing there was "
+        "deleted" in warning
+    )
+    (tmp_path / "a-file").write_text("not a folder")
+    assert [d["status"] for d in destruction._delete_drop(tmp_path / "a-file", facts)] == [
+        "refused: not a folder"
+    ]
