@@ -122,7 +122,7 @@ class Gateway:
 
     def resolve_source(self, contract: Contract, source: str | Path | Source | None) -> Source:
         """The source to read: a file in EXCHANGE_SOURCE_DIR, or a named database connection."""
-        return resolve(self.settings, self.secrets, contract, source)[0]
+        return resolve(self.settings, self.secrets, contract, source, digest=False)[0]
 
     def prepare(
         self,

@@ -105,7 +105,7 @@ def _notify(
 ) -> str:
     """Prepare and deliver one correction notice; returns its drop id."""
     subject = OnlySubjects(
-        resolve(ctx.settings, ctx.secrets, contract, source)[0],
+        resolve(ctx.settings, ctx.secrets, contract, source, digest=False)[0],
         contract.subject_key.source,
         [subject_id],
     )

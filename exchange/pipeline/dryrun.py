@@ -122,7 +122,9 @@ def dry_run(
     cannot be read as the contract needs); a refusal is returned, not raised."""
     loaded = load_contract(contract_path(settings, contract))
     rules, bounds = compile_rules(loaded)
-    opened, _ = resolve(settings, LocalSecrets.from_settings(settings), loaded, source)
+    opened, _ = resolve(
+        settings, LocalSecrets.from_settings(settings), loaded, source, digest=False
+    )
     types = source_types(loaded)
     result = DryRun(loaded, opened.name, unknown_columns=check_columns(opened, list(types)))
     result.notes.extend(_notes(loaded))

@@ -3,15 +3,16 @@
 Nothing else: a source is never taken from a DAG param or the command line beyond choosing
 among what the operator configured. What was read is recorded (path and digest, or the
 connection and the digest of its query); a file's digest is taken while it is read, and
-`settled` waits for it.
+`settled` waits for it and checks the file did not change meanwhile.
 """
 
 from __future__ import annotations
 
 import hashlib
-from concurrent.futures import Future, ThreadPoolExecutor
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from exchange.contract import Contract
 from exchange.errors import SourceError
@@ -31,19 +32,60 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _digest_meanwhile(path: Path) -> Future[str]:
-    """`file_sha256` on another thread: hashlib lets go of the GIL on large reads, so the
-    source is digested on the other core while the run reads it (about 3 s at 10M rows)."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-digest")
-    try:
-        return executor.submit(file_sha256, path)
-    finally:
-        executor.shutdown(wait=False)
+class SourceDigest:
+    """The SHA-256 of a source file, taken on another thread while the run reads the file
+    (hashlib lets go of the GIL on large reads: about 3 s of a 10M-row run moves off its path).
+
+    The file is opened once, before the reader opens it; `result` refuses the digest if the
+    path names another file by then or the file changed meanwhile, so what is recorded is the
+    digest of the bytes the run read."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        handle = path.open("rb")
+        self._before = os.fstat(handle.fileno())
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="source-digest")
+        try:
+            self._future = executor.submit(self._digest, handle)
+        finally:
+            executor.shutdown(wait=False)
+
+    @staticmethod
+    def _digest(handle: BinaryIO) -> tuple[str, os.stat_result]:
+        with handle:
+            digest = hashlib.sha256()
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+            return digest.hexdigest(), os.fstat(handle.fileno())
+
+    def result(self) -> str:
+        """The hex digest, once taken; SourceError if the file changed while it was read."""
+        digest, after = self._future.result()
+        try:
+            now = os.stat(self._path)
+        except OSError:
+            now = None
+        if now is None or not (_same(self._before, after) and _same(after, now)):
+            raise SourceError(
+                f"source {self._path.name} changed while it was read: nothing was sent; "
+                "run again once the file is complete"
+            )
+        return digest
+
+
+def _same(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+    )
 
 
 def settled(provenance: Provenance) -> Provenance:
-    """Provenance as recorded: a digest still being taken is waited for (OSError if it failed)."""
-    return {k: v.result() if isinstance(v, Future) else v for k, v in provenance.items()}
+    """Provenance as recorded: a digest still being taken is waited for (SourceError if the
+    file changed while it was read)."""
+    return {k: v.result() if isinstance(v, SourceDigest) else v for k, v in provenance.items()}
 
 
 def resolve(
@@ -51,8 +93,10 @@ def resolve(
     secrets: SecretStore,
     contract: Contract,
     source: str | Path | Source | None,
+    *,
+    digest: bool = True,
 ) -> tuple[Source, Provenance]:
-    """The source and what exactly it is.
+    """The source and what exactly it is (a file's digest only if `digest`).
 
     `None` means the contract's physicalName in the source folder; a file name or path must
     resolve inside that folder; `postgres:NAME` names a connection in the secrets store (URL,
@@ -66,7 +110,7 @@ def resolve(
             "a database source is named, not given as a URL: add it to the secrets store "
             "and use --source postgres:NAME (see docs/operators.md)"
         )
-    return _file(settings, contract, source)
+    return _file(settings, contract, source, digest)
 
 
 def _database(secrets: SecretStore, contract: Contract, name: str) -> tuple[Source, Provenance]:
@@ -84,7 +128,7 @@ def _database(secrets: SecretStore, contract: Contract, name: str) -> tuple[Sour
 
 
 def _file(
-    settings: Settings, contract: Contract, source: str | Path | None
+    settings: Settings, contract: Contract, source: str | Path | None, digest: bool
 ) -> tuple[Source, Provenance]:
     folder = settings.source_dir
     if folder is None:
@@ -102,7 +146,10 @@ def _file(
             f"source {given.name} is outside the source folder {folder} "
             "(EXCHANGE_SOURCE_DIR): sources are read only from there"
         )
-    opened = open_source(path, csv_block_size=settings.csv_block_size)
     if not path.is_file():
         raise SourceError(f"source {given.name} does not exist in {folder}")
-    return opened, {"kind": "file", "path": str(path), "sha256": _digest_meanwhile(path)}
+    opened = open_source(path, csv_block_size=settings.csv_block_size)  # opens on first read
+    described: Provenance = {"kind": "file", "path": str(path)}
+    if digest:
+        described["sha256"] = SourceDigest(path)  # opened now, before the reader opens it
+    return opened, described
