@@ -11,6 +11,7 @@ script, no external resource) so an auditor can keep it with the evidence.
 
 from __future__ import annotations
 
+import copy
 import csv
 import datetime as dt
 import io
@@ -148,40 +149,63 @@ def _governance(entry: Entry, body: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-def build(
-    entries: Iterable[Entry], since: dt.date, until: dt.date, agreement: str | None = None
-) -> Report:
-    """Summarise the entries recorded between two dates (inclusive)."""
-    totals: dict[tuple[str, str], AgreementTotals] = {}
-    transfers, problems, incidents, security = [], [], [], []
-    reasons: Counter[str] = Counter()
-    seen: Counter[str] = Counter()
-    by_day: dict[str, Counter[str]] = defaultdict(Counter)
-    recipients: dict[str, str] = {}
-    governance: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    acked: dict[str, dict[str, Any]] = {}  # drop -> its newest ack.received
-    overdue: set[str] = set()
-    destroyed: dict[str, dict[str, Any]] = {}  # drop -> its verified destruction receipt
-    destruction_due: dict[str, dict[str, Any]] = {}  # drop -> its destruction.overdue
-    cosigning: list[Entry] = []  # ack.received entries, for the witnesses' state
-    refusals: list[dict[str, Any]] = []
+@dataclass
+class _Folded:
+    """What `Fold` has gathered so far: the period's items, and every drop's fate."""
+
+    totals: dict[tuple[str, str], AgreementTotals] = field(default_factory=dict)
+    transfers: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    incidents: list[dict[str, Any]] = field(default_factory=list)
+    security: list[dict[str, Any]] = field(default_factory=list)
+    reasons: Counter[str] = field(default_factory=Counter)
+    seen: Counter[str] = field(default_factory=Counter)
+    by_day: defaultdict[str, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    recipients: dict[str, str] = field(default_factory=dict)
+    governance: defaultdict[str, list[dict[str, Any]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+    acked: dict[str, dict[str, Any]] = field(default_factory=dict)  # drop -> newest ack
+    overdue: set[str] = field(default_factory=set)
+    destroyed: dict[str, dict[str, Any]] = field(default_factory=dict)  # drop -> receipt
+    destruction_due: dict[str, dict[str, Any]] = field(default_factory=dict)  # drop -> overdue
+    cosigning: list[Entry] = field(default_factory=list)  # ack.received, for the witnesses
+    refusals: list[dict[str, Any]] = field(default_factory=list)
     first: Entry | None = None
     last: Entry | None = None
-    for entry in entries:
+
+
+class Fold:
+    """`build`, one entry at a time: `add` the entries in ledger order, `report` at any point.
+
+    `report` leaves the fold as it was, so a caller that keeps it (the Exchanges view) adds
+    only the entries appended since and gets what `build` over all of them would give.
+    """
+
+    def __init__(self, since: dt.date, until: dt.date, agreement: str | None = None) -> None:
+        self.since, self.until, self.agreement = since, until, agreement
+        self._first_day, self._last_day = since.isoformat(), until.isoformat()
+        self._got = _Folded()
+        self.size, self.head = 0, ""  # the number and hash of the last entry added
+
+    def add(self, entry: Entry) -> None:
+        """Take one more entry, the one after the last added."""
+        got, agreement = self._got, self.agreement
+        self.size, self.head = entry.seq, entry.entry_hash
         day = entry.recorded_at[:10]
         if entry.event in FATE and not (agreement and entry.contract_id != agreement):
-            _fate(entry, acked, overdue, destroyed, destruction_due, cosigning)
-        if not since.isoformat() <= day <= until.isoformat():
-            continue
-        first = first or entry
-        last = entry
+            _fate(entry, got.acked, got.overdue, got.destroyed, got.destruction_due, got.cosigning)
+        if not self._first_day <= day <= self._last_day:
+            return
+        got.first = got.first or entry
+        got.last = entry
         if agreement and entry.contract_id != agreement:
-            continue
+            return
         body = entry.data
         contract = entry.contract_id or body.get("file", "?")
-        seen[entry.event] += 1
+        got.seen[entry.event] += 1
         if _security(entry, body):
-            security.append(
+            got.security.append(
                 {
                     "at": entry.recorded_at,
                     "event": entry.event,
@@ -192,8 +216,9 @@ def build(
             )
         if entry.event == Event.TRANSFER_SENT:
             recipient = body.get("recipient", "?")
-            recipients[contract] = recipient
-            item = totals.setdefault((contract, recipient), AgreementTotals(contract, recipient))
+            got.recipients[contract] = recipient
+            key = (contract, recipient)
+            item = got.totals.setdefault(key, AgreementTotals(contract, recipient))
             rows = body["rows"]
             overridden = int(rows.get("objections_overridden") or 0)
             item.transfers += 1
@@ -218,8 +243,8 @@ def build(
                     "acknowledged": False,
                 }
             )
-            by_day[day][recipient] += rows["sent"]
-            transfers.append(
+            got.by_day[day][recipient] += rows["sent"]
+            got.transfers.append(
                 {
                     "at": entry.recorded_at,
                     "agreement": contract,
@@ -238,8 +263,8 @@ def build(
         elif entry.event in PROBLEMS:
             reason = body.get("reason") or body.get("error") or entry.event
             if entry.event in REFUSALS:
-                reasons[reason] += 1
-            problems.append(
+                got.reasons[reason] += 1
+            got.problems.append(
                 {
                     "seq": entry.seq,
                     "at": entry.recorded_at,
@@ -251,7 +276,7 @@ def build(
                 }
             )
         elif entry.event == Event.INCIDENT:
-            incidents.append(
+            got.incidents.append(
                 {
                     "at": entry.recorded_at,
                     "agreement": contract,
@@ -260,9 +285,9 @@ def build(
                 }
             )
         elif entry.event in GOVERNANCE:
-            governance[contract].append(_governance(entry, body))
+            got.governance[contract].append(_governance(entry, body))
         elif entry.event == Event.WITNESS_REFUSED:
-            refusals.append(
+            got.refusals.append(
                 {
                     "seq": entry.seq,
                     "at": entry.recorded_at,
@@ -274,56 +299,73 @@ def build(
                 }
             )
 
-    def row(contract: str) -> AgreementTotals:
-        recipient = recipients.get(contract, "")
-        return totals.setdefault((contract, recipient), AgreementTotals(contract, recipient))
+    def report(self, *, keep: bool = True) -> Report:
+        """The report of the entries added so far; with `keep` (the default) the fold can
+        take more entries afterwards, and the report shares nothing with it."""
+        got = copy.deepcopy(self._got) if keep else self._got
+        totals = got.totals
 
-    for problem in problems:
-        item = row(problem["agreement"])
-        shown = {k: problem[k] for k in ("seq", "at", "run_id", "reason", "message")}
-        if problem["event"] in REFUSALS:
-            item.refusals += 1
-            item.refused.append(shown)
-        else:
-            item.failures += 1
-            item.failed.append({**shown, "event": problem["event"]})
-    for contract, acts in governance.items():
-        row(contract).governance = acts
-    for item in totals.values():
-        for drop in item.drops:
-            ack = acked.get(drop["drop_id"])
-            if ack is not None:
-                drop["acknowledged"] = True
-                drop["ack_rows_match"] = bool(ack.get("rows_match"))
-                item.acknowledged += 1
+        def row(contract: str) -> AgreementTotals:
+            recipient = got.recipients.get(contract, "")
+            return totals.setdefault((contract, recipient), AgreementTotals(contract, recipient))
+
+        for problem in got.problems:
+            item = row(problem["agreement"])
+            shown = {k: problem[k] for k in ("seq", "at", "run_id", "reason", "message")}
+            if problem["event"] in REFUSALS:
+                item.refusals += 1
+                item.refused.append(shown)
             else:
-                item.unacknowledged.append(drop["drop_id"])
-            item.acks_overdue += drop["drop_id"] in overdue
-            _destruction(item, drop, destroyed, destruction_due)
-        item.lifecycle = _lifecycle(item)
-    covered: dict[str, Any] = {"entries": 0}
-    if first is not None and last is not None:
-        covered = {
-            "entries": last.seq - first.seq + 1,
-            "first": {"seq": first.seq, "at": first.recorded_at},
-            "last": {"seq": last.seq, "at": last.recorded_at},
-        }
-    return Report(
-        since.isoformat(),
-        until.isoformat(),
-        sorted(totals.values(), key=lambda t: (t.agreement, t.recipient)),
-        transfers,
-        problems,
-        incidents,
-        dict(reasons.most_common()),
-        {day: dict(rows) for day, rows in sorted(by_day.items())},
-        security,
-        _counts(seen),
-        witnesses=[asdict(c) for c in witness.largest_cosigned(cosigning)],
-        witness_refusals=refusals,
-        agreement=agreement,
-        covered=covered,
-    )
+                item.failures += 1
+                item.failed.append({**shown, "event": problem["event"]})
+        for contract, acts in got.governance.items():
+            row(contract).governance = acts
+        for item in totals.values():
+            for drop in item.drops:
+                ack = got.acked.get(drop["drop_id"])
+                if ack is not None:
+                    drop["acknowledged"] = True
+                    drop["ack_rows_match"] = bool(ack.get("rows_match"))
+                    item.acknowledged += 1
+                else:
+                    item.unacknowledged.append(drop["drop_id"])
+                item.acks_overdue += drop["drop_id"] in got.overdue
+                _destruction(item, drop, got.destroyed, got.destruction_due)
+            item.lifecycle = _lifecycle(item)
+        covered: dict[str, Any] = {"entries": 0}
+        first, last = got.first, got.last
+        if first is not None and last is not None:
+            covered = {
+                "entries": last.seq - first.seq + 1,
+                "first": {"seq": first.seq, "at": first.recorded_at},
+                "last": {"seq": last.seq, "at": last.recorded_at},
+            }
+        return Report(
+            self.since.isoformat(),
+            self.until.isoformat(),
+            sorted(totals.values(), key=lambda t: (t.agreement, t.recipient)),
+            got.transfers,
+            got.problems,
+            got.incidents,
+            dict(got.reasons.most_common()),
+            {day: dict(rows) for day, rows in sorted(got.by_day.items())},
+            got.security,
+            _counts(got.seen),
+            witnesses=[asdict(c) for c in witness.largest_cosigned(got.cosigning)],
+            witness_refusals=got.refusals,
+            agreement=self.agreement,
+            covered=covered,
+        )
+
+
+def build(
+    entries: Iterable[Entry], since: dt.date, until: dt.date, agreement: str | None = None
+) -> Report:
+    """Summarise the entries recorded between two dates (inclusive)."""
+    fold = Fold(since, until, agreement)
+    for entry in entries:
+        fold.add(entry)
+    return fold.report(keep=False)
 
 
 def _fate(
