@@ -46,6 +46,18 @@ class Bench:
         return path
 
 
+def roomy_sample(root: Path, rows: int) -> Path:
+    """The sample agreement with its rowCount bound (5,000,000) raised above `rows`, so a
+    10M-row run is measured to its end instead of refused at the row count."""
+    document = yaml.safe_load(SAMPLE.read_text())
+    for rule in document["schema"][0].get("quality", []):
+        if rule.get("metric") == "rowCount":
+            rule["mustBeBetween"] = [1, max(rows * 2, 5_000_000)]
+    path = root / "sample-roomy.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
 def workbench(root: Path | None = None) -> Bench:
     """Start a partner sshd and a gateway configured to deliver to it."""
     root = root or Path(tempfile.mkdtemp(prefix="exchange-bench-"))

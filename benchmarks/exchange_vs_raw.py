@@ -26,11 +26,13 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import _workbench
 from _process_tree import TreePeaks, TreeWatch
 from _workbench import FOLDER, Bench, workbench
 
@@ -96,7 +98,9 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--pairs", type=int, default=2)
     args = parser.parse_args()
-    bench = workbench()
+    root = Path(tempfile.mkdtemp(prefix="exchange-bench-"))
+    _workbench.SAMPLE = _workbench.roomy_sample(root, args.rows)  # 10M rows are not refused
+    bench = workbench(root)
     try:
         run(bench, args.rows, args.pairs)
     finally:

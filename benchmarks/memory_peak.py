@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 import _workbench
-import yaml
 from _process_tree import TreeWatch
 from _workbench import workbench
 
@@ -32,24 +31,12 @@ sys.exit(code)
 """
 
 
-def roomy_sample(root: Path, rows: int) -> Path:
-    """The sample agreement with its rowCount bound (5,000,000) raised above `rows`, so a
-    10M-row run is measured to its end instead of refused at the row count."""
-    document = yaml.safe_load(_workbench.SAMPLE.read_text())
-    for rule in document["schema"][0].get("quality", []):
-        if rule.get("metric") == "rowCount":
-            rule["mustBeBetween"] = [1, max(rows * 2, 5_000_000)]
-    path = root / "sample-roomy.yaml"
-    path.write_text(yaml.safe_dump(document, sort_keys=False))
-    return path
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 2_000_000])
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="exchange-bench-"))
-    _workbench.SAMPLE = roomy_sample(root, max(args.rows))
+    _workbench.SAMPLE = _workbench.roomy_sample(root, max(args.rows))
     bench = workbench(root)
     try:
         print(
