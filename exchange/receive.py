@@ -757,7 +757,7 @@ def receive(
                 "sender_key_id": body["sender"]["key_id"],
                 "checkpoint_size": checkpoint.size,
                 # What `exchange partner expire` deletes when the retention ends.
-                "drop_folder": str(drop.absolute()),
+                "drop_folder": str(drop.resolve()),  # a folder reached through a link: its own
                 "payload": info["name"],
                 **({"retention": body["retention"]} if "retention" in body else {}),
             }

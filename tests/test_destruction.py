@@ -356,3 +356,26 @@ def test_a_run_stopped_midway_is_finished_and_a_finished_one_is_harmless_again(
     statuses = [d["status"] for d in receipt_of(out, drop.name)["deleted"]]
     assert statuses == ["absent", "absent"]
     assert [p.name for p in drop.iterdir()] == ["notes.txt"]
+
+
+def test_a_drop_received_through_a_link_is_recorded_at_its_own_folder_and_destroyed(
+    workspace: Workspace,
+    partner: PartnerSftpServer,
+    ack_key: keys.KeyPair,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """A partner may reach its inbox through a link; `expire` refuses a linked folder, so the
+    record must name the folder itself or the ciphertext would never be deleted."""
+    out = tmp_path / "received"
+    drop = deliver(workspace, partner)
+    link = tmp_path / "inbox-link"
+    link.symlink_to(drop, target_is_directory=True)
+    take(workspace, link, out)
+    facts = received_drops(out)[drop.name]
+    assert facts["drop_folder"] == str(drop.resolve())
+    created = dt.datetime.fromisoformat(manifest_of(drop)["created_at"])
+    late = created + dt.timedelta(days=manifest_of(drop)["retention"]["days"] + 1)
+
+    assert expire_at(out, ack_key.private_path, late) == cli.OK
+    assert not drop.exists() and link.is_symlink()  # the link itself is the partner's to keep
+    assert {e["status"] for e in receipt_of(out, drop.name)["deleted"]} == {"deleted"}
