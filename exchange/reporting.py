@@ -1,6 +1,7 @@
 """Audit reports: what was shared, refused and went wrong in a period, from the ledger alone.
 
-`build(entries, since, until)` turns ledger entries into a plain report; `attest` adds what
+`build(entries, since, until)` turns ledger entries into a plain report (`Fold` does the same
+one entry at a time, for a caller that adds only new entries); `attest` adds what
 makes it evidence (the ledger checked, its head, its latest signed checkpoint, the entries
 covered); `to_text`, `to_json`, `to_csv` and `to_html` render it. Which events are
 refusals, failures and security events, and how severe each is, comes from the event
@@ -11,14 +12,13 @@ script, no external resource) so an auditor can keep it with the evidence.
 
 from __future__ import annotations
 
-import copy
 import csv
 import datetime as dt
 import io
 import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from html import escape
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +174,29 @@ class _Folded:
     first: Entry | None = None
     last: Entry | None = None
 
+    def owned(self) -> _Folded:
+        """A copy whose lists, and the dicts and totals in them, a report may change: what
+        finishing a report changes, and what its reader holds (values inside are shared)."""
+        return replace(
+            self,
+            totals={key: _owned(item) for key, item in self.totals.items()},
+            transfers=[dict(item) for item in self.transfers],
+            problems=[dict(item) for item in self.problems],
+            incidents=[dict(item) for item in self.incidents],
+            security=[dict(item) for item in self.security],
+            refusals=[dict(item) for item in self.refusals],
+        )
+
+
+def _owned(item: AgreementTotals) -> AgreementTotals:
+    """A copy of one agreement's totals, its lists and their dicts its own."""
+    own: dict[str, Any] = {
+        f.name: [dict(x) if isinstance(x, dict) else x for x in value]
+        for f in fields(item)
+        if isinstance(value := getattr(item, f.name), list)
+    }
+    return replace(item, **own)
+
 
 class Fold:
     """`build`, one entry at a time: `add` the entries in ledger order, `report` at any point.
@@ -302,7 +325,7 @@ class Fold:
     def report(self, *, keep: bool = True) -> Report:
         """The report of the entries added so far; with `keep` (the default) the fold can
         take more entries afterwards, and the report shares nothing with it."""
-        got = copy.deepcopy(self._got) if keep else self._got
+        got = self._got.owned() if keep else self._got
         totals = got.totals
 
         def row(contract: str) -> AgreementTotals:
@@ -319,7 +342,7 @@ class Fold:
                 item.failures += 1
                 item.failed.append({**shown, "event": problem["event"]})
         for contract, acts in got.governance.items():
-            row(contract).governance = acts
+            row(contract).governance = [dict(act) for act in acts]
         for item in totals.values():
             for drop in item.drops:
                 ack = got.acked.get(drop["drop_id"])
@@ -414,9 +437,9 @@ def _destruction(
     drop["destroyed_at"] = receipt["destroyed_at"] if receipt else None
     drop["destruction_overdue"] = receipt is None and drop["drop_id"] in due
     if receipt is not None:
-        item.destroyed.append(receipt)
+        item.destroyed.append(dict(receipt))
     elif drop["drop_id"] in due:
-        item.destruction_overdue.append(due[drop["drop_id"]])
+        item.destruction_overdue.append(dict(due[drop["drop_id"]]))
 
 
 def _lifecycle(item: AgreementTotals) -> dict[str, dict[str, Any]]:
