@@ -14,7 +14,7 @@ from typing import Any
 
 from exchange import reporting, subject_access
 from exchange.approval import ApprovalError, Governance
-from exchange.audit.ledger import Ledger, Verification, Verified
+from exchange.audit.ledger import GENESIS, Ledger, Verification, Verified
 from exchange.cli import auditors  # the CLI's own ledger, key and origin look-ups
 from exchange.contract import load_contract
 from exchange.contract.render import approval_summary, describe_cron, summary
@@ -44,7 +44,14 @@ _verified: dict[tuple[str, str], Verified] = {}
 # broken, which is exactly when people look.
 _read_at: dict[tuple[str, str], float] = {}
 _failed: dict[tuple[str, str], Verification] = {}
+_full_reads: dict[tuple[str, str], int] = {}  # how many, per ledger: a fold's generation
 _verifying = threading.Lock()  # one verification at a time: two full reads would share 2 cores
+# The period's report folded so far, per ledger and period, and the full read it was begun
+# after: pages fold only the entries appended since (`reporting.Fold`); begun again after
+# each full read, so the figures are re-read from every entry as often as the verification.
+_folds: dict[tuple[tuple[str, str], str, str], tuple[int, reporting.Fold]] = {}
+_folding = threading.Lock()
+MAX_FOLDS = 8  # periods kept per process (the default one, and a few asked for by address)
 _warned: set[str] = set()  # the bad `full_verify_seconds` values already logged
 
 
@@ -71,6 +78,11 @@ def full_verify_seconds(raw: str | None) -> float:
     return FULL_VERIFY_SECONDS
 
 
+def _key(url: str, ledger: Ledger) -> tuple[str, str]:
+    """What this process keeps per ledger is keyed by its URL and checkpoints folder."""
+    return (url, str(ledger.anchor.folder) if ledger.anchor else "")
+
+
 def verify(
     url: str,
     ledger: Ledger,
@@ -84,7 +96,7 @@ def verify(
     last full read in this process is `full_every` seconds old (or there is none); otherwise
     the entries appended since, and that the ledger still extends what was verified. A full
     read that failed is the answer until it is as old (`now`: a `time.monotonic` reading)."""
-    key = (url, str(ledger.anchor.folder) if ledger.anchor else "")
+    key = _key(url, ledger)
     with _verifying:
         mark = _verified.get(key)
         when = time.monotonic() if now is None else now
@@ -99,6 +111,7 @@ def verify(
         # signed since, say). A clock too coarse to tell only brings the next one sooner.
         if whole or not result.ok or (kept and mark and kept.full_at != mark.full_at):
             _read_at[key] = when
+            _full_reads[key] = _full_reads.get(key, 0) + 1
         if result.ok:
             _failed.pop(key, None)
         else:
@@ -138,8 +151,11 @@ def _report(
         unchecked = ledger.verify()
         if not unchecked.ok:
             verified, problem = unchecked, ""
-    entries = ledger.entries(until=head[0]) if head[0] else iter(())
-    built = reporting.build(entries, since, until)
+    if mark is not None and verified.ok and not problem:
+        built = folded(_key(settings.audit_url, ledger), ledger, head[0], since, until)
+    else:  # figures of a ledger that does not verify are read afresh, and nothing is kept
+        entries = ledger.entries(until=head[0]) if head[0] else iter(())
+        built = reporting.build(entries, since, until)
     reporting.attest(
         built,
         ledger,
@@ -155,6 +171,45 @@ def _report(
         built.evidence["verification"]["full_at"] = mark.full_at.isoformat(timespec="seconds")
         built.evidence["verification"]["full_every"] = int(full_every)
     return built
+
+
+def folded(
+    key: tuple[str, str], ledger: Ledger, size: int, since: dt.date, until: dt.date
+) -> reporting.Report:
+    """`reporting.build` over entries 1..size, folding only those appended since this
+    process's last page of the period; every entry is read again after each full read."""
+    slot = (key, since.isoformat(), until.isoformat())
+    with _folding:
+        generation = _full_reads.get(key, 0)
+        held = _folds.pop(slot, None)
+        fold = held[1] if held is not None and held[0] == generation else None
+        if fold is not None and fold.size > size:
+            # Another page folded entries after this one read the head: report exactly the
+            # entries this page attests, and keep the newer fold.
+            _folds[slot] = (generation, fold)
+            return reporting.build(ledger.entries(until=size), since, until)
+        if fold is not None and not _extend(fold, ledger, size):
+            fold = None  # an appended entry does not follow the fold's last: read every entry
+        if fold is None:
+            fold = reporting.Fold(since, until)
+            for entry in ledger.entries(until=size) if size else ():
+                fold.add(entry)
+        _folds[slot] = (generation, fold)
+        while len(_folds) > MAX_FOLDS:
+            del _folds[next(iter(_folds))]  # the least recently shown
+        return fold.report()
+
+
+def _extend(fold: reporting.Fold, ledger: Ledger, size: int) -> bool:
+    """Add entries fold.size+1..size to the fold; False (the fold then half fed) when one is
+    not the next in number or does not chain from the one before."""
+    expected, prev = fold.size + 1, fold.head or GENESIS
+    for entry in ledger.entries(since=expected, until=size) if size >= expected else ():
+        if entry.seq != expected or entry.prev_hash != prev:
+            return False
+        fold.add(entry)
+        expected, prev = expected + 1, entry.entry_hash
+    return expected == size + 1
 
 
 def _review(review_by: str | None, today: dt.date) -> str:

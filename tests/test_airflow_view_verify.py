@@ -9,12 +9,15 @@ import logging
 import sqlite3
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_reporting_fold import history
 
+from exchange import reporting
 from exchange.audit import Entry, Ledger
 from exchange_airflow import data
 
@@ -159,3 +162,78 @@ def test_a_good_full_verify_seconds_is_used(
     with caplog.at_level(logging.WARNING, logger="exchange_airflow.data"):
         assert data.full_verify_seconds(raw) == seconds
     assert caplog.records == []
+
+
+# -- the period's report, folded from the entries appended since the last page ---------------
+
+
+def mixed(ledger: Ledger, count: int, seed: int) -> None:
+    """Append `count` entries of every kind the report reads (tests/test_reporting_fold.py)."""
+    for entry in history(count, seed):
+        ledger.append(entry.event, entry.data, run_id=entry.run_id, contract_id=entry.contract_id)
+
+
+def fresh(ledger: Ledger, since: dt.date, until: dt.date) -> dict[str, Any]:
+    return asdict(reporting.build(ledger.entries(), since, until))
+
+
+def test_pages_fold_only_what_was_appended_and_equal_a_fresh_build(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    today = dt.date.today()
+    since, until = today - dt.timedelta(days=30), today
+    url, key = str(ledger.engine.url), data._key(str(ledger.engine.url), ledger)
+    mixed(ledger, 60, 1)
+    assert data.verify(url, ledger, None, None, now=later(0))[0].ok
+    first = data.folded(key, ledger, 60, since, until)
+    assert asdict(first) == fresh(ledger, since, until) and first.transfers
+
+    mixed(ledger, 40, 2)
+    assert data.verify(url, ledger, None, None, now=later(10))[0].ok  # a cheap page
+    read = counting(ledger, monkeypatch)
+    second = data.folded(key, ledger, 100, since, until)
+    assert read == list(range(61, 101))  # only the entries appended since the last page
+    monkeypatch.undo()
+    assert asdict(second) == fresh(ledger, since, until) != asdict(first)
+    first.transfers.clear()  # a page's own copy: changing it changes no later page
+    assert asdict(data.folded(key, ledger, 100, since, until)) == asdict(second)
+
+    # After the next full read, the figures are read from every entry again.
+    assert data.verify(url, ledger, None, None, now=later(301))[0].ok
+    read = counting(ledger, monkeypatch)
+    third = data.folded(key, ledger, 100, since, until)
+    assert read == list(range(1, 101)) and asdict(third) == asdict(second)
+
+
+def test_a_page_reports_exactly_the_entries_it_attests(ledger: Ledger) -> None:
+    """A page that read the head before another page folded newer entries reports its own
+    head's entries; the newer fold is kept for the next page."""
+    today = dt.date.today()
+    since, until = today - dt.timedelta(days=30), today
+    url, key = str(ledger.engine.url), data._key(str(ledger.engine.url), ledger)
+    mixed(ledger, 30, 3)
+    assert data.verify(url, ledger, None, None, now=later(0))[0].ok
+    newer = data.folded(key, ledger, 30, since, until)
+    older = data.folded(key, ledger, 20, since, until)
+    assert asdict(older) == asdict(reporting.build(ledger.entries(until=20), since, until))
+    assert older.covered["last"]["seq"] == 20 and newer.covered["last"]["seq"] == 30
+    assert asdict(data.folded(key, ledger, 30, since, until)) == asdict(newer)
+
+
+def test_a_fold_whose_next_entry_does_not_follow_it_is_begun_again(
+    ledger: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry after the fold's last that does not chain from it (the view folds only
+    after a verification passed, so this is a race with a writer): every entry is read."""
+    today = dt.date.today()
+    since, until = today - dt.timedelta(days=30), today
+    key = data._key(str(ledger.engine.url), ledger)
+    mixed(ledger, 20, 4)
+    data.folded(key, ledger, 10, since, until)
+    with sqlite3.connect(tmp_path / "audit.db") as db:
+        db.execute("UPDATE audit_ledger SET prev_hash = ? WHERE seq = 11", ("ab" * 32,))
+    read = counting(ledger, monkeypatch)
+    again = data.folded(key, ledger, 20, since, until)
+    assert read == [11, *range(1, 21)]  # refused at 11, then every entry from the first
+    monkeypatch.undo()
+    assert asdict(again) == fresh(ledger, since, until)
