@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from audit.audit_fixtures import counting
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from test_reporting_fold import history
 
 from exchange import reporting
-from exchange.audit import Entry, Ledger
+from exchange.audit import Ledger
 from exchange_airflow import data
 
 ORIGIN = "exchange-gateway/view-test"
@@ -39,20 +40,6 @@ def fill(ledger: Ledger, count: int) -> None:
 def later(seconds: float) -> float:
     """A `time.monotonic` reading `seconds` from now (the view ages its reads by it)."""
     return time.monotonic() + seconds
-
-
-def counting(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record the number of every entry read from the database from now on."""
-    read: list[int] = []
-    original = ledger.store.entries
-
-    def entries(**kwargs: Any) -> Iterator[Entry]:
-        for entry in original(**kwargs):
-            read.append(entry.seq)
-            yield entry
-
-    monkeypatch.setattr(ledger.store, "entries", entries)
-    return read
 
 
 def test_pages_between_full_reads_check_only_what_was_appended(

@@ -5,11 +5,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pg import PrivatePostgres
+
+from exchange.audit import Entry, Ledger
 
 ORIGIN = "gateway.example.org/audit"
 
@@ -58,3 +61,17 @@ def backend_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'audit.db'}"
     return str(request.getfixturevalue("pg_url"))
+
+
+def counting(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record the number of every entry read from the database from now on."""
+    read: list[int] = []
+    original = ledger.store.entries
+
+    def entries(**kwargs: Any) -> Iterator[Entry]:
+        for entry in original(**kwargs):
+            read.append(entry.seq)
+            yield entry
+
+    monkeypatch.setattr(ledger.store, "entries", entries)
+    return read

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from audit_fixtures import ORIGIN
+from audit_fixtures import ORIGIN, counting
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from exchange.audit import Entry, Ledger, merkle
+from exchange.audit import Ledger, merkle
 from exchange.audit.entry import seal
 from exchange.audit.ledger import GENESIS, Verified
 from exchange.audit.storage import BLOCK, entries
@@ -76,20 +75,6 @@ def sqlite_ledger(tmp_path: Path) -> Iterator[tuple[Ledger, str]]:
     ledger = Ledger(url, anchor=tmp_path / "anchor")
     yield ledger, url
     ledger.close()
-
-
-def counting(ledger: Ledger, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    """Record the number of every entry read from the database from now on."""
-    read: list[int] = []
-    original = ledger.store.entries
-
-    def entries(**kwargs: Any) -> Iterator[Entry]:
-        for entry in original(**kwargs):
-            read.append(entry.seq)
-            yield entry
-
-    monkeypatch.setattr(ledger.store, "entries", entries)
-    return read
 
 
 def verified(ledger: Ledger, key: Ed25519PrivateKey, count: int) -> Verified:
