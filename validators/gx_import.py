@@ -35,7 +35,8 @@ class _OnFirstUse(types.ModuleType):
     def __init__(self, spec: importlib.machinery.ModuleSpec) -> None:
         super().__init__(spec.name)
         # Read by the import system while the stand-in is in sys.modules; no `__path__`, so an
-        # import of a submodule meanwhile asks for it and gets the real package loaded first.
+        # import of a submodule meanwhile asks for it, and the stand-in steps aside for the
+        # real package (as on any first use while GX is being imported).
         self.__spec__ = spec
         self.__origin = spec.origin
         self.__real: types.ModuleType | None = None
@@ -46,6 +47,9 @@ class _OnFirstUse(types.ModuleType):
     def _load(self) -> types.ModuleType:
         if self.__real is None:
             name = self.__name__
+            if sys.modules.get(name) is self:  # used while GX is still being imported
+                sys.modules.pop(name, None)
+                _set_on_parent(name, None, only_if=self)
             if name not in sys.modules:  # else imported (or being imported) by someone else
                 # What a plain import would find now must be what GX would have imported: a
                 # module planted earlier on a sys.path that grew since is refused, not run.

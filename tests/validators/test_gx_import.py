@@ -196,3 +196,34 @@ def test_a_module_imported_before_is_left_as_it_is() -> None:
         """
     )
     assert seen == {"kept": True, "altair": "_OnFirstUse"}
+
+
+def test_a_stand_in_used_while_gx_is_still_being_imported_steps_aside_for_the_real_module() -> None:
+    seen = _fresh(
+        """
+        from validators.gx_import import deferred
+
+        # Standard-library modules not imported at start-up stand in for scipy.stats and altair.
+        with deferred(("wave", "xmlrpc.client")):
+            import wave
+            import xmlrpc.client as client
+            stand_ins = [type(wave).__name__, type(client).__name__]
+            opened = wave.open  # first use inside the window
+            from xmlrpc.client import ServerProxy  # the submodule's name, inside the window
+        import wave as after
+        print(json.dumps({
+            "stand_ins": stand_ins,
+            "real": type(sys.modules["wave"]).__name__,
+            "same": opened is after.open,
+            "proxy": ServerProxy is sys.modules["xmlrpc.client"].ServerProxy,
+            "parent": sys.modules["xmlrpc"].client is sys.modules["xmlrpc.client"],
+        }))
+        """
+    )
+    assert seen == {
+        "stand_ins": ["_OnFirstUse", "_OnFirstUse"],
+        "real": "module",
+        "same": True,
+        "proxy": True,
+        "parent": True,
+    }
