@@ -165,37 +165,48 @@ class _Folded:
     governance: defaultdict[str, list[dict[str, Any]]] = field(
         default_factory=lambda: defaultdict(list)
     )
-    acked: dict[str, dict[str, Any]] = field(default_factory=dict)  # drop -> newest ack
+    # Kept for every drop in the ledger's history, so only what a report reads: a drop's
+    # newest ack's rows_match, and the largest cosignature per partner key.
+    acked: dict[str, bool] = field(default_factory=dict)  # drop -> newest ack's rows_match
     overdue: set[str] = field(default_factory=set)
     destroyed: dict[str, dict[str, Any]] = field(default_factory=dict)  # drop -> receipt
     destruction_due: dict[str, dict[str, Any]] = field(default_factory=dict)  # drop -> overdue
-    cosigning: list[Entry] = field(default_factory=list)  # ack.received, for the witnesses
+    cosigning: dict[str, witness.Cosigned] = field(default_factory=dict)  # largest, per key
     refusals: list[dict[str, Any]] = field(default_factory=list)
     first: Entry | None = None
     last: Entry | None = None
 
     def owned(self) -> _Folded:
-        """A copy whose lists, and the dicts and totals in them, a report may change: what
-        finishing a report changes, and what its reader holds (values inside are shared)."""
+        """A copy whose lists, the dicts and totals in them and the lists and dicts in those,
+        a report may change: what finishing a report changes, and what its reader holds."""
         return replace(
             self,
             totals={key: _owned(item) for key, item in self.totals.items()},
-            transfers=[dict(item) for item in self.transfers],
-            problems=[dict(item) for item in self.problems],
-            incidents=[dict(item) for item in self.incidents],
-            security=[dict(item) for item in self.security],
-            refusals=[dict(item) for item in self.refusals],
+            transfers=[_own(item) for item in self.transfers],
+            problems=[_own(item) for item in self.problems],
+            incidents=[_own(item) for item in self.incidents],
+            security=[_own(item) for item in self.security],
+            refusals=[_own(item) for item in self.refusals],
         )
 
 
 def _owned(item: AgreementTotals) -> AgreementTotals:
     """A copy of one agreement's totals, its lists and their dicts its own."""
     own: dict[str, Any] = {
-        f.name: [dict(x) if isinstance(x, dict) else x for x in value]
+        f.name: [_own(x) if isinstance(x, dict) else x for x in value]
         for f in fields(item)
         if isinstance(value := getattr(item, f.name), list)
     }
     return replace(item, **own)
+
+
+def _own(item: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a report's row, with its own lists and dicts (a transfer's fields, purposes
+    and exclusions); what they hold is text and numbers."""
+    return {
+        k: list(v) if isinstance(v, list) else dict(v) if isinstance(v, dict) else v
+        for k, v in item.items()
+    }
 
 
 class Fold:
@@ -345,10 +356,10 @@ class Fold:
             row(contract).governance = [dict(act) for act in acts]
         for item in totals.values():
             for drop in item.drops:
-                ack = got.acked.get(drop["drop_id"])
-                if ack is not None:
+                rows_match = got.acked.get(drop["drop_id"])
+                if rows_match is not None:
                     drop["acknowledged"] = True
-                    drop["ack_rows_match"] = bool(ack.get("rows_match"))
+                    drop["ack_rows_match"] = rows_match
                     item.acknowledged += 1
                 else:
                     item.unacknowledged.append(drop["drop_id"])
@@ -374,7 +385,7 @@ class Fold:
             {day: dict(rows) for day, rows in sorted(got.by_day.items())},
             got.security,
             _counts(got.seen),
-            witnesses=[asdict(c) for c in witness.largest_cosigned(got.cosigning)],
+            witnesses=[asdict(c) for c in witness.ranked(got.cosigning)],
             witness_refusals=got.refusals,
             agreement=self.agreement,
             covered=covered,
@@ -393,19 +404,19 @@ def build(
 
 def _fate(
     entry: Entry,
-    acked: dict[str, dict[str, Any]],
+    acked: dict[str, bool],
     overdue: set[str],
     destroyed: dict[str, dict[str, Any]],
     due: dict[str, dict[str, Any]],
-    cosigning: list[Entry],
+    cosigning: dict[str, witness.Cosigned],
 ) -> None:
     """Note an acknowledgement (and its cosignature), a destruction receipt or an overdue
     flag."""
     body = entry.data
     drop_id = str(body.get("drop_id"))
     if entry.event == Event.ACK_RECEIVED:
-        acked[drop_id] = {"at": entry.recorded_at, "seq": entry.seq, **body}
-        cosigning.append(entry)
+        acked[drop_id] = bool(body.get("rows_match"))
+        witness.keep_largest(cosigning, entry)
     elif entry.event == Event.ACK_OVERDUE:
         overdue.add(drop_id)
     elif entry.event == Event.DESTRUCTION_RECEIVED:  # recorded only once its signature verified

@@ -107,6 +107,10 @@ def test_a_report_taken_shares_nothing_with_the_fold() -> None:
         fold.add(entry)
     first = fold.report()
     kept = plain(first)
+    transfer = first.transfers[0]  # what it holds, too (second review: these were shared)
+    transfer["fields"].append("changed by a reader")
+    transfer["purposes"].append("changed by a reader")
+    transfer["excluded"]["changed by a reader"] = 1
     first.transfers.clear()
     first.agreements[0].drops[0]["acknowledged"] = "changed by a reader"
     for entry in entries[100:]:

@@ -371,23 +371,34 @@ def largest_cosigned(entries: Iterable[Entry]) -> list[Cosigned]:
     """Per partner key, the largest verified cosignature among `ack.received` entries."""
     best: dict[str, Cosigned] = {}
     for entry in entries:
-        if entry.event != "ack.received":
-            continue
-        found = entry.data.get("cosignature")
-        if not isinstance(found, dict) or found.get("verified") is not True:
-            continue
-        cosigned = Cosigned(
-            str(found["witness"]),
-            str(entry.data.get("key_id")),
-            entry.contract_id or "",
-            str(found["origin"]),
-            int(found["size"]),
-            str(found["at"]),
-            entry.recorded_at,
-        )
-        kept = best.get(cosigned.witness)
-        if kept is None or (cosigned.size, cosigned.at) >= (kept.size, kept.at):
-            best[cosigned.witness] = cosigned
+        keep_largest(best, entry)
+    return ranked(best)
+
+
+def keep_largest(best: dict[str, Cosigned], entry: Entry) -> None:
+    """Keep in `best` (partner key -> cosignature) the entry's verified cosignature, if it is
+    the largest so far for its key (a later one of equal size and time wins)."""
+    if entry.event != "ack.received":
+        return
+    found = entry.data.get("cosignature")
+    if not isinstance(found, dict) or found.get("verified") is not True:
+        return
+    cosigned = Cosigned(
+        str(found["witness"]),
+        str(entry.data.get("key_id")),
+        entry.contract_id or "",
+        str(found["origin"]),
+        int(found["size"]),
+        str(found["at"]),
+        entry.recorded_at,
+    )
+    kept = best.get(cosigned.witness)
+    if kept is None or (cosigned.size, cosigned.at) >= (kept.size, kept.at):
+        best[cosigned.witness] = cosigned
+
+
+def ranked(best: dict[str, Cosigned]) -> list[Cosigned]:
+    """The cosignatures kept, by agreement then partner key."""
     return sorted(best.values(), key=lambda c: (c.contract_id, c.witness))
 
 
