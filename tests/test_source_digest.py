@@ -52,3 +52,16 @@ def test_a_file_removed_before_the_end_is_refused(source: Path) -> None:
     source.unlink()
     with pytest.raises(SourceError, match="changed while it was read"):
         digest.result()
+
+
+def test_a_rewrite_that_restores_the_modification_time_is_refused(source: Path) -> None:
+    digest = SourceDigest(source)
+    digest._future.result()  # the digest is taken; then the file is rewritten in place
+    kept = source.stat()
+    data = bytearray(source.read_bytes())
+    data[10:12] = b"99"
+    source.write_bytes(bytes(data))  # the same size
+    os.utime(source, ns=(kept.st_atime_ns, kept.st_mtime_ns))
+    assert source.stat().st_mtime_ns == kept.st_mtime_ns
+    with pytest.raises(SourceError, match="changed while it was read"):
+        digest.result()

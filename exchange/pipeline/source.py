@@ -74,11 +74,13 @@ class SourceDigest:
 
 
 def _same(a: os.stat_result, b: os.stat_result) -> bool:
-    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
+    # The change time too: a rewrite that restores the modification time still moves it.
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns, a.st_ctime_ns) == (
         b.st_dev,
         b.st_ino,
         b.st_size,
         b.st_mtime_ns,
+        b.st_ctime_ns,
     )
 
 
