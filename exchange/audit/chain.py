@@ -181,6 +181,8 @@ class ChainCheck:
         """Check the next entry; False (and `problem` set) at the first that does not verify."""
         if self.problem is not None:
             return False
+        if type(entry.seq) is not int:  # a column retyped (numeric, text): never hashed
+            return self.fail(self.expected, "sequence number is not an integer (table altered)")
         if entry.seq != self.expected:
             return self.fail(self.expected, "entry missing (sequence gap)")
         if entry.prev_hash != self.prev:

@@ -318,3 +318,20 @@ def test_a_ledger_from_before_checkpoints_still_verifies_and_exports(
     reader.export(tmp_path / "old.jsonl", public_key_file.read_text())
     reader.close()
     assert verify_export(tmp_path / "old.jsonl", public_key_file).entries == 3
+
+
+def test_a_sequence_column_retyped_fails_verification_cleanly(pg_url: str) -> None:
+    """Second review: on PostgreSQL `seq` retyped to numeric made verify crash (a Decimal is
+    not JSON) instead of failing; whoever owns the table can retype it."""
+    ledger = Ledger(pg_url)
+    try:
+        fill(ledger, 4)
+        engine = sa.create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE audit_ledger ALTER COLUMN seq TYPE numeric")
+        engine.dispose()
+        result = ledger.verify()
+        assert not result.ok and result.broken_at == 1
+        assert "sequence number is not an integer" in result.reason
+    finally:
+        ledger.close()
