@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from exchange.audit import merkle, verify
 from exchange.audit.anchor import Anchor
-from exchange.audit.chain import Verification
+from exchange.audit.chain import ChainCheck, Verification
 from exchange.audit.checkpoint import Checkpoint
 from exchange.audit.entry import GENESIS, Entry, seal
 from exchange.audit.events import Event
@@ -545,23 +545,22 @@ class Ledger:
             raise _shorter(mark, size)
         tree = merkle.RootBuilder.from_edge(mark.size, mark.edge)
         made: dict[tuple[int, int], bytes] = {}
-        prev, expected, reread = mark.head, mark.size + 1, mark.size == 0
+        # The verify walk's own per-entry checks (number, link, hash), from the verified head.
+        walk, reread = ChainCheck(start=mark.size + 1, prev=mark.head), mark.size == 0
         for entry in self.store.entries(since=max(mark.size, 1), until=size):
-            if entry.seq == mark.size:  # the verified head, read again
+            if entry.seq == mark.size:  # the verified head, read again, checked the same way
                 reread = True
-                if entry.entry_hash != mark.head or entry.computed_hash() != mark.head:
+                head = ChainCheck(start=mark.size, prev=entry.prev_hash)
+                if not head.add(entry) or entry.entry_hash != mark.head:
                     raise _rewritten(mark)
                 continue
-            if entry.seq != expected:
-                raise _Changed("entry missing (sequence gap)", expected, hostile=True)
-            if entry.prev_hash != prev:
-                raise _Changed("does not follow the entry before it", entry.seq, hostile=True)
-            if entry.computed_hash() != entry.entry_hash:
-                raise _Changed("content altered (hash mismatch)", entry.seq, hostile=True)
+            if not walk.add(entry):
+                assert walk.problem is not None
+                raise _Changed(walk.problem.reason, walk.problem.broken_at, hostile=True)
             made.update(((lv, ix), h) for lv, ix, h in tree.append_nodes(entry.leaf, BLOCK))
-            prev, expected = entry.entry_hash, expected + 1
-        if expected != size + 1 or not reread:
-            raise _Changed("entry missing (sequence gap)", expected, hostile=True)
+        prev = walk.prev
+        if walk.expected != size + 1 or not reread:
+            raise _Changed("entry missing (sequence gap)", walk.expected, hostile=True)
         for key, value in stored.items():
             if (key[1] + 1) << key[0] <= mark.size:
                 continue  # within the digest compared above

@@ -326,6 +326,7 @@ def test_a_sequence_column_retyped_fails_verification_cleanly(pg_url: str) -> No
     ledger = Ledger(pg_url)
     try:
         fill(ledger, 4)
+        _, mark = ledger.verify_from(None)
         engine = sa.create_engine(pg_url)
         with engine.begin() as conn:
             conn.exec_driver_sql("ALTER TABLE audit_ledger ALTER COLUMN seq TYPE numeric")
@@ -333,5 +334,8 @@ def test_a_sequence_column_retyped_fails_verification_cleanly(pg_url: str) -> No
         result = ledger.verify()
         assert not result.ok and result.broken_at == 1
         assert "sequence number is not an integer" in result.reason
+        cheap, kept = ledger.verify_from(mark)  # the view's check between full reads, too
+        assert not cheap.ok and "sequence number is not an integer" in cheap.reason
+        assert kept == mark
     finally:
         ledger.close()
