@@ -1,7 +1,7 @@
 """Peak memory of a process and its descendants, sampled from /proc while they run.
 
-wait4 gives only the largest single process of a tree. A run now has helpers (the validation
-worker, the hashing helper), so this samples every few tenths of a second: each process's
+wait4 gives only the largest single process of a tree. A run can have a helper (the
+validation worker), so this samples every few tenths of a second: each process's
 own peak (VmHWM, which the kernel keeps, so only growth in its last moments can be missed)
 and the largest sum of the tree's resident sets at one instant (sampled, so a lower bound).
 """
@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass, field
 
 # Recognised by their command lines; anything else goes by its executable's name.
-ROLES = ((b"validators.worker", "validation worker"), (b"exchange.crypto.keyed", "hashing helper"))
+ROLES = ((b"validators.worker", "validation worker"),)
 
 
 @dataclass

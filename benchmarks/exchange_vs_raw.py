@@ -13,8 +13,8 @@ with commas, quotes and line breaks inside fields). Both sides deliver to the sa
 
 Each side runs as a child process tree measured by wait4: wall time, user + system CPU, and
 the peak RSS of the largest single process. The tree is also sampled from /proc while it runs
-(`_process_tree.py`): each process's own peak (the gateway's main process, its validation
-worker and hashing helper) and the largest sum of the tree's RSS seen at one instant. Medians
+(`_process_tree.py`): each process's own peak (the gateway's main process and its validation
+worker) and the largest sum of the tree's RSS seen at one instant. Medians
 and ratios (A / B) are printed.
 """
 

@@ -1,8 +1,8 @@
 """Writing and reading exact sizes on a child process's pipes by a deadline.
 
-The parent's side of the helper processes (the keyed-hash helper, the validation worker): the
-pipes are non-blocking, so a child that stops reading or answering costs a TimeoutError at the
-deadline, never a hang. Standard library only: `python -P -m exchange.crypto.keyed` imports it.
+The parent's side of the validation worker's pipes (`validators.worker`): the pipes are
+non-blocking, so a child that stops reading or answering costs a TimeoutError at the deadline,
+never a hang. Standard library only.
 """
 
 from __future__ import annotations

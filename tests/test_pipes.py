@@ -1,4 +1,4 @@
-"""Deadline-bound pipe I/O shared by the hashing helper and the validation worker: exact
+"""Deadline-bound pipe I/O of the validation worker: exact
 sizes across several reads, end of input, and a deadline that holds mid-write and mid-read."""
 
 from __future__ import annotations
@@ -113,31 +113,3 @@ def test_pipes_numbered_above_1024_carry_data_and_keep_their_deadline() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
-
-
-@pytest.mark.usefixtures("many_open_files")
-def test_the_keyed_hash_helper_works_on_pipes_numbered_above_1024(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The helper process's pipes land above 1024: it still hashes, and is not marked broken."""
-    import hashlib
-    import hmac
-
-    import pyarrow as pa
-
-    from exchange.crypto import keyed
-
-    helper = keyed._Helper()  # a fresh one, so its pipes are opened now, above 1024
-    monkeypatch.setattr(keyed, "_HELPER", helper)
-    key = bytes(range(32))
-    values = [f"P{i:08d}".encode() for i in range(keyed.WORKER_MIN_ITEMS + 10)]
-    try:
-        joined = keyed.KeyedHash(key, 16).array(pa.array(values, pa.binary()))
-        process = helper._process
-        assert process is not None and process.stdin is not None and process.stdout is not None
-        assert min(process.stdin.fileno(), process.stdout.fileno()) >= HIGH
-        assert not helper._broken  # the helper answered; nothing fell back
-    finally:
-        helper.close()
-    expected = b"".join(hmac.digest(key, v, hashlib.sha256)[:16] for v in values)
-    assert joined == expected

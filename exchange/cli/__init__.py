@@ -29,6 +29,7 @@ from exchange.cli._common import (
 )
 from exchange.cli.officers import DIFF_EXIT_CODES
 from exchange.errors import ContractError, ExchangeError, Retryable
+from exchange.settings import release_memory_promptly
 
 if TYPE_CHECKING:
     from exchange.cli._common import Subcommands
@@ -71,6 +72,7 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; print one clear line on failure and return its exit code."""
+    release_memory_promptly()  # before a command imports pyarrow
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
