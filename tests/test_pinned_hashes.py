@@ -4,7 +4,9 @@ must never change, or a partner's records stop matching and "who has my data?" m
 from __future__ import annotations
 
 import hmac
+import logging
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -75,16 +77,137 @@ def test_the_columnar_path_and_the_loop_agree(monkeypatch: Any) -> None:
     short and long keys, empty, long and non-UTF-8 values, and a sliced column."""
     values = [f"P{i:08d}".encode() for i in range(5000)] + [b"", b"x" * 300, bytes(range(256))]
     for key in (KEY, LONG_KEY, b"k"):
-        mac = keyed.KeyedHash(key, 32)
         expected = [hmac.digest(key, v, "sha256") for v in values]
-        assert mac.array(pa.array(values, pa.binary())) == b"".join(expected)
+        columnar = keyed._columnar.macs(keyed.padded_keys(key), pa.array(values, pa.binary()))
+        assert columnar is not None  # DataFusion itself, not a fallback
+        assert columnar.tobytes() == b"".join(expected)
         sliced = pa.array(values, pa.large_binary()).slice(3, 4500)
         assert keyed.KeyedHash(key, 16).array(sliced) == b"".join(e[:16] for e in expected[3:4503])
-    on_datafusion = transforms.pseudonymise(KEY)(pa.array([v.decode() for v in values[:5000]]))
+    assert keyed._columnar.usable()
+    text = pa.array([v.decode() for v in values[:5000]])
+    on_datafusion = transforms.pseudonymise(KEY)(text)
     monkeypatch.setattr(keyed, "COLUMNAR_MIN_ITEMS", 10**9)
-    by_loop = transforms.pseudonymise(KEY)(pa.array([v.decode() for v in values[:5000]]))
-    assert on_datafusion.to_pylist() == by_loop.to_pylist()
+    assert on_datafusion.to_pylist() == transforms.pseudonymise(KEY)(text).to_pylist()
     assert on_datafusion[1].as_py() == "fa44fc0c01626a90eb117fd6b24d1aac"  # as pinned above
+
+
+def test_pinned_pseudonyms_and_disclosure_hashes_hold_on_the_columnar_path() -> None:
+    """The pinned values again, in columns long enough for DataFusion."""
+    many = pa.array(VALUES * 500)  # 2,500 values
+    assert len(many) >= keyed.COLUMNAR_MIN_ITEMS
+    out = transforms.pseudonymise(KEY)(many).to_pylist()
+    assert (
+        out[:5]
+        == out[-5:]
+        == [
+            "fa44fc0c01626a90eb117fd6b24d1aac",
+            "dd5c602eeb31d60c7c0d662c897231dd",
+            "d38b42096d80f45f826b44a9d5607de7",
+            "af7ced6438b08e2b7a9c81b734d41189",
+            "7b48ae507721b7feb27d8403d20568ca",
+        ]
+    )
+    ids = pa.array([f"id-{i}" for i in range(3000)] + ["P00000001", "9434765919"])
+    hashes, _ = sorted_hashes(KEY, ids)
+    assert len(hashes) == 3002
+    rows = {bytes(row) for row in hashes.view("u1").reshape(-1, 16)}
+    assert bytes.fromhex("dd5c602eeb31d60c7c0d662c897231dd") in rows  # 9434765919, as pinned
+    assert bytes.fromhex("fa44fc0c01626a90eb117fd6b24d1aac") in rows  # P00000001
+    assert keyed._columnar.usable() and keyed._columnar._started_in == os.getpid()
+
+
+def test_datafusion_debug_logging_never_shows_the_padded_key() -> None:
+    """DataFusion logs its plans, padded key literal included, at DEBUG: in a new process with
+    every logger at DEBUG, nothing of either padded key is logged (its loggers are held at
+    WARNING, and while one is lowered the loop hashes instead, tested below)."""
+    script = (
+        "import logging, sys\n"
+        "logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)\n"
+        "import pyarrow as pa\n"
+        "from exchange.crypto import keyed\n"
+        "values = pa.array([b'P%08d' % i for i in range(3000)], pa.binary())\n"
+        f"mac = keyed.KeyedHash({KEY!r})\n"
+        "assert mac.array(values) == mac.joined(values.to_pylist())\n"
+        "print(keyed._columnar.usable(), keyed._columnar._started_in is not None)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    inner, outer = keyed.padded_keys(KEY)
+    for pad in (inner, outer):
+        assert ",".join(str(b) for b in pad[:12]) not in done.stderr
+        assert pad[:12].hex() not in done.stderr
+    # DataFusion did the hashing (the root at DEBUG is not one of its loggers being lowered).
+    assert done.stdout.split() == ["True", "True"]
+
+
+def test_a_datafusion_logger_lowered_again_costs_the_loop(caplog: pytest.LogCaptureFixture) -> None:
+    values = pa.array([f"P{i:08d}".encode() for i in range(3000)], pa.binary())
+    assert keyed._columnar.usable()
+    with caplog.at_level(logging.DEBUG, logger="datafusion.execution.session_state"):
+        assert not keyed._columnar.usable()
+        mac = keyed.KeyedHash(KEY)
+        assert mac.array(values) == mac.joined(values.to_pylist())
+    assert keyed._columnar.usable()
+
+
+def test_rows_returned_in_another_order_are_caught(monkeypatch: Any) -> None:
+    """Pseudonyms attached to the wrong people would be silent: each call's first, middle and
+    last MACs are checked against the loop, and a mismatch costs the loop for the process."""
+    import datafusion
+
+    columnar = keyed._Columnar()
+    monkeypatch.setattr(keyed, "_columnar", columnar)
+    real = datafusion.DataFrame.to_arrow_table
+    values = pa.array([f"P{i:08d}".encode() for i in range(2)] * 2000, pa.binary())
+    monkeypatch.setattr(
+        datafusion.DataFrame,
+        "to_arrow_table",
+        lambda self: real(self).take(pa.array(range(len(values) - 1, -1, -1))),
+    )
+    mac = keyed.KeyedHash(KEY, 16)
+    assert mac.array(values) == mac.joined(values.to_pylist())
+    assert not columnar.usable()
+
+
+def test_datafusion_that_will_not_import_costs_the_loop(monkeypatch: Any) -> None:
+    columnar = keyed._Columnar()
+    monkeypatch.setattr(keyed, "_columnar", columnar)
+    monkeypatch.setitem(sys.modules, "datafusion", None)  # an import of it now fails
+    values = pa.array([f"P{i:08d}".encode() for i in range(3000)], pa.binary())
+    mac = keyed.KeyedHash(KEY, 16)
+    assert mac.array(values) == mac.joined(values.to_pylist())
+    assert not columnar.usable()
+
+
+def test_a_child_forked_while_datafusion_is_being_imported_does_not_wait_for_it(
+    monkeypatch: Any,
+) -> None:
+    """A fork while another thread holds the first import's lock: the child hashes by the loop
+    instead of waiting for a lock nobody in it will ever release."""
+    columnar = keyed._Columnar()
+    monkeypatch.setattr(keyed, "_columnar", columnar)
+    columnar._started_in = os.getpid()  # as `macs` sets it before taking the lock
+    values = pa.array([f"P{i:08d}".encode() for i in range(3000)], pa.binary())
+    mac = keyed.KeyedHash(KEY, 16)
+    with columnar._lock:  # held across the fork, as by the importing thread
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(
+                    write_end, b"1" if mac.array(values) == mac.joined(values.to_pylist()) else b"0"
+                )
+            finally:
+                os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    assert os.read(read_end, 1) == b"1"
+    os.close(read_end)
 
 
 def test_keyed_hashing_takes_no_nulls() -> None:

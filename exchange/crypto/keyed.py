@@ -79,46 +79,100 @@ class KeyedHash:
         return self.joined(values.to_pylist())
 
 
+# DataFusion logs its plans at DEBUG through Python's logging, and a plan holds the padded key
+# as a literal: these loggers are set to WARNING here, before it loads, and while any of them
+# is lowered again the loop is used instead.
+DATAFUSION_LOGGERS = (
+    "datafusion",
+    "datafusion_common",
+    "datafusion_datasource",
+    "datafusion_execution",
+    "datafusion_expr",
+    "datafusion_functions",
+    "datafusion_optimizer",
+    "datafusion_physical_expr",
+    "datafusion_physical_optimizer",
+    "datafusion_physical_plan",
+    "datafusion_python",
+    "datafusion_sql",
+    "sqlparser",
+)
+for _name in DATAFUSION_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.WARNING)
+
+
 class _Columnar:
     """DataFusion, imported on first use; given up on in a forked child or after an error."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._started_in: int | None = None  # the process that imported DataFusion
+        self._started_in: int | None = None  # the process that began importing DataFusion
         self._failed = False
 
     def usable(self) -> bool:
-        return not self._failed and self._started_in in (None, os.getpid())
+        if self._failed or self._started_in not in (None, os.getpid()):
+            return False  # a forked child never touches the lock or the pool it inherited
+        return not _datafusion_may_log()
 
     def macs(self, pads: tuple[bytes, bytes], values: pa.Array) -> np.ndarray | None:
         """An (n, 32) array of HMAC-SHA256 of each value, or None if DataFusion failed."""
-        with self._lock:  # the first import, once
-            from datafusion import SessionConfig, SessionContext, col, lit
-            from datafusion import functions as f
-
-            self._started_in = os.getpid()
-
-        def mac(pad: bytes, message: Any) -> Any:
-            return f.digest(f.concat(lit(pa.scalar(pad, pa.binary())), message), "sha256")
-
+        self._started_in = os.getpid()  # before the lock: a child forked meanwhile stays out
+        failed = None
         try:
-            # A fresh context each time: a context keeps every table it is given.
+            with self._lock:  # the first import, once
+                from datafusion import SessionConfig, SessionContext, col, lit
+                from datafusion import functions as f
+
+            def mac(pad: bytes, message: Any) -> Any:
+                return f.digest(f.concat(lit(pa.scalar(pad, pa.binary())), message), "sha256")
+
+            # A fresh context each time (a context keeps every table it is given); one
+            # partition, so the rows come back in the order they went in.
             context = SessionContext(SessionConfig().with_target_partitions(1))
             frame = context.from_arrow(pa.table({"v": values}))
             result = frame.select(mac(pads[1], mac(pads[0], col("v"))).alias("mac"))
             column = result.to_arrow_table().column("mac").combine_chunks()
             fixed = column.cast(pa.binary(MAC_BYTES))  # raises unless every MAC is 32 bytes
-        except Exception:  # any: its message may quote the plan, and so the padded key
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # any other, a Rust panic too: its text may quote the plan
+            failed = "failed"
+        if failed is None and not _agrees(fixed, pads, values):
+            failed = "gave MACs in another order or of other values"
+        if failed is not None:  # logged outside the handler, so no traceback can carry the plan
             self._failed = True
-            log.warning("columnar keyed hashing failed; hashing value by value instead")
-            return None
-        if len(fixed) != len(values):
-            self._failed = True
-            log.warning("columnar keyed hashing lost rows; hashing value by value instead")
+            log.warning("columnar keyed hashing %s; hashing value by value instead", failed)
             return None
         data = np.frombuffer(fixed.buffers()[1], dtype=np.uint8)
         start = fixed.offset * MAC_BYTES
         return data[start : start + len(fixed) * MAC_BYTES].reshape(-1, MAC_BYTES)
+
+
+def _datafusion_may_log() -> bool:
+    """Whether any of DataFusion's loggers, or one below them, would pass an INFO record."""
+    names = [*DATAFUSION_LOGGERS]
+    names += [
+        name
+        for name in list(logging.root.manager.loggerDict)
+        if name.partition(".")[0] in DATAFUSION_LOGGERS and "." in name
+    ]
+    return any(logging.getLogger(name).isEnabledFor(logging.INFO) for name in names)
+
+
+def _agrees(macs: pa.FixedSizeBinaryArray, pads: tuple[bytes, bytes], values: pa.Array) -> bool:
+    """As many MACs as values, and a few rows equal to the loop's: a reordering is caught."""
+    count = len(values)
+    if len(macs) != count:
+        return False
+    inner, outer = sha256(pads[0]), sha256(pads[1])
+    for row in {0, count - 1, count // 2}:
+        i = inner.copy()
+        i.update(values[row].as_py())
+        o = outer.copy()
+        o.update(i.digest())
+        if macs[row].as_py() != o.digest():
+            return False
+    return True
 
 
 _columnar = _Columnar()
