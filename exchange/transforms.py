@@ -134,8 +134,7 @@ def pseudonymise(key: bytes) -> Transform:
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"a pseudonymisation key needs at least {MIN_KEY_BYTES} bytes")
     width = PSEUDONYM_HEX_CHARS // 2
-    # HMAC from pre-keyed SHA-256 states, on another core for large columns
-    # (exchange.crypto.keyed): the same HMAC-SHA256.
+    # The same HMAC-SHA256, a column at a time off the GIL when large (exchange.crypto.keyed).
     digests = KeyedHash(key, width).array
     return lambda values: _per_value(values, digests, width)
 
