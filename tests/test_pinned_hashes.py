@@ -140,6 +140,29 @@ def test_datafusion_debug_logging_never_shows_the_padded_key() -> None:
     assert done.stdout.split() == ["True", "True"]
 
 
+def test_a_datafusion_logger_set_low_but_disabled_still_costs_the_loop() -> None:
+    """A second logging set-up disables a logger it does not name and leaves its level: the
+    child loggers DataFusion makes on first use inherit that level and are not disabled."""
+    parent = logging.getLogger("datafusion_optimizer")
+    level, disabled = parent.level, parent.disabled
+    parent.setLevel(logging.DEBUG)
+    parent.disabled = True
+    try:
+        assert not keyed._columnar.usable()
+    finally:
+        parent.setLevel(level)
+        parent.disabled = disabled
+    assert keyed._columnar.usable()
+
+
+def test_a_large_column_matches_the_hmac_module_row_for_row() -> None:
+    """Past DataFusion's 8,192-row batches: every row, not only the spot checks."""
+    values = [f"S{i:09d}".encode() for i in range(50_000)]
+    columnar = keyed._columnar.macs(keyed.padded_keys(LONG_KEY), pa.array(values, pa.binary()))
+    assert columnar is not None
+    assert columnar.tobytes() == b"".join(hmac.digest(LONG_KEY, v, "sha256") for v in values)
+
+
 def test_a_datafusion_logger_lowered_again_costs_the_loop(caplog: pytest.LogCaptureFixture) -> None:
     values = pa.array([f"P{i:08d}".encode() for i in range(3000)], pa.binary())
     assert keyed._columnar.usable()
@@ -230,12 +253,26 @@ def test_a_datafusion_failure_falls_back_to_the_loop_without_its_message(
         raise RuntimeError(f"plan: {keyed.padded_keys(KEY)[0]!r}")
 
     monkeypatch.setattr(datafusion.SessionContext, "from_arrow", broken)
+    active: list[Any] = []
+
+    class Handler(logging.Handler):
+        """What a handler could read while the warning is logged: no exception is active."""
+
+        def emit(self, record: logging.LogRecord) -> None:
+            active.append(sys.exc_info()[1])
+
+    handler = Handler()
+    logging.getLogger(keyed.__name__).addHandler(handler)
     values = pa.array([f"P{i:08d}" for i in range(5000)])
-    with caplog.at_level("WARNING"):
-        out = transforms.pseudonymise(KEY)(values)
+    try:
+        with caplog.at_level("WARNING"):
+            out = transforms.pseudonymise(KEY)(values)
+    finally:
+        logging.getLogger(keyed.__name__).removeHandler(handler)
     assert out[1].as_py() == "fa44fc0c01626a90eb117fd6b24d1aac"
     assert not columnar.usable()  # given up on for this process
     assert "plan" not in caplog.text and "value by value" in caplog.text
+    assert active == [None]  # logged outside the handler: nothing to chain or print
 
 
 def test_a_forked_child_hashes_by_the_loop() -> None:
