@@ -47,6 +47,9 @@ from exchange.audit.verify import Against
 from exchange.errors import LedgerError
 
 _log = logging.getLogger(__name__)
+# What a retyped or otherwise altered table gives a query that no longer type-checks; a lost
+# connection (OperationalError) is not a verification result and is raised as before.
+_ALTERED = (sa.exc.ProgrammingError, sa.exc.DataError)
 _NODES_WRONG = (
     "audit_merkle_nodes: a proof (%s) made from stored nodes does not give the checkpoint's "
     "root; made from the entries instead. Run `exchange audit verify` to name the node"
@@ -381,8 +384,17 @@ class Ledger:
             if visit is not None:
                 visit(entry)
 
-        walk = verify.check(self.store, self.anchor, against, start=start, until=to_seq, visit=seen)
-        result = walk.finish(complete=to_seq is None)
+        try:
+            walk = verify.check(
+                self.store, self.anchor, against, start=start, until=to_seq, visit=seen
+            )
+            result = walk.finish(complete=to_seq is None)
+        except _ALTERED as exc:  # a column retyped: fails by name, not with a database error
+            reason = (
+                "the ledger's entries cannot be read (a column of audit_ledger was altered: "
+                f"{type(exc.orig).__name__})"
+            )
+            return Verification(0, GENESIS, start, reason), merkle.RootBuilder()
         wrong = nodes.problem(self.store.stored_nodes) if nodes and result.ok else None
         if wrong is not None:
             first, last = merkle.node_range(*wrong)
@@ -444,6 +456,8 @@ class Ledger:
                 return self._verify_since(mark)
             except _Changed as changed:
                 found = changed
+            except _ALTERED:  # a column retyped so the check's queries no longer type-check
+                found = _Changed("the ledger's tables cannot be read as verified", hostile=False)
         result, made = self._verify_whole(against)
         if not result.ok:
             return result, mark

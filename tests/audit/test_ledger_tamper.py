@@ -339,3 +339,24 @@ def test_a_sequence_column_retyped_fails_verification_cleanly(pg_url: str) -> No
         assert kept == mark
     finally:
         ledger.close()
+
+
+def test_a_sequence_column_retyped_to_text_fails_verification_by_name(pg_url: str) -> None:
+    """Retyped to text on PostgreSQL, the view's cheap check met a database error (its
+    comparisons no longer type-check) and the page failed with a server error; a full verify
+    (`exchange audit verify`) did too. Now both fail the verification by name."""
+    ledger = Ledger(pg_url)
+    try:
+        fill(ledger, 4)
+        _, mark = ledger.verify_from(None)
+        engine = sa.create_engine(pg_url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE audit_ledger ALTER COLUMN seq TYPE text")
+        engine.dispose()
+        full = ledger.verify()
+        assert not full.ok and "a column of audit_ledger was altered" in full.reason
+        cheap, kept = ledger.verify_from(mark)  # the view's check between full reads
+        assert not cheap.ok and "a column of audit_ledger was altered" in cheap.reason
+        assert kept == mark
+    finally:
+        ledger.close()
