@@ -78,7 +78,7 @@ def test_the_columnar_path_and_the_loop_agree(monkeypatch: Any) -> None:
     values = [f"P{i:08d}".encode() for i in range(5000)] + [b"", b"x" * 300, bytes(range(256))]
     for key in (KEY, LONG_KEY, b"k"):
         expected = [hmac.digest(key, v, "sha256") for v in values]
-        columnar = keyed._columnar.macs(keyed.padded_keys(key), pa.array(values, pa.binary()))
+        columnar = keyed._columnar.macs(keyed.KeyedHash(key), pa.array(values, pa.binary()))
         assert columnar is not None  # DataFusion itself, not a fallback
         assert columnar.tobytes() == b"".join(expected)
         sliced = pa.array(values, pa.large_binary()).slice(3, 4500)
@@ -158,7 +158,7 @@ def test_a_datafusion_logger_set_low_but_disabled_still_costs_the_loop() -> None
 def test_a_large_column_matches_the_hmac_module_row_for_row() -> None:
     """Past DataFusion's 8,192-row batches: every row, not only the spot checks."""
     values = [f"S{i:09d}".encode() for i in range(50_000)]
-    columnar = keyed._columnar.macs(keyed.padded_keys(LONG_KEY), pa.array(values, pa.binary()))
+    columnar = keyed._columnar.macs(keyed.KeyedHash(LONG_KEY), pa.array(values, pa.binary()))
     assert columnar is not None
     assert columnar.tobytes() == b"".join(hmac.digest(LONG_KEY, v, "sha256") for v in values)
 

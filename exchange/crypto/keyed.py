@@ -6,7 +6,7 @@ native code without holding Python's GIL, so the rest of a run goes on beside it
 of CPU per value against about 1.8 us for the Python loop below, one call per value
 (BENCHMARKS.md, fifth round). The loop stays for small inputs, where importing DataFusion and
 planning the expression would cost more, and in a process forked after DataFusion started
-(its thread pool does not survive a fork). Both give exactly HMAC-SHA256 (tests pin it against
+(its thread pool is not relied on after a fork). Both give exactly HMAC-SHA256 (tests pin it against
 the `hmac` module), so pseudonyms and disclosure hashes are unchanged.
 
 The padded key is a literal in an expression held only in memory. An error from DataFusion may
@@ -73,7 +73,7 @@ class KeyedHash:
         if values.null_count:
             raise ValueError("keyed hashing takes no nulls")
         if len(values) >= COLUMNAR_MIN_ITEMS and _columnar.usable():
-            macs = _columnar.macs(self._pads, values)
+            macs = _columnar.macs(self, values)
             if macs is not None:
                 return np.ascontiguousarray(macs[:, : self.width]).tobytes()
         return self.joined(values.to_pylist())
@@ -115,8 +115,10 @@ class _Columnar:
             return False  # a forked child never touches the lock or the pool it inherited
         return not _datafusion_may_log()
 
-    def macs(self, pads: tuple[bytes, bytes], values: pa.Array) -> np.ndarray | None:
-        """An (n, 32) array of HMAC-SHA256 of each value, or None if DataFusion failed."""
+    def macs(self, keyed: KeyedHash, values: pa.Array) -> np.ndarray | None:
+        """An (n, 32) array of HMAC-SHA256 under `keyed`'s key of each value, or None if
+        DataFusion failed."""
+        pads = keyed._pads
         self._started_in = os.getpid()  # before the lock: a child forked meanwhile stays out
         failed = None
         try:
@@ -138,7 +140,7 @@ class _Columnar:
             raise
         except BaseException:  # any other, a Rust panic too: its text may quote the plan
             failed = "failed"  # (a panic's own message is printed to stderr by Rust first)
-        if failed is None and not _agrees(fixed, pads, values):
+        if failed is None and not _agrees(fixed, keyed, values):
             failed = "gave MACs in another order or of other values"
         if failed is not None:  # logged outside the handler, so no traceback can carry the plan
             self._failed = True
@@ -163,22 +165,17 @@ def _datafusion_may_log() -> bool:
     return any(logging.getLogger(name).getEffectiveLevel() <= logging.INFO for name in names)
 
 
-def _agrees(macs: pa.FixedSizeBinaryArray, pads: tuple[bytes, bytes], values: pa.Array) -> bool:
+def _agrees(macs: pa.FixedSizeBinaryArray, keyed: KeyedHash, values: pa.Array) -> bool:
     """As many MACs as values, and the first, the last and one row in every 4,096 equal to the
     loop's (DataFusion works in batches of 8,192 rows): batches reordered are caught, for a
     few microseconds per 4,096 rows."""
     count = len(values)
     if len(macs) != count:
         return False
-    inner, outer = sha256(pads[0]), sha256(pads[1])
-    for row in {*range(0, count, _CHECK_EVERY), count - 1, count // 2}:
-        i = inner.copy()
-        i.update(values[row].as_py())
-        o = outer.copy()
-        o.update(i.digest())
-        if macs[row].as_py() != o.digest():
-            return False
-    return True
+    rows = sorted({*range(0, count, _CHECK_EVERY), count - 1, count // 2})
+    expected = keyed.digests(values[row].as_py() for row in rows)
+    width = keyed.width
+    return all(macs[row].as_py()[:width] == want for row, want in zip(rows, expected, strict=True))
 
 
 _columnar = _Columnar()
