@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -22,6 +23,29 @@ from exchange.crypto import keyed
 KEY = bytes(range(32))
 LONG_KEY = bytes(range(100))  # longer than a SHA-256 block: HMAC hashes it first
 VALUES = ["P00000001", "9434765919", "", "Zoë Ådams", "x" * 200]
+
+
+def in_a_forked_child(check: Callable[[], bool], seconds: float = 30) -> bool:
+    """Run `check` in a forked child; True if it returned True and exited in time (a child
+    still waiting then is killed and counts as False)."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.write(write_end, b"1" if check() else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + seconds
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    try:
+        return os.read(read_end, 1) == b"1" and done[0] != 0 and done[1] == 0
+    finally:
+        os.close(read_end)
 
 
 def test_pseudonyms_are_pinned() -> None:
@@ -174,8 +198,9 @@ def test_a_datafusion_logger_lowered_again_costs_the_loop(caplog: pytest.LogCapt
 
 
 def test_rows_returned_in_another_order_are_caught(monkeypatch: Any) -> None:
-    """Pseudonyms attached to the wrong people would be silent: each call's first, middle and
-    last MACs are checked against the loop, and a mismatch costs the loop for the process."""
+    """Pseudonyms attached to the wrong people would be silent: after each call the first, the
+    last and one row in every 4,096 are checked against the loop, and a mismatch costs the
+    loop for the process."""
     import datafusion
 
     columnar = keyed._Columnar()
@@ -213,24 +238,7 @@ def test_a_child_forked_while_datafusion_is_being_imported_does_not_wait_for_it(
     values = pa.array([f"P{i:08d}".encode() for i in range(3000)], pa.binary())
     mac = keyed.KeyedHash(KEY, 16)
     with columnar._lock:  # held across the fork, as by the importing thread
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            try:
-                os.write(
-                    write_end, b"1" if mac.array(values) == mac.joined(values.to_pylist()) else b"0"
-                )
-            finally:
-                os._exit(0)
-    os.close(write_end)
-    deadline = time.monotonic() + 30
-    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if done[0] == 0:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
-    assert os.read(read_end, 1) == b"1"
-    os.close(read_end)
+        assert in_a_forked_child(lambda: mac.array(values) == mac.joined(values.to_pylist()))
 
 
 def test_keyed_hashing_takes_no_nulls() -> None:
@@ -276,26 +284,14 @@ def test_a_datafusion_failure_falls_back_to_the_loop_without_its_message(
 
 
 def test_a_forked_child_hashes_by_the_loop() -> None:
-    """DataFusion's threads do not survive a fork: a child of a process that used it hashes by
-    the loop, with the same result, instead of waiting on a pool that is not there."""
+    """DataFusion's thread pool is not relied on after a fork: a child of a process that used
+    it hashes by the loop, with the same result."""
     values = pa.array([f"P{i:08d}".encode() for i in range(5000)], pa.binary())
     mac = keyed.KeyedHash(KEY, 16)
     assert mac.array(values) == mac.joined(values.to_pylist())  # DataFusion started here
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report whether it would use DataFusion, and the result
-        try:
-            ok = not keyed._columnar.usable() and mac.array(values) == mac.joined(
-                values.to_pylist()
-            )
-            os.write(write_end, b"1" if ok else b"0")
-        finally:
-            os._exit(0)
-    os.close(write_end)
-    _, status = os.waitpid(pid, 0)
-    assert os.read(read_end, 1) == b"1"
-    os.close(read_end)
-    assert status == 0
+    assert in_a_forked_child(
+        lambda: not keyed._columnar.usable() and mac.array(values) == mac.joined(values.to_pylist())
+    )
 
 
 def test_pseudonymising_a_large_column_leaves_the_gil_free() -> None:
