@@ -32,13 +32,51 @@ def encode(
     """Yield the file's bytes as each batch is encoded; memory stays at one batch.
 
     `formula_guard` (CSV only) neutralises spreadsheet formulae in text cells."""
-    if fmt == "csv":
-        guarded = (neutralise_formulae(b) for b in batches) if formula_guard else batches
-        yield from _csv(guarded, schema)
-    elif fmt == "parquet":
-        yield from _parquet(batches, schema)
-    else:
-        raise ValueError(f"unsupported payload format {fmt!r}")
+    encoder = Encoder(fmt, schema, formula_guard=formula_guard)
+    yield encoder.header()
+    for batch in batches:
+        yield encoder.encode(batch)
+    yield encoder.finish()
+
+
+class Encoder:
+    """The file's bytes, a batch at a time: `header()`, then `encode(batch)` for each batch in
+    order, then `finish()`; the concatenation is the file. Encoding may run ahead on another
+    thread than the one that writes the bytes, as long as they are written in that order.
+    ValueError for a format it does not know."""
+
+    def __init__(self, fmt: str, schema: pa.Schema, *, formula_guard: bool = True) -> None:
+        if fmt not in SUFFIXES:
+            raise ValueError(f"unsupported payload format {fmt!r}")
+        self.fmt = fmt
+        self.schema = schema
+        self.formula_guard = formula_guard  # CSV only: formulae in text cells neutralised
+        self._parquet: pq.ParquetWriter | None = None
+        self._drain = _Drain()
+        if fmt == "parquet":
+            self._parquet = pq.ParquetWriter(pa.PythonFile(self._drain, mode="w"), schema)
+
+    def header(self) -> bytes:
+        """The bytes before the first batch (CSV: the header line, even when no row follows)."""
+        if self._parquet is not None:
+            return self._drain.drain()
+        return _csv_bytes(self.schema.empty_table(), header=True)
+
+    def encode(self, batch: pa.RecordBatch) -> bytes:
+        """The bytes that follow once `batch` is written (Parquet may hold some back)."""
+        if self._parquet is not None:
+            self._parquet.write_batch(batch)
+            return self._drain.drain()
+        if self.formula_guard:
+            batch = neutralise_formulae(batch)
+        return _csv_bytes(batch, header=False)
+
+    def finish(self) -> bytes:
+        """The bytes after the last batch (Parquet: what it held back and its footer)."""
+        if self._parquet is None:
+            return b""
+        self._parquet.close()
+        return self._drain.drain()
 
 
 def neutralise_formulae(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -61,15 +99,10 @@ def _is_text(kind: pa.DataType) -> bool:
     return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind))
 
 
-def _csv(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[bytes]:
+def _csv_bytes(data: pa.RecordBatch | pa.Table, *, header: bool) -> bytes:
     sink = pa.BufferOutputStream()
-    # The header goes out even when no row does, so an empty drop is still a valid CSV.
-    pacsv.write_csv(schema.empty_table(), sink, pacsv.WriteOptions(include_header=True))
-    yield sink.getvalue().to_pybytes()
-    for batch in batches:
-        sink = pa.BufferOutputStream()
-        pacsv.write_csv(batch, sink, pacsv.WriteOptions(include_header=False))
-        yield sink.getvalue().to_pybytes()
+    pacsv.write_csv(data, sink, pacsv.WriteOptions(include_header=header))
+    return bytes(sink.getvalue().to_pybytes())
 
 
 class _Drain:
@@ -92,12 +125,3 @@ class _Drain:
     def drain(self) -> bytes:
         data, self._parts = b"".join(self._parts), []
         return data
-
-
-def _parquet(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> Iterator[bytes]:
-    sink = _Drain()
-    with pq.ParquetWriter(pa.PythonFile(sink, mode="w"), schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
-            yield sink.drain()
-    yield sink.drain()

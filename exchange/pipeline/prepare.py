@@ -11,7 +11,8 @@ import getpass
 import hashlib
 import json
 import shutil
-from collections.abc import Iterator, Mapping
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,9 +43,14 @@ from exchange.sources import Source, check_columns
 from exchange.sources.subset import ChangedSince
 from exchange.types import arrow_type
 
-# Minimised batches (one CSV block of the source each, ~0.5 MB minimised) waiting to be
-# validated: enough to keep reading while Great Expectations is imported, and no more. The
-# bytes bound holds memory flat when a source's rows (so its batches) are wide.
+# Source batches are gathered to about this size before they are minimised: the keyed hashes
+# and compute kernels have a fixed cost per call (a CSV block is only ~6,500 rows), and a
+# gathered batch is still a small part of a validation window.
+GATHER_ROWS = 32_768
+GATHER_BYTES = 4 << 20
+# Minimised and encoded batches waiting to be validated: enough to keep reading while Great
+# Expectations is imported, and no more. The bytes bound (Arrow and encoded bytes together)
+# holds memory flat when a source's rows (so its batches) are wide.
 QUEUE_BATCHES = 32
 QUEUE_BYTES = 16 << 20
 
@@ -242,36 +248,49 @@ def _encrypt(
 ) -> manifest.Payload:
     """Minimise, guard and validate each batch, and stream it encrypted into the staging folder.
 
-    Three lines of work overlap: a background thread reads, minimises, guards and hashes
-    the subjects of each batch; the gate's worker process validates each window with Great
-    Expectations (imported there since the stage began); this thread gathers windows, encodes
-    and encrypts. A bounded queue and at most two windows held keep memory flat. Nothing
-    reaches the encoder before the guard and the quality gate's verdict on its window."""
+    Three lines of work overlap: a background thread reads, minimises, guards, hashes the
+    subjects of and encodes each batch (in memory); Great Expectations validates each window
+    (here, or in the gate's worker process); this thread encrypts a window's encoded bytes once
+    its verdict is in. A bounded queue and at most two windows held keep memory flat. Nothing is
+    encoded before the guard, and nothing is encrypted or written before its window's verdict."""
     schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])
     fmt = contract.endpoint.format
+    encoder = payload.Encoder(fmt, schema)
 
-    def minimised() -> Iterator[pa.RecordBatch]:
-        for batch in read.source.batches(read.types):
+    def minimised() -> Iterator[tuple[pa.RecordBatch, bytes]]:
+        for batch in gathered(read.source.batches(read.types)):
             out = minimise(batch)
             guard.check(out.schema, contract)  # before anything is encoded or written
             subjects.add(minimise.last_subjects)
-            yield out.cast(schema)
+            out = out.cast(schema)
+            yield out, encoder.encode(out)  # written only once its window has passed
 
-    def validated(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            yield from quality.add(batch)
-        yield from quality.finish()
+    def validated(items: Iterator[tuple[pa.RecordBatch, bytes]]) -> Iterator[bytes]:
+        held: deque[tuple[pa.RecordBatch, bytes]] = deque()
+
+        def passed(batches: list[pa.RecordBatch]) -> Iterator[bytes]:
+            for batch in batches:  # the gate releases batches in the order it was given them
+                taken, data = held.popleft()
+                if taken is not batch:
+                    raise RuntimeError("the quality gate released batches out of order")
+                yield data
+
+        yield encoder.header()
+        for batch, data in items:
+            held.append((batch, data))
+            yield from passed(quality.add(batch))
+        yield from passed(quality.finish())
+        yield encoder.finish()
 
     name = manifest.payload_name(fmt)
     with (
         background(
-            minimised, depth=QUEUE_BATCHES, weigh=_batch_bytes, max_bytes=QUEUE_BYTES
-        ) as batches,
+            minimised, depth=QUEUE_BATCHES, weigh=_item_bytes, max_bytes=QUEUE_BYTES
+        ) as items,
         open_private(staging / name) as handle,
     ):
         sink = HashingWriter(handle)
-        chunks = payload.encode(validated(batches), fmt, schema)
-        age.encrypt_chunks(chunks, sink, contract.recipient_keys)
+        age.encrypt_chunks(validated(items), sink, contract.recipient_keys)
     return manifest.Payload(
         name=name,
         format=fmt,
@@ -282,8 +301,33 @@ def _encrypt(
     )
 
 
-def _batch_bytes(batch: pa.RecordBatch) -> int:
-    return int(batch.nbytes)
+def gathered(
+    batches: Iterable[pa.RecordBatch], rows: int = GATHER_ROWS, size: int = GATHER_BYTES
+) -> Iterator[pa.RecordBatch]:
+    """The batches, consecutive ones joined until a batch has `rows` rows or `size` bytes
+    (only batches of one schema are joined)."""
+    waiting: list[pa.RecordBatch] = []
+    count = nbytes = 0
+    for batch in batches:
+        if waiting and not batch.schema.equals(waiting[0].schema):
+            yield _joined(waiting)
+            waiting, count, nbytes = [], 0, 0
+        waiting.append(batch)
+        count += batch.num_rows
+        nbytes += batch.nbytes
+        if count >= rows or nbytes >= size:
+            yield _joined(waiting)
+            waiting, count, nbytes = [], 0, 0
+    if waiting:
+        yield _joined(waiting)
+
+
+def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
+    return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
+
+
+def _item_bytes(item: tuple[pa.RecordBatch, bytes]) -> int:
+    return int(item[0].nbytes) + len(item[1])
 
 
 def _record_disclosures(
