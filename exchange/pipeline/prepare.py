@@ -46,8 +46,8 @@ from exchange.types import arrow_type
 # Source batches are gathered to about this size before they are minimised: the keyed hashes
 # and compute kernels have a fixed cost per call (a CSV block is only ~6,500 rows), and a
 # gathered batch is still a small part of a validation window.
-GATHER_ROWS = 32_768
-GATHER_BYTES = 4 << 20
+GATHER_ROWS = 16_384
+GATHER_BYTES = 2 << 20
 # Minimised and encoded batches waiting to be validated: enough to keep reading while Great
 # Expectations is imported, and no more. The bytes bound (Arrow and encoded bytes together)
 # holds memory flat when a source's rows (so its batches) are wide.
