@@ -94,6 +94,7 @@ class QualityGate:
                 self._keys.setdefault(rule.columns, rule)
         self._hashes: dict[tuple[str, ...], KeyHashes] = {k: KeyHashes() for k in self._keys}
         self._window: list[pa.RecordBatch] = []
+        self._unhashed: list[pa.RecordBatch] = []  # the window's batches added without hashes
         self._window_rows = 0
         self._window_bytes = 0
         # A window sent for validation and its rows, released when its verdict arrives.
@@ -111,8 +112,23 @@ class QualityGate:
         """Whether the windows are validated by a worker process (False: in this one)."""
         return self._worker is not None
 
-    def add(self, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-        """Take a batch; return the batches of windows whose validation has passed."""
+    def key_hashes(self, batch: pa.RecordBatch) -> dict[tuple[str, ...], np.ndarray]:
+        """The hashes the whole-run uniqueness check needs of a batch, per key. It reads only
+        the rules, so another thread may take them while this one validates, and pass them to
+        `add` with the batch."""
+        table = pa.Table.from_batches([batch])
+        return {key: key_hashes(table, key) for key in self._keys}
+
+    def add(
+        self, batch: pa.RecordBatch, keys: dict[tuple[str, ...], np.ndarray] | None = None
+    ) -> list[pa.RecordBatch]:
+        """Take a batch, and its `key_hashes` if already taken (else they are taken here);
+        return the batches of windows whose validation has passed."""
+        if keys is None:
+            self._unhashed.append(batch)
+        else:
+            for key, hashes in self._hashes.items():
+                hashes.add(keys[key])
         self._window.append(batch)
         self._window_rows += batch.num_rows
         self._window_bytes += batch.nbytes
@@ -162,10 +178,12 @@ class QualityGate:
             return []
         rows = sum(b.num_rows for b in batches)
         self.rows += rows
-        table = pa.Table.from_batches(batches)
-        for key, hashes in self._hashes.items():
-            hashes.add(key_hashes(table, key))  # while the worker validates the previous one
-        del table
+        if self._unhashed:  # while the worker validates the previous window
+            table = pa.Table.from_batches(self._unhashed)
+            for key, hashes in self._hashes.items():
+                hashes.add(key_hashes(table, key))
+            self._unhashed = []
+            del table
         released = self._settle() if self._pending is not None else []
         self._submit(batches, rows)
         if not self._pipelined or self._worker is None:  # validated here: nothing to wait for

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import traceback
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -251,15 +252,23 @@ def test_gate_fails_on_a_bad_value_without_showing_it(
         assert secret not in shown(caught.value)
 
 
+@pytest.mark.parametrize("hashed_by", ["gate", "caller"])
 def test_duplicates_split_across_windows_are_caught_at_finish(
-    contract: Contract, clean: pa.Table
+    contract: Contract, clean: pa.Table, hashed_by: str
 ) -> None:
-    """A subject key repeated in a later window passes each window but fails the run."""
+    """A subject key repeated in a later window passes each window but fails the run, whether
+    the gate hashes the keys or is handed them (taken on another thread, as a run does)."""
     first = clean.slice(0, 50)
     second = with_cell(clean.slice(50, 50), "person_ref", 7, first["person_ref"][3].as_py())
     gate = QualityGate(contract, window_rows=50)
-    assert sum(b.num_rows for b in gate.add(one_batch(first))) == 50
-    assert sum(b.num_rows for b in gate.add(one_batch(second))) == 50
+    for part in (first, second):
+        batch = one_batch(part)
+        keys = None
+        if hashed_by == "caller":
+            with ThreadPoolExecutor(1) as pool:
+                keys = pool.submit(gate.key_hashes, batch).result()
+            assert [len(h) for h in keys.values()] == [50]
+        assert sum(b.num_rows for b in gate.add(batch, keys)) == 50
     with pytest.raises(QualityFailed) as caught:
         gate.finish()
     assert caught.value.failures == ("person_ref: unique failed for 1 of 100 rows (whole run)",)

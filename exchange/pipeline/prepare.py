@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 from exchange import guard, manifest, payload, transforms
@@ -257,15 +258,16 @@ def _encrypt(
     fmt = contract.endpoint.format
     encoder = payload.Encoder(fmt, schema)
 
-    def minimised() -> Iterator[tuple[pa.RecordBatch, bytes]]:
+    def minimised() -> Iterator[_Minimised]:
         for batch in gathered(read.source.batches(read.types)):
             out = minimise(batch)
             guard.check(out.schema, contract)  # before anything is encoded or written
             subjects.add(minimise.last_subjects)
             out = out.cast(schema)
-            yield out, encoder.encode(out)  # written only once its window has passed
+            # Encoded here, written only once its window has passed.
+            yield _Minimised(out, quality.key_hashes(out), encoder.encode(out))
 
-    def validated(items: Iterator[tuple[pa.RecordBatch, bytes]]) -> Iterator[bytes]:
+    def validated(items: Iterator[_Minimised]) -> Iterator[bytes]:
         held: deque[tuple[pa.RecordBatch, bytes]] = deque()
 
         def passed(batches: list[pa.RecordBatch]) -> Iterator[bytes]:
@@ -276,9 +278,9 @@ def _encrypt(
                 yield data
 
         yield encoder.header()
-        for batch, data in items:
-            held.append((batch, data))
-            yield from passed(quality.add(batch))
+        for item in items:
+            held.append((item.batch, item.encoded))
+            yield from passed(quality.add(item.batch, item.keys))
         yield from passed(quality.finish())
         yield encoder.finish()
 
@@ -326,8 +328,17 @@ def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
     return batches[0] if len(batches) == 1 else pa.concat_batches(batches)
 
 
-def _item_bytes(item: tuple[pa.RecordBatch, bytes]) -> int:
-    return int(item[0].nbytes) + len(item[1])
+@dataclass(frozen=True)
+class _Minimised:
+    """A batch as the producer hands it over: minimised, its uniqueness hashes, its bytes."""
+
+    batch: pa.RecordBatch
+    keys: dict[tuple[str, ...], np.ndarray]
+    encoded: bytes
+
+
+def _item_bytes(item: _Minimised) -> int:
+    return int(item.batch.nbytes) + len(item.encoded) + sum(h.nbytes for h in item.keys.values())
 
 
 def _record_disclosures(
