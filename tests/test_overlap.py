@@ -9,8 +9,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from exchange.audit.disclosures import SubjectHashes, _sorted_distinct
-from exchange.audit.subjects import sorted_hashes
+from exchange.audit.disclosures import SubjectHashes
+from exchange.audit.subjects import sorted_distinct, sorted_hashes
 from exchange.errors import SourceError
 from exchange.pipeline.overlap import background
 
@@ -126,9 +126,9 @@ def test_sorting_by_the_first_word_falls_back_when_first_words_tie() -> None:
     real hashes, forced here) still come out in full byte order, each once."""
     rows = [(5, 9), (5, 1), (2, 7), (5, 9), (2**64 - 1, 0), (2, 7), (5, 3), (0, 2**64 - 1)]
     words = np.array(rows, dtype=np.uint64).astype(">u8")
-    got = [tuple(int(x) for x in row) for row in _sorted_distinct(words)]
+    got = [tuple(int(x) for x in row) for row in sorted_distinct(words)]
     assert got == sorted(set(rows))
     # No tie beyond exact repeats: the fast path, the same contract.
     plain = [(7, 1), (3, 3), (7, 1), (1, 8)]
-    got = _sorted_distinct(np.array(plain, dtype=np.uint64).astype(">u8"))
+    got = sorted_distinct(np.array(plain, dtype=np.uint64).astype(">u8"))
     assert [tuple(int(x) for x in row) for row in got] == sorted(set(plain))

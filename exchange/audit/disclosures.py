@@ -68,6 +68,7 @@ from exchange.audit.subjects import (
     HASH_CHUNK,
     key_id,
     lookup_hash,
+    sorted_distinct,
     sorted_hashes,
     subject_hash,
 )
@@ -286,7 +287,7 @@ class SubjectHashes:
             words = np.concatenate(pieces, dtype=">u8")
             if not len(words):
                 continue
-            yield _sorted_distinct(words)
+            yield sorted_distinct(words)
 
     def _read(self, offset: int, start: int, stop: int) -> np.ndarray:
         assert self._file is not None  # parts are only written out to an open file
@@ -295,23 +296,6 @@ class SubjectHashes:
         if len(data) != size:
             raise LedgerError("the drop's subject hashes could not be read back in full")
         return np.frombuffer(data, dtype=">u8").reshape(-1, 2)
-
-
-def _sorted_distinct(words: np.ndarray) -> np.ndarray:
-    """Hashes (rows of two big-endian words) sorted ascending, each once (a subject in two
-    batches is recorded once). Sorted by the first word alone, as integers, a stable sort
-    that merges the parts' sorted runs; rows whose first words tie but second words differ
-    (about one in 2**64) are sorted by both instead."""
-    first = words[:, 0].astype(np.uint64)
-    order = np.argsort(first, kind="stable")
-    words, first = words[order], first[order]
-    same = first[1:] == first[:-1]
-    if not same.any():
-        return words
-    if (same & (words[1:, 1] != words[:-1, 1])).any():
-        words = words[np.lexsort((words[:, 1], words[:, 0]))]
-        same = np.all(words[1:] == words[:-1], axis=1)
-    return words[np.concatenate(([True], ~same))]
 
 
 def _cuts(part: np.ndarray) -> np.ndarray:

@@ -74,4 +74,21 @@ def sorted_hashes(
         mac.array(data.slice(start, HASH_CHUNK)) for start in range(0, len(data), HASH_CHUNK)
     )
     words = np.frombuffer(out, dtype=">u8").reshape(-1, 2)
-    return words[np.lexsort((words[:, 1], words[:, 0]))], nulls
+    return sorted_distinct(words), nulls
+
+
+def sorted_distinct(words: np.ndarray) -> np.ndarray:
+    """Hashes (rows of two big-endian words) sorted ascending, each once (a subject in two
+    batches is recorded once). Sorted by the first word alone, as integers, a stable sort
+    that merges the parts' sorted runs; rows whose first words tie but second words differ
+    (about one in 2**64) are sorted by both instead."""
+    first = words[:, 0].astype(np.uint64)
+    order = np.argsort(first, kind="stable")
+    words, first = words[order], first[order]
+    same = first[1:] == first[:-1]
+    if not same.any():
+        return words
+    if (same & (words[1:, 1] != words[:-1, 1])).any():
+        words = words[np.lexsort((words[:, 1], words[:, 0]))]
+        same = np.all(words[1:] == words[:-1], axis=1)
+    return words[np.concatenate(([True], ~same))]
