@@ -41,8 +41,9 @@ def encode(
 
 class Encoder:
     """The file's bytes, a batch at a time: `header()`, then `encode(batch)` for each batch in
-    order, then `finish()`; the concatenation is the file. Encoding may run ahead on another
-    thread than the one that writes the bytes, as long as they are written in that order.
+    order, then `finish()`; the concatenation is the file. The header is taken when the encoder
+    is made, so it may be read on any thread at any time; `encode` and `finish` change the
+    writer's state and must be called in order, one at a time (one thread, or handed over).
     ValueError for a format it does not know."""
 
     def __init__(self, fmt: str, schema: pa.Schema, *, formula_guard: bool = True) -> None:
@@ -55,12 +56,13 @@ class Encoder:
         self._drain = _Drain()
         if fmt == "parquet":
             self._parquet = pq.ParquetWriter(pa.PythonFile(self._drain, mode="w"), schema)
+            self._header = self._drain.drain()  # its magic bytes, written as it opens
+        else:  # the header line goes out even when no row does: an empty drop is valid CSV
+            self._header = _csv_bytes(schema.empty_table(), header=True)
 
     def header(self) -> bytes:
-        """The bytes before the first batch (CSV: the header line, even when no row follows)."""
-        if self._parquet is not None:
-            return self._drain.drain()
-        return _csv_bytes(self.schema.empty_table(), header=True)
+        """The bytes before the first batch (CSV: the header line; Parquet: its magic)."""
+        return self._header
 
     def encode(self, batch: pa.RecordBatch) -> bytes:
         """The bytes that follow once `batch` is written (Parquet may hold some back)."""

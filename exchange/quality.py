@@ -95,6 +95,7 @@ class QualityGate:
         self._hashes: dict[tuple[str, ...], KeyHashes] = {k: KeyHashes() for k in self._keys}
         self._window: list[pa.RecordBatch] = []
         self._unhashed: list[pa.RecordBatch] = []  # the window's batches added without hashes
+        self._handed: dict[tuple[str, ...], list[np.ndarray]] = {k: [] for k in self._keys}
         self._window_rows = 0
         self._window_bytes = 0
         # A window sent for validation and its rows, released when its verdict arrives.
@@ -127,8 +128,8 @@ class QualityGate:
         if keys is None:
             self._unhashed.append(batch)
         else:
-            for key, hashes in self._hashes.items():
-                hashes.add(keys[key])
+            for key, parts in self._handed.items():
+                parts.append(keys[key])
         self._window.append(batch)
         self._window_rows += batch.num_rows
         self._window_bytes += batch.nbytes
@@ -178,12 +179,17 @@ class QualityGate:
             return []
         rows = sum(b.num_rows for b in batches)
         self.rows += rows
-        if self._unhashed:  # while the worker validates the previous window
-            table = pa.Table.from_batches(self._unhashed)
-            for key, hashes in self._hashes.items():
-                hashes.add(key_hashes(table, key))
-            self._unhashed = []
-            del table
+        # Stored a window at a time (one sorted part each: fewer for the whole-run count).
+        table = pa.Table.from_batches(self._unhashed) if self._unhashed else None
+        for key, hashes in self._hashes.items():  # while the worker validates the previous one
+            parts = self._handed[key]
+            if table is not None:
+                parts.append(key_hashes(table, key))
+            if parts:
+                hashes.add(np.concatenate(parts))
+            self._handed[key] = []
+        self._unhashed = []
+        del table
         released = self._settle() if self._pending is not None else []
         self._submit(batches, rows)
         if not self._pipelined or self._worker is None:  # validated here: nothing to wait for
@@ -202,11 +208,17 @@ class QualityGate:
             except WorkerFailed as exc:
                 self._release_worker()
                 raise ValidationWorkerFailed(f"{exc}: nothing was sent; run it again") from None
-        if self._in_process is None:
+        self.load()
+        self._verdict = self._in_process.validate(pa.Table.from_batches(batches).to_pandas())
+
+    def load(self) -> None:
+        """Load the validator now, if the windows are validated in this process (Great
+        Expectations' import takes seconds): a caller may do so while another thread reads.
+        Otherwise it is loaded by the first window."""
+        if self._worker is None and self._in_process is None:
             from validators.suite import BatchValidator  # Great Expectations is slow to import
 
             self._in_process = BatchValidator(self._name, self.rules)
-        self._verdict = self._in_process.validate(pa.Table.from_batches(batches).to_pandas())
 
     def _settle(self) -> list[pa.RecordBatch]:
         """Wait for the pending window's verdict; its batches if it passed, else QualityFailed."""

@@ -823,7 +823,6 @@ SQLITE_INSERT_ROWS = 1 << 20  # hashes bound per statement (16 MiB; the counter'
 def _insert_sqlite(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:
     for start in range(0, len(hashes), SQLITE_INSERT_ROWS):
         chunk = np.ascontiguousarray(hashes[start : start + SQLITE_INSERT_ROWS])
-        before = raw.total_changes  # rowcount is -1 for a statement that begins WITH
         raw.execute(
             _SQLITE_INSERT,
             {
@@ -833,7 +832,9 @@ def _insert_sqlite(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:
                 "transfer": transfer_id,
             },
         )
-        inserted = raw.total_changes - before
+        # The statement's own count (rowcount is -1 for one that begins WITH; total_changes
+        # is a 32-bit count for the connection's life).
+        inserted = raw.execute("SELECT changes()").fetchone()[0]
         if inserted != len(chunk):  # the counter is finite: never record a drop in part
             raise LedgerError(
                 f"the disclosure insert took {inserted} of {len(chunk)} subject hashes"

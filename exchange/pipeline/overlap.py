@@ -1,11 +1,12 @@
 """Run a producer of items in a background thread, handing them over through a bounded queue.
 
-Reading and minimising (pyarrow's reader and compute kernels release the GIL) then overlap
-with validating, encoding and encrypting, so a run uses a second core. The queue is bounded,
-so memory stays at `depth` items however large the input. An exception in the producer is
-raised again, unchanged, in the consumer; a consumer that stops early (a quality failure, a
-cancelled run) stops the producer at its next item. With `weigh`, the items waiting are also
-bounded in bytes (Arrow batches differ in size with the source's rows), one item always passes.
+Reading, minimising, hashing and encoding (pyarrow's reader and compute kernels and DataFusion
+release the GIL) then overlap with validating and encrypting, so a run uses a second core.
+The queue is bounded, so memory stays at `depth` items however large the input. An exception
+in the producer is raised again, unchanged, in the consumer; a consumer that stops early (a
+quality failure, a cancelled run) stops the producer at its next item. With `weigh`, the items
+waiting are also bounded in bytes (Arrow batches differ in size with the source's rows), one
+item always passes.
 """
 
 from __future__ import annotations

@@ -51,7 +51,8 @@ GATHER_ROWS = 16_384
 GATHER_BYTES = 2 << 20
 # Minimised and encoded batches waiting to be validated: enough to keep reading while Great
 # Expectations is imported, and no more. The bytes bound (Arrow and encoded bytes together)
-# holds memory flat when a source's rows (so its batches) are wide.
+# holds memory flat when a source's rows (so its batches) are wide. Past the queue, the gate
+# holds at most two windows, and this thread their encoded bytes (about their Arrow size).
 QUEUE_BATCHES = 32
 QUEUE_BYTES = 16 << 20
 
@@ -282,7 +283,9 @@ def _encrypt(
             held.append((item.batch, item.encoded))
             yield from passed(quality.add(item.batch, item.keys))
         yield from passed(quality.finish())
-        yield encoder.finish()
+        if held:  # every batch given to the gate comes back once its window passed
+            raise RuntimeError("the quality gate kept back batches of a run that passed")
+        yield encoder.finish()  # the producer has ended: the encoder is this thread's now
 
     name = manifest.payload_name(fmt)
     with (
@@ -291,6 +294,7 @@ def _encrypt(
         ) as items,
         open_private(staging / name) as handle,
     ):
+        quality.load()  # while the first batches are read
         sink = HashingWriter(handle)
         age.encrypt_chunks(validated(items), sink, contract.recipient_keys)
     return manifest.Payload(
