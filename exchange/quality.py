@@ -208,17 +208,11 @@ class QualityGate:
             except WorkerFailed as exc:
                 self._release_worker()
                 raise ValidationWorkerFailed(f"{exc}: nothing was sent; run it again") from None
-        self.load()
-        self._verdict = self._in_process.validate(pa.Table.from_batches(batches).to_pandas())
-
-    def load(self) -> None:
-        """Load the validator now, if the windows are validated in this process (Great
-        Expectations' import takes seconds): a caller may do so while another thread reads.
-        Otherwise it is loaded by the first window."""
-        if self._worker is None and self._in_process is None:
+        if self._in_process is None:
             from validators.suite import BatchValidator  # Great Expectations is slow to import
 
             self._in_process = BatchValidator(self._name, self.rules)
+        self._verdict = self._in_process.validate(pa.Table.from_batches(batches).to_pandas())
 
     def _settle(self) -> list[pa.RecordBatch]:
         """Wait for the pending window's verdict; its batches if it passed, else QualityFailed."""

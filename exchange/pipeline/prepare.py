@@ -294,7 +294,6 @@ def _encrypt(
         ) as items,
         open_private(staging / name) as handle,
     ):
-        quality.load()  # while the first batches are read
         sink = HashingWriter(handle)
         age.encrypt_chunks(validated(items), sink, contract.recipient_keys)
     return manifest.Payload(
