@@ -6,7 +6,6 @@ import pyarrow as pa
 
 from exchange.pipeline.prepare import gathered
 
-
 INT64 = pa.int64()
 
 
