@@ -95,8 +95,8 @@ class QualityGate:
                 self._keys.setdefault(rule.columns, rule)
         self._hashes: dict[tuple[str, ...], KeyHashes] = {k: KeyHashes() for k in self._keys}
         self._window: list[pa.RecordBatch] = []
-        self._unhashed: list[pa.RecordBatch] = []  # the window's batches added without hashes
-        self._handed: dict[tuple[str, ...], list[np.ndarray]] = {k: [] for k in self._keys}
+        # The window's key hashes, batch by batch, stored a window at a time.
+        self._window_keys: dict[tuple[str, ...], list[np.ndarray]] = {k: [] for k in self._keys}
         self._window_rows = 0
         self._window_bytes = 0
         # A window sent for validation and its rows, released when its verdict arrives.
@@ -127,10 +127,9 @@ class QualityGate:
         """Take a batch, and its `key_hashes` if already taken (else they are taken here);
         return the batches of windows whose validation has passed."""
         if keys is None:
-            self._unhashed.append(batch)
-        else:
-            for key, parts in self._handed.items():
-                parts.append(keys[key])
+            keys = self.key_hashes(batch)
+        for key, parts in self._window_keys.items():
+            parts.append(keys[key])
         self._window.append(batch)
         self._window_rows += batch.num_rows
         self._window_bytes += batch.nbytes
@@ -180,17 +179,11 @@ class QualityGate:
             return []
         rows = sum(b.num_rows for b in batches)
         self.rows += rows
-        # Stored a window at a time (one sorted part each: fewer for the whole-run count).
-        table = pa.Table.from_batches(self._unhashed) if self._unhashed else None
-        for key, hashes in self._hashes.items():  # while the worker validates the previous one
-            parts = self._handed[key]
-            if table is not None:
-                parts.append(key_hashes(table, key))
+        # One sorted part per window, not per batch: fewer for the whole-run count to read.
+        for key, hashes in self._hashes.items():
+            parts, self._window_keys[key] = self._window_keys[key], []
             if parts:
                 hashes.add(np.concatenate(parts))
-            self._handed[key] = []
-        self._unhashed = []
-        del table
         released = self._settle() if self._pending is not None else []
         self._submit(batches, rows)
         if not self._pipelined or self._worker is None:  # validated here: nothing to wait for
