@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,18 +20,20 @@ import pytest
 from conftest import FOLDER, Workspace
 
 from exchange import acks, keys
-from exchange.audit import Ledger
+from exchange.audit import Disclosures, Ledger
 from exchange.crypto import signing
 from exchange.crypto.signing import load_private_key
 from exchange.errors import (
     ConnectionLost,
     HostKeyRejected,
+    LedgerError,
     NotRunnable,
     QualityFailed,
     TransferError,
 )
 from exchange.gateway import Gateway, drop_id_for
 from exchange.manifest import MANIFEST_NAME
+from exchange.pipeline import prepare
 from exchange.receive import receive
 from exchange.transport import open_transport
 from exchange.transport.memory import Fault, MemoryServer, MemoryTransport
@@ -287,6 +291,82 @@ def test_a_quality_failure_is_quarantined_cleaned_up_and_audited(
     assert (workspace.settings.quarantine / f"{drop_id}.json").is_file()
     assert named(workspace, "run.refused")[-1]["reason"] == "quality"
     assert not gw.staging_for(drop_id).exists()
+    assert transport.connections == 0 and drops(server) == []
+
+
+def slow_recording(
+    monkeypatch: pytest.MonkeyPatch, seconds: float, threads: list[str]
+) -> list[bool]:
+    """The drop's disclosures recorded `seconds` late, noting the thread that records them;
+    the list gets, for each discard, whether the recording had finished by then."""
+    record, discard = prepare._record_disclosures, Disclosures.discard
+    done = threading.Event()
+    finished: list[bool] = []
+
+    def late(*args: Any) -> Any:
+        threads.append(threading.current_thread().name)
+        time.sleep(seconds)
+        try:
+            return record(*args)
+        finally:
+            done.set()
+
+    def noted(self: Disclosures, drop_id: str) -> int:
+        finished.append(done.is_set())
+        return discard(self, drop_id)
+
+    monkeypatch.setattr(prepare, "_record_disclosures", late)
+    monkeypatch.setattr(Disclosures, "discard", noted)
+    return finished
+
+
+def test_disclosures_are_recorded_beside_the_last_windows_and_kept(
+    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    slow_recording(monkeypatch, 0.3, threads)
+    workspace.write_contract()
+    gw = gateway(workspace, MemoryTransport(server))
+    gw.run(workspace.contract, workspace.source(20), run_id="r")
+    assert len(threads) == 1 and threads[0].startswith("exchange-record")
+    recorded = gw.disclosures().transfer(drop_id_for("school-attendance-to-early-help", "r"))
+    assert recorded is not None and recorded[1] > 0
+
+
+def test_a_quality_failure_after_the_source_is_read_leaves_no_disclosure_record(
+    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's row count fails once every row is read, while its subjects are still being
+    recorded: the stage waits for the recording, then discards it (a discard before the
+    recording ends would find nothing, and the record would stay)."""
+
+    def impossible(doc: dict[str, Any]) -> None:
+        doc["schema"][0]["quality"][0]["mustBeBetween"] = [10**6, 10**7]
+
+    threads: list[str] = []
+    finished = slow_recording(monkeypatch, 2.5, threads)
+    workspace.write_contract(impossible)
+    gw = gateway(workspace, MemoryTransport(server))
+    with pytest.raises(QualityFailed):
+        gw.run(workspace.contract, workspace.source(20), run_id="q")
+    assert threads  # the subjects were being recorded when the run failed
+    assert finished == [True]  # the stage waited for the recording, then discarded it
+    assert gw.disclosures().transfer(drop_id_for("school-attendance-to-early-help", "q")) is None
+
+
+def test_a_recording_that_fails_fails_the_run_and_sends_nothing(
+    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise LedgerError("the disclosure ledger is read-only")
+
+    monkeypatch.setattr(prepare, "_record_disclosures", broken)
+    workspace.write_contract()
+    transport = MemoryTransport(server)
+    gw = gateway(workspace, transport)
+    with pytest.raises(LedgerError, match="read-only"):
+        gw.run(workspace.contract, workspace.source(20), run_id="f")
+    assert not gw.staging_for(drop_id_for("school-attendance-to-early-help", "f")).exists()
     assert transport.connections == 0 and drops(server) == []
 
 

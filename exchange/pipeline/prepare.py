@@ -12,7 +12,8 @@ import hashlib
 import json
 import shutil
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import pyarrow as pa
 
 from exchange import guard, manifest, payload, transforms
 from exchange.audit import Disclosure, Disclosures, witness
-from exchange.audit.disclosures import SubjectHashes
+from exchange.audit.disclosures import Recorded, SubjectHashes
 from exchange.contract import Contract
 from exchange.crypto import age, signing, sshsig
 from exchange.crypto.streams import HashingWriter
@@ -112,7 +113,22 @@ def prepare_drop(
         )
         rules = len(quality.rules)
         subjects = disclosures.hashes()  # filled batch by batch, as the rows go out
-        written = _encrypt(contract, read, minimise, subjects, quality, staging)
+        # Once the source is read, every subject is hashed: they are recorded (not yet as
+        # sent) on another thread while the last windows are validated and encrypted. Leaving
+        # the block waits for the recording, so a failed stage's undo finds it to discard.
+        with ThreadPoolExecutor(1, thread_name_prefix="exchange-record") as recorder:
+            recording: list[Future[Recorded]] = []
+
+            def record() -> None:
+                recording.append(
+                    recorder.submit(
+                        _record_disclosures, disclosures, contract, run_id, drop_id, subjects
+                    )
+                )
+
+            written = _encrypt(contract, read, minimise, subjects, quality, staging, record)
+            recorded = recording[0].result()  # what the recording raised is raised here
+        subjects.close()  # its temporary file of hashes, if the drop had that many subjects
         tally = minimise.tally
         rows = {
             "read": tally.read,
@@ -120,8 +136,6 @@ def prepare_drop(
             "objections_overridden": tally.objections_overridden,
             "sent": tally.sent,
         }
-        recorded = _record_disclosures(disclosures, contract, run_id, drop_id, subjects)
-        subjects.close()  # its temporary file of hashes, if the drop had that many subjects
         head_seq, head_hash = ctx.ledger.head()
         sender = signing.key_id(signing_key.public_key())
         checkpoint = ctx.ledger.checkpoint(signing_key, ctx.settings.checkpoint_origin(sender))
@@ -247,8 +261,10 @@ def _encrypt(
     subjects: SubjectHashes,
     quality: QualityGate,
     staging: Path,
+    read_all: Callable[[], None],
 ) -> manifest.Payload:
-    """Minimise, guard and validate each batch, and stream it encrypted into the staging folder.
+    """Minimise, guard and validate each batch, and stream it encrypted into the staging folder;
+    `read_all` is called on the producer thread once the last batch is read and hashed.
 
     Three lines of work overlap: a background thread reads, minimises, guards, hashes the
     subjects of and encodes each batch (in memory); Great Expectations validates each window
@@ -267,6 +283,7 @@ def _encrypt(
             out = out.cast(schema)
             # Encoded here, written only once its window has passed.
             yield _Minimised(out, quality.key_hashes(out), encoder.encode(out))
+        read_all()
 
     def validated(items: Iterator[_Minimised]) -> Iterator[bytes]:
         held: deque[tuple[pa.RecordBatch, bytes]] = deque()
@@ -350,7 +367,7 @@ def _record_disclosures(
     run_id: str,
     drop_id: str,
     subjects: SubjectHashes,
-) -> Any:
+) -> Recorded:
     """A keyed hash of each subject in the drop, in the disclosure ledger (not yet sent)."""
     return disclosures.record(
         Disclosure(
