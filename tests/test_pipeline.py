@@ -34,6 +34,7 @@ from exchange.errors import (
 from exchange.gateway import Gateway, drop_id_for
 from exchange.manifest import MANIFEST_NAME
 from exchange.pipeline import prepare
+from exchange.quality import QualityGate
 from exchange.receive import receive
 from exchange.transport import open_transport
 from exchange.transport.memory import Fault, MemoryServer, MemoryTransport
@@ -352,6 +353,26 @@ def test_a_quality_failure_after_the_source_is_read_leaves_no_disclosure_record(
     assert threads  # the subjects were being recorded when the run failed
     assert finished == [True]  # the stage waited for the recording, then discarded it
     assert gw.disclosures().transfer(drop_id_for("school-attendance-to-early-help", "q")) is None
+
+
+def test_an_interrupt_after_the_source_is_read_leaves_no_disclosure_record(
+    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the last window is validated: the stage undoes only errors, so prepare
+    itself waits for the recording and discards it."""
+
+    def interrupted(self: QualityGate) -> Any:
+        raise KeyboardInterrupt
+
+    threads: list[str] = []
+    finished = slow_recording(monkeypatch, 0.5, threads)
+    monkeypatch.setattr(QualityGate, "finish", interrupted)
+    workspace.write_contract()
+    gw = gateway(workspace, MemoryTransport(server))
+    with pytest.raises(KeyboardInterrupt):
+        gw.run(workspace.contract, workspace.source(20), run_id="i")
+    assert threads and finished == [True]
+    assert gw.disclosures().transfer(drop_id_for("school-attendance-to-early-help", "i")) is None
 
 
 def test_a_recording_that_fails_fails_the_run_and_sends_nothing(

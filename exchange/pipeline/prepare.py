@@ -114,21 +114,28 @@ def prepare_drop(
         rules = len(quality.rules)
         subjects = disclosures.hashes()  # filled batch by batch, as the rows go out
         # Once the source is read, every subject is hashed: they are recorded (not yet as
-        # sent) on another thread while the last windows are validated and encrypted. Leaving
-        # the block waits for the recording, so a failed stage's undo finds it to discard.
-        with ThreadPoolExecutor(1, thread_name_prefix="exchange-record") as recorder:
-            recording: list[Future[Recorded]] = []
+        # sent) on another thread while the last windows are validated and encrypted.
+        recorder = ThreadPoolExecutor(1, thread_name_prefix="exchange-record")
+        recording: list[Future[Recorded]] = []
 
-            def record() -> None:
-                recording.append(
-                    recorder.submit(
-                        _record_disclosures, disclosures, contract, run_id, drop_id, subjects
-                    )
+        def record() -> None:
+            recording.append(
+                recorder.submit(
+                    _record_disclosures, disclosures, contract, run_id, drop_id, subjects
                 )
+            )
 
+        try:
             written = _encrypt(contract, read, minimise, subjects, quality, staging, record)
             recorded = recording[0].result()  # what the recording raised is raised here
-        subjects.close()  # its temporary file of hashes, if the drop had that many subjects
+        except BaseException as exc:
+            recorder.shutdown()  # a recording under way ends before the stage undoes it
+            if not isinstance(exc, Exception):  # an interrupt: the stage undoes only errors
+                disclosures.discard(drop_id)
+            raise
+        finally:
+            recorder.shutdown()
+            subjects.close()  # its temporary file of hashes, if the drop had that many subjects
         tally = minimise.tally
         rows = {
             "read": tally.read,
