@@ -12,15 +12,18 @@ import hashlib
 import json
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from conftest import FOLDER, Workspace
 
 from exchange import acks, keys
 from exchange.audit import Disclosures, Ledger
+from exchange.audit.disclosures import SubjectHashes
 from exchange.crypto import signing
 from exchange.crypto.signing import load_private_key
 from exchange.errors import (
@@ -388,6 +391,81 @@ def test_a_recording_that_fails_fails_the_run_and_sends_nothing(
     with pytest.raises(LedgerError, match="read-only"):
         gw.run(workspace.contract, workspace.source(20), run_id="f")
     assert not gw.staging_for(drop_id_for("school-attendance-to-early-help", "f")).exists()
+    assert transport.connections == 0 and drops(server) == []
+
+
+def test_subjects_are_hashed_on_the_recorder_thread(
+    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[str] = []
+    real = SubjectHashes.add
+
+    def noted(self: SubjectHashes, ids: Any) -> None:
+        threads.append(threading.current_thread().name)
+        real(self, ids)
+
+    monkeypatch.setattr(SubjectHashes, "add", noted)
+    workspace.write_contract()
+    gw = gateway(workspace, MemoryTransport(server))
+    result = gw.run(workspace.contract, workspace.source(20), run_id="h")
+    assert threads and all(name.startswith("exchange-record") for name in threads)
+    recorded = gw.disclosures().transfer(drop_id_for("school-attendance-to-early-help", "h"))
+    assert recorded is not None and recorded[1] == result.rows_sent > 0  # one subject a row
+
+
+def test_a_subject_hashing_error_fails_the_run_and_records_nothing(
+    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: SubjectHashes, ids: Any) -> None:
+        raise LedgerError("subject ids must be strings or integers")
+
+    monkeypatch.setattr(SubjectHashes, "add", broken)
+    workspace.write_contract()
+    transport = MemoryTransport(server)
+    gw = gateway(workspace, transport)
+    with pytest.raises(LedgerError, match="strings or integers"):
+        gw.run(workspace.contract, workspace.source(20), run_id="e")
+    drop_id = drop_id_for("school-attendance-to-early-help", "e")
+    assert gw.disclosures().transfer(drop_id) is None
+    assert not gw.staging_for(drop_id).exists()
+    assert transport.connections == 0 and drops(server) == []
+
+
+def test_subject_batches_wait_for_the_recorder_a_bounded_number_ahead() -> None:
+    gate = threading.Event()
+    hashed: list[int] = []
+
+    class Slow:
+        def add(self, ids: Any) -> None:
+            gate.wait(5)
+            hashed.append(len(ids))
+
+    with ThreadPoolExecutor(1) as recorder:
+        subjecting = prepare._Subjecting(recorder, Slow())  # type: ignore[arg-type]
+        for _ in range(prepare.SUBJECT_BATCHES_AHEAD):
+            subjecting.add(pa.array(["a", "b"]))
+        assert len(subjecting._pending) == prepare.SUBJECT_BATCHES_AHEAD  # none hashed yet
+        gate.set()
+        subjecting.add(pa.array(["c"]))  # waits for the oldest, then hands over
+        subjecting.wait()
+    assert hashed == [2] * prepare.SUBJECT_BATCHES_AHEAD + [1]
+
+
+def test_rows_the_gate_keeps_back_fail_the_run(
+    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = QualityGate.finish
+
+    def forgetful(self: QualityGate) -> list[Any]:
+        real(self)
+        return []  # the last window's rows never come back
+
+    monkeypatch.setattr(QualityGate, "finish", forgetful)
+    workspace.write_contract()
+    transport = MemoryTransport(server)
+    gw = gateway(workspace, transport)
+    with pytest.raises(RuntimeError, match="kept back rows"):
+        gw.run(workspace.contract, workspace.source(20), run_id="k")
     assert transport.connections == 0 and drops(server) == []
 
 

@@ -50,12 +50,13 @@ from exchange.types import arrow_type
 # gathered batch is still a small part of a validation window.
 GATHER_ROWS = 16_384
 GATHER_BYTES = 2 << 20
-# Minimised and encoded batches waiting to be validated: enough to keep reading while Great
-# Expectations is imported, and no more. The bytes bound (Arrow and encoded bytes together)
-# holds memory flat when a source's rows (so its batches) are wide. Past the queue, the gate
-# holds at most two windows, and this thread their encoded bytes (about their Arrow size).
+# Minimised batches waiting to be validated: enough to keep reading while Great Expectations
+# is imported, and no more. The bytes bound holds memory flat when a source's rows (so its
+# batches) are wide. Past the queue, the gate holds at most two windows.
 QUEUE_BATCHES = 32
 QUEUE_BYTES = 16 << 20
+# Batches whose subject ids wait for the recorder thread to hash them (each a column of ids).
+SUBJECT_BATCHES_AHEAD = 8
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,15 @@ def prepare_drop(
         )
         rules = len(quality.rules)
         subjects = disclosures.hashes()  # filled batch by batch, as the rows go out
-        # Once the source is read, every subject is hashed: they are recorded (not yet as
-        # sent) on another thread while the last windows are validated and encrypted.
+        # A third thread hashes each batch's subjects (DataFusion, mostly off the GIL) and,
+        # once the source is read, records them (not yet as sent) while the last windows are
+        # validated and encrypted: one worker, so the recording follows the last hashing.
         recorder = ThreadPoolExecutor(1, thread_name_prefix="exchange-record")
+        subjecting = _Subjecting(recorder, subjects)
         recording: list[Future[Recorded]] = []
 
         def record() -> None:
+            subjecting.wait()  # every batch's subjects are hashed (or their error is raised)
             recording.append(
                 recorder.submit(
                     _record_disclosures, disclosures, contract, run_id, drop_id, subjects
@@ -126,7 +130,7 @@ def prepare_drop(
             )
 
         try:
-            written = _encrypt(contract, read, minimise, subjects, quality, staging, record)
+            written = _encrypt(contract, read, minimise, subjecting, quality, staging, record)
             recorded = recording[0].result()  # what the recording raised is raised here
         except BaseException as exc:
             recorder.shutdown()  # a recording under way ends before the stage undoes it
@@ -265,51 +269,46 @@ def _encrypt(
     contract: Contract,
     read: Extract,
     minimise: Minimiser,
-    subjects: SubjectHashes,
+    subjecting: _Subjecting,
     quality: QualityGate,
     staging: Path,
     read_all: Callable[[], None],
 ) -> manifest.Payload:
     """Minimise, guard and validate each batch, and stream it encrypted into the staging folder;
-    `read_all` is called on the producer thread once the last batch is read and hashed.
+    `read_all` is called on the producer thread once the last batch is read.
 
-    Three lines of work overlap: a background thread reads, minimises, guards, hashes the
-    subjects of and encodes each batch (in memory); Great Expectations validates each window
-    (here, or in the gate's worker process); this thread encrypts a window's encoded bytes once
-    its verdict is in. A bounded queue and at most two windows held keep memory flat. Nothing is
-    encoded before the guard, and nothing is encrypted or written before its window's verdict."""
+    The lines of work overlap: a background thread reads, minimises and guards each batch and
+    takes its uniqueness hashes; the recorder thread hashes its subjects; Great Expectations
+    validates each window (here, or in the gate's worker process); this thread encodes and
+    encrypts a window's batches once its verdict is in. A bounded queue and at most two windows
+    held keep memory flat. Nothing is encoded, encrypted or written before its window's verdict."""
     schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])
     fmt = contract.endpoint.format
-    encoder = payload.Encoder(fmt, schema)
 
     def minimised() -> Iterator[_Minimised]:
         for batch in gathered(read.source.batches(read.types)):
             out = minimise(batch)
             guard.check(out.schema, contract)  # before anything is encoded or written
-            subjects.add(minimise.last_subjects)
+            subjecting.add(minimise.last_subjects)
             out = out.cast(schema)
-            # Encoded here, written only once its window has passed.
-            yield _Minimised(out, quality.key_hashes(out), encoder.encode(out))
+            yield _Minimised(out, quality.key_hashes(out))
         read_all()
 
     def validated(items: Iterator[_Minimised]) -> Iterator[bytes]:
-        held: deque[tuple[pa.RecordBatch, bytes]] = deque()
-
-        def passed(batches: list[pa.RecordBatch]) -> Iterator[bytes]:
-            for batch in batches:  # the gate releases batches in the order it was given them
-                taken, data = held.popleft()
-                if taken is not batch:
-                    raise RuntimeError("the quality gate released batches out of order")
-                yield data
-
+        encoder = payload.Encoder(fmt, schema)
+        given = released = 0
         yield encoder.header()
         for item in items:
-            held.append((item.batch, item.encoded))
-            yield from passed(quality.add(item.batch, item.keys))
-        yield from passed(quality.finish())
-        if held:  # every batch given to the gate comes back once its window passed
-            raise RuntimeError("the quality gate kept back batches of a run that passed")
-        yield encoder.finish()  # the producer has ended: the encoder is this thread's now
+            given += item.batch.num_rows
+            for batch in quality.add(item.batch, item.keys):  # released once their window passed
+                released += batch.num_rows
+                yield encoder.encode(batch)
+        for batch in quality.finish():
+            released += batch.num_rows
+            yield encoder.encode(batch)
+        if released != given:  # every row given to the gate comes back once its window passed
+            raise RuntimeError("the quality gate kept back rows of a run that passed")
+        yield encoder.finish()
 
     name = manifest.payload_name(fmt)
     with (
@@ -357,15 +356,37 @@ def _joined(batches: list[pa.RecordBatch]) -> pa.RecordBatch:
 
 @dataclass(frozen=True)
 class _Minimised:
-    """A batch as the producer hands it over: minimised, its uniqueness hashes, its bytes."""
+    """A batch as the producer hands it over: minimised, and its uniqueness hashes."""
 
     batch: pa.RecordBatch
     keys: dict[tuple[str, ...], np.ndarray]
-    encoded: bytes
 
 
 def _item_bytes(item: _Minimised) -> int:
-    return int(item.batch.nbytes) + len(item.encoded) + sum(h.nbytes for h in item.keys.values())
+    return int(item.batch.nbytes) + sum(h.nbytes for h in item.keys.values())
+
+
+class _Subjecting:
+    """Hands each batch's subject ids to the recorder thread to be hashed into the drop's
+    `SubjectHashes`, at most `SUBJECT_BATCHES_AHEAD` batches ahead; an error in the hashing is
+    raised in the producer at its next batch (or by `wait`)."""
+
+    def __init__(self, recorder: ThreadPoolExecutor, subjects: SubjectHashes) -> None:
+        self._recorder = recorder
+        self._subjects = subjects
+        self._pending: deque[Future[None]] = deque()
+
+    def add(self, ids: pa.Array | pa.ChunkedArray) -> None:
+        while self._pending and (
+            self._pending[0].done() or len(self._pending) >= SUBJECT_BATCHES_AHEAD
+        ):
+            self._pending.popleft().result()
+        self._pending.append(self._recorder.submit(self._subjects.add, ids))
+
+    def wait(self) -> None:
+        """Until every batch handed over is hashed."""
+        while self._pending:
+            self._pending.popleft().result()
 
 
 def _record_disclosures(
