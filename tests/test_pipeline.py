@@ -413,18 +413,23 @@ def test_subjects_are_hashed_on_the_recorder_thread(
     assert recorded is not None and recorded[1] == result.rows_sent > 0  # one subject a row
 
 
+@pytest.mark.parametrize("rows", [20, 30_000])
 def test_a_subject_hashing_error_fails_the_run_and_records_nothing(
-    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch, rows: int
 ) -> None:
+    """The first batch's hashing fails: raised when the producer hands over its next batch
+    (30,000 rows: several CSV blocks, not joined) or, for a single batch, when it has read all."""
+
     def broken(self: SubjectHashes, ids: Any) -> None:
         raise LedgerError("subject ids must be strings or integers")
 
     monkeypatch.setattr(SubjectHashes, "add", broken)
+    monkeypatch.setattr(prepare, "gathered", lambda batches: iter(batches))
     workspace.write_contract()
     transport = MemoryTransport(server)
     gw = gateway(workspace, transport)
     with pytest.raises(LedgerError, match="strings or integers"):
-        gw.run(workspace.contract, workspace.source(20), run_id="e")
+        gw.run(workspace.contract, workspace.source(rows), run_id="e")
     drop_id = drop_id_for("school-attendance-to-early-help", "e")
     assert gw.disclosures().transfer(drop_id) is None
     assert not gw.staging_for(drop_id).exists()
@@ -440,15 +445,32 @@ def test_subject_batches_wait_for_the_recorder_a_bounded_number_ahead() -> None:
             gate.wait(5)
             hashed.append(len(ids))
 
+    ahead = prepare.SUBJECT_BATCHES_AHEAD
     with ThreadPoolExecutor(1) as recorder:
         subjecting = prepare._Subjecting(recorder, Slow())  # type: ignore[arg-type]
-        for _ in range(prepare.SUBJECT_BATCHES_AHEAD):
+        for _ in range(ahead):
             subjecting.add(pa.array(["a", "b"]))
-        assert len(subjecting._pending) == prepare.SUBJECT_BATCHES_AHEAD  # none hashed yet
+        one_more = threading.Thread(target=subjecting.add, args=(pa.array(["c"]),))
+        one_more.start()
+        one_more.join(0.3)
+        assert one_more.is_alive()  # it waits for the oldest batch to be hashed
+        assert len(subjecting._pending) == ahead - 1 and hashed == []  # the oldest is awaited
         gate.set()
-        subjecting.add(pa.array(["c"]))  # waits for the oldest, then hands over
+        one_more.join(5)
         subjecting.wait()
-    assert hashed == [2] * prepare.SUBJECT_BATCHES_AHEAD + [1]
+    assert hashed == [2] * ahead + [1]
+
+
+def test_a_failed_hashing_is_raised_by_the_next_hand_over() -> None:
+    def broken(ids: Any) -> None:
+        raise LedgerError("no")
+
+    with ThreadPoolExecutor(1) as recorder:
+        subjecting = prepare._Subjecting(recorder, SimpleNamespace(add=broken))  # type: ignore[arg-type]
+        subjecting.add(pa.array(["a"]))
+        recorder.submit(lambda: None).result()  # the first hashing has run (and failed)
+        with pytest.raises(LedgerError):
+            subjecting.add(pa.array(["b"]))
 
 
 def test_rows_the_gate_keeps_back_fail_the_run(
@@ -464,8 +486,29 @@ def test_rows_the_gate_keeps_back_fail_the_run(
     workspace.write_contract()
     transport = MemoryTransport(server)
     gw = gateway(workspace, transport)
-    with pytest.raises(RuntimeError, match="kept back rows"):
+    with pytest.raises(RuntimeError, match="kept back batches"):
         gw.run(workspace.contract, workspace.source(20), run_id="k")
+    assert transport.connections == 0 and drops(server) == []
+
+
+@pytest.mark.parametrize("rows", [20, 30_000])
+def test_a_batch_the_gate_gives_back_out_of_order_fails_the_run(
+    workspace: Workspace, server: MemoryServer, monkeypatch: pytest.MonkeyPatch, rows: int
+) -> None:
+    """The last window's batches come back rotated (several batches) or one twice (one)."""
+    real = QualityGate.finish
+    monkeypatch.setattr(prepare, "gathered", lambda batches: iter(batches))
+
+    def shuffled(self: QualityGate) -> list[Any]:
+        released = real(self)
+        return [released[-1], *released[:-1]] if len(released) > 1 else [*released, *released]
+
+    monkeypatch.setattr(QualityGate, "finish", shuffled)
+    workspace.write_contract()
+    transport = MemoryTransport(server)
+    gw = gateway(workspace, transport)
+    with pytest.raises(RuntimeError, match="out of order"):
+        gw.run(workspace.contract, workspace.source(rows), run_id="o")
     assert transport.connections == 0 and drops(server) == []
 
 

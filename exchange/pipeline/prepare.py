@@ -280,8 +280,9 @@ def _encrypt(
     The lines of work overlap: a background thread reads, minimises and guards each batch and
     takes its uniqueness hashes; the recorder thread hashes its subjects; Great Expectations
     validates each window (here, or in the gate's worker process); this thread encodes and
-    encrypts a window's batches once its verdict is in. A bounded queue and at most two windows
-    held keep memory flat. Nothing is encoded, encrypted or written before its window's verdict."""
+    encrypts a window's batches once its verdict is in (the very batches it was given, in
+    order). A bounded queue and at most two windows held keep memory flat. Nothing is encoded,
+    encrypted or written before its window's verdict."""
     schema = pa.schema([pa.field(f.name, arrow_type(f.logical_type)) for f in contract.fields])
     fmt = contract.endpoint.format
 
@@ -296,18 +297,21 @@ def _encrypt(
 
     def validated(items: Iterator[_Minimised]) -> Iterator[bytes]:
         encoder = payload.Encoder(fmt, schema)
-        given = released = 0
+        given: deque[pa.RecordBatch] = deque()  # the gate holds them anyway: no extra memory
+
+        def passed(batches: list[pa.RecordBatch]) -> Iterator[bytes]:
+            for batch in batches:  # the very batches given, in order, once their window passed
+                if not given or given.popleft() is not batch:
+                    raise RuntimeError("the quality gate released batches out of order")
+                yield encoder.encode(batch)
+
         yield encoder.header()
         for item in items:
-            given += item.batch.num_rows
-            for batch in quality.add(item.batch, item.keys):  # released once their window passed
-                released += batch.num_rows
-                yield encoder.encode(batch)
-        for batch in quality.finish():
-            released += batch.num_rows
-            yield encoder.encode(batch)
-        if released != given:  # every row given to the gate comes back once its window passed
-            raise RuntimeError("the quality gate kept back rows of a run that passed")
+            given.append(item.batch)
+            yield from passed(quality.add(item.batch, item.keys))
+        yield from passed(quality.finish())
+        if given:
+            raise RuntimeError("the quality gate kept back batches of a run that passed")
         yield encoder.finish()
 
     name = manifest.payload_name(fmt)
