@@ -19,7 +19,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -82,6 +83,7 @@ class QualityGate:
         self._pipelined = pipelined
         self._worker: Worker | None = None
         self._in_process: Any = None
+        self._loading: _Loading | None = None  # the in-process validator, being built
         if worker:
             try:
                 self._worker = take()
@@ -128,6 +130,10 @@ class QualityGate:
         return the batches of windows whose validation has passed."""
         if keys is None:
             keys = self.key_hashes(batch)
+        if self._worker is None and self._in_process is None and self._loading is None:
+            # Great Expectations is imported (seconds) while the first window is gathered;
+            # only once a row has come, so a run with nothing to send never imports it.
+            self._loading = _Loading(self._name, self.rules)
         for key, parts in self._window_keys.items():
             parts.append(keys[key])
         self._window.append(batch)
@@ -161,6 +167,9 @@ class QualityGate:
     def close(self) -> None:
         """Stop using the worker and drop the uniqueness hashes (and their temporary files)."""
         self._release_worker()
+        loading, self._loading = self._loading, None
+        if loading is not None:
+            loading.wait()  # no import left running behind the gate
         for hashes in self._hashes.values():
             hashes.close()
 
@@ -203,9 +212,8 @@ class QualityGate:
                 self._release_worker()
                 raise ValidationWorkerFailed(f"{exc}: nothing was sent; run it again") from None
         if self._in_process is None:
-            from validators.suite import BatchValidator  # Great Expectations is slow to import
-
-            self._in_process = BatchValidator(self._name, self.rules)
+            loading, self._loading = self._loading, None
+            self._in_process = (loading or _Loading(self._name, self.rules)).result()
         self._verdict = self._in_process.validate(pa.Table.from_batches(batches).to_pandas())
 
     def _settle(self) -> list[pa.RecordBatch]:
@@ -334,6 +342,36 @@ class KeyHashes:
             self._file.close()
             self._file = None
         self._parts, self._written, self._held = [], [], 0
+
+
+class _Loading:
+    """Builds the in-process validator (importing Great Expectations) on a thread of its own."""
+
+    def __init__(self, name: str, rules: Sequence[Rule]) -> None:
+        self._validator: Any = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._build, args=(name, rules), name="exchange-gx-load", daemon=True
+        )
+        self._thread.start()
+
+    def _build(self, name: str, rules: Sequence[Rule]) -> None:
+        try:
+            from validators.suite import BatchValidator  # Great Expectations is slow to import
+
+            self._validator = BatchValidator(name, rules)
+        except BaseException as exc:  # raised again, unchanged, where the validator is needed
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+
+    def result(self) -> Any:
+        """The validator, once built; what building it raised, raised here."""
+        self.wait()
+        if self._error is not None:
+            raise self._error
+        return self._validator
 
 
 def _cuts(part: np.ndarray) -> np.ndarray:

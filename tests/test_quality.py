@@ -293,3 +293,50 @@ def test_row_count_above_the_maximum(tmp_path: Path, clean: pa.Table) -> None:
     with pytest.raises(QualityFailed) as caught:
         run(gate, clean.slice(0, 100).to_batches(max_chunksize=30))
     assert caught.value.failures == ("row count 100 is outside the contract's bounds [1, 99]",)
+
+
+def test_the_validator_is_built_on_a_thread_once_the_first_row_comes(
+    contract: Contract, clean: pa.Table
+) -> None:
+    gate = QualityGate(contract, worker=False)
+    assert gate._loading is None  # nothing to validate yet: nothing imported
+    released = gate.add(one_batch(clean))
+    loading = gate._loading
+    assert loading is not None and loading._thread.name == "exchange-gx-load"
+    released += gate.finish()
+    assert sum(b.num_rows for b in released) == clean.num_rows
+    assert not loading._thread.is_alive() and gate._in_process is not None
+
+
+def test_a_gate_given_no_rows_builds_no_validator(contract: Contract) -> None:
+    gate = QualityGate(contract, worker=False, pipelined=True)
+    with pytest.raises(QualityFailed, match="row"):  # the sample asks for at least one row
+        gate.finish()
+    assert gate._loading is None and gate._in_process is None
+
+
+def test_what_building_the_validator_raised_is_raised_where_it_is_needed(
+    contract: Contract, clean: pa.Table, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import validators.suite
+
+    def broken(name: str, rules: Any) -> Any:
+        raise ValueError("between rule on 'age' has min above max")
+
+    monkeypatch.setattr(validators.suite, "BatchValidator", broken)
+    gate = QualityGate(contract, worker=False)
+    with pytest.raises(ValueError, match="min above max"):
+        run(gate, [one_batch(clean)])
+    loading = gate._loading
+    assert loading is None  # taken by the first validation, which raised its error
+
+
+def test_closing_a_gate_waits_for_its_validator_to_be_built(
+    contract: Contract, clean: pa.Table
+) -> None:
+    gate = QualityGate(contract, worker=False)
+    gate.add(one_batch(clean.slice(0, 10)))
+    loading = gate._loading
+    assert loading is not None
+    gate.close()  # a run that fails before its first window is validated
+    assert not loading._thread.is_alive() and gate._loading is None
