@@ -130,9 +130,16 @@ class QualityGate:
         return the batches of windows whose validation has passed."""
         if keys is None:
             keys = self.key_hashes(batch)
-        if self._worker is None and self._in_process is None and self._loading is None:
+        if (
+            batch.num_rows
+            and self._worker is None
+            and self._in_process is None
+            and self._loading is None
+        ):
             # Great Expectations is imported (seconds) while the first window is gathered;
-            # only once a row has come, so a run with nothing to send never imports it.
+            # only once a row has come, so a run with nothing to send never imports it. (The
+            # other threads must not import GX's own dependencies meanwhile, as two threads
+            # importing one module can see it half made: nothing in `exchange` does.)
             self._loading = _Loading(self._name, self.rules)
         for key, parts in self._window_keys.items():
             parts.append(keys[key])
@@ -167,11 +174,13 @@ class QualityGate:
     def close(self) -> None:
         """Stop using the worker and drop the uniqueness hashes (and their temporary files)."""
         self._release_worker()
-        loading, self._loading = self._loading, None
-        if loading is not None:
-            loading.wait()  # no import left running behind the gate
-        for hashes in self._hashes.values():
-            hashes.close()
+        try:
+            if self._loading is not None:
+                self._loading.wait()  # no import left running behind the gate
+                self._loading = None
+        finally:
+            for hashes in self._hashes.values():
+                hashes.close()
 
     def _release_worker(self) -> None:
         """The worker goes back for the next gate if its windows all passed; else it stops."""
@@ -212,8 +221,10 @@ class QualityGate:
                 self._release_worker()
                 raise ValidationWorkerFailed(f"{exc}: nothing was sent; run it again") from None
         if self._in_process is None:
-            loading, self._loading = self._loading, None
-            self._in_process = (loading or _Loading(self._name, self.rules)).result()
+            if self._loading is None:  # the worker went away, or the window has no rows
+                self._loading = _Loading(self._name, self.rules)
+            self._in_process = self._loading.result()  # kept until then, for close() to wait
+            self._loading = None
         self._verdict = self._in_process.validate(pa.Table.from_batches(batches).to_pandas())
 
     def _settle(self) -> list[pa.RecordBatch]:
@@ -350,6 +361,9 @@ class _Loading:
     def __init__(self, name: str, rules: Sequence[Rule]) -> None:
         self._validator: Any = None
         self._error: BaseException | None = None
+        # Waited on instead of joining the thread: a join cut short by Ctrl-C (3.11) marks the
+        # thread stopped while it still runs, so a later join would not wait.
+        self._built = threading.Event()
         self._thread = threading.Thread(
             target=self._build, args=(name, rules), name="exchange-gx-load", daemon=True
         )
@@ -362,9 +376,11 @@ class _Loading:
             self._validator = BatchValidator(name, rules)
         except BaseException as exc:  # raised again, unchanged, where the validator is needed
             self._error = exc
+        finally:
+            self._built.set()
 
     def wait(self) -> None:
-        self._thread.join()
+        self._built.wait()
 
     def result(self) -> Any:
         """The validator, once built; what building it raised, raised here."""

@@ -327,8 +327,8 @@ def test_what_building_the_validator_raised_is_raised_where_it_is_needed(
     gate = QualityGate(contract, worker=False)
     with pytest.raises(ValueError, match="min above max"):
         run(gate, [one_batch(clean)])
-    loading = gate._loading
-    assert loading is None  # taken by the first validation, which raised its error
+    gate.close()
+    assert gate._loading is None and gate._in_process is None
 
 
 def test_closing_a_gate_waits_for_its_validator_to_be_built(
@@ -339,4 +339,42 @@ def test_closing_a_gate_waits_for_its_validator_to_be_built(
     loading = gate._loading
     assert loading is not None
     gate.close()  # a run that fails before its first window is validated
-    assert not loading._thread.is_alive() and gate._loading is None
+    assert loading._built.is_set() and gate._loading is None
+
+
+def test_a_gate_given_only_empty_batches_builds_no_validator_until_it_validates(
+    contract: Contract, clean: pa.Table
+) -> None:
+    gate = QualityGate(contract, worker=False)
+    empty = pa.RecordBatch.from_pylist([], schema=clean.schema)  # every row of a batch excluded
+    gate.add(empty)
+    assert gate._loading is None
+    gate.close()
+
+
+def test_an_interrupted_first_validation_still_waits_for_the_validator(
+    contract: Contract, clean: pa.Table, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the first window waits for the validator: closing the gate (the run's
+    clean-up) still waits for the thread building it, so no import runs on behind it."""
+    import time
+
+    import validators.suite
+
+    def slow(name: str, rules: Any) -> Any:
+        time.sleep(1.0)
+        return object()
+
+    def interrupted(self: Any) -> Any:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(validators.suite, "BatchValidator", slow)
+    gate = QualityGate(contract, worker=False)
+    gate.add(one_batch(clean))
+    loading = gate._loading
+    assert loading is not None
+    monkeypatch.setattr(type(loading), "result", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        gate.finish()
+    gate.close()
+    assert loading._built.is_set()  # close waited for the build that was under way
