@@ -1,7 +1,5 @@
 """`python -m exchange` is the `exchange` command."""
 
-import sys
+from exchange.cli import command
 
-from exchange.cli import main
-
-sys.exit(main())
+command()

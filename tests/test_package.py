@@ -44,6 +44,25 @@ def test_importing_the_package_and_the_command_loads_no_heavy_library() -> None:
     assert out.stdout.strip() == "[]"
 
 
+def test_the_command_exits_with_mains_code_and_skips_only_the_last_collection(
+    tmp_path: Path,
+) -> None:
+    """The console command (`python -m exchange` too) returns main's exit code, its exit
+    handlers still run, and by then every live object is frozen out of the final collection."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("kind: DataContract\n")
+    code = (
+        "import atexit, gc, runpy, sys\n"
+        "atexit.register(lambda: print('frozen', gc.get_freeze_count() > 0))\n"
+        f"sys.argv = ['exchange', 'contract', 'lint', {str(bad)!r}]\n"
+        "runpy.run_module('exchange', run_name='__main__')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert done.returncode == 2, done.stderr  # a bad contract: bad input
+    assert "frozen True" in done.stdout
+    assert "bad.yaml: apiVersion" in done.stderr
+
+
 def test_every_exchange_variable_is_read_by_settings_alone() -> None:
     """Only exchange/settings.py reads the environment, with two named exceptions."""
     allowed = {
