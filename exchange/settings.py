@@ -46,9 +46,9 @@ def _log_format(text: str | None) -> str:
     return value
 
 
-def _switch(name: str, text: str | None) -> bool:
-    """A yes/no variable: `1` or `0` (unset is 0)."""
-    value = (text or "0").strip()
+def _switch(name: str, text: str | None, *, default: bool = False) -> bool:
+    """A yes/no variable: `1` or `0` (unset or empty: `default`)."""
+    value = (text or ("1" if default else "0")).strip()
     if value not in ("0", "1"):
         raise InvalidRequest(f"{name} must be 1 or 0")
     return value == "1"
@@ -86,8 +86,9 @@ class Settings:
     EXCHANGE_STAGING_MAX_AGE_HOURS  a staged drop of an abandoned run expires after; 168 (a week)
     EXCHANGE_LOG_FORMAT    the gateway's lines in task logs: text, or json (one object per line
                            with the run and agreement ids); text
-    EXCHANGE_VALIDATION_WORKER  1: Great Expectations validates in a worker process of its own
-                           (validators.worker); 0 (the default): in the run's own process
+    EXCHANGE_VALIDATION_WORKER  1 (the default): Great Expectations validates in a worker
+                           process of its own (validators.worker), which `exchange run` starts
+                           as it begins; 0: in the run's own process (less memory in all)
     EXCHANGE_INCIDENT_*    incident notices: SMTP, SMTP_TLS, FROM, TO, WEBHOOK (exchange.incidents)
     EXCHANGE_SECRET_*, EXCHANGE_CONN_*  secrets and connections by name (`secret_env`)
     """
@@ -104,7 +105,7 @@ class Settings:
     staging_url: str | None = None
     staging_max_age_hours: float = 168.0
     log_format: str = "text"
-    validation_worker: bool = False
+    validation_worker: bool = True
     incident_smtp: str | None = None
     incident_smtp_tls: str | None = None
     incident_from: str = "exchange-gateway@localhost"
@@ -136,7 +137,7 @@ class Settings:
             ),
             log_format=_log_format(env.get("EXCHANGE_LOG_FORMAT")),
             validation_worker=_switch(
-                "EXCHANGE_VALIDATION_WORKER", env.get("EXCHANGE_VALIDATION_WORKER")
+                "EXCHANGE_VALIDATION_WORKER", env.get("EXCHANGE_VALIDATION_WORKER"), default=True
             ),
             incident_smtp=env.get("EXCHANGE_INCIDENT_SMTP") or None,
             incident_smtp_tls=env.get("EXCHANGE_INCIDENT_SMTP_TLS") or None,

@@ -281,6 +281,46 @@ def test_contract_failing_the_odcs_schema(workspace: Workspace, partner: Partner
     assert body["reason"] == "contract-invalid"
 
 
+def in_session(session: int) -> list[int]:
+    """The processes whose session is `session` (field 6 of /proc/PID/stat)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except (FileNotFoundError, ProcessLookupError):  # it ended meanwhile
+            continue
+        if int(stat.rpartition(")")[2].split()[3]) == session:
+            found.append(int(entry.name))
+    return found
+
+
+def test_a_refused_run_leaves_no_validation_worker_behind(
+    workspace: Workspace, partner: PartnerSftpServer
+) -> None:
+    """`exchange run` starts its validation worker before anything else (its child imports
+    Great Expectations for seconds); refused at the contract check, the command stops it
+    before it ends: nothing of the run's session is left."""
+    bad = write_contract(
+        workspace.contract.with_name("bad.yaml"),
+        workspace.recipient,
+        lambda doc: doc["customProperties"][2]["value"].append("marketing"),
+    )
+    command = subprocess.Popen(
+        [EXCHANGE, "run", str(bad), "--source", str(workspace.source(100))],
+        env={**os.environ, **workspace.env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own session: the worker would be in it
+    )
+    out, err = command.communicate(timeout=120)
+    done = subprocess.CompletedProcess(command.args, command.returncode, out, err)
+    assert_refused_and_nothing_sent(workspace, partner, done, cli.BAD_INPUT, "run.refused")
+    assert in_session(command.pid) == []
+
+
 def test_unknown_purpose_code(workspace: Workspace, partner: PartnerSftpServer) -> None:
     def edit(doc: dict) -> None:
         doc["customProperties"][2]["value"].append("marketing")

@@ -276,6 +276,25 @@ def take() -> Worker:
     return Worker()
 
 
+def start_early() -> None:
+    """Start a worker for the next gate of this process to take: its child imports Great
+    Expectations (seconds of CPU) on another core while this process checks the contract and
+    reads the first batches. Nothing if one is idle already, or if none can be started (the
+    gate then validates in this process); an unused one is stopped at exit."""
+    global _IDLE
+    with _IDLE_LOCK:
+        if _IDLE is not None and _IDLE.pid == os.getpid() and not _IDLE.broken:
+            return
+    try:
+        worker = Worker()
+    except WorkerUnavailable:
+        return
+    with _IDLE_LOCK:
+        spare, _IDLE = _IDLE, worker
+    if spare is not None:
+        spare.close(kill=True)
+
+
 def give_back(worker: Worker) -> None:
     """Keep a worker whose suite ended cleanly for the next one; stop any other."""
     global _IDLE
@@ -334,6 +353,11 @@ def _frame(source: IO[bytes]) -> tuple[bytes, bytes] | None:
 def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
     """The worker's loop: load a suite, answer each window, until the end of input."""
     _reply(sink, {"hello": package_folder()})
+    # Great Expectations is imported now, before any rules come, so a worker started early
+    # (as `exchange run` begins) has it loaded by the time the first window is gathered. An
+    # error here is raised again, and reported, when the rules come.
+    with contextlib.suppress(Exception):
+        import validators.suite  # noqa: F401
     validator: Any = None
     positions: dict[int, int] = {}
     window = 0

@@ -34,6 +34,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 "--dry-run to retry that run"
             )
         return cmd_dry_run(args)
+    settings = Settings.from_env()
+    if settings.validation_worker:
+        # First, before the gateway's own imports: the worker's child imports Great
+        # Expectations on the other core while this process checks the contract and reads.
+        from validators.worker import start_early
+
+        start_early()
     from exchange.cli import _failed
     from exchange.doctor import NotReady
     from exchange.errors import TransferError
@@ -41,7 +48,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from exchange.pipeline.naming import new_run_id
     from exchange.pipeline.run import run_exchange
 
-    gateway = Gateway.from_env()
+    gateway = Gateway(settings)
     run_id = args.run_id or new_run_id(gateway.clock())  # known here, to name in a retry
     try:
         with progress() as show:  # gone before any message below is printed

@@ -90,9 +90,10 @@ def prepare_drop(
     """Stage the run's drop as signed ciphertext; every failure is cleaned up and audited.
 
     Raises Refused (guard, quality, not runnable), SourceError, SecretMissing, CryptoError."""
-    # With EXCHANGE_VALIDATION_WORKER=1 the gate starts its Great Expectations worker process
-    # now, so that import overlaps the reading and minimising below; it is stopped however the
-    # stage ends. Off by default: on two cores it saved no time and cost memory (BENCHMARKS.md).
+    # Unless EXCHANGE_VALIDATION_WORKER=0, Great Expectations validates in a worker process
+    # (where it is not loaded in this one already): the one `exchange run` started as it began,
+    # or one started now, so its import overlaps the reading below; it is stopped however the
+    # stage ends. On two cores: 17-20% faster at 1M rows, more memory in all (BENCHMARKS.md).
     worker = None if ctx.settings.validation_worker else False
     with (
         stage(ctx, "prepare", run_id, contract=contract) as current,
