@@ -2,11 +2,11 @@
 
     python benchmarks/profile_exchange.py --rows 200000 [--top 30] [--out FILE.prof]
 
-As in `exchange run`, Great Expectations validates in this process, and its import (a one-off,
-measured by exchange_vs_raw.py) is in the profile; `--in-process` imports it before profiling
-starts, as where a Celery worker preloads it. With EXCHANGE_VALIDATION_WORKER=1 the gate's
-worker process validates instead, and only the waits for its verdicts are here. The other
-threads' work (reading and minimising; hashing and recording subjects) is not in it.
+As in `exchange run`, Great Expectations validates in the gate's worker process by default,
+so only the waits for its verdicts are here; `--in-process` imports it before profiling starts,
+as where a Celery worker preloads it, and the gate then validates in this process, in the
+profile. The other threads' work (reading and minimising; hashing and recording subjects) is
+not in it.
 """
 
 from __future__ import annotations
