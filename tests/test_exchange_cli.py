@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import gc
 import hashlib
 import hmac
 import io
@@ -133,6 +134,27 @@ def test_exchange_delivers_exactly_the_minimised_rows(
 
     # Staged ciphertext is purged after delivery.
     assert not any(workspace.settings.staging.iterdir())
+
+
+def test_the_audit_database_file_alone_holds_every_entry_once_the_command_ends(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """The command closes its database connections as it exits, so SQLite folds its
+    write-ahead log into `audit.db`: a plain copy of that file (an auditor's evidence copy, a
+    backup) has every entry the ledger has."""
+    database = Path(workspace.settings.audit_url.removeprefix("sqlite:///"))
+    source = workspace.source(50)
+    gc.collect()  # the fixtures' dropped engines: this process must not hold the file open
+    held = [os.readlink(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()]
+    assert str(database) not in held  # else the command's close is not the last, and keeps it
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert done.returncode == 0, done.stderr
+    assert not database.with_name(database.name + "-wal").exists()
+    copy = tmp_path / "evidence.db"
+    copy.write_bytes(database.read_bytes())
+    with sqlite3.connect(copy) as conn:
+        (copied,) = conn.execute("SELECT count(*) FROM audit_ledger").fetchone()
+    assert copied == len(list(Ledger(workspace.settings.audit_url).entries())) > 0
 
 
 def test_partner_receive_verifies_and_writes_the_data(

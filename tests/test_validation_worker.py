@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -237,11 +238,16 @@ def test_one_worker_serves_gate_after_gate(contract: Contract, clean: pa.Table) 
 
 
 def test_a_worker_started_early_imports_great_expectations_before_any_rules_come(
-    contract: Contract, clean: pa.Table
+    contract: Contract, clean: pa.Table, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`start_early` parks one worker (a second call starts no other) whose child imports
     Great Expectations at once; the next gate takes that very worker."""
     fresh_worker()
+    with monkeypatch.context() as loaded:
+        loaded.setitem(sys.modules, "great_expectations", types.ModuleType("great_expectations"))
+        worker.start_early()
+        assert worker._IDLE is None  # loaded here: the gate would validate here, not use one
+    monkeypatch.delitem(sys.modules, "great_expectations", raising=False)  # as in `exchange run`
     worker.start_early()
     early = worker._IDLE
     assert early is not None
@@ -256,6 +262,20 @@ def test_a_worker_started_early_imports_great_expectations_before_any_rules_come
     with QualityGate(contract, window_rows=150, worker=True) as gate:
         assert gate._worker is early
         assert pa.Table.from_batches(feed(gate, clean)).equals(clean)
+
+
+def test_a_worker_started_early_and_never_used_is_stopped_as_the_process_exits() -> None:
+    """A command refused before it validates leaves no child behind, though the child is
+    still importing Great Expectations (seconds) when the command ends."""
+    code = (
+        "from validators import worker; worker.start_early(); "
+        "pid = worker._IDLE._process.pid; "
+        "print(pid, open(f'/proc/{pid}/cmdline').read().split(chr(0))[1:4])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    pid, started = done.stdout.split(" ", 1)
+    assert started.strip() == "['-P', '-m', 'validators.worker']"
+    assert not Path(f"/proc/{pid}").exists()  # killed and reaped before the parent ended
 
 
 # --- whole-run uniqueness in flat memory ----------------------------------------------------

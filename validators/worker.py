@@ -279,9 +279,12 @@ def take() -> Worker:
 def start_early() -> None:
     """Start a worker for the next gate of this process to take: its child imports Great
     Expectations (seconds of CPU) on another core while this process checks the contract and
-    reads the first batches. Nothing if one is idle already, or if none can be started (the
-    gate then validates in this process); an unused one is stopped at exit."""
+    reads the first batches. Nothing if one is idle already, if Great Expectations is loaded
+    here (the gate would not use it), or if none can be started (the gate then validates in
+    this process); an unused one is stopped at exit."""
     global _IDLE
+    if "great_expectations" in sys.modules:
+        return  # the gate validates in this process, where it is loaded already
     with _IDLE_LOCK:
         if _IDLE is not None and _IDLE.pid == os.getpid() and not _IDLE.broken:
             return
@@ -350,14 +353,19 @@ def _frame(source: IO[bytes]) -> tuple[bytes, bytes] | None:
     return head[:1], payload
 
 
+def _import_suite() -> None:
+    with contextlib.suppress(Exception):
+        import validators.suite  # noqa: F401
+
+
 def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
     """The worker's loop: load a suite, answer each window, until the end of input."""
     _reply(sink, {"hello": package_folder()})
-    # Great Expectations is imported now, before any rules come, so a worker started early
-    # (as `exchange run` begins) has it loaded by the time the first window is gathered. An
-    # error here is raised again, and reported, when the rules come.
-    with contextlib.suppress(Exception):
-        import validators.suite  # noqa: F401
+    # Great Expectations is imported at once, before any rules come, so a worker started early
+    # (as `exchange run` begins) has it loaded by the time the first window is gathered; on a
+    # thread, so rules larger than the pipe's buffer are still read meanwhile (the rules' own
+    # import below waits for it). What fails here fails again, and is reported, there.
+    threading.Thread(target=_import_suite, name="gx-import", daemon=True).start()
     validator: Any = None
     positions: dict[int, int] = {}
     window = 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import weakref
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,10 +100,10 @@ def make_engine(url: str, *, create: bool) -> sa.Engine:
     """
     parsed = sa.engine.make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(parsed)
+        return _closed_at_exit(sa.create_engine(parsed))
     if parsed.database and parsed.database != ":memory:":
         _prepare_sqlite_file(Path(parsed.database), create=create)
-    engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+    engine = _closed_at_exit(sa.create_engine(parsed, connect_args={"timeout": 30}))
 
     @sa.event.listens_for(engine, "connect")
     def _no_driver_transactions(dbapi_connection: Any, _record: Any) -> None:
@@ -122,6 +123,23 @@ def make_engine(url: str, *, create: bool) -> sa.Engine:
         finally:
             raw.close()
     return engine
+
+
+def _closed_at_exit(engine: sa.Engine) -> sa.Engine:
+    """The engine, its connections closed when the interpreter exits if it is still alive.
+
+    SQLite folds its write-ahead log back into the database file when the last connection
+    closes, so a copy of that file alone holds every committed entry; PostgreSQL sessions end
+    cleanly. The `exchange` command skips the final garbage collection (`exchange.cli.command`)
+    that used to close what nobody closed."""
+    weakref.finalize(engine, _dispose_if_alive, weakref.ref(engine))
+    return engine
+
+
+def _dispose_if_alive(engine_ref: weakref.ref[sa.Engine]) -> None:
+    engine = engine_ref()
+    if engine is not None:  # at exit; an engine collected earlier closed its connections then
+        engine.dispose()
 
 
 def writer(engine: sa.Engine) -> sa.Engine:

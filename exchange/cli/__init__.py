@@ -92,8 +92,9 @@ def command() -> NoReturn:
     garbage collection (`gc.freeze`): the process is ending, and collecting what Great
     Expectations and pandas leave behind (many classes in reference cycles) took about a second
     after every command that validated data (BENCHMARKS.md, eighth round). Exit handlers still
-    run and files are still flushed and closed; only that final sweep is skipped. Not in
-    `main`, which tests call many times in one process."""
+    run (one closes the audit database's connections: `exchange.audit.storage`) and the
+    standard streams are flushed; only that final sweep is skipped. Not in `main`, which tests
+    call many times in one process."""
     code = main()
     gc.freeze()
     sys.exit(code)
