@@ -132,13 +132,15 @@ def _closed_at_exit(engine: sa.Engine) -> sa.Engine:
     closes, so a copy of that file alone holds every committed entry; PostgreSQL sessions end
     cleanly. The `exchange` command skips the final garbage collection (`exchange.cli.command`)
     that used to close what nobody closed."""
-    weakref.finalize(engine, _dispose_if_alive, weakref.ref(engine))
+    weakref.finalize(engine, _dispose_if_alive, weakref.ref(engine), os.getpid())
     return engine
 
 
-def _dispose_if_alive(engine_ref: weakref.ref[sa.Engine]) -> None:
+def _dispose_if_alive(engine_ref: weakref.ref[sa.Engine], owner: int) -> None:
     engine = engine_ref()
-    if engine is not None:  # at exit; an engine collected earlier closed its connections then
+    # A forked child leaves them alone: the connections are its parent's (closing one would
+    # end the parent's PostgreSQL session). An engine collected earlier closed them then.
+    if engine is not None and os.getpid() == owner:
         engine.dispose()
 
 

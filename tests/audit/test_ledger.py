@@ -6,6 +6,8 @@ import datetime as dt
 import itertools
 import multiprocessing
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -198,3 +200,36 @@ def test_concurrent_appends_from_processes_keep_one_chain(db: Path) -> None:
     assert result.ok and result.entries == WRITERS * PER_WRITER
     assert ledger.head() == (WRITERS * PER_WRITER, result.head)
     ledger.close()
+
+
+def test_engines_are_closed_at_exit_but_a_forked_child_leaves_its_parents_alone(
+    tmp_path: Path,
+) -> None:
+    """An engine still alive at exit is disposed (SQLite then folds its write-ahead log into
+    the file), but only by the process that made it: a forked child ending normally must not
+    close the connections it inherited (on PostgreSQL that ends the parent's session)."""
+    database, closes = tmp_path / "audit.db", tmp_path / "closes"
+    code = (
+        "import os, sys\n"  # noqa: S608 (a test script, no input)
+        "import sqlalchemy as sa\n"
+        "from exchange.audit.storage import make_engine\n"
+        f"engine = make_engine('sqlite:///{database}', create=True)\n"
+        "with engine.begin() as conn:\n"
+        "    conn.exec_driver_sql('CREATE TABLE t (x)')\n"
+        "    conn.exec_driver_sql('INSERT INTO t VALUES (1)')\n"
+        "def closed(*_):\n"
+        f"    with open({str(closes)!r}, 'a') as f:\n"
+        "        f.write(f'{os.getpid()}\\n')\n"
+        "sa.event.listen(engine.pool, 'close', closed)\n"
+        "child = os.fork()\n"
+        "if child == 0:\n"
+        "    sys.exit(0)  # a normal end: its exit handlers run\n"
+        "os.waitpid(child, 0)\n"
+        "with engine.connect() as conn:\n"
+        "    print(os.getpid(), conn.exec_driver_sql('SELECT x FROM t').scalar())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    parent, value = done.stdout.split()
+    assert value == "1"
+    assert set(closes.read_text().split()) == {parent}  # closed at exit, by the parent only
+    assert not database.with_name("audit.db-wal").exists()
