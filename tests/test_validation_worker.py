@@ -262,6 +262,7 @@ def test_a_worker_started_early_imports_great_expectations_before_any_rules_come
     with QualityGate(contract, window_rows=150, worker=True) as gate:
         assert gate._worker is early
         assert pa.Table.from_batches(feed(gate, clean)).equals(clean)
+    assert early.imported_early  # the early import worked: not done again for the rules
 
 
 def test_a_worker_started_early_and_never_used_is_stopped_as_the_process_exits() -> None:

@@ -12,7 +12,8 @@ session or a process making several drops imports Great Expectations there once)
 Frames to the child: one kind byte (R rules, W window, E end of suite), a little-endian u64
 size, the payload (the rules are a pickle: the child trusts its parent, never the reverse).
 Frames from the child: a u64 size and a JSON object ({"hello": package folder} once, then
-{"ready": true} or {"error": type name} per suite, then one verdict per window).
+{"ready": true, "early": whether Great Expectations was imported before the rules came} or
+{"error": type name} per suite, then one verdict per window).
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Worker:
         self._windows = 0  # windows sent for the current suite
         self._answered = 0
         self.broken = False
+        self.imported_early = False  # whether Great Expectations was loaded before the rules
 
     # --- the parent's side ------------------------------------------------------------------
 
@@ -160,6 +162,7 @@ class Worker:
                 )
             if "error" not in answer and answer.get("ready") is not True:
                 self._confused(number)
+            self.imported_early = answer.get("early") is True
         answer = self._receive(ANSWER_SECONDS, f"window {number}")
         if "error" in answer:
             self.close(kill=True)
@@ -353,9 +356,20 @@ def _frame(source: IO[bytes]) -> tuple[bytes, bytes] | None:
     return head[:1], payload
 
 
+# Set once the child's early import of Great Expectations has ended; whether it worked.
+_IMPORTED = threading.Event()
+_IMPORTED_EARLY: list[bool] = []
+
+
 def _import_suite() -> None:
-    with contextlib.suppress(Exception):
+    try:
         import validators.suite  # noqa: F401
+    except Exception:  # imported again, and its error reported, when the rules come
+        _IMPORTED_EARLY.append(False)
+    else:
+        _IMPORTED_EARLY.append(True)
+    finally:
+        _IMPORTED.set()
 
 
 def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
@@ -390,7 +404,8 @@ def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
                 _reply(sink, {"error": type(exc).__name__})
                 return
             positions = {id(rule): i for i, rule in enumerate(validator.rules)}
-            _reply(sink, {"ready": True})
+            _IMPORTED.wait()  # ended: the import above could only follow it
+            _reply(sink, {"ready": True, "early": _IMPORTED_EARLY == [True]})
         elif kind == _WINDOW and validator is not None:
             window += 1
             try:
