@@ -50,11 +50,13 @@ from exchange.types import arrow_type
 # gathered batch is still a small part of a validation window.
 GATHER_ROWS = 16_384
 GATHER_BYTES = 2 << 20
-# Minimised batches waiting to be validated: enough to keep reading while Great Expectations
-# is imported, and no more. The bytes bound holds memory flat when a source's rows (so its
-# batches) are wide. Past the queue, the gate holds at most two windows.
-QUEUE_BATCHES = 32
-QUEUE_BYTES = 16 << 20
+# Minimised batches waiting to be validated: enough to keep reading while the validation
+# worker imports Great Expectations (about 2.5 s from the command's start; with 16 MiB the
+# reader stood still for 1.2-1.7 s of it at 1M rows, and it is the critical path after),
+# and no more. The bytes bound holds memory flat when a source's rows (so its batches) are
+# wide. Past the queue, the gate holds at most two windows.
+QUEUE_BATCHES = 96
+QUEUE_BYTES = 48 << 20
 # Batches whose subject ids wait for the recorder thread to hash them (each a column of ids).
 SUBJECT_BATCHES_AHEAD = 8
 
