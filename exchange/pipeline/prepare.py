@@ -95,7 +95,7 @@ def prepare_drop(
     # Unless EXCHANGE_VALIDATION_WORKER=0, Great Expectations validates in a worker process
     # (where it is not loaded in this one already): the one `exchange run` started as it began,
     # or one started now, so its import overlaps the reading below; it is stopped however the
-    # stage ends. On two cores: 17-20% faster at 1M rows, more memory in all (BENCHMARKS.md).
+    # stage ends. On two cores: 15-20% faster at 1M rows, more memory in all (BENCHMARKS.md).
     worker = None if ctx.settings.validation_worker else False
     with (
         stage(ctx, "prepare", run_id, contract=contract) as current,
