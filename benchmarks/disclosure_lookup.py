@@ -63,7 +63,7 @@ def size_of(url: str, engine: sa.Engine) -> tuple[int, int]:
         with engine.connect() as conn:  # the log's pages into the file, so its size counts them
             conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
         return database.stat().st_size, wal
-    names = ("disclosures", "disclosures_merged", "transfers")
+    names = ("disclosures", "disclosure_blocks", "disclosures_merged", "transfers")
     tables = [t for t in names if sa.inspect(engine).has_table(t)]
     sizes = " + ".join(f"pg_total_relation_size('{t}')" for t in tables)
     with engine.connect() as conn:
@@ -150,8 +150,18 @@ def main() -> None:
     recent = ""
     if per_drop:
         with store.engine.connect() as conn:
-            drops = conn.exec_driver_sql("SELECT count(DISTINCT transfer_id) FROM disclosures")
-            recent = f"; {drops.scalar_one()} drops probed by drop, the rest by subject"
+            inspector = sa.inspect(conn)
+            counts = [
+                conn.exec_driver_sql(
+                    f"SELECT count(DISTINCT transfer_id) FROM {table}"  # noqa: S608 (no input)
+                ).scalar_one()
+                if inspector.has_table(table)
+                else 0
+                for table in ("disclosures", "disclosure_blocks")
+            ]
+            recent = (
+                f"; {counts[0]} drops probed by row and {counts[1]} by block, the rest by subject"
+            )
     print(
         f"{args.lookups} lookups at {total:,} disclosures: p50 {statistics.median(times):.2f} ms, "
         f"p99 {p99:.2f} ms, max {times[-1]:.2f} ms; {found / args.lookups:.1f} transfers per "

@@ -1,21 +1,25 @@
 """The disclosure ledger: which recipients received data about a person, when, and why.
 
 Per transfer (a drop), one row in `transfers` holds the facts once: drop, contract and version,
-recipient, purposes, legal basis, fields sent, time. Per person sent, one row holds a keyed hash
-of their subject id and the transfer's row id, 20 bytes of data, in one of two tables::
+recipient, purposes, legal basis, fields sent, time. Per person sent, a keyed hash of their
+subject id is kept, 16 bytes, in one of three tables::
 
-    disclosures(transfer_id, subject_hash)          -- recent drops, keyed by drop
-    disclosures_merged(subject_hash, transfer_id)   -- older delivered drops, keyed by subject
+    disclosures(transfer_id, subject_hash)              -- recent small drops, a row per person
+    disclosure_blocks(transfer_id, first_hash, hashes)  -- recent large drops, in blocks
+    disclosures_merged(subject_hash, transfer_id)       -- older delivered drops, by subject
 
-A new drop's rows go to `disclosures`: keyed by drop first, each drop appends at the B-tree's
-right edge, at the same rate whatever the table's size (one index ordered by subject would take
-each drop's hashes all over it). When more than `MERGE_AFTER` delivered drops wait there, the
-next `record` moves them to `disclosures_merged` in subject order (a bulk merge, each page of
-the subject index rewritten once per batch, not once per drop; in pieces by hash range, one
-transaction each). A lookup is one statement: it reads the subject index once and probes each
-drop still in `disclosures` (found by a skip scan of its keys): at most about `MERGE_AFTER`
-probes, whatever the history. A ledger made before this layout (one
-`disclosures` table keyed by subject) is migrated on open: see `_migrate`.
+A new drop of fewer than `BLOCKS_FROM` subjects goes to `disclosures`, keyed by drop first, so
+each drop appends at the B-tree's right edge. A larger one goes to `disclosure_blocks`: its
+sorted hashes cut into blocks of `BLOCK_HASHES`, each keyed by its first hash, so ten million
+subjects are a few thousand rows (a row each cost about 0.5 us of B-tree work and its write).
+When more than `MERGE_AFTER` delivered drops wait in those two, the next `record` moves them to
+`disclosures_merged` in subject order (a bulk merge, each page of the subject index rewritten
+once per batch, not once per drop; in pieces by hash range, one transaction each; a block cut
+by a piece's bound keeps its rest under its new first hash). A lookup reads the subject index
+once, probes each drop still in `disclosures` (found by a skip scan of its keys) and, for each
+drop in `disclosure_blocks`, reads the one block whose first hash is the last not above the
+person's: at most about `MERGE_AFTER` probes, whatever the history. A ledger made before this
+layout (one `disclosures` table keyed by subject) is migrated on open: see `_migrate`.
 
 The hash is the first 128 bits of HMAC-SHA256 under a dedicated disclosure key (never the
 pseudonymisation key) of the subject id's text (integers in decimal), UTF-8. Without the key
@@ -26,14 +30,17 @@ Each transfer also records a digest of its subjects: SHA-256 of their distinct 1
 in ascending byte order. The gateway puts it in the drop's `run.prepared` entry, and the facts
 (recipient, agreement, purposes, legal basis, fields) in its `transfer.sent` entry, so the hash
 chain and checkpoints protect the disclosure record too. `Disclosures.verified_lookup` answers
-only after checking every delivered drop's rows, in both tables together, against those entries:
-a forged, altered, moved or deleted row anywhere (which could hide or invent a recipient)
-refuses the answer. A lookup reads every row either table holds for the subject, so nothing the
-check passed is left out of an answer and nothing it did not see is put in.
+only after checking every delivered drop's hashes, in all three tables together, against those
+entries: a forged, altered, moved or deleted hash anywhere (which could hide or invent a
+recipient) refuses the answer, and so does a block not keyed by its own first hash (the probe
+would miss it while the digest still matched). A lookup reads every place a hash of the subject
+could be, so nothing the check passed is left out of an answer and nothing it did not see is
+put in.
 
-Bulk insertion uses COPY (binary) on PostgreSQL and, on SQLite (where the tables are WITHOUT
-ROWID so the primary key is the table), one INSERT per piece of sorted hashes (a leading
-byte's worth, at most a million) that cuts a bound blob into rows inside SQLite.
+Bulk insertion of rows (small drops, merges) uses COPY (binary) on PostgreSQL and, on SQLite
+(where the tables are WITHOUT ROWID so the primary key is the table), one INSERT per piece of
+sorted hashes (a leading byte's worth, at most a million) that cuts a bound blob into rows
+inside SQLite.
 """
 
 from __future__ import annotations
@@ -93,6 +100,8 @@ MIN_KEY_BYTES = 32
 MERGE_AFTER = 64  # delivered drops kept by drop before a bulk merge into the subject index
 MERGE_PIECE_ROWS = 65_536  # rows moved per merge transaction, about (a power of two pieces)
 SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large index
+BLOCK_HASHES = 1_024  # hashes per row of disclosure_blocks (64 KiB)
+BLOCKS_FROM = 65_536  # a drop of at least this many subjects is recorded in blocks
 SUBJECTS_IN_MEMORY = 8 << 20  # a drop's subject hashes held in memory before a temporary file
 _BUCKET_BITS = 8  # SubjectHashes.ordered sorts the hashes one leading byte at a time
 _BUCKETS = 1 << _BUCKET_BITS
@@ -150,6 +159,22 @@ merged = sa.Table(
     sa.PrimaryKeyConstraint("subject_hash", "transfer_id", name="disclosures_merged_pkey"),
     sqlite_with_rowid=False,
 )
+# Recent large drops, by drop, in blocks: each row holds up to BLOCK_HASHES of a drop's hashes,
+# ascending, keyed by the first of them. Recording a drop of millions is a few thousand rows.
+blocks = sa.Table(
+    "disclosure_blocks",
+    metadata,
+    sa.Column(
+        "transfer_id",
+        sa.Integer,
+        sa.ForeignKey("transfers.id", name="disclosure_blocks_transfer_id_fkey"),
+        nullable=False,
+    ),
+    sa.Column("first_hash", sa.LargeBinary(HASH_BYTES), nullable=False),
+    sa.Column("hashes", sa.LargeBinary, nullable=False),
+    sa.PrimaryKeyConstraint("transfer_id", "first_hash", name="disclosure_blocks_pkey"),
+    sqlite_with_rowid=False,
+)
 # The drops in `disclosures`, one index seek each (a skip scan: neither database has one).
 _DROPS = (
     "WITH RECURSIVE drops(id) AS ("
@@ -159,6 +184,33 @@ _DROPS = (
     " FROM drops WHERE drops.id IS NOT NULL)"
 )
 _RECENT_DROPS = sa.text(_DROPS + " SELECT id FROM drops WHERE id IS NOT NULL")  # noqa: S608
+# Per drop in `disclosure_blocks`, the one block that would hold hash :h (the last whose first
+# hash is not above it: one seek each) and where :h first occurs in it, counted from 1, 0 if
+# nowhere (the block stays in the database; about MERGE_AFTER probes per lookup at most).
+_BLOCK_PROBE = (
+    "WITH RECURSIVE bdrops(id) AS ("
+    " SELECT min(transfer_id) FROM disclosure_blocks"
+    " UNION ALL"
+    " SELECT (SELECT min(transfer_id) FROM disclosure_blocks WHERE transfer_id > bdrops.id)"
+    " FROM bdrops WHERE bdrops.id IS NOT NULL),"
+    " probed(id, first_hash) AS (SELECT id, (SELECT first_hash FROM disclosure_blocks"
+    " WHERE transfer_id = bdrops.id AND first_hash <= :h ORDER BY first_hash DESC LIMIT 1)"
+    " FROM bdrops WHERE id IS NOT NULL)"
+    " SELECT probed.id, probed.first_hash, {found} FROM probed JOIN disclosure_blocks b"
+    " ON b.transfer_id = probed.id AND b.first_hash = probed.first_hash"
+)
+_BLOCK_PROBES = {
+    "sqlite": sa.text(_BLOCK_PROBE.format(found="instr(b.hashes, :h)")),
+    "postgresql": sa.text(_BLOCK_PROBE.format(found="position(:h in b.hashes)")),
+}
+_BLOCK_DROPS = sa.text(
+    "WITH RECURSIVE bdrops(id) AS ("
+    " SELECT min(transfer_id) FROM disclosure_blocks"
+    " UNION ALL"
+    " SELECT (SELECT min(transfer_id) FROM disclosure_blocks WHERE transfer_id > bdrops.id)"
+    " FROM bdrops WHERE bdrops.id IS NOT NULL)"
+    " SELECT id FROM bdrops WHERE id IS NOT NULL"
+)
 _MIGRATION_LOCK = 0x6578_6469_7363  # PostgreSQL advisory lock: one process migrates
 
 
@@ -255,6 +307,13 @@ class SubjectHashes:
         self._file.flush()
         self._parts, self._held = [], 0
 
+    @property
+    def taken(self) -> int:
+        """Hashes taken so far, counting a subject once per batch it was in (an upper bound
+        of the distinct subjects)."""
+        held = sum(len(part) for part in self._parts)
+        return held + sum(int(cuts[-1]) for _, cuts in self._written)
+
     def close(self) -> None:
         """Remove the temporary file, if any (the hashes taken are then gone)."""
         if self._file is not None:
@@ -316,6 +375,7 @@ class Disclosures:
         create: bool = True,
         clock: Callable[[], dt.datetime] | None = None,
         merge_after: int = MERGE_AFTER,
+        blocks_from: int = BLOCKS_FROM,
     ) -> None:
         """`key` hashes new records; `old_keys` (retired keys) are still searched by lookup.
 
@@ -328,6 +388,7 @@ class Disclosures:
         self.keys = (key, *old_keys)
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.merge_after = merge_after
+        self.blocks_from = blocks_from
         self.migration: str | None = None
         self.engine = make_engine(url, create=create)
         self._postgres = self.engine.dialect.name == "postgresql"
@@ -363,10 +424,11 @@ class Disclosures:
         if isinstance(subjects, SubjectHashes):
             if subjects.key != self.key:
                 raise LedgerError("subject hashes were taken under another disclosure key")
-            pieces, nulls = subjects.ordered(), subjects.nulls
+            pieces, nulls, most = subjects.ordered(), subjects.nulls, subjects.taken
         else:
             hashes, nulls = sorted_hashes(self.key, subjects)
-            pieces = [hashes]
+            pieces, most = [hashes], len(hashes)
+        in_blocks = most >= self.blocks_from
         try:  # before this drop's transaction; a failed merge leaves the rows where they were
             self.merge()
         except LedgerError as error:
@@ -395,8 +457,7 @@ class Disclosures:
             if earlier is not None:
                 if earlier.sent_at is not None:
                     raise LedgerError(f"drop {disclosure.drop_id} is already recorded as sent")
-                conn.execute(disclosures.delete().where(disclosures.c.transfer_id == earlier.id))
-                conn.execute(transfers.delete().where(transfers.c.id == earlier.id))
+                _delete_drop(conn, earlier.id)
             transfer_id = conn.execute(
                 transfers.insert().values(**values).returning(transfers.c.id)
             ).scalar_one()
@@ -412,7 +473,9 @@ class Disclosures:
                     yield piece
 
             raw = conn.connection.driver_connection
-            if self._postgres:
+            if in_blocks:
+                _insert_blocks(conn, taken(), transfer_id)
+            elif self._postgres:
                 _copy_postgres(raw, taken(), transfer_id)
             else:
                 for piece in taken():
@@ -451,8 +514,7 @@ class Disclosures:
                 return 0
             if row.sent_at is not None:
                 raise LedgerError(f"drop {drop_id} was sent: its disclosure record stays")
-            conn.execute(disclosures.delete().where(disclosures.c.transfer_id == row.id))
-            conn.execute(transfers.delete().where(transfers.c.id == row.id))
+            _delete_drop(conn, row.id)
             return int(row.subjects)
 
     # -- answering ------------------------------------------------------------------------------
@@ -461,13 +523,31 @@ class Disclosures:
         """Every transfer that carried this subject, oldest first: date, agreement, recipient,
         purposes, legal basis and fields. Only delivered drops unless `include_unsent`.
 
-        One statement: one read of the subject index, one probe per drop still kept by drop."""
+        As of one moment: one read of the subject index, one probe per drop still kept by
+        drop, and one per drop kept in blocks (its one block that could hold the hash)."""
         params: dict[str, Any] = {}
         for i, k in enumerate(self.keys):
             params[f"h{i}"], params[f"k{i}"] = subject_hash(k, subject_id), key_id(k)
-        with self.engine.connect() as conn:
-            found = conn.execute(_lookup_statement(len(self.keys), include_unsent), params)
-            return [Disclosure._from_row(row) for row in found]
+        with self._snapshot() as conn:
+            found = list(conn.execute(_lookup_statement(len(self.keys), include_unsent), params))
+            probes = {params[f"h{i}"]: params[f"k{i}"] for i in range(len(self.keys))}
+            in_blocks = _in_blocks(conn, probes)
+            if not in_blocks:
+                return [Disclosure._from_row(row) for row in found]
+            query = sa.select(transfers).where(transfers.c.id.in_({t for t, _ in in_blocks}))
+            if not include_unsent:
+                query = query.where(transfers.c.sent_at.is_not(None))
+            known = {row.id for row in found}
+            found += [
+                row
+                for row in conn.execute(query)
+                if (row.id, row.key_id) in in_blocks and row.id not in known
+            ]
+        # The statement's order: by time sent (not yet sent first on SQLite, last on
+        # PostgreSQL, as each sorts NULL), then by id.
+        unsent_last = self._postgres
+        found.sort(key=lambda r: ((r.sent_at is None) == unsent_last, r.sent_at or "", r.id))
+        return [Disclosure._from_row(row) for row in found]
 
     def transfer(self, drop_id: str) -> tuple[Disclosure, int, str] | None:
         """A drop's facts, subject count and digest, if recorded."""
@@ -478,9 +558,9 @@ class Disclosures:
     def verify_digest(self, drop_id: str, digest: str) -> bool:
         """True when the drop's stored hashes still give `digest` (from its ledger entry).
 
-        A drop kept by drop is one range of `disclosures`; the subject-ordered table is read
-        whole for rows of the drop as well (it has no index by drop, and a row forged there
-        would be in answers).
+        A drop kept by drop is one range of `disclosures` or `disclosure_blocks`; the
+        subject-ordered table is read whole for rows of the drop as well (it has no index by
+        drop, and a row forged there would be in answers).
         """
         with self._snapshot() as conn:
             row = conn.execute(
@@ -553,7 +633,7 @@ class Disclosures:
         the key that made it) under that key, oldest first, from the rows the check read."""
         with self._snapshot() as conn:
             rows = conn.execute(sa.select(transfers).where(transfers.c.sent_at.is_not(None))).all()
-            counts, digests, carried = _digests(conn, wanted)
+            counts, digests, carried, malformed = _digests(conn, wanted)
         found = [
             Disclosure._from_row(row)
             for row in sorted(rows, key=lambda r: (r.sent_at, r.id))
@@ -562,6 +642,12 @@ class Disclosures:
         checked: set[str] = set()
         problems: list[str] = []
         for row in rows:
+            if row.id in malformed:
+                problems.append(
+                    f"drop {row.drop_id}: a block of its subject hashes is malformed "
+                    "(altered: not whole hashes, or not keyed by its first)"
+                )
+                continue
             problem = mismatch(row, bound, counts.get(row.id, 0), digests.get(row.id))
             if problem:
                 problems.append(f"drop {row.drop_id}: {problem}")
@@ -605,7 +691,8 @@ class Disclosures:
         """
         limit = self.merge_after if after is None else after
         with self.engine.connect() as conn:  # without the write lock while there is nothing to do
-            recent = list(conn.execute(_RECENT_DROPS).scalars())
+            in_blocks = set(conn.execute(_BLOCK_DROPS).scalars())
+            recent = sorted(set(conn.execute(_RECENT_DROPS).scalars()) | in_blocks)
             if len(recent) <= limit:
                 return 0
             ready = conn.execute(
@@ -616,6 +703,7 @@ class Disclosures:
         if len(ready) <= limit:
             return 0
         drops = [row.id for row in ready]
+        block_drops = [drop for drop in drops if drop in in_blocks]
         bits = min(
             _BUCKET_BITS, (sum(row.subjects for row in ready) // MERGE_PIECE_ROWS).bit_length()
         )
@@ -631,10 +719,13 @@ class Disclosures:
                 .where(*chosen)
                 .order_by(disclosures.c.subject_hash, disclosures.c.transfer_id)
             )
+            below = (piece + 1) << (8 - bits) if piece + 1 < 1 << bits else None
             with writer(self.engine).begin() as conn:  # a concurrent merge finds nothing left
                 try:
                     conn.execute(merged.insert().from_select(["subject_hash", "transfer_id"], rows))
-                except IntegrityError:
+                    if block_drops:
+                        moved += _merge_blocks(conn, block_drops, below)
+                except (IntegrityError, self.engine.dialect.loaded_dbapi.IntegrityError):
                     raise LedgerError(
                         f"disclosure rows of {len(drops)} delivered drops were merged only in "
                         "part: disclosures_merged already holds one of them (check the record "
@@ -735,28 +826,71 @@ def _migrate(engine: sa.Engine) -> str | None:
 
 
 def _drop_hashes(conn: sa.Connection, transfer_id: int) -> Iterator[bytes]:
-    """One drop's stored hashes from both tables, in ascending order (as its digest takes them)."""
+    """One drop's stored hashes from every table, in ascending order (as its digest takes
+    them); the hashes of a malformed block as its whole hashes, in the order they are."""
     streamed = conn.execution_options(stream_results=True, yield_per=HASH_CHUNK)
-    parts = [
-        streamed.execute(
-            sa.select(table.c.subject_hash)
-            .where(table.c.transfer_id == transfer_id)
-            .order_by(table.c.subject_hash)
-        ).scalars()
+    parts: list[Iterable[bytes]] = [
+        (
+            bytes(value)
+            for value in streamed.execute(
+                sa.select(table.c.subject_hash)
+                .where(table.c.transfer_id == transfer_id)
+                .order_by(table.c.subject_hash)
+            ).scalars()
+        )
         for table in (disclosures, merged)
     ]
-    return heapq.merge(*((bytes(value) for value in part) for part in parts))
+    in_blocks = streamed.execute(
+        sa.select(blocks.c.hashes)
+        .where(blocks.c.transfer_id == transfer_id)
+        .order_by(blocks.c.first_hash)
+    ).scalars()
+    parts.append(
+        bytes(block[at : at + HASH_BYTES])
+        for block in in_blocks
+        for at in range(0, len(block) - HASH_BYTES + 1, HASH_BYTES)
+    )
+    return heapq.merge(*parts)
+
+
+def _in_blocks(conn: sa.Connection, probes: Mapping[bytes, str]) -> set[tuple[int, str]]:
+    """(transfer, key id) for every drop kept in blocks that holds one of the hashes (hash ->
+    the id of the key that made it)."""
+    found: set[tuple[int, str]] = set()
+    probe = _BLOCK_PROBES[conn.dialect.name]
+    for value, kid in probes.items():
+        for transfer_id, first_hash, at in conn.execute(probe, {"h": value}):
+            if not at:
+                continue
+            # First seen across two hashes (only a block written by hand can do that): held
+            # only if it is also there whole.
+            if (at - 1) % HASH_BYTES and not _holds(_block(conn, transfer_id, first_hash), value):
+                continue
+            found.add((transfer_id, kid))
+    return found
+
+
+def _block(conn: sa.Connection, transfer_id: int, first_hash: bytes) -> bytes:
+    return bytes(
+        conn.execute(
+            sa.select(blocks.c.hashes).where(
+                blocks.c.transfer_id == transfer_id, blocks.c.first_hash == first_hash
+            )
+        ).scalar_one()
+    )
 
 
 def _digests(
     conn: sa.Connection, wanted: Mapping[bytes, str]
-) -> tuple[dict[int, int], dict[int, str], set[tuple[int, str]]]:
-    """Per transfer, its row count and digest over both tables, each read once in key order,
+) -> tuple[dict[int, int], dict[int, str], set[tuple[int, str]], set[int]]:
+    """Per transfer, its hash count and digest over all tables, each read once in key order,
     with no sort: the subject-ordered table gives each transfer's rows by ascending hash, the
     drop-ordered one gives them drop by drop, ascending, and a drop part merged has all its
     merged rows below its others, so one hash goes on from the first table into the second.
-    A drop whose rows in the two are not so ordered (moved or forged by hand) is read again,
-    both tables' rows merged. Also (transfer, key id) for every row whose hash is in `wanted`.
+    A drop kept in blocks is read block by block after them, in the same way. A drop whose
+    parts are not so ordered (moved or forged by hand) is read again, every table's rows
+    merged. Also (transfer, key id) for every row whose hash is in `wanted`, and the drops
+    with a malformed block (see `_well_formed`).
     """
     streamed = conn.execution_options(stream_results=True, yield_per=HASH_CHUNK)
     carried: set[tuple[int, str]] = set()
@@ -795,13 +929,36 @@ def _digests(
             if transfer_id in last and value <= last[transfer_id]:
                 again.add(transfer_id)
         take(transfer_id, value, hashed=transfer_id not in again)
-    for transfer_id in again:
+    malformed: set[int] = set()
+    in_blocks: set[int] = set()
+    query = sa.select(blocks.c.transfer_id, blocks.c.first_hash, blocks.c.hashes).order_by(
+        blocks.c.transfer_id, blocks.c.first_hash
+    )
+    for stored in conn.execution_options(stream_results=True, yield_per=16).execute(query):
+        transfer_id, first, block = stored[0], bytes(stored[1]), bytes(stored[2])
+        if not _well_formed(first, block):
+            malformed.add(transfer_id)
+        if transfer_id not in in_blocks:
+            in_blocks.add(transfer_id)
+            if transfer_id in seen or (transfer_id in last and first <= last[transfer_id]):
+                again.add(transfer_id)  # rows in `disclosures` too, or merged rows not below
+        for value, kid in wanted.items():
+            if _holds(block, value):
+                carried.add((transfer_id, kid))
+        if transfer_id not in again and transfer_id not in malformed:
+            hasher = hashers.get(transfer_id)
+            if hasher is None:
+                hasher = hashers[transfer_id] = hashlib.sha256()
+            hasher.update(block)
+            counts[transfer_id] = counts.get(transfer_id, 0) + len(block) // HASH_BYTES
+    for transfer_id in again - malformed:
         sha, count = hashlib.sha256(), 0
         for value in _drop_hashes(conn, transfer_id):
             sha.update(value)
             count += 1
         counts[transfer_id], hashers[transfer_id] = count, sha
-    return counts, {k: h.hexdigest() for k, h in hashers.items()}, carried
+    digests = {k: h.hexdigest() for k, h in hashers.items() if k not in malformed}
+    return counts, digests, carried, malformed
 
 
 # One statement per chunk: SQLite cuts the bound blob of hashes into rows itself, so no Python
@@ -812,7 +969,7 @@ def _digests(
 _SQLITE_INSERT = (
     "WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < 1023), "
     "t(x) AS MATERIALIZED (SELECT x FROM c) "
-    "INSERT INTO disclosures (subject_hash, transfer_id) "
+    "INSERT INTO {table} (subject_hash, transfer_id) "
     "SELECT substr(:hashes, (hi.x * 1024 + lo.x) * :width + 1, :width), :transfer "
     "FROM t AS hi CROSS JOIN t AS lo "
     "WHERE hi.x < (:n + 1023) / 1024 AND hi.x * 1024 + lo.x < :n"
@@ -820,11 +977,14 @@ _SQLITE_INSERT = (
 SQLITE_INSERT_ROWS = 1 << 20  # hashes bound per statement (16 MiB; the counter's 1,024 squared)
 
 
-def _insert_sqlite(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:
+def _insert_sqlite(
+    raw: Any, hashes: np.ndarray, transfer_id: int, table: sa.Table = disclosures
+) -> None:
+    statement = _SQLITE_INSERT.format(table=table.name)
     for start in range(0, len(hashes), SQLITE_INSERT_ROWS):
         chunk = np.ascontiguousarray(hashes[start : start + SQLITE_INSERT_ROWS])
         raw.execute(
-            _SQLITE_INSERT,
+            statement,
             {
                 "n": len(chunk),
                 "hashes": chunk.tobytes(),
@@ -841,9 +1001,11 @@ def _insert_sqlite(raw: Any, hashes: np.ndarray, transfer_id: int) -> None:
             )
 
 
-def _copy_postgres(raw: Any, pieces: Iterable[np.ndarray], transfer_id: int) -> None:
+def _copy_postgres(
+    raw: Any, pieces: Iterable[np.ndarray], transfer_id: int, table: sa.Table = disclosures
+) -> None:
     with raw.cursor() as cursor:
-        statement = "COPY disclosures (subject_hash, transfer_id) FROM STDIN (FORMAT BINARY)"
+        statement = f"COPY {table.name} (subject_hash, transfer_id) FROM STDIN (FORMAT BINARY)"
         with cursor.copy(statement) as copy:
             copy.write(_PG_SIGNATURE)
             for hashes in pieces:
@@ -855,3 +1017,106 @@ def _copy_postgres(raw: Any, pieces: Iterable[np.ndarray], transfer_id: int) -> 
                     rows["id"] = transfer_id
                     copy.write(rows.tobytes())
             copy.write(_PG_TRAILER)
+
+
+def _delete_drop(conn: sa.Connection, transfer_id: int) -> None:
+    """Remove a drop not yet delivered: its rows or blocks, then its transfer."""
+    conn.execute(disclosures.delete().where(disclosures.c.transfer_id == transfer_id))
+    conn.execute(blocks.delete().where(blocks.c.transfer_id == transfer_id))
+    conn.execute(transfers.delete().where(transfers.c.id == transfer_id))
+
+
+def _cut(pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """Ascending hashes, in pieces of any length, cut into blocks of `BLOCK_HASHES` (the last
+    may be shorter)."""
+    carry = np.empty((0, 2), dtype=">u8")
+    for piece in pieces:
+        if len(carry):
+            piece = np.concatenate([carry, piece], dtype=">u8")
+        whole = len(piece) - len(piece) % BLOCK_HASHES
+        for start in range(0, whole, BLOCK_HASHES):
+            yield piece[start : start + BLOCK_HASHES]
+        carry = piece[whole:]
+    if len(carry):
+        yield carry
+
+
+_BLOCKS_PER_STATEMENT = 256  # 16 MiB of hashes bound per executemany
+
+
+def _insert_blocks(conn: sa.Connection, pieces: Iterable[np.ndarray], transfer_id: int) -> None:
+    batch: list[dict[str, Any]] = []
+    for block in _cut(pieces):
+        data = np.ascontiguousarray(block).tobytes()
+        batch.append({"transfer_id": transfer_id, "first_hash": data[:HASH_BYTES], "hashes": data})
+        if len(batch) == _BLOCKS_PER_STATEMENT:
+            conn.execute(blocks.insert(), batch)
+            batch = []
+    if batch:
+        conn.execute(blocks.insert(), batch)
+
+
+def _holds(block: bytes, value: bytes) -> bool:
+    """Whether a block's bytes hold `value` as one of its hashes (at a hash's offset: a match
+    across two hashes is not one)."""
+    at = block.find(value)
+    while at != -1:
+        if at % HASH_BYTES == 0:
+            return True
+        at = block.find(value, at + 1)
+    return False
+
+
+def _well_formed(first_hash: bytes, block: bytes) -> bool:
+    """A block is whole hashes, at least one, and keyed by its first: else a lookup's probe
+    (the last block whose key is not above the hash) could miss a hash it holds."""
+    return bool(block) and len(block) % HASH_BYTES == 0 and block[:HASH_BYTES] == first_hash
+
+
+def _merge_blocks(conn: sa.Connection, drops: Sequence[int], below: int | None) -> int:
+    """Move the hashes of these drops' blocks whose leading byte is under `below` (all, if
+    None) into `disclosures_merged`, a drop at a time in bulk (as `record` inserts); a block
+    cut by that bound keeps its rest, keyed by its new first hash. Returns the hashes moved."""
+    chosen: list[sa.ColumnElement[bool]] = [blocks.c.transfer_id.in_(drops)]
+    if below is not None:
+        chosen.append(blocks.c.first_hash < bytes([below]))
+    picked = conn.execute(
+        sa.select(blocks.c.transfer_id, blocks.c.first_hash, blocks.c.hashes)
+        .where(*chosen)
+        .order_by(blocks.c.transfer_id, blocks.c.first_hash)
+    ).all()
+    moving: dict[int, list[np.ndarray]] = {}
+    rests: list[dict[str, Any]] = []
+    for transfer_id, first_hash, data in picked:
+        first_hash, data = bytes(first_hash), bytes(data)
+        if not _well_formed(first_hash, data):
+            raise LedgerError(
+                "a block of disclosure hashes is malformed: not merged (check the record with "
+                "exchange audit subject)"
+            )
+        words = np.frombuffer(data, dtype=">u8").reshape(-1, 2)
+        cut = len(words)
+        if below is not None:
+            cut = int(np.searchsorted(words[:, 0], np.uint64(below) << np.uint64(56)))
+        moving.setdefault(transfer_id, []).append(words[:cut])
+        if cut < len(words):
+            rest = words[cut:].tobytes()
+            rests.append(
+                {"transfer_id": transfer_id, "first_hash": rest[:HASH_BYTES], "hashes": rest}
+            )
+        conn.execute(
+            blocks.delete().where(
+                blocks.c.transfer_id == transfer_id, blocks.c.first_hash == first_hash
+            )
+        )
+    if rests:
+        conn.execute(blocks.insert(), rests)
+    raw = conn.connection.driver_connection
+    moved = 0
+    for transfer_id, parts in moving.items():
+        if conn.dialect.name == "postgresql":
+            _copy_postgres(raw, parts, transfer_id, merged)
+        else:  # one statement for the drop's part of the piece, not one per block
+            _insert_sqlite(raw, np.concatenate(parts, dtype=">u8"), transfer_id, merged)
+        moved += sum(len(part) for part in parts)
+    return moved
