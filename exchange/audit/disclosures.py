@@ -100,7 +100,7 @@ MIN_KEY_BYTES = 32
 MERGE_AFTER = 64  # delivered drops kept by drop before a bulk merge into the subject index
 MERGE_PIECE_ROWS = 65_536  # rows moved per merge transaction, about (a power of two pieces)
 SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large index
-BLOCK_HASHES = 1_024  # hashes per row of disclosure_blocks (64 KiB)
+BLOCK_HASHES = 1_024  # hashes per row of disclosure_blocks (16 KiB)
 BLOCKS_FROM = 65_536  # a drop of at least this many subjects is recorded in blocks
 SUBJECTS_IN_MEMORY = 8 << 20  # a drop's subject hashes held in memory before a temporary file
 _BUCKET_BITS = 8  # SubjectHashes.ordered sorts the hashes one leading byte at a time
@@ -173,7 +173,9 @@ blocks = sa.Table(
     sa.Column("first_hash", sa.LargeBinary(HASH_BYTES), nullable=False),
     sa.Column("hashes", sa.LargeBinary, nullable=False),
     sa.PrimaryKeyConstraint("transfer_id", "first_hash", name="disclosure_blocks_pkey"),
-    sqlite_with_rowid=False,
+    # With a rowid on SQLite: its key is then an index of small entries beside the blocks (a
+    # table WITHOUT ROWID keeps whole rows in its interior pages, four 16 KiB rows a page, and
+    # a probe took several times as long).
 )
 # The drops in `disclosures`, one index seek each (a skip scan: neither database has one).
 _DROPS = (
@@ -184,25 +186,17 @@ _DROPS = (
     " FROM drops WHERE drops.id IS NOT NULL)"
 )
 _RECENT_DROPS = sa.text(_DROPS + " SELECT id FROM drops WHERE id IS NOT NULL")  # noqa: S608
-# Per drop in `disclosure_blocks`, the one block that would hold hash :h (the last whose first
-# hash is not above it: one seek each) and where :h first occurs in it, counted from 1, 0 if
-# nowhere (the block stays in the database; about MERGE_AFTER probes per lookup at most).
-_BLOCK_PROBE = (
+# Per drop in `disclosure_blocks`, the one block that would hold hash :h: the last whose first
+# hash is not above it (one index seek each; about MERGE_AFTER probes per lookup at most).
+_BLOCK_PROBE = sa.text(
     "WITH RECURSIVE bdrops(id) AS ("
     " SELECT min(transfer_id) FROM disclosure_blocks"
     " UNION ALL"
     " SELECT (SELECT min(transfer_id) FROM disclosure_blocks WHERE transfer_id > bdrops.id)"
-    " FROM bdrops WHERE bdrops.id IS NOT NULL),"
-    " probed(id, first_hash) AS (SELECT id, (SELECT first_hash FROM disclosure_blocks"
-    " WHERE transfer_id = bdrops.id AND first_hash <= :h ORDER BY first_hash DESC LIMIT 1)"
-    " FROM bdrops WHERE id IS NOT NULL)"
-    " SELECT probed.id, probed.first_hash, {found} FROM probed JOIN disclosure_blocks b"
-    " ON b.transfer_id = probed.id AND b.first_hash = probed.first_hash"
+    " FROM bdrops WHERE bdrops.id IS NOT NULL)"
+    " SELECT id, (SELECT hashes FROM disclosure_blocks WHERE transfer_id = bdrops.id"
+    " AND first_hash <= :h ORDER BY first_hash DESC LIMIT 1) FROM bdrops WHERE id IS NOT NULL"
 )
-_BLOCK_PROBES = {
-    "sqlite": sa.text(_BLOCK_PROBE.format(found="instr(b.hashes, :h)")),
-    "postgresql": sa.text(_BLOCK_PROBE.format(found="position(:h in b.hashes)")),
-}
 _BLOCK_DROPS = sa.text(
     "WITH RECURSIVE bdrops(id) AS ("
     " SELECT min(transfer_id) FROM disclosure_blocks"
@@ -857,27 +851,11 @@ def _in_blocks(conn: sa.Connection, probes: Mapping[bytes, str]) -> set[tuple[in
     """(transfer, key id) for every drop kept in blocks that holds one of the hashes (hash ->
     the id of the key that made it)."""
     found: set[tuple[int, str]] = set()
-    probe = _BLOCK_PROBES[conn.dialect.name]
     for value, kid in probes.items():
-        for transfer_id, first_hash, at in conn.execute(probe, {"h": value}):
-            if not at:
-                continue
-            # First seen across two hashes (only a block written by hand can do that): held
-            # only if it is also there whole.
-            if (at - 1) % HASH_BYTES and not _holds(_block(conn, transfer_id, first_hash), value):
-                continue
-            found.add((transfer_id, kid))
+        for transfer_id, block in conn.execute(_BLOCK_PROBE, {"h": value}):
+            if block is not None and _holds(bytes(block), value):
+                found.add((transfer_id, kid))
     return found
-
-
-def _block(conn: sa.Connection, transfer_id: int, first_hash: bytes) -> bytes:
-    return bytes(
-        conn.execute(
-            sa.select(blocks.c.hashes).where(
-                blocks.c.transfer_id == transfer_id, blocks.c.first_hash == first_hash
-            )
-        ).scalar_one()
-    )
 
 
 def _digests(
@@ -970,28 +948,38 @@ _SQLITE_INSERT = (
     "WITH RECURSIVE c(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM c WHERE x < 1023), "
     "t(x) AS MATERIALIZED (SELECT x FROM c) "
     "INSERT INTO {table} (subject_hash, transfer_id) "
-    "SELECT substr(:hashes, (hi.x * 1024 + lo.x) * :width + 1, :width), :transfer "
+    "SELECT substr(:hashes, (hi.x * 1024 + lo.x) * :width + 1, :width), {transfer} "
     "FROM t AS hi CROSS JOIN t AS lo "
     "WHERE hi.x < (:n + 1023) / 1024 AND hi.x * 1024 + lo.x < :n"
+)
+# A transfer id per row (a merge's), from a bound text of fixed-width decimal numbers.
+_ID_DIGITS = 10
+_SQLITE_ROW_ID = (
+    f"CAST(substr(:ids, (hi.x * 1024 + lo.x) * {_ID_DIGITS} + 1, {_ID_DIGITS}) AS INTEGER)"
 )
 SQLITE_INSERT_ROWS = 1 << 20  # hashes bound per statement (16 MiB; the counter's 1,024 squared)
 
 
 def _insert_sqlite(
-    raw: Any, hashes: np.ndarray, transfer_id: int, table: sa.Table = disclosures
+    raw: Any, hashes: np.ndarray, transfer_id: int | np.ndarray, table: sa.Table = disclosures
 ) -> None:
-    statement = _SQLITE_INSERT.format(table=table.name)
+    """Insert the hashes, each with `transfer_id` (one id, or one per hash)."""
+    per_row = None if isinstance(transfer_id, int) else transfer_id
+    statement = _SQLITE_INSERT.format(
+        table=table.name, transfer=":transfer" if per_row is None else _SQLITE_ROW_ID
+    )
+    if per_row is not None and len(per_row) and int(per_row.max()) >= 10**_ID_DIGITS:
+        raise LedgerError("a transfer id is too large for the disclosure merge")
     for start in range(0, len(hashes), SQLITE_INSERT_ROWS):
         chunk = np.ascontiguousarray(hashes[start : start + SQLITE_INSERT_ROWS])
-        raw.execute(
-            statement,
-            {
-                "n": len(chunk),
-                "hashes": chunk.tobytes(),
-                "width": HASH_BYTES,
-                "transfer": transfer_id,
-            },
-        )
+        values: dict[str, Any] = {"n": len(chunk), "hashes": chunk.tobytes(), "width": HASH_BYTES}
+        if per_row is None:
+            values["transfer"] = transfer_id
+        else:  # a blob of digits: substr of a blob is a slice, of a text a walk from its start
+            ids = per_row[start : start + SQLITE_INSERT_ROWS].astype(np.int64)
+            powers = 10 ** np.arange(_ID_DIGITS - 1, -1, -1, dtype=np.int64)
+            values["ids"] = ((ids[:, None] // powers) % 10 + ord("0")).astype(np.uint8).tobytes()
+        raw.execute(statement, values)
         # The statement's own count (rowcount is -1 for one that begins WITH; total_changes
         # is a 32-bit count for the connection's life).
         inserted = raw.execute("SELECT changes()").fetchone()[0]
@@ -1002,19 +990,28 @@ def _insert_sqlite(
 
 
 def _copy_postgres(
-    raw: Any, pieces: Iterable[np.ndarray], transfer_id: int, table: sa.Table = disclosures
+    raw: Any,
+    pieces: Iterable[np.ndarray],
+    transfer_id: int | np.ndarray,
+    table: sa.Table = disclosures,
 ) -> None:
+    """COPY the hashes in, each with `transfer_id` (one id, or one per hash of the pieces)."""
     with raw.cursor() as cursor:
         statement = f"COPY {table.name} (subject_hash, transfer_id) FROM STDIN (FORMAT BINARY)"
         with cursor.copy(statement) as copy:
             copy.write(_PG_SIGNATURE)
+            done = 0
             for hashes in pieces:
                 for start in range(0, len(hashes), HASH_CHUNK):
                     chunk = hashes[start : start + HASH_CHUNK]
                     rows = np.empty(len(chunk), dtype=_PG_ROW)
                     rows["fields"], rows["hash_len"], rows["id_len"] = 2, HASH_BYTES, 4
                     rows["hash"] = np.ascontiguousarray(chunk).view("V16").reshape(-1)
-                    rows["id"] = transfer_id
+                    if isinstance(transfer_id, int):
+                        rows["id"] = transfer_id
+                    else:
+                        rows["id"] = transfer_id[done : done + len(chunk)]
+                    done += len(chunk)
                     copy.write(rows.tobytes())
             copy.write(_PG_TRAILER)
 
@@ -1075,8 +1072,8 @@ def _well_formed(first_hash: bytes, block: bytes) -> bool:
 
 def _merge_blocks(conn: sa.Connection, drops: Sequence[int], below: int | None) -> int:
     """Move the hashes of these drops' blocks whose leading byte is under `below` (all, if
-    None) into `disclosures_merged`, a drop at a time in bulk (as `record` inserts); a block
-    cut by that bound keeps its rest, keyed by its new first hash. Returns the hashes moved."""
+    None) into `disclosures_merged`, in bulk; a block cut by that bound keeps its rest, keyed
+    by its new first hash. Returns the hashes moved."""
     chosen: list[sa.ColumnElement[bool]] = [blocks.c.transfer_id.in_(drops)]
     if below is not None:
         chosen.append(blocks.c.first_hash < bytes([below]))
@@ -1104,19 +1101,26 @@ def _merge_blocks(conn: sa.Connection, drops: Sequence[int], below: int | None) 
             rests.append(
                 {"transfer_id": transfer_id, "first_hash": rest[:HASH_BYTES], "hashes": rest}
             )
-        conn.execute(
-            blocks.delete().where(
-                blocks.c.transfer_id == transfer_id, blocks.c.first_hash == first_hash
-            )
-        )
+    conn.execute(blocks.delete().where(*chosen))  # the blocks read above, in one statement
     if rests:
         conn.execute(blocks.insert(), rests)
-    raw = conn.connection.driver_connection
-    moved = 0
-    for transfer_id, parts in moving.items():
-        if conn.dialect.name == "postgresql":
-            _copy_postgres(raw, parts, transfer_id, merged)
-        else:  # one statement for the drop's part of the piece, not one per block
-            _insert_sqlite(raw, np.concatenate(parts, dtype=">u8"), transfer_id, merged)
-        moved += sum(len(part) for part in parts)
-    return moved
+    if not moving:
+        return 0
+    # All the piece's hashes in subject order, then drop, as the rows' merge inserts them: each
+    # page of the subject index is then written once, not once per drop.
+    words = np.concatenate([part for parts in moving.values() for part in parts], dtype=">u8")
+    ids = np.concatenate(
+        [
+            np.full(len(part), drop, dtype=np.int64)
+            for drop, parts in moving.items()
+            for part in parts
+        ]
+    )
+    order = np.lexsort((ids, words[:, 1], words[:, 0]))
+    words, ids = words[order], ids[order]
+    raw: Any = conn.connection.driver_connection
+    if conn.dialect.name == "postgresql":
+        _copy_postgres(raw, [words], ids, merged)
+    else:
+        _insert_sqlite(raw, words, ids, merged)
+    return len(words)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,19 @@ def test_a_chunk_larger_than_the_counter_is_refused_not_cut(
         with pytest.raises(LedgerError, match=r"took 1048576 of 1048577 subject hashes"):
             disclosures._insert_sqlite(raw, hashes, 1)
     store.close()
+
+
+def test_a_merge_writes_each_rows_drop_and_refuses_an_id_it_cannot(tmp_path: Path) -> None:
+    """A merge binds each row's drop as ten decimal digits: the widest lands exactly, a wider
+    id is refused, not cut."""
+    connection = sqlite3.connect(tmp_path / "ids.db")
+    connection.execute("CREATE TABLE disclosures_merged (subject_hash BLOB, transfer_id INTEGER)")
+    hashes = np.arange(6, dtype=">u8").reshape(3, 2)
+    ids = np.array([7, 10, 9_999_999_999])
+    disclosures._insert_sqlite(connection, hashes, ids, disclosures.merged)
+    stored = connection.execute("SELECT subject_hash, transfer_id FROM disclosures_merged")
+    assert [(bytes(h), t) for h, t in stored] == [
+        (hashes[i].tobytes(), int(ids[i])) for i in range(3)
+    ]
+    with pytest.raises(LedgerError, match="too large"):
+        disclosures._insert_sqlite(connection, hashes[:1], np.array([10**10]), disclosures.merged)
