@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeGuard
 
 from exchange.pipes import read_exactly, write_all
 from validators.rules import Failure, Rule
@@ -274,9 +274,15 @@ def take() -> Worker:
     global _IDLE
     with _IDLE_LOCK:
         worker, _IDLE = _IDLE, None
-    if worker is not None and worker.pid == os.getpid() and not worker.broken:
+    if _usable(worker):
         return worker
     return Worker()
+
+
+def _usable(worker: Worker | None) -> TypeGuard[Worker]:
+    """Whether a kept worker can be used here: made by this process (not inherited by a fork)
+    and not broken."""
+    return worker is not None and worker.pid == os.getpid() and not worker.broken
 
 
 def start_early() -> None:
@@ -289,7 +295,7 @@ def start_early() -> None:
     if "great_expectations" in sys.modules:
         return  # the gate validates in this process, where it is loaded already
     with _IDLE_LOCK:
-        if _IDLE is not None and _IDLE.pid == os.getpid() and not _IDLE.broken:
+        if _usable(_IDLE):
             return
     try:
         worker = Worker()
