@@ -105,6 +105,7 @@ BLOCKS_FROM = 65_536  # a drop of at least this many subjects is recorded in blo
 SUBJECTS_IN_MEMORY = 8 << 20  # a drop's subject hashes held in memory before a temporary file
 _BUCKET_BITS = 8  # SubjectHashes.ordered sorts the hashes one leading byte at a time
 _BUCKETS = 1 << _BUCKET_BITS
+_PIECE_BITS = 16  # a merge goes in at most 65,536 pieces, by the hashes' first two bytes
 _PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
 _PG_TRAILER = b"\xff\xff"
 _PG_ROW = np.dtype(
@@ -427,6 +428,10 @@ class Disclosures:
             self.merge()
         except LedgerError as error:
             log.warning("%s", error)
+        except sa.exc.DBAPIError as error:  # locked, a deadlock: the merge waits for a later run
+            log.warning(
+                "the disclosure merge failed (%s); it is tried again", type(error.orig).__name__
+            )
         values = {
             "drop_id": disclosure.drop_id,
             "run_id": disclosure.run_id,
@@ -455,6 +460,9 @@ class Disclosures:
             transfer_id = conn.execute(
                 transfers.insert().values(**values).returning(transfers.c.id)
             ).scalar_one()
+            # SQLite may give a new drop the id of one deleted (by an older version, or by
+            # hand) whose hashes were left: they are not this drop's.
+            _delete_hashes(conn, transfer_id)
             # The digest and count are taken from the pieces as they are inserted, in order.
             sha = hashlib.sha256()
             count = 0
@@ -552,6 +560,9 @@ class Disclosures:
     def verify_digest(self, drop_id: str, digest: str) -> bool:
         """True when the drop's stored hashes still give `digest` (from its ledger entry).
 
+        The digest only: how the hashes are laid out (a block keyed by its own first hash) is
+        checked by `check` and `verified_lookup`, which are what an answer relies on.
+
         A drop kept by drop is one range of `disclosures` or `disclosure_blocks`; the
         subject-ordered table is read whole for rows of the drop as well (it has no index by
         drop, and a row forged there would be in answers).
@@ -564,6 +575,8 @@ class Disclosures:
                 return False
             sha = hashlib.sha256()
             for value in _drop_hashes(conn, row.id):
+                if len(value) != HASH_BYTES:
+                    return False
                 sha.update(value)
         return hmac.compare_digest(sha.hexdigest(), digest)
 
@@ -638,8 +651,9 @@ class Disclosures:
         for row in rows:
             if row.id in malformed:
                 problems.append(
-                    f"drop {row.drop_id}: a block of its subject hashes is malformed "
-                    "(altered: not whole hashes, or not keyed by its first)"
+                    f"drop {row.drop_id}: its stored subject hashes are malformed (altered: a "
+                    "row not one 16-byte hash, or a block not whole hashes or not keyed by "
+                    "its first)"
                 )
                 continue
             problem = mismatch(row, bound, counts.get(row.id, 0), digests.get(row.id))
@@ -699,21 +713,21 @@ class Disclosures:
         drops = [row.id for row in ready]
         block_drops = [drop for drop in drops if drop in in_blocks]
         bits = min(
-            _BUCKET_BITS, (sum(row.subjects for row in ready) // MERGE_PIECE_ROWS).bit_length()
+            _PIECE_BITS, (sum(row.subjects for row in ready) // MERGE_PIECE_ROWS).bit_length()
         )
         began, moved = time.perf_counter(), 0
         for piece in range(1 << bits):
             chosen: list[sa.ColumnElement[bool]] = [disclosures.c.transfer_id.in_(drops)]
             if piece:
-                chosen.append(disclosures.c.subject_hash >= bytes([piece << (8 - bits)]))
+                chosen.append(disclosures.c.subject_hash >= _prefix(piece << (16 - bits)))
             if piece + 1 < 1 << bits:
-                chosen.append(disclosures.c.subject_hash < bytes([(piece + 1) << (8 - bits)]))
+                chosen.append(disclosures.c.subject_hash < _prefix((piece + 1) << (16 - bits)))
             rows = (
                 sa.select(disclosures.c.subject_hash, disclosures.c.transfer_id)
                 .where(*chosen)
                 .order_by(disclosures.c.subject_hash, disclosures.c.transfer_id)
             )
-            below = (piece + 1) << (8 - bits) if piece + 1 < 1 << bits else None
+            below = (piece + 1) << (16 - bits) if piece + 1 < 1 << bits else None
             with writer(self.engine).begin() as conn:  # a concurrent merge finds nothing left
                 try:
                     conn.execute(merged.insert().from_select(["subject_hash", "transfer_id"], rows))
@@ -825,7 +839,7 @@ def _drop_hashes(conn: sa.Connection, transfer_id: int) -> Iterator[bytes]:
     streamed = conn.execution_options(stream_results=True, yield_per=HASH_CHUNK)
     parts: list[Iterable[bytes]] = [
         (
-            bytes(value)
+            _stored_hash(value)
             for value in streamed.execute(
                 sa.select(table.c.subject_hash)
                 .where(table.c.transfer_id == transfer_id)
@@ -841,10 +855,16 @@ def _drop_hashes(conn: sa.Connection, transfer_id: int) -> Iterator[bytes]:
     ).scalars()
     parts.append(
         bytes(block[at : at + HASH_BYTES])
-        for block in in_blocks
+        for block in (_stored_hash(stored) for stored in in_blocks)
         for at in range(0, len(block) - HASH_BYTES + 1, HASH_BYTES)
     )
     return heapq.merge(*parts)
+
+
+def _stored_hash(stored: Any) -> bytes:
+    """A stored hash (or block) as bytes; NULL, possible only where the schema was changed by
+    hand, as no bytes (never a hash: the drop is then refused)."""
+    return b"" if stored is None else bytes(stored)
 
 
 def _in_blocks(conn: sa.Connection, probes: Mapping[bytes, str]) -> set[tuple[int, str]]:
@@ -874,9 +894,15 @@ def _digests(
     carried: set[tuple[int, str]] = set()
     hashers: dict[int, Any] = {}
     counts: dict[int, int] = {}
+    malformed: set[int] = set()
 
     def take(transfer_id: int, value: bytes, *, hashed: bool = True) -> None:
         """One stored row: note it if its hash is wanted, and add it to its transfer's digest."""
+        if len(value) != HASH_BYTES:
+            # Not one hash: two joined and an empty one keep a drop's count and digest while
+            # no row equals either hash, so the drop is refused, not taken as it reads.
+            malformed.add(transfer_id)
+            return
         if value in wanted:
             carried.add((transfer_id, wanted[value]))
         if not hashed:
@@ -891,8 +917,8 @@ def _digests(
     query = sa.select(merged.c.subject_hash, merged.c.transfer_id).order_by(
         merged.c.subject_hash, merged.c.transfer_id
     )
-    for value, transfer_id in streamed.execute(query):
-        value = bytes(value)
+    for stored, transfer_id in streamed.execute(query):
+        value = _stored_hash(stored)
         take(transfer_id, value)
         last[transfer_id] = value
     seen: set[int] = set()
@@ -900,20 +926,19 @@ def _digests(
     query = sa.select(disclosures.c.transfer_id, disclosures.c.subject_hash).order_by(
         disclosures.c.transfer_id, disclosures.c.subject_hash
     )
-    for transfer_id, value in streamed.execute(query):
-        value = bytes(value)
+    for transfer_id, stored in streamed.execute(query):
+        value = _stored_hash(stored)
         if transfer_id not in seen:
             seen.add(transfer_id)
             if transfer_id in last and value <= last[transfer_id]:
                 again.add(transfer_id)
         take(transfer_id, value, hashed=transfer_id not in again)
-    malformed: set[int] = set()
     in_blocks: set[int] = set()
     query = sa.select(blocks.c.transfer_id, blocks.c.first_hash, blocks.c.hashes).order_by(
         blocks.c.transfer_id, blocks.c.first_hash
     )
     for stored in conn.execution_options(stream_results=True, yield_per=16).execute(query):
-        transfer_id, first, block = stored[0], bytes(stored[1]), bytes(stored[2])
+        transfer_id, first, block = stored[0], _stored_hash(stored[1]), _stored_hash(stored[2])
         if not _well_formed(first, block):
             malformed.add(transfer_id)
         if transfer_id not in in_blocks:
@@ -930,8 +955,16 @@ def _digests(
             hasher.update(block)
             counts[transfer_id] = counts.get(transfer_id, 0) + len(block) // HASH_BYTES
     for transfer_id in again - malformed:
+        # Its digest and its part of the answer from this one reading: a table that gives
+        # another statement other rows (a view, a rule) cannot make them differ.
+        carried = {found for found in carried if found[0] != transfer_id}
         sha, count = hashlib.sha256(), 0
         for value in _drop_hashes(conn, transfer_id):
+            if len(value) != HASH_BYTES:
+                malformed.add(transfer_id)
+                break
+            if value in wanted:
+                carried.add((transfer_id, wanted[value]))
             sha.update(value)
             count += 1
         counts[transfer_id], hashers[transfer_id] = count, sha
@@ -968,17 +1001,27 @@ def _insert_sqlite(
     statement = _SQLITE_INSERT.format(
         table=table.name, transfer=":transfer" if per_row is None else _SQLITE_ROW_ID
     )
-    if per_row is not None and len(per_row) and int(per_row.max()) >= 10**_ID_DIGITS:
-        raise LedgerError("a transfer id is too large for the disclosure merge")
+    if per_row is not None:
+        if len(per_row) and not 0 <= int(per_row.min()) <= int(per_row.max()) < 10**_ID_DIGITS:
+            raise LedgerError("a transfer id is out of the disclosure merge's range")
+        # CAST reads the digits as text in the database's encoding: only UTF-8 reads them.
+        if raw.execute("PRAGMA encoding").fetchone()[0] != "UTF-8":
+            raise LedgerError("the disclosure merge needs a SQLite database in UTF-8")
     for start in range(0, len(hashes), SQLITE_INSERT_ROWS):
         chunk = np.ascontiguousarray(hashes[start : start + SQLITE_INSERT_ROWS])
         values: dict[str, Any] = {"n": len(chunk), "hashes": chunk.tobytes(), "width": HASH_BYTES}
         if per_row is None:
             values["transfer"] = transfer_id
         else:  # a blob of digits: substr of a blob is a slice, of a text a walk from its start
-            ids = per_row[start : start + SQLITE_INSERT_ROWS].astype(np.int64)
-            powers = 10 ** np.arange(_ID_DIGITS - 1, -1, -1, dtype=np.int64)
-            values["ids"] = ((ids[:, None] // powers) % 10 + ord("0")).astype(np.uint8).tobytes()
+            # The few distinct ids written once each, then gathered: 10 bytes a row.
+            drops, which = np.unique(
+                per_row[start : start + SQLITE_INSERT_ROWS], return_inverse=True
+            )
+            digits = np.array(
+                [str(drop).zfill(_ID_DIGITS).encode() for drop in drops.tolist()],
+                dtype=f"S{_ID_DIGITS}",
+            )
+            values["ids"] = digits[which].tobytes()
         raw.execute(statement, values)
         # The statement's own count (rowcount is -1 for one that begins WITH; total_changes
         # is a 32-bit count for the connection's life).
@@ -1018,9 +1061,14 @@ def _copy_postgres(
 
 def _delete_drop(conn: sa.Connection, transfer_id: int) -> None:
     """Remove a drop not yet delivered: its rows or blocks, then its transfer."""
+    _delete_hashes(conn, transfer_id)
+    conn.execute(transfers.delete().where(transfers.c.id == transfer_id))
+
+
+def _delete_hashes(conn: sa.Connection, transfer_id: int) -> None:
+    """A drop's rows and blocks kept by drop (each a range of its table's key)."""
     conn.execute(disclosures.delete().where(disclosures.c.transfer_id == transfer_id))
     conn.execute(blocks.delete().where(blocks.c.transfer_id == transfer_id))
-    conn.execute(transfers.delete().where(transfers.c.id == transfer_id))
 
 
 def _cut(pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
@@ -1070,13 +1118,18 @@ def _well_formed(first_hash: bytes, block: bytes) -> bool:
     return bool(block) and len(block) % HASH_BYTES == 0 and block[:HASH_BYTES] == first_hash
 
 
+def _prefix(value: int) -> bytes:
+    """A piece's bound: the first two bytes of a hash (a hash sorts at or above its prefix)."""
+    return value.to_bytes(2, "big")
+
+
 def _merge_blocks(conn: sa.Connection, drops: Sequence[int], below: int | None) -> int:
-    """Move the hashes of these drops' blocks whose leading byte is under `below` (all, if
-    None) into `disclosures_merged`, in bulk; a block cut by that bound keeps its rest, keyed
-    by its new first hash. Returns the hashes moved."""
+    """Move the hashes of these drops' blocks whose first two bytes are under `below` (all,
+    if None) into `disclosures_merged`, in bulk; a block cut by that bound keeps its rest,
+    keyed by its new first hash. Returns the hashes moved."""
     chosen: list[sa.ColumnElement[bool]] = [blocks.c.transfer_id.in_(drops)]
     if below is not None:
-        chosen.append(blocks.c.first_hash < bytes([below]))
+        chosen.append(blocks.c.first_hash < _prefix(below))
     picked = conn.execute(
         sa.select(blocks.c.transfer_id, blocks.c.first_hash, blocks.c.hashes)
         .where(*chosen)
@@ -1085,7 +1138,7 @@ def _merge_blocks(conn: sa.Connection, drops: Sequence[int], below: int | None) 
     moving: dict[int, list[np.ndarray]] = {}
     rests: list[dict[str, Any]] = []
     for transfer_id, first_hash, data in picked:
-        first_hash, data = bytes(first_hash), bytes(data)
+        first_hash, data = _stored_hash(first_hash), _stored_hash(data)
         if not _well_formed(first_hash, data):
             raise LedgerError(
                 "a block of disclosure hashes is malformed: not merged (check the record with "
@@ -1094,7 +1147,7 @@ def _merge_blocks(conn: sa.Connection, drops: Sequence[int], below: int | None) 
         words = np.frombuffer(data, dtype=">u8").reshape(-1, 2)
         cut = len(words)
         if below is not None:
-            cut = int(np.searchsorted(words[:, 0], np.uint64(below) << np.uint64(56)))
+            cut = int(np.searchsorted(words[:, 0], np.uint64(below) << np.uint64(48)))
         moving.setdefault(transfer_id, []).append(words[:cut])
         if cut < len(words):
             rest = words[cut:].tobytes()

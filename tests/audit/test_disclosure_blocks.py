@@ -5,6 +5,7 @@ checked lookup. Blocks of 4 hashes here, so small drops span many; real SQLite a
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -188,10 +189,10 @@ def test_a_block_keyed_past_its_first_hash_is_refused(
     rewrite(backend_url, "drop-002", first, hashes[16:32], hashes)
     person = next(p for p in sample(2) if subject_hash(KEY, p) == hidden)
     assert "drop-002" not in [d.drop_id for d in store.lookup(person)]  # hidden...
-    assert "drop drop-002: a block of its subject hashes is malformed" in refused(store, ledger)
+    assert "drop drop-002: its stored subject hashes are malformed" in refused(store, ledger)
     assert store.verify_digest("drop-002", expected_digest(KEY, sample(2)))  # (order kept)
     rewrite(backend_url, "drop-002", hashes[16:32], first, hashes[:40])  # not whole hashes
-    assert "drop drop-002: a block of its subject hashes is malformed" in refused(store, ledger)
+    assert "drop drop-002: its stored subject hashes are malformed" in refused(store, ledger)
 
 
 def test_a_deleted_block_and_hashes_moved_between_tables(
@@ -288,4 +289,105 @@ def test_a_hash_counts_only_where_it_is_whole(backend_url: str) -> None:
             whole = len(blob) == 48
             assert [d.drop_id for d in store.lookup(person)] == (["drop-001"] if whole else [])
     finally:
+        store.close()
+
+
+@pytest.mark.parametrize("kept", ["rows", "blocks"])
+def test_two_hashes_joined_in_one_row_are_refused(
+    kept: str, backend_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two of a drop's hashes put in one row and an empty row beside it keep its count and
+    its digest (the same bytes in the same order) while no row is either hash: refused."""
+    store = Disclosures(backend_url, KEY, blocks_from=1 if kept == "blocks" else 10**9)
+    ledger = Ledger(backend_url)
+    try:
+        for n in range(2):
+            store.record(facts(n), pa.array(sample(n)))
+            bind(ledger, store, f"drop-{n:03d}")
+        tid = transfer_id(backend_url, "drop-001")
+        hashes = sorted(subject_hash(KEY, p) for p in sample(1))
+        victim = next(p for p in sample(1) if subject_hash(KEY, p) == hashes[5])
+        sql(backend_url, "DELETE FROM disclosures WHERE transfer_id = :t", t=tid)
+        sql(backend_url, "DELETE FROM disclosure_blocks WHERE transfer_id = :t", t=tid)
+        kept_rows = [*hashes[:5], hashes[5] + hashes[6], b"", *hashes[7:]]
+        for value in kept_rows:
+            sql(
+                backend_url,
+                "INSERT INTO disclosures (transfer_id, subject_hash) VALUES (:t, :h)",
+                t=tid,
+                h=value,
+            )
+        assert "drop-001" not in [d.drop_id for d in store.lookup(victim)]  # hidden...
+        problem = refused(store, ledger, victim)  # ...and refused
+        assert "drop drop-001: its stored subject hashes are malformed" in problem
+        assert not store.verify_digest("drop-001", expected_digest(KEY, sample(1)))
+    finally:
+        ledger.close()
+        store.close()
+
+
+def test_the_answer_for_a_drop_read_twice_comes_from_the_reading_that_was_checked(
+    pg_url: str,
+) -> None:
+    """A drop in both tables by drop is read again for its digest. A view that shows its
+    block to that second reading only cannot make the check pass on one reading while the
+    answer comes from the other: the answer is taken from the reading that was hashed, and
+    then differs from the lookup's own, so it is refused."""
+    store = Disclosures(pg_url, KEY, blocks_from=1)
+    ledger = Ledger(pg_url)
+    try:
+        for n in range(3):
+            store.record(facts(n), pa.array(sample(n)))
+            bind(ledger, store, f"drop-{n:03d}")
+        tid = transfer_id(pg_url, "drop-001")
+        first, hashes = blocks_of(pg_url, "drop-001")[0]
+        victim_hash = blocks_of(pg_url, "drop-001")[2][1][:16]
+        victim = next(p for p in sample(1) if subject_hash(KEY, p) == victim_hash)
+        sql(
+            pg_url,
+            "DELETE FROM disclosure_blocks WHERE transfer_id = :t AND first_hash = :f",
+            t=tid,
+            f=first,
+        )
+        for at in range(0, len(hashes), 16):
+            sql(
+                pg_url,
+                "INSERT INTO disclosures (subject_hash, transfer_id) VALUES (:h, :t)",
+                h=hashes[at : at + 16],
+                t=tid,
+            )
+        sql(pg_url, "ALTER TABLE disclosure_blocks RENAME TO real_blocks")
+        # Shown only to a server-side cursor fetching 65,536 rows at a time: the re-reading.
+        sql(
+            pg_url,
+            "CREATE VIEW disclosure_blocks AS SELECT * FROM real_blocks WHERE NOT ("  # noqa: S608
+            f"transfer_id = {tid} AND position('\\x{victim_hash.hex()}'::bytea in hashes) > 0 "
+            "AND current_query() NOT LIKE '%FETCH FORWARD 65536%')",
+        )
+        assert "drop-001" not in [d.drop_id for d in store.lookup(victim)]
+        refused(store, ledger, victim)  # never an answer without drop-001
+    finally:
+        ledger.close()
+        store.close()
+
+
+def test_hashes_left_by_a_deleted_drop_are_not_a_new_drops(tmp_path: Path) -> None:
+    """A drop removed by hand (or by an older version's discard, which knew no blocks) may
+    leave blocks under its id where the foreign key is not enforced (SQLite), and SQLite
+    gives the next drop that id again. The new drop's record holds its own hashes only."""
+    backend_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    store = Disclosures(backend_url, KEY, blocks_from=1)
+    ledger = Ledger(backend_url)
+    try:
+        store.record(facts(0, sent=False), pa.array(sample(0)))
+        old = transfer_id(backend_url, "drop-000")
+        sql(backend_url, "DELETE FROM transfers WHERE id = :t", t=old)  # its blocks left
+        store.record(facts(1), pa.array(sample(1)))
+        bind(ledger, store, "drop-001")
+        assert rows(backend_url, "disclosure_blocks") == 5
+        for person in PEOPLE:
+            wanted = ["drop-001"] if person in sample(1) else []
+            assert [d.drop_id for d in store.verified_lookup(person, ledger)[0]] == wanted
+    finally:
+        ledger.close()
         store.close()

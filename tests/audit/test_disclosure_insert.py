@@ -72,7 +72,8 @@ def test_a_chunk_larger_than_the_counter_is_refused_not_cut(
 
 def test_a_merge_writes_each_rows_drop_and_refuses_an_id_it_cannot(tmp_path: Path) -> None:
     """A merge binds each row's drop as ten decimal digits: the widest lands exactly, a wider
-    id is refused, not cut."""
+    or negative id is refused, not cut; so is a database whose text is not UTF-8 (the digits
+    would be read as UTF-16 there)."""
     connection = sqlite3.connect(tmp_path / "ids.db")
     connection.execute("CREATE TABLE disclosures_merged (subject_hash BLOB, transfer_id INTEGER)")
     hashes = np.arange(6, dtype=">u8").reshape(3, 2)
@@ -82,5 +83,14 @@ def test_a_merge_writes_each_rows_drop_and_refuses_an_id_it_cannot(tmp_path: Pat
     assert [(bytes(h), t) for h, t in stored] == [
         (hashes[i].tobytes(), int(ids[i])) for i in range(3)
     ]
-    with pytest.raises(LedgerError, match="too large"):
-        disclosures._insert_sqlite(connection, hashes[:1], np.array([10**10]), disclosures.merged)
+    for wrong in (10**10, -1):
+        with pytest.raises(LedgerError, match="out of the disclosure merge's range"):
+            disclosures._insert_sqlite(
+                connection, hashes[:1], np.array([wrong]), disclosures.merged
+            )
+
+    utf16 = sqlite3.connect(tmp_path / "utf16.db")
+    utf16.execute("PRAGMA encoding = 'UTF-16le'")
+    utf16.execute("CREATE TABLE disclosures_merged (subject_hash BLOB, transfer_id INTEGER)")
+    with pytest.raises(LedgerError, match="UTF-8"):
+        disclosures._insert_sqlite(utf16, hashes, ids, disclosures.merged)
