@@ -428,10 +428,11 @@ class Disclosures:
             self.merge()
         except LedgerError as error:
             log.warning("%s", error)
-        except sa.exc.DBAPIError as error:  # locked, a deadlock: the merge waits for a later run
-            log.warning(
-                "the disclosure merge failed (%s); it is tried again", type(error.orig).__name__
-            )
+        except (sa.exc.DBAPIError, self.engine.dialect.loaded_dbapi.Error) as error:
+            # Locked, a deadlock, a full disk (from SQLAlchemy, or the driver's own from a bulk
+            # insert): each piece rolled back whole, and the merge waits for a later run.
+            cause = error.orig if isinstance(error, sa.exc.DBAPIError) else error
+            log.warning("the disclosure merge failed (%s); it is tried again", type(cause).__name__)
         values = {
             "drop_id": disclosure.drop_id,
             "run_id": disclosure.run_id,
@@ -457,12 +458,11 @@ class Disclosures:
                 if earlier.sent_at is not None:
                     raise LedgerError(f"drop {disclosure.drop_id} is already recorded as sent")
                 _delete_drop(conn, earlier.id)
+            if not self._postgres:  # (PostgreSQL's sequence never gives an id twice)
+                values["id"] = _unused_id(conn)
             transfer_id = conn.execute(
                 transfers.insert().values(**values).returning(transfers.c.id)
             ).scalar_one()
-            # SQLite may give a new drop the id of one deleted (by an older version, or by
-            # hand) whose hashes were left: they are not this drop's.
-            _delete_hashes(conn, transfer_id)
             # The digest and count are taken from the pieces as they are inserted, in order.
             sha = hashlib.sha256()
             count = 0
@@ -849,15 +849,21 @@ def _drop_hashes(conn: sa.Connection, transfer_id: int) -> Iterator[bytes]:
         for table in (disclosures, merged)
     ]
     in_blocks = streamed.execute(
-        sa.select(blocks.c.hashes)
+        sa.select(blocks.c.first_hash, blocks.c.hashes)
         .where(blocks.c.transfer_id == transfer_id)
         .order_by(blocks.c.first_hash)
-    ).scalars()
-    parts.append(
-        bytes(block[at : at + HASH_BYTES])
-        for block in (_stored_hash(stored) for stored in in_blocks)
-        for at in range(0, len(block) - HASH_BYTES + 1, HASH_BYTES)
     )
+
+    def hashes_in_blocks() -> Iterator[bytes]:
+        for first_hash, stored in in_blocks:
+            block = _stored_hash(stored)
+            if not _well_formed(_stored_hash(first_hash), block):
+                yield b""  # not a hash: whoever reads these refuses the drop
+                return
+            for at in range(0, len(block), HASH_BYTES):
+                yield block[at : at + HASH_BYTES]
+
+    parts.append(hashes_in_blocks())
     return heapq.merge(*parts)
 
 
@@ -1061,14 +1067,19 @@ def _copy_postgres(
 
 def _delete_drop(conn: sa.Connection, transfer_id: int) -> None:
     """Remove a drop not yet delivered: its rows or blocks, then its transfer."""
-    _delete_hashes(conn, transfer_id)
+    conn.execute(disclosures.delete().where(disclosures.c.transfer_id == transfer_id))
+    conn.execute(blocks.delete().where(blocks.c.transfer_id == transfer_id))
     conn.execute(transfers.delete().where(transfers.c.id == transfer_id))
 
 
-def _delete_hashes(conn: sa.Connection, transfer_id: int) -> None:
-    """A drop's rows and blocks kept by drop (each a range of its table's key)."""
-    conn.execute(disclosures.delete().where(disclosures.c.transfer_id == transfer_id))
-    conn.execute(blocks.delete().where(blocks.c.transfer_id == transfer_id))
+def _unused_id(conn: sa.Connection) -> int:
+    """A transfer id above every one in use, by a drop or by hashes kept by drop (SQLite would
+    give a deleted drop's id again, and hashes left under it would then be the new drop's).
+    Three reads of an index's last entry."""
+    top = 0
+    for column in (transfers.c.id, disclosures.c.transfer_id, blocks.c.transfer_id):
+        top = max(top, conn.execute(sa.select(sa.func.max(column))).scalar() or 0)
+    return int(top) + 1
 
 
 def _cut(pieces: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
