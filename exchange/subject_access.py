@@ -393,6 +393,8 @@ class Lookup:
     answers: list[dict[str, Any]]
     verified: str
     seq: int
+    # Delivered drops recorded under a disclosure key not configured: not searched.
+    unsearched: tuple[tuple[str, str], ...] = ()
 
 
 def look_up(
@@ -435,4 +437,4 @@ def look_up(
     answers = describe(
         found, ledger, settings.contracts, today=today or dt.date.today(), governance=governance
     )
-    return Lookup(answers, verified.message, recorded.seq)
+    return Lookup(answers, verified.message, recorded.seq, tuple(disclosures.unsearchable()))

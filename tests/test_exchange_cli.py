@@ -806,9 +806,16 @@ def test_disclosures_stay_answerable_after_the_disclosure_key_rotates(
     person = raw[raw["objection"] == "false"]["person_id"].iloc[0]
     rotated = exchange(workspace, "keys", "rotate", "disclosure-key", "--reason", "test")
     assert rotated.returncode == 0, rotated.stderr
-    found = json.loads(
-        exchange(
-            workspace, "audit", "subject", person, "--format", "json", "--reason", "SAR-test"
-        ).stdout
+    asked = ["audit", "subject", person, "--format", "json", "--reason", "SAR-test"]
+    answered = exchange(workspace, *asked)
+    assert len(json.loads(answered.stdout)) == 1
+    assert "not searched" not in answered.stderr
+    # Two rotations on, the drop's key is no longer kept: the answer cannot find the person,
+    # and says it may leave out recipients rather than pass for complete.
+    assert (
+        exchange(workspace, "keys", "rotate", "disclosure-key", "--reason", "again").returncode == 0
     )
-    assert len(found) == 1
+    unanswered = exchange(workspace, *asked)
+    assert unanswered.returncode == 0 and json.loads(unanswered.stdout) == []
+    assert "1 delivered drop(s) were recorded under disclosure key(s)" in unanswered.stderr
+    assert "this answer may leave out recipients" in unanswered.stderr

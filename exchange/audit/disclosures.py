@@ -623,6 +623,19 @@ class Disclosures:
             )
         return found, verified
 
+    def unsearchable(self) -> list[tuple[str, str]]:
+        """Delivered drops recorded under a disclosure key this ledger was not given (retired
+        more than one rotation ago), as (drop, key id): a lookup cannot find anyone in them,
+        so an answer that leaves them out must say so."""
+        known = [key_id(k) for k in self.keys]
+        with self.engine.connect() as conn:
+            found = conn.execute(
+                sa.select(transfers.c.drop_id, transfers.c.key_id)
+                .where(transfers.c.sent_at.is_not(None), transfers.c.key_id.not_in(known))
+                .order_by(transfers.c.id)
+            )
+            return [(str(drop), str(kid)) for drop, kid in found]
+
     def check(self, bound: LedgerBindings) -> tuple[set[str], list[str]]:
         """Compare every delivered drop's rows and facts with the ledger's entries.
 

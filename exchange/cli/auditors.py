@@ -221,6 +221,15 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
     answers = lookup.answers
     if public is None:
         error("warning", NO_KEY_WARNING)
+    if lookup.unsearched:
+        keys = sorted({kid for _, kid in lookup.unsearched})
+        error(
+            "warning",
+            f"{len(lookup.unsearched)} delivered drop(s) were recorded under disclosure key(s) "
+            f"{', '.join(keys)}, not configured here, and were not searched: this answer may "
+            "leave out recipients. Configure the key as disclosure-key-old to search them "
+            f"(first: {lookup.unsearched[0][0]}).",
+        )
     record = (
         f"checked against the audit ledger: {lookup.verified}; this lookup is ledger entry "
         f"{lookup.seq}"

@@ -133,6 +133,10 @@ def test_retired_keys_are_still_searched(backend_url: str) -> None:
     store.record(facts("after-rotation"), pa.array(["p1"]))
     assert [d.drop_id for d in store.lookup("p1")] == ["before-rotation", "after-rotation"]
     assert [d.drop_id for d in Disclosures(backend_url, KEY).lookup("p1")] == ["after-rotation"]
+    assert store.unsearchable() == []
+    without = Disclosures(backend_url, KEY)  # the old key no longer given: say which drops
+    assert without.unsearchable() == [("before-rotation", key_id(OTHER_KEY))]
+    without.close()
     store.close()
 
 
