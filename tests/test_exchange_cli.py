@@ -796,7 +796,7 @@ def test_rotating_the_pseudonymisation_key_is_audited_and_changes_the_pseudonyms
 
 
 def test_disclosures_stay_answerable_after_the_disclosure_key_rotates(
-    workspace: Workspace, partner: PartnerSftpServer
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
 ) -> None:
     source = workspace.source(40)
     assert (
@@ -819,3 +819,24 @@ def test_disclosures_stay_answerable_after_the_disclosure_key_rotates(
     assert unanswered.returncode == 0 and json.loads(unanswered.stdout) == []
     assert "1 delivered drop(s) were recorded under disclosure key(s)" in unanswered.stderr
     assert "this answer may leave out recipients" in unanswered.stderr
+    # A correction reaches the drops it can find, and says which it could not search.
+    again = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert again.returncode == 0, again.stderr
+    id_file = tmp_path / "subject.txt"
+    id_file.write_text(person + "\n")
+    fixed = exchange(
+        workspace,
+        "rectify",
+        "--id-file",
+        str(id_file),
+        "--field",
+        "attendance_rate",
+        "--reason",
+        "a corrected census",
+        "--source",
+        str(source),
+    )
+    assert fixed.returncode == 0, fixed.stderr
+    assert fixed.stdout.count("correction notice") == 1
+    assert "1 delivered drop(s) were recorded under disclosure key(s)" in fixed.stderr
+    assert "these notices may leave out recipients" in fixed.stderr

@@ -38,7 +38,7 @@ could be, so nothing the check passed is left out of an answer and nothing it di
 put in.
 
 Bulk insertion of rows (small drops, merges) uses COPY (binary) on PostgreSQL and, on SQLite
-(where the tables are WITHOUT ROWID so the primary key is the table), one INSERT per piece of
+(where the row tables are WITHOUT ROWID so the primary key is the table), one INSERT per piece of
 sorted hashes (a leading byte's worth, at most a million) that cuts a bound blob into rows
 inside SQLite.
 """
@@ -189,23 +189,19 @@ _DROPS = (
 _RECENT_DROPS = sa.text(_DROPS + " SELECT id FROM drops WHERE id IS NOT NULL")  # noqa: S608
 # Per drop in `disclosure_blocks`, the one block that would hold hash :h: the last whose first
 # hash is not above it (one index seek each; about MERGE_AFTER probes per lookup at most).
+_BLOCK_DROPS_CTE = (
+    "WITH RECURSIVE bdrops(id) AS ("
+    " SELECT min(transfer_id) FROM disclosure_blocks"
+    " UNION ALL"
+    " SELECT (SELECT min(transfer_id) FROM disclosure_blocks WHERE transfer_id > bdrops.id)"
+    " FROM bdrops WHERE bdrops.id IS NOT NULL)"
+)
 _BLOCK_PROBE = sa.text(
-    "WITH RECURSIVE bdrops(id) AS ("
-    " SELECT min(transfer_id) FROM disclosure_blocks"
-    " UNION ALL"
-    " SELECT (SELECT min(transfer_id) FROM disclosure_blocks WHERE transfer_id > bdrops.id)"
-    " FROM bdrops WHERE bdrops.id IS NOT NULL)"
-    " SELECT id, (SELECT hashes FROM disclosure_blocks WHERE transfer_id = bdrops.id"
-    " AND first_hash <= :h ORDER BY first_hash DESC LIMIT 1) FROM bdrops WHERE id IS NOT NULL"
+    _BLOCK_DROPS_CTE + " SELECT id, (SELECT hashes FROM disclosure_blocks"  # noqa: S608
+    " WHERE transfer_id = bdrops.id AND first_hash <= :h ORDER BY first_hash DESC LIMIT 1)"
+    " FROM bdrops WHERE id IS NOT NULL"
 )
-_BLOCK_DROPS = sa.text(
-    "WITH RECURSIVE bdrops(id) AS ("
-    " SELECT min(transfer_id) FROM disclosure_blocks"
-    " UNION ALL"
-    " SELECT (SELECT min(transfer_id) FROM disclosure_blocks WHERE transfer_id > bdrops.id)"
-    " FROM bdrops WHERE bdrops.id IS NOT NULL)"
-    " SELECT id FROM bdrops WHERE id IS NOT NULL"
-)
+_BLOCK_DROPS = sa.text(_BLOCK_DROPS_CTE + " SELECT id FROM bdrops WHERE id IS NOT NULL")  # noqa: S608
 _MIGRATION_LOCK = 0x6578_6469_7363  # PostgreSQL advisory lock: one process migrates
 
 

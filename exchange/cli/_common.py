@@ -6,6 +6,7 @@ import argparse
 import getpass
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -84,3 +85,18 @@ def subject_id(args: argparse.Namespace) -> str | None:
         error("usage", f"--id-file must hold exactly one subject id, not {len(lines)} lines")
         return None
     return lines[0]
+
+
+def warn_unsearched(unsearched: Sequence[tuple[str, str]], *, what: str) -> None:
+    """Warn that delivered drops recorded under a disclosure key not configured here (drop,
+    key id) were not searched, so `what` may leave out recipients."""
+    if not unsearched:
+        return
+    keys = sorted({kid for _, kid in unsearched})
+    error(
+        "warning",
+        f"{len(unsearched)} delivered drop(s) were recorded under disclosure key(s) "
+        f"{', '.join(keys)}, not configured here, and were not searched: {what} may leave out "
+        f"recipients. Configure the key as disclosure-key-old to search them (first: "
+        f"{unsearched[0][0]}).",
+    )

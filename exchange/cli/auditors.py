@@ -12,7 +12,15 @@ import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from exchange.cli._common import BAD_INPUT, NOT_VERIFIED, OK, error, say, subject_id
+from exchange.cli._common import (
+    BAD_INPUT,
+    NOT_VERIFIED,
+    OK,
+    error,
+    say,
+    subject_id,
+    warn_unsearched,
+)
 from exchange.errors import ExchangeError, InvalidRequest, LedgerError
 from exchange.settings import Settings
 
@@ -221,15 +229,7 @@ def cmd_audit_subject(args: argparse.Namespace) -> int:
     answers = lookup.answers
     if public is None:
         error("warning", NO_KEY_WARNING)
-    if lookup.unsearched:
-        keys = sorted({kid for _, kid in lookup.unsearched})
-        error(
-            "warning",
-            f"{len(lookup.unsearched)} delivered drop(s) were recorded under disclosure key(s) "
-            f"{', '.join(keys)}, not configured here, and were not searched: this answer may "
-            "leave out recipients. Configure the key as disclosure-key-old to search them "
-            f"(first: {lookup.unsearched[0][0]}).",
-        )
+    warn_unsearched(lookup.unsearched, what="this answer")
     record = (
         f"checked against the audit ledger: {lookup.verified}; this lookup is ledger entry "
         f"{lookup.seq}"

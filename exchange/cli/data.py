@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
-from exchange.cli._common import BAD_INPUT, OK, REFUSED, error, say, subject_id
+from exchange.cli._common import BAD_INPUT, OK, REFUSED, error, say, subject_id, warn_unsearched
 from exchange.settings import Settings
 
 if TYPE_CHECKING:
@@ -229,6 +229,7 @@ def cmd_rectify(args: argparse.Namespace) -> int:
     )
     for contract_id, recipient, drop_id in sent:
         say(f"correction notice {drop_id} sent to {recipient} under {contract_id}")
+    warn_unsearched(Gateway(settings).disclosures().unsearchable(), what="these notices")
     return OK
 
 
