@@ -664,6 +664,27 @@ def test_an_external_objection_list_is_honoured_and_a_missing_one_stops_the_run(
     assert sent["rows"]["sent"] == 300 - flagged - 3
 
 
+def rectify_rate(
+    workspace: Workspace, person: str, source: Path, tmp_path: Path, reason: str
+) -> subprocess.CompletedProcess[str]:
+    """`exchange rectify` of one person's attendance_rate, the id from a file (never on the
+    command line, where ps would show it)."""
+    id_file = tmp_path / "subject.txt"
+    id_file.write_text(person + "\n")
+    return exchange(
+        workspace,
+        "rectify",
+        "--id-file",
+        str(id_file),
+        "--field",
+        "attendance_rate",
+        "--reason",
+        reason,
+        "--source",
+        str(source),
+    )
+
+
 def test_rectify_sends_a_correction_notice_to_every_recipient(
     workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
 ) -> None:
@@ -673,19 +694,8 @@ def test_rectify_sends_a_correction_notice_to_every_recipient(
     (first,) = inbox_entries(partner)
     raw = pd.read_csv(source, dtype=str, keep_default_na=False)
     person = raw[raw["objection"] == "false"]["person_id"].iloc[5]
-    id_file = tmp_path / "subject.txt"  # never on the command line, where ps would show it
-    id_file.write_text(person + "\n")
-    fixed = exchange(
-        workspace,
-        "rectify",
-        "--id-file",
-        str(id_file),
-        "--field",
-        "attendance_rate",
-        "--reason",
-        "school re-submitted the autumn census",
-        "--source",
-        str(source),
+    fixed = rectify_rate(
+        workspace, person, source, tmp_path, "school re-submitted the autumn census"
     )
     assert fixed.returncode == 0, fixed.stderr
     assert "correction notice" in fixed.stdout and "Anyshire County Council" in fixed.stdout
@@ -822,20 +832,7 @@ def test_disclosures_stay_answerable_after_the_disclosure_key_rotates(
     # A correction reaches the drops it can find, and says which it could not search.
     again = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
     assert again.returncode == 0, again.stderr
-    id_file = tmp_path / "subject.txt"
-    id_file.write_text(person + "\n")
-    fixed = exchange(
-        workspace,
-        "rectify",
-        "--id-file",
-        str(id_file),
-        "--field",
-        "attendance_rate",
-        "--reason",
-        "a corrected census",
-        "--source",
-        str(source),
-    )
+    fixed = rectify_rate(workspace, person, source, tmp_path, "a corrected census")
     assert fixed.returncode == 0, fixed.stderr
     assert fixed.stdout.count("correction notice") == 1
     assert "1 delivered drop(s) were recorded under disclosure key(s)" in fixed.stderr

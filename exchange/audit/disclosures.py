@@ -178,24 +178,26 @@ blocks = sa.Table(
     # table WITHOUT ROWID keeps whole rows in its interior pages, four 16 KiB rows a page, and
     # a probe took several times as long).
 )
-# The drops in `disclosures`, one index seek each (a skip scan: neither database has one).
-_DROPS = (
-    "WITH RECURSIVE drops(id) AS ("
-    " SELECT min(transfer_id) FROM disclosures"
-    " UNION ALL"
-    " SELECT (SELECT min(transfer_id) FROM disclosures WHERE transfer_id > drops.id)"
-    " FROM drops WHERE drops.id IS NOT NULL)"
-)
+
+
+def _skip_scan(table: str, name: str) -> str:
+    """A recursive CTE `name(id)` of the distinct transfer ids in `table`, one index seek each
+    (a skip scan: neither database has one); its last row is NULL."""
+    # Table and CTE names from this module only, no input.
+    return (
+        f"WITH RECURSIVE {name}(id) AS ("  # noqa: S608
+        f" SELECT min(transfer_id) FROM {table}"
+        " UNION ALL"
+        f" SELECT (SELECT min(transfer_id) FROM {table} WHERE transfer_id > {name}.id)"
+        f" FROM {name} WHERE {name}.id IS NOT NULL)"
+    )
+
+
+_DROPS = _skip_scan("disclosures", "drops")
 _RECENT_DROPS = sa.text(_DROPS + " SELECT id FROM drops WHERE id IS NOT NULL")  # noqa: S608
 # Per drop in `disclosure_blocks`, the one block that would hold hash :h: the last whose first
 # hash is not above it (one index seek each; about MERGE_AFTER probes per lookup at most).
-_BLOCK_DROPS_CTE = (
-    "WITH RECURSIVE bdrops(id) AS ("
-    " SELECT min(transfer_id) FROM disclosure_blocks"
-    " UNION ALL"
-    " SELECT (SELECT min(transfer_id) FROM disclosure_blocks WHERE transfer_id > bdrops.id)"
-    " FROM bdrops WHERE bdrops.id IS NOT NULL)"
-)
+_BLOCK_DROPS_CTE = _skip_scan("disclosure_blocks", "bdrops")
 _BLOCK_PROBE = sa.text(
     _BLOCK_DROPS_CTE + " SELECT id, (SELECT hashes FROM disclosure_blocks"  # noqa: S608
     " WHERE transfer_id = bdrops.id AND first_hash <= :h ORDER BY first_hash DESC LIMIT 1)"
@@ -920,13 +922,16 @@ def _digests(
             return
         if value in wanted:
             carried.add((transfer_id, wanted[value]))
-        if not hashed:
-            return
+        if hashed:
+            digest(transfer_id, value)
+
+    def digest(transfer_id: int, hashes: bytes) -> None:
+        """Add stored hashes (one, or a block of them) to their transfer's digest and count."""
         hasher = hashers.get(transfer_id)
         if hasher is None:
             hasher = hashers[transfer_id] = hashlib.sha256()
-        hasher.update(value)
-        counts[transfer_id] = counts.get(transfer_id, 0) + 1
+        hasher.update(hashes)
+        counts[transfer_id] = counts.get(transfer_id, 0) + len(hashes) // HASH_BYTES
 
     last: dict[int, bytes] = {}  # per transfer, its greatest hash in disclosures_merged
     query = sa.select(merged.c.subject_hash, merged.c.transfer_id).order_by(
@@ -964,11 +969,7 @@ def _digests(
             if _holds(block, value):
                 carried.add((transfer_id, kid))
         if transfer_id not in again and transfer_id not in malformed:
-            hasher = hashers.get(transfer_id)
-            if hasher is None:
-                hasher = hashers[transfer_id] = hashlib.sha256()
-            hasher.update(block)
-            counts[transfer_id] = counts.get(transfer_id, 0) + len(block) // HASH_BYTES
+            digest(transfer_id, block)
     for transfer_id in again - malformed:
         # Its digest and its part of the answer from this one reading: a table that gives
         # another statement other rows (a view, a rule) cannot make them differ.
