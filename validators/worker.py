@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, TypeGuard
 
+from exchange.lazy import collector_paused
 from exchange.pipes import read_exactly, write_all
 from validators.rules import Failure, Rule
 
@@ -368,8 +369,11 @@ _IMPORTED_EARLY: list[bool] = []
 
 
 def _import_suite() -> None:
+    # What the import builds lives as long as the child: frozen, so the collections between
+    # windows do not walk it again.
     try:
-        import validators.suite  # noqa: F401
+        with collector_paused(freeze=True):
+            import validators.suite  # noqa: F401
     except Exception:  # imported again, and its error reported, when the rules come
         _IMPORTED_EARLY.append(False)
     else:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
 
 from exchange.cli._common import BAD_INPUT, OK, REFUSED, error, say, subject_id, warn_unsearched
+from exchange.lazy import collector_paused
 from exchange.settings import Settings
 
 if TYPE_CHECKING:
@@ -41,14 +42,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         from validators.worker import start_early
 
         start_early()
-    from exchange.cli import _failed
-    from exchange.doctor import NotReady
-    from exchange.errors import TransferError
-    from exchange.gateway import Gateway
-    from exchange.pipeline.naming import new_run_id
-    from exchange.pipeline.run import run_exchange
+    with collector_paused():  # what these import lives to the end of the run
+        from exchange.cli import _failed
+        from exchange.doctor import NotReady
+        from exchange.errors import TransferError
+        from exchange.gateway import Gateway
+        from exchange.pipeline.naming import new_run_id
+        from exchange.pipeline.run import run_exchange
 
-    gateway = Gateway(settings)
+        gateway = Gateway(settings)
     run_id = args.run_id or new_run_id(gateway.clock())  # known here, to name in a retry
     try:
         with progress() as show:  # gone before any message below is printed

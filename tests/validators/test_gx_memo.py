@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+import hashlib
+import types
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 import pytest
+from great_expectations.core import id_dict
+from great_expectations.core.id_dict import IDDict
 from great_expectations.expectations import ExpectColumnValuesToNotBeNull
 
 from tests.validators.test_suite import BAD_CASES, RULES, good_frame, with_column
@@ -85,3 +89,63 @@ def test_validate_leaves_no_memo_behind() -> None:
     with pytest.raises(KeyError), gx_memo.memoised():
         raise KeyError("out of the block")
     assert gx_memo._memo.get() is None
+
+
+# Values GX writes as different JSON (so different ids) that a careless key would call equal,
+# and values of types the memo does not key (GX computes their ids as always).
+_ID_CASES: list[dict[str, Any]] = [
+    {"column": "a", "mostly": 1},
+    {"column": "a", "mostly": True},
+    {"column": "a", "mostly": 1.0},
+    {"column": "a", "mostly": 0.0},
+    {"column": "a", "mostly": -0.0},
+    {"column": "a", "mostly": "1"},
+    {"column": "a", "mostly": None},
+    {"column": "a", "value_set": [1, 2]},
+    {"column": "a", "value_set": [2, 1]},
+    {"column": "a", "value_set": (1, 2)},
+    {"column": "a", "value_set": {"x": 1}},
+    {"column": "a", "value_set": {"x": True}},
+    {"column": "a", "mostly": np.int64(1)},
+    {"column": "a", "mostly": np.float64(-0.0)},
+    {"column": "a", "when": pd.Timestamp("2026-01-01")},
+    {1: "a", "mostly": 1},
+    {"column": "a"},
+    {},
+]
+
+
+class _Ignoring(IDDict):
+    _id_ignore_keys: ClassVar[set[str]] = {"mostly"}
+
+
+def test_argument_ids_are_gx_own_for_every_value_json_tells_apart() -> None:
+    dicts = [kind(case) for case in _ID_CASES for kind in (IDDict, _Ignoring)]
+    plain = [d.to_id() for d in dicts]  # outside the block: GX's own
+    assert len(set(plain[:14:2])) == 7  # 1, True, 1.0, 0.0, -0.0, "1", None: seven ids to GX
+    with gx_memo.memoised():
+        again = [d.to_id() for d in dicts] + [d.to_id() for d in reversed(dicts)]
+        # the arguments GX may pass are never memoised
+        assert dicts[0].to_id(id_keys={"column"}) == "column=a"
+        assert dicts[0].to_id(id_ignore_keys={"column"}) == "mostly=1"
+    assert again == plain + plain[::-1]
+
+
+def test_argument_ids_are_computed_once_per_content_inside_a_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hashed: list[bytes] = []
+
+    def md5(data: bytes, **kwargs: Any) -> Any:
+        hashed.append(data)
+        return hashlib.md5(data, **kwargs)  # noqa: S324 - GX's own id, not security
+
+    monkeypatch.setattr(id_dict, "hashlib", types.SimpleNamespace(md5=md5))
+    arguments = {"batch_id": "b", "column": "a", "row_condition": None}
+    with gx_memo.memoised():
+        ids = {IDDict(arguments).to_id() for _ in range(5)}
+        unkeyed = {IDDict({**arguments, "mostly": np.float64(0.5)}).to_id() for _ in range(3)}
+    assert len(ids) == len(unkeyed) == 1
+    assert len(hashed) == 1 + 3  # the plain dict once; the numpy value every time
+    IDDict(arguments).to_id()
+    assert len(hashed) == 5  # outside a block: GX's own, every time
