@@ -159,6 +159,31 @@ def test_only_text_columns_are_guarded_and_numbers_stay_numbers() -> None:
     assert unguarded.decode().splitlines()[1] == '"-3.5","@x",-3.5,-3'
 
 
+@pytest.mark.parametrize("kind", [pa.string(), pa.large_string()])
+def test_a_formula_is_found_wherever_its_cell_is_among_the_bytes(kind: pa.DataType) -> None:
+    """Cells are found by their start offsets: in a slice of a larger column, after empty and
+    null cells, as the last cell, and not behind a first character that is not ASCII."""
+    values = ["=outside", "ok", "", None, "é=", "ok", "", "-1"]
+    column = pa.array(values, kind)
+    window = column.slice(1)  # the first cell is outside the window
+    batch = pa.record_batch({"text": window})
+    assert payload.neutralise_formulae(batch).column("text").to_pylist() == [
+        "ok",
+        "",
+        None,
+        "é=",
+        "ok",
+        "",
+        "'-1",
+    ]
+    # Up to the empty cell before "-1": nothing to rewrite, so the rewrite is not run.
+    assert not payload._may_start_a_formula(column.slice(1, 6))
+    assert payload._may_start_a_formula(column.slice(0, 1))
+    assert payload._may_start_a_formula(column.slice(7))
+    empty = pa.record_batch({"text": pa.array(["", None, ""], kind)})
+    assert payload.neutralise_formulae(empty).column("text").to_pylist() == ["", None, ""]
+
+
 def best_of_three(batch: pa.RecordBatch) -> float:
     best = float("inf")
     for _ in range(3):
