@@ -9,8 +9,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from exchange.audit import disclosures
 from exchange.audit.disclosures import SubjectHashes
-from exchange.audit.subjects import sorted_distinct, sorted_hashes
+from exchange.audit.subjects import HASH_BYTES, sorted_distinct, sorted_hashes
 from exchange.errors import SourceError
 from exchange.pipeline.overlap import background
 
@@ -87,23 +88,33 @@ def test_subject_hashes_by_batch_equal_the_whole_drop_hashed_at_once() -> None:
     assert len(whole) == 4
 
 
-def test_subject_hashes_in_pieces_are_the_sorted_distinct_hashes_of_the_whole_drop() -> None:
-    """Many batches, repeats across them: the pieces (one per leading byte) join up in order."""
+def test_subject_hashes_in_pieces_are_the_sorted_distinct_hashes_of_the_whole_drop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Many batches, repeats across them: the pieces (runs of leading bytes, about
+    ORDERED_BYTES each) join up in order."""
     key = bytes(range(32, 64))
     batches = [pa.array([f"id{(i * 7919 + j) % 5000}" for j in range(700)]) for i in range(12)]
     taken = SubjectHashes(key)
     for batch in batches:
         taken.add(batch)
-    pieces = list(taken.ordered())
     whole, _ = sorted_hashes(key, pa.chunked_array(batches))
-    assert 100 < len(pieces) <= 256  # sorted a leading byte at a time
-    assert all(len(piece) for piece in pieces)
-    assert b"".join(piece.tobytes() for piece in pieces) == whole.tobytes()
     assert len(whole) == len(set(pa.chunked_array(batches).to_pylist()))
+    assert [piece.tobytes() for piece in taken.ordered()] == [whole.tobytes()]  # 80 KB: one
+    monkeypatch.setattr(disclosures, "ORDERED_BYTES", 64 * HASH_BYTES)  # about 64 hashes
+    pieces = list(taken.ordered())
+    assert 40 < len(pieces) <= 256
+    assert all(0 < len(piece) <= 128 for piece in pieces)  # a leading byte holds about 20
+    assert b"".join(piece.tobytes() for piece in pieces) == whole.tobytes()
 
 
-def test_subject_hashes_written_out_past_their_memory_bound_read_back_the_same() -> None:
-    """Past memory_bytes the parts go to a temporary file; the pieces and digest are the same."""
+@pytest.mark.parametrize("ordered_bytes", [64 * HASH_BYTES, disclosures.ORDERED_BYTES])
+def test_subject_hashes_written_out_past_their_memory_bound_read_back_the_same(
+    monkeypatch: pytest.MonkeyPatch, ordered_bytes: int
+) -> None:
+    """Past memory_bytes the parts go to a temporary file; the pieces and digest are the same,
+    read back in pieces of many leading bytes or of one."""
+    monkeypatch.setattr(disclosures, "ORDERED_BYTES", ordered_bytes)
     key = bytes(range(64, 96))
     batches = [pa.array([f"p{(i * 104729 + j) % 9000}" for j in range(900)]) for i in range(10)]
     spilled = SubjectHashes(key, memory_bytes=3 * 900 * 16)  # written out every few batches

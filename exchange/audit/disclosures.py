@@ -103,7 +103,8 @@ SQLITE_CACHE_KIB = 131_072  # SQLite page cache for bulk inserts into a large in
 BLOCK_HASHES = 1_024  # hashes per row of disclosure_blocks (16 KiB)
 BLOCKS_FROM = 65_536  # a drop of at least this many subjects is recorded in blocks
 SUBJECTS_IN_MEMORY = 8 << 20  # a drop's subject hashes held in memory before a temporary file
-_BUCKET_BITS = 8  # SubjectHashes.ordered sorts the hashes one leading byte at a time
+_BUCKET_BITS = 8  # SubjectHashes.ordered sorts the hashes a few leading bytes at a time
+ORDERED_BYTES = 4 << 20  # about this many bytes of them at a time
 _BUCKETS = 1 << _BUCKET_BITS
 _PIECE_BITS = 16  # a merge goes in at most 65,536 pieces, by the hashes' first two bytes
 _PG_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
@@ -322,24 +323,25 @@ class SubjectHashes:
         return words
 
     def ordered(self) -> Iterator[np.ndarray]:
-        """The distinct hashes in ascending byte order, in pieces (one per leading byte).
+        """The distinct hashes in ascending byte order, in pieces (runs of leading bytes).
 
-        Each batch's part is sorted already; sorting the run's hashes one leading byte at a
-        time needs 1/256 of them in extra memory, where one sort of all would need three times
-        them (an index, a gathered copy and the concatenation)."""
+        Each batch's part is sorted already; sorting the run's hashes a few leading bytes at a
+        time needs about `ORDERED_BYTES` of them in extra memory, where one sort of all would
+        need three times them (an index, a gathered copy and the concatenation). Each piece
+        is read back from each written part in one read."""
         parts = [part for part in self._parts if len(part)]
         if len(parts) <= 1 and not self._written:  # sorted and distinct already
             yield from parts
             return
         cuts = [_cuts(part) for part in parts]
-        for bucket in range(_BUCKETS):
-            pieces = [part[c[bucket] : c[bucket + 1]] for part, c in zip(parts, cuts, strict=True)]
-            pieces += [self._read(offset, c[bucket], c[bucket + 1]) for offset, c in self._written]
+        sizes = sum(np.diff(c) for c in [*cuts, *(c for _, c in self._written)])
+        for low, high in _runs(sizes, ORDERED_BYTES // HASH_BYTES):
+            pieces = [part[c[low] : c[high]] for part, c in zip(parts, cuts, strict=True)]
+            pieces += [self._read(offset, c[low], c[high]) for offset, c in self._written]
             # Big-endian, as sorted_hashes gives them (concatenate would otherwise go native).
             words = np.concatenate(pieces, dtype=">u8")
-            if not len(words):
-                continue
-            yield sorted_distinct(words)
+            if len(words):
+                yield sorted_distinct(words)
 
     def _read(self, offset: int, start: int, stop: int) -> np.ndarray:
         assert self._file is not None  # parts are only written out to an open file
@@ -348,6 +350,19 @@ class SubjectHashes:
         if len(data) != size:
             raise LedgerError("the drop's subject hashes could not be read back in full")
         return np.frombuffer(data, dtype=">u8").reshape(-1, 2)
+
+
+def _runs(sizes: np.ndarray, rows: int) -> Iterator[tuple[int, int]]:
+    """Consecutive leading bytes `[low, high)` holding about `rows` hashes together (a leading
+    byte holding more is a run of its own)."""
+    low, held = 0, 0
+    for byte, size in enumerate(sizes.tolist()):
+        if held and held + size > rows:
+            yield low, byte
+            low, held = byte, 0
+        held += size
+    if held:
+        yield low, len(sizes)
 
 
 def _cuts(part: np.ndarray) -> np.ndarray:

@@ -79,12 +79,13 @@ def sorted_hashes(
 
 def sorted_distinct(words: np.ndarray) -> np.ndarray:
     """Hashes (rows of two big-endian words) sorted ascending, each once (a subject in two
-    batches is recorded once). Sorted by the first word alone, as integers, a stable sort
-    that merges the parts' sorted runs; rows whose first words tie but second words differ
-    (about one in 2**64) are sorted by both instead."""
+    batches is recorded once). Sorted by the first word alone, as integers (a quicksort: the
+    order of rows whose first words tie is settled below, so a stable sort is not needed, and
+    it took four times as long); rows whose first words tie but second words differ (about one
+    in 2**64) are sorted by both instead."""
     first = words[:, 0].astype(np.uint64)
-    order = np.argsort(first, kind="stable")
-    words, first = words[order], first[order]
+    order = np.argsort(first)
+    words, first = words.take(order, axis=0), first[order]  # take: 4x a 2-D fancy index
     same = first[1:] == first[:-1]
     if not same.any():
         return words
