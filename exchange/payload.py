@@ -108,8 +108,8 @@ def _may_start_a_formula(column: pa.Array) -> bool:
     _, offsets_buffer, data_buffer = column.buffers()
     if data_buffer is None or offsets_buffer is None or not len(column):
         return False
-    width = np.int64 if pa.types.is_large_string(column.type) else np.int32
-    offsets = np.frombuffer(offsets_buffer, dtype=width)[
+    width = np.dtype(np.int64 if pa.types.is_large_string(column.type) else np.int32)
+    offsets: np.ndarray = np.frombuffer(offsets_buffer, dtype=width)[
         column.offset : column.offset + len(column) + 1
     ]
     starts = offsets[:-1][offsets[1:] > offsets[:-1]]  # the cells with a first byte

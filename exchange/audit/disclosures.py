@@ -334,7 +334,7 @@ class SubjectHashes:
             yield from parts
             return
         cuts = [_cuts(part) for part in parts]
-        sizes = sum(np.diff(c) for c in [*cuts, *(c for _, c in self._written)])
+        sizes = np.sum([np.diff(c) for c in [*cuts, *(c for _, c in self._written)]], axis=0)
         for low, high in _runs(sizes, ORDERED_BYTES // HASH_BYTES):
             pieces = [part[c[low] : c[high]] for part, c in zip(parts, cuts, strict=True)]
             pieces += [self._read(offset, c[low], c[high]) for offset, c in self._written]
