@@ -3,6 +3,7 @@ must never change, or a partner's records stop matching and "who has my data?" m
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import logging
 import os
@@ -102,7 +103,9 @@ def test_the_columnar_path_and_the_loop_agree(monkeypatch: Any) -> None:
     values = [f"P{i:08d}".encode() for i in range(5000)] + [b"", b"x" * 300, bytes(range(256))]
     for key in (KEY, LONG_KEY, b"k"):
         expected = [hmac.digest(key, v, "sha256") for v in values]
-        columnar = keyed._columnar.macs(keyed.KeyedHash(key), pa.array(values, pa.binary()))
+        columnar = keyed._columnar.digests(
+            pa.array(values, pa.binary()), keyed.KeyedHash(key)._pads
+        )
         assert columnar is not None  # DataFusion itself, not a fallback
         assert columnar.tobytes() == b"".join(expected)
         sliced = pa.array(values, pa.large_binary()).slice(3, 4500)
@@ -182,7 +185,8 @@ def test_a_datafusion_logger_set_low_but_disabled_still_costs_the_loop() -> None
 def test_a_large_column_matches_the_hmac_module_row_for_row() -> None:
     """Past DataFusion's 8,192-row batches: every row, not only the spot checks."""
     values = [f"S{i:09d}".encode() for i in range(50_000)]
-    columnar = keyed._columnar.macs(keyed.KeyedHash(LONG_KEY), pa.array(values, pa.binary()))
+    binary = pa.array(values, pa.binary())
+    columnar = keyed._columnar.digests(binary, keyed.KeyedHash(LONG_KEY)._pads)
     assert columnar is not None
     assert columnar.tobytes() == b"".join(hmac.digest(LONG_KEY, v, "sha256") for v in values)
 
@@ -214,6 +218,25 @@ def test_rows_returned_in_another_order_are_caught(monkeypatch: Any) -> None:
     )
     mac = keyed.KeyedHash(KEY, 16)
     assert mac.array(values) == mac.joined(values.to_pylist())
+    assert not columnar.usable()
+
+
+def test_prefixes_returned_in_another_order_are_caught(monkeypatch: Any) -> None:
+    """The quality gate's text hashes are spot-checked the same way: a window's keys hashed
+    out of order would hide a duplicate."""
+    import datafusion
+
+    columnar = keyed._Columnar()
+    monkeypatch.setattr(keyed, "_columnar", columnar)
+    real = datafusion.DataFrame.to_arrow_table
+    values = pa.array([f"P{i:08d}".encode() for i in range(2)] * 2000, pa.binary())
+    monkeypatch.setattr(
+        datafusion.DataFrame,
+        "to_arrow_table",
+        lambda self: real(self).take(pa.array(range(len(values) - 1, -1, -1))),
+    )
+    want = [int.from_bytes(hashlib.sha256(v).digest()[:8], "little") for v in values.to_pylist()]
+    assert keyed.sha256_prefixes(values).tolist() == want
     assert not columnar.usable()
 
 
@@ -325,3 +348,21 @@ def test_pseudonymising_a_large_column_leaves_the_gil_free() -> None:
         sys.setswitchinterval(interval)
     elapsed = time.perf_counter() - started
     assert ticks / elapsed > 100, (ticks, elapsed)  # a margin for a loaded machine
+
+
+def test_sha256_prefixes_are_the_same_on_the_columnar_path_and_the_loop(monkeypatch: Any) -> None:
+    """The quality gate's 64-bit text hashes: the first 8 bytes of SHA-256, little-endian,
+    whichever path takes them (a window's keys must hash alike in every window)."""
+    assert keyed.sha256_prefixes(pa.array([b"abc"])).tolist() == [0xEACF018FBF1678BA]
+    values = [f"P{i:08d}".encode() for i in range(5000)] + [b"", b"x" * 300, bytes(range(256))]
+    want = [int.from_bytes(hashlib.sha256(v).digest()[:8], "little") for v in values]
+    columnar = keyed._columnar.digests(pa.array(values, pa.binary()))
+    assert columnar is not None  # DataFusion itself, not a fallback
+    assert keyed.sha256_prefixes(pa.array(values, pa.binary())).tolist() == want
+    sliced = pa.array(values, pa.large_binary()).slice(3, 4500)
+    assert keyed.sha256_prefixes(sliced).tolist() == want[3:4503]
+    monkeypatch.setattr(keyed, "COLUMNAR_MIN_ITEMS", 10**9)  # the loop throughout
+    assert keyed.sha256_prefixes(pa.array(values, pa.binary())).tolist() == want
+    assert keyed.sha256_prefixes(pa.array([], pa.binary())).tolist() == []
+    with pytest.raises(ValueError, match="no nulls"):
+        keyed.sha256_prefixes(pa.array([b"a", None]))

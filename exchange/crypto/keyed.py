@@ -9,6 +9,10 @@ planning the expression would cost more, and in a process forked after DataFusio
 (its thread pool is not relied on after a fork). Both give exactly HMAC-SHA256 (tests pin it against
 the `hmac` module), so pseudonyms and disclosure hashes are unchanged.
 
+The same path gives plain SHA-256 prefixes (`sha256_prefixes`): 64-bit hashes of key values for
+the quality gate's whole-run uniqueness check, at a third of the cost of hashing each value as a
+Python object (BENCHMARKS.md, tenth round).
+
 The padded key is a literal in an expression held only in memory. An error from DataFusion may
 print its plan, so its message is never passed on: the values are hashed by the loop instead.
 """
@@ -18,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from hashlib import sha256
 from typing import Any
 
@@ -73,7 +77,7 @@ class KeyedHash:
         if values.null_count:
             raise ValueError("keyed hashing takes no nulls")
         if len(values) >= COLUMNAR_MIN_ITEMS and _columnar.usable():
-            macs = _columnar.macs(self, values)
+            macs = _columnar.digests(values, self._pads)
             if macs is not None:
                 return np.ascontiguousarray(macs[:, : self.width]).tobytes()
         return self.joined(values.to_pylist())
@@ -115,10 +119,11 @@ class _Columnar:
             return False  # a forked child never touches the lock or the pool it inherited
         return not _datafusion_may_log()
 
-    def macs(self, keyed: KeyedHash, values: pa.Array) -> np.ndarray | None:
-        """An (n, 32) array of HMAC-SHA256 under `keyed`'s key of each value, or None if
-        DataFusion failed."""
-        pads = keyed._pads
+    def digests(
+        self, values: pa.Array, pads: tuple[bytes, bytes] | None = None
+    ) -> np.ndarray | None:
+        """An (n, 32) array of each value's HMAC-SHA256 under the key padded as `pads` (or its
+        plain SHA-256 without them), or None if DataFusion failed."""
         self._started_in = os.getpid()  # before the lock: a child forked meanwhile stays out
         failed = None
         try:
@@ -133,18 +138,22 @@ class _Columnar:
             # partition, so the rows come back in the order they went in.
             context = SessionContext(SessionConfig().with_target_partitions(1))
             frame = context.from_arrow(pa.table({"v": values}))
-            result = frame.select(mac(pads[1], mac(pads[0], col("v"))).alias("mac"))
+            value = col("v")
+            digest = (
+                f.digest(value, "sha256") if pads is None else mac(pads[1], mac(pads[0], value))
+            )
+            result = frame.select(digest.alias("mac"))
             column = result.to_arrow_table().column("mac").combine_chunks()
             fixed = column.cast(pa.binary(MAC_BYTES))  # raises unless every MAC is 32 bytes
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # any other, a Rust panic too: its text may quote the plan
             failed = "failed"  # (a panic's own message is printed to stderr by Rust first)
-        if failed is None and not _agrees(fixed, keyed, values):
-            failed = "gave MACs in another order or of other values"
+        if failed is None and not _agrees(fixed, _reference(pads), values):
+            failed = "gave digests in another order or of other values"
         if failed is not None:  # logged outside the handler, so no traceback can carry the plan
             self._failed = True
-            log.warning("columnar keyed hashing %s; hashing value by value instead", failed)
+            log.warning("columnar hashing %s; hashing value by value instead", failed)
             return None
         data = np.frombuffer(fixed.buffers()[1], dtype=np.uint8)
         start = fixed.offset * MAC_BYTES
@@ -165,17 +174,49 @@ def _datafusion_may_log() -> bool:
     return any(logging.getLogger(name).getEffectiveLevel() <= logging.INFO for name in names)
 
 
-def _agrees(macs: pa.FixedSizeBinaryArray, keyed: KeyedHash, values: pa.Array) -> bool:
-    """As many MACs as values, and the first, the last and one row in every 4,096 equal to the
-    loop's (DataFusion works in batches of 8,192 rows): batches reordered are caught, for a
+def _reference(pads: tuple[bytes, bytes] | None) -> Callable[[bytes], bytes]:
+    """The loop's digest of one value: HMAC-SHA256 under the padded keys, or plain SHA-256."""
+    if pads is None:
+        return lambda item: sha256(item).digest()
+    inner, outer = sha256(pads[0]), sha256(pads[1])
+
+    def mac(item: bytes) -> bytes:
+        i = inner.copy()
+        i.update(item)
+        o = outer.copy()
+        o.update(i.digest())
+        return o.digest()
+
+    return mac
+
+
+def _agrees(
+    digests: pa.FixedSizeBinaryArray, reference: Callable[[bytes], bytes], values: pa.Array
+) -> bool:
+    """As many digests as values, and the first, the last and one row in every 4,096 equal to
+    the loop's (DataFusion works in batches of 8,192 rows): batches reordered are caught, for a
     few microseconds per 4,096 rows."""
     count = len(values)
-    if len(macs) != count:
+    if len(digests) != count:
         return False
     rows = sorted({*range(0, count, _CHECK_EVERY), count - 1, count // 2})
-    expected = keyed.digests(values[row].as_py() for row in rows)
-    width = keyed.width
-    return all(macs[row].as_py()[:width] == want for row, want in zip(rows, expected, strict=True))
+    return all(digests[row].as_py() == reference(values[row].as_py()) for row in rows)
+
+
+def sha256_prefixes(values: pa.Array) -> np.ndarray:
+    """The first 8 bytes of each value's SHA-256 as a little-endian uint64, a column at a time
+    when large (the loop otherwise: the same numbers). Values are binary; no nulls."""
+    if values.null_count:
+        raise ValueError("sha256_prefixes takes no nulls")
+    digests = None
+    if len(values) >= COLUMNAR_MIN_ITEMS and _columnar.usable():
+        digests = _columnar.digests(values)
+    if digests is not None:
+        first = np.ascontiguousarray(digests[:, :8])
+    else:
+        joined = b"".join(sha256(item).digest()[:8] for item in values.to_pylist())
+        first = np.frombuffer(joined, dtype=np.uint8).reshape(-1, 8)
+    return first.view("<u8").reshape(-1)
 
 
 _columnar = _Columnar()
