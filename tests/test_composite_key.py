@@ -267,6 +267,17 @@ def test_a_key_hashes_alike_in_every_window(
     assert run_repeats({"id": (first, second), "site": site}) == expected
 
 
+def test_text_keys_hash_alike_in_a_large_window_and_a_small_one() -> None:
+    """A large window's text is hashed a column at a time (DataFusion), a small one's by the
+    loop: the same numbers, so a repeat across them is found."""
+    large = pa.array([f"P{i:08d}" for i in range(3000)])
+    small = pa.array(["P00002999", "other", "P00000000"])
+    site = pa.array(["S"] * 3000), pa.array(["S"] * 3)
+    assert run_repeats({"id": (large, small)}) == (3000, 3, 2)
+    assert run_repeats({"id": (large, small), "site": site}) == (3000, 3, 2)
+    assert run_repeats({"id": (large, large.cast(pa.large_string()))}) == (3000, 3000, 3000)
+
+
 def test_the_key_is_the_combination_not_each_column() -> None:
     """(a, bc) and (ab, c), or a swapped pair, are different keys."""
     a = pa.array(["a", "ab", "x"]), pa.array(["ab", "a", "y"])
