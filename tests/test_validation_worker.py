@@ -355,3 +355,28 @@ def test_the_worker_is_chosen_by_exchange_validation_worker(
 def test_a_misspelt_validation_worker_switch_is_refused() -> None:
     with pytest.raises(InvalidRequest, match="EXCHANGE_VALIDATION_WORKER must be 1 or 0"):
         Settings.from_env({"EXCHANGE_VALIDATION_WORKER": "yes"})
+
+
+def test_the_child_imports_great_expectations_without_its_sql_and_s3_extras() -> None:
+    """In the worker's process SQLAlchemy and boto are left out, as if not installed (a setup
+    Great Expectations supports), and it still validates: a failing rule is found."""
+    code = (
+        "import sys, pandas as pd; from validators import worker\n"
+        "worker._import_suite()\n"
+        "from validators.rules import Rule\n"
+        "from validators.suite import BatchValidator\n"
+        "rules = [Rule('regex', 'ref', (('pattern', '^P[0-9]+$'),), 'test')]\n"
+        "failures = BatchValidator('t', rules).validate(pd.DataFrame({'ref': ['P1', 'Q2']}))\n"
+        "print(worker._IMPORTED_EARLY, [f.unexpected_count for f in failures])\n"
+        "print(sorted(m for m in worker.NOT_IN_WORKER if sys.modules.get(m) is not None))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-P", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+        env=worker.child_environment(),
+    )
+    assert done.stdout.splitlines() == ["[True] [1]", "[]"]
+    import sqlalchemy  # noqa: F401 - this process (the gateway's) keeps it
