@@ -440,7 +440,8 @@ def _hashable(values: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_temporal(kind) and not pa.types.is_interval(kind):
         width = pa.int32() if kind.bit_width == 32 else pa.int64()
         return values.cast(width).to_numpy().astype(np.int64)
-    if any(test(kind) for test in (pa.types.is_string, pa.types.is_large_string, _is_binary)):
+    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, _is_binary)
+    if any(test(kind) for test in text):
         # Text by a 64-bit prefix of each value's SHA-256, taken a column at a time: a third of
         # the cost of pandas hashing each value as a Python object (the prefixes are hashed
         # again below, as numbers, so equal keys still hash alike in every window).
@@ -452,4 +453,6 @@ def _hashable(values: pa.ChunkedArray) -> np.ndarray:
 
 
 def _is_binary(kind: pa.DataType) -> bool:
-    return bool(pa.types.is_binary(kind) or pa.types.is_large_binary(kind))
+    return bool(
+        pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind)
+    )

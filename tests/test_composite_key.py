@@ -256,6 +256,7 @@ LONDON = pa.timestamp("us", tz="Europe/London")
         ),
         (pa.array([decimal.Decimal("1.10")]), pa.array([decimal.Decimal("1.10")]), (1, 1, 1)),
         (pa.array([b"\xff\x00"]), pa.array([b"\xff\x00"]), (1, 1, 1)),
+        (pa.array(["a", "b"]), pa.array(["b"], pa.string_view()), (2, 1, 1)),
         (pa.array(["x", "y"]).dictionary_encode(), pa.array(["y"]).dictionary_encode(), (2, 1, 1)),
     ],
 )

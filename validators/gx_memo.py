@@ -23,8 +23,8 @@ the sample's 15 rules, of about 26 distinct arguments, and it was most of the fi
 per validate call (BENCHMARKS.md, tenth round). An id is a function of the dict's class and
 content alone, so it is reused for an equal dict: equal by a key that tells apart whatever JSON
 tells apart (each value's exact type: `True` is not `1`, `0.0` is not `-0.0`, a tuple is not a
-list). Any dict holding another type (a subclass of str, a numpy value, a date) is not
-memoised: GX computes its id as always.
+list, dicts in another order are apart), with the keys it ignores. Any dict holding another
+type (a subclass of str, a numpy value, a date) is not memoised: GX computes its id as always.
 """
 
 from __future__ import annotations
@@ -79,7 +79,8 @@ def _exact(value: Any) -> Hashable:
     if kind is dict or kind is IDDict:
         if any(type(name) is not str for name in value):
             raise _Unkeyable
-        return (dict, tuple(sorted((name, _exact(item)) for name, item in value.items())))
+        # In order: GX writes a dict nested under a lone key by `str()`, which keeps it.
+        return (dict, tuple((name, _exact(item)) for name, item in value.items()))
     raise _Unkeyable
 
 
@@ -89,8 +90,9 @@ def _memoising_id(to_id: Callable[..., Any]) -> Callable[..., Any]:
         if ids is None or id_keys is not None or id_ignore_keys is not None:
             return to_id(self, id_keys, id_ignore_keys)
         try:
-            key = (type(self), _exact(dict(self)))
-        except _Unkeyable:
+            ignored = frozenset(self._id_ignore_keys)  # a class's, or one set on the dict
+            key = (type(self), ignored, _exact(dict(self)))
+        except (_Unkeyable, RecursionError, TypeError):  # a value that holds itself, say
             return to_id(self)
         if key not in ids:
             ids[key] = to_id(self)

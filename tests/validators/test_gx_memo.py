@@ -111,6 +111,8 @@ _ID_CASES: list[dict[str, Any]] = [
     {"column": "a", "when": pd.Timestamp("2026-01-01")},
     {1: "a", "mostly": 1},
     {"column": "a"},
+    {"value_set": {"x": 1, "y": 2}},  # a lone key: GX writes the nested dict by str(), in order
+    {"value_set": {"y": 2, "x": 1}},
     {},
 ]
 
@@ -129,6 +131,18 @@ def test_argument_ids_are_gx_own_for_every_value_json_tells_apart() -> None:
         assert dicts[0].to_id(id_keys={"column"}) == "column=a"
         assert dicts[0].to_id(id_ignore_keys={"column"}) == "mostly=1"
     assert again == plain + plain[::-1]
+
+
+def test_an_argument_dict_with_its_own_ignored_keys_or_holding_itself_gets_gx_own_id() -> None:
+    own = IDDict(column="a", mostly=1)
+    own._id_ignore_keys = {"column"}
+    loop: list[Any] = []
+    loop.append(loop)
+    dicts = [IDDict(column="a", mostly=1), own, IDDict(value_set=loop)]  # GX: str() of it
+    plain = [d.to_id() for d in dicts]
+    assert plain[0] != plain[1]
+    with gx_memo.memoised():
+        assert [d.to_id() for d in dicts] == plain
 
 
 def test_argument_ids_are_computed_once_per_content_inside_a_block(
