@@ -222,7 +222,8 @@ def cmd_rectify(args: argparse.Namespace) -> int:
         return BAD_INPUT
     settings = Settings.from_env()
     contracts = args.contracts or settings.contracts
-    sent = Gateway(settings).rectify(
+    gateway = Gateway(settings)
+    sent = gateway.rectify(
         subject,
         fields=args.field,
         reason=args.reason,
@@ -231,7 +232,7 @@ def cmd_rectify(args: argparse.Namespace) -> int:
     )
     for contract_id, recipient, drop_id in sent:
         say(f"correction notice {drop_id} sent to {recipient} under {contract_id}")
-    warn_unsearched(Gateway(settings).disclosures().unsearchable(), what="these notices")
+    warn_unsearched(gateway.disclosures().unsearchable(), what="these notices")
     return OK
 
 
