@@ -383,7 +383,6 @@ def _leave_out(names: Sequence[str]) -> None:
 def _import_suite() -> None:
     # What the import builds lives as long as the child: frozen, so the collections between
     # windows do not walk it again.
-    _leave_out(NOT_IN_WORKER)
     try:
         with collector_paused(freeze=True):
             import validators.suite  # noqa: F401
@@ -402,6 +401,7 @@ def _serve(source: IO[bytes], sink: IO[bytes]) -> None:
     # (as `exchange run` begins) has it loaded by the time the first window is gathered; on a
     # thread, so rules larger than the pipe's buffer are still read meanwhile (the rules' own
     # import below waits for it). What fails here fails again, and is reported, there.
+    _leave_out(NOT_IN_WORKER)  # before any import of Great Expectations, on either thread
     threading.Thread(target=_import_suite, name="gx-import", daemon=True).start()
     validator: Any = None
     positions: dict[int, int] = {}
