@@ -163,3 +163,20 @@ def test_argument_ids_are_computed_once_per_content_inside_a_block(
     assert len(hashed) == 1 + 3  # the plain dict once; the numpy value every time
     IDDict(arguments).to_id()
     assert len(hashed) == 5  # outside a block: GX's own, every time
+
+
+def test_a_verdict_alone_passes_and_fails_exactly_the_frames_basic_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Windows are validated for success alone first (BOOLEAN_ONLY), and again with BASIC only
+    when one fails: every rule's success is the same either way, and so are the failures."""
+    checker = BatchValidator("verdict", RULES)
+    frames = _frames()
+    for frame in frames:
+        verdicts = checker._outcome(frame, suite._VERDICT_ONLY).results
+        basic = checker._outcome(frame, suite._RESULT_FORMAT).results
+        assert [r.success for r in verdicts] == [r.success for r in basic]
+    two_pass = [checker.validate(frame) for frame in frames]
+    monkeypatch.setattr(suite, "_VERDICT_ONLY", suite._RESULT_FORMAT)  # BASIC alone, as before
+    assert two_pass == [checker.validate(frame) for frame in frames]
+    assert two_pass[0] == [] and sum(bool(failures) for failures in two_pass) >= len(frames) - 1
