@@ -201,10 +201,9 @@ def test_a_datafusion_logger_lowered_again_costs_the_loop(caplog: pytest.LogCapt
     assert keyed._columnar.usable()
 
 
-def test_rows_returned_in_another_order_are_caught(monkeypatch: Any) -> None:
-    """Pseudonyms attached to the wrong people would be silent: after each call the first, the
-    last and one row in every 4,096 are checked against the loop, and a mismatch costs the
-    loop for the process."""
+@pytest.fixture
+def reordering(monkeypatch: Any) -> tuple[keyed._Columnar, pa.Array]:
+    """A fresh columnar path whose DataFusion gives its rows back in reverse, and values."""
     import datafusion
 
     columnar = keyed._Columnar()
@@ -216,25 +215,27 @@ def test_rows_returned_in_another_order_are_caught(monkeypatch: Any) -> None:
         "to_arrow_table",
         lambda self: real(self).take(pa.array(range(len(values) - 1, -1, -1))),
     )
+    return columnar, values
+
+
+def test_rows_returned_in_another_order_are_caught(
+    reordering: tuple[keyed._Columnar, pa.Array],
+) -> None:
+    """Pseudonyms attached to the wrong people would be silent: after each call the first, the
+    last and one row in every 4,096 are checked against the loop, and a mismatch costs the
+    loop for the process."""
+    columnar, values = reordering
     mac = keyed.KeyedHash(KEY, 16)
     assert mac.array(values) == mac.joined(values.to_pylist())
     assert not columnar.usable()
 
 
-def test_prefixes_returned_in_another_order_are_caught(monkeypatch: Any) -> None:
+def test_prefixes_returned_in_another_order_are_caught(
+    reordering: tuple[keyed._Columnar, pa.Array],
+) -> None:
     """The quality gate's text hashes are spot-checked the same way: a window's keys hashed
     out of order would hide a duplicate."""
-    import datafusion
-
-    columnar = keyed._Columnar()
-    monkeypatch.setattr(keyed, "_columnar", columnar)
-    real = datafusion.DataFrame.to_arrow_table
-    values = pa.array([f"P{i:08d}".encode() for i in range(2)] * 2000, pa.binary())
-    monkeypatch.setattr(
-        datafusion.DataFrame,
-        "to_arrow_table",
-        lambda self: real(self).take(pa.array(range(len(values) - 1, -1, -1))),
-    )
+    columnar, values = reordering
     want = [int.from_bytes(hashlib.sha256(v).digest()[:8], "little") for v in values.to_pylist()]
     assert keyed.sha256_prefixes(values).tolist() == want
     assert not columnar.usable()
