@@ -91,9 +91,9 @@ def neutralise_formulae(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def _guard(column: pa.Array) -> pa.Array:
-    # Most columns (pseudonyms, codes) have no such cell, and a look at each cell's first byte
-    # finds that at a tenth of the cost of even a first-character slice (BENCHMARKS.md, tenth
-    # round); the rewrite runs only on a column that may need it.
+    # Most columns (pseudonyms, codes) have no such cell: a look at each cell's first byte
+    # finds that without building a column of first characters (a third less for the whole
+    # guard: BENCHMARKS.md, tenth round); the rewrite runs only on a column that may need it.
     if not _may_start_a_formula(column):
         return column
     return pc.replace_substring_regex(column, pattern=_GUARDED, replacement=GUARD + r"\1")
