@@ -103,9 +103,7 @@ def test_the_columnar_path_and_the_loop_agree(monkeypatch: Any) -> None:
     values = [f"P{i:08d}".encode() for i in range(5000)] + [b"", b"x" * 300, bytes(range(256))]
     for key in (KEY, LONG_KEY, b"k"):
         expected = [hmac.digest(key, v, "sha256") for v in values]
-        columnar = keyed._columnar.digests(
-            pa.array(values, pa.binary()), keyed.KeyedHash(key)._pads
-        )
+        columnar = keyed._columnar.digests(pa.array(values, pa.binary()), keyed.KeyedHash(key))
         assert columnar is not None  # DataFusion itself, not a fallback
         assert columnar.tobytes() == b"".join(expected)
         sliced = pa.array(values, pa.large_binary()).slice(3, 4500)
@@ -186,7 +184,7 @@ def test_a_large_column_matches_the_hmac_module_row_for_row() -> None:
     """Past DataFusion's 8,192-row batches: every row, not only the spot checks."""
     values = [f"S{i:09d}".encode() for i in range(50_000)]
     binary = pa.array(values, pa.binary())
-    columnar = keyed._columnar.digests(binary, keyed.KeyedHash(LONG_KEY)._pads)
+    columnar = keyed._columnar.digests(binary, keyed.KeyedHash(LONG_KEY))
     assert columnar is not None
     assert columnar.tobytes() == b"".join(hmac.digest(LONG_KEY, v, "sha256") for v in values)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from hashlib import sha256
 from typing import Any
 
@@ -55,9 +55,11 @@ class KeyedHash:
         self._inner, self._outer = sha256(self._pads[0]), sha256(self._pads[1])
         self.width = width
 
-    def digests(self, items: Iterable[bytes]) -> list[bytes]:
-        """One truncated MAC per value, in order (the Python loop)."""
-        inner, outer, width = self._inner.copy, self._outer.copy, self.width
+    def digests(self, items: Iterable[bytes], width: int | None = None) -> list[bytes]:
+        """One MAC per value, in order (the Python loop), truncated to `width` bytes (the
+        hash's own width by default)."""
+        inner, outer = self._inner.copy, self._outer.copy
+        width = self.width if width is None else width
         out: list[bytes] = []
         append = out.append
         for item in items:
@@ -77,7 +79,7 @@ class KeyedHash:
         if values.null_count:
             raise ValueError("keyed hashing takes no nulls")
         if len(values) >= COLUMNAR_MIN_ITEMS and _columnar.usable():
-            macs = _columnar.digests(values, self._pads)
+            macs = _columnar.digests(values, self)
             if macs is not None:
                 return np.ascontiguousarray(macs[:, : self.width]).tobytes()
         return self.joined(values.to_pylist())
@@ -119,11 +121,9 @@ class _Columnar:
             return False  # a forked child never touches the lock or the pool it inherited
         return not _datafusion_may_log()
 
-    def digests(
-        self, values: pa.Array, pads: tuple[bytes, bytes] | None = None
-    ) -> np.ndarray | None:
-        """An (n, 32) array of each value's HMAC-SHA256 under the key padded as `pads` (or its
-        plain SHA-256 without them), or None if DataFusion failed."""
+    def digests(self, values: pa.Array, keyed: KeyedHash | None = None) -> np.ndarray | None:
+        """An (n, 32) array of each value's HMAC-SHA256 under `keyed`'s key (or its plain
+        SHA-256 without it), or None if DataFusion failed."""
         self._started_in = os.getpid()  # before the lock: a child forked meanwhile stays out
         failed = None
         try:
@@ -139,9 +139,10 @@ class _Columnar:
             context = SessionContext(SessionConfig().with_target_partitions(1))
             frame = context.from_arrow(pa.table({"v": values}))
             value = col("v")
-            digest = (
-                f.digest(value, "sha256") if pads is None else mac(pads[1], mac(pads[0], value))
-            )
+            if keyed is None:
+                digest = f.digest(value, "sha256")
+            else:
+                digest = mac(keyed._pads[1], mac(keyed._pads[0], value))
             result = frame.select(digest.alias("mac"))
             column = result.to_arrow_table().column("mac").combine_chunks()
             fixed = column.cast(pa.binary(MAC_BYTES))  # raises unless every MAC is 32 bytes
@@ -149,7 +150,7 @@ class _Columnar:
             raise
         except BaseException:  # any other, a Rust panic too: its text may quote the plan
             failed = "failed"  # (a panic's own message is printed to stderr by Rust first)
-        if failed is None and not _agrees(fixed, _reference(pads), values):
+        if failed is None and not _agrees(fixed, keyed, values):
             failed = "gave digests in another order or of other values"
         if failed is not None:  # logged outside the handler, so no traceback can carry the plan
             self._failed = True
@@ -174,25 +175,7 @@ def _datafusion_may_log() -> bool:
     return any(logging.getLogger(name).getEffectiveLevel() <= logging.INFO for name in names)
 
 
-def _reference(pads: tuple[bytes, bytes] | None) -> Callable[[bytes], bytes]:
-    """The loop's digest of one value: HMAC-SHA256 under the padded keys, or plain SHA-256."""
-    if pads is None:
-        return lambda item: sha256(item).digest()
-    inner, outer = sha256(pads[0]), sha256(pads[1])
-
-    def mac(item: bytes) -> bytes:
-        i = inner.copy()
-        i.update(item)
-        o = outer.copy()
-        o.update(i.digest())
-        return o.digest()
-
-    return mac
-
-
-def _agrees(
-    digests: pa.FixedSizeBinaryArray, reference: Callable[[bytes], bytes], values: pa.Array
-) -> bool:
+def _agrees(digests: pa.FixedSizeBinaryArray, keyed: KeyedHash | None, values: pa.Array) -> bool:
     """As many digests as values, and the first, the last and one row in every 4,096 equal to
     the loop's (DataFusion works in batches of 8,192 rows): batches reordered are caught, for a
     few microseconds per 4,096 rows."""
@@ -200,7 +183,12 @@ def _agrees(
     if len(digests) != count:
         return False
     rows = sorted({*range(0, count, _CHECK_EVERY), count - 1, count // 2})
-    return all(digests[row].as_py() == reference(values[row].as_py()) for row in rows)
+    items = [values[row].as_py() for row in rows]
+    if keyed is None:
+        expected = [sha256(item).digest() for item in items]
+    else:
+        expected = keyed.digests(items, width=MAC_BYTES)  # whole MACs, whatever it keeps
+    return all(digests[row].as_py() == want for row, want in zip(rows, expected, strict=True))
 
 
 def sha256_prefixes(values: pa.Array) -> np.ndarray:
