@@ -17,6 +17,7 @@ could only fail a run, never pass a duplicate.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 import tempfile
 import threading
@@ -28,8 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from exchange import seeded_hash
 from exchange.contract import Contract
-from exchange.crypto.keyed import sha256_prefixes
 from exchange.errors import ExchangeError, QualityFailed
 from exchange.quality_rules import compile_rules
 from validators.rules import Failure, Rule, compound_label
@@ -122,7 +123,7 @@ class QualityGate:
         the rules, so another thread may take them while this one validates, and pass them to
         `add` with the batch."""
         table = pa.Table.from_batches([batch])
-        return {key: key_hashes(table, key) for key in self._keys}
+        return {key: key_hashes(table, key, self._hashes[key].seed) for key in self._keys}
 
     def add(
         self, batch: pa.RecordBatch, keys: dict[tuple[str, ...], np.ndarray] | None = None
@@ -282,8 +283,8 @@ class KeyHashes:
     """A key's 64-bit row hashes for the whole run, counted for repeats in flat memory.
 
     Each window's hashes are kept sorted; past `memory_bytes` they go to an unnamed temporary
-    file (0600, gone when closed), encrypted with a key only this object holds: the hashes
-    are of a public function, so a short key (a 10-digit id) could be found from them on disk.
+    file (0600, gone when closed), encrypted with a key only this object holds: numbers are
+    hashed by a public function, so a short key (a 10-digit id) could be found from them on disk.
     Repeats are then counted one leading byte at a time, so the count needs 1/256 of the run's
     hashes in memory, where one sort of all of them needed two copies (16 bytes a row: 160 MB
     at 10M rows).
@@ -297,6 +298,9 @@ class KeyHashes:
         self._file: IO[bytes] | None = None
         self._written: list[tuple[int, np.ndarray]] = []  # (offset, leading-byte cuts) per part
         self._file_key = os.urandom(32)  # AES-256-CTR over the file's bytes, by offset
+        # What `key_hashes` hashes text under for this store: its own, so nobody can aim key
+        # values at a collision in advance.
+        self.seed = secrets.randbits(64)
 
     def add(self, hashes: np.ndarray) -> None:
         """Take one window's hashes."""
@@ -397,12 +401,14 @@ def _cuts(part: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.searchsorted(part, edges), [len(part)]))
 
 
-def key_hashes(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
+def key_hashes(table: pa.Table, columns: tuple[str, ...], seed: int) -> np.ndarray:
     """A uint64 hash of each row's key over `columns`, for rows where no key column is empty.
 
     Vectorised over Arrow columns: equal keys hash alike in every window of a run, since a run's
     column types are fixed (an integer column is not read as float when a window has a null).
-    A column missing from the table yields no hashes: the window's own check fails it closed.
+    Text is hashed under `seed` (`exchange.seeded_hash`): equal keys alike only within one
+    seed. A column missing from the table yields no hashes: the window's own check fails it
+    closed.
     """
     if not all(c in table.column_names for c in columns):
         return np.empty(0, np.uint64)
@@ -416,7 +422,7 @@ def key_hashes(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
     complete = pc.fill_null(complete, False)  # is_nan of a null is null: not complete
     if not pc.all(complete).as_py():
         keys = [pc.filter(values, complete) for values in keys]
-    arrays = [_hashable(values) for values in keys]
+    arrays = [_hashable(values, seed) for values in keys]
     frame = pd.DataFrame(
         {str(i): pd.Series(a, dtype=a.dtype, copy=False) for i, a in enumerate(arrays)}
     )
@@ -424,7 +430,7 @@ def key_hashes(table: pa.Table, columns: tuple[str, ...]) -> np.ndarray:
     return hashes.to_numpy(dtype=np.uint64)
 
 
-def _hashable(values: pa.ChunkedArray) -> np.ndarray:
+def _hashable(values: pa.ChunkedArray, seed: int) -> np.ndarray:
     """A key column, free of nulls, as a numpy array of one dtype per Arrow type."""
     kind = values.type
     if pa.types.is_dictionary(kind):
@@ -442,10 +448,9 @@ def _hashable(values: pa.ChunkedArray) -> np.ndarray:
         return values.cast(width).to_numpy().astype(np.int64)
     text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, _is_binary)
     if any(test(kind) for test in text):
-        # Text by a 64-bit prefix of each value's SHA-256, taken a column at a time: a third of
-        # the cost of pandas hashing each value as a Python object (the prefixes are hashed
-        # again below, as numbers, so equal keys still hash alike in every window).
-        return sha256_prefixes(values.combine_chunks().cast(pa.large_binary()))
+        # Text as seeded 64-bit hashes taken a column at a time (hashed again below, as
+        # numbers): a tenth of the cost of pandas hashing each value as a Python object.
+        return seeded_hash.hashes(values.combine_chunks(), seed)
     try:  # decimals and the like: by their text, which is exact for each type
         return values.cast(pa.large_string()).to_numpy()
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):

@@ -231,11 +231,12 @@ def run_repeats(columns: dict[str, tuple[pa.Array, pa.Array]]) -> tuple[int, int
     """(hashed rows in window 1, in window 2, repeats across both) for a key of `columns`."""
     first = pa.table({name: pair[0] for name, pair in columns.items()})
     second = pa.table({name: pair[1] for name, pair in columns.items()})
-    one, two = key_hashes(first, tuple(columns)), key_hashes(second, tuple(columns))
+    one, two = key_hashes(first, tuple(columns), SEED), key_hashes(second, tuple(columns), SEED)
     return len(one), len(two), repeats(np.concatenate([one, two]))
 
 
 LONDON = pa.timestamp("us", tz="Europe/London")
+SEED = 0x5EED
 
 
 @pytest.mark.parametrize(
@@ -268,15 +269,17 @@ def test_a_key_hashes_alike_in_every_window(
     assert run_repeats({"id": (first, second), "site": site}) == expected
 
 
-def test_text_keys_hash_alike_in_a_large_window_and_a_small_one() -> None:
-    """A large window's text is hashed a column at a time (DataFusion), a small one's by the
-    loop: the same numbers, so a repeat across them is found."""
-    large = pa.array([f"P{i:08d}" for i in range(3000)])
-    small = pa.array(["P00002999", "other", "P00000000"])
-    site = pa.array(["S"] * 3000), pa.array(["S"] * 3)
-    assert run_repeats({"id": (large, small)}) == (3000, 3, 2)
-    assert run_repeats({"id": (large, small), "site": site}) == (3000, 3, 2)
-    assert run_repeats({"id": (large, large.cast(pa.large_string()))}) == (3000, 3000, 3000)
+def test_text_keys_hash_alike_in_windows_of_one_width_and_of_many() -> None:
+    """A window of fixed-width ids is hashed in place, one of mixed widths a width at a time,
+    and a value past 64 bytes through SHA-256 first: the same numbers, so repeats are found."""
+    fixed = pa.array([f"P{i:08d}" for i in range(3000)])
+    mixed = pa.array(["P00002999", "other", "P00000000", "x" * 65, ""])
+    longer = pa.array(["x" * 65, "y" * 300, ""] * 2, pa.large_string())
+    site = pa.array(["S"] * 3000), pa.array(["S"] * 5)
+    assert run_repeats({"id": (fixed, mixed)}) == (3000, 5, 2)
+    assert run_repeats({"id": (fixed, mixed), "site": site}) == (3000, 5, 2)
+    assert run_repeats({"id": (fixed, fixed.cast(pa.large_string()))}) == (3000, 3000, 3000)
+    assert run_repeats({"id": (mixed, longer)}) == (5, 6, 5)  # 65 x's, "" and their repeats
 
 
 def test_the_key_is_the_combination_not_each_column() -> None:
@@ -289,7 +292,7 @@ def test_the_key_is_the_combination_not_each_column() -> None:
 
 def test_a_missing_key_column_gives_no_hashes() -> None:
     """The window's own check fails a missing column closed; hashing does not raise."""
-    assert len(key_hashes(pa.table({"a": [1, 2]}), ("a", "b"))) == 0
+    assert len(key_hashes(pa.table({"a": [1, 2]}), ("a", "b"), SEED)) == 0
 
 
 # --- diff and render -------------------------------------------------------------------------

@@ -9,9 +9,8 @@ planning the expression would cost more, and in a process forked after DataFusio
 (its thread pool is not relied on after a fork). Both give exactly HMAC-SHA256 (tests pin it against
 the `hmac` module), so pseudonyms and disclosure hashes are unchanged.
 
-The same path gives plain SHA-256 prefixes (`sha256_prefixes`): 64-bit hashes of key values for
-the quality gate's whole-run uniqueness check, at a third of the cost of hashing each value as a
-Python object (BENCHMARKS.md, tenth round).
+The same path gives plain SHA-256 prefixes (`sha256_prefixes`), which the whole-run uniqueness
+check takes of key values longer than 64 bytes (`exchange.seeded_hash`) to bound their cost.
 
 The padded key is a literal in an expression held only in memory. An error from DataFusion may
 print its plan, so its message is never passed on: the values are hashed by the loop instead.

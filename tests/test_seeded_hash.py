@@ -1,0 +1,80 @@
+"""Seeded 64-bit hashes of text and binary columns (the whole-run uniqueness check's)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from exchange.seeded_hash import SHORT, hashes
+
+SEED = 0x5EED
+
+
+def by_value(values: pa.Array, seed: int = SEED) -> dict[bytes, int]:
+    """Each value's hash, checking that equal values in the array hashed alike."""
+    seen: dict[bytes, int] = {}
+    for value, digest in zip(
+        values.cast(pa.binary()).to_pylist(), hashes(values, seed), strict=True
+    ):
+        assert seen.setdefault(value, int(digest)) == int(digest)
+    return seen
+
+
+def test_equal_values_hash_alike_by_any_route() -> None:
+    """In place (one width), a width at a time (mixed widths), through SHA-256 (long), sliced,
+    or as another Arrow string type: one number per value."""
+    fixed = [f"P{i:08d}" for i in range(2000)]
+    long = ["x" * (SHORT + 1), "é" * 100, "y" * 1000]
+    odd = ["", "ab", "P0000", "é", "ﬀ" * 21, "a\0"]  # widths 0 to 63 bytes
+    mixed = fixed[::7] + long + odd
+    expected = by_value(pa.array(fixed)) | by_value(pa.array(long))
+    for value in odd:
+        expected |= by_value(pa.array([value]))
+    for values in (
+        pa.array(mixed),
+        pa.array(mixed, pa.large_string()),
+        pa.array(mixed, pa.string_view()),
+        pa.array([v.encode() for v in mixed], pa.binary()),
+        pa.array(["pad", *mixed]).slice(1),
+        pa.array(fixed).slice(3, 500),  # one width, not starting at the buffer's start
+    ):
+        assert by_value(values).items() <= expected.items()
+
+
+def test_bytes_that_are_not_text_hash_alike_by_any_route() -> None:
+    """Binary keys are padded byte by byte, whatever they would decode to."""
+    odd = [b"\xff\xfe", b"\x80", b"\xc3", b"\0\xff" * 20]
+    alone = {v: by_value(pa.array([v], pa.binary()))[v] for v in odd}
+    among = by_value(pa.array([*odd, b"x" * 70, b"y" * 8], pa.large_binary()))
+    assert {v: among[v] for v in odd} == alone
+
+
+def test_values_differing_only_in_length_or_zero_bytes_differ() -> None:
+    """Short values are padded with zeros to whole words: the length keeps them apart."""
+    values = [b"", b"\0", b"ab", b"ab\0", b"ab\0\0\0\0\0\0", b"ab\0\0\0\0\0\0\0", b"\0" * 64]
+    values += [b"a" * 64, b"a" * 65, b"a" * 64 + b"b", b"a" * 64 + b"b" * 100]
+    got = by_value(pa.array(values, pa.binary()))
+    assert len(set(got.values())) == len(values)
+
+
+def test_no_collisions_among_many_distinct_values() -> None:
+    rng = np.random.default_rng(11)
+    widths = rng.integers(0, 90, size=200_000)
+    values = list({rng.bytes(int(w)) for w in widths})
+    digests = hashes(pa.array(values, pa.binary()), SEED)
+    assert len(np.unique(digests)) == len(values)
+    ids = pa.array([f"{i:010d}" for i in range(300_000)])  # one width, in place
+    assert len(np.unique(hashes(ids, SEED))) == 300_000
+
+
+def test_the_seed_changes_every_hash() -> None:
+    values = pa.array(["a", "bb", "c" * 70, "d" * 8])
+    assert not set(hashes(values, 1)) & set(hashes(values, 2))
+
+
+def test_empty_and_null() -> None:
+    assert hashes(pa.array([], pa.string()), SEED).tolist() == []
+    assert len(hashes(pa.array(["", ""]), SEED)) == 2
+    with pytest.raises(ValueError, match="no nulls"):
+        hashes(pa.array(["a", None]), SEED)
