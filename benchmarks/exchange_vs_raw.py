@@ -11,7 +11,9 @@ with commas, quotes and line breaks inside fields). Both sides deliver to the sa
      ledger, signing and SFTP upload), with a fresh gateway state folder each time.
   B, raw chain: pyarrow streams the same columns to CSV | the `age` command | OpenSSH `sftp`.
 
-Each side runs as a child process tree measured by wait4: wall time, user + system CPU, and
+Before each run the partner's inbox is emptied and the disk synced (not timed), so neither side
+pays for writing back the drops of the runs before it (at 10M rows, 700 MB each). Each side
+runs as a child process tree measured by wait4: wall time, user + system CPU, and
 the peak RSS of the largest single process. The tree is also sampled from /proc while it runs
 (`_process_tree.py`): each process's own peak (the gateway's main process and its validation
 worker) and the largest sum of the tree's RSS seen at one instant. Medians
@@ -68,12 +70,24 @@ def measured(command: list[str], env: dict[str, str]) -> Sample:
     return Sample(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, watch.peaks)
 
 
+def settled(bench: Bench) -> None:
+    """The partner's inbox emptied of earlier runs' drops, and every write on disk."""
+    inbox = bench.server.root / FOLDER
+    for entry in inbox.iterdir():
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    os.sync()
+
+
 def gateway_run(bench: Bench, pristine: Path, source: Path) -> Sample:
     """One `exchange run` from a fresh copy of the gateway's state (keys, empty ledger)."""
     home = Path(bench.env["EXCHANGE_HOME"])
     shutil.rmtree(home)
     shutil.copytree(pristine, home)
     env = {**os.environ, **bench.env}
+    settled(bench)
     return measured([str(EXCHANGE), "run", str(bench.contract), "--source", str(source)], env)
 
 
@@ -90,6 +104,7 @@ def raw_run(bench: Bench, source: Path, columns: list[str], recipient: str) -> S
         f"-o UserKnownHostsFile={server.known_hosts_path} -o IdentitiesOnly=yes "
         f"-P {server.port} {server.username}@{server.host} >/dev/null"
     )
+    settled(bench)
     return measured(["bash", "-c", script], dict(os.environ))
 
 
