@@ -17,7 +17,6 @@ could only fail a run, never pass a duplicate.
 from __future__ import annotations
 
 import os
-import secrets
 import sys
 import tempfile
 import threading
@@ -29,7 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exchange import seeded_hash
+from exchange import universal_hash
 from exchange.contract import Contract
 from exchange.errors import ExchangeError, QualityFailed
 from exchange.quality_rules import compile_rules
@@ -123,7 +122,7 @@ class QualityGate:
         the rules, so another thread may take them while this one validates, and pass them to
         `add` with the batch."""
         table = pa.Table.from_batches([batch])
-        return {key: key_hashes(table, key, self._hashes[key].seed) for key in self._keys}
+        return {key: key_hashes(table, key, self._hashes[key].keys) for key in self._keys}
 
     def add(
         self, batch: pa.RecordBatch, keys: dict[tuple[str, ...], np.ndarray] | None = None
@@ -299,8 +298,8 @@ class KeyHashes:
         self._written: list[tuple[int, np.ndarray]] = []  # (offset, leading-byte cuts) per part
         self._file_key = os.urandom(32)  # AES-256-CTR over the file's bytes, by offset
         # What `key_hashes` hashes text under for this store: its own, so nobody can aim key
-        # values at a collision in advance.
-        self.seed = secrets.randbits(64)
+        # values at a collision.
+        self.keys = universal_hash.new_keys()
 
     def add(self, hashes: np.ndarray) -> None:
         """Take one window's hashes."""
@@ -401,28 +400,28 @@ def _cuts(part: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.searchsorted(part, edges), [len(part)]))
 
 
-def key_hashes(table: pa.Table, columns: tuple[str, ...], seed: int) -> np.ndarray:
+def key_hashes(table: pa.Table, columns: tuple[str, ...], keys: np.ndarray) -> np.ndarray:
     """A uint64 hash of each row's key over `columns`, for rows where no key column is empty.
 
     Vectorised over Arrow columns: equal keys hash alike in every window of a run, since a run's
     column types are fixed (an integer column is not read as float when a window has a null).
-    Text is hashed under `seed` (`exchange.seeded_hash`): equal keys alike only within one
-    seed. A column missing from the table yields no hashes: the window's own check fails it
-    closed.
+    Text is hashed under `keys` (`exchange.universal_hash`): equal values alike only under
+    one set. A column missing from the table yields no hashes: the window's own check fails
+    it closed.
     """
     if not all(c in table.column_names for c in columns):
         return np.empty(0, np.uint64)
-    keys = [table.column(c) for c in columns]
+    parts = [table.column(c) for c in columns]
     complete = None
-    for values in keys:
+    for values in parts:
         present = pc.is_valid(values)
         if pa.types.is_floating(values.type):
             present = pc.and_(present, pc.invert(pc.is_nan(values)))
         complete = present if complete is None else pc.and_(complete, present)
     complete = pc.fill_null(complete, False)  # is_nan of a null is null: not complete
     if not pc.all(complete).as_py():
-        keys = [pc.filter(values, complete) for values in keys]
-    arrays = [_hashable(values, seed) for values in keys]
+        parts = [pc.filter(values, complete) for values in parts]
+    arrays = [_hashable(values, keys) for values in parts]
     frame = pd.DataFrame(
         {str(i): pd.Series(a, dtype=a.dtype, copy=False) for i, a in enumerate(arrays)}
     )
@@ -430,7 +429,7 @@ def key_hashes(table: pa.Table, columns: tuple[str, ...], seed: int) -> np.ndarr
     return hashes.to_numpy(dtype=np.uint64)
 
 
-def _hashable(values: pa.ChunkedArray, seed: int) -> np.ndarray:
+def _hashable(values: pa.ChunkedArray, keys: np.ndarray) -> np.ndarray:
     """A key column, free of nulls, as a numpy array of one dtype per Arrow type."""
     kind = values.type
     if pa.types.is_dictionary(kind):
@@ -448,9 +447,9 @@ def _hashable(values: pa.ChunkedArray, seed: int) -> np.ndarray:
         return values.cast(width).to_numpy().astype(np.int64)
     text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, _is_binary)
     if any(test(kind) for test in text):
-        # Text as seeded 64-bit hashes taken a column at a time (hashed again below, as
-        # numbers): a tenth of the cost of pandas hashing each value as a Python object.
-        return seeded_hash.hashes(values.combine_chunks(), seed)
+        # Text by a keyed universal hash taken a column at a time (hashed again below, as
+        # numbers): a fraction of the cost of pandas hashing each value as a Python object.
+        return universal_hash.hashes(values.combine_chunks(), keys)
     try:  # decimals and the like: by their text, which is exact for each type
         return values.cast(pa.large_string()).to_numpy()
     except (pa.ArrowNotImplementedError, pa.ArrowInvalid):

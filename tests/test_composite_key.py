@@ -17,7 +17,7 @@ import pyarrow as pa
 import pytest
 from conftest import PSEUDONYM_KEY, SAMPLE, write_contract
 
-from exchange import synth
+from exchange import synth, universal_hash
 from exchange.cli import main
 from exchange.contract import Contract, load_contract, read_document
 from exchange.contract.diff import diff_documents
@@ -231,12 +231,12 @@ def run_repeats(columns: dict[str, tuple[pa.Array, pa.Array]]) -> tuple[int, int
     """(hashed rows in window 1, in window 2, repeats across both) for a key of `columns`."""
     first = pa.table({name: pair[0] for name, pair in columns.items()})
     second = pa.table({name: pair[1] for name, pair in columns.items()})
-    one, two = key_hashes(first, tuple(columns), SEED), key_hashes(second, tuple(columns), SEED)
+    one, two = key_hashes(first, tuple(columns), KEYS), key_hashes(second, tuple(columns), KEYS)
     return len(one), len(two), repeats(np.concatenate([one, two]))
 
 
 LONDON = pa.timestamp("us", tz="Europe/London")
-SEED = 0x5EED
+KEYS = universal_hash.new_keys()
 
 
 @pytest.mark.parametrize(
@@ -270,8 +270,8 @@ def test_a_key_hashes_alike_in_every_window(
 
 
 def test_text_keys_hash_alike_in_windows_of_one_width_and_of_many() -> None:
-    """A window of fixed-width ids is hashed in place, one of mixed widths a width at a time,
-    and a value past 64 bytes through SHA-256 first: the same numbers, so repeats are found."""
+    """A window of fixed-width ids, one of mixed widths (padded to the widest) and a value past
+    64 bytes (hashed through its SHA-256): the same numbers, so repeats are found."""
     fixed = pa.array([f"P{i:08d}" for i in range(3000)])
     mixed = pa.array(["P00002999", "other", "P00000000", "x" * 65, ""])
     longer = pa.array(["x" * 65, "y" * 300, ""] * 2, pa.large_string())
@@ -292,7 +292,7 @@ def test_the_key_is_the_combination_not_each_column() -> None:
 
 def test_a_missing_key_column_gives_no_hashes() -> None:
     """The window's own check fails a missing column closed; hashing does not raise."""
-    assert len(key_hashes(pa.table({"a": [1, 2]}), ("a", "b"), SEED)) == 0
+    assert len(key_hashes(pa.table({"a": [1, 2]}), ("a", "b"), KEYS)) == 0
 
 
 # --- diff and render -------------------------------------------------------------------------

@@ -228,14 +228,14 @@ def test_rows_returned_in_another_order_are_caught(
     assert not columnar.usable()
 
 
-def test_prefixes_returned_in_another_order_are_caught(
+def test_digests_returned_in_another_order_are_caught(
     reordering: tuple[keyed._Columnar, pa.Array],
 ) -> None:
     """The quality gate's text hashes are spot-checked the same way: a window's keys hashed
     out of order would hide a duplicate."""
     columnar, values = reordering
-    want = [int.from_bytes(hashlib.sha256(v).digest()[:8], "little") for v in values.to_pylist()]
-    assert keyed.sha256_prefixes(values).tolist() == want
+    want = [hashlib.sha256(v).digest() for v in values.to_pylist()]
+    assert [bytes(row) for row in keyed.sha256_digests(values)] == want
     assert not columnar.usable()
 
 
@@ -349,19 +349,22 @@ def test_pseudonymising_a_large_column_leaves_the_gil_free() -> None:
     assert ticks / elapsed > 100, (ticks, elapsed)  # a margin for a loaded machine
 
 
-def test_sha256_prefixes_are_the_same_on_the_columnar_path_and_the_loop(monkeypatch: Any) -> None:
-    """The quality gate's 64-bit text hashes: the first 8 bytes of SHA-256, little-endian,
-    whichever path takes them (a window's keys must hash alike in every window)."""
-    assert keyed.sha256_prefixes(pa.array([b"abc"])).tolist() == [0xEACF018FBF1678BA]
+def test_sha256_digests_are_the_same_on_the_columnar_path_and_the_loop(monkeypatch: Any) -> None:
+    """The digests the quality gate takes of long key values: SHA-256 whichever path takes
+    them (a window's keys must hash alike in every window)."""
+
+    def digests(array: pa.Array) -> list[bytes]:
+        return [bytes(row) for row in keyed.sha256_digests(array)]
+
     values = [f"P{i:08d}".encode() for i in range(5000)] + [b"", b"x" * 300, bytes(range(256))]
-    want = [int.from_bytes(hashlib.sha256(v).digest()[:8], "little") for v in values]
+    want = [hashlib.sha256(v).digest() for v in values]
     columnar = keyed._columnar.digests(pa.array(values, pa.binary()))
     assert columnar is not None  # DataFusion itself, not a fallback
-    assert keyed.sha256_prefixes(pa.array(values, pa.binary())).tolist() == want
+    assert digests(pa.array(values, pa.binary())) == want
     sliced = pa.array(values, pa.large_binary()).slice(3, 4500)
-    assert keyed.sha256_prefixes(sliced).tolist() == want[3:4503]
+    assert digests(sliced) == want[3:4503]
     monkeypatch.setattr(keyed, "COLUMNAR_MIN_ITEMS", 10**9)  # the loop throughout
-    assert keyed.sha256_prefixes(pa.array(values, pa.binary())).tolist() == want
-    assert keyed.sha256_prefixes(pa.array([], pa.binary())).tolist() == []
+    assert digests(pa.array(values, pa.binary())) == want
+    assert keyed.sha256_digests(pa.array([], pa.binary())).shape == (0, 32)
     with pytest.raises(ValueError, match="no nulls"):
-        keyed.sha256_prefixes(pa.array([b"a", None]))
+        keyed.sha256_digests(pa.array([b"a", None]))

@@ -9,7 +9,7 @@ planning the expression would cost more, and in a process forked after DataFusio
 (its thread pool is not relied on after a fork). Both give exactly HMAC-SHA256 (tests pin it against
 the `hmac` module), so pseudonyms and disclosure hashes are unchanged.
 
-The same path gives plain SHA-256 prefixes (`sha256_prefixes`), which the whole-run uniqueness
+The same path gives plain SHA-256 digests (`sha256_digests`), which the whole-run uniqueness
 check takes of key values longer than 64 bytes (`exchange.seeded_hash`) to bound their cost.
 
 The padded key is a literal in an expression held only in memory. An error from DataFusion may
@@ -190,20 +190,18 @@ def _agrees(digests: pa.FixedSizeBinaryArray, keyed: KeyedHash | None, values: p
     return all(digests[row].as_py() == want for row, want in zip(rows, expected, strict=True))
 
 
-def sha256_prefixes(values: pa.Array) -> np.ndarray:
-    """The first 8 bytes of each value's SHA-256 as a little-endian uint64, a column at a time
-    when large (the loop otherwise: the same numbers). Values are binary; no nulls."""
+def sha256_digests(values: pa.Array) -> np.ndarray:
+    """Each value's SHA-256 as a row of an (n, 32) uint8 array, a column at a time when large
+    (the loop otherwise: the same bytes). Values are binary; no nulls."""
     if values.null_count:
-        raise ValueError("sha256_prefixes takes no nulls")
+        raise ValueError("sha256_digests takes no nulls")
     digests = None
     if len(values) >= COLUMNAR_MIN_ITEMS and _columnar.usable():
         digests = _columnar.digests(values)
-    if digests is not None:
-        first = np.ascontiguousarray(digests[:, :8])
-    else:
-        joined = b"".join(sha256(item).digest()[:8] for item in values.to_pylist())
-        first = np.frombuffer(joined, dtype=np.uint8).reshape(-1, 8)
-    return first.view("<u8").reshape(-1)
+    if digests is None:
+        joined = b"".join(sha256(item).digest() for item in values.to_pylist())
+        digests = np.frombuffer(joined, dtype=np.uint8).reshape(-1, MAC_BYTES)
+    return np.ascontiguousarray(digests)
 
 
 _columnar = _Columnar()

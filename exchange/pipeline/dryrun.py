@@ -243,7 +243,7 @@ class _Windows:
         table = pa.Table.from_batches([b for b, _ in batches], schema=self.schema)
         self.sent += table.num_rows
         for key, hashes in self.hashes.items():
-            hashes.add(key_hashes(table, key, hashes.seed))
+            hashes.add(key_hashes(table, key, hashes.keys))
         if self.validator is None:
             return
         frame = table.to_pandas()
