@@ -518,3 +518,88 @@ def test_a_login_key_open_to_others_is_refused_at_once(
     finally:
         server.client_key_path.chmod(0o600)
     assert inbox(server) == []
+
+
+# --- a connection opened ahead, while the drop is prepared ------------------------------------
+
+
+def counting_connections(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """Every TCP connection the transport opens, by address."""
+    opened: list[tuple[str, int]] = []
+    real = socket.create_connection
+
+    def create_connection(
+        address: tuple[str, int], *args: object, **kwargs: object
+    ) -> socket.socket:
+        opened.append(address)
+        return real(address, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sftp_module.socket, "create_connection", create_connection)
+    return opened
+
+
+def test_a_delivery_takes_the_connection_opened_ahead(
+    server: PartnerSftpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = counting_connections(monkeypatch)
+    drop = make_drop(tmp_path, "c-00000000000000e1", MB)
+    mover = transport(server)
+    with mover.warmed():
+        ahead = mover._warm
+        assert ahead is not None
+        ahead.result(timeout=10)  # opened while the drop was being prepared
+        done = mover.deliver(drop, FOLDER, drop.name)
+    assert len(opened) == 1 and done.attempts == (Attempt(1, True),)
+    assert inbox(server) == [drop.name]
+    assert not ahead.result()[0].is_active()  # closed after the delivery
+
+
+def test_a_connection_opened_ahead_and_not_taken_is_closed(
+    server: PartnerSftpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run refused before its delivery leaves no session open on the partner's server."""
+    opened = counting_connections(monkeypatch)
+    mover = transport(server)
+    with pytest.raises(RuntimeError, match="refused while preparing"), mover.warmed():
+        ahead = mover._warm
+        assert ahead is not None
+        raise RuntimeError("refused while preparing")
+    assert len(opened) == 1 and not ahead.result(timeout=10)[0].is_active()
+    assert mover._warm is None
+
+
+def test_a_connection_opened_ahead_that_died_is_replaced_without_a_failed_attempt(
+    server: PartnerSftpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened = counting_connections(monkeypatch)
+    drop = make_drop(tmp_path, "c-00000000000000e2", 1000)
+    mover = transport(server)
+    seen: list[Attempt] = []
+    with mover.warmed():
+        assert mover._warm is not None
+        mover._warm.result(timeout=10)[0].close()  # dropped while idle (a NAT, a restart)
+        done = mover.deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
+    assert len(opened) == 2 and [a.ok for a in seen] == [True]
+    assert done.attempts == (Attempt(1, True),) and inbox(server) == [drop.name]
+
+
+def test_a_changed_host_key_met_ahead_is_still_refused_by_the_delivery(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """Opening ahead reports nothing itself: the delivery's own connection meets the changed
+    key and refuses it as before, once."""
+    pinned = server.host_public_key
+    server.stop()
+    server.rotate_host_key()
+    server.start()
+    drop = make_drop(tmp_path, "c-00000000000000e3", 1000)
+    seen: list[Attempt] = []
+    mover = SftpTransport(connection(server), [pinned], sleep=Sleeps())
+    with mover.warmed():
+        assert mover._warm is not None
+        with pytest.raises(HostKeyRejected):
+            mover._warm.result(timeout=10)
+        with pytest.raises(HostKeyRejected, match="does not match the contract's pinned key"):
+            mover.deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
+    assert [(a.number, a.error) for a in seen] == [(1, "HostKeyRejected")]
+    assert inbox(server) == []

@@ -12,7 +12,9 @@ import hashlib
 import json
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -113,6 +115,42 @@ def test_a_run_delivers_one_whole_drop_the_partner_can_read(
     manifest = server.read(f"{result.remote_path}/{MANIFEST_NAME}")
     assert sent["manifest_sha256"] == hashlib.sha256(manifest).hexdigest()
     assert not workspace.settings.staging.joinpath(result.drop_id).exists()  # purged
+
+
+class Warming(MemoryTransport):
+    """Tells when a run opens its block for a connection ahead, delivers, and leaves it."""
+
+    def __init__(self, server: MemoryServer, workspace: Workspace) -> None:
+        super().__init__(server)
+        self.seen: list[str] = []
+        self.workspace = workspace
+
+    @contextmanager
+    def warmed(self) -> Iterator[None]:
+        self.seen.append("warmed")
+        try:
+            yield
+        finally:
+            self.seen.append("left")
+
+    def deliver(self, *args: Any, **kwargs: Any) -> Any:
+        self.seen.append(f"deliver after {[e for e, _ in events(self.workspace)][-1]}")
+        return super().deliver(*args, **kwargs)
+
+
+def test_a_run_connects_ahead_while_it_prepares_and_delivers_inside(
+    workspace: Workspace, server: MemoryServer
+) -> None:
+    transport = Warming(server, workspace)
+    gateway(workspace, transport).run(workspace.contract, workspace.source(40), run_id="w")
+    assert transport.seen == ["warmed", "deliver after run.prepared", "left"]
+    refused = Warming(server, workspace)
+    workspace.write_contract(
+        lambda doc: doc["schema"][0]["quality"][0].update(mustBeBetween=[10**6, 10**7])
+    )
+    with pytest.raises(QualityFailed):
+        gateway(workspace, refused).run(workspace.contract, workspace.source(20), run_id="x")
+    assert refused.seen == ["warmed", "left"]
 
 
 def test_rerunning_a_delivered_run_sends_nothing_again(

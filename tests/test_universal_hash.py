@@ -6,6 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from exchange.quality import _hashable
 from exchange.universal_hash import SHORT, hashes, new_keys
 
 KEYS = new_keys()
@@ -38,8 +39,26 @@ def test_equal_values_hash_alike_by_any_route() -> None:
         pa.array([v.encode() for v in mixed], pa.binary()),
         pa.array(["pad", *mixed]).slice(1),
         pa.array(fixed).slice(3, 500),  # one width, not starting at the buffer's start
+        pa.array([v.encode() for v in mixed], pa.binary_view()),
+        pa.array([v.encode() for v in mixed], pa.large_binary()).slice(2),
     ):
         assert by_value(values).items() <= expected.items()
+
+
+def test_the_quality_gate_hashes_dictionary_and_chunked_text_alike() -> None:
+    """Through the gate's own conversion (`quality._hashable`): dictionary-encoded, chunked
+    and plain columns of the same values give the same numbers."""
+    values = ["P1", "P22", "x" * 70, "P1", "", "é"]
+    plain = _hashable(pa.chunked_array([pa.array(values)]), KEYS)
+    for column in (
+        pa.chunked_array([pa.array(values).dictionary_encode()]),
+        pa.chunked_array([pa.array(values[:2]), pa.array(values[2:], pa.string())]),
+        pa.chunked_array(
+            [pa.array(values[:3], pa.large_string()), pa.array(values[3:], pa.large_string())]
+        ),
+        pa.chunked_array([pa.array(values, pa.string_view())]),
+    ):
+        assert _hashable(column, KEYS).tolist() == plain.tolist()
 
 
 def test_bytes_that_are_not_text_hash_alike_by_any_route() -> None:

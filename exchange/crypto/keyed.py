@@ -10,7 +10,7 @@ planning the expression would cost more, and in a process forked after DataFusio
 the `hmac` module), so pseudonyms and disclosure hashes are unchanged.
 
 The same path gives plain SHA-256 digests (`sha256_digests`), which the whole-run uniqueness
-check takes of key values longer than 64 bytes (`exchange.seeded_hash`) to bound their cost.
+check takes of key values longer than 64 bytes (`exchange.universal_hash`) to bound their cost.
 
 The padded key is a literal in an expression held only in memory. An error from DataFusion may
 print its plan, so its message is never passed on: the values are hashed by the loop instead.

@@ -22,12 +22,15 @@ from exchange.pipeline.check import runnable
 from exchange.pipeline.context import Context
 from exchange.pipeline.naming import drop_id_for
 from exchange.pipeline.staging import discard, fetch, purge_expired, staged, staging_for
-from exchange.transport.base import Delivery
+from exchange.transport.base import Delivery, Transport
 from exchange.transport.retry import Attempt
 
 
-def deliver_drop(ctx: Context, contract: Contract, run_id: str) -> Delivery:
-    """Send the run's staged drop to the partner, once. Raises NotRunnable, TransferError."""
+def deliver_drop(
+    ctx: Context, contract: Contract, run_id: str, transport: Transport | None = None
+) -> Delivery:
+    """Send the run's staged drop to the partner, once (by `transport`, one warmed while the
+    drop was prepared, or the contract's). Raises NotRunnable, TransferError."""
     with stage(ctx, "deliver", run_id, contract=contract) as current:
         drop_id = drop_id_for(contract.id, run_id)
         purge_expired(ctx.settings, ctx.clock(), contract_id=contract.id, keep=drop_id)
@@ -46,7 +49,7 @@ def deliver_drop(ctx: Context, contract: Contract, run_id: str) -> Delivery:
                 body = {**base, **attempt.as_dict()}
                 ctx.ledger.append("transfer.attempt", body, run_id=run_id, contract_id=contract.id)
 
-        delivery = ctx.transport_for(contract).deliver(
+        delivery = (transport or ctx.transport_for(contract)).deliver(
             staging, contract.endpoint.folder, prepared.drop_id, on_attempt=attempted
         )
         current.transfer = None  # it has arrived: a failure from here on is not the transfer's

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 from exchange import doctor
 from exchange.contract import Contract
+from exchange.errors import ExchangeError
 from exchange.pipeline.boundary import stage
 from exchange.pipeline.check import check_contract
 from exchange.pipeline.context import Context
@@ -14,6 +16,7 @@ from exchange.pipeline.deliver import deliver_drop
 from exchange.pipeline.naming import new_run_id
 from exchange.pipeline.prepare import Options, prepare_drop
 from exchange.pipeline.results import RunResult
+from exchange.transport.base import Transport
 
 
 def run_exchange(
@@ -56,12 +59,14 @@ def run_exchange(
         say(f"run {run_id}: checking keys, secrets, the connection and the source")
         _preflight(ctx, contract, source, run_id)
     say(f"run {run_id}: reading, minimising, validating and encrypting")
-    prepared = prepare_drop(ctx, contract, source, run_id, Options(full_refresh=full_refresh))
-    say(
-        f"run {run_id}: read {prepared.rows_read:,} rows; delivering {prepared.rows_sent:,} to "
-        f"{contract.recipient.organisation}"
-    )
-    delivery = deliver_drop(ctx, contract, run_id)
+    transport = _transport(ctx, contract)
+    with transport.warmed() if transport else nullcontext():  # connected while it prepares
+        prepared = prepare_drop(ctx, contract, source, run_id, Options(full_refresh=full_refresh))
+        say(
+            f"run {run_id}: read {prepared.rows_read:,} rows; delivering {prepared.rows_sent:,} "
+            f"to {contract.recipient.organisation}"
+        )
+        delivery = deliver_drop(ctx, contract, run_id, transport)
     return RunResult(
         run_id,
         prepared.drop_id,
@@ -74,6 +79,15 @@ def run_exchange(
         prepared.rows_unchanged,
         prepared.since,
     )
+
+
+def _transport(ctx: Context, contract: Contract) -> Transport | None:
+    """The contract's transport, or None where it cannot be had yet: the deliver stage asks
+    again, and reports why in its own place."""
+    try:
+        return ctx.transport_for(contract)
+    except ExchangeError:
+        return None
 
 
 def _preflight(ctx: Context, contract: Contract, source: str | Path | None, run_id: str) -> None:

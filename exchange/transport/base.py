@@ -82,3 +82,8 @@ class Transport(Protocol):
     def connect(self) -> AbstractContextManager[Remote]:
         """An open connection for listing, reading and removing. Raises TransferError."""
         ...
+
+    def warmed(self) -> AbstractContextManager[None]:
+        """A block within which a delivery may take a connection opened ahead, while the drop
+        is prepared (a backend may open none); raises nothing of its own."""
+        ...

@@ -201,6 +201,11 @@ class MemoryTransport:
         self.connections = 0
 
     @contextmanager
+    def warmed(self) -> Iterator[None]:
+        """Nothing to open ahead in memory."""
+        yield
+
+    @contextmanager
     def connect(self) -> Iterator[MemoryRemote]:
         """A new connection (numbered from 1, for faults). Raises what a connect fault says."""
         self.connections += 1

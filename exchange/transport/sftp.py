@@ -16,8 +16,11 @@ import logging
 import random
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -106,6 +109,7 @@ SMALL_REQUEST = 1 << 15  # every SFTP server accepts 32 KiB writes
 MAX_REQUEST = 255 << 10  # the largest write OpenSSH's sftp-server accepts (its limits reply)
 IN_FLIGHT_BYTES = 8 << 20  # unanswered write data allowed at once
 MAX_MANIFEST_BYTES = 1 << 20
+ABANDON_SECONDS = 5.0  # how long a run that failed waits for a connection opened ahead
 _SFTP_VERSION = 3
 
 
@@ -285,6 +289,7 @@ class SftpTransport:
         self.max_packet_size = max_packet_size
         self.request_size = request_size  # None: the server's own limit
         self.in_flight = in_flight
+        self._warm: Future[tuple[paramiko.Transport, SftpSession]] | None = None
 
     @property
     def where(self) -> str:
@@ -293,7 +298,15 @@ class SftpTransport:
 
     @contextmanager
     def session(self) -> Iterator[SftpSession]:
-        """An authenticated SFTP session to a server whose host key matches the pinned one."""
+        """An authenticated SFTP session to a server whose host key matches the pinned one
+        (the one `warmed` opened ahead, if it is still up)."""
+        transport, client = self._take_warm() or self._open()
+        try:
+            yield client
+        finally:
+            _close(transport, client)
+
+    def _open(self) -> tuple[paramiko.Transport, SftpSession]:
         conn = self.connection
         try:
             sock = socket.create_connection((conn.host, conn.port), timeout=self.timeout)
@@ -329,15 +342,56 @@ class SftpTransport:
             if client is None:
                 raise ConnectionLost(f"{self.where} did not open an SFTP session")
             client.get_channel().settimeout(self.timeout)  # type: ignore[union-attr]
-            try:
-                yield client
-            finally:
-                # Closing sends a message: on a dropped link that fails, and must not replace
-                # the error that is already on its way out.
-                with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
-                    client.close()
-        finally:
+        except BaseException:
             transport.close()
+            raise
+        return transport, client
+
+    @contextmanager
+    def warmed(self) -> Iterator[None]:
+        """Open the next session on a thread of its own now: a delivery inside the block takes
+        it instead of connecting then (about 0.1-0.2 s on loopback), and one not taken is
+        closed. Whatever goes wrong opening it is left for the delivery's own connection to
+        meet and report."""
+        opening: Future[tuple[paramiko.Transport, SftpSession]] = Future()
+
+        def open_ahead() -> None:
+            try:
+                opening.set_result(self._open())
+            except BaseException as exc:  # the delivery connects again, and reports it
+                opening.set_exception(exc)
+
+        self._warm = opening
+        threading.Thread(target=open_ahead, name="exchange-sftp-ahead", daemon=True).start()
+        try:
+            yield
+        finally:
+            if self._warm is opening:  # not taken (the drop was not prepared): closed
+                self._warm = None
+                with contextlib.suppress(Exception):  # what it met is not this block's error
+                    # Waited for, briefly: a handshake cut off by the process ending makes
+                    # paramiko print its traceback.
+                    opening.result(timeout=min(self.timeout, ABANDON_SECONDS))
+                _close_when_open(opening)
+
+    def _take_warm(self) -> tuple[paramiko.Transport, SftpSession] | None:
+        """The session opened ahead, once, if it opened and still answers."""
+        opening, self._warm = self._warm, None
+        if opening is None:
+            return None
+        try:
+            transport, client = opening.result(timeout=self.timeout)
+        except FutureTimeout:
+            _close_when_open(opening)
+            return None
+        except Exception:  # the delivery's own connection meets it again, and reports it
+            return None
+        try:
+            client.stat(".")  # idle while the drop was prepared: is it still there?
+        except (OSError, EOFError, paramiko.SSHException):
+            _close(transport, client)
+            return None
+        return transport, client
 
     @contextmanager
     def connect(self) -> Iterator[SftpRemote]:
@@ -566,6 +620,24 @@ def _key_blob(line: str) -> bytes:
         return base64.b64decode(parts[1], validate=True)
     except (IndexError, ValueError):
         raise HostKeyRejected("a pinned host key in the contract is malformed") from None
+
+
+def _close(transport: paramiko.Transport, client: paramiko.SFTPClient) -> None:
+    # Closing sends a message: on a dropped link that fails, and must not replace the error
+    # that is already on its way out.
+    with contextlib.suppress(EOFError, OSError, paramiko.SSHException):
+        client.close()
+    transport.close()
+
+
+def _close_when_open(opening: Future[tuple[paramiko.Transport, SftpSession]]) -> None:
+    """Close a session opened ahead and not used, now or once it has opened."""
+
+    def closed(done: Future[tuple[paramiko.Transport, SftpSession]]) -> None:
+        if done.exception() is None:
+            _close(*done.result())
+
+    opening.add_done_callback(closed)
 
 
 def _alive(sftp: paramiko.SFTPClient) -> bool:
