@@ -76,6 +76,15 @@ def transport(server: PartnerSftpServer, **options) -> SftpTransport:
     return SftpTransport(connection(server), [server.host_public_key], **options)
 
 
+def rotated(server: PartnerSftpServer) -> str:
+    """Restart the server with a new host key; the key pinned before, now wrong."""
+    pinned = server.host_public_key
+    server.stop()
+    server.rotate_host_key()
+    server.start()
+    return pinned
+
+
 def make_drop(root: Path, drop_id: str, payload_bytes: int) -> Path:
     """A staged drop: random ciphertext-like payload, a manifest naming the drop, a signature."""
     drop = root / "staging" / drop_id
@@ -279,10 +288,7 @@ def test_silent_server_times_out_and_is_retried(tmp_path: Path) -> None:
 def test_changed_host_key_is_refused_at_once_and_not_retried(
     server: PartnerSftpServer, tmp_path: Path
 ) -> None:
-    pinned = server.host_public_key
-    server.stop()
-    server.rotate_host_key()
-    server.start()
+    pinned = rotated(server)
     drop = make_drop(tmp_path, "c-00000000000000d1", 1000)
     seen: list[Attempt] = []
     sleeps = Sleeps()
@@ -588,10 +594,7 @@ def test_a_changed_host_key_met_ahead_is_still_refused_by_the_delivery(
 ) -> None:
     """Opening ahead reports nothing itself: the delivery's own connection meets the changed
     key and refuses it as before, once."""
-    pinned = server.host_public_key
-    server.stop()
-    server.rotate_host_key()
-    server.start()
+    pinned = rotated(server)
     drop = make_drop(tmp_path, "c-00000000000000e3", 1000)
     seen: list[Attempt] = []
     mover = SftpTransport(connection(server), [pinned], sleep=Sleeps())
