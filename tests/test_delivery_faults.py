@@ -76,6 +76,11 @@ def transport(server: PartnerSftpServer, **options) -> SftpTransport:
     return SftpTransport(connection(server), [server.host_public_key], **options)
 
 
+def rotated_key(server: PartnerSftpServer) -> str:
+    """Another server's host key line: a pin this server does not match."""
+    return PartnerSftpServer(server.base_dir.parent / "other-key").host_public_key  # not started
+
+
 def rotated(server: PartnerSftpServer) -> str:
     """Restart the server with a new host key; the key pinned before, now wrong."""
     pinned = server.host_public_key
@@ -574,19 +579,86 @@ def test_a_connection_opened_ahead_and_not_taken_is_closed(
     assert mover._warm is None
 
 
+@pytest.mark.parametrize("how", ["dropped", "garbled"])
 def test_a_connection_opened_ahead_that_died_is_replaced_without_a_failed_attempt(
-    server: PartnerSftpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    server: PartnerSftpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
+    """Dropped while idle (a NAT, a restart), or answering its check with something that is
+    not an answer: closed, and another opened, with no failed attempt."""
     opened = counting_connections(monkeypatch)
     drop = make_drop(tmp_path, "c-00000000000000e2", 1000)
     mover = transport(server)
     seen: list[Attempt] = []
     with mover.warmed():
         assert mover._warm is not None
-        mover._warm.result(timeout=10)[0].close()  # dropped while idle (a NAT, a restart)
+        early, client = mover._warm.result(timeout=10)
+        if how == "dropped":
+            early.close()
+        else:
+
+            def garbled(path: str) -> None:
+                raise sftp_module.SFTPError("Expected attributes")
+
+            monkeypatch.setattr(client, "stat", garbled)
         done = mover.deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
     assert len(opened) == 2 and [a.ok for a in seen] == [True]
     assert done.attempts == (Attempt(1, True),) and inbox(server) == [drop.name]
+    assert not early.is_active()
+
+
+def test_a_host_key_refused_ahead_refuses_the_delivery_though_the_next_would_pass(
+    server: PartnerSftpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interceptor that answers only the first connection, the one opened ahead, is met
+    there: the delivery is refused as if it had met it itself, not sent over a second one."""
+    impostor = PartnerSftpServer(tmp_path / "impostor", port=free_port()).start()
+    real = socket.create_connection
+    diverted: list[tuple[str, int]] = []
+
+    def create_connection(
+        address: tuple[str, int], *args: object, **kwargs: object
+    ) -> socket.socket:
+        if not diverted:
+            diverted.append(address)
+            address = (impostor.host, impostor.port)
+        return real(address, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sftp_module.socket, "create_connection", create_connection)
+    drop = make_drop(tmp_path, "c-00000000000000e4", 1000)
+    seen: list[Attempt] = []
+    mover = transport(server)
+    try:
+        with mover.warmed(), pytest.raises(HostKeyRejected, match="does not match"):
+            mover.deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
+    finally:
+        impostor.stop()
+    assert diverted and [(a.number, a.error) for a in seen] == [(1, "HostKeyRejected")]
+    assert inbox(server) == []
+
+
+def test_a_host_key_refused_ahead_by_a_run_refused_anyway_is_logged(
+    server: PartnerSftpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    mover = transport(server)
+    mover.host_keys = (rotated_key(server),)
+    with caplog.at_level("WARNING"), pytest.raises(RuntimeError), mover.warmed():
+        raise RuntimeError("refused while preparing")
+    assert "offered a host key the contract does not pin" in caplog.text
+
+
+def test_the_pins_are_checked_again_when_the_session_opened_ahead_is_taken(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """A pin withdrawn while the drop was prepared applies to this run's delivery."""
+    drop = make_drop(tmp_path, "c-00000000000000e5", 1000)
+    mover = transport(server)
+    with mover.warmed():
+        assert mover._warm is not None
+        mover._warm.result(timeout=10)
+        mover.host_keys = (rotated_key(server),)
+        with pytest.raises(HostKeyRejected):
+            mover.deliver(drop, FOLDER, drop.name)
+    assert inbox(server) == []
 
 
 def test_a_changed_host_key_met_ahead_is_still_refused_by_the_delivery(

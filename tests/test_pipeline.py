@@ -153,6 +153,23 @@ def test_a_run_connects_ahead_while_it_prepares_and_delivers_inside(
     assert refused.seen == ["warmed", "left"]
 
 
+def test_a_transport_that_cannot_be_made_is_still_audited_by_the_deliver_stage(
+    workspace: Workspace,
+) -> None:
+    """Asked for ahead of the prepare stage too, a factory's failure (a malformed connection
+    secret, say) is met and recorded where it was before: in the deliver stage."""
+
+    def broken(endpoint: Any, secrets: Any) -> MemoryTransport:
+        raise ValueError("malformed connection")
+
+    gw = Gateway(workspace.settings, transports={"sftp": broken})
+    with pytest.raises(ValueError, match="malformed connection"):
+        gw.run(workspace.contract, workspace.source(20), run_id="t")
+    names = [e for e, _ in events(workspace)]
+    assert names[:3] == ["contract.checked", "run.prepared", "run.failed"]
+    assert named(workspace, "run.failed")[0]["stage"] == "deliver"
+
+
 def test_rerunning_a_delivered_run_sends_nothing_again(
     workspace: Workspace, server: MemoryServer
 ) -> None:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from exchange import doctor
 from exchange.contract import Contract
-from exchange.errors import ExchangeError
 from exchange.pipeline.boundary import stage
 from exchange.pipeline.check import check_contract
 from exchange.pipeline.context import Context
@@ -60,7 +59,7 @@ def run_exchange(
         _preflight(ctx, contract, source, run_id)
     say(f"run {run_id}: reading, minimising, validating and encrypting")
     transport = _transport(ctx, contract)
-    with transport.warmed() if transport else nullcontext():  # connected while it prepares
+    with _warmed(transport):  # the partner's session opened while the drop is prepared
         prepared = prepare_drop(ctx, contract, source, run_id, Options(full_refresh=full_refresh))
         say(
             f"run {run_id}: read {prepared.rows_read:,} rows; delivering {prepared.rows_sent:,} "
@@ -83,11 +82,17 @@ def run_exchange(
 
 def _transport(ctx: Context, contract: Contract) -> Transport | None:
     """The contract's transport, or None where it cannot be had yet: the deliver stage asks
-    again, and reports why in its own place."""
+    again, and records why in its own place."""
     try:
         return ctx.transport_for(contract)
-    except ExchangeError:
+    except Exception:  # a malformed connection secret, say: audited by the deliver stage
         return None
+
+
+def _warmed(transport: Transport | None) -> AbstractContextManager[None]:
+    """The transport's block for a session opened ahead, if it has one."""
+    warmed = getattr(transport, "warmed", None)  # a backend of another project may lack it
+    return warmed() if warmed is not None else nullcontext()
 
 
 def _preflight(ctx: Context, contract: Contract, source: str | Path | None, run_id: str) -> None:

@@ -109,7 +109,14 @@ SMALL_REQUEST = 1 << 15  # every SFTP server accepts 32 KiB writes
 MAX_REQUEST = 255 << 10  # the largest write OpenSSH's sftp-server accepts (its limits reply)
 IN_FLIGHT_BYTES = 8 << 20  # unanswered write data allowed at once
 MAX_MANIFEST_BYTES = 1 << 20
-ABANDON_SECONDS = 5.0  # how long a run that failed waits for a connection opened ahead
+ABANDON_SECONDS = 2.0  # how long a run that failed waits for a session opened ahead
+ALIVE_SECONDS = 5.0  # how long a session opened ahead has to answer before another is opened
+KEEPALIVE_SECONDS = 15  # keeps a session opened ahead known to NATs while the drop is prepared
+# paramiko's own log of a session opened ahead: what it met is raised where the delivery takes
+# it, so its lines (a traceback for a server that never answers) go nowhere.
+AHEAD_LOG = "exchange.transport.sftp.ahead"
+logging.getLogger(AHEAD_LOG).addHandler(logging.NullHandler())
+logging.getLogger(AHEAD_LOG).propagate = False
 _SFTP_VERSION = 3
 
 
@@ -290,6 +297,7 @@ class SftpTransport:
         self.request_size = request_size  # None: the server's own limit
         self.in_flight = in_flight
         self._warm: Future[tuple[paramiko.Transport, SftpSession]] | None = None
+        self._lock = threading.Lock()  # guards _warm
 
     @property
     def where(self) -> str:
@@ -306,7 +314,7 @@ class SftpTransport:
         finally:
             _close(transport, client)
 
-    def _open(self) -> tuple[paramiko.Transport, SftpSession]:
+    def _open(self, log_channel: str | None = None) -> tuple[paramiko.Transport, SftpSession]:
         conn = self.connection
         try:
             sock = socket.create_connection((conn.host, conn.port), timeout=self.timeout)
@@ -318,6 +326,8 @@ class SftpTransport:
             default_max_packet_size=self.max_packet_size,
             disabled_algorithms=disabled_algorithms(),
         )
+        if log_channel is not None:
+            transport.set_log_channel(log_channel)
         transport.banner_timeout = transport.handshake_timeout = self.timeout
         transport.auth_timeout = self.timeout
         try:
@@ -350,47 +360,87 @@ class SftpTransport:
     @contextmanager
     def warmed(self) -> Iterator[None]:
         """Open the next session on a thread of its own now: a delivery inside the block takes
-        it instead of connecting then (about 0.1-0.2 s on loopback), and one not taken is
-        closed. Whatever goes wrong opening it is left for the delivery's own connection to
-        meet and report."""
+        it instead of connecting then (about 0.1-0.2 s on loopback). What opening it met (a
+        host key the contract does not pin, a refused login, a lost connection) is the
+        delivery's first attempt's outcome. One not taken is closed, and a host key it was
+        refused is logged (the caller is leaving with an error of its own)."""
         opening: Future[tuple[paramiko.Transport, SftpSession]] = Future()
-
-        def open_ahead() -> None:
+        with self._lock:
+            ahead = self._warm is None  # one block at a time: an inner one opens nothing
+            if ahead:
+                self._warm = opening
+        if ahead:
             try:
-                opening.set_result(self._open())
-            except BaseException as exc:  # the delivery connects again, and reports it
-                opening.set_exception(exc)
-
-        self._warm = opening
-        threading.Thread(target=open_ahead, name="exchange-sftp-ahead", daemon=True).start()
+                threading.Thread(
+                    target=self._open_ahead,
+                    args=(opening,),
+                    name="exchange-sftp-ahead",
+                    daemon=True,
+                ).start()
+            except RuntimeError:  # no thread to be had: the delivery connects then
+                ahead = False
+                with self._lock:
+                    self._warm = None
         try:
             yield
         finally:
-            if self._warm is opening:  # not taken (the drop was not prepared): closed
-                self._warm = None
-                with contextlib.suppress(Exception):  # what it met is not this block's error
-                    # Waited for, briefly: a handshake cut off by the process ending makes
-                    # paramiko print its traceback.
-                    opening.result(timeout=min(self.timeout, ABANDON_SECONDS))
-                _close_when_open(opening)
+            if ahead:
+                with self._lock:
+                    untaken = self._warm is opening
+                    if untaken:
+                        self._warm = None
+                if untaken:
+                    self._abandon(opening)
+
+    def _open_ahead(self, opening: Future[tuple[paramiko.Transport, SftpSession]]) -> None:
+        try:
+            transport, client = self._open(log_channel=AHEAD_LOG)
+            transport.set_keepalive(KEEPALIVE_SECONDS)  # idle while the drop is prepared
+            opening.set_result((transport, client))
+        except BaseException as exc:  # raised where the delivery takes it
+            opening.set_exception(exc)
+
+    def _abandon(self, opening: Future[tuple[paramiko.Transport, SftpSession]]) -> None:
+        """Close a session opened ahead and not taken, once it has opened (waited for briefly:
+        a handshake cut off by the process ending makes paramiko print a traceback)."""
+        with contextlib.suppress(Exception):
+            opening.result(timeout=min(self.timeout, ABANDON_SECONDS))
+        if opening.done() and isinstance(opening.exception(), HostKeyRejected):
+            log.warning(
+                "the SFTP server at %s offered a host key the contract does not pin (met while "
+                "the drop was prepared; nothing was sent)",
+                self.where,
+            )
+        _close_when_open(opening)
 
     def _take_warm(self) -> tuple[paramiko.Transport, SftpSession] | None:
-        """The session opened ahead, once, if it opened and still answers."""
-        opening, self._warm = self._warm, None
+        """The session opened ahead, once, if it still answers (None: connect now); what
+        opening it met is raised here, as if met now."""
+        with self._lock:
+            opening, self._warm = self._warm, None
         if opening is None:
             return None
         try:
-            transport, client = opening.result(timeout=self.timeout)
-        except FutureTimeout:
+            try:
+                transport, client = opening.result(timeout=self.timeout)
+            except FutureTimeout:
+                raise ConnectionLost(
+                    f"SSH handshake with {self.where} failed or timed out"
+                ) from None
+            channel = client.get_channel()
+            assert channel is not None  # an open session has its channel
+            try:
+                channel.settimeout(ALIVE_SECONDS)
+                client.stat(".")  # idle while the drop was prepared: is it still there?
+                offered = transport.get_remote_server_key()
+            except (OSError, EOFError, paramiko.SSHException, SFTPError):
+                _close(transport, client)
+                return None  # dropped while idle (a NAT, a restart): connect again
+            channel.settimeout(self.timeout)
+            self._check_host_key(offered)  # the pins as they are now
+        except BaseException:
             _close_when_open(opening)
-            return None
-        except Exception:  # the delivery's own connection meets it again, and reports it
-            return None
-        try:
-            client.stat(".")  # idle while the drop was prepared: is it still there?
-        except (OSError, EOFError, paramiko.SSHException):
-            _close(transport, client)
-            return None
+            raise
         return transport, client
 
     @contextmanager
