@@ -17,6 +17,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -604,6 +605,48 @@ def test_a_connection_opened_ahead_that_died_is_replaced_without_a_failed_attemp
     assert len(opened) == 2 and [a.ok for a in seen] == [True]
     assert done.attempts == (Attempt(1, True),) and inbox(server) == [drop.name]
     assert not early.is_active()
+
+
+def test_a_server_away_while_the_drop_was_prepared_costs_no_attempt(
+    server: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """An old failure of the connection opened ahead is not the delivery's: it connects now."""
+    drop = make_drop(tmp_path, "c-00000000000000e6", 1000)
+    mover = transport(server)
+    seen: list[Attempt] = []
+    server.stop()
+    with mover.warmed():
+        assert mover._warm is not None
+        with pytest.raises(ConnectionLost):
+            mover._warm.result(timeout=10)
+        server.start()
+        done = mover.deliver(drop, FOLDER, drop.name, on_attempt=seen.append)
+    assert [a.ok for a in seen] == [True] and done.attempts == (Attempt(1, True),)
+    assert inbox(server) == [drop.name]
+
+
+def test_a_session_opened_ahead_that_answers_with_an_error_is_kept(
+    server: PartnerSftpServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that refuses `stat` on its root has still answered: no second connection."""
+    opened = counting_connections(monkeypatch)
+    drop = make_drop(tmp_path, "c-00000000000000e7", 1000)
+    mover = transport(server)
+    with mover.warmed():
+        assert mover._warm is not None
+        _, client = mover._warm.result(timeout=10)
+        real = client.stat
+        answers = iter([PermissionError("denied")])
+
+        def stat(path: str) -> Any:
+            for refusal in answers:
+                raise refusal
+            return real(path)
+
+        monkeypatch.setattr(client, "stat", stat)
+        done = mover.deliver(drop, FOLDER, drop.name)
+    assert len(opened) == 1 and done.attempts == (Attempt(1, True),)
+    assert inbox(server) == [drop.name]
 
 
 def test_a_host_key_refused_ahead_refuses_the_delivery_though_the_next_would_pass(

@@ -403,43 +403,58 @@ class SftpTransport:
     def _abandon(self, opening: Future[tuple[paramiko.Transport, SftpSession]]) -> None:
         """Close a session opened ahead and not taken, once it has opened (waited for briefly:
         a handshake cut off by the process ending makes paramiko print a traceback)."""
-        with contextlib.suppress(Exception):
-            opening.result(timeout=min(self.timeout, ABANDON_SECONDS))
-        if opening.done() and isinstance(opening.exception(), HostKeyRejected):
-            log.warning(
-                "the SFTP server at %s offered a host key the contract does not pin (met while "
-                "the drop was prepared; nothing was sent)",
-                self.where,
-            )
-        _close_when_open(opening)
+        try:
+            with contextlib.suppress(Exception):
+                opening.result(timeout=min(self.timeout, ABANDON_SECONDS))
+        finally:
+            _close_when_open(opening, self.where)
 
     def _take_warm(self) -> tuple[paramiko.Transport, SftpSession] | None:
-        """The session opened ahead, once, if it still answers (None: connect now); what
-        opening it met is raised here, as if met now."""
+        """The session opened ahead, once, if it still answers (None: connect now). A host key
+        it was refused is raised here, as if met now; so is any failure met while waiting for
+        it here. An older failure (the server was away while the drop was prepared) is left
+        to a connection made now."""
         with self._lock:
             opening, self._warm = self._warm, None
         if opening is None:
             return None
         try:
+            settled = opening.done()
             try:
                 transport, client = opening.result(timeout=self.timeout)
             except FutureTimeout:
                 raise ConnectionLost(
                     f"SSH handshake with {self.where} failed or timed out"
                 ) from None
+            except HostKeyRejected:
+                raise  # never connected around: an interceptor may answer only some connections
+            except Exception:
+                if settled:
+                    return None
+                raise
             channel = client.get_channel()
             assert channel is not None  # an open session has its channel
             try:
-                channel.settimeout(ALIVE_SECONDS)
+                channel.settimeout(min(self.timeout, ALIVE_SECONDS))
                 client.stat(".")  # idle while the drop was prepared: is it still there?
                 offered = transport.get_remote_server_key()
-            except (OSError, EOFError, paramiko.SSHException, SFTPError):
+            except (TimeoutError, EOFError, paramiko.SSHException, SFTPError):
                 _close(transport, client)
                 return None  # dropped while idle (a NAT, a restart): connect again
+            except OSError:  # the server answered, with an error of its own
+                if not _alive(client):
+                    _close(transport, client)
+                    return None
+                offered = transport.get_remote_server_key()
             channel.settimeout(self.timeout)
             self._check_host_key(offered)  # the pins as they are now
+            # From here on it is the delivery's session: paramiko's own log as for any other.
+            transport.set_log_channel("paramiko.transport")
+            channel.logger = paramiko.util.get_logger("paramiko.transport")
+            client.logger = paramiko.util.get_logger("paramiko.transport.sftp")
         except BaseException:
-            _close_when_open(opening)
+            if not opening.done() or opening.exception() is None:  # a session, or one to come
+                _close_when_open(opening, self.where)
             raise
         return transport, client
 
@@ -680,12 +695,20 @@ def _close(transport: paramiko.Transport, client: paramiko.SFTPClient) -> None:
     transport.close()
 
 
-def _close_when_open(opening: Future[tuple[paramiko.Transport, SftpSession]]) -> None:
-    """Close a session opened ahead and not used, now or once it has opened."""
+def _close_when_open(opening: Future[tuple[paramiko.Transport, SftpSession]], where: str) -> None:
+    """Close a session opened ahead and not used, now or once it has opened; log a host key it
+    was refused (nothing was sent: the run that opened it failed, or connected again)."""
 
     def closed(done: Future[tuple[paramiko.Transport, SftpSession]]) -> None:
-        if done.exception() is None:
+        error = done.exception()
+        if error is None:
             _close(*done.result())
+        elif isinstance(error, HostKeyRejected):
+            log.warning(
+                "the SFTP server at %s offered a host key the contract does not pin, to a "
+                "connection opened while the drop was prepared; nothing was sent over it",
+                where,
+            )
 
     opening.add_done_callback(closed)
 
