@@ -24,7 +24,6 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -282,8 +281,9 @@ class KeyHashes:
     """A key's 64-bit row hashes for the whole run, counted for repeats in flat memory.
 
     Each window's hashes are kept sorted; past `memory_bytes` they go to an unnamed temporary
-    file (0600, gone when closed), encrypted with a key only this object holds: numbers are
-    hashed by a public function, so a short key (a 10-digit id) could be found from them on disk.
+    file (0600, gone when closed), encrypted with a key only this object holds: the hashes are
+    keyed, but a universal hash is made to spread values, not to hide them, so the keys and
+    short values (a 10-digit id) are not left to be worked out from many hashes on disk.
     Repeats are then counted one leading byte at a time, so the count needs 1/256 of the run's
     hashes in memory, where one sort of all of them needed two copies (16 bytes a row: 160 MB
     at 10M rows).
@@ -297,9 +297,9 @@ class KeyHashes:
         self._file: IO[bytes] | None = None
         self._written: list[tuple[int, np.ndarray]] = []  # (offset, leading-byte cuts) per part
         self._file_key = os.urandom(32)  # AES-256-CTR over the file's bytes, by offset
-        # What `key_hashes` hashes text under for this store: its own, so nobody can aim key
-        # values at a collision.
-        self.keys = universal_hash.new_keys()
+        # What `key_hashes` hashes values under for this store: its own, so nobody can aim
+        # key values at a collision.
+        self.keys = new_key_hash_keys()
 
     def add(self, hashes: np.ndarray) -> None:
         """Take one window's hashes."""
@@ -400,14 +400,20 @@ def _cuts(part: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.searchsorted(part, edges), [len(part)]))
 
 
+def new_key_hash_keys() -> np.ndarray:
+    """Keys for one store of key hashes: a set for each column's values, and an independent
+    one for joining a composite key's column hashes."""
+    return np.stack([universal_hash.new_keys(), universal_hash.new_keys()])
+
+
 def key_hashes(table: pa.Table, columns: tuple[str, ...], keys: np.ndarray) -> np.ndarray:
     """A uint64 hash of each row's key over `columns`, for rows where no key column is empty.
 
     Vectorised over Arrow columns: equal keys hash alike in every window of a run, since a run's
     column types are fixed (an integer column is not read as float when a window has a null).
-    Text is hashed under `keys` (`exchange.universal_hash`): equal values alike only under
-    one set. A column missing from the table yields no hashes: the window's own check fails
-    it closed.
+    Every value is hashed under `keys` (`new_key_hash_keys`, `exchange.universal_hash`), so
+    equal values hash alike only under one set, and nobody can aim key values at a collision.
+    A column missing from the table yields no hashes: the window's own check fails it closed.
     """
     if not all(c in table.column_names for c in columns):
         return np.empty(0, np.uint64)
@@ -421,39 +427,47 @@ def key_hashes(table: pa.Table, columns: tuple[str, ...], keys: np.ndarray) -> n
     complete = pc.fill_null(complete, False)  # is_nan of a null is null: not complete
     if not pc.all(complete).as_py():
         parts = [pc.filter(values, complete) for values in parts]
-    arrays = [_hashable(values, keys) for values in parts]
-    frame = pd.DataFrame(
-        {str(i): pd.Series(a, dtype=a.dtype, copy=False) for i, a in enumerate(arrays)}
-    )
-    hashes = pd.util.hash_pandas_object(frame, index=False, categorize=False)
-    return hashes.to_numpy(dtype=np.uint64)
+    column_keys, joining_keys = keys
+    hashed = [_hashable(values, column_keys) for values in parts]
+    if len(hashed) == 1:
+        return hashed[0]
+    return universal_hash.fixed(np.column_stack(hashed), joining_keys)
 
 
 def _hashable(values: pa.ChunkedArray, keys: np.ndarray) -> np.ndarray:
-    """A key column, free of nulls, as a numpy array of one dtype per Arrow type."""
+    """A key column, free of nulls, as a keyed uint64 per value: numbers by their 8 bytes in
+    one dtype per Arrow type, text and binary by their bytes, anything else by its text."""
     kind = values.type
     if pa.types.is_dictionary(kind):
         values, kind = values.cast(kind.value_type), kind.value_type
+    numbers = _numbers(values, kind)
+    if numbers is not None:
+        return universal_hash.fixed(numbers.reshape(-1, 1), keys)
+    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, _is_binary)
+    if not any(test(kind) for test in text):
+        try:  # decimals and the like: by their text, which is exact for each type
+            values = values.cast(pa.large_string())
+        except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+            values = pa.chunked_array(
+                [pa.array([repr(v) for v in values.to_pylist()], pa.large_string())]
+            )
+    return universal_hash.hashes(values.combine_chunks(), keys)
+
+
+def _numbers(values: pa.ChunkedArray, kind: pa.DataType) -> np.ndarray | None:
+    """A column of numbers, booleans or times as 64-bit words (None for any other type)."""
     if pa.types.is_boolean(kind):
-        return values.to_numpy().astype(np.uint8)
+        return values.to_numpy().astype(np.uint64)
     if pa.types.is_signed_integer(kind):
-        return values.cast(pa.int64()).to_numpy()
+        return values.cast(pa.int64()).to_numpy().view(np.uint64)
     if pa.types.is_unsigned_integer(kind):
         return values.cast(pa.uint64()).to_numpy()
     if pa.types.is_floating(kind):
-        return values.cast(pa.float64()).to_numpy() + 0.0  # -0.0 and 0.0 are one key
+        return (values.cast(pa.float64()).to_numpy() + 0.0).view(np.uint64)  # -0.0 is 0.0
     if pa.types.is_temporal(kind) and not pa.types.is_interval(kind):
         width = pa.int32() if kind.bit_width == 32 else pa.int64()
-        return values.cast(width).to_numpy().astype(np.int64)
-    text = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, _is_binary)
-    if any(test(kind) for test in text):
-        # Text by a keyed universal hash taken a column at a time (hashed again below, as
-        # numbers): a fraction of the cost of pandas hashing each value as a Python object.
-        return universal_hash.hashes(values.combine_chunks(), keys)
-    try:  # decimals and the like: by their text, which is exact for each type
-        return values.cast(pa.large_string()).to_numpy()
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-        return np.array([repr(v) for v in values.to_pylist()], dtype=object)
+        return values.cast(width).to_numpy().astype(np.int64).view(np.uint64)
+    return None
 
 
 def _is_binary(kind: pa.DataType) -> bool:

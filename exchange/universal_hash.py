@@ -57,6 +57,20 @@ def hashes(values: pa.Array, keys: np.ndarray) -> np.ndarray:
     return out
 
 
+def fixed(rows: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """A uint64 for each row of an (n, w) array of 64-bit words, each row one value of 8w
+    bytes (a number's own bytes, or several hashes side by side): equal rows alike under one
+    set of keys. Rows longer than `SHORT` bytes go as binary values, by their digest."""
+    rows = np.ascontiguousarray(rows, dtype=np.uint64)
+    count, width = rows.shape
+    if 8 * width > SHORT:
+        data = pa.py_buffer(rows.tobytes())
+        values = pa.FixedSizeBinaryArray.from_buffers(pa.binary(8 * width), count, [None, data])
+        return hashes(values, keys)
+    lengths = np.full(count, 8 * width, np.uint64)
+    return _hashed(keys, lengths, rows.view("<u4"))
+
+
 def _offsets(values: pa.Array) -> np.ndarray:
     """A large binary array's value offsets (one more than its values)."""
     first = values.offset
