@@ -1,11 +1,12 @@
 """Importing cheaply: public names imported on first use (PEP 562), so that `import exchange`
-and the commands that need no data library start fast; and large imports with the garbage
-collector paused."""
+and the commands that need no data library start fast; large imports with the garbage
+collector paused; and pyarrow kept from importing pandas where nothing needs it."""
 
 from __future__ import annotations
 
 import gc
 import importlib
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -49,3 +50,36 @@ def collector_paused(*, freeze: bool = False) -> Iterator[None]:
             gc.freeze()
         if enabled:
             gc.enable()
+
+
+class _Refused:
+    """A meta path finder under which one module cannot be imported."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == self.name:
+            raise ImportError(f"{name} is not imported here")
+
+
+def arrow_without_pandas() -> None:
+    """Have pyarrow take pandas as absent until it is asked for pandas itself.
+
+    pyarrow imports pandas (about 30 MB and a tenth of a second) the first time it converts
+    Python or numpy values, to check whether they are pandas objects. The gateway's process in
+    `exchange run` converts such values but never hands pyarrow a pandas object: pandas is the
+    validation worker's. So pyarrow's first look is made here with pandas unimportable, and it
+    notes pandas as missing; anything that asks it for pandas later (`to_pandas`, when the
+    windows are validated in this process after all) makes it import pandas then, as usual.
+    Nothing if pandas is imported already; call it before other threads use pyarrow."""
+    if "pandas" in sys.modules:
+        return
+    refused = _Refused("pandas")
+    sys.meta_path.insert(0, refused)
+    try:
+        import pyarrow as pa
+
+        pa.array([0])  # its first look for pandas
+    finally:
+        sys.meta_path.remove(refused)

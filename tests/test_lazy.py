@@ -1,8 +1,11 @@
-"""Large imports with the cyclic garbage collector paused, and what it leaves as it was."""
+"""Large imports with the cyclic garbage collector paused, and what it leaves as it was; pyarrow
+kept from importing pandas until something asks it for pandas."""
 
 from __future__ import annotations
 
 import gc
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -52,3 +55,37 @@ def test_freeze_moves_what_the_block_built_out_of_later_collections(collector: N
         built = [[] for _ in range(1000)]
     assert gc.isenabled()
     assert gc.get_freeze_count() >= frozen + len(built)
+
+
+# Run in a fresh interpreter: this session has pandas loaded already.
+WITHOUT_PANDAS = """
+import sys
+import numpy as np
+from exchange.lazy import arrow_without_pandas
+arrow_without_pandas()
+import pyarrow as pa
+import pyarrow.compute as pc
+from exchange.crypto.keyed import KeyedHash
+assert pa.array(["a", None]).type == pa.string()
+assert pa.array(np.arange(3)).type == pa.int64()
+assert pa.scalar(b"x", pa.binary()).as_py() == b"x"
+assert len(KeyedHash(b"k" * 32).array(pa.array([b"v%d" % i for i in range(5000)]))) == 160000
+assert pc.sum(pa.array([1, 2])).as_py() == 3
+print("pandas" in sys.modules)
+frame = pa.table({"a": [1, 2], "b": ["x", None]}).to_pandas()
+import pandas as pd
+assert frame["a"].tolist() == [1, 2]
+assert pa.array(pd.Series([1.5, None])).null_count == 1
+assert pa.types.is_dictionary(pa.array(pd.Categorical(["x", "y", "x"])).type)
+print("pandas" in sys.modules)
+"""
+
+
+def test_pyarrow_imports_pandas_only_when_asked_for_it() -> None:
+    """Converting values (lists, numpy, scalars, DataFusion's hashing) leaves pandas out; the
+    first `to_pandas` brings it in, and pandas objects convert as usual from then on."""
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_PANDAS], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "True"]
