@@ -17,12 +17,19 @@ SECRET_PREFIXES = ("EXCHANGE_SECRET_", "EXCHANGE_CONN_")
 LOG_FORMATS = ("text", "json")
 
 
+# mimalloc (pyarrow's and DataFusion's allocator), read when those libraries load: freed pages
+# handed back to the system at once, not kept for reuse (about 60 MB less at 1M rows, no
+# slower: BENCHMARKS.md, fifth round); and no transparent huge pages, where one live block
+# keeps 2 MiB resident and a purge of less gives nothing back (20-35 MB less: twelfth round).
+ALLOCATOR_SETTINGS = {"MIMALLOC_PURGE_DELAY": "0", "MIMALLOC_ALLOW_THP": "0"}
+
+
 def release_memory_promptly(environ: MutableMapping[str, str] | None = None) -> None:
-    """Have mimalloc (pyarrow's and DataFusion's allocator) hand freed pages back to the system
-    at once instead of keeping them for reuse: about 60 MB less peak at 1M rows and no slower
-    (BENCHMARKS.md, fifth round). mimalloc reads it when those libraries load, so a command
-    calls this before they are imported; an operator's own value is kept."""
-    (os.environ if environ is None else environ).setdefault("MIMALLOC_PURGE_DELAY", "0")
+    """Set `ALLOCATOR_SETTINGS` where the operator has not set them. mimalloc reads them when
+    pyarrow or DataFusion loads, so a command calls this before they are imported."""
+    environ = os.environ if environ is None else environ
+    for name, value in ALLOCATOR_SETTINGS.items():
+        environ.setdefault(name, value)
 
 
 def _block_size(text: str | None) -> int:

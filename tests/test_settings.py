@@ -15,10 +15,10 @@ def test_mimalloc_returns_memory_promptly_unless_the_operator_said_otherwise() -
 
     environ: dict[str, str] = {}
     release_memory_promptly(environ)
-    assert environ == {"MIMALLOC_PURGE_DELAY": "0"}
-    chosen = {"MIMALLOC_PURGE_DELAY": "250"}
+    assert environ == {"MIMALLOC_PURGE_DELAY": "0", "MIMALLOC_ALLOW_THP": "0"}
+    chosen = {"MIMALLOC_PURGE_DELAY": "250", "MIMALLOC_ALLOW_THP": "1"}
     release_memory_promptly(chosen)
-    assert chosen == {"MIMALLOC_PURGE_DELAY": "250"}
+    assert chosen == {"MIMALLOC_PURGE_DELAY": "250", "MIMALLOC_ALLOW_THP": "1"}
 
 
 def test_the_command_sets_it_before_pyarrow_loads(tmp_path: Path) -> None:

@@ -204,9 +204,10 @@ def test_the_worker_gets_no_secrets_in_its_environment(
 def test_the_worker_hands_freed_memory_back_at_once_unless_told_otherwise() -> None:
     """Its allocator returns a window's memory once it is answered; an operator's own
     setting of the purge delay is kept."""
-    assert worker.child_environment({})["MIMALLOC_PURGE_DELAY"] == "0"
-    kept = worker.child_environment({"MIMALLOC_PURGE_DELAY": "250"})
-    assert kept["MIMALLOC_PURGE_DELAY"] == "250"
+    given = worker.child_environment({})
+    assert (given["MIMALLOC_PURGE_DELAY"], given["MIMALLOC_ALLOW_THP"]) == ("0", "0")
+    kept = worker.child_environment({"MIMALLOC_PURGE_DELAY": "250", "MIMALLOC_ALLOW_THP": "1"})
+    assert (kept["MIMALLOC_PURGE_DELAY"], kept["MIMALLOC_ALLOW_THP"]) == ("250", "1")
 
 
 def test_by_default_a_worker_unless_great_expectations_is_loaded_here(

@@ -35,7 +35,7 @@ from typing import IO, Any, TypeGuard
 
 from exchange.lazy import collector_paused
 from exchange.pipes import read_exactly, write_all
-from exchange.settings import release_memory_promptly
+from exchange.settings import ALLOCATOR_SETTINGS, release_memory_promptly
 from validators.rules import Failure, Rule
 
 _SIZE = struct.Struct("<Q")
@@ -45,8 +45,8 @@ _RULES, _WINDOW, _END = b"R", b"W", b"E"
 ANSWER_SECONDS = 900.0
 _HELLO_SECONDS = 60.0
 # What the child may see of the environment: enough to run Python and find its packages, and
-# an operator's own setting of the allocator's purge delay.
-_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "HOME", "MIMALLOC_PURGE_DELAY")
+# an operator's own settings of the allocator.
+_PASSED_ENV = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "HOME", *ALLOCATOR_SETTINGS)
 
 
 class WorkerUnavailable(Exception):
@@ -72,7 +72,7 @@ def child_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
     env["GX_ANALYTICS_ENABLED"] = "false"
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     # Each window's frame and Great Expectations' masks are freed once it is answered: handed
-    # back at once, the child holds 30-45 MB less between windows (BENCHMARKS.md, 12th round).
+    # back at once, the child holds 30-45 MB less between windows (BENCHMARKS.md, twelfth round).
     release_memory_promptly(env)
     return env
 
