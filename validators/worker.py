@@ -136,15 +136,29 @@ class Worker:
         self._greeted = True
 
     def submit(self, batches: Sequence[Any]) -> None:
-        """Send one window (Arrow record batches of one schema) to be validated."""
+        """Send one window (Arrow record batches of one schema) to be validated: as an Arrow
+        IPC stream written straight into the pipe, so no copy of the window is made here."""
         import pyarrow as pa
 
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, batches[0].schema) as writer:
-            for batch in batches:
-                writer.write_batch(batch)
+        measured = pa.MockOutputStream()  # the stream's length, to announce it first
+        _write_stream(measured, batches)
         self._windows += 1
-        self._send(_WINDOW, sink.getvalue(), ANSWER_SECONDS)
+        deadline = time.monotonic() + ANSWER_SECONDS
+        sink = _PipeSink(self._in, deadline)
+        try:
+            write_all(self._in, _WINDOW + _SIZE.pack(measured.size()), deadline)
+            _write_stream(sink, batches)
+        except OSError as exc:
+            self.close(kill=True)
+            raise WorkerFailed(
+                f"the validation worker stopped taking windows ({self._ended(exc)})"
+            ) from None
+        except BaseException:  # the frame is cut short: the child can only be stopped
+            self.close(kill=True)
+            raise
+        if sink.written != measured.size():
+            self.close(kill=True)
+            raise WorkerFailed("a window's stream was not the length announced to the worker")
 
     def answered(self) -> bool:
         """Whether the oldest pending verdict can be read without waiting."""
@@ -267,6 +281,35 @@ class Worker:
         except subprocess.TimeoutExpired:
             return type(exc).__name__ if exc else "still running"
         return f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+
+
+class _PipeSink:
+    """A file-like object pyarrow writes an IPC stream into: each buffer goes to the pipe by
+    the deadline as it is written."""
+
+    closed = False
+
+    def __init__(self, fd: int, deadline: float) -> None:
+        self._fd = fd
+        self._deadline = deadline
+        self.written = 0
+
+    def write(self, data: Any) -> int:
+        view = memoryview(data).cast("B")
+        write_all(self._fd, view, self._deadline)
+        self.written += view.nbytes
+        return view.nbytes
+
+    def flush(self) -> None:
+        pass
+
+
+def _write_stream(sink: Any, batches: Sequence[Any]) -> None:
+    import pyarrow as pa
+
+    with pa.ipc.new_stream(sink, batches[0].schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
 
 
 # --- one idle worker per process, for the next suite ---------------------------------------
