@@ -38,3 +38,51 @@ def test_the_command_sets_it_before_pyarrow_loads(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[-1] == "0 False"
+
+
+FREED_BLOCKS = """
+import ctypes, sys
+from exchange.settings import return_freed_blocks
+libc = ctypes.CDLL(None)
+libc.malloc.restype = ctypes.c_void_p
+libc.free.argtypes = [ctypes.c_void_p]
+if sys.argv[1] == "set":
+    assert return_freed_blocks({})
+def resident():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS"):
+            return int(line.split()[1]) >> 10
+first = libc.malloc(8 << 20)  # freed, it raises glibc's own threshold to 8 MiB
+ctypes.memset(first, 1, 8 << 20)
+libc.free(first)
+blocks, pins = [], []
+for _ in range(16):
+    blocks.append(libc.malloc(2 << 20))
+    ctypes.memset(blocks[-1], 1, 2 << 20)
+    pins.append(libc.malloc(128 << 10))  # keeps each freed block from the heap's top
+before = resident()
+for block in blocks:
+    libc.free(block)
+print(before - resident())
+"""
+
+
+def test_freed_blocks_of_a_few_mib_go_back_to_the_system() -> None:
+    """With the thresholds set, 2 MiB blocks freed between live ones are returned at once;
+    glibc on its own keeps them once a larger block was freed before."""
+    returned = {}
+    for mode in ("set", "default"):
+        done = subprocess.run(
+            [sys.executable, "-c", FREED_BLOCKS, mode], capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        returned[mode] = int(done.stdout)
+    assert returned["set"] >= 30
+    assert returned["default"] <= 2
+
+
+def test_an_operators_own_malloc_tuning_is_left_alone() -> None:
+    from exchange.settings import return_freed_blocks
+
+    assert not return_freed_blocks({"MALLOC_ARENA_MAX": "2"})
+    assert not return_freed_blocks({"GLIBC_TUNABLES": "glibc.malloc.mmap_threshold=65536"})
