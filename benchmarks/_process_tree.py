@@ -4,6 +4,9 @@ wait4 gives only the largest single process of a tree. A run can have a helper (
 validation worker), so this samples every few tenths of a second: each process's
 own peak (VmHWM, which the kernel keeps, so only growth in its last moments can be missed)
 and the largest sum of the tree's resident sets at one instant (sampled, so a lower bound).
+RSS counts a page shared by two processes (a library both load) in each; the tree's
+proportional set size (PSS, from smaps_rollup: a shared page split between its users) is
+summed too, which is the memory the tree occupies.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ class TreePeaks:
 
     by_role: dict[str, float] = field(default_factory=dict)
     tree_mb: float = 0.0
+    tree_pss_mb: float = 0.0  # the largest sum of the tree's PSS at one instant
 
     @property
     def sum_of_peaks(self) -> float:
@@ -57,17 +61,19 @@ class TreeWatch:
             self.sample()
 
     def sample(self) -> None:
-        total = 0.0
+        total = proportional = 0.0
         for pid in _tree(self.root):
             status = _status(pid)
             if status is None:
                 continue
             hwm, rss = status
             total += rss
+            proportional += _pss(pid)
             role = "main" if pid == self.root else _role(pid)
             _, before = self._peak_by_pid.get(pid, (role, 0.0))
             self._peak_by_pid[pid] = (role, max(before, hwm))
         self.peaks.tree_mb = max(self.peaks.tree_mb, total)
+        self.peaks.tree_pss_mb = max(self.peaks.tree_pss_mb, proportional)
 
 
 def _tree(root: int) -> list[int]:
@@ -105,6 +111,18 @@ def _status(pid: int) -> tuple[float, float] | None:
     if len(values) < 2:
         return None  # a zombie has no memory left
     return values[b"VmHWM"], values[b"VmRSS"]
+
+
+def _pss(pid: int) -> float:
+    """The process's proportional set size in MB (0 once it has gone)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as handle:
+            for line in handle:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
 
 
 def _role(pid: int) -> str:

@@ -16,8 +16,9 @@ pays for writing back the drops of the runs before it (at 10M rows, 700 MB each)
 runs as a child process tree measured by wait4: wall time, user + system CPU, and
 the peak RSS of the largest single process. The tree is also sampled from /proc while it runs
 (`_process_tree.py`): each process's own peak (the gateway's main process and its validation
-worker) and the largest sum of the tree's RSS seen at one instant. Medians
-and ratios (A / B) are printed.
+worker), and the largest sums of the tree's RSS and of its PSS (a page shared by the two
+processes, such as a library both load, counted once) seen at one instant. Medians and
+ratios (A / B) are printed.
 """
 
 from __future__ import annotations
@@ -55,6 +56,10 @@ class Sample:
     @property
     def tree_mb(self) -> float:
         return self.tree.tree_mb
+
+    @property
+    def tree_pss_mb(self) -> float:
+        return self.tree.tree_pss_mb
 
 
 def measured(command: list[str], env: dict[str, str]) -> Sample:
@@ -147,25 +152,26 @@ def run(bench: Bench, rows: int, pairs: int) -> None:
             parts = ", ".join(f"{role} {mb:.0f}" for role, mb in sample.tree.by_role.items())
             print(
                 f"  pair {n + 1} {label}: wall {sample.wall:6.2f} s  cpu {sample.cpu:6.2f} s  "
-                f"peak RSS {sample.rss_mb:6.0f} MB  (tree at once {sample.tree_mb:.0f} MB; "
-                f"each process's peak MB: {parts})",
+                f"peak RSS {sample.rss_mb:6.0f} MB  (tree at once {sample.tree_mb:.0f} MB, "
+                f"PSS {sample.tree_pss_mb:.0f} MB; each process's peak MB: {parts})",
                 flush=True,
             )
-    print(f"\nmedians at {rows:,} rows        wall s    CPU s   peak RSS MB   tree MB")
+    print(f"\nmedians at {rows:,} rows        wall s    CPU s   peak RSS MB   tree MB  tree PSS MB")
     medians = {}
-    keys = ("wall", "cpu", "rss_mb", "tree_mb")
+    keys = ("wall", "cpu", "rss_mb", "tree_mb", "tree_pss_mb")
     for label, runs in (("exchange run", gateway), ("raw chain", raw)):
         m = [statistics.median(getattr(s, k) for s in runs) for k in keys]
         medians[label] = m
-        print(f"{label:28} {m[0]:8.2f} {m[1]:8.2f} {m[2]:12.0f} {m[3]:9.0f}")
+        print(f"{label:28} {m[0]:8.2f} {m[1]:8.2f} {m[2]:12.0f} {m[3]:9.0f} {m[4]:12.0f}")
     a, b = medians["exchange run"], medians["raw chain"]
     print(
         f"{'ratio (A / B)':28} {a[0] / b[0]:7.2f}x {a[1] / b[1]:7.2f}x {a[2] / b[2]:11.2f}x "
-        f"{a[3] / b[3]:8.2f}x"
+        f"{a[3] / b[3]:8.2f}x {a[4] / b[4]:11.2f}x"
     )
     print(
-        "peak RSS: the largest single process (wait4); tree: the largest sum of the process "
-        "tree's RSS at one instant (sampled every 0.2 s)"
+        "peak RSS: the largest single process (wait4); tree: the largest sums of the process "
+        "tree's RSS and PSS at one instant (sampled every 0.2 s; PSS counts a page shared by "
+        "two processes once)"
     )
 
 

@@ -5,7 +5,8 @@
 Each size runs `exchange run` in its own process against a real partner sshd, and reports that
 process's peak resident set size (ru_maxrss) beside the source file's size; and, sampled from
 /proc while it runs (`_process_tree.py`), the peak of its validation worker process, of the
-largest process of the run, and the largest sum of the run's processes at one instant.
+largest process of the run, and the largest sums of the run's processes' RSS and PSS at one
+instant (PSS: a page the processes share, such as a library both load, counted once).
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def main() -> None:
     try:
         print(
             f"{'rows':>10} {'source MB':>10} {'rows sent':>10} {'main MB':>8} {'worker MB':>10} "
-            f"{'largest MB':>11} {'tree MB':>8}"
+            f"{'largest MB':>11} {'tree MB':>8} {'tree PSS MB':>12}"
         )
-        peaks = []
+        peaks, trees = [], []
         for rows in args.rows:
             source = bench.source(rows)
             env = {**os.environ, **bench.env}
@@ -61,22 +62,23 @@ def main() -> None:
             worker_mb = watch.peaks.by_role.get("validation worker", 0.0)
             largest = max([main_mb, *watch.peaks.by_role.values()])
             peaks.append(largest)
+            trees.append(watch.peaks.tree_mb)
             source_mb = source.stat().st_size / 1e6
             print(
                 f"{rows:>10,} {source_mb:>10,.0f} {sent:>10} {main_mb:>8,.0f} {worker_mb:>10,.0f} "
-                f"{largest:>11,.0f} {watch.peaks.tree_mb:>8,.0f}",
+                f"{largest:>11,.0f} {watch.peaks.tree_mb:>8,.0f} {watch.peaks.tree_pss_mb:>12,.0f}",
                 flush=True,
             )
         print(
             "main: the run's process (ru_maxrss); worker: its validation worker; largest: the "
-            "largest single process; tree: the largest sum of the run's processes at one instant "
-            "(sampled every 0.2 s)"
+            "largest single process; tree: the largest sums of the run's processes' RSS and PSS "
+            "at one instant (sampled every 0.2 s)"
         )
         if len(peaks) > 1:
             growth = args.rows[-1] / args.rows[0]
             print(
                 f"\ninput grew {growth:.0f}x; the largest process's peak grew "
-                f"{peaks[-1] / peaks[0]:.2f}x"
+                f"{peaks[-1] / peaks[0]:.2f}x, the processes' together {trees[-1] / trees[0]:.2f}x"
             )
     finally:
         bench.server.stop()
