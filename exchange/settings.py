@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
@@ -31,32 +30,6 @@ def release_memory_promptly(environ: MutableMapping[str, str] | None = None) -> 
     environ = os.environ if environ is None else environ
     for name, value in ALLOCATOR_SETTINGS.items():
         environ.setdefault(name, value)
-
-
-# glibc's malloc (Python's larger objects, numpy, DataFusion): blocks of 256 KiB and more mapped
-# on their own and unmapped when freed, and the heap's free top handed back past 1 MiB. By
-# default the first threshold rises with every such block freed (up to 32 MiB), and a run's
-# arrays of a few MiB were then kept in the heap once freed: 15-25 MB less in the gateway's
-# process at 1M rows (BENCHMARKS.md, twelfth round). mallopt's parameter numbers (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-MALLOC_THRESHOLDS = {_M_MMAP_THRESHOLD: 256 << 10, _M_TRIM_THRESHOLD: 1 << 20}
-
-
-def return_freed_blocks(environ: Mapping[str, str] | None = None) -> bool:
-    """Set `MALLOC_THRESHOLDS` in this process, unless the operator tuned glibc's malloc
-    already (its variables are read as the process starts). Whether they were set: not
-    without glibc."""
-    environ = os.environ if environ is None else environ
-    if any(name.startswith("MALLOC_") or name == "GLIBC_TUNABLES" for name in environ):
-        return False
-    try:
-        glibc = os.confstr("CS_GNU_LIBC_VERSION")  # "glibc 2.36"; an error elsewhere
-    except (ValueError, OSError):
-        return False
-    if not glibc:
-        return False
-    mallopt = ctypes.CDLL(None).mallopt
-    return all(mallopt(param, value) == 1 for param, value in MALLOC_THRESHOLDS.items())
 
 
 def _block_size(text: str | None) -> int:

@@ -30,7 +30,7 @@ from exchange.cli._common import (
 )
 from exchange.cli.officers import DIFF_EXIT_CODES
 from exchange.errors import ContractError, ExchangeError, Retryable
-from exchange.settings import release_memory_promptly, return_freed_blocks
+from exchange.settings import release_memory_promptly
 
 if TYPE_CHECKING:
     from exchange.cli._common import Subcommands
@@ -75,7 +75,6 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; print one clear line on failure and return its exit code."""
     release_memory_promptly()  # before a command imports pyarrow
-    return_freed_blocks()
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
