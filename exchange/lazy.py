@@ -75,11 +75,22 @@ def arrow_without_pandas() -> None:
     Nothing if pandas is imported already; call it before other threads use pyarrow."""
     if "pandas" in sys.modules:
         return
-    refused = _Refused("pandas")
-    sys.meta_path.insert(0, refused)
-    try:
-        import pyarrow as pa
+    import pyarrow as pa  # before the refusal: nothing but pyarrow's look is made under it
 
+    refused = _Refused("pandas")
+    try:
+        sys.meta_path.insert(0, refused)
         pa.array([0])  # its first look for pandas
     finally:
-        sys.meta_path.remove(refused)
+        if refused in sys.meta_path:
+            sys.meta_path.remove(refused)
+
+
+def arrow_sees_pandas() -> None:
+    """Have pyarrow look for pandas again once it is imported (after `arrow_without_pandas`),
+    so that pandas objects given to it convert as such (a Series' NaN as null, a Categorical
+    as a dictionary) before anything has called `to_pandas`."""
+    if "pandas" in sys.modules and "pyarrow" in sys.modules:
+        import pyarrow as pa
+
+        pa.table({}).to_pandas()  # asking pyarrow for pandas makes it look again

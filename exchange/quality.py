@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 from exchange import universal_hash
 from exchange.contract import Contract
 from exchange.errors import ExchangeError, QualityFailed
+from exchange.lazy import arrow_sees_pandas
 from exchange.quality_rules import compile_rules
 from validators.rules import Failure, Rule, compound_label
 from validators.worker import Worker, WorkerFailed, WorkerUnavailable, give_back, take
@@ -377,6 +378,7 @@ class _Loading:
         try:
             from validators.suite import BatchValidator  # Great Expectations is slow to import
 
+            arrow_sees_pandas()  # `exchange run` kept pandas from pyarrow's view until now
             self._validator = BatchValidator(name, rules)
         except BaseException as exc:  # raised again, unchanged, where the validator is needed
             self._error = exc
@@ -472,5 +474,8 @@ def _numbers(values: pa.ChunkedArray, kind: pa.DataType) -> np.ndarray | None:
 
 def _is_binary(kind: pa.DataType) -> bool:
     return bool(
-        pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_binary_view(kind)
+        pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or pa.types.is_binary_view(kind)
+        or pa.types.is_fixed_size_binary(kind)
     )

@@ -21,6 +21,7 @@ LOG_FORMATS = ("text", "json")
 # handed back to the system at once, not kept for reuse (about 60 MB less at 1M rows, no
 # slower: BENCHMARKS.md, fifth round); and no transparent huge pages, where one live block
 # keeps 2 MiB resident and a purge of less gives nothing back (20-35 MB less: twelfth round).
+# mimalloc turns them off for the whole process (prctl), and for the processes it starts.
 ALLOCATOR_SETTINGS = {"MIMALLOC_PURGE_DELAY": "0", "MIMALLOC_ALLOW_THP": "0"}
 
 

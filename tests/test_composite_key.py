@@ -257,6 +257,8 @@ KEYS = new_key_hash_keys()
         ),
         (pa.array([decimal.Decimal("1.10")]), pa.array([decimal.Decimal("1.10")]), (1, 1, 1)),
         (pa.array([b"\xff\x00"]), pa.array([b"\xff\x00"]), (1, 1, 1)),
+        # Fixed-width binary by its bytes, whatever else is in the window (not by its text).
+        (pa.array([b"ab"], pa.binary(2)), pa.array([b"\xff\xfe", b"ab"], pa.binary(2)), (1, 2, 1)),
         (pa.array(["a", "b"]), pa.array(["b"], pa.string_view()), (2, 1, 1)),
         (pa.array(["x", "y"]).dictionary_encode(), pa.array(["y"]).dictionary_encode(), (2, 1, 1)),
     ],

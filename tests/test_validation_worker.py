@@ -390,3 +390,25 @@ def test_the_child_imports_great_expectations_without_its_sql_and_s3_extras() ->
     )
     assert done.stdout.splitlines() == ["[True] [1]", "[]"]
     import sqlalchemy  # noqa: F401 - this process (the gateway's) keeps it
+
+
+def test_a_window_cut_short_writes_nothing_more() -> None:
+    """An interrupt while a window goes into the pipe leaves the stream as it is: no end
+    marker is written after it (which would wait on a full pipe), and the interrupt is raised."""
+    import pyarrow as pa
+
+    calls: list[int] = []
+
+    class Interrupted:
+        closed = False
+
+        def write(self, data: object) -> int:
+            calls.append(memoryview(data).nbytes)  # type: ignore[arg-type]
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return calls[-1]
+
+    batches = pa.table({"a": list(range(1000)), "b": ["x"] * 1000}).to_batches(max_chunksize=100)
+    with pytest.raises(KeyboardInterrupt):
+        worker._write_stream(Interrupted(), batches)
+    assert len(calls) == 3

@@ -307,9 +307,12 @@ class _PipeSink:
 def _write_stream(sink: Any, batches: Sequence[Any]) -> None:
     import pyarrow as pa
 
-    with pa.ipc.new_stream(sink, batches[0].schema) as writer:
-        for batch in batches:
-            writer.write_batch(batch)
+    # Closed (its end marker written) only once every batch is in: a writer left by an error
+    # or an interrupt writes nothing more, where a `with` would wait on the pipe to end it.
+    writer = pa.ipc.new_stream(sink, batches[0].schema)
+    for batch in batches:
+        writer.write_batch(batch)
+    writer.close()
 
 
 # --- one idle worker per process, for the next suite ---------------------------------------
