@@ -435,9 +435,9 @@ class SftpTransport:
             channel = client.get_channel()
             assert channel is not None  # an open session has its channel
             try:
+                offered = transport.get_remote_server_key()
                 channel.settimeout(min(self.timeout, ALIVE_SECONDS))
                 client.stat(".")  # idle while the drop was prepared: is it still there?
-                offered = transport.get_remote_server_key()
             except (TimeoutError, EOFError, paramiko.SSHException, SFTPError):
                 _close(transport, client)
                 return None  # dropped while idle (a NAT, a restart): connect again
@@ -445,7 +445,6 @@ class SftpTransport:
                 if not _alive(client):
                     _close(transport, client)
                     return None
-                offered = transport.get_remote_server_key()
             channel.settimeout(self.timeout)
             self._check_host_key(offered)  # the pins as they are now
             # From here on it is the delivery's session: paramiko's own log as for any other.
