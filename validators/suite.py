@@ -164,4 +164,21 @@ class BatchValidator:
         """GX's validation result for the frame."""
         with memoised():  # GX would rebuild each expectation's configuration ~90 times
             batch = self._batch_definition.get_batch(batch_parameters={"dataframe": frame})
-            return batch.validate(self._suite, result_format=result_format)
+            try:
+                return batch.validate(self._suite, result_format=result_format)
+            finally:
+                _forget(batch)
+
+
+def _forget(batch: Any) -> None:
+    """Have GX let go of a frame once it has validated it.
+
+    Its execution engine keeps the last frame (in its batch caches) and every metric it computed
+    on it (condition masks, unique values: as large as the frame's columns) until the next frame
+    replaces them: 15-25 MB held between windows for nothing (BENCHMARKS.md, thirteenth round).
+    And no frame's metrics may stand in for the next one's: every window has the same batch id,
+    and GX takes a dependency a run did not compute from that cache."""
+    engine = batch.data.execution_engine
+    engine.batch_manager.reset_batch_cache()
+    engine.batch_manager.batch_data_cache.clear()
+    engine._metric_cache.clear()  # GX's fluent data sources have no setting to turn it off

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import subprocess
 import sys
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -241,6 +243,22 @@ def test_successive_frames_are_validated_independently(validator: BatchValidator
     assert [(f.rule.column, f.unexpected_count) for f in first] == [("age", 1)]
     assert second == []
     assert [(f.rule.column, f.unexpected_count) for f in third] == [("sex", 2)]
+
+
+def test_nothing_of_a_validated_frame_is_kept(validator: BatchValidator) -> None:
+    """Once a frame has its verdict (passed, or failed and counted), GX holds neither the frame
+    nor a metric computed on it: the next window starts from nothing."""
+    for make in (good_frame, lambda: with_column("age", [-5, 1, 2, 3, 4, 5])):
+        frame = make()
+        gone = weakref.ref(frame)
+        validator.validate(frame)
+        del frame
+        gc.collect()
+        assert gone() is None
+        engine = validator._batch_definition.data_asset.datasource.get_execution_engine()
+        assert not engine.batch_manager.batch_data_cache
+        assert not engine.batch_manager.batch_cache
+        assert not engine._metric_cache
 
 
 def test_failures_follow_rule_order(validator: BatchValidator) -> None:
