@@ -10,14 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from hashlib import sha256
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exchange.crypto.keyed import KeyedHash
+from exchange.crypto.keyed import KeyedHash, sha256_digests
 from exchange.errors import Refused
 from exchange.types import arrow_type
 
@@ -107,22 +106,29 @@ def _as_binary(values: pa.Array) -> pa.Array:
     return pc.cast(pc.fill_null(values, ""), target)
 
 
-def _hex_column(joined: bytes, count: int, width: int) -> pa.Array:
-    """One string of `2 * width` hex characters per digest, built in one pass, not per row."""
-    text = joined.hex().encode("ascii")
+# Each byte's two lowercase hex digits, as the little-endian 16-bit word they form in memory.
+_HEX_PAIRS = np.array([int.from_bytes(b"%02x" % byte, "little") for byte in range(256)], "<u2")
+
+
+def _hex_column(digests: np.ndarray) -> pa.Array:
+    """One string of hex characters per row of an (n, width) uint8 array, written by one
+    lookup straight into Arrow's memory (as `bytes.hex`, with no Python-side copy to free)."""
+    count, width = digests.shape
+    text = pa.allocate_buffer(2 * width * count)
+    digits = np.frombuffer(text, dtype="<u2").reshape(count, width)
+    np.take(_HEX_PAIRS, digests, out=digits, mode="clip")  # every uint8 is an index: no clipping
     chars = 2 * width
     offsets = np.arange(0, chars * (count + 1), chars, dtype=np.int32)
-    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), pa.py_buffer(text))
+    return pa.StringArray.from_buffers(count, pa.py_buffer(offsets), text)
 
 
-def _per_value(values: pa.Array, digest: Callable[[pa.Array], bytes], width: int) -> pa.Array:
-    """Apply a digest function (binary array in, joined digests out) over a text column,
-    keeping nulls null."""
+def _per_value(values: pa.Array, digest: Callable[[pa.Array], np.ndarray]) -> pa.Array:
+    """Apply a digest function (binary array in, an (n, width) uint8 array of digests out) over
+    a text column, keeping nulls null."""
     data = _as_binary(values)
     parts = []
     for start in range(0, max(len(data), 1), _CHUNK_ROWS):
-        chunk = data.slice(start, _CHUNK_ROWS)
-        parts.append(_hex_column(digest(chunk), len(chunk), width))
+        parts.append(_hex_column(digest(data.slice(start, _CHUNK_ROWS))))
     out = parts[0] if len(parts) == 1 else pa.concat_arrays(parts)
     if values.null_count:
         out = pc.if_else(pc.is_valid(values), out, pa.scalar(None, pa.string()))
@@ -133,10 +139,9 @@ def pseudonymise(key: bytes) -> Transform:
     """Keyed HMAC-SHA256 of the value: stable across runs, not reversible without the key."""
     if len(key) < MIN_KEY_BYTES:
         raise ValueError(f"a pseudonymisation key needs at least {MIN_KEY_BYTES} bytes")
-    width = PSEUDONYM_HEX_CHARS // 2
     # The same HMAC-SHA256, a column at a time off the GIL when large (exchange.crypto.keyed).
-    digests = KeyedHash(key, width).array
-    return lambda values: _per_value(values, digests, width)
+    digests = KeyedHash(key, PSEUDONYM_HEX_CHARS // 2).macs
+    return lambda values: _per_value(values, digests)
 
 
 def pseudonymise_with(key: bytes | None) -> Transform:
@@ -148,19 +153,7 @@ def pseudonymise_with(key: bytes | None) -> Transform:
 
 def hash_() -> Transform:
     """Unkeyed SHA-256 of the value, 64 hex characters. Not a pseudonym: anyone can recompute it."""
-    empty = sha256()
-
-    def digests(values: pa.Array) -> bytes:
-        copy = empty.copy
-        out: list[bytes] = []
-        append = out.append
-        for item in values.to_pylist():
-            h = copy()
-            h.update(item)
-            append(h.digest())
-        return b"".join(out)
-
-    return lambda values: _per_value(values, digests, 32)
+    return lambda values: _per_value(values, sha256_digests)
 
 
 def years_before(day: dt.date, years: int) -> dt.date:

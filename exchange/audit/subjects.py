@@ -70,11 +70,9 @@ def sorted_hashes(
     distinct = pc.unique(text.drop_null() if nulls else text)
     mac = KeyedHash(key, HASH_BYTES)  # subject_hash's HMAC, faster (exchange.crypto.keyed)
     data = pc.cast(distinct, pa.large_binary())
-    out = b"".join(
-        mac.array(data.slice(start, HASH_CHUNK)) for start in range(0, len(data), HASH_CHUNK)
-    )
-    words = np.frombuffer(out, dtype=">u8").reshape(-1, 2)
-    return sorted_distinct(words), nulls
+    parts = [mac.macs(data.slice(at, HASH_CHUNK)) for at in range(0, len(data), HASH_CHUNK)]
+    macs = np.concatenate(parts) if parts else np.empty((0, HASH_BYTES), np.uint8)
+    return sorted_distinct(macs.view(">u8")), nulls  # each row's 16 bytes as two words
 
 
 def sorted_distinct(words: np.ndarray) -> np.ndarray:

@@ -73,15 +73,21 @@ class KeyedHash:
         """The truncated MACs of the values, concatenated (`width` bytes each)."""
         return b"".join(self.digests(items))
 
-    def array(self, values: pa.Array) -> bytes:
-        """`joined` over an Arrow binary array without nulls, column-wise when it is large."""
+    def macs(self, values: pa.Array) -> np.ndarray:
+        """Each value's MAC as a row of an (n, width) uint8 array, over an Arrow binary array
+        without nulls; column-wise when it is large (a view of DataFusion's output: no copy)."""
         if values.null_count:
             raise ValueError("keyed hashing takes no nulls")
         if len(values) >= COLUMNAR_MIN_ITEMS and _columnar.usable():
             macs = _columnar.digests(values, self)
             if macs is not None:
-                return np.ascontiguousarray(macs[:, : self.width]).tobytes()
-        return self.joined(values.to_pylist())
+                return macs[:, : self.width]
+        joined = self.joined(values.to_pylist())
+        return np.frombuffer(joined, dtype=np.uint8).reshape(-1, self.width)
+
+    def array(self, values: pa.Array) -> bytes:
+        """`joined` over an Arrow binary array without nulls, column-wise when it is large."""
+        return np.ascontiguousarray(self.macs(values)).tobytes()
 
 
 # DataFusion logs its plans at DEBUG through Python's logging, and a plan holds the padded key
