@@ -53,14 +53,28 @@ def collector_paused(*, freeze: bool = False) -> Iterator[None]:
 
 
 class _Refused:
-    """A meta path finder under which one module cannot be imported."""
+    """A meta path finder under which some packages and their submodules cannot be imported."""
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self, roots: frozenset[str]) -> None:
+        self.roots = roots
 
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if name == self.name:
-            raise ImportError(f"{name} is not imported here")
+        if name.partition(".")[0] in self.roots:
+            raise ModuleNotFoundError(f"{name} is not imported here", name=name)
+
+
+@contextmanager
+def refused(packages: tuple[str, ...]) -> Iterator[None]:
+    """Within the block, each package named (and its submodules) cannot be imported, as if it
+    were not installed; one imported already is left alone. For a library that imports an
+    optional package for a feature the gateway never uses."""
+    finder = _Refused(frozenset(name for name in packages if name not in sys.modules))
+    sys.meta_path.insert(0, finder)
+    try:
+        yield
+    finally:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
 
 
 def arrow_without_pandas() -> None:
@@ -77,13 +91,8 @@ def arrow_without_pandas() -> None:
         return
     import pyarrow as pa  # before the refusal: nothing but pyarrow's look is made under it
 
-    refused = _Refused("pandas")
-    try:
-        sys.meta_path.insert(0, refused)
+    with refused(("pandas",)):
         pa.array([0])  # its first look for pandas
-    finally:
-        if refused in sys.meta_path:
-            sys.meta_path.remove(refused)
 
 
 def arrow_sees_pandas() -> None:

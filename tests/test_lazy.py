@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from exchange.lazy import collector_paused
+from exchange.lazy import collector_paused, refused
 
 
 @pytest.fixture
@@ -55,6 +55,23 @@ def test_freeze_moves_what_the_block_built_out_of_later_collections(collector: N
         built = [[] for _ in range(1000)]
     assert gc.isenabled()
     assert gc.get_freeze_count() >= frozen + len(built)
+
+
+def test_a_refused_package_cannot_be_imported_until_the_block_ends() -> None:
+    for name in ("wave", "xmlrpc", "xmlrpc.client"):
+        sys.modules.pop(name, None)
+    with refused(("wave", "xmlrpc", "json")):
+        with pytest.raises(ModuleNotFoundError):
+            import wave
+        with pytest.raises(ModuleNotFoundError):
+            import xmlrpc.client  # noqa: F401 - a submodule too
+        import json.decoder  # imported already: left alone
+
+        assert json.decoder.JSONDecodeError
+    assert not any(type(finder).__name__ == "_Refused" for finder in sys.meta_path)
+    import wave
+
+    assert wave.open
 
 
 # Run in a fresh interpreter: this session has pandas loaded already.

@@ -28,8 +28,9 @@ EXCHANGE = str(Path(sys.executable).with_name("exchange"))
 # Never: these cost seconds to import and have nothing to do with these commands.
 FORBIDDEN = ("great_expectations", "airflow")
 # Avoided where the command has no use for them: a data frame library is not needed to read a
-# contract, a ledger of a few entries or an encrypted drop, nor an SSH client to do it offline.
-AVOIDED = ("pandas", "numpy", "pyarrow", "scipy", "paramiko")
+# contract, a ledger of a few entries or an encrypted drop, nor an SSH client to do it offline;
+# nor, ever, what paramiko would import to run an OpenSSH config's `Match exec`.
+AVOIDED = ("pandas", "numpy", "pyarrow", "scipy", "paramiko", "invoke")
 
 
 def run_reporting(workspace: Workspace, tmp_path: Path, *args: str) -> tuple[int, set[str], str]:
