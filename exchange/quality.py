@@ -36,11 +36,12 @@ from validators.rules import Failure, Rule, compound_label
 from validators.worker import Worker, WorkerFailed, WorkerUnavailable, give_back, take
 
 WINDOW_ROWS = 250_000
-# Validating a window briefly takes about four times its Arrow size (the pandas frame and GX's
-# intermediate masks): 12 MiB keeps that near 50 MB at any row width; the fixed cost per
-# window (about 0.17 s for the sample's 15 rules) is then paid every ~130,000 rows of a
-# 10-column extract.
-WINDOW_BYTES = 12 << 20
+# Validating a window briefly takes about four times its Arrow size (the IPC copy, the pandas
+# frame and GX's filtered copies of it), and this process holds up to two: 8 MiB keeps the
+# worker near 200 MB and both processes together 30-40 MB lower than 12 MiB did, for a fixed
+# cost per window (20-30 ms for the sample's 15 rules) paid every ~90,000 rows of a 10-column
+# extract: about 3% of a 10M-row run (BENCHMARKS.md, thirteenth round).
+WINDOW_BYTES = 8 << 20
 # A key's row hashes held in memory before they go to a temporary file (8 bytes a row).
 KEY_HASHES_IN_MEMORY = 4 << 20
 _BUCKETS = 256  # repeats are counted one leading byte of the hash at a time

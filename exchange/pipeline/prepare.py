@@ -47,8 +47,8 @@ from exchange.types import arrow_type
 
 # Source batches are gathered to about this size before they are minimised: the keyed hashes
 # and compute kernels have a fixed cost per call (a CSV block is only ~6,500 rows), and a
-# gathered batch is still a small part of a validation window (a window closes at 12 MiB, so
-# it holds up to about 16). 16,384 rows cost 11% more CPU per run than these; 65,536 a little
+# gathered batch is still a small part of a validation window (a window closes at 8 MiB, so
+# it holds a few). 16,384 rows cost 11% more CPU per run than these; 65,536 a little
 # less again, for 40-80 MB more (BENCHMARKS.md, tenth round).
 GATHER_ROWS = 32_768
 GATHER_BYTES = 4 << 20
