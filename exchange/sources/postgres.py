@@ -44,7 +44,6 @@ from psycopg.conninfo import conninfo_to_dict
 
 from exchange.errors import SourceError
 from exchange.sources.base import check_columns, localise
-from exchange.sources.paced import Paced
 from exchange.types import logical_of, readable_as
 
 __all__ = ["PostgresSource"]
@@ -140,21 +139,18 @@ class PostgresSource:
             try:
                 with conn.cursor() as cursor, cursor.copy(statement) as copy:
                     stream = _CopyStream(copy)
-                    paced = Paced(io.BufferedReader(stream, buffer_size=self.block_size))
                     reader: pacsv.CSVStreamingReader | None = None
                     try:
                         if stream.is_empty():
                             return  # pyarrow refuses an empty CSV; no rows is no batches
-                        reader = self._open_reader(paced, stream, names, natural, types)
+                        reader = self._open_reader(stream, names, natural, types)
                         target = pa.schema([pa.field(n, types[n]) for n in names])
-                        parsed = self._read(reader, paced, stream, types)
+                        parsed = self._read(reader, stream, types)
                         cast = (self._cast(b, target, pg_types, types) for b in parsed)
                         yield from _rebatch(cast, self.batch_rows)
                     finally:
-                        # The paced stream first: pyarrow's read-ahead thread is done with the
-                        # connection (a read under way ends, none starts) before the copy is
-                        # cancelled, and a read waiting for its turn returns.
-                        paced.close()
+                        # Reader first, then the stream, so pyarrow's read-ahead thread is done
+                        # with the connection before the copy is cancelled and it is closed.
                         if reader is not None:
                             reader.close()
                         stream.close()
@@ -210,7 +206,6 @@ class PostgresSource:
 
     def _open_reader(
         self,
-        paced: Paced,
         stream: _CopyStream,
         names: Sequence[str],
         natural: Sequence[pa.DataType],
@@ -228,7 +223,7 @@ class PostgresSource:
         )
         try:
             return pacsv.open_csv(
-                pa.PythonFile(paced, mode="r"),
+                io.BufferedReader(stream, buffer_size=self.block_size),
                 read_options=pacsv.ReadOptions(
                     column_names=list(names), block_size=self.block_size
                 ),
@@ -243,7 +238,6 @@ class PostgresSource:
     def _read(
         self,
         reader: pacsv.CSVStreamingReader,
-        paced: Paced,
         stream: _CopyStream,
         types: Mapping[str, pa.DataType],
     ) -> Iterator[pa.RecordBatch]:
@@ -255,7 +249,6 @@ class PostgresSource:
                 return
             except (pa.ArrowException, OSError) as exc:
                 raise self._read_error(exc, stream, names, types) from None
-            paced.taken()
             yield batch
 
     def _read_error(
