@@ -33,10 +33,17 @@ def release_memory_promptly(environ: MutableMapping[str, str] | None = None) -> 
         environ.setdefault(name, value)
 
 
+# The CSV reader's block: the longest row a CSV source may have, and its memory, since pyarrow's
+# streaming reader reads up to 32 blocks ahead (not configurable: ARROW-12090): about 17 MiB at
+# 512 KiB, 35 MiB at 1 MiB. 512 KiB took the run's processes together 15-35 MB lower at 10M rows
+# (BENCHMARKS.md, thirteenth round); a source with longer rows sets EXCHANGE_CSV_BLOCK_SIZE.
+CSV_BLOCK_SIZE = 512 << 10
+
+
 def _block_size(text: str | None) -> int:
-    """EXCHANGE_CSV_BLOCK_SIZE in bytes (1 MiB if unset); between 64 KiB and 1 GiB."""
+    """EXCHANGE_CSV_BLOCK_SIZE in bytes (512 KiB if unset); between 64 KiB and 1 GiB."""
     if not text:
-        return 1 << 20
+        return CSV_BLOCK_SIZE
     try:
         value = int(text)
     except ValueError:
@@ -88,7 +95,7 @@ class Settings:
     EXCHANGE_CONTRACTS     the only folder contracts run from; ./contracts
     EXCHANGE_APPROVERS     the trusted approvers (operator configuration, outside the contracts
                            folder); /etc/exchange/approvers.json
-    EXCHANGE_CSV_BLOCK_SIZE  bytes the CSV reader takes at a time (a field must fit); 1 MiB
+    EXCHANGE_CSV_BLOCK_SIZE  bytes the CSV reader takes at a time (a row must fit); 512 KiB
     EXCHANGE_STAGING       a staging store shared by several workers: s3://bucket/prefix or
                            file:///shared/path (exchange.pipeline.store); unset: the local folder
     EXCHANGE_STAGING_MAX_AGE_HOURS  a staged drop of an abandoned run expires after; 168 (a week)
@@ -109,7 +116,7 @@ class Settings:
     log_origin: str | None = None
     contracts: Path = Path("contracts")
     approvers: Path = DEFAULT_APPROVERS
-    csv_block_size: int = 1 << 20
+    csv_block_size: int = CSV_BLOCK_SIZE
     staging_url: str | None = None
     staging_max_age_hours: float = 168.0
     log_format: str = "text"

@@ -130,6 +130,28 @@ def test_the_block_size_setting_reads_a_large_field(tmp_path: Path) -> None:
         Settings.from_env({"EXCHANGE_CSV_BLOCK_SIZE": "12"})
 
 
+def test_by_default_a_row_of_a_block_fits_and_one_past_two_names_the_setting(
+    tmp_path: Path,
+) -> None:
+    """The default block (512 KiB) bounds the longest row: a row always fits in one block (and
+    pyarrow carries one across a block's end, so up to two may fit where it falls); a field of
+    400,000 bytes among short rows is read, one of 1,100,000 stops with the setting named."""
+    from exchange.settings import Settings
+    from exchange.sources import open_source
+
+    types = {"id": pa.string(), "notes": pa.string()}
+    rows = "".join(f'P{i},"short, with a\nline break"\n' for i in range(3000))
+    for size, fits in ((400_000, True), (1_100_000, False)):
+        path = tmp_path / f"notes_{size}.csv"
+        path.write_text(f'id,notes\n{rows}P9,"{"y" * size}"\n{rows}')
+        source = open_source(path, csv_block_size=Settings.from_env({}).csv_block_size)
+        if fits:
+            assert sum(b.num_rows for b in source.batches(types)) == 6001
+        else:
+            with pytest.raises(SourceError, match="EXCHANGE_CSV_BLOCK_SIZE"):
+                list(source.batches(types))
+
+
 def test_a_row_of_the_wrong_width_gives_counts_not_the_row(tmp_path: Path) -> None:
     """The parser quotes the row; the message keeps only the field counts."""
     path = tmp_path / "wide.csv"
