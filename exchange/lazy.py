@@ -69,12 +69,12 @@ def refused(packages: tuple[str, ...]) -> Iterator[None]:
     were not installed; one imported already is left alone. For a library that imports an
     optional package for a feature the gateway never uses."""
     finder = _Refused(frozenset(name for name in packages if name not in sys.modules))
-    sys.meta_path.insert(0, finder)
+    # New lists, not changes in place: another thread's import may be going through the list.
+    sys.meta_path = [finder, *sys.meta_path]
     try:
         yield
     finally:
-        if finder in sys.meta_path:
-            sys.meta_path.remove(finder)
+        sys.meta_path = [entry for entry in sys.meta_path if entry is not finder]
 
 
 def arrow_without_pandas() -> None:
