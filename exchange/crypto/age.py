@@ -36,7 +36,7 @@ def recipients(keys: Sequence[str]) -> list[pyrage.x25519.Recipient]:
     return parsed
 
 
-def encrypt_chunks(chunks: Iterable[bytes], out: Sink, keys: Sequence[str]) -> None:
+def encrypt_chunks(chunks: Iterable[bytes | memoryview], out: Sink, keys: Sequence[str]) -> None:
     """Encrypt a stream of plaintext chunks into `out`; plaintext is never buffered whole."""
     reader = ChunkReader(chunks)
     try:

@@ -15,8 +15,8 @@ class ChunkReader(io.RawIOBase):
     the original after a library that reads from us has wrapped it.
     """
 
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks: Iterator[bytes] = iter(chunks)
+    def __init__(self, chunks: Iterable[bytes | memoryview]) -> None:
+        self._chunks: Iterator[bytes | memoryview] = iter(chunks)
         self._pending = memoryview(b"")
         self.error: BaseException | None = None
 

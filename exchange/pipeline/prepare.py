@@ -300,11 +300,11 @@ def _encrypt(
             yield _Minimised(out, quality.key_hashes(out))
         read_all()
 
-    def validated(items: Iterator[_Minimised]) -> Iterator[bytes]:
+    def validated(items: Iterator[_Minimised]) -> Iterator[payload.Chunk]:
         encoder = payload.Encoder(fmt, schema)
         given: deque[pa.RecordBatch] = deque()  # the gate holds them anyway: no extra memory
 
-        def passed(batches: list[pa.RecordBatch]) -> Iterator[bytes]:
+        def passed(batches: list[pa.RecordBatch]) -> Iterator[payload.Chunk]:
             for batch in batches:  # the very batches given, in order, once their window passed
                 if not given or given.popleft() is not batch:
                     raise RuntimeError("the quality gate released batches out of order")
