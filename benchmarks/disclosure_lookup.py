@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=100_000, help="per transfer")
     parser.add_argument("--population", type=int, default=2_000_000)
     parser.add_argument("--lookups", type=int, default=1000)
-    parser.add_argument("--url", help="database URL (default: a new SQLite file)")
+    parser.add_argument("--url", help="database URL (default: a SQLite file, removed at the end)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument(
         "--taken",
@@ -92,7 +92,12 @@ def main() -> None:
         "what is timed is then what a run waits for once its source is read",
     )
     args = parser.parse_args()
-    url = args.url or f"sqlite:///{Path(tempfile.mkdtemp(prefix='disclosures-')) / 'audit.db'}"
+    with tempfile.TemporaryDirectory(prefix="disclosures-") as scratch:  # a few hundred MB
+        measure(args, args.url or f"sqlite:///{Path(scratch) / 'audit.db'}")
+
+
+def measure(args: argparse.Namespace, url: str) -> None:
+    """Insert the transfers into the store at `url`, then time the lookups."""
     store = Disclosures(url, secrets.token_bytes(32))
     per_drop = hasattr(store, "merge")  # the layout this code has
     rng = np.random.default_rng(args.seed)

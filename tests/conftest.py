@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
 import base64
 import datetime as dt
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -30,6 +32,8 @@ from exchange.gateway import Gateway
 from exchange.sandbox import PartnerSftpServer
 from exchange.settings import Settings
 from exchange.trust import trust_entry
+
+atexit.register(shutil.rmtree, os.environ["AIRFLOW_HOME"], ignore_errors=True)
 
 # The audit tests' fixtures (signing key, ledgers on both backends).
 pytest_plugins = ["audit.audit_fixtures"]
