@@ -229,6 +229,8 @@ def test_gate_windows_close_at_their_byte_bound(contract: Contract, clean: pa.Ta
         ("birth_month", SENTINEL, "regex", SENTINEL),
         ("postcode_district", "SENTINEL1", "regex", "SENTINEL1"),
         ("gender", SENTINEL, "in_set", SENTINEL),
+        # A pattern's `$` is the end of the value: a trailing line break is not let through.
+        ("school_urn", "100001\n", "regex", None),
     ],
 )
 def test_gate_fails_on_a_bad_value_without_showing_it(

@@ -18,7 +18,10 @@ from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.execution_engine import pandas_execution_engine
 from great_expectations.expectations.expectation import Expectation
 
-from validators.expectations import ExpectColumnValuesToBeValidNhsNumber
+from validators.expectations import (
+    ExpectColumnValuesToBeValidNhsNumber,
+    ExpectColumnValuesToMatchPattern,
+)
 from validators.gx_memo import memoised
 from validators.rules import Failure, Rule
 
@@ -74,7 +77,7 @@ def _expectation(rule: Rule, index: int) -> Expectation:
         pattern = rule.param("pattern")
         if not isinstance(pattern, str):
             raise ValueError(f"regex rule on {rule.column!r} needs a pattern ({rule.origin})")
-        return gxe.ExpectColumnValuesToMatchRegex(regex=pattern, **common)
+        return ExpectColumnValuesToMatchPattern(pattern=pattern, **common)
     if rule.kind == "nhs_number":
         return ExpectColumnValuesToBeValidNhsNumber(**common)
     raise ValueError(f"unsupported rule kind {rule.kind!r}")

@@ -311,14 +311,14 @@ def failing_rows(rule: Rule, frame: pd.DataFrame) -> np.ndarray | None:
                 outside |= (values > rule.param("max")).to_numpy(dtype=bool)
             return present & outside
         if rule.kind == "regex":
-            text = values.astype(str)
-            matches = text.str.contains(rule.param("pattern"), regex=True)
-            return present & ~matches.fillna(False).to_numpy(dtype=bool)
+            from validators.expectations import pattern_mask
+
+            return present & ~pattern_mask(values, rule.param("pattern")).to_numpy(dtype=bool)
         if rule.kind == "nhs_number":
             from validators.expectations import nhs_number_mask
 
             return present & ~nhs_number_mask(values).to_numpy(dtype=bool)
-    except (TypeError, ValueError):  # incomparable types, a pattern pandas reads otherwise
+    except (TypeError, ValueError):  # incomparable types, a pattern RE2 cannot compile
         return None
     return None
 

@@ -553,6 +553,17 @@ ODD_SHAPES: dict[str, tuple[Edit, str, str]] = {
         "schema[0].properties[5].logicalTypeOptions.pattern",
         "not a valid regular expression",
     ),
+    # Valid for Python's re, but the rules run in RE2, which would fail every row on it.
+    "pattern with a lookahead": (
+        lambda d: _field(d, 5)["logicalTypeOptions"].update(pattern="^(?=1)[0-9]{6}$"),
+        "schema[0].properties[5].logicalTypeOptions.pattern",
+        "RE2 has no lookaround or backreferences",
+    ),
+    "pattern with a backreference": (
+        lambda d: _field(d, 5)["logicalTypeOptions"].update(pattern=r"^([0-9])\1$"),
+        "schema[0].properties[5].logicalTypeOptions.pattern",
+        "not a valid regular expression in RE2 syntax",
+    ),
 }
 
 
@@ -585,6 +596,24 @@ def test_an_odd_shape_is_a_clear_problem_in_lint_run_render_and_register(
     code = cli.main(["contract", "register", str(folder), "--out", str(tmp_path / "register")])
     out, err = capsys.readouterr()
     assert code == cli.OK and "1 invalid" in out, err
+
+
+def test_a_refused_pattern_is_said_once(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    """RE2 reports a pattern it cannot parse only through lint's problem line, never its own
+    log on stderr; a pattern in RE2's own syntax (a Unicode class) is accepted."""
+    bad = edited(tmp_path, lambda d: _field(d, 5)["logicalTypeOptions"].update(pattern="(?=1)"))
+    capfd.readouterr()
+    assert cli.main(["contract", "lint", str(bad)]) == cli.BAD_INPUT
+    err = capfd.readouterr().err
+    assert [line for line in err.splitlines() if "RE2" in line or "re2" in line] == [
+        line for line in err.splitlines() if line.startswith(f"{bad}: ")
+    ], err
+    good = edited(
+        tmp_path,
+        lambda d: _field(d, 5)["logicalTypeOptions"].update(pattern=r"^\p{N}{6}$"),
+        "ok.yaml",
+    )
+    assert cli.main(["contract", "lint", str(good)]) == cli.OK, capfd.readouterr()
 
 
 def test_run_refuses_an_odd_shape_with_a_clear_error(

@@ -8,12 +8,15 @@ import subprocess
 import sys
 import weakref
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 from great_expectations.expectations import ExpectCompoundColumnsToBeUnique
 
+from exchange.pipeline.dryrun import failing_rows
 from validators import RULE_KINDS, Failure, Rule
 from validators.expectations import ExpectColumnValuesToBeValidNhsNumber, nhs_number_mask
 from validators.suite import BatchValidator, build_suite
@@ -284,6 +287,31 @@ def test_missing_column_fails_closed(validator: BatchValidator) -> None:
     ]
 
 
+@pytest.mark.parametrize(
+    ("pattern", "values", "failing"),
+    [
+        # Python's re (which pandas falls back to on text with a line break or non-ASCII)
+        # lets `$` match before a final line break and `\d` match any Unicode digit.
+        (r"^[0-9]{6}$", ["123456", "123456\n", "12345\n6", "\n123456"], 3),
+        (r"^\d{6}$", ["123456", "\u0661\u0662\u0663\u0664\u0665\u0666", "12345\u0666"], 2),
+        (r"^\w+$", ["abc", "caf\u00e9"], 1),  # \w is ASCII word characters in RE2
+        (r"^\pL+ [0-9]$", ["Caf\u00e9 1", "Cafe 12"], 1),  # RE2's Unicode classes work
+        (r"[0-9]", [12, 7, None], 0),  # numbers are read as their text; nulls are not matched
+    ],
+)
+def test_patterns_are_matched_as_re2_matches_them(
+    pattern: str, values: list[Any], failing: int
+) -> None:
+    """A pattern rule means what RE2 (and JSON Schema) mean: `$` is the end of the value and
+    `\\d` is 0-9, whatever else the column holds; the dry run points at the same rows."""
+    rule = Rule("regex", "v", (("pattern", pattern),))
+    frame = pa.table({"v": values}).to_pandas()
+    failures = BatchValidator("patterns", [rule]).validate(frame)
+    assert [f.unexpected_count for f in failures] == ([failing] if failing else [])
+    mask = failing_rows(rule, frame)
+    assert mask is not None and int(mask.sum()) == failing
+
+
 def test_datetime_between_beyond_nanosecond_range() -> None:
     """Dates too far out for nanosecond storage are still range-checked."""
     checker = BatchValidator(
@@ -316,7 +344,7 @@ def test_build_suite_maps_each_kind() -> None:
         "ExpectColumnValuesToBeBetween",
         "ExpectColumnValuesToBeBetween",
         "ExpectColumnValuesToBeBetween",
-        "ExpectColumnValuesToMatchRegex",
+        "ExpectColumnValuesToMatchPattern",
         "ExpectColumnValuesToBeValidNhsNumber",
         "ExpectColumnValuesToBeBetween",
         "ExpectCompoundColumnsToBeUnique",
