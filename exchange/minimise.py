@@ -53,11 +53,11 @@ class Tally:
 
 
 def _id_set(ids: Iterable[str] | pa.Array) -> pa.Array:
-    """The objecting subject ids as a unique text array without nulls."""
+    """The objecting subject ids as a unique text array without nulls, trimmed."""
     array = ids if isinstance(ids, pa.Array) else pa.array(list(ids), type=pa.string())
     if not pa.types.is_string(array.type):
         array = pc.cast(array, pa.string())
-    return pc.unique(array.drop_null())
+    return pc.unique(pc.utf8_trim_whitespace(array.drop_null()))
 
 
 def _flag_text(value: str) -> str:
@@ -78,7 +78,8 @@ class Minimiser:
     """Applies a contract's row rules and field transforms to source batches.
 
     `today` is the run date (for age bands and age filters); `objecting_ids` are subject ids
-    from the operator's objection list, matched exactly against the subject key's SOURCE column.
+    from the operator's objection list, matched against the subject key's SOURCE column with
+    spaces at the ends of either ignored.
     """
 
     def __init__(
@@ -150,6 +151,9 @@ class Minimiser:
             ids = batch.column(self.contract.subject_key.source)
             if not pa.types.is_string(ids.type):
                 ids = pc.cast(ids, pa.string())
+            # Trimmed as the list's lines are: an id padded by its system (a fixed-width CHAR
+            # column, say) still matches, so padding never hides a person's objection.
+            ids = pc.utf8_trim_whitespace(ids)
             listed = pc.is_in(ids, value_set=self._objecting)  # a null id matches nothing
             objected = pc.or_(objected, listed)
         return objected

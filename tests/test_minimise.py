@@ -225,6 +225,21 @@ def test_objecting_ids_as_an_arrow_array_with_nulls(contract: Contract) -> None:
     assert minimise.tally.excluded == {"objection": 1}
 
 
+def test_an_id_padded_by_its_source_still_matches_the_list(contract: Contract) -> None:
+    """A source that pads its ids (a fixed-width column) cannot hide an objection; the
+    padded id is still what is pseudonymised for a person who did not object."""
+    batch = small_batch([False, False, False])
+    padded = pa.array(["P00000000   ", " P00000001", "P00000002\t"], type=pa.string())
+    minimise = Minimiser(
+        contract,
+        pseudonym_key=PSEUDONYM_KEY,
+        objecting_ids=pa.array(["P00000000", "P00000001"]),
+    )
+    out = minimise(batch.set_column(0, "person_id", padded))
+    assert out["person_ref"].to_pylist() == [pseudonym("P00000002\t")]
+    assert minimise.tally.excluded == {"objection": 2}
+
+
 def test_pseudonyms_on_the_list_do_not_match(contract: Contract) -> None:
     """The list holds source ids; a pseudonym on it is not an objection to anyone."""
     minimise = Minimiser(
