@@ -1,8 +1,10 @@
 """Keyed hashes of subject ids: what the disclosure ledger records instead of the ids.
 
 The hash is the first 128 bits of HMAC-SHA256, under a dedicated disclosure key (never the
-pseudonymisation key), of the subject id's text (integers in decimal), UTF-8. Without the key
-the hashes say nothing about who is in the table.
+pseudonymisation key), of the subject id's text (integers in decimal), UTF-8, without spaces,
+tabs or line breaks at either end: a system that pads its ids in a fixed-width column records
+the same person as one that does not, and a lookup finds them. Without the key the hashes say
+nothing about who is in the table.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ HASH_CHUNK = 65_536  # subject ids hashed (and rows inserted) at a time
 EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 _KEY_ID_LABEL = b"exchange disclosure key id"
 _LOOKUP_LABEL = b"exchange subject lookup\x00"
+_PADDING = " \t\n\v\f\r"  # ASCII whitespace: what Arrow's ascii_trim_whitespace cuts too
+
+
+def subject_text(subject_id: str | int) -> str:
+    """A subject id as it is hashed: its text, without padding at either end."""
+    return str(subject_id).strip(_PADDING)
 
 
 def key_id(key: bytes) -> str:
@@ -33,12 +41,13 @@ def key_id(key: bytes) -> str:
 def lookup_hash(key: bytes, subject_id: str | int) -> str:
     """The keyed hash a lookup is audited under: not the recorded hash, so the audit entry
     does not point at the person's disclosure rows; the same person gives the same value."""
-    return hmac.digest(key, _LOOKUP_LABEL + str(subject_id).encode("utf-8"), "sha256")[:16].hex()
+    text = subject_text(subject_id).encode("utf-8")
+    return hmac.digest(key, _LOOKUP_LABEL + text, "sha256")[:16].hex()
 
 
 def subject_hash(key: bytes, subject_id: str | int) -> bytes:
     """The 16-byte keyed hash recorded for a subject id."""
-    return hmac.digest(key, str(subject_id).encode("utf-8"), "sha256")[:HASH_BYTES]
+    return hmac.digest(key, subject_text(subject_id).encode("utf-8"), "sha256")[:HASH_BYTES]
 
 
 def _as_text(subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]) -> pa.ChunkedArray:
@@ -57,7 +66,7 @@ def _as_text(subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]) -> pa.Ch
         pa.types.is_large_string(chunked.type)
     ):
         raise LedgerError(f"subject ids must be strings or integers, not {chunked.type}")
-    return pc.cast(chunked, pa.large_string())
+    return pc.ascii_trim_whitespace(pc.cast(chunked, pa.large_string()))  # as subject_text
 
 
 def sorted_hashes(

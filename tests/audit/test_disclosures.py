@@ -86,6 +86,22 @@ def test_duplicates_nulls_integers_and_chunks(disclosures: Disclosures) -> None:
     assert "1.5" not in str(caught.value)
 
 
+def test_an_id_padded_by_its_source_is_the_same_person(disclosures: Disclosures) -> None:
+    """Spaces, tabs and line breaks at either end of an id (a fixed-width source column) are
+    not part of it: recorded, it is found by the bare id and by the padded one, and one person
+    sent padded and bare in one drop counts once. The hash of a bare id is unchanged."""
+    got = disclosures.record(
+        facts("padded"), pa.array(["p1   ", " p1", "\tp2\r\n", "p3", "p\u00a04 "])
+    )
+    assert got.subjects == 4  # p1 once; a no-break space (not ASCII) is part of an id
+    for asked in ("p1", "  p1 ", "p2", "p2\n"):
+        assert [d.drop_id for d in disclosures.lookup(asked)] == ["padded"], asked
+    assert [d.drop_id for d in disclosures.lookup("p\u00a04")] == ["padded"]
+    assert got.digest == expected_digest(KEY, ["p1", "p2", "p3", "p\u00a04"])
+    assert subject_hash(KEY, " p3\t") == subject_hash(KEY, "p3")
+    assert subject_hash(KEY, "p3") == hmac.new(KEY, b"p3", hashlib.sha256).digest()[:16]
+
+
 def test_digest_binds_the_record_to_the_ledger(disclosures: Disclosures, backend_url: str) -> None:
     ids = [f"person-{i}" for i in range(500)] + ["person-7"]
     got = disclosures.record(facts("drop-d"), pa.array(ids))
