@@ -203,7 +203,7 @@ def sftp(
 
 def _has_host(path: Path, host: str) -> bool:
     """Whether a known_hosts file has a line for the host (hashed names included)."""
-    import paramiko
+    from exchange.transport.sftp import paramiko  # as the delivery imports it (no `invoke`)
 
     try:
         return bool(paramiko.HostKeys(str(path)).lookup(host))

@@ -107,7 +107,9 @@ def test_the_columnar_path_and_the_loop_agree(monkeypatch: Any) -> None:
         assert columnar is not None  # DataFusion itself, not a fallback
         assert columnar.tobytes() == b"".join(expected)
         sliced = pa.array(values, pa.large_binary()).slice(3, 4500)
-        assert keyed.KeyedHash(key, 16).array(sliced) == b"".join(e[:16] for e in expected[3:4503])
+        assert keyed.KeyedHash(key, 16).macs(sliced).tobytes() == b"".join(
+            e[:16] for e in expected[3:4503]
+        )
     assert keyed._columnar.usable()
     text = pa.array([v.decode() for v in values[:5000]])
     on_datafusion = transforms.pseudonymise(KEY)(text)
@@ -152,7 +154,7 @@ def test_datafusion_debug_logging_never_shows_the_padded_key() -> None:
         "from exchange.crypto import keyed\n"
         "values = pa.array([b'P%08d' % i for i in range(3000)], pa.binary())\n"
         f"mac = keyed.KeyedHash({KEY!r})\n"
-        "assert mac.array(values) == mac.joined(values.to_pylist())\n"
+        "assert mac.macs(values).tobytes() == mac.joined(values.to_pylist())\n"
         "print(keyed._columnar.usable(), keyed._columnar._started_in is not None)\n"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
@@ -195,7 +197,7 @@ def test_a_datafusion_logger_lowered_again_costs_the_loop(caplog: pytest.LogCapt
     with caplog.at_level(logging.DEBUG, logger="datafusion.execution.session_state"):
         assert not keyed._columnar.usable()
         mac = keyed.KeyedHash(KEY)
-        assert mac.array(values) == mac.joined(values.to_pylist())
+        assert mac.macs(values).tobytes() == mac.joined(values.to_pylist())
     assert keyed._columnar.usable()
 
 
@@ -224,7 +226,7 @@ def test_rows_returned_in_another_order_are_caught(
     loop for the process."""
     columnar, values = reordering
     mac = keyed.KeyedHash(KEY, 16)
-    assert mac.array(values) == mac.joined(values.to_pylist())
+    assert mac.macs(values).tobytes() == mac.joined(values.to_pylist())
     assert not columnar.usable()
 
 
@@ -245,7 +247,7 @@ def test_datafusion_that_will_not_import_costs_the_loop(monkeypatch: Any) -> Non
     monkeypatch.setitem(sys.modules, "datafusion", None)  # an import of it now fails
     values = pa.array([f"P{i:08d}".encode() for i in range(3000)], pa.binary())
     mac = keyed.KeyedHash(KEY, 16)
-    assert mac.array(values) == mac.joined(values.to_pylist())
+    assert mac.macs(values).tobytes() == mac.joined(values.to_pylist())
     assert not columnar.usable()
 
 
@@ -260,13 +262,15 @@ def test_a_child_forked_while_datafusion_is_being_imported_does_not_wait_for_it(
     values = pa.array([f"P{i:08d}".encode() for i in range(3000)], pa.binary())
     mac = keyed.KeyedHash(KEY, 16)
     with columnar._lock:  # held across the fork, as by the importing thread
-        assert in_a_forked_child(lambda: mac.array(values) == mac.joined(values.to_pylist()))
+        assert in_a_forked_child(
+            lambda: mac.macs(values).tobytes() == mac.joined(values.to_pylist())
+        )
 
 
 def test_keyed_hashing_takes_no_nulls() -> None:
     """DataFusion's concat would hash a null as the empty value: refused, never guessed."""
     with pytest.raises(ValueError, match="no nulls"):
-        keyed.KeyedHash(KEY).array(pa.array([b"a", None] * 2000, pa.binary()))
+        keyed.KeyedHash(KEY).macs(pa.array([b"a", None] * 2000, pa.binary()))
 
 
 def test_a_datafusion_failure_falls_back_to_the_loop_without_its_message(
@@ -310,9 +314,12 @@ def test_a_forked_child_hashes_by_the_loop() -> None:
     it hashes by the loop, with the same result."""
     values = pa.array([f"P{i:08d}".encode() for i in range(5000)], pa.binary())
     mac = keyed.KeyedHash(KEY, 16)
-    assert mac.array(values) == mac.joined(values.to_pylist())  # DataFusion started here
+    assert mac.macs(values).tobytes() == mac.joined(values.to_pylist())  # DataFusion started here
     assert in_a_forked_child(
-        lambda: not keyed._columnar.usable() and mac.array(values) == mac.joined(values.to_pylist())
+        lambda: (
+            not keyed._columnar.usable()
+            and mac.macs(values).tobytes() == mac.joined(values.to_pylist())
+        )
     )
 
 

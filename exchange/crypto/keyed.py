@@ -85,10 +85,6 @@ class KeyedHash:
         joined = self.joined(values.to_pylist())
         return np.frombuffer(joined, dtype=np.uint8).reshape(-1, self.width)
 
-    def array(self, values: pa.Array) -> bytes:
-        """`joined` over an Arrow binary array without nulls, column-wise when it is large."""
-        return np.ascontiguousarray(self.macs(values)).tobytes()
-
 
 # DataFusion logs its plans at DEBUG through Python's logging, and a plan holds the padded key
 # as a literal: these loggers are set to WARNING here, before it loads, and while any of them
