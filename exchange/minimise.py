@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from exchange import filters, transforms
+from exchange.audit.subjects import subject_texts
 from exchange.contract import Contract
 from exchange.types import SourceTypes, arrow_type
 
@@ -57,7 +58,7 @@ def _id_set(ids: Iterable[str] | pa.Array) -> pa.Array:
     array = ids if isinstance(ids, pa.Array) else pa.array(list(ids), type=pa.string())
     if not pa.types.is_string(array.type):
         array = pc.cast(array, pa.string())
-    return pc.unique(pc.utf8_trim_whitespace(array.drop_null()))
+    return pc.unique(subject_texts(array.drop_null()))
 
 
 def _flag_text(value: str) -> str:
@@ -151,9 +152,10 @@ class Minimiser:
             ids = batch.column(self.contract.subject_key.source)
             if not pa.types.is_string(ids.type):
                 ids = pc.cast(ids, pa.string())
-            # Trimmed as the list's lines are: an id padded by its system (a fixed-width CHAR
-            # column, say) still matches, so padding never hides a person's objection.
-            ids = pc.utf8_trim_whitespace(ids)
+            # Trimmed as the list's lines are (as the disclosure ledger compares ids): an id
+            # its system pads (a fixed-width column) still matches, so padding never hides a
+            # person's objection.
+            ids = subject_texts(ids)
             listed = pc.is_in(ids, value_set=self._objecting)  # a null id matches nothing
             objected = pc.or_(objected, listed)
         return objected

@@ -655,13 +655,23 @@ def test_an_external_objection_list_is_honoured_and_a_missing_one_stops_the_run(
     missing = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
     assert missing.returncode == cli.FAILED and "early-help-objections" in missing.stderr
     assert inbox_entries(partner) == []
-    env_list = base64.b64encode("\n".join(listed_ids).encode()).decode()
+    # As Notepad or Excel save it: a byte-order mark before the first id, CRLF line ends.
+    saved = "\ufeff" + "\r\n".join(listed_ids) + "\r\n"
+    env_list = base64.b64encode(saved.encode()).decode()
     workspace.env["EXCHANGE_SECRET_EARLY_HELP_OBJECTIONS"] = env_list
     done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
     assert done.returncode == 0, done.stderr
     sent = ledger(workspace)[-1][1]
     assert sent["rows"]["excluded"]["objection"] == flagged + 3
     assert sent["rows"]["sent"] == 300 - flagged - 3
+    # A zero-width space would make an id match nobody: the run stops, naming no id.
+    hidden = "\n".join([listed_ids[0] + "\u200b", *listed_ids[1:]])
+    workspace.env["EXCHANGE_SECRET_EARLY_HELP_OBJECTIONS"] = base64.b64encode(
+        hidden.encode()
+    ).decode()
+    refused = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert refused.returncode == cli.FAILED and "invisible or control character" in refused.stderr
+    assert not any(pid in refused.stdout + refused.stderr for pid in listed_ids)
 
 
 def rectify_rate(
@@ -740,6 +750,33 @@ def test_rectify_sends_a_correction_notice_to_every_recipient(
     )
     assert nobody.returncode != 0 and "nobody to notify" in nobody.stderr
     assert "visible in ps and shell history" in nobody.stderr  # a warning, not a refusal
+
+
+def test_a_person_whose_id_the_source_pads_is_found_and_corrected(
+    workspace: Workspace, partner: PartnerSftpServer, tmp_path: Path
+) -> None:
+    """A fixed-width source pads one id; the person is the bare id to the disclosure ledger,
+    and a correction by the bare id carries their row. A person the source no longer holds
+    gets no empty notice."""
+    source = workspace.source(120)
+    raw = pd.read_csv(source, dtype=str, keep_default_na=False)
+    at = raw.index[raw["objection"] == "false"][5]
+    person = raw.at[at, "person_id"]
+    raw.at[at, "person_id"] = person + "   "
+    raw.to_csv(source, index=False)
+    done = exchange(workspace, "run", str(workspace.contract), "--source", str(source))
+    assert done.returncode == 0, done.stderr
+    (first,) = inbox_entries(partner)
+    fixed = rectify_rate(workspace, person, source, tmp_path, "re-submitted census")
+    assert fixed.returncode == 0, fixed.stderr
+    notice = next(d for d in inbox_entries(partner) if d != first)
+    manifest = json.loads((partner.root / FOLDER / notice / "manifest.json").read_text())
+    assert manifest["rows"]["sent"] == 1
+    gone = raw.drop(index=at)
+    gone.to_csv(source, index=False)
+    empty = rectify_rate(workspace, person, source, tmp_path, "re-submitted census")
+    assert empty.returncode != 0 and "holds no row for this subject" in empty.stderr
+    assert len(inbox_entries(partner)) == 2
 
 
 def test_incremental_runs_send_only_new_or_changed_records(

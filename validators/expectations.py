@@ -85,10 +85,20 @@ def pattern_mask(values: pd.Series, pattern: str) -> pd.Series:
     whenever the column holds a line break or non-ASCII text; there `$` also matches before a
     final line break and `\\d` any Unicode digit, so "123456\\n" or six Arabic-Indic digits passed
     `^\\d{6}$`. In RE2, as in the JSON Schema patterns ODCS takes, `$` is the end of the value
-    and `\\d` is 0-9. Raises pyarrow's ArrowInvalid for a pattern RE2 cannot compile."""
-    text = values.astype("str")  # as GX's own check reads a non-text column
-    found = pc.fill_null(pc.match_substring_regex(pa.array(text.array), pattern), False)
+    and `\\d` is 0-9. A value that is not text is matched as the payload writes it (Arrow's
+    text of it: `123456` for an integer column that pandas holds as floats because of a null,
+    `true` for a boolean). Raises pyarrow's ArrowInvalid for a pattern RE2 cannot compile."""
+    found = pc.fill_null(pc.match_substring_regex(_payload_text(values), pattern), False)
     return pd.Series(np.asarray(found, dtype=bool), index=values.index, dtype=bool)
+
+
+def _payload_text(values: pd.Series) -> pa.Array | pa.ChunkedArray:
+    if isinstance(values.dtype, pd.StringDtype):
+        return pa.array(values.array)
+    try:
+        return pc.cast(pa.array(values, from_pandas=True), pa.string())
+    except (pa.ArrowNotImplementedError, pa.ArrowTypeError, pa.ArrowInvalid):
+        return pa.array(values.astype("str").array)  # a mix of Python objects: their str()
 
 
 class ColumnValuesMatchPattern(ColumnMapMetricProvider):

@@ -78,6 +78,8 @@ from exchange.audit.subjects import (
     sorted_distinct,
     sorted_hashes,
     subject_hash,
+    subject_text,
+    text_hash,
 )
 from exchange.errors import LedgerError
 
@@ -534,18 +536,25 @@ class Disclosures:
 
     # -- answering ------------------------------------------------------------------------------
 
+    def _probes(self, subject_id: str | int) -> dict[bytes, str]:
+        """The hashes this person may be recorded under, each with the id of its key: under
+        every key, of the id's `subject_text`, and of the id as given when that differs (a
+        padded id recorded before ids were trimmed)."""
+        forms = dict.fromkeys([subject_text(subject_id), str(subject_id)])
+        return {text_hash(k, form): key_id(k) for k in self.keys for form in forms}
+
     def lookup(self, subject_id: str | int, *, include_unsent: bool = False) -> list[Disclosure]:
         """Every transfer that carried this subject, oldest first: date, agreement, recipient,
         purposes, legal basis and fields. Only delivered drops unless `include_unsent`.
 
         As of one moment: one read of the subject index, one probe per drop still kept by
         drop, and one per drop kept in blocks (its one block that could hold the hash)."""
+        probes = self._probes(subject_id)
         params: dict[str, Any] = {}
-        for i, k in enumerate(self.keys):
-            params[f"h{i}"], params[f"k{i}"] = subject_hash(k, subject_id), key_id(k)
+        for i, (value, kid) in enumerate(probes.items()):
+            params[f"h{i}"], params[f"k{i}"] = value, kid
         with self._snapshot() as conn:
-            found = list(conn.execute(_lookup_statement(len(self.keys), include_unsent), params))
-            probes = {params[f"h{i}"]: params[f"k{i}"] for i in range(len(self.keys))}
+            found = list(conn.execute(_lookup_statement(len(probes), include_unsent), params))
             in_blocks = _in_blocks(conn, probes)
             if not in_blocks:
                 return [Disclosure._from_row(row) for row in found]
@@ -616,8 +625,7 @@ class Disclosures:
                 f"the audit ledger does not verify ({verified.message}): "
                 "disclosures cannot be checked against it"
             )
-        wanted = {subject_hash(k, subject_id): key_id(k) for k in self.keys}
-        _, problems, found = self._check(bound, wanted)
+        _, problems, found = self._check(bound, self._probes(subject_id))
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise LedgerError(
@@ -782,7 +790,8 @@ class Disclosures:
 @functools.cache
 def _lookup_statement(keys: int, include_unsent: bool) -> sa.TextClause:
     """The transfers whose key is key i and that carried hash i, in either table (parameters
-    h0, k0, h1, k1 ...): in one statement, so both tables are read as of one moment."""
+    h0, k0, h1, k1 ...; a key may come twice, with two hashes): in one statement, so both
+    tables are read as of one moment."""
     carried = " OR ".join(
         f"(key_id = :k{i} AND id IN ("  # noqa: S608 (names and numbers only, no input)
         f"SELECT transfer_id FROM disclosures_merged WHERE subject_hash = :h{i} UNION ALL "

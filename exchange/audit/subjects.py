@@ -1,9 +1,9 @@
 """Keyed hashes of subject ids: what the disclosure ledger records instead of the ids.
 
 The hash is the first 128 bits of HMAC-SHA256, under a dedicated disclosure key (never the
-pseudonymisation key), of the subject id's text (integers in decimal), UTF-8, without spaces,
-tabs or line breaks at either end: a system that pads its ids in a fixed-width column records
-the same person as one that does not, and a lookup finds them. Without the key the hashes say
+pseudonymisation key), of the subject id's text (integers in decimal), UTF-8, without white
+space at either end: a system that pads its ids in a fixed-width column records the same person
+as one that does not, and a lookup finds them. Without the key the hashes say
 nothing about who is in the table.
 """
 
@@ -25,12 +25,20 @@ HASH_CHUNK = 65_536  # subject ids hashed (and rows inserted) at a time
 EMPTY_DIGEST = hashlib.sha256(b"").hexdigest()
 _KEY_ID_LABEL = b"exchange disclosure key id"
 _LOOKUP_LABEL = b"exchange subject lookup\x00"
-_PADDING = " \t\n\v\f\r"  # ASCII whitespace: what Arrow's ascii_trim_whitespace cuts too
 
 
 def subject_text(subject_id: str | int) -> str:
-    """A subject id as it is hashed: its text, without padding at either end."""
-    return str(subject_id).strip(_PADDING)
+    """A subject id as it is hashed and compared: its text without white space at either end.
+    By Arrow's `utf8_trim_whitespace`, as `subject_texts` cuts a column: the two always agree."""
+    trimmed = subject_texts(pa.array([str(subject_id)], pa.string()))[0].as_py()
+    assert isinstance(trimmed, str)
+    return trimmed
+
+
+def subject_texts(ids: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Text subject ids as `subject_text` gives each (a system that pads its ids in a
+    fixed-width column means the same person as one that does not)."""
+    return pc.utf8_trim_whitespace(ids)
 
 
 def key_id(key: bytes) -> str:
@@ -47,7 +55,13 @@ def lookup_hash(key: bytes, subject_id: str | int) -> str:
 
 def subject_hash(key: bytes, subject_id: str | int) -> bytes:
     """The 16-byte keyed hash recorded for a subject id."""
-    return hmac.digest(key, subject_text(subject_id).encode("utf-8"), "sha256")[:HASH_BYTES]
+    return text_hash(key, subject_text(subject_id))
+
+
+def text_hash(key: bytes, text: str) -> bytes:
+    """The 16-byte keyed hash of exactly this text (`subject_hash` takes it of the id's
+    `subject_text`; records made before ids were trimmed took it of the id as given)."""
+    return hmac.digest(key, text.encode("utf-8"), "sha256")[:HASH_BYTES]
 
 
 def _as_text(subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]) -> pa.ChunkedArray:
@@ -66,7 +80,7 @@ def _as_text(subjects: pa.Array | pa.ChunkedArray | Iterable[pa.Array]) -> pa.Ch
         pa.types.is_large_string(chunked.type)
     ):
         raise LedgerError(f"subject ids must be strings or integers, not {chunked.type}")
-    return pc.ascii_trim_whitespace(pc.cast(chunked, pa.large_string()))  # as subject_text
+    return subject_texts(pc.cast(chunked, pa.large_string()))
 
 
 def sorted_hashes(

@@ -17,6 +17,7 @@ from typing import Any
 from exchange.contract import Contract, load_contract
 from exchange.crypto import signing
 from exchange.errors import ContractError, ExchangeError
+from exchange.minimise import source_types
 from exchange.pipeline.boundary import stage
 from exchange.pipeline.check import check_contract
 from exchange.pipeline.context import Context
@@ -103,12 +104,18 @@ def _notify(
     run_id: str,
     source: str | Path | None,
 ) -> str:
-    """Prepare and deliver one correction notice; returns its drop id."""
+    """Prepare and deliver one correction notice; returns its drop id. ExchangeError, before
+    anything is staged, if the source holds no row for the person (a notice would be empty)."""
     subject = OnlySubjects(
         resolve(ctx.settings, ctx.secrets, contract, source, digest=False)[0],
         contract.subject_key.source,
         [subject_id],
     )
+    if not any(batch.num_rows for batch in subject.batches(source_types(contract))):
+        raise ExchangeError(
+            f"the source holds no row for this subject: no correction sent to "
+            f"{contract.recipient.organisation} under {contract.id}"
+        )
     # A notice carries the row whatever its last-updated time, and must not move an
     # incremental agreement's watermark.
     options = Options(extra={"correction": correction}, full_refresh=True, advance_watermark=False)

@@ -11,6 +11,7 @@ import getpass
 import hashlib
 import json
 import shutil
+import unicodedata
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -261,13 +262,20 @@ def _objecting(ctx: Context, contract: Contract) -> set[str] | None:
     if not contract.objections.list:
         return None
     # A named list that cannot be read stops the run: never send as if nobody objected.
-    try:
-        text = ctx.secrets.secret(contract.objections.list).decode("utf-8")
+    name = contract.objections.list
+    try:  # "-sig": a byte-order mark (Notepad, Excel) is not part of the first id
+        text = ctx.secrets.secret(name).decode("utf-8-sig")
     except UnicodeDecodeError:
+        raise SecretMissing(f"objection list {name!r} is not UTF-8 text") from None
+    ids = {line.strip() for line in text.splitlines() if line.strip()}
+    # An invisible character (a zero-width space, a second byte-order mark) would make an id
+    # match nobody, and the person's rows would be sent: refused, and no id is shown.
+    if any(unicodedata.category(c) in ("Cc", "Cf") for i in ids for c in i):
         raise SecretMissing(
-            f"objection list {contract.objections.list!r} is not UTF-8 text"
-        ) from None
-    return {line.strip() for line in text.splitlines() if line.strip()}
+            f"objection list {name!r} holds an id with an invisible or control character: "
+            "write each id alone on its line, in plain text"
+        )
+    return ids
 
 
 def _encrypt(

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Iterator, Mapping
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from exchange.audit.subjects import subject_text, subject_texts
 from exchange.sources.base import Source
 
 
@@ -54,7 +55,9 @@ class OnlySubjects:
         self.source = source
         self.name = source.name
         self.column = column
-        self.ids = pa.array(sorted(set(ids)), type=pa.string())
+        # Compared as the disclosure ledger compares them (`subject_text`): the ledger finds
+        # a padded id's drops by the bare id, and so must the rows be found.
+        self.ids = pa.array(sorted({subject_text(i) for i in ids}), type=pa.string())
 
     def columns(self) -> list[str]:
         """The wrapped source's columns."""
@@ -63,7 +66,7 @@ class OnlySubjects:
     def batches(self, types: Mapping[str, pa.DataType]) -> Iterator[pa.RecordBatch]:
         """The wrapped source's batches, filtered to the subjects."""
         for batch in self.source.batches(types):
-            keys = pc.cast(batch.column(self.column), pa.string())
+            keys = subject_texts(pc.cast(batch.column(self.column), pa.string()))
             kept = batch.filter(pc.fill_null(pc.is_in(keys, value_set=self.ids), False))
             if kept.num_rows:
                 yield kept

@@ -102,6 +102,21 @@ def test_an_id_padded_by_its_source_is_the_same_person(disclosures: Disclosures)
     assert subject_hash(KEY, "p3") == hmac.new(KEY, b"p3", hashlib.sha256).digest()[:16]
 
 
+def test_a_padded_id_recorded_before_ids_were_trimmed_is_found_as_typed(
+    disclosures: Disclosures, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record made by the code before (the id hashed with its padding) is still found when
+    the id is given as it was recorded; the bare id finds only the newer records."""
+    import exchange.audit.subjects as subjects
+
+    monkeypatch.setattr(subjects, "subject_texts", lambda ids: ids)  # the code before
+    disclosures.record(facts("before"), pa.array(["P1   "]))
+    monkeypatch.undo()
+    disclosures.record(facts("after"), pa.array(["P1   "]))
+    assert [d.drop_id for d in disclosures.lookup("P1   ")] == ["before", "after"]
+    assert [d.drop_id for d in disclosures.lookup("P1")] == ["after"]
+
+
 def test_digest_binds_the_record_to_the_ledger(disclosures: Disclosures, backend_url: str) -> None:
     ids = [f"person-{i}" for i in range(500)] + ["person-7"]
     got = disclosures.record(facts("drop-d"), pa.array(ids))

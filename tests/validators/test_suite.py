@@ -297,6 +297,10 @@ def test_missing_column_fails_closed(validator: BatchValidator) -> None:
         (r"^\w+$", ["abc", "caf\u00e9"], 1),  # \w is ASCII word characters in RE2
         (r"^\pL+ [0-9]$", ["Caf\u00e9 1", "Cafe 12"], 1),  # RE2's Unicode classes work
         (r"[0-9]", [12, 7, None], 0),  # numbers are read as their text; nulls are not matched
+        # As the payload writes them: an integer column with a null (floats to pandas) as
+        # integers, booleans as true/false.
+        (r"^[0-9]{6}$", [123456, None, 12], 1),
+        (r"^(true|false)$", [True, False, None], 0),
     ],
 )
 def test_patterns_are_matched_as_re2_matches_them(
