@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from exchange import patterns
 from exchange.contract.vocabulary import units
 
 if TYPE_CHECKING:
@@ -73,8 +74,7 @@ def schema() -> dict[str, Any]:
 
 @cache
 def _validator() -> jsonschema.protocols.Validator:
-    cls = jsonschema.validators.validator_for(schema())
-    return cls(schema())
+    return patterns.schema_validator(schema())  # `$` the end of the text, as JSON Schema means
 
 
 class _DuplicateKey(ManifestError):

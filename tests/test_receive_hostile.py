@@ -304,6 +304,20 @@ def test_schema_refusal_names_the_place_not_the_value(
     assert "secret-value" not in err
 
 
+def test_a_schema_pattern_is_not_passed_by_a_final_line_break(
+    parties: Parties, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """JSON Schema's `$` is the end of the value (Python's `re` also let it match before a
+    final line break): a digest with one after it is refused by the schema itself."""
+    drop = make_drop(
+        parties,
+        tmp_path / "inbox",
+        edit=lambda b: b["payload"].__setitem__("sha256", b["payload"]["sha256"] + "\n"),
+    )
+    code, err = take(parties, drop, tmp_path / "out", capsys)
+    assert_refused(code, err, needle="at /payload/sha256 (pattern)")
+
+
 def test_an_existing_file_is_never_overwritten_without_asking(
     parties: Parties, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,9 +13,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jsonschema
-import re2
 from croniter import croniter
 
+from exchange import patterns
 from exchange.contract import names, safe_yaml
 from exchange.contract.canonical import _plain, canonical_sha256
 from exchange.contract.legal import identifies_directly
@@ -41,23 +41,22 @@ from exchange.errors import ContractError, Problem
 
 API_VERSION = "v3.1.0"
 PAYLOAD_FORMATS = ("csv", "parquet")
-# RE2 would print a rejected pattern's parse error to stderr; the problem list says it instead.
-_RE2_QUIET = re2.Options()
-_RE2_QUIET.log_errors = False
 
 
 @cache
 def _validator(package: str, name: str) -> jsonschema.protocols.Validator:
     schema = json.loads(resources.files(package).joinpath(name).read_text("utf-8"))
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return _checked_by(schema)
 
 
 @cache
 def _field_terms_validator() -> jsonschema.protocols.Validator:
-    schema = field_terms_schema()
-    cls = jsonschema.validators.validator_for(schema)
-    return cls(schema, format_checker=cls.FORMAT_CHECKER)
+    return _checked_by(field_terms_schema())
+
+
+def _checked_by(schema: dict[str, Any]) -> jsonschema.protocols.Validator:
+    draft = jsonschema.validators.validator_for(schema)
+    return patterns.schema_validator(schema, format_checker=draft.FORMAT_CHECKER)
 
 
 def _odcs_validator() -> jsonschema.protocols.Validator:
@@ -234,10 +233,8 @@ def _pattern_problems(file: str, at: list[Any], holder: dict[str, Any]) -> Itera
     if not isinstance(pattern, str):
         yield Problem(file, format_path(at), "must be a regular expression (text)")
         return
-    try:
-        re2.compile(pattern, _RE2_QUIET)
-    except re2.error as exc:
-        reason = exc.args[0].decode("utf-8", "replace") if exc.args else ""
+    reason = patterns.problem(pattern)
+    if reason is not None:
         yield Problem(
             file,
             format_path(at),

@@ -553,6 +553,12 @@ ODD_SHAPES: dict[str, tuple[Edit, str, str]] = {
         "schema[0].properties[5].logicalTypeOptions.pattern",
         "not a valid regular expression",
     ),
+    # A term's schema pattern ends in `$`, which Python's re let match before a line break.
+    "secret name with a final line break": (
+        lambda d: d["customProperties"][8].update(value="early-help-sftp\n"),
+        "customProperties[8].value",
+        "does not match",
+    ),
     # Valid for Python's re, but the rules run in RE2, which would fail every row on it.
     "pattern with a lookahead": (
         lambda d: _field(d, 5)["logicalTypeOptions"].update(pattern="^(?=1)[0-9]{6}$"),
