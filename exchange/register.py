@@ -266,8 +266,8 @@ def _previous_pages(out: Path) -> set[str]:
         ]
     except (OSError, ValueError, KeyError, TypeError):
         return set()
-    safe = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*\.(?:html|md)$")
-    return {n for n in names if isinstance(n, str) and safe.match(n) and n != INDEX}
+    safe = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*\.(?:html|md)")  # whole: no final line break
+    return {n for n in names if isinstance(n, str) and safe.fullmatch(n) and n != INDEX}
 
 
 def index_html(
