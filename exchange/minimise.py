@@ -79,8 +79,8 @@ class Minimiser:
     """Applies a contract's row rules and field transforms to source batches.
 
     `today` is the run date (for age bands and age filters); `objecting_ids` are subject ids
-    from the operator's objection list, matched against the subject key's SOURCE column with
-    spaces at the ends of either ignored.
+    from the operator's objection list, matched against the subject key's SOURCE column; white
+    space at either end of an id, on the list or in the source, is not part of it.
     """
 
     def __init__(
@@ -152,17 +152,25 @@ class Minimiser:
             ids = batch.column(self.contract.subject_key.source)
             if not pa.types.is_string(ids.type):
                 ids = pc.cast(ids, pa.string())
-            # Trimmed as the list's lines are (as the disclosure ledger compares ids): an id
-            # its system pads (a fixed-width column) still matches, so padding never hides a
-            # person's objection.
-            ids = subject_texts(ids)
             listed = pc.is_in(ids, value_set=self._objecting)  # a null id matches nothing
             objected = pc.or_(objected, listed)
         return objected
 
+    def _unpadded_subjects(self, batch: pa.RecordBatch) -> pa.RecordBatch:
+        """The batch with its subject ids as the disclosure ledger reads them (`subject_text`:
+        no white space at either end): an id a source pads in a fixed-width column is one
+        person to the objection list, the pseudonym and the ledger, and padding never hides
+        a listed person's objection."""
+        index = batch.schema.get_field_index(self.contract.subject_key.source)
+        ids = batch.column(index)
+        if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
+            return batch
+        return batch.set_column(index, batch.schema.field(index), subject_texts(ids))
+
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Minimise one batch; UnmappedValues if a `map` field meets a code it cannot map."""
         self.tally.read += batch.num_rows
+        batch = self._unpadded_subjects(batch)
         objected = self._objected(batch)
         holds = self._override_holds(batch) if self.contract.objections.overridden else None
         if holds is not None:  # overridden only where the condition holds; left out elsewhere

@@ -226,8 +226,8 @@ def test_objecting_ids_as_an_arrow_array_with_nulls(contract: Contract) -> None:
 
 
 def test_an_id_padded_by_its_source_still_matches_the_list(contract: Contract) -> None:
-    """A source that pads its ids (a fixed-width column) cannot hide an objection; the
-    padded id is still what is pseudonymised for a person who did not object."""
+    """A source that pads its ids (a fixed-width column) cannot hide an objection, and a
+    padded id is pseudonymised as the bare id: one person, one pseudonym."""
     batch = small_batch([False, False, False])
     padded = pa.array(["P00000000   ", " P00000001", "P00000002\t"], type=pa.string())
     minimise = Minimiser(
@@ -236,7 +236,8 @@ def test_an_id_padded_by_its_source_still_matches_the_list(contract: Contract) -
         objecting_ids=pa.array(["P00000000", "P00000001"]),
     )
     out = minimise(batch.set_column(0, "person_id", padded))
-    assert out["person_ref"].to_pylist() == [pseudonym("P00000002\t")]
+    assert out["person_ref"].to_pylist() == [pseudonym("P00000002")]
+    assert minimise.last_subjects.to_pylist() == ["P00000002"]
     assert minimise.tally.excluded == {"objection": 2}
 
 
