@@ -158,14 +158,23 @@ class Minimiser:
 
     def _unpadded_subjects(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """The batch with its subject ids as the disclosure ledger reads them (`subject_text`:
-        no white space at either end): an id a source pads in a fixed-width column is one
-        person to the objection list, the pseudonym and the ledger, and padding never hides
-        a listed person's objection."""
+        no white space at either end; one of white space only, or empty, is no id): an id a
+        source pads in a fixed-width column is one person to the objection list, the pseudonym
+        and the ledger, and padding never hides a listed person's objection."""
         index = batch.schema.get_field_index(self.contract.subject_key.source)
         ids = batch.column(index)
+        if pa.types.is_dictionary(ids.type):
+            ids = ids.cast(ids.type.value_type)
+        if pa.types.is_string_view(ids.type):
+            ids = ids.cast(pa.string())
         if not (pa.types.is_string(ids.type) or pa.types.is_large_string(ids.type)):
-            return batch
-        return batch.set_column(index, batch.schema.field(index), subject_texts(ids))
+            return batch  # numbers: no padding
+        ids = subject_texts(ids)
+        # An id of white space only names nobody: no id, not one shared by all such rows.
+        blank = pc.equal(pc.utf8_length(ids), 0)
+        if pc.any(blank).as_py():
+            ids = pc.if_else(blank, pa.scalar(None, ids.type), ids)
+        return batch.set_column(index, pa.field(batch.schema.field(index).name, ids.type), ids)
 
     def __call__(self, batch: pa.RecordBatch) -> pa.RecordBatch:
         """Minimise one batch; UnmappedValues if a `map` field meets a code it cannot map."""

@@ -46,8 +46,15 @@ def schema_validator(schema: dict[str, Any], **options: Any) -> jsonschema.proto
         compiled = _compiled(wanted) if isinstance(wanted, str) else None
         if compiled is None:
             yield from by_re(validator, wanted, instance, where)
-        elif validator.is_type(instance, "string") and compiled.search(instance) is None:
+        elif validator.is_type(instance, "string") and not _found(compiled, instance):
             yield jsonschema.ValidationError(f"{instance!r} does not match {wanted!r}")
 
     strict = jsonschema.validators.extend(base, {"pattern": pattern})
     return strict(schema, **options)
+
+
+def _found(compiled: Any, text: str) -> bool:
+    try:
+        return compiled.search(text) is not None
+    except UnicodeEncodeError:  # a lone surrogate (valid JSON, not UTF-8): no pattern matches it
+        return False

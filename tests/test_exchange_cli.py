@@ -757,7 +757,12 @@ def test_a_person_whose_id_the_source_pads_is_found_and_corrected(
 ) -> None:
     """A fixed-width source pads one id; the person is the bare id to the disclosure ledger,
     and a correction by the bare id carries their row. A person the source no longer holds
-    gets no empty notice."""
+    gets no empty notice, even where the agreement allows a drop of no rows."""
+
+    def no_lower_bound(doc: dict) -> None:
+        doc["schema"][0]["quality"][0]["mustBeBetween"] = [0, 5000000]
+
+    workspace.write_contract(no_lower_bound)
     source = workspace.source(120)
     raw = pd.read_csv(source, dtype=str, keep_default_na=False)
     at = raw.index[raw["objection"] == "false"][5]
@@ -772,11 +777,13 @@ def test_a_person_whose_id_the_source_pads_is_found_and_corrected(
     notice = next(d for d in inbox_entries(partner) if d != first)
     manifest = json.loads((partner.root / FOLDER / notice / "manifest.json").read_text())
     assert manifest["rows"]["sent"] == 1
-    gone = raw.drop(index=at)
-    gone.to_csv(source, index=False)
-    empty = rectify_rate(workspace, person, source, tmp_path, "re-submitted census")
-    assert empty.returncode != 0 and "holds no row for this subject" in empty.stderr
-    assert len(inbox_entries(partner)) == 2
+    for gone in (raw.drop(index=at), raw.assign(objection=lambda r: r["person_id"] != "")):
+        gone.to_csv(source, index=False)  # the row removed; then everyone objecting
+        empty = rectify_rate(workspace, person, source, tmp_path, "re-submitted census")
+        assert empty.returncode != 0 and "would carry no row" in empty.stderr
+        assert len(inbox_entries(partner)) == 2
+    staging = Path(workspace.env["EXCHANGE_HOME"]) / "staging"
+    assert not staging.exists() or list(staging.iterdir()) == []  # the refused notices
 
 
 def test_incremental_runs_send_only_new_or_changed_records(

@@ -241,6 +241,18 @@ def test_an_id_padded_by_its_source_still_matches_the_list(contract: Contract) -
     assert minimise.tally.excluded == {"objection": 2}
 
 
+def test_blank_and_dictionary_subject_ids(contract: Contract) -> None:
+    """An id of white space only is no id (not one pseudonym shared by every such row); a
+    dictionary-encoded id column is read as its text, padding and all."""
+    batch = small_batch([False, False, False])
+    ids = pa.array(["   ", "P00000001 ", "P00000002"]).dictionary_encode()
+    minimise = Minimiser(contract, pseudonym_key=PSEUDONYM_KEY, objecting_ids=["P00000001"])
+    out = minimise(batch.set_column(0, "person_id", ids))
+    assert out["person_ref"].to_pylist() == [None, pseudonym("P00000002")]
+    assert minimise.last_subjects.to_pylist() == [None, "P00000002"]
+    assert minimise.tally.excluded == {"objection": 1}
+
+
 def test_pseudonyms_on_the_list_do_not_match(contract: Contract) -> None:
     """The list holds source ids; a pseudonym on it is not an objection to anyone."""
     minimise = Minimiser(

@@ -87,7 +87,8 @@ def pattern_mask(values: pd.Series, pattern: str) -> pd.Series:
     `^\\d{6}$`. In RE2, as in the JSON Schema patterns ODCS takes, `$` is the end of the value
     and `\\d` is 0-9. A value that is not text is matched as the payload writes it (Arrow's
     text of it: `123456` for an integer column that pandas holds as floats because of a null,
-    `true` for a boolean). Raises pyarrow's ArrowInvalid for a pattern RE2 cannot compile."""
+    exact up to 2**53, `true` for a boolean). Raises pyarrow's ArrowInvalid for a pattern RE2
+    cannot compile."""
     found = pc.fill_null(pc.match_substring_regex(_payload_text(values), pattern), False)
     return pd.Series(np.asarray(found, dtype=bool), index=values.index, dtype=bool)
 

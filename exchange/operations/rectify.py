@@ -17,13 +17,14 @@ from typing import Any
 from exchange.contract import Contract, load_contract
 from exchange.crypto import signing
 from exchange.errors import ContractError, ExchangeError
-from exchange.minimise import source_types
 from exchange.pipeline.boundary import stage
 from exchange.pipeline.check import check_contract
 from exchange.pipeline.context import Context
 from exchange.pipeline.deliver import deliver_drop
 from exchange.pipeline.prepare import Options, prepare_drop
+from exchange.pipeline.results import Prepared
 from exchange.pipeline.source import resolve
+from exchange.pipeline.staging import discard
 from exchange.sources.subset import OnlySubjects
 
 
@@ -44,8 +45,9 @@ def rectify(
 ) -> list[tuple[str, str, str]]:
     """Send each recipient of this person a correction; returns (contract, recipient, drop).
 
-    Raises ExchangeError when there is no reason, no verified disclosure, or an agreement that
-    is gone or does not send the fields; and what check, prepare and deliver raise."""
+    Raises ExchangeError when there is no reason, no verified disclosure, an agreement that is
+    gone or does not send the fields, or a notice that would carry no row (then none is sent);
+    and what check, prepare and deliver raise."""
     # A random id: one derived from the person's id would let a recipient test guesses.
     run_id = f"rectify-{random.token_hex(8)}"
     with stage(ctx, "rectify", run_id):
@@ -55,7 +57,7 @@ def rectify(
         earlier = _earlier_drops(ctx, subject_id)
         contracts_dir = contracts_dir or ctx.settings.contracts
         by_id = _contracts_by_id(contracts_dir)
-        sent = []
+        notices = []
         for contract_id, drops in sorted(earlier.items()):
             if contract_id not in by_id:
                 raise ExchangeError(f"contract {contract_id} is not in {contracts_dir}")
@@ -63,9 +65,36 @@ def rectify(
             unknown = [f for f in fields if f not in contract.field_names]
             if unknown:
                 raise ExchangeError(f"{contract_id} does not send field(s) {', '.join(unknown)}")
-            notice = {"fields": list(fields), "reason": reason, "corrects": drops}
-            drop_id = _notify(ctx, contract, subject_id, notice, run_id, source)
-            sent.append((contract.id, contract.recipient.organisation, drop_id))
+            notices.append(
+                (contract, {"fields": list(fields), "reason": reason, "corrects": drops})
+            )
+        # Every notice is prepared before any is sent: one that would carry no row stops them
+        # all, and no recipient is told while another cannot be.
+        prepared: list[tuple[Contract, Prepared]] = []
+        try:
+            for contract, notice in notices:
+                prepared.append(
+                    (contract, _prepare(ctx, contract, subject_id, notice, run_id, source))
+                )
+        except BaseException:
+            for contract, drop in prepared:
+                _abandon(ctx, contract, drop.drop_id)
+            raise
+        sent = []
+        for (contract, drop), (_, notice) in zip(prepared, notices, strict=True):
+            delivery = deliver_drop(ctx, contract, run_id)
+            ctx.ledger.append(
+                "rectification.sent",
+                {
+                    **notice,
+                    "drop_id": drop.drop_id,
+                    "recipient": contract.recipient.organisation,
+                    "remote_path": delivery.remote_path,
+                },
+                run_id=run_id,
+                contract_id=contract.id,
+            )
+            sent.append((contract.id, contract.recipient.organisation, drop.drop_id))
     return sent
 
 
@@ -96,40 +125,37 @@ def _contracts_by_id(folder: Path) -> dict[str, Path]:
     return by_id
 
 
-def _notify(
+def _prepare(
     ctx: Context,
     contract: Contract,
     subject_id: str,
     correction: dict[str, Any],
     run_id: str,
     source: str | Path | None,
-) -> str:
-    """Prepare and deliver one correction notice; returns its drop id. ExchangeError, before
-    anything is staged, if the source holds no row for the person (a notice would be empty)."""
+) -> Prepared:
+    """Stage one correction notice. ExchangeError (the drop abandoned) if it would carry no
+    row: the source holds none for the person, or the agreement's objections or filters leave
+    it out."""
     subject = OnlySubjects(
         resolve(ctx.settings, ctx.secrets, contract, source, digest=False)[0],
         contract.subject_key.source,
         [subject_id],
     )
-    if not any(batch.num_rows for batch in subject.batches(source_types(contract))):
-        raise ExchangeError(
-            f"the source holds no row for this subject: no correction sent to "
-            f"{contract.recipient.organisation} under {contract.id}"
-        )
     # A notice carries the row whatever its last-updated time, and must not move an
     # incremental agreement's watermark.
     options = Options(extra={"correction": correction}, full_refresh=True, advance_watermark=False)
     prepared = prepare_drop(ctx, contract, subject, run_id, options)
-    delivery = deliver_drop(ctx, contract, run_id)
-    ctx.ledger.append(
-        "rectification.sent",
-        {
-            **correction,
-            "drop_id": prepared.drop_id,
-            "recipient": contract.recipient.organisation,
-            "remote_path": delivery.remote_path,
-        },
-        run_id=run_id,
-        contract_id=contract.id,
-    )
-    return prepared.drop_id
+    if prepared.rows_sent == 0:
+        _abandon(ctx, contract, prepared.drop_id)
+        raise ExchangeError(
+            f"a correction to {contract.recipient.organisation} under {contract.id} would "
+            "carry no row (the source holds none for this subject, or the agreement's "
+            "objections or filters leave it out): no correction sent"
+        )
+    return prepared
+
+
+def _abandon(ctx: Context, contract: Contract, drop_id: str) -> None:
+    """Remove a staged notice that will not be sent, and its disclosure record."""
+    discard(ctx, contract, drop_id)
+    ctx.disclosures().discard(drop_id)
